@@ -1,0 +1,636 @@
+//! The executor: [`Session::new`] plans every buffer once; [`Session::run`] allocates nothing.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::error::{Error, Result};
+use crate::format::{Activation, Op, TensorId};
+use crate::kernels::{self, act_scalar, apply_act, Bias, ConvGeom, Elems, MatRef};
+use crate::model::{numel, CsrView, Model, TensorView};
+
+#[derive(Clone, Copy, Debug)]
+struct Buf {
+    off: usize,
+    /// Elements per example.
+    len: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    off: usize,
+    len: usize,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Linear {
+        weight: TensorId,
+        bias: Option<Range>,
+        act: Activation,
+        inp: usize,
+        out: usize,
+    },
+    Conv {
+        weight: TensorId,
+        bias: Option<Range>,
+        act: Activation,
+        geom: ConvGeom,
+        groups: usize,
+        out_c: usize,
+        depthwise: bool,
+        /// 1×1, stride 1, no padding: the input is its own patch matrix.
+        direct: bool,
+    },
+    /// `y = x * scale[c] + shift[c]` per channel.
+    ChannelAffine { scale: Range, shift: Range, c: usize },
+    Act(Activation),
+    MaxPool { g: ConvGeom },
+    AvgPool { g: ConvGeom, count_include_pad: bool },
+    GlobalAvgPool { hw: usize },
+    Add(Activation),
+    Concat,
+    Copy,
+    Softmax,
+}
+
+#[derive(Debug)]
+struct Step {
+    kind: Kind,
+    inputs: Vec<Buf>,
+    output: Buf,
+}
+
+/// A model prepared for a fixed batch size.
+pub struct Session<'m> {
+    model: &'m Model<'m>,
+    batch: usize,
+    steps: Vec<Step>,
+    values: Vec<Option<Buf>>,
+    inputs: Vec<Buf>,
+    outputs: Vec<Buf>,
+    arena: Vec<f32>,
+    scratch: Vec<f32>,
+    gemm_ws: Vec<f32>,
+    params: Vec<f32>,
+}
+
+fn dense_f32_into(model: &Model<'_>, id: TensorId, params: &mut Vec<f32>) -> Range {
+    let off = params.len();
+    let v = model.tensor(id);
+    match v {
+        TensorView::Dense(e) => params.extend((0..e.len()).map(|i| e.get_f32(i))),
+        TensorView::Csr(_) => params.extend(v.to_dense_f32()),
+    }
+    Range {
+        off,
+        len: params.len() - off,
+    }
+}
+
+/// Buffer planner: first fit over freed blocks, else grow the arena.
+struct Planner {
+    free: Vec<(usize, usize)>,
+    top: usize,
+}
+
+impl Planner {
+    fn alloc(&mut self, len: usize) -> usize {
+        if let Some(i) = self.free.iter().position(|&(_, l)| l >= len) {
+            let (off, l) = self.free[i];
+            if l == len {
+                self.free.remove(i);
+            } else {
+                self.free[i] = (off + len, l - len);
+            }
+            return off;
+        }
+        let off = self.top;
+        self.top += len;
+        off
+    }
+
+    fn release(&mut self, off: usize, len: usize) {
+        self.free.push((off, len));
+        self.free.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.free.len());
+        for &(o, l) in &self.free {
+            match merged.last_mut() {
+                Some((mo, ml)) if *mo + *ml == o => *ml += l,
+                _ => merged.push((o, l)),
+            }
+        }
+        self.free = merged;
+    }
+}
+
+fn geom(c: usize, h: usize, w: usize, k: [u32; 2], s: [u32; 2], p: [u32; 2], d: [u32; 2], oh: usize, ow: usize) -> ConvGeom {
+    ConvGeom {
+        c,
+        h,
+        w,
+        kh: k[0] as usize,
+        kw: k[1] as usize,
+        stride: [s[0] as usize, s[1] as usize],
+        pad: [p[0] as usize, p[1] as usize],
+        dilation: [d[0] as usize, d[1] as usize],
+        oh,
+        ow,
+    }
+}
+
+impl<'m> Session<'m> {
+    /// Plans buffers and converts small parameter vectors for `batch` examples per run.
+    pub fn new(model: &'m Model<'m>, batch: usize) -> Result<Self> {
+        let g = model.graph();
+        let batch = batch.max(1);
+        let shape = |v: u32| g.values[v as usize].shape.as_slice();
+        let elems = |v: u32| numel(shape(v)).ok_or(Error::Overflow("value shape"));
+
+        let mut last_use = vec![usize::MAX; g.values.len()];
+        for (i, n) in g.nodes.iter().enumerate() {
+            for &v in &n.inputs {
+                last_use[v as usize] = i;
+            }
+        }
+        let mut keep = vec![false; g.values.len()];
+        for &v in g.inputs.iter().chain(&g.outputs) {
+            keep[v as usize] = true;
+        }
+
+        let mut planner = Planner {
+            free: Vec::new(),
+            top: 0,
+        };
+        let mut values: Vec<Option<Buf>> = vec![None; g.values.len()];
+        let mut inputs = Vec::new();
+        for &v in &g.inputs {
+            let len = elems(v)?;
+            let b = Buf {
+                off: planner.alloc(len * batch),
+                len,
+            };
+            values[v as usize] = Some(b);
+            inputs.push(b);
+        }
+
+        let mut params = Vec::new();
+        let mut steps = Vec::with_capacity(g.nodes.len());
+        let mut scratch_len = 0usize;
+        let mut ws_len = 0usize;
+        for (i, node) in g.nodes.iter().enumerate() {
+            let ins: Vec<Buf> = node
+                .inputs
+                .iter()
+                .map(|&v| values[v as usize].ok_or(Error::BadGraph {
+                    node: node.name.clone(),
+                    reason: "input not computed".into(),
+                }))
+                .collect::<Result<_>>()?;
+            let in_shape = shape(node.inputs[0]);
+            let out_shape = shape(node.output);
+            let kind = match &node.op {
+                Op::Linear { weight, bias, act } => {
+                    let (out, inp) = (out_shape[0] as usize, in_shape[0] as usize);
+                    ws_len = ws_len.max(kernels::gemm_workspace(batch, out, inp));
+                    Kind::Linear {
+                        weight: *weight,
+                        bias: bias.map(|b| dense_f32_into(model, b, &mut params)),
+                        act: *act,
+                        inp,
+                        out,
+                    }
+                }
+                Op::Conv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    act,
+                } => {
+                    let ws = &model.tensor_entry(*weight).shape;
+                    let (c, h, w) = (in_shape[0] as usize, in_shape[1] as usize, in_shape[2] as usize);
+                    let (out_c, oh, ow) = (out_shape[0] as usize, out_shape[1] as usize, out_shape[2] as usize);
+                    let gm = geom(c, h, w, [ws[2], ws[3]], *stride, *padding, *dilation, oh, ow);
+                    let groups = *groups as usize;
+                    let depthwise = groups == c && out_c == c && groups > 1;
+                    let direct = gm.kh == 1 && gm.kw == 1 && gm.stride == [1, 1] && gm.pad == [0, 0];
+                    if !depthwise {
+                        let cpg = c / groups;
+                        if !direct {
+                            scratch_len = scratch_len.max(kernels::im2col_len(&gm, cpg));
+                        }
+                        ws_len = ws_len.max(kernels::gemm_workspace(out_c / groups, oh * ow, cpg * gm.kh * gm.kw));
+                    }
+                    Kind::Conv {
+                        weight: *weight,
+                        bias: bias.map(|b| dense_f32_into(model, b, &mut params)),
+                        act: *act,
+                        geom: gm,
+                        groups,
+                        out_c,
+                        depthwise,
+                        direct,
+                    }
+                }
+                Op::BatchNorm {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                    eps,
+                } => {
+                    let c = in_shape[0] as usize;
+                    let gm = dense_f32_into(model, *gamma, &mut params);
+                    let bt = dense_f32_into(model, *beta, &mut params);
+                    let mn = dense_f32_into(model, *mean, &mut params);
+                    let vr = dense_f32_into(model, *var, &mut params);
+                    let scale = Range {
+                        off: params.len(),
+                        len: c,
+                    };
+                    for j in 0..c {
+                        let s = params[gm.off + j] / libm::sqrtf(params[vr.off + j] + eps);
+                        params.push(s);
+                    }
+                    let shift = Range {
+                        off: params.len(),
+                        len: c,
+                    };
+                    for j in 0..c {
+                        let t = params[bt.off + j] - params[mn.off + j] * params[scale.off + j];
+                        params.push(t);
+                    }
+                    Kind::ChannelAffine { scale, shift, c }
+                }
+                Op::Act(a) => Kind::Act(*a),
+                Op::MaxPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                } => Kind::MaxPool {
+                    g: geom(
+                        in_shape[0] as usize,
+                        in_shape[1] as usize,
+                        in_shape[2] as usize,
+                        *kernel,
+                        *stride,
+                        *padding,
+                        [1, 1],
+                        out_shape[1] as usize,
+                        out_shape[2] as usize,
+                    ),
+                },
+                Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    count_include_pad,
+                } => Kind::AvgPool {
+                    g: geom(
+                        in_shape[0] as usize,
+                        in_shape[1] as usize,
+                        in_shape[2] as usize,
+                        *kernel,
+                        *stride,
+                        *padding,
+                        [1, 1],
+                        out_shape[1] as usize,
+                        out_shape[2] as usize,
+                    ),
+                    count_include_pad: *count_include_pad,
+                },
+                Op::GlobalAvgPool => Kind::GlobalAvgPool {
+                    hw: in_shape[1] as usize * in_shape[2] as usize,
+                },
+                Op::Add { act } => Kind::Add(*act),
+                Op::Concat => Kind::Concat,
+                Op::Flatten | Op::Reshape { .. } => Kind::Copy,
+                Op::Softmax => Kind::Softmax,
+            };
+            let len = elems(node.output)?;
+            let total = len.checked_mul(batch).ok_or(Error::Overflow("batch"))?;
+            let output = Buf {
+                off: planner.alloc(total),
+                len,
+            };
+            values[node.output as usize] = Some(output);
+            for &v in &node.inputs {
+                let v = v as usize;
+                if last_use[v] == i && !keep[v] {
+                    if let Some(b) = values[v] {
+                        planner.release(b.off, b.len * batch);
+                        last_use[v] = usize::MAX - 1;
+                    }
+                }
+            }
+            steps.push(Step {
+                kind,
+                inputs: ins,
+                output,
+            });
+        }
+        let outputs = g
+            .outputs
+            .iter()
+            .map(|&v| values[v as usize].ok_or(Error::BadGraph {
+                node: "<graph>".into(),
+                reason: "output not computed".into(),
+            }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Session {
+            model,
+            batch,
+            steps,
+            values,
+            inputs,
+            outputs,
+            arena: vec![0.0; planner.top],
+            scratch: vec![0.0; scratch_len],
+            gemm_ws: vec![0.0; ws_len],
+            params,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Elements per example of graph input `i`.
+    pub fn input_len(&self, i: usize) -> usize {
+        self.inputs[i].len
+    }
+
+    /// Elements per example of graph output `i`.
+    pub fn output_len(&self, i: usize) -> usize {
+        self.outputs[i].len
+    }
+
+    /// Total f32 elements held by the planned buffers (activations, scratch, parameters).
+    pub fn planned_floats(&self) -> usize {
+        self.arena.len() + self.scratch.len() + self.gemm_ws.len() + self.params.len()
+    }
+
+    /// Runs a single-input, single-output model on `batch` examples laid out back to back
+    /// (`[batch, ...per-example shape]`) and returns the output, `[batch, ...]`.
+    pub fn run(&mut self, input: &[f32]) -> Result<&[f32]> {
+        let b = self.inputs[0];
+        let want = b.len * self.batch;
+        if input.len() != want {
+            return Err(Error::Shape {
+                what: "input",
+                expected: want,
+                got: input.len(),
+            });
+        }
+        self.arena[b.off..b.off + want].copy_from_slice(input);
+        self.execute();
+        let o = self.outputs[0];
+        Ok(&self.arena[o.off..o.off + o.len * self.batch])
+    }
+
+    /// Buffer of value `v` after the last run, if it is still live (graph inputs and outputs are).
+    pub fn value(&self, v: u32) -> Option<&[f32]> {
+        let b = self.values.get(v as usize).copied().flatten()?;
+        Some(&self.arena[b.off..b.off + b.len * self.batch])
+    }
+
+    fn execute(&mut self) {
+        let n = self.batch;
+        for step in &self.steps {
+            let out = step.output;
+            // Inputs and output never overlap: an input's block is released only after the
+            // output block is taken.
+            let (pre, rest) = self.arena.split_at_mut(out.off);
+            let (y, post) = rest.split_at_mut(out.len * n);
+            let post_base = out.off + out.len * n;
+            let input = |b: Buf| -> &[f32] {
+                if b.off < out.off {
+                    &pre[b.off..b.off + b.len * n]
+                } else {
+                    &post[b.off - post_base..b.off - post_base + b.len * n]
+                }
+            };
+            let params = &self.params;
+            let prange = |r: Range| &params[r.off..r.off + r.len];
+            match &step.kind {
+                Kind::Linear {
+                    weight,
+                    bias,
+                    act,
+                    inp,
+                    out: outf,
+                } => {
+                    let x = input(step.inputs[0]);
+                    let bias = bias.map(prange);
+                    match self.model.tensor(*weight) {
+                        TensorView::Dense(w) => {
+                            if n == 1 {
+                                kernels::gemv(w, *inp, *outf, *inp, x, bias, *act, y);
+                            } else {
+                                let a = MatRef::row_major(Elems::F32(x), n, *inp);
+                                let bm = MatRef::row_major(w, *outf, *inp).t();
+                                let bias = bias.map_or(Bias::None, Bias::Col);
+                                kernels::gemm(a, bm, y, *outf, bias, *act, &mut self.gemm_ws);
+                            }
+                        }
+                        TensorView::Csr(w) => {
+                            for e in 0..n {
+                                csr_matvec(&w, &x[e * inp..(e + 1) * inp], bias, *act, &mut y[e * outf..(e + 1) * outf]);
+                            }
+                        }
+                    }
+                }
+                Kind::Conv {
+                    weight,
+                    bias,
+                    act,
+                    geom: gm,
+                    groups,
+                    out_c,
+                    depthwise,
+                    direct,
+                } => {
+                    let x = input(step.inputs[0]);
+                    let bias = bias.map(prange);
+                    let wv = self.model.tensor(*weight);
+                    let (in_len, out_len) = (step.inputs[0].len, out.len);
+                    let p = gm.oh * gm.ow;
+                    let cpg = gm.c / groups;
+                    let opg = out_c / groups;
+                    let k = cpg * gm.kh * gm.kw;
+                    for e in 0..n {
+                        let xe = &x[e * in_len..(e + 1) * in_len];
+                        let ye = &mut y[e * out_len..(e + 1) * out_len];
+                        match wv {
+                            TensorView::Dense(w) if *depthwise => {
+                                kernels::depthwise_conv2d(gm, xe, w, bias, *act, ye);
+                            }
+                            _ => {
+                                for gi in 0..*groups {
+                                    let cols: &[f32] = if *direct {
+                                        &xe[gi * cpg * p..(gi + 1) * cpg * p]
+                                    } else {
+                                        let s = &mut self.scratch[..k * p];
+                                        kernels::im2col(gm, xe, gi * cpg, cpg, s);
+                                        s
+                                    };
+                                    let yg = &mut ye[gi * opg * p..(gi + 1) * opg * p];
+                                    let bg = bias.map(|b| &b[gi * opg..(gi + 1) * opg]);
+                                    match wv {
+                                        TensorView::Dense(w) => {
+                                            let wg = match w {
+                                                Elems::F32(v) => Elems::F32(&v[gi * opg * k..(gi + 1) * opg * k]),
+                                                Elems::F16(v) => Elems::F16(&v[gi * opg * k..(gi + 1) * opg * k]),
+                                            };
+                                            let a = MatRef::row_major(wg, opg, k);
+                                            let bm = MatRef::row_major(Elems::F32(cols), k, p);
+                                            kernels::gemm(
+                                                a,
+                                                bm,
+                                                yg,
+                                                p,
+                                                bg.map_or(Bias::None, Bias::Row),
+                                                *act,
+                                                &mut self.gemm_ws,
+                                            );
+                                        }
+                                        TensorView::Csr(w) => {
+                                            csr_matmat(&w, gi * opg, opg, cols, p, bg, *act, yg);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Kind::ChannelAffine { scale, shift, c } => {
+                    let x = input(step.inputs[0]);
+                    let (s, t) = (prange(*scale), prange(*shift));
+                    let hw = out.len / c;
+                    for (ch, (yc, xc)) in y.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+                        let j = ch % c;
+                        for (yv, xv) in yc.iter_mut().zip(xc) {
+                            *yv = xv * s[j] + t[j];
+                        }
+                    }
+                }
+                Kind::Act(a) => {
+                    y.copy_from_slice(input(step.inputs[0]));
+                    apply_act(*a, y);
+                }
+                Kind::MaxPool { g } => {
+                    let x = input(step.inputs[0]);
+                    pool(g, x, y, n, |acc, v| acc.max(v), f32::NEG_INFINITY, |acc, _| acc);
+                }
+                Kind::AvgPool { g, count_include_pad } => {
+                    let x = input(step.inputs[0]);
+                    let full = (g.kh * g.kw) as f32;
+                    let cip = *count_include_pad;
+                    pool(g, x, y, n, |acc, v| acc + v, 0.0, |acc, cnt| {
+                        acc / if cip { full } else { cnt as f32 }
+                    });
+                }
+                Kind::GlobalAvgPool { hw } => {
+                    let x = input(step.inputs[0]);
+                    let inv = 1.0 / *hw as f32;
+                    for (yv, xc) in y.iter_mut().zip(x.chunks(*hw)) {
+                        *yv = xc.iter().sum::<f32>() * inv;
+                    }
+                }
+                Kind::Add(a) => {
+                    let (x0, x1) = (input(step.inputs[0]), input(step.inputs[1]));
+                    for ((yv, a0), a1) in y.iter_mut().zip(x0).zip(x1) {
+                        *yv = act_scalar(*a, a0 + a1);
+                    }
+                }
+                Kind::Concat => {
+                    let mut at = 0;
+                    for e in 0..n {
+                        for &b in &step.inputs {
+                            let x = input(b);
+                            y[at..at + b.len].copy_from_slice(&x[e * b.len..(e + 1) * b.len]);
+                            at += b.len;
+                        }
+                    }
+                }
+                Kind::Copy => y.copy_from_slice(input(step.inputs[0])),
+                Kind::Softmax => {
+                    let x = input(step.inputs[0]);
+                    for (yc, xc) in y.chunks_mut(out.len).zip(x.chunks(out.len)) {
+                        let m = xc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut s = 0.0;
+                        for (yv, xv) in yc.iter_mut().zip(xc) {
+                            *yv = libm::expf(xv - m);
+                            s += *yv;
+                        }
+                        yc.iter_mut().for_each(|v| *v /= s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pool(
+    g: &ConvGeom,
+    x: &[f32],
+    y: &mut [f32],
+    n: usize,
+    f: impl Fn(f32, f32) -> f32,
+    init: f32,
+    fin: impl Fn(f32, usize) -> f32,
+) {
+    let (ih, iw) = (g.h, g.w);
+    for plane in 0..n * g.c {
+        let xp = &x[plane * ih * iw..(plane + 1) * ih * iw];
+        let yp = &mut y[plane * g.oh * g.ow..(plane + 1) * g.oh * g.ow];
+        for oy in 0..g.oh {
+            let y0 = (oy * g.stride[0]) as isize - g.pad[0] as isize;
+            let ys = y0.max(0) as usize;
+            let ye = ((y0 + g.kh as isize).min(ih as isize)).max(0) as usize;
+            for ox in 0..g.ow {
+                let x0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
+                let xs = x0.max(0) as usize;
+                let xe = ((x0 + g.kw as isize).min(iw as isize)).max(0) as usize;
+                let mut acc = init;
+                for r in ys..ye {
+                    for v in &xp[r * iw + xs..r * iw + xe] {
+                        acc = f(acc, *v);
+                    }
+                }
+                let cnt = (ye.saturating_sub(ys)) * (xe.saturating_sub(xs));
+                yp[oy * g.ow + ox] = fin(acc, cnt);
+            }
+        }
+    }
+}
+
+/// `y = act(W x + b)` for a CSR `W`.
+fn csr_matvec(w: &CsrView<'_>, x: &[f32], bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    for (r, yv) in y.iter_mut().enumerate().take(w.rows) {
+        let mut acc = bias.map_or(0.0, |b| b[r]);
+        for k in w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize {
+            acc += w.values.get_f32(k) * x[w.col_idx.get(k)];
+        }
+        *yv = act_scalar(act, acc);
+    }
+}
+
+/// Rows `r0..r0 + rows` of CSR `W` times `b` (`[W.cols, p]`): `y = act(W b + bias)` (`[rows, p]`).
+#[allow(clippy::too_many_arguments)]
+fn csr_matmat(w: &CsrView<'_>, r0: usize, rows: usize, b: &[f32], p: usize, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    for r in 0..rows {
+        let yr = &mut y[r * p..(r + 1) * p];
+        yr.fill(bias.map_or(0.0, |bb| bb[r]));
+        let row = r0 + r;
+        for k in w.row_ptr[row] as usize..w.row_ptr[row + 1] as usize {
+            let (v, c) = (w.values.get_f32(k), w.col_idx.get(k));
+            for (yv, bv) in yr.iter_mut().zip(&b[c * p..(c + 1) * p]) {
+                *yv += v * bv;
+            }
+        }
+        apply_act(act, yr);
+    }
+}

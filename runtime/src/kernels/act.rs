@@ -1,0 +1,26 @@
+use super::Activation;
+
+/// `act(x)` for one value; the reference for every vectorised activation.
+#[inline(always)]
+pub fn act_scalar(act: Activation, x: f32) -> f32 {
+    match act {
+        Activation::None => x,
+        Activation::Relu => x.max(0.0),
+        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::Sigmoid => 1.0 / (1.0 + libm::expf(-x)),
+        Activation::Tanh => libm::tanhf(x),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2)),
+        Activation::Silu => x / (1.0 + libm::expf(-x)),
+        Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+    }
+}
+
+/// Applies `act` in place.
+pub fn apply_act(act: Activation, xs: &mut [f32]) {
+    match act {
+        Activation::None => {}
+        Activation::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
+        Activation::Relu6 => xs.iter_mut().for_each(|x| *x = x.clamp(0.0, 6.0)),
+        _ => xs.iter_mut().for_each(|x| *x = act_scalar(act, *x)),
+    }
+}

@@ -1,0 +1,24 @@
+//! `nap-runtime`: loads `.nap` models without copying their weights and runs them with dense and
+//! sparse kernels. `#![no_std]` + `alloc` by default; feature `std` adds memory-mapped loading,
+//! CPU feature detection at run time, threads and timing.
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(target_endian = "big")]
+compile_error!("nap-runtime reads little-endian blobs in place and supports little-endian targets only");
+
+pub mod error;
+pub mod exec;
+pub mod format;
+pub mod graph;
+pub mod kernels;
+pub mod model;
+
+pub use error::{Error, Result};
+pub use exec::Session;
+pub use model::{AlignedBytes, LoadOptions, Model, TensorView};

@@ -1,0 +1,643 @@
+//! Loading: validate a `.nap` image once, then hand out borrowed slices of it.
+
+use alloc::format;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::graph;
+
+/// Options for [`Model::from_bytes_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Check the CRC-32C of every blob. Touches every page of the file.
+    pub verify_blobs: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { verify_blobs: true }
+    }
+}
+
+/// Values of a tensor, in its storage type.
+#[derive(Clone, Copy, Debug)]
+pub enum Elems<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Elems<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Elems::F32(v) => v.len(),
+            Elems::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline(always)]
+    pub fn get_f32(&self, i: usize) -> f32 {
+        match self {
+            Elems::F32(v) => v[i],
+            Elems::F16(v) => v[i].to_f32(),
+        }
+    }
+
+    /// Address of the first element, for zero-copy checks.
+    pub fn as_ptr(&self) -> *const u8 {
+        match self {
+            Elems::F32(v) => v.as_ptr() as *const u8,
+            Elems::F16(v) => v.as_ptr() as *const u8,
+        }
+    }
+
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        (0..self.len()).map(|i| self.get_f32(i)).collect()
+    }
+}
+
+/// CSR column indices, in their stored width.
+#[derive(Clone, Copy, Debug)]
+pub enum Indices<'a> {
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+}
+
+impl Indices<'_> {
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> usize {
+        match self {
+            Indices::U16(v) => v[i] as usize,
+            Indices::U32(v) => v[i] as usize,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Indices::U16(v) => v.len(),
+            Indices::U32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A validated CSR matrix borrowed from the file.
+#[derive(Clone, Copy, Debug)]
+pub struct CsrView<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub row_ptr: &'a [u32],
+    pub col_idx: Indices<'a>,
+    pub values: Elems<'a>,
+}
+
+/// A tensor's storage, borrowed from the file.
+#[derive(Clone, Copy, Debug)]
+pub enum TensorView<'a> {
+    Dense(Elems<'a>),
+    Csr(CsrView<'a>),
+}
+
+impl<'a> TensorView<'a> {
+    /// Stored non-zeros (all elements for dense storage).
+    pub fn stored(&self) -> usize {
+        match self {
+            TensorView::Dense(e) => e.len(),
+            TensorView::Csr(c) => c.values.len(),
+        }
+    }
+
+    /// The tensor as a dense row-major f32 vector (allocates; for tools and tests).
+    pub fn to_dense_f32(&self) -> Vec<f32> {
+        match self {
+            TensorView::Dense(e) => e.to_f32_vec(),
+            TensorView::Csr(c) => {
+                let mut out = alloc::vec![0f32; c.rows * c.cols];
+                for r in 0..c.rows {
+                    for k in c.row_ptr[r] as usize..c.row_ptr[r + 1] as usize {
+                        out[r * c.cols + c.col_idx.get(k)] = c.values.get_f32(k);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// A 64-byte aligned, owned byte buffer, for inputs that are not memory-mapped.
+pub struct AlignedBytes {
+    chunks: Vec<[u64; 8]>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    pub fn copy_from(bytes: &[u8]) -> Self {
+        let mut chunks = alloc::vec![[0u64; 8]; bytes.len().div_ceil(64)];
+        // SAFETY: `chunks` owns `chunks.len() * 64 >= bytes.len()` initialised bytes; u8 has no
+        // alignment requirement and any byte pattern is a valid u64.
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut(chunks.as_mut_ptr() as *mut u8, chunks.len() * 64)
+        };
+        dst[..bytes.len()].copy_from_slice(bytes);
+        AlignedBytes {
+            chunks,
+            len: bytes.len(),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes of `chunks` are initialised and owned by `self`.
+        unsafe { core::slice::from_raw_parts(self.chunks.as_ptr() as *const u8, self.len) }
+    }
+}
+
+enum Storage<'a> {
+    Borrowed(&'a [u8]),
+    Owned(AlignedBytes),
+    #[cfg(feature = "std")]
+    Mapped(memmap2::Mmap),
+}
+
+impl Storage<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Borrowed(b) => b,
+            Storage::Owned(a) => a.as_bytes(),
+            #[cfg(feature = "std")]
+            Storage::Mapped(m) => m,
+        }
+    }
+}
+
+/// Absolute byte range of a blob, validated.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum TensorSpans {
+    Dense {
+        values: Span,
+    },
+    Csr {
+        rows: usize,
+        cols: usize,
+        index: IndexWidth,
+        row_ptr: Span,
+        col_idx: Span,
+        values: Span,
+    },
+}
+
+/// A validated `.nap` model. Weight accessors borrow from the loaded bytes without copying.
+pub struct Model<'a> {
+    storage: Storage<'a>,
+    header: Header,
+    preamble: Preamble,
+    spans: Vec<TensorSpans>,
+}
+
+impl core::fmt::Debug for Model<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Model")
+            .field("preamble", &self.preamble)
+            .field("tensors", &self.header.tensors.len())
+            .field("nodes", &self.header.graph.nodes.len())
+            .finish()
+    }
+}
+
+/// Number of elements of `shape`, with overflow checks.
+pub fn numel(shape: &[u32]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+}
+
+fn u64_le(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn u32_le(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn u16_le(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+/// Parses and checks the fixed preamble against the file length.
+pub fn parse_preamble(bytes: &[u8]) -> Result<Preamble> {
+    if bytes.len() < PREAMBLE_LEN {
+        return Err(Error::Truncated {
+            what: "preamble",
+            need: PREAMBLE_LEN as u64,
+            have: bytes.len() as u64,
+        });
+    }
+    if bytes[0..8] != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let tag = u32_le(bytes, 12);
+    if tag != ENDIAN_TAG {
+        return Err(Error::BadEndianTag(tag));
+    }
+    let major = u16_le(bytes, 8);
+    let minor = u16_le(bytes, 10);
+    if major != MAJOR {
+        return Err(Error::UnsupportedVersion { major, minor });
+    }
+    if u32_le(bytes, 60) != crc32c(&bytes[..60]) {
+        return Err(Error::ChecksumMismatch {
+            what: "preamble".to_string(),
+        });
+    }
+    let p = Preamble {
+        major,
+        minor,
+        header_off: u64_le(bytes, 16),
+        header_len: u64_le(bytes, 24),
+        data_off: u64_le(bytes, 32),
+        data_len: u64_le(bytes, 40),
+        flags: u32_le(bytes, 48),
+        header_crc: u32_le(bytes, 52),
+    };
+    if p.header_off != PREAMBLE_LEN as u64 {
+        return Err(Error::BadPreamble("header offset is not 64"));
+    }
+    if p.header_len > MAX_HEADER_LEN {
+        return Err(Error::HeaderTooLarge(p.header_len));
+    }
+    let header_end = p.header_off + p.header_len;
+    if p.data_off < header_end {
+        return Err(Error::BadPreamble("data section overlaps the header"));
+    }
+    if p.data_off % BLOB_ALIGN as u64 != 0 {
+        return Err(Error::BadPreamble("data offset is not 64-byte aligned"));
+    }
+    let end = p
+        .data_off
+        .checked_add(p.data_len)
+        .ok_or(Error::Overflow("data section"))?;
+    if end != bytes.len() as u64 {
+        return Err(Error::Truncated {
+            what: "data section",
+            need: end,
+            have: bytes.len() as u64,
+        });
+    }
+    Ok(p)
+}
+
+fn decode_header(bytes: &[u8], p: &Preamble) -> Result<Header> {
+    let h = &bytes[p.header_off as usize..(p.header_off + p.header_len) as usize];
+    if crc32c(h) != p.header_crc {
+        return Err(Error::ChecksumMismatch {
+            what: "header".to_string(),
+        });
+    }
+    let (header, rest) = postcard::take_from_bytes::<Header>(h).map_err(|_| Error::HeaderDecode)?;
+    if !rest.is_empty() {
+        return Err(Error::HeaderTrailingBytes(rest.len() as u64));
+    }
+    Ok(header)
+}
+
+struct BlobChecker<'b> {
+    bytes: &'b [u8],
+    data_off: usize,
+    data_len: u64,
+    verify: bool,
+    seen: Vec<(u64, u64)>,
+}
+
+impl BlobChecker<'_> {
+    fn check(&mut self, name: &str, b: &BlobRef, elem: usize, count: usize) -> Result<Span> {
+        let bad = |reason| Error::BadBlob {
+            tensor: name.to_string(),
+            reason,
+        };
+        let want = count
+            .checked_mul(elem)
+            .ok_or(Error::Overflow("blob length"))? as u64;
+        if b.len != want {
+            return Err(Error::BadTensor {
+                tensor: name.to_string(),
+                reason: format!("blob holds {} bytes, shape needs {}", b.len, want),
+            });
+        }
+        if b.offset % BLOB_ALIGN as u64 != 0 {
+            return Err(bad("offset is not 64-byte aligned"));
+        }
+        let end = b
+            .offset
+            .checked_add(b.len)
+            .ok_or(Error::Overflow("blob end"))?;
+        if end > self.data_len {
+            return Err(bad("extends past the data section"));
+        }
+        let start = self.data_off + b.offset as usize;
+        let len = b.len as usize;
+        let slice = &self.bytes[start..start + len];
+        if (slice.as_ptr() as usize) % elem != 0 {
+            return Err(Error::Misaligned {
+                tensor: name.to_string(),
+            });
+        }
+        if self.verify && crc32c(slice) != b.crc {
+            return Err(Error::ChecksumMismatch {
+                what: format!("tensor {name:?}"),
+            });
+        }
+        if len > 0 {
+            self.seen.push((b.offset, end));
+        }
+        Ok(Span { start, len })
+    }
+
+    fn check_overlaps(&mut self) -> Result<()> {
+        self.seen.sort_unstable();
+        for w in self.seen.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(Error::BadBlob {
+                    tensor: format!("at offset {}", w[1].0),
+                    reason: "overlaps another blob",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_csr(
+    name: &str,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+    nnz: usize,
+    index: IndexWidth,
+    row_ptr: Span,
+    col_idx: Span,
+) -> Result<()> {
+    let bad = |reason| Error::BadCsr {
+        tensor: name.to_string(),
+        reason,
+    };
+    let rp = |r: usize| u32_le(bytes, row_ptr.start + 4 * r) as usize;
+    if rp(0) != 0 {
+        return Err(bad("row_ptr[0] is not 0"));
+    }
+    if rp(rows) != nnz {
+        return Err(bad("row_ptr[rows] is not nnz"));
+    }
+    if index == IndexWidth::U16 && cols > 1 << 16 {
+        return Err(bad("u16 indices cannot address this many columns"));
+    }
+    let col = |k: usize| match index {
+        IndexWidth::U16 => u16_le(bytes, col_idx.start + 2 * k) as usize,
+        IndexWidth::U32 => u32_le(bytes, col_idx.start + 4 * k) as usize,
+    };
+    for r in 0..rows {
+        let (a, b) = (rp(r), rp(r + 1));
+        if b < a || b > nnz {
+            return Err(bad("row_ptr is not monotone"));
+        }
+        let mut prev: Option<usize> = None;
+        for k in a..b {
+            let c = col(k);
+            if c >= cols {
+                return Err(bad("column index out of range"));
+            }
+            if prev.is_some_and(|p| c <= p) {
+                return Err(bad("column indices not increasing within a row"));
+            }
+            prev = Some(c);
+        }
+    }
+    Ok(())
+}
+
+fn validate_tensors(bytes: &[u8], p: &Preamble, h: &Header, verify: bool) -> Result<Vec<TensorSpans>> {
+    let mut bc = BlobChecker {
+        bytes,
+        data_off: p.data_off as usize,
+        data_len: p.data_len,
+        verify,
+        seen: Vec::new(),
+    };
+    let mut spans = Vec::with_capacity(h.tensors.len());
+    for t in &h.tensors {
+        let name = t.name.as_str();
+        let n = numel(&t.shape).ok_or(Error::Overflow("tensor shape"))?;
+        let es = t.dtype.size();
+        let span = match &t.layout {
+            Layout::Dense { values } => TensorSpans::Dense {
+                values: bc.check(name, values, es, n)?,
+            },
+            Layout::Csr {
+                nnz,
+                index,
+                row_ptr,
+                col_idx,
+                values,
+            } => {
+                if t.shape.is_empty() {
+                    return Err(Error::BadTensor {
+                        tensor: name.to_string(),
+                        reason: "CSR tensor needs at least one dimension".to_string(),
+                    });
+                }
+                let rows = t.shape[0] as usize;
+                let cols = numel(&t.shape[1..]).ok_or(Error::Overflow("tensor shape"))?;
+                let nnz = usize::try_from(*nnz).map_err(|_| Error::Overflow("nnz"))?;
+                if nnz > n {
+                    return Err(Error::BadCsr {
+                        tensor: name.to_string(),
+                        reason: "more non-zeros than elements",
+                    });
+                }
+                let rows1 = rows.checked_add(1).ok_or(Error::Overflow("rows"))?;
+                let rp = bc.check(name, row_ptr, 4, rows1)?;
+                let ci = bc.check(name, col_idx, index.size(), nnz)?;
+                let vs = bc.check(name, values, es, nnz)?;
+                check_csr(name, bytes, rows, cols, nnz, *index, rp, ci)?;
+                TensorSpans::Csr {
+                    rows,
+                    cols,
+                    index: *index,
+                    row_ptr: rp,
+                    col_idx: ci,
+                    values: vs,
+                }
+            }
+        };
+        spans.push(span);
+    }
+    bc.check_overlaps()?;
+    Ok(spans)
+}
+
+impl<'a> Model<'a> {
+    /// Validates `bytes` (see the crate docs for the checks) and borrows them.
+    /// Blobs are cast in place, so `bytes` must be aligned like its elements (a memory map or an
+    /// [`AlignedBytes`] is; otherwise [`Error::Misaligned`]).
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self> {
+        Self::from_bytes_with(bytes, LoadOptions::default())
+    }
+
+    pub fn from_bytes_with(bytes: &'a [u8], opts: LoadOptions) -> Result<Self> {
+        Self::new(Storage::Borrowed(bytes), opts)
+    }
+
+    fn new(storage: Storage<'a>, opts: LoadOptions) -> Result<Self> {
+        let bytes = storage.bytes();
+        let preamble = parse_preamble(bytes)?;
+        let header = decode_header(bytes, &preamble)?;
+        let spans = validate_tensors(bytes, &preamble, &header, opts.verify_blobs)?;
+        graph::validate(&header)?;
+        Ok(Model {
+            storage,
+            header,
+            preamble,
+            spans,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn preamble(&self) -> &Preamble {
+        &self.preamble
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.header.graph
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.header.metadata
+    }
+
+    pub fn tensor_entry(&self, id: TensorId) -> &TensorEntry {
+        &self.header.tensors[id as usize]
+    }
+
+    /// The whole loaded image.
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
+    fn elems(&self, dtype: DType, s: Span) -> Elems<'_> {
+        let b = &self.storage.bytes()[s.start..s.start + s.len];
+        // SAFETY: `s` was checked at load to lie inside the image and to be aligned for `dtype`
+        // (address % size == 0), its length is a multiple of the element size, the image is never
+        // mutated while `self` lives, and f32 and f16 accept every bit pattern.
+        unsafe {
+            match dtype {
+                DType::F32 => Elems::F32(core::slice::from_raw_parts(b.as_ptr() as *const f32, s.len / 4)),
+                DType::F16 => Elems::F16(core::slice::from_raw_parts(b.as_ptr() as *const f16, s.len / 2)),
+            }
+        }
+    }
+
+    /// Borrowed view of tensor `id`.
+    ///
+    /// # Panics
+    /// If `id` is not an index of the tensor table (graph references are validated at load).
+    pub fn tensor(&self, id: TensorId) -> TensorView<'_> {
+        let dtype = self.header.tensors[id as usize].dtype;
+        match self.spans[id as usize] {
+            TensorSpans::Dense { values } => TensorView::Dense(self.elems(dtype, values)),
+            TensorSpans::Csr {
+                rows,
+                cols,
+                index,
+                row_ptr,
+                col_idx,
+                values,
+            } => {
+                let bytes = self.storage.bytes();
+                // SAFETY: as in `elems`: spans checked at load for bounds, alignment and length.
+                let (row_ptr, col_idx) = unsafe {
+                    let rp = core::slice::from_raw_parts(
+                        bytes[row_ptr.start..].as_ptr() as *const u32,
+                        row_ptr.len / 4,
+                    );
+                    let ci = match index {
+                        IndexWidth::U16 => Indices::U16(core::slice::from_raw_parts(
+                            bytes[col_idx.start..].as_ptr() as *const u16,
+                            col_idx.len / 2,
+                        )),
+                        IndexWidth::U32 => Indices::U32(core::slice::from_raw_parts(
+                            bytes[col_idx.start..].as_ptr() as *const u32,
+                            col_idx.len / 4,
+                        )),
+                    };
+                    (rp, ci)
+                };
+                TensorView::Csr(CsrView {
+                    rows,
+                    cols,
+                    row_ptr,
+                    col_idx,
+                    values: self.elems(dtype, values),
+                })
+            }
+        }
+    }
+
+    /// Elements of tensor `id` (dense size) and how many are non-zero in storage.
+    pub fn tensor_density(&self, id: TensorId) -> (usize, usize) {
+        let n = numel(&self.header.tensors[id as usize].shape).unwrap_or(0);
+        match self.tensor(id) {
+            TensorView::Dense(e) => {
+                let nz = (0..e.len()).filter(|&i| e.get_f32(i) != 0.0).count();
+                (n, nz)
+            }
+            TensorView::Csr(c) => (n, c.values.len()),
+        }
+    }
+}
+
+impl Model<'static> {
+    /// Copies `bytes` into an aligned buffer, then loads it.
+    pub fn from_vec(bytes: &[u8]) -> Result<Self> {
+        Self::new(Storage::Owned(AlignedBytes::copy_from(bytes)), LoadOptions::default())
+    }
+
+    /// Memory-maps `path` and loads it without copying any blob.
+    ///
+    /// The file must not be modified or truncated while the model lives (the mapping would change
+    /// under the validated views).
+    #[cfg(feature = "std")]
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::open_with(path, LoadOptions::default())
+    }
+
+    #[cfg(feature = "std")]
+    pub fn open_with(path: impl AsRef<std::path::Path>, opts: LoadOptions) -> Result<Self> {
+        use std::string::ToString;
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        // SAFETY: the mapping is read-only and private to this process; the documented contract of
+        // `open` is that the file is not modified while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io(e.to_string()))?;
+        Self::new(Storage::Mapped(map), opts)
+    }
+}
