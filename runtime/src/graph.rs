@@ -29,27 +29,47 @@ pub fn window_out(input: u32, kernel: u32, stride: u32, pad: u32, dilation: u32)
     u32::try_from((padded - span) / stride as u64 + 1).ok()
 }
 
-fn tensor<'h>(h: &'h Header, node: &str, id: TensorId) -> Result<&'h TensorEntry> {
-    h.tensors
-        .get(id as usize)
+/// What shape inference needs to know about the tensor table.
+pub trait TensorTable {
+    /// Shape of tensor `id`, `None` if it does not exist.
+    fn tensor_shape(&self, id: TensorId) -> Option<&[u32]>;
+    /// Whether tensor `id` is stored dense.
+    fn tensor_is_dense(&self, id: TensorId) -> bool;
+}
+
+impl TensorTable for Header {
+    fn tensor_shape(&self, id: TensorId) -> Option<&[u32]> {
+        self.tensors.get(id as usize).map(|t| t.shape.as_slice())
+    }
+
+    fn tensor_is_dense(&self, id: TensorId) -> bool {
+        self.tensors
+            .get(id as usize)
+            .is_some_and(|t| matches!(t.layout, Layout::Dense { .. }))
+    }
+}
+
+fn tensor<'h>(h: &'h dyn TensorTable, node: &str, id: TensorId) -> Result<&'h [u32]> {
+    h.tensor_shape(id)
         .ok_or_else(|| bad(node, format!("tensor {id} does not exist")))
 }
 
-fn expect_shape(h: &Header, node: &str, id: TensorId, want: &[u32], what: &str) -> Result<()> {
+fn expect_shape(h: &dyn TensorTable, node: &str, id: TensorId, want: &[u32], what: &str) -> Result<()> {
     let t = tensor(h, node, id)?;
-    if t.shape != want {
+    if t != want {
         return Err(bad(
             node,
-            format!("{what} {:?} has shape {:?}, expected {:?}", t.name, t.shape, want),
+            format!("{what} (tensor {id}) has shape {t:?}, expected {want:?}"),
         ));
     }
     Ok(())
 }
 
-fn expect_dense(h: &Header, node: &str, id: TensorId) -> Result<()> {
-    match tensor(h, node, id)?.layout {
-        Layout::Dense { .. } => Ok(()),
-        _ => Err(bad(node, "parameter vectors must be stored dense")),
+fn expect_dense(h: &dyn TensorTable, node: &str, id: TensorId) -> Result<()> {
+    if h.tensor_is_dense(id) {
+        Ok(())
+    } else {
+        Err(bad(node, "parameter vectors must be stored dense"))
     }
 }
 
@@ -74,7 +94,7 @@ fn pool_out(node: &str, s: &[u32], kernel: [u32; 2], stride: [u32; 2], padding: 
 }
 
 /// Output shape of `node` given its input shapes; checks tensor shapes and attributes.
-pub fn infer(h: &Header, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32>> {
+pub fn infer(h: &dyn TensorTable, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32>> {
     let name = node.name.as_str();
     let arity = |n: usize| {
         if ins.len() == n {
@@ -87,7 +107,7 @@ pub fn infer(h: &Header, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32>> {
         Op::Linear { weight, bias, .. } => {
             arity(1)?;
             let w = tensor(h, name, *weight)?;
-            let [out, inp] = match w.shape[..] {
+            let [out, inp] = match w[..] {
                 [o, i] => [o, i],
                 _ => return Err(bad(name, "Linear weight must be [out, in]")),
             };
@@ -112,7 +132,7 @@ pub fn infer(h: &Header, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32>> {
             arity(1)?;
             let [c, hh, ww] = chw(name, ins[0])?;
             let w = tensor(h, name, *weight)?;
-            let [co, ci, kh, kw] = match w.shape[..] {
+            let [co, ci, kh, kw] = match w[..] {
                 [a, b, c, d] => [a, b, c, d],
                 _ => return Err(bad(name, "Conv2d weight must be [out, in/groups, kh, kw]")),
             };
@@ -120,7 +140,7 @@ pub fn infer(h: &Header, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32>> {
             if g == 0 || c % g != 0 || co % g != 0 || ci.checked_mul(g) != Some(c) {
                 return Err(bad(
                     name,
-                    format!("input channels {c}, groups {g} and weight {:?} disagree", w.shape),
+                    format!("input channels {c}, groups {g} and weight {w:?} disagree"),
                 ));
             }
             let oh = window_out(hh, kh, stride[0], padding[0], dilation[0]);
@@ -228,7 +248,11 @@ pub const MAX_VALUE_ELEMS: usize = 1 << 28;
 
 /// Checks references, definition order and every node's declared output shape.
 pub fn validate(h: &Header) -> Result<()> {
-    let g = &h.graph;
+    validate_graph(&h.graph, h)
+}
+
+/// [`validate`] for a graph whose tensors live elsewhere (the pruner's in-memory models).
+pub fn validate_graph(g: &Graph, h: &dyn TensorTable) -> Result<()> {
     let nv = g.values.len();
     for v in &g.values {
         let n = numel(&v.shape).ok_or(Error::Overflow("value shape"))?;
