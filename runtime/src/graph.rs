@@ -82,7 +82,7 @@ fn chw(node: &str, s: &[u32]) -> Result<[u32; 3]> {
 
 fn pool_out(node: &str, s: &[u32], kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2]) -> Result<Vec<u32>> {
     let [c, hh, w] = chw(node, s)?;
-    if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+    if padding[0] as u64 * 2 > kernel[0] as u64 || padding[1] as u64 * 2 > kernel[1] as u64 {
         return Err(bad(node, "padding exceeds half the pooling window"));
     }
     let oh = window_out(hh, kernel[0], stride[0], padding[0], 1);
