@@ -133,21 +133,23 @@ impl<'a> TensorView<'a> {
     }
 }
 
+/// 64 bytes at a 64-byte aligned address.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Chunk([u8; 64]);
+
 /// A 64-byte aligned, owned byte buffer, for inputs that are not memory-mapped.
 pub struct AlignedBytes {
-    chunks: Vec<[u64; 8]>,
+    chunks: Vec<Chunk>,
     len: usize,
 }
 
 impl AlignedBytes {
     pub fn copy_from(bytes: &[u8]) -> Self {
-        let mut chunks = alloc::vec![[0u64; 8]; bytes.len().div_ceil(64)];
-        // SAFETY: `chunks` owns `chunks.len() * 64 >= bytes.len()` initialised bytes; u8 has no
-        // alignment requirement and any byte pattern is a valid u64.
-        let dst = unsafe {
-            core::slice::from_raw_parts_mut(chunks.as_mut_ptr() as *mut u8, chunks.len() * 64)
-        };
-        dst[..bytes.len()].copy_from_slice(bytes);
+        let mut chunks = alloc::vec![Chunk([0; 64]); bytes.len().div_ceil(64)];
+        for (dst, src) in chunks.iter_mut().zip(bytes.chunks(64)) {
+            dst.0[..src.len()].copy_from_slice(src);
+        }
         AlignedBytes {
             chunks,
             len: bytes.len(),
