@@ -1,4 +1,4 @@
-use super::{act_scalar, Activation, Elems};
+use super::{act_scalar, Activation, Elems, Isa};
 
 /// Geometry of one 2-D convolution over a single image in CHW layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +16,35 @@ pub struct ConvGeom {
     pub ow: usize,
 }
 
+/// Output positions `o` in `0..n` whose input coordinate `o * stride + off - pad` lies in
+/// `0..len`, as a half-open range (possibly empty), and the input coordinate of its first element.
+#[inline(always)]
+fn valid_range(
+    n: usize,
+    len: usize,
+    stride: usize,
+    off: usize,
+    pad: usize,
+) -> (usize, usize, usize) {
+    // First o with o * stride + off >= pad.
+    let lo = if off >= pad {
+        0
+    } else {
+        (pad - off).div_ceil(stride)
+    };
+    // One past the last o with o * stride + off - pad <= len - 1.
+    let hi = if len + pad <= off {
+        0
+    } else {
+        (len + pad - off - 1) / stride + 1
+    };
+    let (lo, hi) = (lo.min(n), hi.min(n));
+    if lo >= hi {
+        return (0, 0, 0);
+    }
+    (lo, hi, lo * stride + off - pad)
+}
+
 /// Length of the patch matrix [`im2col`] writes for `channels` input channels.
 pub fn im2col_len(g: &ConvGeom, channels: usize) -> usize {
     channels * g.kh * g.kw * g.oh * g.ow
@@ -23,36 +52,89 @@ pub fn im2col_len(g: &ConvGeom, channels: usize) -> usize {
 
 /// Writes the patch matrix of input channels `c0..c0 + channels` of `x` (`[c, h, w]`) into
 /// `cols`, row-major `[(channels * kh * kw), (oh * ow)]`, rows ordered (channel, ki, kj) like a
-/// PyTorch weight `[out, in, kh, kw]` flattened; padding reads as 0.
+/// PyTorch weight `[out, in, kh, kw]` flattened; padding reads as 0. Never allocates.
 pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f32]) {
     let p = g.oh * g.ow;
     let mut row = 0;
     for c in c0..c0 + channels {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
+            let (ylo, yhi, iy0) = valid_range(g.oh, g.h, g.stride[0], ki * g.dilation[0], g.pad[0]);
             for kj in 0..g.kw {
                 let dst = &mut cols[row * p..(row + 1) * p];
-                for oy in 0..g.oh {
-                    let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
+                row += 1;
+                dst[..ylo * g.ow].fill(0.0);
+                dst[yhi * g.ow..].fill(0.0);
+                let (xlo, xhi, ix0) =
+                    valid_range(g.ow, g.w, g.stride[1], kj * g.dilation[1], g.pad[1]);
+                for oy in ylo..yhi {
+                    let iy = iy0 + (oy - ylo) * g.stride[0];
                     let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-                    if iy < 0 || iy >= g.h as isize {
-                        d.fill(0.0);
+                    d[..xlo].fill(0.0);
+                    d[xhi..].fill(0.0);
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let n = xhi - xlo;
+                    if n == 0 {
                         continue;
                     }
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    for (ox, o) in d.iter_mut().enumerate() {
-                        let ix = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad[1] as isize;
-                        *o = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+                    if g.stride[1] == 1 {
+                        d[xlo..xhi].copy_from_slice(&src[ix0..ix0 + n]);
+                    } else {
+                        for (o, s) in d[xlo..xhi]
+                            .iter_mut()
+                            .zip(src[ix0..].iter().step_by(g.stride[1]))
+                        {
+                            *o = *s;
+                        }
                     }
                 }
-                row += 1;
             }
         }
     }
 }
 
+/// Depthwise kernel contract: see [`depthwise_conv2d`].
+///
+/// # Safety
+/// Slices satisfy the length checks of [`DepthwiseKernel::run`]; the CPU supports the kernel's
+/// [`Isa`].
+type DepthwiseFn = unsafe fn(
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+);
+
+/// One depthwise convolution implementation. [`DEPTHWISE_KERNELS`] lists them from most to
+/// least preferred.
+pub struct DepthwiseKernel {
+    pub name: &'static str,
+    pub isa: Isa,
+    run: DepthwiseFn,
+}
+
+/// Every depthwise kernel, most preferred first; the last entry runs everywhere. All share one
+/// row-oriented algorithm (for each output row and tap, a multiply-add of one input row segment
+/// into the output row), compiled for different instruction sets; stride-1 rows vectorise.
+pub static DEPTHWISE_KERNELS: &[DepthwiseKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DepthwiseKernel {
+        name: "depthwise_f32_rows_avx2fma",
+        isa: Isa::Avx2Fma,
+        run: depthwise_avx2fma,
+    },
+    DepthwiseKernel {
+        name: "depthwise_f32_rows_baseline",
+        isa: Isa::Scalar,
+        run: depthwise_baseline,
+    },
+];
+
 /// Depthwise convolution (groups == channels, one filter per channel): `w` is `[c, 1, kh, kw]`,
-/// `x` is `[c, h, w]`, `y` is `[c, oh, ow]`; `y = act(conv + bias)`.
+/// `x` is `[c, h, w]`, `y` is `[c, oh, ow]`; `y = act(conv + bias)`. Any kernel size, stride,
+/// dilation and padding; never allocates. Uses the best kernel of [`DEPTHWISE_KERNELS`].
 pub fn depthwise_conv2d(
     g: &ConvGeom,
     x: &[f32],
@@ -61,40 +143,120 @@ pub fn depthwise_conv2d(
     act: Activation,
     y: &mut [f32],
 ) {
+    DEPTHWISE_KERNELS
+        .iter()
+        .find(|k| k.isa.is_available())
+        .unwrap_or(&DEPTHWISE_KERNELS[DEPTHWISE_KERNELS.len() - 1])
+        .run(g, x, w, bias, act, y)
+}
+
+impl DepthwiseKernel {
+    /// See [`depthwise_conv2d`]. Panics if a slice is too short or the CPU lacks the ISA.
+    pub fn run(
+        &self,
+        g: &ConvGeom,
+        x: &[f32],
+        w: Elems<'_>,
+        bias: Option<&[f32]>,
+        act: Activation,
+        y: &mut [f32],
+    ) {
+        assert!(
+            self.isa.is_available(),
+            "depthwise: kernel {} not supported on this CPU",
+            self.name
+        );
+        assert!(x.len() >= g.c * g.h * g.w, "depthwise: input too short");
+        assert!(w.len() >= g.c * g.kh * g.kw, "depthwise: weights too short");
+        assert!(y.len() >= g.c * g.oh * g.ow, "depthwise: output too short");
+        assert!(g.stride[0] > 0 && g.stride[1] > 0, "depthwise: zero stride");
+        if let Some(b) = bias {
+            assert!(b.len() >= g.c, "depthwise: bias too short");
+        }
+        // SAFETY: lengths and ISA checked above.
+        unsafe { (self.run)(g, x, w, bias, act, y) }
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_avx2fma(
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    depthwise_rows(g, x, w, bias, act, y)
+}
+
+/// # Safety
+/// None; `unsafe` only to share the kernel signature.
+unsafe fn depthwise_baseline(
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    depthwise_rows(g, x, w, bias, act, y)
+}
+
+#[inline(always)]
+fn depthwise_rows(
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
     let (kh, kw) = (g.kh, g.kw);
+    let taps = kh * kw;
+    let (s1, d1) = (g.stride[1], g.dilation[1]);
+    if g.ow == 0 {
+        return;
+    }
     for c in 0..g.c {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        let mut k = [0f32; 64];
-        let taps = kh * kw;
-        let big;
-        let kern: &[f32] = if taps <= 64 {
-            for (t, kv) in k[..taps].iter_mut().enumerate() {
-                *kv = w.get_f32(c * taps + t);
-            }
-            &k[..taps]
-        } else {
-            big = (0..taps).map(|t| w.get_f32(c * taps + t)).collect::<alloc::vec::Vec<_>>();
-            &big
-        };
         let b = bias.map_or(0.0, |b| b[c]);
         let out = &mut y[c * g.oh * g.ow..(c + 1) * g.oh * g.ow];
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let mut acc = b;
-                for ki in 0..kh {
-                    let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
-                    if iy < 0 || iy >= g.h as isize {
+        for (oy, orow) in out.chunks_exact_mut(g.ow).enumerate() {
+            orow.fill(b);
+            for ki in 0..kh {
+                let iy = oy * g.stride[0] + ki * g.dilation[0];
+                if iy < g.pad[0] || iy - g.pad[0] >= g.h {
+                    continue;
+                }
+                let irow = &plane[(iy - g.pad[0]) * g.w..(iy - g.pad[0] + 1) * g.w];
+                for kj in 0..kw {
+                    let wv = w.get_f32(c * taps + ki * kw + kj);
+                    let (lo, hi, ix0) = valid_range(g.ow, g.w, s1, kj * d1, g.pad[1]);
+                    let n = hi - lo;
+                    if n == 0 {
                         continue;
                     }
-                    for kj in 0..kw {
-                        let ix = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.pad[1] as isize;
-                        if ix < 0 || ix >= g.w as isize {
-                            continue;
+                    let o = &mut orow[lo..hi];
+                    if s1 == 1 {
+                        for (ov, iv) in o.iter_mut().zip(&irow[ix0..ix0 + n]) {
+                            *ov += wv * iv;
                         }
-                        acc += kern[ki * kw + kj] * plane[iy as usize * g.w + ix as usize];
+                    } else {
+                        for (ov, iv) in o.iter_mut().zip(irow[ix0..].iter().step_by(s1)) {
+                            *ov += wv * iv;
+                        }
                     }
                 }
-                out[oy * g.ow + ox] = act_scalar(act, acc);
+            }
+            match act {
+                Activation::None => {}
+                Activation::Relu => orow.iter_mut().for_each(|v| *v = v.max(0.0)),
+                Activation::Relu6 => orow.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+                _ => orow.iter_mut().for_each(|v| *v = act_scalar(act, *v)),
             }
         }
     }

@@ -1,13 +1,23 @@
-//! Compute kernels. Contracts are stated on each function; every kernel has a scalar version that
-//! serves as the reference in tests.
+//! Compute kernels. Contracts are stated on each function; every kernel family has a scalar
+//! version compiled on every target.
+//!
+//! Each family has one static registry ([`GEMM_KERNELS`], [`GEMV_KERNELS`],
+//! [`DEPTHWISE_KERNELS`]) listed from most to least preferred. Dispatch takes the first entry whose
+//! [`Isa`] is available on the running CPU; tests and benches iterate every available entry, so a
+//! kernel added to a registry is dispatched, tested and benchmarked without further edits.
+//! Kernel names follow `<op>_<dtype>_<MR>x<NR>_<isa>`.
 
 mod act;
 mod conv;
 mod gemm;
+mod gemv;
 
 pub use act::{act_scalar, apply_act};
-pub use conv::{depthwise_conv2d, im2col, im2col_len, ConvGeom};
-pub use gemm::{gemm, gemm_workspace, gemv, GemmKernel, GEMM_KERNELS};
+pub use conv::{
+    depthwise_conv2d, im2col, im2col_len, ConvGeom, DepthwiseKernel, DEPTHWISE_KERNELS,
+};
+pub use gemm::{gemm, gemm_workspace, GemmKernel, GEMM_KERNELS};
+pub use gemv::{gemv, GemvKernel, GEMV_KERNELS};
 
 pub use crate::format::Activation;
 pub use crate::model::Elems;
@@ -26,17 +36,51 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// Row-major `rows × cols` matrix with contiguous rows.
     pub fn row_major(data: Elems<'a>, rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, rs: cols, cs: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
 
     /// The transpose (no copy).
     pub fn t(self) -> Self {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
     }
 
     #[inline(always)]
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.data.get_f32(i * self.rs + j * self.cs)
+    }
+
+    /// Panics unless every element `(i, j)`, `i < rows`, `j < cols`, lies inside `data`; the
+    /// kernels rely on this before reading through raw pointers.
+    pub(crate) fn check_bounds(&self, what: &str) {
+        if self.rows == 0 || self.cols == 0 {
+            return;
+        }
+        let last = (self.rows - 1).checked_mul(self.rs).and_then(|r| {
+            (self.cols - 1)
+                .checked_mul(self.cs)
+                .and_then(|c| r.checked_add(c))
+        });
+        assert!(
+            matches!(last, Some(l) if l < self.data.len()),
+            "{what}: {}x{} matrix with strides ({}, {}) exceeds its {} elements",
+            self.rows,
+            self.cols,
+            self.rs,
+            self.cs,
+            self.data.len()
+        );
     }
 }
 
@@ -63,22 +107,83 @@ impl Bias<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
+    /// x86-64 AVX2 + FMA.
     Avx2Fma,
+    /// x86-64 AVX2 + FMA + F16C (f16 <-> f32 conversion).
+    Avx2FmaF16c,
+    /// aarch64 Advanced SIMD (baseline on aarch64).
     Neon,
+    /// aarch64 Advanced SIMD with half-precision arithmetic (FEAT_FP16, ARMv8.2+); detected at
+    /// run time, so needs feature `std`.
+    NeonFp16,
 }
 
 impl Isa {
-    /// Whether this CPU can run kernels of this instruction set.
+    /// Whether this CPU can run kernels of this instruction set. Without feature `std` only
+    /// statically enabled target features count.
     pub fn is_available(self) -> bool {
         match self {
             Isa::Scalar => true,
-            #[cfg(all(target_arch = "x86_64", feature = "std"))]
-            Isa::Avx2Fma => std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
-            #[cfg(all(target_arch = "x86_64", not(feature = "std")))]
-            Isa::Avx2Fma => cfg!(all(target_feature = "avx2", target_feature = "fma")),
-            #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2Fma => false,
+            Isa::Avx2Fma => x86_has_avx2_fma(),
+            Isa::Avx2FmaF16c => x86_has_avx2_fma() && x86_has_f16c(),
             Isa::Neon => cfg!(target_arch = "aarch64"),
+            Isa::NeonFp16 => aarch64_has_fp16(),
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn x86_has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn x86_has_f16c() -> bool {
+    std::is_x86_feature_detected!("f16c")
+}
+
+#[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+fn x86_has_avx2_fma() -> bool {
+    cfg!(all(target_feature = "avx2", target_feature = "fma"))
+}
+
+#[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+fn x86_has_f16c() -> bool {
+    cfg!(target_feature = "f16c")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_has_avx2_fma() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_has_f16c() -> bool {
+    false
+}
+
+#[cfg(all(target_arch = "aarch64", feature = "std"))]
+fn aarch64_has_fp16() -> bool {
+    std::arch::is_aarch64_feature_detected!("fp16")
+}
+
+#[cfg(not(all(target_arch = "aarch64", feature = "std")))]
+fn aarch64_has_fp16() -> bool {
+    cfg!(all(target_arch = "aarch64", target_feature = "fp16"))
+}
+
+/// Element type of a kernel's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+}
+
+impl Elems<'_> {
+    pub(crate) fn dtype(&self) -> Dtype {
+        match self {
+            Elems::F32(_) => Dtype::F32,
+            Elems::F16(_) => Dtype::F16,
         }
     }
 }

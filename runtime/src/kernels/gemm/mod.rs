@@ -1,0 +1,410 @@
+//! Packed GEMM in the BLIS style: the `k` dimension is cut into `kc` blocks, columns of `B` into
+//! `nc` blocks and rows of `A` into `mc` blocks; each block is packed into the caller's workspace
+//! and a register-blocked `MR × NR` micro-kernel computes one tile of `C` at a time.
+//!
+//! Packed layouts (all f32, f16 inputs are converted while packing):
+//! - `A` block (`mc × kc`): `ceil(mc / MR)` panels of `MR × kc`; panel element `(i, p)` sits at
+//!   `p * MR + i`. Rows past `mc` are zero.
+//! - `B` block (`kc × nc`): `ceil(nc / NR)` panels of `kc × NR`; panel element `(p, j)` sits at
+//!   `p * NR + j`. Columns past `nc` are zero.
+//!
+//! Bias is loaded into the accumulators' epilogue on the first `kc` block, later blocks add the
+//! partial result already in `C`; on the last block ReLU / ReLU6 are applied in registers and
+//! the other activations on the tile right after it is stored.
+
+use half::f16;
+
+use super::{act_scalar, Activation, Bias, Elems, Isa, MatRef};
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Largest `MR` / `NR` of any registered kernel (edge tiles go through a stack buffer this big).
+const MAX_MR: usize = 8;
+const MAX_NR: usize = 16;
+const _: () = assert!(MAX_NR >= MAX_MR);
+static ZEROS: [f32; MAX_NR] = [0.0; MAX_NR];
+
+/// Epilogue of one micro-tile, shared by every micro-kernel.
+pub(crate) struct Tile {
+    /// `acc += C` (every `kc` block after the first) instead of `acc += bias_r[i] + bias_c[j]`.
+    pub accumulate: bool,
+    /// Clamp the result to `[lo, hi]` before storing.
+    pub clamp: bool,
+    pub lo: f32,
+    pub hi: f32,
+    /// `MR` row-bias values.
+    pub bias_r: *const f32,
+    /// `NR` column-bias values.
+    pub bias_c: *const f32,
+}
+
+/// Micro-kernel: `C[0..MR, 0..NR] = epilogue(sum_p a[p * MR + i] * b[p * NR + j])` where `c`
+/// addresses row `i` at `c + i * ldc`.
+///
+/// # Safety
+/// `a` holds `kc * MR` and `b` `kc * NR` readable f32; `c` addresses a writable `MR × NR` tile
+/// with row stride `ldc`; `t`'s bias pointers address `MR` / `NR` readable f32; the CPU supports
+/// the kernel's [`Isa`].
+pub(crate) type MicroKernel =
+    unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, t: &Tile);
+
+/// One GEMM implementation: a micro-kernel with its tile and cache-block sizes. [`GEMM_KERNELS`]
+/// lists them from most to least preferred.
+pub struct GemmKernel {
+    pub name: &'static str,
+    pub isa: Isa,
+    /// Rows of the register tile.
+    pub mr: usize,
+    /// Columns of the register tile.
+    pub nr: usize,
+    /// Cache blocks: rows of `A`, depth, columns of `B` per packed block.
+    pub mc: usize,
+    pub kc: usize,
+    pub nc: usize,
+    ukernel: MicroKernel,
+}
+
+/// Every GEMM micro-kernel, most preferred first; the last entry runs everywhere.
+pub static GEMM_KERNELS: &[GemmKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    GemmKernel {
+        name: "gemm_f32_6x16_avx2fma",
+        isa: Isa::Avx2Fma,
+        mr: 6,
+        nr: 16,
+        mc: 144,
+        kc: 256,
+        nc: 2048,
+        ukernel: x86::gemm_f32_6x16_avx2fma,
+    },
+    #[cfg(target_arch = "aarch64")]
+    GemmKernel {
+        name: "gemm_f32_8x8_neon",
+        isa: Isa::Neon,
+        mr: 8,
+        nr: 8,
+        mc: 128,
+        kc: 256,
+        nc: 1024,
+        ukernel: neon::gemm_f32_8x8_neon,
+    },
+    GemmKernel {
+        name: "gemm_f32_4x4_scalar",
+        isa: Isa::Scalar,
+        mr: 4,
+        nr: 4,
+        mc: 64,
+        kc: 256,
+        nc: 512,
+        ukernel: scalar::gemm_f32_4x4_scalar,
+    },
+];
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// f32 elements of workspace that [`gemm`] (with any registered kernel) needs for an
+/// `m × n × k` product: one packed `A` block and one packed `B` block.
+pub fn gemm_workspace(m: usize, n: usize, k: usize) -> usize {
+    GEMM_KERNELS
+        .iter()
+        .map(|ker| ker.workspace(m, n, k))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The kernel [`gemm`] uses on this CPU.
+pub fn gemm_kernel() -> &'static GemmKernel {
+    GEMM_KERNELS
+        .iter()
+        .find(|k| k.isa.is_available())
+        .unwrap_or(&GEMM_KERNELS[GEMM_KERNELS.len() - 1])
+}
+
+/// GEMM with the best kernel for this CPU; see [`GemmKernel::run`].
+pub fn gemm(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    bias: Bias<'_>,
+    act: Activation,
+    ws: &mut [f32],
+) {
+    gemm_kernel().run(a, b, c, ldc, bias, act, ws)
+}
+
+impl GemmKernel {
+    /// f32 elements of workspace this kernel needs for an `m × n × k` product.
+    pub fn workspace(&self, m: usize, n: usize, k: usize) -> usize {
+        if m == 0 || n == 0 || k == 0 {
+            return 0;
+        }
+        let kc = self.kc.min(k);
+        kc * (self.mc.min(round_up(m, self.mr)) + self.nc.min(round_up(n, self.nr)))
+    }
+
+    /// `c[i * ldc + j] = act(sum_k a(i, k) * b(k, j) + bias(i, j))` for `i < a.rows`,
+    /// `j < b.cols`; `k == 0` gives `act(bias)`. Other elements of `c` are untouched.
+    ///
+    /// Requires `a.cols == b.rows`, `ldc >= b.cols`, `c.len() >= (a.rows - 1) * ldc + b.cols`,
+    /// a bias of at least `a.rows` (row) or `b.cols` (column) values, and
+    /// `ws.len() >= gemm_workspace(m, n, k)`; panics otherwise. Never allocates.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        c: &mut [f32],
+        ldc: usize,
+        bias: Bias<'_>,
+        act: Activation,
+        ws: &mut [f32],
+    ) {
+        assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+        assert!(
+            self.isa.is_available(),
+            "gemm: kernel {} not supported on this CPU",
+            self.name
+        );
+        let (m, n, k) = (a.rows, b.cols, a.cols);
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
+        assert!(c.len() >= (m - 1) * ldc + n, "gemm: output slice too short");
+        match bias {
+            Bias::None => {}
+            Bias::Row(v) => assert!(v.len() >= m, "gemm: row bias shorter than m"),
+            Bias::Col(v) => assert!(v.len() >= n, "gemm: column bias shorter than n"),
+        }
+        if k == 0 {
+            for i in 0..m {
+                for (j, cv) in c[i * ldc..i * ldc + n].iter_mut().enumerate() {
+                    *cv = act_scalar(act, bias.at(i, j));
+                }
+            }
+            return;
+        }
+        a.check_bounds("gemm: A");
+        b.check_bounds("gemm: B");
+        let need = self.workspace(m, n, k);
+        assert!(ws.len() >= need, "gemm: workspace {} < {need}", ws.len());
+        // SAFETY: the checks above establish every invariant `run_blocked` documents.
+        unsafe { self.run_blocked(a, b, c.as_mut_ptr(), ldc, bias, act, ws) }
+    }
+
+    /// # Safety
+    /// `m, n, k > 0`; `c` addresses `(m - 1) * ldc + n` writable f32 with `ldc >= n`; `a` and `b`
+    /// pass `check_bounds`; the bias has `m` / `n` values; `ws` holds `self.workspace(m, n, k)`;
+    /// the CPU supports `self.isa`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_blocked(
+        &self,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        c: *mut f32,
+        ldc: usize,
+        bias: Bias<'_>,
+        act: Activation,
+        ws: &mut [f32],
+    ) {
+        let (m, n, k) = (a.rows, b.cols, a.cols);
+        let (mr, nr) = (self.mr, self.nr);
+        let kc_max = self.kc.min(k);
+        let mc_max = self.mc.min(round_up(m, mr));
+        let (apack, rest) = ws.split_at_mut(mc_max * kc_max);
+        let bpack = &mut rest[..kc_max * self.nc.min(round_up(n, nr))];
+        let (clamp, lo, hi, post) = match act {
+            Activation::None => (false, f32::NEG_INFINITY, f32::INFINITY, false),
+            Activation::Relu => (true, 0.0, f32::INFINITY, false),
+            Activation::Relu6 => (true, 0.0, 6.0, false),
+            _ => (false, f32::NEG_INFINITY, f32::INFINITY, true),
+        };
+        let mut brow = [0f32; MAX_MR];
+        let mut bcol = [0f32; MAX_NR];
+        let mut tmp = [0f32; MAX_MR * MAX_NR];
+        for jc in (0..n).step_by(self.nc) {
+            let nc = self.nc.min(n - jc);
+            for pc in (0..k).step_by(self.kc) {
+                let kc = self.kc.min(k - pc);
+                let (first, last) = (pc == 0, pc + kc == k);
+                pack_b(&b, pc, kc, jc, nc, nr, bpack);
+                for ic in (0..m).step_by(self.mc) {
+                    let mc = self.mc.min(m - ic);
+                    pack_a(&a, ic, mc, pc, kc, mr, apack);
+                    for jr in (0..nc).step_by(nr) {
+                        let nr_eff = nr.min(nc - jr);
+                        let j0 = jc + jr;
+                        let bpanel = bpack[jr * kc..].as_ptr();
+                        let bias_c = match bias {
+                            Bias::Col(v) if nr_eff == nr => v[j0..].as_ptr(),
+                            Bias::Col(v) => {
+                                bcol[..nr].fill(0.0);
+                                bcol[..nr_eff].copy_from_slice(&v[j0..j0 + nr_eff]);
+                                bcol.as_ptr()
+                            }
+                            _ => ZEROS.as_ptr(),
+                        };
+                        for ir in (0..mc).step_by(mr) {
+                            let mr_eff = mr.min(mc - ir);
+                            let i0 = ic + ir;
+                            let apanel = apack[ir * kc..].as_ptr();
+                            let bias_r = match bias {
+                                Bias::Row(v) if mr_eff == mr => v[i0..].as_ptr(),
+                                Bias::Row(v) => {
+                                    brow[..mr].fill(0.0);
+                                    brow[..mr_eff].copy_from_slice(&v[i0..i0 + mr_eff]);
+                                    brow.as_ptr()
+                                }
+                                _ => ZEROS.as_ptr(),
+                            };
+                            let tile = Tile {
+                                accumulate: !first,
+                                clamp: clamp && last,
+                                lo,
+                                hi,
+                                bias_r,
+                                bias_c,
+                            };
+                            // SAFETY: `i0 + mr_eff <= m` and `j0 + nr_eff <= n`, so the tile's
+                            // elements lie inside `c` (caller contract).
+                            let ct = unsafe { c.add(i0 * ldc + j0) };
+                            if mr_eff == mr && nr_eff == nr {
+                                // SAFETY: the packed panels hold `kc * mr` / `kc * nr` values
+                                // (pack_a / pack_b zero-pad to full panels), the tile is full,
+                                // bias pointers address `mr` / `nr` values and the caller
+                                // guarantees the ISA.
+                                unsafe { (self.ukernel)(kc, apanel, bpanel, ct, ldc, &tile) };
+                            } else {
+                                // SAFETY: as above, but the kernel writes the full tile into
+                                // `tmp` (`MAX_MR * MAX_NR >= mr * nr`, row stride `nr`) and only
+                                // the `mr_eff × nr_eff` part inside `c` is read and written.
+                                unsafe {
+                                    if !first {
+                                        for i in 0..mr_eff {
+                                            core::ptr::copy_nonoverlapping(
+                                                ct.add(i * ldc),
+                                                tmp.as_mut_ptr().add(i * nr),
+                                                nr_eff,
+                                            );
+                                        }
+                                    }
+                                    (self.ukernel)(kc, apanel, bpanel, tmp.as_mut_ptr(), nr, &tile);
+                                    for i in 0..mr_eff {
+                                        core::ptr::copy_nonoverlapping(
+                                            tmp.as_ptr().add(i * nr),
+                                            ct.add(i * ldc),
+                                            nr_eff,
+                                        );
+                                    }
+                                }
+                            }
+                            if post && last {
+                                for i in 0..mr_eff {
+                                    // SAFETY: row `i0 + i` of the tile lies inside `c` and no
+                                    // other reference to it is live.
+                                    let row = unsafe {
+                                        core::slice::from_raw_parts_mut(ct.add(i * ldc), nr_eff)
+                                    };
+                                    row.iter_mut().for_each(|v| *v = act_scalar(act, *v));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs rows `i0..i0 + mc`, columns `p0..p0 + kc` of `a` into `MR`-row panels (see the module
+/// docs), zero-padding the last panel.
+fn pack_a(a: &MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+    match a.data {
+        Elems::F32(v) => pack_a_t(v, a.rs, a.cs, i0, mc, p0, kc, mr, dst),
+        Elems::F16(v) => pack_a_t(v, a.rs, a.cs, i0, mc, p0, kc, mr, dst),
+    }
+}
+
+/// Packs rows `p0..p0 + kc`, columns `j0..j0 + nc` of `b` into `NR`-column panels (see the
+/// module docs), zero-padding the last panel.
+fn pack_b(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
+    // B(p, j) is A'(j, p) with A' = B^T, and a B panel has the layout of an A panel of B^T.
+    match b.data {
+        Elems::F32(v) => pack_a_t(v, b.cs, b.rs, j0, nc, p0, kc, nr, dst),
+        Elems::F16(v) => pack_a_t(v, b.cs, b.rs, j0, nc, p0, kc, nr, dst),
+    }
+}
+
+trait Elem: Copy {
+    fn f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Panel packing of the `mc × kc` block at `(i0, p0)` of `src` (element `(i, p)` at
+/// `i * rs + p * cs`) into `r`-row panels: `dst[(i / r) * r * kc + p * r + i % r]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pack_a_t<T: Elem>(
+    src: &[T],
+    rs: usize,
+    cs: usize,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    r: usize,
+    dst: &mut [f32],
+) {
+    for (panel, ip) in (0..mc).step_by(r).enumerate() {
+        let rows = r.min(mc - ip);
+        let d = &mut dst[panel * r * kc..(panel + 1) * r * kc];
+        if cs == 1 {
+            // Rows of the block are contiguous: read along them, write with stride `r`.
+            for i in 0..rows {
+                let s = &src[(i0 + ip + i) * rs + p0..][..kc];
+                for (p, &x) in s.iter().enumerate() {
+                    d[p * r + i] = x.f32();
+                }
+            }
+        } else if rs == 1 {
+            // Columns of the block are contiguous: one contiguous run of `rows` per `p`.
+            for p in 0..kc {
+                let s = &src[(p0 + p) * cs + i0 + ip..][..rows];
+                for (dv, &x) in d[p * r..p * r + rows].iter_mut().zip(s) {
+                    *dv = x.f32();
+                }
+            }
+        } else {
+            for p in 0..kc {
+                for i in 0..rows {
+                    d[p * r + i] = src[(i0 + ip + i) * rs + (p0 + p) * cs].f32();
+                }
+            }
+        }
+        if rows < r {
+            for p in 0..kc {
+                d[p * r + rows..(p + 1) * r].fill(0.0);
+            }
+        }
+    }
+}

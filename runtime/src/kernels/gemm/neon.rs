@@ -1,0 +1,72 @@
+use core::arch::aarch64::*;
+
+use super::Tile;
+
+/// NEON 8×8 micro-kernel: 16 accumulators of 4 lanes fed by `vfmaq_laneq_f32` (one `A` lane per
+/// output row), two `A` and two `B` loads per step of `k`. See [`super::MicroKernel`].
+///
+/// # Safety
+/// As [`super::MicroKernel`] with `MR = NR = 8`.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn gemm_f32_8x8_neon(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    const MR: usize = 8;
+    const NR: usize = 8;
+    let z = vdupq_n_f32(0.0);
+    let mut acc = [[z; 2]; MR];
+    let (mut a, mut b) = (a, b);
+    macro_rules! row {
+        ($i:expr, $av:expr, $lane:literal, $b0:expr, $b1:expr) => {
+            acc[$i][0] = vfmaq_laneq_f32::<$lane>(acc[$i][0], $b0, $av);
+            acc[$i][1] = vfmaq_laneq_f32::<$lane>(acc[$i][1], $b1, $av);
+        };
+    }
+    for _ in 0..kc {
+        // SAFETY: each step reads `MR` values of `a` and `NR` of `b`; `kc` steps stay inside
+        // the packed panels the caller provides.
+        unsafe {
+            let (b0, b1) = (vld1q_f32(b), vld1q_f32(b.add(4)));
+            let (a0, a1) = (vld1q_f32(a), vld1q_f32(a.add(4)));
+            row!(0, a0, 0, b0, b1);
+            row!(1, a0, 1, b0, b1);
+            row!(2, a0, 2, b0, b1);
+            row!(3, a0, 3, b0, b1);
+            row!(4, a1, 0, b0, b1);
+            row!(5, a1, 1, b0, b1);
+            row!(6, a1, 2, b0, b1);
+            row!(7, a1, 3, b0, b1);
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    let (lo, hi) = (vdupq_n_f32(t.lo), vdupq_n_f32(t.hi));
+    // SAFETY: rows `0..MR` of the tile, 8 values each, are writable; the bias pointers address
+    // `MR` / `NR` values.
+    unsafe {
+        let (bc0, bc1) = (vld1q_f32(t.bias_c), vld1q_f32(t.bias_c.add(4)));
+        for (i, acc) in acc.iter().enumerate() {
+            let cr = c.add(i * ldc);
+            let (mut x0, mut x1) = (acc[0], acc[1]);
+            if t.accumulate {
+                x0 = vaddq_f32(x0, vld1q_f32(cr));
+                x1 = vaddq_f32(x1, vld1q_f32(cr.add(4)));
+            } else {
+                let br = vdupq_n_f32(*t.bias_r.add(i));
+                x0 = vaddq_f32(x0, vaddq_f32(br, bc0));
+                x1 = vaddq_f32(x1, vaddq_f32(br, bc1));
+            }
+            if t.clamp {
+                x0 = vminq_f32(vmaxq_f32(x0, lo), hi);
+                x1 = vminq_f32(vmaxq_f32(x1, lo), hi);
+            }
+            vst1q_f32(cr, x0);
+            vst1q_f32(cr.add(4), x1);
+        }
+    }
+}

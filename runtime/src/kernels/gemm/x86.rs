@@ -1,0 +1,62 @@
+use core::arch::x86_64::*;
+
+use super::Tile;
+
+/// AVX2 + FMA 6×16 micro-kernel: 12 accumulators of 8 lanes, two `B` loads and six broadcasts of
+/// `A` per step of `k`. See [`super::MicroKernel`] for the contract.
+///
+/// # Safety
+/// As [`super::MicroKernel`] with `MR = 6`, `NR = 16`; the CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemm_f32_6x16_avx2fma(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        // SAFETY: each step reads `MR` values of `a` and `NR` of `b`; `kc` steps stay inside
+        // the packed panels the caller provides.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*a.add(i));
+                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    let (lo, hi) = (_mm256_set1_ps(t.lo), _mm256_set1_ps(t.hi));
+    // SAFETY: rows `0..MR` of the tile, 16 values each, are writable; the bias pointers address
+    // `MR` / `NR` values.
+    unsafe {
+        let (bc0, bc1) = (_mm256_loadu_ps(t.bias_c), _mm256_loadu_ps(t.bias_c.add(8)));
+        for (i, acc) in acc.iter().enumerate() {
+            let cr = c.add(i * ldc);
+            let (mut x0, mut x1) = (acc[0], acc[1]);
+            if t.accumulate {
+                x0 = _mm256_add_ps(x0, _mm256_loadu_ps(cr));
+                x1 = _mm256_add_ps(x1, _mm256_loadu_ps(cr.add(8)));
+            } else {
+                let br = _mm256_broadcast_ss(&*t.bias_r.add(i));
+                x0 = _mm256_add_ps(x0, _mm256_add_ps(br, bc0));
+                x1 = _mm256_add_ps(x1, _mm256_add_ps(br, bc1));
+            }
+            if t.clamp {
+                x0 = _mm256_min_ps(_mm256_max_ps(x0, lo), hi);
+                x1 = _mm256_min_ps(_mm256_max_ps(x1, lo), hi);
+            }
+            _mm256_storeu_ps(cr, x0);
+            _mm256_storeu_ps(cr.add(8), x1);
+        }
+    }
+}

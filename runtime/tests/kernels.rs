@@ -1,0 +1,857 @@
+//! Every registered kernel available on this CPU against naive references (f64 accumulation).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use half::f16;
+use nap_runtime::kernels::{
+    act_scalar, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col, im2col_len, Activation, Bias,
+    ConvGeom, Elems, GemmKernel, Isa, MatRef, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS,
+};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-initialised thread local
+// without destructor, so touching it never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> usize {
+    ALLOCS.with(|c| c.get())
+}
+
+const ACTS: [Activation; 8] = [
+    Activation::None,
+    Activation::Relu,
+    Activation::Relu6,
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Gelu,
+    Activation::Silu,
+    Activation::HardSwish,
+];
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-2, 2).
+    fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+fn available<T>(list: &'static [T], isa: impl Fn(&T) -> Isa) -> impl Iterator<Item = &'static T> {
+    list.iter().filter(move |k| isa(k).is_available())
+}
+
+/// Owned storage of one test matrix.
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Store {
+    fn elems(&self) -> Elems<'_> {
+        match self {
+            Store::F32(v) => Elems::F32(v),
+            Store::F16(v) => Elems::F16(v),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout2 {
+    RowMajor,
+    /// Stored as the transpose, viewed through `MatRef::t`.
+    ColMajor,
+    /// Row stride `cols + 3`.
+    Padded,
+    /// Column stride 2, row stride `2 * cols + 1`.
+    Strided,
+}
+
+/// A random `rows × cols` matrix in the given layout and dtype.
+fn matrix(
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    layout: Layout2,
+    half: bool,
+) -> (Store, usize, usize) {
+    let (len, rs, cs) = match layout {
+        Layout2::RowMajor => (rows * cols, cols, 1),
+        Layout2::ColMajor => (rows * cols, 1, rows),
+        Layout2::Padded => (rows * (cols + 3), cols + 3, 1),
+        Layout2::Strided => (rows * (2 * cols + 1), 2 * cols + 1, 2),
+    };
+    let v = rng.vec(len);
+    let store = if half {
+        Store::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+    } else {
+        Store::F32(v)
+    };
+    (store, rs, cs)
+}
+
+fn mat<'a>(s: &'a Store, rows: usize, cols: usize, rs: usize, cs: usize) -> MatRef<'a> {
+    MatRef {
+        data: s.elems(),
+        rows,
+        cols,
+        rs,
+        cs,
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct GemmCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    la: Layout2,
+    lb: Layout2,
+    a16: bool,
+    b16: bool,
+    ldc_extra: usize,
+    /// 0 none, 1 row, 2 column.
+    bias: u8,
+    act: Activation,
+}
+
+impl GemmCase {
+    fn new(m: usize, n: usize, k: usize) -> Self {
+        GemmCase {
+            m,
+            n,
+            k,
+            la: Layout2::RowMajor,
+            lb: Layout2::RowMajor,
+            a16: false,
+            b16: false,
+            ldc_extra: 0,
+            bias: 0,
+            act: Activation::None,
+        }
+    }
+}
+
+fn close(got: f32, pre: f64, scale: f64, k: usize, act: Activation, rel: f64) -> bool {
+    let tol = rel * (k as f64 + 2.0) * scale + 1e-6;
+    let want = act_scalar(act, pre as f32) as f64;
+    let tol = 1.5 * tol + 2e-6 * (1.0 + want.abs());
+    (got as f64 - want).abs() <= tol
+}
+
+/// Runs `run` on case `cs` and compares with the f64 reference. `rel` is the per-term relative
+/// tolerance (summation error grows with `k`).
+fn check_gemm_with(
+    cs: GemmCase,
+    seed: u64,
+    name: &str,
+    run: impl Fn(MatRef<'_>, MatRef<'_>, &mut [f32], usize, Bias<'_>, &mut [f32]),
+) {
+    let mut rng = Rng(seed);
+    let GemmCase { m, n, k, .. } = cs;
+    let (sa, ars, acs) = matrix(&mut rng, m, k, cs.la, cs.a16);
+    let (sb, brs, bcs) = matrix(&mut rng, k, n, cs.lb, cs.b16);
+    let a = mat(&sa, m, k, ars, acs);
+    let b = mat(&sb, k, n, brs, bcs);
+    let bias_v = rng.vec(m.max(n));
+    let bias = match cs.bias {
+        0 => Bias::None,
+        1 => Bias::Row(&bias_v[..m]),
+        _ => Bias::Col(&bias_v[..n]),
+    };
+    let ldc = n + cs.ldc_extra;
+    let sentinel = -12345.0f32;
+    let mut c = vec![sentinel; m.saturating_sub(1) * ldc + n + cs.ldc_extra];
+    let mut ws = vec![f32::NAN; gemm_workspace(m, n, k)];
+    run(a, b, &mut c, ldc, bias, &mut ws);
+    for i in 0..m {
+        for j in 0..ldc {
+            let got = c[i * ldc + j];
+            if j >= n {
+                assert_eq!(
+                    got, sentinel,
+                    "{name} {cs:?}: wrote outside the tile at ({i}, {j})"
+                );
+                continue;
+            }
+            let (mut pre, mut scale) = (bias.at(i, j) as f64, bias.at(i, j).abs() as f64);
+            for p in 0..k {
+                let t = a.at(i, p) as f64 * b.at(p, j) as f64;
+                pre += t;
+                scale += t.abs();
+            }
+            assert!(
+                close(got, pre, scale, k, cs.act, 6e-8),
+                "{name} {cs:?}: c[{i}][{j}] = {got}, want act({pre})"
+            );
+        }
+    }
+    if let Some(&v) = c.get(m * ldc) {
+        assert_eq!(v, sentinel, "{name} {cs:?}: wrote past the last row");
+    }
+}
+
+fn check_gemm(ker: &GemmKernel, cs: GemmCase, seed: u64) {
+    check_gemm_with(cs, seed, ker.name, |a, b, c, ldc, bias, ws| {
+        ker.run(a, b, c, ldc, bias, cs.act, ws)
+    });
+}
+
+fn gemm_cases(ker: &GemmKernel) -> Vec<GemmCase> {
+    let (mr, nr) = (ker.mr, ker.nr);
+    let mut cases = Vec::new();
+    let mut ns = vec![1, nr - 1, nr, nr + 1, 2 * nr + 1];
+    ns.dedup();
+    for m in 1..=mr + 1 {
+        for &n in &ns {
+            for (t, k) in [1, 3, 17].into_iter().enumerate() {
+                let mut c = GemmCase::new(m, n, k);
+                c.bias = ((m + t) % 3) as u8;
+                c.act = [Activation::None, Activation::Relu, Activation::Relu6][(m + n + t) % 3];
+                cases.push(c);
+            }
+        }
+    }
+    for (bias, act) in [
+        (0, Activation::None),
+        (1, Activation::Relu6),
+        (2, Activation::Sigmoid),
+        (1, Activation::HardSwish),
+    ] {
+        let mut c = GemmCase::new(mr + 2, nr + 3, 0);
+        c.bias = bias;
+        c.act = act;
+        c.ldc_extra = 2;
+        cases.push(c);
+    }
+    for (m, n, k) in [
+        (mr + 1, nr + 1, 300),
+        (5, 3, 1152),
+        (2 * mr + 1, 2 * nr - 1, ker.kc + 1),
+        (ker.mc + mr + 1, nr + 3, 20),
+        (3, ker.nc + nr + 1, 5),
+    ] {
+        let mut c = GemmCase::new(m, n, k);
+        c.bias = 2;
+        c.act = Activation::Relu;
+        cases.push(c);
+    }
+    let layouts = [
+        Layout2::RowMajor,
+        Layout2::ColMajor,
+        Layout2::Padded,
+        Layout2::Strided,
+    ];
+    for la in layouts {
+        for lb in layouts {
+            let mut c = GemmCase::new(mr + 2, nr + 3, 19);
+            c.la = la;
+            c.lb = lb;
+            c.ldc_extra = 5;
+            c.bias = 1;
+            cases.push(c);
+        }
+    }
+    for (a16, b16, la, lb) in [
+        (true, false, Layout2::RowMajor, Layout2::RowMajor),
+        (false, true, Layout2::RowMajor, Layout2::ColMajor),
+        (true, true, Layout2::ColMajor, Layout2::Padded),
+        (true, false, Layout2::Strided, Layout2::RowMajor),
+    ] {
+        let mut c = GemmCase::new(mr + 1, nr + 1, 33);
+        c.a16 = a16;
+        c.b16 = b16;
+        c.la = la;
+        c.lb = lb;
+        c.bias = 2;
+        cases.push(c);
+    }
+    for bias in 0..3 {
+        for act in ACTS {
+            let mut c = GemmCase::new(mr + 1, nr + 2, 9);
+            c.bias = bias;
+            c.act = act;
+            cases.push(c);
+        }
+    }
+    for act in [Activation::Relu6, Activation::Gelu, Activation::Tanh] {
+        let mut c = GemmCase::new(mr + 1, nr + 1, ker.kc + 5);
+        c.bias = 1;
+        c.act = act;
+        cases.push(c);
+    }
+    cases
+}
+
+#[test]
+fn gemm_every_kernel_matches_reference() {
+    let mut ran = Vec::new();
+    for ker in available(GEMM_KERNELS, |k| k.isa) {
+        let cases = gemm_cases(ker);
+        for (i, cs) in cases.iter().enumerate() {
+            check_gemm(ker, *cs, 1000 + i as u64);
+        }
+        ran.push(format!("{} ({} cases)", ker.name, cases.len()));
+    }
+    eprintln!("gemm kernels run: {}", ran.join(", "));
+    assert!(!ran.is_empty());
+}
+
+#[test]
+fn gemm_dispatch_matches_reference() {
+    for (i, (m, n, k)) in [
+        (64, 49, 72),
+        (1, 1, 1),
+        (13, 130, 257),
+        (0, 5, 3),
+        (4, 0, 3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = GemmCase::new(m, n, k);
+        c.bias = 2;
+        c.act = Activation::Relu;
+        check_gemm_with(c, 77 + i as u64, "gemm", |a, b, cc, ldc, bias, ws| {
+            gemm(a, b, cc, ldc, bias, c.act, ws)
+        });
+    }
+}
+
+fn check_gemv(
+    ker: &nap_runtime::kernels::GemvKernel,
+    m: usize,
+    k: usize,
+    lda: usize,
+    with_bias: bool,
+    act: Activation,
+    seed: u64,
+) -> f64 {
+    let mut rng = Rng(seed);
+    let w = rng.vec(m.saturating_sub(1) * lda + k);
+    let x = rng.vec(k);
+    let bias = rng.vec(m);
+    let store = match ker.dtype {
+        nap_runtime::kernels::Dtype::F32 => Store::F32(w),
+        nap_runtime::kernels::Dtype::F16 => {
+            Store::F16(w.iter().map(|&v| f16::from_f32(v)).collect())
+        }
+    };
+    let a = store.elems();
+    let sentinel = -777.0;
+    let mut y = vec![sentinel; m + 1];
+    let bias_o = with_bias.then_some(&bias[..]);
+    ker.run(a, lda, m, k, &x, bias_o, act, &mut y);
+    let rel = if ker.isa == Isa::NeonFp16 {
+        6.0 * (0.5f64).powi(11)
+    } else {
+        6e-8
+    };
+    let mut worst = 0f64;
+    for i in 0..m {
+        let (mut pre, mut scale) = (bias_o.map_or(0.0, |b| b[i] as f64), 0.0);
+        for (p, &xv) in x.iter().enumerate() {
+            let t = a.get_f32(i * lda + p) as f64 * xv as f64;
+            pre += t;
+            scale += t.abs();
+        }
+        if act == Activation::None && scale > 0.0 {
+            worst = worst.max((y[i] as f64 - pre).abs() / scale);
+        }
+        let kk = if ker.isa == Isa::NeonFp16 { 0 } else { k };
+        assert!(
+            close(y[i], pre, scale, kk, act, rel),
+            "{} m={m} k={k} lda={lda}: y[{i}] = {}, want act({pre})",
+            ker.name,
+            y[i]
+        );
+    }
+    assert_eq!(y[m], sentinel, "{}: wrote past m", ker.name);
+    worst
+}
+
+#[test]
+fn gemv_every_kernel_matches_reference() {
+    let mut ran = Vec::new();
+    for ker in available(GEMV_KERNELS, |k| k.isa) {
+        let (mut n, mut worst) = (0, 0f64);
+        for m in [1, 2, 3, 4, 5, 7, 9, 17] {
+            for k in [0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 300] {
+                for pad in [0, 3] {
+                    let act = ACTS[(m + k + pad) % ACTS.len()];
+                    worst = worst.max(check_gemv(
+                        ker,
+                        m,
+                        k,
+                        k + pad,
+                        (m + k) % 2 == 0,
+                        act,
+                        (m * 1000 + k * 10 + pad) as u64,
+                    ));
+                    n += 1;
+                }
+            }
+        }
+        for (m, k) in [(33, 1152), (6, 4097)] {
+            worst = worst.max(check_gemv(ker, m, k, k, true, Activation::None, 5));
+            n += 1;
+        }
+        ran.push(format!(
+            "{} ({n} cases, max |err| / sum|w*x| = {worst:.1e})",
+            ker.name
+        ));
+    }
+    eprintln!("gemv kernels run: {}", ran.join(", "));
+}
+
+#[test]
+fn gemv_f16_overflowing_partial_sums_stay_exact() {
+    // Products beyond the f16 range: any kernel with f16 arithmetic must fall back to f32.
+    let (m, k) = (5, 70);
+    let w: Vec<f16> = (0..m * k)
+        .map(|i| f16::from_f32(if i % 2 == 0 { 300.0 } else { -299.0 }))
+        .collect();
+    let x: Vec<f32> = (0..k)
+        .map(|i| if i % 3 == 0 { 1000.0 } else { 250.0 })
+        .collect();
+    for ker in
+        available(GEMV_KERNELS, |k| k.isa).filter(|k| k.dtype == nap_runtime::kernels::Dtype::F16)
+    {
+        let mut y = vec![0.0; m];
+        ker.run(Elems::F16(&w), k, m, k, &x, None, Activation::None, &mut y);
+        for (i, &got) in y.iter().enumerate() {
+            let want: f64 = (0..k).map(|p| w[i * k + p].to_f64() * x[p] as f64).sum();
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{}: y[{i}] = {got}, want {want}",
+                ker.name
+            );
+        }
+    }
+}
+
+#[test]
+fn gemv_dispatch_f32_and_f16() {
+    let mut rng = Rng(9);
+    let (m, k) = (13, 45);
+    let w = rng.vec(m * k);
+    let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+    let x = rng.vec(k);
+    for a in [Elems::F32(&w), Elems::F16(&w16)] {
+        let mut y = vec![0.0; m];
+        gemv(a, k, m, k, &x, None, Activation::None, &mut y);
+        for (i, &got) in y.iter().enumerate() {
+            let want: f64 = x
+                .iter()
+                .enumerate()
+                .map(|(p, &xv)| a.get_f32(i * k + p) as f64 * xv as f64)
+                .sum();
+            assert!((got as f64 - want).abs() < 1e-2, "gemv dispatch {a:?}");
+        }
+    }
+}
+
+fn out_size(len: usize, k: usize, s: usize, p: usize, d: usize) -> usize {
+    (len + 2 * p - d * (k - 1) - 1) / s + 1
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvCase {
+    c: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+    p: [usize; 2],
+    d: [usize; 2],
+    groups: usize,
+}
+
+impl ConvCase {
+    fn geom(&self) -> ConvGeom {
+        ConvGeom {
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            kh: self.k[0],
+            kw: self.k[1],
+            stride: self.s,
+            pad: self.p,
+            dilation: self.d,
+            oh: out_size(self.h, self.k[0], self.s[0], self.p[0], self.d[0]),
+            ow: out_size(self.w, self.k[1], self.s[1], self.p[1], self.d[1]),
+        }
+    }
+}
+
+/// Direct convolution, f64 accumulation: returns (pre-activation, sum of |terms|).
+fn naive_conv(
+    cc: &ConvCase,
+    x: &[f32],
+    w: &Elems<'_>,
+    bias: Option<&[f32]>,
+) -> (Vec<f64>, Vec<f64>) {
+    let g = cc.geom();
+    let (cpg, opg) = (cc.c / cc.groups, cc.cout / cc.groups);
+    let mut out = vec![0f64; cc.cout * g.oh * g.ow];
+    let mut scale = vec![0f64; out.len()];
+    for o in 0..cc.cout {
+        let grp = o / opg;
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let b = bias.map_or(0.0, |b| b[o] as f64);
+                let (mut acc, mut sc) = (b, b.abs());
+                for ci in 0..cpg {
+                    let ch = grp * cpg + ci;
+                    for ki in 0..g.kh {
+                        for kj in 0..g.kw {
+                            let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize
+                                - g.pad[0] as isize;
+                            let ix = (ox * g.stride[1] + kj * g.dilation[1]) as isize
+                                - g.pad[1] as isize;
+                            if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                continue;
+                            }
+                            let wv = w.get_f32(((o * cpg + ci) * g.kh + ki) * g.kw + kj) as f64;
+                            let t = wv * x[(ch * g.h + iy as usize) * g.w + ix as usize] as f64;
+                            acc += t;
+                            sc += t.abs();
+                        }
+                    }
+                }
+                out[(o * g.oh + oy) * g.ow + ox] = acc;
+                scale[(o * g.oh + oy) * g.ow + ox] = sc;
+            }
+        }
+    }
+    (out, scale)
+}
+
+const CONV_CASES: [ConvCase; 8] = [
+    ConvCase {
+        c: 3,
+        h: 9,
+        w: 8,
+        cout: 4,
+        k: [3, 3],
+        s: [1, 1],
+        p: [1, 1],
+        d: [1, 1],
+        groups: 1,
+    },
+    ConvCase {
+        c: 4,
+        h: 10,
+        w: 7,
+        cout: 6,
+        k: [3, 3],
+        s: [2, 2],
+        p: [1, 1],
+        d: [1, 1],
+        groups: 2,
+    },
+    ConvCase {
+        c: 2,
+        h: 8,
+        w: 9,
+        cout: 3,
+        k: [1, 1],
+        s: [1, 1],
+        p: [0, 0],
+        d: [1, 1],
+        groups: 1,
+    },
+    ConvCase {
+        c: 3,
+        h: 11,
+        w: 10,
+        cout: 2,
+        k: [3, 2],
+        s: [2, 1],
+        p: [2, 0],
+        d: [2, 1],
+        groups: 1,
+    },
+    ConvCase {
+        c: 6,
+        h: 7,
+        w: 7,
+        cout: 6,
+        k: [3, 3],
+        s: [1, 1],
+        p: [1, 1],
+        d: [1, 1],
+        groups: 6,
+    },
+    ConvCase {
+        c: 2,
+        h: 5,
+        w: 5,
+        cout: 2,
+        k: [5, 5],
+        s: [1, 1],
+        p: [2, 2],
+        d: [1, 1],
+        groups: 1,
+    },
+    ConvCase {
+        c: 1,
+        h: 4,
+        w: 4,
+        cout: 1,
+        k: [3, 3],
+        s: [3, 3],
+        p: [0, 0],
+        d: [1, 1],
+        groups: 1,
+    },
+    ConvCase {
+        c: 4,
+        h: 6,
+        w: 13,
+        cout: 8,
+        k: [2, 3],
+        s: [1, 3],
+        p: [3, 4],
+        d: [3, 2],
+        groups: 4,
+    },
+];
+
+#[test]
+fn im2col_gemm_conv_matches_direct_conv() {
+    for (ci, cc) in CONV_CASES.iter().enumerate() {
+        let mut rng = Rng(300 + ci as u64);
+        let g = cc.geom();
+        let (cpg, opg) = (cc.c / cc.groups, cc.cout / cc.groups);
+        let kk = cpg * g.kh * g.kw;
+        let p = g.oh * g.ow;
+        let x = rng.vec(cc.c * cc.h * cc.w);
+        let wv = rng.vec(cc.cout * kk);
+        let bias = rng.vec(cc.cout);
+        let act = ACTS[ci % ACTS.len()];
+        for half in [false, true] {
+            let store = if half {
+                Store::F16(wv.iter().map(|&v| f16::from_f32(v)).collect())
+            } else {
+                Store::F32(wv.clone())
+            };
+            let w = store.elems();
+            let (want, scale) = naive_conv(cc, &x, &w, Some(&bias));
+            let mut y = vec![f32::NAN; cc.cout * p];
+            let mut cols = vec![f32::NAN; im2col_len(&g, cpg)];
+            let mut ws = vec![f32::NAN; gemm_workspace(opg, p, kk)];
+            for gi in 0..cc.groups {
+                im2col(&g, &x, gi * cpg, cpg, &mut cols);
+                let wg = match w {
+                    Elems::F32(v) => Elems::F32(&v[gi * opg * kk..(gi + 1) * opg * kk]),
+                    Elems::F16(v) => Elems::F16(&v[gi * opg * kk..(gi + 1) * opg * kk]),
+                };
+                let a = MatRef::row_major(wg, opg, kk);
+                let b = MatRef::row_major(Elems::F32(&cols), kk, p);
+                let yg = &mut y[gi * opg * p..(gi + 1) * opg * p];
+                gemm(
+                    a,
+                    b,
+                    yg,
+                    p,
+                    Bias::Row(&bias[gi * opg..(gi + 1) * opg]),
+                    act,
+                    &mut ws,
+                );
+            }
+            for (i, &got) in y.iter().enumerate() {
+                assert!(
+                    close(got, want[i], scale[i], kk, act, 6e-8),
+                    "conv {cc:?} f16={half}: y[{i}] = {got}, want act({})",
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_every_kernel_matches_direct_conv() {
+    let dw = |c, h, w, k: [usize; 2], s, p, d| ConvCase {
+        c,
+        h,
+        w,
+        cout: c,
+        k,
+        s,
+        p,
+        d,
+        groups: c,
+    };
+    let cases = [
+        dw(3, 9, 9, [3, 3], [1, 1], [1, 1], [1, 1]),
+        dw(3, 10, 11, [3, 3], [2, 2], [1, 1], [1, 1]),
+        dw(2, 8, 8, [5, 5], [1, 1], [2, 2], [1, 1]),
+        dw(2, 9, 7, [3, 3], [1, 2], [0, 1], [2, 1]),
+        dw(1, 12, 12, [9, 9], [1, 1], [4, 4], [1, 1]),
+        dw(4, 7, 7, [1, 1], [1, 1], [0, 0], [1, 1]),
+        dw(2, 3, 3, [3, 3], [1, 1], [2, 2], [1, 1]),
+        dw(3, 17, 16, [3, 3], [2, 2], [0, 1], [1, 1]),
+        dw(2, 6, 5, [2, 4], [3, 1], [1, 3], [2, 2]),
+    ];
+    let mut ran = Vec::new();
+    for ker in available(DEPTHWISE_KERNELS, |k| k.isa) {
+        for (ci, cc) in cases.iter().enumerate() {
+            let mut rng = Rng(500 + ci as u64);
+            let g = cc.geom();
+            let x = rng.vec(cc.c * cc.h * cc.w);
+            let wv = rng.vec(cc.c * g.kh * g.kw);
+            let bias = rng.vec(cc.c);
+            for (ai, act) in ACTS.iter().enumerate().filter(|(ai, _)| (ai + ci) % 3 == 0) {
+                for half in [false, true] {
+                    let store = if half {
+                        Store::F16(wv.iter().map(|&v| f16::from_f32(v)).collect())
+                    } else {
+                        Store::F32(wv.clone())
+                    };
+                    let w = store.elems();
+                    let b = (ai % 2 == 0).then_some(&bias[..]);
+                    let (want, scale) = naive_conv(cc, &x, &w, b);
+                    let mut y = vec![f32::NAN; cc.c * g.oh * g.ow + 1];
+                    ker.run(&g, &x, w, b, *act, &mut y);
+                    for (i, &got) in y[..want.len()].iter().enumerate() {
+                        assert!(
+                            close(got, want[i], scale[i], g.kh * g.kw, *act, 6e-8),
+                            "{} {cc:?} {act:?} f16={half}: y[{i}] = {got}, want act({})",
+                            ker.name,
+                            want[i]
+                        );
+                    }
+                    assert!(
+                        y[want.len()].is_nan(),
+                        "{}: wrote past the output",
+                        ker.name
+                    );
+                }
+            }
+        }
+        ran.push(ker.name);
+    }
+    eprintln!("depthwise kernels run: {}", ran.join(", "));
+}
+
+#[test]
+fn kernels_do_not_allocate() {
+    let mut rng = Rng(42);
+    let (m, n, k) = (20, 37, 300);
+    let a = rng.vec(m * k);
+    let b = rng.vec(k * n);
+    let mut c = vec![0.0; m * n];
+    let mut ws = vec![0.0; gemm_workspace(m, n, k)];
+    let x = rng.vec(k);
+    let mut y = vec![0.0; m];
+    let g = ConvCase {
+        c: 4,
+        h: 9,
+        w: 9,
+        cout: 4,
+        k: [3, 3],
+        s: [1, 1],
+        p: [1, 1],
+        d: [1, 1],
+        groups: 4,
+    }
+    .geom();
+    let img = rng.vec(4 * 81);
+    let mut cols = vec![0.0; im2col_len(&g, 4)];
+    let mut dwo = vec![0.0; 4 * g.oh * g.ow];
+    let big = ConvCase {
+        c: 1,
+        h: 12,
+        w: 12,
+        cout: 1,
+        k: [9, 9],
+        s: [1, 1],
+        p: [4, 4],
+        d: [1, 1],
+        groups: 1,
+    }
+    .geom();
+    let mut bigo = vec![0.0; big.oh * big.ow];
+    let before = allocs();
+    for ker in available(GEMM_KERNELS, |k| k.isa) {
+        let am = MatRef::row_major(Elems::F32(&a), m, k);
+        let bm = MatRef::row_major(Elems::F32(&b), k, n);
+        ker.run(
+            am,
+            bm,
+            &mut c,
+            n,
+            Bias::Col(&b[..n]),
+            Activation::Gelu,
+            &mut ws,
+        );
+        ker.run(
+            am,
+            bm,
+            &mut c,
+            n,
+            Bias::Row(&b[..m]),
+            Activation::Relu,
+            &mut ws,
+        );
+    }
+    for ker in
+        available(GEMV_KERNELS, |k| k.isa).filter(|k| k.dtype == nap_runtime::kernels::Dtype::F32)
+    {
+        ker.run(Elems::F32(&a), k, m, k, &x, None, Activation::Silu, &mut y);
+    }
+    gemv(Elems::F32(&a), k, m, k, &x, None, Activation::Relu, &mut y);
+    im2col(&g, &img, 0, 4, &mut cols);
+    depthwise_conv2d(
+        &g,
+        &img,
+        Elems::F32(&a[..36]),
+        Some(&x[..4]),
+        Activation::Relu6,
+        &mut dwo,
+    );
+    depthwise_conv2d(
+        &big,
+        &img[..144],
+        Elems::F32(&a[..81]),
+        None,
+        Activation::None,
+        &mut bigo,
+    );
+    assert_eq!(allocs(), before, "a kernel allocated");
+}
