@@ -214,7 +214,12 @@ impl<'m> Session<'m> {
                     let (out_c, oh, ow) = (out_shape[0] as usize, out_shape[1] as usize, out_shape[2] as usize);
                     let gm = geom(c, h, w, [ws[2], ws[3]], *stride, *padding, *dilation, oh, ow);
                     let groups = *groups as usize;
-                    let depthwise = groups == c && out_c == c && groups > 1;
+                    // The depthwise kernel takes dense weights only; CSR depthwise weights go
+                    // through the grouped path, which needs the im2col scratch.
+                    let depthwise = groups == c
+                        && out_c == c
+                        && groups > 1
+                        && matches!(model.tensor(*weight), TensorView::Dense(_));
                     let direct = gm.kh == 1 && gm.kw == 1 && gm.stride == [1, 1] && gm.pad == [0, 0];
                     if !depthwise {
                         let cpg = c / groups;
@@ -508,7 +513,9 @@ impl<'m> Session<'m> {
                 Kind::ChannelAffine { scale, shift, c } => {
                     let x = input(step.inputs[0]);
                     let (s, t) = (prange(*scale), prange(*shift));
-                    let hw = out.len / c;
+                    // `max(1)`: a zero-sized value (c == 0 or an empty map) has nothing to do,
+                    // but `chunks` needs a non-zero size.
+                    let hw = (out.len / (*c).max(1)).max(1);
                     for (ch, (yc, xc)) in y.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
                         let j = ch % c;
                         for (yv, xv) in yc.iter_mut().zip(xc) {
@@ -558,7 +565,8 @@ impl<'m> Session<'m> {
                 Kind::Copy => y.copy_from_slice(input(step.inputs[0])),
                 Kind::Softmax => {
                     let x = input(step.inputs[0]);
-                    for (yc, xc) in y.chunks_mut(out.len).zip(x.chunks(out.len)) {
+                    let n = out.len.max(1); // zero-sized vectors: nothing to do
+                    for (yc, xc) in y.chunks_mut(n).zip(x.chunks(n)) {
                         let m = xc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                         let mut s = 0.0;
                         for (yv, xv) in yc.iter_mut().zip(xc) {
