@@ -1,0 +1,1052 @@
+//! Executor tests: every op of `format::Op`, with dense f32, f16 and CSR weights and batches of
+//! one and more, against the naive f64 reference interpreter in `common`; and a counting global allocator
+//! that proves `Session::run` allocates nothing once the session is planned.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::cell::Cell;
+
+use common::{assert_close, reference, Built, Net, Rng, Store};
+use nap_runtime::format::*;
+use nap_runtime::{AlignedBytes, Error, Model, Session};
+
+// ---------------------------------------------------------------------------------------------
+// Allocation counting: only allocations made by the current thread while it is armed count, so
+// tests running in parallel do not disturb each other.
+
+struct Counting;
+
+thread_local! {
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: the allocator also runs while thread-locals are being torn down.
+    if ARMED.try_with(|a| a.get()).unwrap_or(false) {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so `System`'s
+// guarantees carry over; the bookkeeping touches only const-initialised thread-locals without
+// destructors, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded verbatim; the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: AllocLayout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: `ptr` was allocated by `System` (every allocation goes through this type) with
+        // `layout`; the caller upholds the rest of `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `f` and returns how many allocations this thread made meanwhile.
+fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    COUNT.with(|c| c.set(0));
+    ARMED.with(|a| a.set(true));
+    let r = f();
+    ARMED.with(|a| a.set(false));
+    (r, COUNT.with(|c| c.get()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+const ACTS: [Activation; 8] = [
+    Activation::None,
+    Activation::Relu,
+    Activation::Relu6,
+    Activation::Sigmoid,
+    Activation::Tanh,
+    Activation::Gelu,
+    Activation::Silu,
+    Activation::HardSwish,
+];
+
+const WEIGHT_STORES: [Store; 4] = [
+    Store::F32,
+    Store::F16,
+    Store::Csr(DType::F32, IndexWidth::U16),
+    Store::Csr(DType::F16, IndexWidth::U32),
+];
+
+fn seed_of(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Runs `b` on `batch` random examples (scaled by `scale`) and compares with the reference; runs
+/// twice more to check that a session can be reused and keeps no state between runs.
+fn check_scaled(b: &Built, batch: usize, scale: f32, what: &str) {
+    let a = AlignedBytes::copy_from(&b.bytes);
+    let m = Model::from_bytes(a.as_bytes()).unwrap_or_else(|e| panic!("{what}: load: {e}"));
+    let mut s = Session::new(&m, batch).unwrap_or_else(|e| panic!("{what}: plan: {e}"));
+    assert_eq!(s.batch(), batch);
+    let in_len = s.input_len(0);
+    let mut rng = Rng::new(seed_of(what) ^ batch as u64);
+    let input: Vec<f32> = rng.vec(in_len * batch).iter().map(|v| v * scale).collect();
+    let want: Vec<f64> = input
+        .chunks(in_len)
+        .flat_map(|x| {
+            reference(
+                &b.header,
+                &b.dense,
+                &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let got = s.run(&input).unwrap().to_vec();
+    assert_eq!(got.len(), s.output_len(0) * batch, "{what}: output length");
+    assert_close(&got, &want, 1e-4, &format!("{what} (batch {batch})"));
+    let other: Vec<f32> = rng.vec(in_len * batch);
+    s.run(&other).unwrap();
+    assert_eq!(s.run(&input).unwrap(), &got[..], "{what}: rerun differs");
+}
+
+fn check(b: &Built, batch: usize, what: &str) {
+    check_scaled(b, batch, 1.0, what)
+}
+
+fn linear(
+    net: &mut Net,
+    rng: &mut Rng,
+    x: ValueId,
+    out: u32,
+    store: Store,
+    bias: bool,
+    act: Activation,
+) -> ValueId {
+    let inp = net.shape(x)[0];
+    let n = (out * inp) as usize;
+    let i = net.tensors.len();
+    let weight = net.tensor(
+        &format!("fc{i}.w"),
+        &[out, inp],
+        &rng.sparse_vec(n, 0.4),
+        store,
+    );
+    let bias = bias.then(|| {
+        net.tensor(
+            &format!("fc{i}.b"),
+            &[out],
+            &rng.vec(out as usize),
+            Store::F32,
+        )
+    });
+    net.node(&format!("fc{i}"), Op::Linear { weight, bias, act }, &[x])
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvCase {
+    name: &'static str,
+    c: u32,
+    o: u32,
+    hw: [u32; 2],
+    k: [u32; 2],
+    s: [u32; 2],
+    p: [u32; 2],
+    d: [u32; 2],
+    g: u32,
+    bias: bool,
+    act: Activation,
+}
+
+fn conv(net: &mut Net, rng: &mut Rng, x: ValueId, cc: &ConvCase, store: Store) -> ValueId {
+    let shape = [cc.o, cc.c / cc.g, cc.k[0], cc.k[1]];
+    let n = shape.iter().product::<u32>() as usize;
+    let i = net.tensors.len();
+    let weight = net.tensor(
+        &format!("conv{i}.w"),
+        &shape,
+        &rng.sparse_vec(n, 0.4),
+        store,
+    );
+    let bias = cc.bias.then(|| {
+        net.tensor(
+            &format!("conv{i}.b"),
+            &[cc.o],
+            &rng.vec(cc.o as usize),
+            Store::F32,
+        )
+    });
+    let op = Op::Conv2d {
+        weight,
+        bias,
+        stride: cc.s,
+        padding: cc.p,
+        dilation: cc.d,
+        groups: cc.g,
+        act: cc.act,
+    };
+    net.node(&format!("conv{i}"), op, &[x])
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn cc(
+    name: &'static str,
+    c: u32,
+    o: u32,
+    hw: [u32; 2],
+    k: [u32; 2],
+    s: [u32; 2],
+    p: [u32; 2],
+    d: [u32; 2],
+    g: u32,
+    bias: bool,
+    act: Activation,
+) -> ConvCase {
+    ConvCase {
+        name,
+        c,
+        o,
+        hw,
+        k,
+        s,
+        p,
+        d,
+        g,
+        bias,
+        act,
+    }
+}
+
+use Activation as A;
+
+const CONVS: &[ConvCase] = &[
+    cc(
+        "3x3 s1 p1",
+        3,
+        4,
+        [5, 5],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        1,
+        true,
+        A::Relu,
+    ),
+    cc(
+        "3x3 s2 p0",
+        2,
+        3,
+        [7, 6],
+        [3, 3],
+        [2, 2],
+        [0, 0],
+        [1, 1],
+        1,
+        false,
+        A::None,
+    ),
+    cc(
+        "3x3 s2 p1",
+        3,
+        2,
+        [6, 7],
+        [3, 3],
+        [2, 2],
+        [1, 1],
+        [1, 1],
+        1,
+        true,
+        A::Relu6,
+    ),
+    cc(
+        "dilation 2",
+        2,
+        2,
+        [7, 7],
+        [3, 3],
+        [1, 1],
+        [2, 2],
+        [2, 2],
+        1,
+        true,
+        A::Tanh,
+    ),
+    cc(
+        "3x2 d[2,1] s[1,2] p[1,0]",
+        2,
+        3,
+        [6, 7],
+        [3, 2],
+        [1, 2],
+        [1, 0],
+        [2, 1],
+        1,
+        true,
+        A::Silu,
+    ),
+    cc(
+        "5x5 p2",
+        1,
+        2,
+        [6, 6],
+        [5, 5],
+        [1, 1],
+        [2, 2],
+        [1, 1],
+        1,
+        true,
+        A::Sigmoid,
+    ),
+    cc(
+        "groups 2",
+        4,
+        6,
+        [5, 5],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        2,
+        true,
+        A::Gelu,
+    ),
+    cc(
+        "groups 3 1x1",
+        6,
+        3,
+        [4, 4],
+        [1, 1],
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        3,
+        false,
+        A::None,
+    ),
+    cc(
+        "depthwise 3x3",
+        4,
+        4,
+        [6, 6],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        4,
+        true,
+        A::Relu6,
+    ),
+    cc(
+        "depthwise s2",
+        3,
+        3,
+        [7, 7],
+        [3, 3],
+        [2, 2],
+        [1, 1],
+        [1, 1],
+        3,
+        false,
+        A::HardSwish,
+    ),
+    cc(
+        "depthwise d2",
+        2,
+        2,
+        [7, 7],
+        [3, 3],
+        [1, 1],
+        [2, 2],
+        [2, 2],
+        2,
+        true,
+        A::None,
+    ),
+    cc(
+        "depthwise multiplier 2",
+        3,
+        6,
+        [5, 5],
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        3,
+        true,
+        A::Relu,
+    ),
+    cc(
+        "1x1",
+        5,
+        3,
+        [4, 4],
+        [1, 1],
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+        true,
+        A::None,
+    ),
+    cc(
+        "1x1 s2",
+        3,
+        2,
+        [5, 5],
+        [1, 1],
+        [2, 2],
+        [0, 0],
+        [1, 1],
+        1,
+        false,
+        A::Relu,
+    ),
+    cc(
+        "1x1 p1",
+        2,
+        2,
+        [3, 3],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        1,
+        true,
+        A::None,
+    ),
+    cc(
+        "kernel = input",
+        2,
+        3,
+        [4, 4],
+        [4, 4],
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+        true,
+        A::None,
+    ),
+    cc(
+        "1x3 p[0,1]",
+        2,
+        2,
+        [5, 5],
+        [1, 3],
+        [1, 1],
+        [0, 1],
+        [1, 1],
+        1,
+        true,
+        A::None,
+    ),
+];
+
+// ---------------------------------------------------------------------------------------------
+// One op at a time.
+
+#[test]
+fn linear_every_storage_activation_and_batch() {
+    for store in WEIGHT_STORES {
+        for act in ACTS {
+            for bias in [false, true] {
+                let what = format!("linear {store:?} {act:?} bias {bias}");
+                let mut rng = Rng::new(seed_of(&what));
+                let mut net = Net::new();
+                let x = net.input(&[7]);
+                let y = linear(&mut net, &mut rng, x, 5, store, bias, act);
+                let b = net.finish(&[y]);
+                for batch in [1, 3] {
+                    check_scaled(&b, batch, 3.0, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn conv2d_every_geometry_and_storage() {
+    for c in CONVS {
+        for store in WEIGHT_STORES {
+            let what = format!("conv {} {store:?}", c.name);
+            let mut rng = Rng::new(seed_of(&what));
+            let mut net = Net::new();
+            let x = net.input(&[c.c, c.hw[0], c.hw[1]]);
+            let y = conv(&mut net, &mut rng, x, c, store);
+            let b = net.finish(&[y]);
+            for batch in [1, 2] {
+                check(&b, batch, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn batchnorm_on_maps_and_vectors() {
+    for (shape, store) in [
+        (&[3u32, 4, 5][..], Store::F32),
+        (&[3, 4, 5], Store::F16),
+        (&[6], Store::F32),
+    ] {
+        let what = format!("batchnorm {shape:?} {store:?}");
+        let mut rng = Rng::new(seed_of(&what));
+        let mut net = Net::new();
+        let x = net.input(shape);
+        let c = shape[0] as usize;
+        let gamma = net.tensor("gamma", &[c as u32], &rng.vec(c), store);
+        let beta = net.tensor("beta", &[c as u32], &rng.vec(c), store);
+        let mean = net.tensor("mean", &[c as u32], &rng.vec(c), Store::F32);
+        let var: Vec<f32> = rng.vec(c).iter().map(|v| v.abs() + 0.1).collect();
+        let var = net.tensor("var", &[c as u32], &var, store);
+        let y = net.node(
+            "bn",
+            Op::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps: 1e-3,
+            },
+            &[x],
+        );
+        let b = net.finish(&[y]);
+        for batch in [1, 3] {
+            check(&b, batch, &what);
+        }
+    }
+}
+
+#[test]
+fn standalone_activations() {
+    for act in ACTS {
+        let what = format!("act {act:?}");
+        let mut net = Net::new();
+        let x = net.input(&[2, 3, 3]);
+        let y = net.node("act", Op::Act(act), &[x]);
+        let b = net.finish(&[y]);
+        for batch in [1, 2] {
+            // Inputs in [-8, 8) reach the clamps of Relu6 and HardSwish and the tails of the rest.
+            check_scaled(&b, batch, 8.0, &what);
+        }
+    }
+}
+
+const POOLS: &[([u32; 2], [u32; 2], [u32; 2])] = &[
+    ([2, 2], [2, 2], [0, 0]),
+    ([3, 3], [2, 2], [1, 1]),
+    ([3, 3], [1, 1], [1, 1]),
+    ([2, 2], [1, 1], [0, 0]),
+    ([2, 3], [2, 1], [1, 1]),
+    ([1, 1], [2, 2], [0, 0]),
+    ([3, 2], [3, 2], [0, 1]),
+];
+
+#[test]
+fn maxpool_with_padding() {
+    for &(kernel, stride, padding) in POOLS {
+        let what = format!("maxpool k{kernel:?} s{stride:?} p{padding:?}");
+        let mut net = Net::new();
+        let x = net.input(&[2, 5, 6]);
+        let y = net.node(
+            "pool",
+            Op::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+            },
+            &[x],
+        );
+        let b = net.finish(&[y]);
+        for batch in [1, 3] {
+            check(&b, batch, &what);
+        }
+    }
+}
+
+#[test]
+fn maxpool_padding_never_wins() {
+    let mut net = Net::new();
+    let x = net.input(&[1, 3, 3]);
+    let y = net.node(
+        "pool",
+        Op::MaxPool2d {
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+        },
+        &[x],
+    );
+    let b = net.finish(&[y]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let mut s = Session::new(&m, 1).unwrap();
+    let input: Vec<f32> = (1..=9).map(|v| -(v as f32)).collect();
+    // Windows (rows/cols) {0,1}×{0,1}, {0,1}×{1,2}, {1,2}×{0,1}, {1,2}×{1,2} of -1..-9.
+    assert_eq!(s.run(&input).unwrap(), &[-1.0, -2.0, -4.0, -5.0]);
+}
+
+#[test]
+fn avgpool_count_include_pad_both_ways() {
+    for &(kernel, stride, padding) in POOLS {
+        for count_include_pad in [true, false] {
+            let what =
+                format!("avgpool k{kernel:?} s{stride:?} p{padding:?} cip {count_include_pad}");
+            let mut net = Net::new();
+            let x = net.input(&[2, 5, 6]);
+            let y = net.node(
+                "pool",
+                Op::AvgPool2d {
+                    kernel,
+                    stride,
+                    padding,
+                    count_include_pad,
+                },
+                &[x],
+            );
+            let b = net.finish(&[y]);
+            for batch in [1, 3] {
+                check(&b, batch, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn avgpool_corner_divisors() {
+    // All ones, 3×3 window, padding 1: the corner window covers 4 real cells.
+    for (cip, corner) in [(true, 4.0 / 9.0), (false, 1.0)] {
+        let mut net = Net::new();
+        let x = net.input(&[1, 4, 4]);
+        let y = net.node(
+            "pool",
+            Op::AvgPool2d {
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [1, 1],
+                count_include_pad: cip,
+            },
+            &[x],
+        );
+        let b = net.finish(&[y]);
+        let m = Model::from_vec(&b.bytes).unwrap();
+        let mut s = Session::new(&m, 1).unwrap();
+        let out = s.run(&[1.0; 16]).unwrap();
+        assert!(
+            (out[0] - corner).abs() < 1e-6,
+            "cip {cip}: corner {}",
+            out[0]
+        );
+        assert!(
+            (out[5] - 1.0).abs() < 1e-6,
+            "cip {cip}: interior {}",
+            out[5]
+        );
+    }
+}
+
+#[test]
+fn global_avg_pool() {
+    let mut net = Net::new();
+    let x = net.input(&[3, 4, 5]);
+    let y = net.node("gap", Op::GlobalAvgPool, &[x]);
+    let b = net.finish(&[y]);
+    for batch in [1, 4] {
+        check(&b, batch, "global avg pool");
+    }
+}
+
+#[test]
+fn add_with_activation() {
+    for act in [Activation::None, Activation::Relu, Activation::Sigmoid] {
+        let what = format!("add {act:?}");
+        let mut net = Net::new();
+        let x = net.input(&[2, 3, 3]);
+        let t = net.node("tanh", Op::Act(Activation::Tanh), &[x]);
+        let y = net.node("add", Op::Add { act }, &[x, t]);
+        let b = net.finish(&[y]);
+        for batch in [1, 3] {
+            check(&b, batch, &what);
+        }
+        // Both operands the same value.
+        let mut net = Net::new();
+        let x = net.input(&[5]);
+        let y = net.node("double", Op::Add { act }, &[x, x]);
+        let b = net.finish(&[y]);
+        for batch in [1, 2] {
+            check(&b, batch, &format!("{what} x + x"));
+        }
+    }
+}
+
+#[test]
+fn concat_two_and_three_inputs() {
+    let mut rng = Rng::new(5);
+    let mut net = Net::new();
+    let x = net.input(&[2, 4, 4]);
+    let one = cc(
+        "1x1",
+        2,
+        3,
+        [4, 4],
+        [1, 1],
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        1,
+        true,
+        A::None,
+    );
+    let a = conv(&mut net, &mut rng, x, &one, Store::F32);
+    let t = net.node("sig", Op::Act(Activation::Sigmoid), &[x]);
+    let two = net.node("cat2", Op::Concat, &[a, t]);
+    let three = net.node("cat3", Op::Concat, &[t, two, x]);
+    assert_eq!(net.shape(three), &[2 + 5 + 2, 4, 4]);
+    let y = net.node("gap", Op::GlobalAvgPool, &[three]);
+    let b = net.finish(&[y]);
+    for batch in [1, 3] {
+        check(&b, batch, "concat of maps");
+    }
+    // Vectors.
+    let mut net = Net::new();
+    let x = net.input(&[6]);
+    let a = linear(
+        &mut net,
+        &mut rng,
+        x,
+        4,
+        Store::Csr(DType::F32, IndexWidth::U16),
+        true,
+        A::None,
+    );
+    let c2 = net.node("cat2", Op::Concat, &[x, a]);
+    let c3 = net.node("cat3", Op::Concat, &[a, c2, a]);
+    let b = net.finish(&[c3]);
+    for batch in [1, 2] {
+        check(&b, batch, "concat of vectors");
+    }
+}
+
+#[test]
+fn flatten_reshape_and_softmax() {
+    let mut rng = Rng::new(11);
+    let mut net = Net::new();
+    let x = net.input(&[2, 3, 4]);
+    let r = net.node(
+        "reshape",
+        Op::Reshape {
+            shape: vec![6, 2, 2],
+        },
+        &[x],
+    );
+    let c = conv(
+        &mut net,
+        &mut rng,
+        r,
+        &cc(
+            "after reshape",
+            6,
+            2,
+            [2, 2],
+            [2, 2],
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            2,
+            true,
+            A::None,
+        ),
+        Store::F32,
+    );
+    let f = net.node("flatten", Op::Flatten, &[r]);
+    let fc = net.node("flatten conv", Op::Flatten, &[c]);
+    let cat = net.node("cat", Op::Concat, &[f, fc]);
+    let y = linear(&mut net, &mut rng, cat, 10, Store::F16, true, A::None);
+    let s = net.node("softmax", Op::Softmax, &[y]);
+    let b = net.finish(&[s]);
+    for batch in [1, 3] {
+        // Logits of size ~30 make a naive exp overflow-prone softmax visible.
+        check_scaled(&b, batch, 10.0, "flatten/reshape/softmax");
+    }
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let mut s = Session::new(&m, 2).unwrap();
+    let out = s.run(&[0.5; 48]).unwrap();
+    for row in out.chunks(10) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+}
+
+/// A small residual/inception-like graph touching most ops together, with mixed storage.
+fn mixed_graph() -> Built {
+    let mut rng = Rng::new(2024);
+    let mut net = Net::new();
+    let x = net.input(&[4, 6, 6]);
+    let c1 = conv(
+        &mut net,
+        &mut rng,
+        x,
+        &cc(
+            "c1",
+            4,
+            4,
+            [6, 6],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            true,
+            A::None,
+        ),
+        Store::Csr(DType::F32, IndexWidth::U16),
+    );
+    let gamma = net.tensor("gamma", &[4], &[1.0, 0.5, 2.0, 1.5], Store::F16);
+    let beta = net.tensor("beta", &[4], &rng.vec(4), Store::F32);
+    let mean = net.tensor("mean", &[4], &rng.vec(4), Store::F32);
+    let var = net.tensor("var", &[4], &[0.5, 1.0, 2.0, 0.25], Store::F32);
+    let bn = net.node(
+        "bn",
+        Op::BatchNorm {
+            gamma,
+            beta,
+            mean,
+            var,
+            eps: 1e-5,
+        },
+        &[c1],
+    );
+    let r = net.node("relu", Op::Act(A::Relu), &[bn]);
+    let c2 = conv(
+        &mut net,
+        &mut rng,
+        r,
+        &cc(
+            "c2",
+            4,
+            4,
+            [6, 6],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            false,
+            A::None,
+        ),
+        Store::F16,
+    );
+    let res = net.node("residual", Op::Add { act: A::Relu }, &[x, c2]);
+    let dw = conv(
+        &mut net,
+        &mut rng,
+        res,
+        &cc(
+            "dw",
+            4,
+            4,
+            [6, 6],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            4,
+            true,
+            A::Relu6,
+        ),
+        Store::F32,
+    );
+    let pw = conv(
+        &mut net,
+        &mut rng,
+        res,
+        &cc(
+            "pw",
+            4,
+            2,
+            [6, 6],
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            true,
+            A::HardSwish,
+        ),
+        Store::Csr(DType::F16, IndexWidth::U32),
+    );
+    let cat = net.node("cat", Op::Concat, &[dw, pw, res]);
+    let mp = net.node(
+        "maxpool",
+        Op::MaxPool2d {
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+        },
+        &[cat],
+    );
+    let ap = net.node(
+        "avgpool",
+        Op::AvgPool2d {
+            kernel: [2, 2],
+            stride: [1, 1],
+            padding: [0, 0],
+            count_include_pad: false,
+        },
+        &[mp],
+    );
+    let gap = net.node("gap", Op::GlobalAvgPool, &[ap]);
+    let flat = net.node("flatten", Op::Flatten, &[ap]);
+    let f1 = linear(
+        &mut net,
+        &mut rng,
+        flat,
+        8,
+        Store::Csr(DType::F32, IndexWidth::U32),
+        true,
+        A::Gelu,
+    );
+    let g1 = linear(&mut net, &mut rng, gap, 8, Store::F32, false, A::None);
+    let sum = net.node("sum", Op::Add { act: A::None }, &[f1, g1]);
+    let logits = linear(&mut net, &mut rng, sum, 5, Store::F16, true, A::None);
+    let y = net.node("softmax", Op::Softmax, &[logits]);
+    net.finish(&[y])
+}
+
+#[test]
+fn mixed_graph_matches_reference() {
+    let b = mixed_graph();
+    for batch in [1, 2, 5] {
+        check(&b, batch, "mixed graph");
+    }
+}
+
+#[test]
+fn input_length_is_checked() {
+    let b = mixed_graph();
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let mut s = Session::new(&m, 2).unwrap();
+    assert_eq!(
+        s.run(&[0.0; 10]).err(),
+        Some(Error::Shape {
+            what: "input",
+            expected: 2 * 144,
+            got: 10
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// No allocation after prepare.
+
+#[test]
+fn allocation_counter_counts() {
+    let (v, n) = count_allocs(|| vec![1u8; 100]);
+    assert_eq!((v.len(), n), (100, 1));
+    let (_, n) = count_allocs(|| 1 + 1);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn run_allocates_nothing() {
+    // Conv (dense, CSR, grouped, depthwise, 1×1), pools, linear (dense + CSR) and the rest.
+    let b = mixed_graph();
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let mut rng = Rng::new(3);
+    for batch in [1usize, 4] {
+        let mut s = Session::new(&m, batch).unwrap();
+        let input = rng.vec(s.input_len(0) * batch);
+        let (len, n) = count_allocs(|| s.run(&input).map(|o| o.len()));
+        assert_eq!(len.unwrap(), 5 * batch);
+        assert_eq!(n, 0, "Session::run allocated {n} times at batch {batch}");
+    }
+    for c in CONVS {
+        for store in WEIGHT_STORES {
+            let mut net = Net::new();
+            let x = net.input(&[c.c, c.hw[0], c.hw[1]]);
+            let y = conv(&mut net, &mut rng, x, c, store);
+            let p = net.node(
+                "pool",
+                Op::AvgPool2d {
+                    kernel: [1, 1],
+                    stride: [1, 1],
+                    padding: [0, 0],
+                    count_include_pad: true,
+                },
+                &[y],
+            );
+            let f = net.node("flatten", Op::Flatten, &[p]);
+            let z = linear(&mut net, &mut rng, f, 3, store, true, A::Relu);
+            let b = net.finish(&[z]);
+            let m = Model::from_vec(&b.bytes).unwrap();
+            for batch in [1usize, 4] {
+                let mut s = Session::new(&m, batch).unwrap();
+                let input = rng.vec(s.input_len(0) * batch);
+                let (r, n) = count_allocs(|| s.run(&input).is_ok());
+                assert!(r);
+                assert_eq!(
+                    n, 0,
+                    "conv {} {store:?} batch {batch}: {n} allocations",
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+/// Zero-sized values are legal in a file (nothing forbids a zero dimension); planning and
+/// running such a graph must not panic, and produces no output elements.
+#[test]
+fn zero_sized_values_do_not_panic() {
+    let mut cases: Vec<(&str, Built)> = Vec::new();
+    let mut net = Net::new();
+    let x = net.input(&[0]);
+    let y = net.node("softmax", Op::Softmax, &[x]);
+    cases.push(("softmax of [0]", net.finish(&[y])));
+    for shape in [[3u32, 0, 4], [0, 2, 2]] {
+        let mut net = Net::new();
+        let x = net.input(&shape);
+        let c = shape[0];
+        let p: Vec<TensorId> = ["g", "b", "m", "v"]
+            .iter()
+            .map(|n| net.tensor(n, &[c], &vec![1.0; c as usize], Store::F32))
+            .collect();
+        let bn = Op::BatchNorm {
+            gamma: p[0],
+            beta: p[1],
+            mean: p[2],
+            var: p[3],
+            eps: 1e-5,
+        };
+        let y = net.node("bn", bn, &[x]);
+        let z = net.node("act", Op::Act(A::Gelu), &[y]);
+        cases.push((
+            if c == 0 {
+                "batchnorm of [0, 2, 2]"
+            } else {
+                "batchnorm of [3, 0, 4]"
+            },
+            net.finish(&[z]),
+        ));
+    }
+    for (what, b) in &cases {
+        let m = Model::from_vec(&b.bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        for batch in [1, 2] {
+            let mut s = Session::new(&m, batch).unwrap();
+            assert_eq!(s.run(&[]).unwrap(), &[] as &[f32], "{what}");
+        }
+    }
+}
