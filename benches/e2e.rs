@@ -1,0 +1,53 @@
+//! End-to-end latency: nap-runtime against candle's CPU forward on the same model and inputs,
+//! single-threaded (RAYON_NUM_THREADS=1 for candle). Needs NAP_FIXTURES (scripts/fetch-fixtures.sh).
+//!
+//! cargo bench --bench e2e
+
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use nap::export::{to_nap_bytes, ExportOptions};
+use nap::{archs, import, reference};
+use nap_runtime::{Model, Session};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("NAP_FIXTURES").expect("set NAP_FIXTURES to the fixtures folder"),
+    )
+}
+
+fn bench_model(c: &mut Criterion, name: &str, ckpt: &str, arch: &str, batches: &[usize]) {
+    let tensors = import::read_checkpoint(&fixtures().join(ckpt)).unwrap();
+    let host = archs::from_checkpoint(arch, tensors).unwrap();
+    let bytes = to_nap_bytes(&host, ExportOptions::default()).unwrap();
+    let model = Model::from_vec(&bytes).unwrap();
+    let dev = candle_core::Device::Cpu;
+    // candle runs the same fused graph (BatchNorm folded, activations fused) as the runtime.
+    let fused = nap::export::fuse(&host).unwrap();
+    let params = reference::params(&fused, &dev).unwrap();
+    let per: usize = host.input_shape().iter().map(|&d| d as usize).product();
+    let mut g = c.benchmark_group(name);
+    g.sample_size(20);
+    for &b in batches {
+        let x: Vec<f32> = (0..b * per)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.4)
+            .collect();
+        let mut s = Session::new(&model, b).unwrap();
+        g.bench_with_input(BenchmarkId::new("nap-runtime", b), &b, |bench, _| {
+            bench.iter(|| s.run(&x).unwrap()[0])
+        });
+        let xt = reference::input(&fused, &x, &dev).unwrap();
+        g.bench_with_input(BenchmarkId::new("candle", b), &b, |bench, _| {
+            bench.iter(|| reference::forward(&fused.graph, &params, &xt).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn e2e(c: &mut Criterion) {
+    bench_model(c, "m1-mnist-cnn", "m1.pth", "mnist-cnn", &[1, 64]);
+    bench_model(c, "m2-mobilenet-v2", "m2.pth", "mobilenet-v2", &[1]);
+}
+
+criterion_group!(benches, e2e);
+criterion_main!(benches);

@@ -1,0 +1,75 @@
+//! The runtime on real models against the candle reference's logits, on any target (CI runs it
+//! on aarch64 under qemu). `NAP_REFS` names a folder written by
+//! `nap check <checkpoint> --arch <arch> --dump <folder>`: `<arch>.nap` and `<arch>.ref`.
+#![cfg(feature = "std")]
+
+use std::path::PathBuf;
+
+use nap_runtime::{Model, Session};
+
+struct Reference {
+    n: usize,
+    per: usize,
+    classes: usize,
+    inputs: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+fn read_ref(path: &PathBuf) -> Reference {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&b[..8], b"NAPREF1\0", "{} is not a reference file", path.display());
+    let u = |i: usize| u32::from_le_bytes(b[8 + 4 * i..12 + 4 * i].try_into().unwrap()) as usize;
+    let (n, per, classes) = (u(0), u(1), u(2));
+    let floats: Vec<f32> = b[20..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats.len(), n * (per + classes), "reference file size");
+    Reference {
+        n,
+        per,
+        classes,
+        inputs: floats[..n * per].to_vec(),
+        logits: floats[n * per..].to_vec(),
+    }
+}
+
+fn check(arch: &str) {
+    let Some(dir) = std::env::var_os("NAP_REFS") else {
+        eprintln!("NAP_REFS is not set: skipping the real-model check of {arch} (CI sets it)");
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let model = Model::open(dir.join(format!("{arch}.nap"))).expect("loading the model");
+    let r = read_ref(&dir.join(format!("{arch}.ref")));
+    for batch in [1, r.n.min(8)] {
+        let mut s = Session::new(&model, batch).unwrap();
+        assert_eq!(s.input_len(0), r.per);
+        assert_eq!(s.output_len(0), r.classes);
+        let mut worst = 0f32;
+        for start in (0..r.n - r.n % batch).step_by(batch) {
+            let x = &r.inputs[start * r.per..(start + batch) * r.per];
+            let y = s.run(x).unwrap();
+            for (e, row) in y.chunks(r.classes).enumerate() {
+                let want = &r.logits[(start + e) * r.classes..(start + e + 1) * r.classes];
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let err = row.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                worst = worst.max(err / scale);
+                let top = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+                assert_eq!(top(row), top(want), "{arch}: top-1 differs for example {}", start + e);
+            }
+        }
+        eprintln!("{arch} batch {batch}: {} examples, max relative error {worst:.2e} ({})", r.n, std::env::consts::ARCH);
+        assert!(worst <= 1e-4, "{arch}: max relative error {worst} > 1e-4");
+    }
+}
+
+#[test]
+fn mnist_cnn_matches_reference() {
+    check("mnist-cnn");
+}
+
+#[test]
+fn mobilenet_v2_matches_reference() {
+    check("mobilenet-v2");
+}

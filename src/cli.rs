@@ -1,0 +1,893 @@
+//! The `nap` command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use nap_runtime::format::{DType, Op};
+use nap_runtime::{Model, Session, TensorView};
+use serde::Serialize;
+
+use crate::data::{self, Dataset};
+use crate::eval::{self, agreement, Agreement};
+use crate::export::{self, ExportOptions, Storage};
+use crate::ir::HostModel;
+use crate::train::{self, TrainConfig};
+use crate::util::{softmax, top_k};
+use crate::{archs, import};
+
+#[derive(Parser)]
+#[command(
+    name = "nap",
+    version,
+    about = "Network Automatic Pruning: prune trained networks and run them fast on small devices"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StoreDtype {
+    F32,
+    F16,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DataSet {
+    /// The embedded 8x8 digits (no download).
+    Digits,
+    /// MNIST from --data-dir (scripts/fetch-fixtures.sh).
+    Mnist,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum SplitArg {
+    Train,
+    Test,
+}
+
+#[derive(clap::Args)]
+struct DataArgs {
+    /// Data set.
+    #[arg(long, value_enum, default_value = "mnist")]
+    data: DataSet,
+    /// Folder with the MNIST IDX files.
+    #[arg(long, default_value = "fixtures/mnist")]
+    data_dir: PathBuf,
+    /// Which split.
+    #[arg(long, value_enum, default_value = "test")]
+    split: SplitArg,
+    /// Use only the first N examples.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a checkpoint (.pth zip or legacy, .safetensors) of a built-in architecture to .nap.
+    Convert {
+        checkpoint: PathBuf,
+        /// Architecture whose state_dict keys the checkpoint holds.
+        #[arg(long)]
+        arch: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Storage type of the weights (computation is f32 either way).
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: StoreDtype,
+        /// Store every weight dense, even where CSR would be smaller.
+        #[arg(long)]
+        dense: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a .nap file's graph, per-layer shapes, parameters, density, bytes and FLOPs.
+    Inspect {
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a .nap model on one input and print the top classes.
+    Run {
+        model: PathBuf,
+        /// An image (png/jpg), `digits:N` (embedded digits example N), `mnist:N` (MNIST test
+        /// example N from --data-dir) or a raw little-endian f32 file.
+        #[arg(long)]
+        input: String,
+        #[arg(long, default_value = "fixtures/mnist")]
+        data_dir: PathBuf,
+        /// Class names, one per line (default: digits, or fixtures/imagenet_classes.txt).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accuracy of a .nap (runtime) or a checkpoint (candle reference, needs --arch).
+    Eval {
+        model: PathBuf,
+        #[arg(long)]
+        arch: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the runtime against candle's reference forward for a checkpoint: logits error,
+    /// top-1 agreement and accuracy on a data set or on images.
+    Check {
+        checkpoint: PathBuf,
+        #[arg(long)]
+        arch: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Images to classify instead of a data set.
+        #[arg(long, num_args = 1..)]
+        images: Vec<PathBuf>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Also write the converted model and a reference file (inputs + logits of the first 64
+        /// examples) into this folder, for runtime-only checks on other machines.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a built-in architecture from scratch on MNIST or the embedded digits.
+    Train {
+        #[arg(long)]
+        arch: String,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output: .safetensors (weights) and/or .nap (by extension).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// The end-to-end demo on the embedded digits: train a small CNN, export it, run it in the
+    /// runtime and check it agrees with the reference.
+    Demo {
+        /// Where to write the exported model.
+        #[arg(long, default_value = "nap-demo/digits-cnn.nap")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        epochs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Convert {
+            checkpoint,
+            arch,
+            output,
+            dtype,
+            dense,
+            json,
+        } => convert(&checkpoint, &arch, &output, dtype, dense, json),
+        Cmd::Inspect { model, json } => inspect(&model, json),
+        Cmd::Run {
+            model,
+            input,
+            data_dir,
+            labels,
+            top,
+            json,
+        } => run(&model, &input, &data_dir, labels.as_deref(), top, json),
+        Cmd::Eval {
+            model,
+            arch,
+            data,
+            batch,
+            json,
+        } => eval_cmd(&model, arch.as_deref(), &data, batch, json),
+        Cmd::Check {
+            checkpoint,
+            arch,
+            data,
+            images,
+            batch,
+            dump,
+            json,
+        } => check(
+            &checkpoint,
+            &arch,
+            &data,
+            &images,
+            batch,
+            dump.as_deref(),
+            json,
+        ),
+        Cmd::Train {
+            arch,
+            data,
+            epochs,
+            lr,
+            batch,
+            seed,
+            output,
+        } => train_cmd(&arch, &data, epochs, lr, batch, seed, &output),
+        Cmd::Demo {
+            out,
+            epochs,
+            seed,
+            json,
+        } => demo(&out, epochs, seed, json),
+    }
+}
+
+fn rt<T>(r: nap_runtime::Result<T>) -> Result<T> {
+    r.map_err(|e| anyhow!("{e}"))
+}
+
+fn load_data(a: &DataArgs) -> Result<Dataset> {
+    let mut d = match a.data {
+        DataSet::Digits => {
+            let (train, test) = data::digits::load_digits().split(0.2, 0);
+            if a.split == SplitArg::Train {
+                train
+            } else {
+                test
+            }
+        }
+        DataSet::Mnist => {
+            let split = if a.split == SplitArg::Train {
+                data::mnist::Split::Train
+            } else {
+                data::mnist::Split::Test
+            };
+            data::mnist::load_mnist(&a.data_dir, split).with_context(|| {
+                format!(
+                    "loading MNIST from {} (run scripts/fetch-fixtures.sh)",
+                    a.data_dir.display()
+                )
+            })?
+        }
+    };
+    if let Some(l) = a.limit {
+        d = d.take(l);
+    }
+    Ok(d)
+}
+
+fn load_host(checkpoint: &Path, arch: &str) -> Result<HostModel> {
+    let tensors = import::read_checkpoint(checkpoint)
+        .with_context(|| format!("reading {}", checkpoint.display()))?;
+    let mut m = archs::from_checkpoint(arch, tensors)
+        .with_context(|| format!("mapping {} onto {arch}", checkpoint.display()))?;
+    m.meta.source = checkpoint
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(m)
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn convert(
+    checkpoint: &Path,
+    arch: &str,
+    output: &Path,
+    dtype: StoreDtype,
+    dense: bool,
+    json: bool,
+) -> Result<()> {
+    let m = load_host(checkpoint, arch)?;
+    let opts = ExportOptions {
+        dtype: match dtype {
+            StoreDtype::F32 => DType::F32,
+            StoreDtype::F16 => DType::F16,
+        },
+        storage: if dense { Storage::Dense } else { Storage::Auto },
+    };
+    export::write_nap(&m, output, opts)?;
+    let bytes = std::fs::metadata(output)?.len();
+    if json {
+        print_json(&serde_json::json!({
+            "output": output, "arch": arch, "params": m.param_count(), "bytes": bytes,
+        }))
+    } else {
+        println!(
+            "wrote {} ({arch}, {} parameters, {} bytes)",
+            output.display(),
+            m.param_count(),
+            bytes
+        );
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct LayerRow {
+    name: String,
+    op: String,
+    output: Vec<u32>,
+    params: usize,
+    nonzero: usize,
+    density: f64,
+    bytes: u64,
+    flops: u64,
+    storage: String,
+}
+
+fn op_name(op: &Op) -> String {
+    match op {
+        Op::Linear { act, .. } => format!("Linear+{act:?}"),
+        Op::Conv2d { groups, act, .. } => format!("Conv2d(g{groups})+{act:?}"),
+        Op::Add { act } => format!("Add+{act:?}"),
+        Op::Act(a) => format!("{a:?}"),
+        other => format!("{other:?}")
+            .split([' ', '{'])
+            .next()
+            .unwrap_or("?")
+            .to_string(),
+    }
+}
+
+fn layout_bytes(l: &nap_runtime::format::Layout) -> u64 {
+    match l {
+        nap_runtime::format::Layout::Dense { values } => values.len,
+        nap_runtime::format::Layout::Csr {
+            row_ptr,
+            col_idx,
+            values,
+            ..
+        } => row_ptr.len + col_idx.len + values.len,
+    }
+}
+
+/// Per-node rows for `nap inspect`: FLOPs count 2 per multiply-add actually stored.
+fn layer_rows(model: &Model<'_>) -> Vec<LayerRow> {
+    let g = model.graph();
+    let mut rows = Vec::new();
+    for n in &g.nodes {
+        let out = g.values[n.output as usize].shape.clone();
+        let out_elems: u64 = out.iter().map(|&d| d as u64).product();
+        let mut params = 0usize;
+        let mut nonzero = 0usize;
+        let mut bytes = 0u64;
+        let mut storage = String::new();
+        let mut flops = 0u64;
+        let mut tensor_ids = Vec::new();
+        let mut op = n.op.clone();
+        export::map_tensors(&mut op, |t| {
+            tensor_ids.push(t);
+            t
+        });
+        for &t in &tensor_ids {
+            let (p, nz) = model.tensor_density(t);
+            params += p;
+            nonzero += nz;
+            let e = model.tensor_entry(t);
+            bytes += layout_bytes(&e.layout);
+        }
+        match &n.op {
+            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
+                let e = model.tensor_entry(*weight);
+                let stored = model.tensor(*weight).stored() as u64;
+                let positions = match n.op {
+                    Op::Conv2d { .. } => (out[1] * out[2]) as u64,
+                    _ => 1,
+                };
+                flops = 2 * stored * positions;
+                storage = format!(
+                    "{}{}",
+                    match model.tensor(*weight) {
+                        TensorView::Dense(_) => "dense ",
+                        TensorView::Csr(_) => "csr ",
+                    },
+                    match e.dtype {
+                        DType::F32 => "f32",
+                        DType::F16 => "f16",
+                    }
+                );
+            }
+            Op::BatchNorm { .. } | Op::Add { .. } | Op::Act(_) => flops = out_elems * 2,
+            _ => {}
+        }
+        rows.push(LayerRow {
+            name: n.name.clone(),
+            op: op_name(&n.op),
+            output: out,
+            params,
+            nonzero,
+            density: if params == 0 {
+                1.0
+            } else {
+                nonzero as f64 / params as f64
+            },
+            bytes,
+            flops,
+            storage,
+        });
+    }
+    rows
+}
+
+fn inspect(path: &Path, json: bool) -> Result<()> {
+    let model = rt(Model::open(path))?;
+    let rows = layer_rows(&model);
+    let meta = model.metadata();
+    let (params, nonzero, flops): (usize, usize, u64) = rows.iter().fold((0, 0, 0), |a, r| {
+        (a.0 + r.params, a.1 + r.nonzero, a.2 + r.flops)
+    });
+    let file_bytes = model.bytes().len();
+    if json {
+        return print_json(&serde_json::json!({
+            "file": path, "bytes": file_bytes, "version": [model.preamble().major, model.preamble().minor],
+            "producer": model.header().producer, "arch": meta.arch, "source": meta.source, "method": meta.method,
+            "params": params, "nonzero": nonzero, "flops": flops, "layers": rows,
+        }));
+    }
+    println!(
+        "{}: .nap {}.{}, {} bytes, written by {}",
+        path.display(),
+        model.preamble().major,
+        model.preamble().minor,
+        file_bytes,
+        model.header().producer
+    );
+    println!(
+        "arch {}  source {}  method {}  input {:?}",
+        meta.arch,
+        meta.source,
+        meta.method,
+        model.graph().values[model.graph().inputs[0] as usize].shape
+    );
+    println!(
+        "\n{:<28} {:<22} {:<16} {:>10} {:>8} {:>10} {:>12} {:<10}",
+        "node", "op", "output", "params", "density", "bytes", "FLOPs", "storage"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:<22} {:<16} {:>10} {:>7.1}% {:>10} {:>12} {:<10}",
+            r.name,
+            r.op,
+            format!("{:?}", r.output),
+            r.params,
+            100.0 * r.density,
+            r.bytes,
+            r.flops,
+            r.storage
+        );
+    }
+    println!(
+        "\ntotal: {params} parameters, {nonzero} non-zero ({:.2}%), {:.3} MFLOPs per example",
+        100.0 * nonzero as f64 / params.max(1) as f64,
+        flops as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn class_names(meta_labels: &str, explicit: Option<&Path>) -> Result<Option<Vec<String>>> {
+    let path = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None if meta_labels == "imagenet" => {
+            let p = PathBuf::from("fixtures/imagenet_classes.txt");
+            p.exists().then_some(p)
+        }
+        None if meta_labels == "digits" => {
+            return Ok(Some((0..10).map(|d| d.to_string()).collect()))
+        }
+        None => None,
+    };
+    match path {
+        Some(p) => Ok(Some(
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("reading labels {}", p.display()))?
+                .lines()
+                .map(str::to_string)
+                .collect(),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<Vec<f32>> {
+    let meta = model.metadata();
+    let shape = &model.graph().values[model.graph().inputs[0] as usize].shape;
+    let per: usize = shape.iter().map(|&d| d as usize).product();
+    let pick = |d: Dataset, i: usize| -> Result<Vec<f32>> {
+        if i >= d.n {
+            bail!("example {i} out of range (the set has {})", d.n);
+        }
+        let p = d.images.len() / d.n;
+        Ok(d.images[i * p..(i + 1) * p].to_vec())
+    };
+    let x = if let Some(i) = input.strip_prefix("digits:") {
+        pick(
+            data::digits::load_digits(),
+            i.parse().context("digits:N needs a number")?,
+        )?
+    } else if let Some(i) = input.strip_prefix("mnist:") {
+        pick(
+            data::mnist::load_mnist(data_dir, data::mnist::Split::Test)?,
+            i.parse().context("mnist:N needs a number")?,
+        )?
+    } else {
+        let path = Path::new(input);
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if ["png", "jpg", "jpeg"].contains(&ext.as_str()) {
+            match meta.preprocess.as_str() {
+                "imagenet" => data::image::load_imagenet_input(path)?,
+                "mnist" | "digits" if shape.len() == 3 => {
+                    let pre = if meta.preprocess == "mnist" {
+                        data::image::GrayPreprocess::MNIST
+                    } else {
+                        data::image::GrayPreprocess::UNIT
+                    };
+                    data::image::load_gray_input(path, shape[1] as usize, shape[2] as usize, pre)?
+                }
+                p => bail!("no image preprocessing known for this model (preprocess {p:?})"),
+            }
+        } else {
+            let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            if b.len() % 4 != 0 {
+                bail!(
+                    "{} is not a raw f32 file ({} bytes)",
+                    path.display(),
+                    b.len()
+                );
+            }
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+    };
+    if x.len() != per {
+        bail!(
+            "input has {} values, the model takes {:?} = {per}",
+            x.len(),
+            shape
+        );
+    }
+    if x.iter().any(|v| !v.is_finite()) {
+        bail!("input holds non-finite values");
+    }
+    Ok(x)
+}
+
+fn run(
+    path: &Path,
+    input: &str,
+    data_dir: &Path,
+    labels: Option<&Path>,
+    top: usize,
+    json: bool,
+) -> Result<()> {
+    let model = rt(Model::open(path))?;
+    let x = parse_input(&model, input, data_dir)?;
+    let names = class_names(&model.metadata().labels, labels)?;
+    let mut s = rt(Session::new(&model, 1))?;
+    let t0 = Instant::now();
+    let logits = rt(s.run(&x))?.to_vec();
+    let dt = t0.elapsed();
+    let probs = softmax(&logits);
+    let best = top_k(&probs, top);
+    let name = |i: usize| {
+        names
+            .as_ref()
+            .and_then(|n| n.get(i))
+            .cloned()
+            .unwrap_or_else(|| format!("class {i}"))
+    };
+    if json {
+        let rows: Vec<_> = best
+            .iter()
+            .map(|&(i, p)| serde_json::json!({"class": i, "name": name(i), "prob": p, "logit": logits[i]}))
+            .collect();
+        return print_json(
+            &serde_json::json!({"input": input, "top": rows, "seconds": dt.as_secs_f64()}),
+        );
+    }
+    println!("{input}: ({:.3} ms, first run)", dt.as_secs_f64() * 1e3);
+    for (i, p) in best {
+        println!("  {:>6.2}%  {:>4}  {}", 100.0 * p, i, name(i));
+    }
+    Ok(())
+}
+
+fn eval_cmd(path: &Path, arch: Option<&str>, a: &DataArgs, batch: usize, json: bool) -> Result<()> {
+    let d = load_data(a)?;
+    let is_nap = path.extension().is_some_and(|e| e == "nap");
+    let t0 = Instant::now();
+    let (acc, engine) = if is_nap {
+        let model = rt(Model::open(path))?;
+        let logits = eval::runtime_logits(&model, &d.images, batch, !json)?;
+        let classes = logits.len() / d.n;
+        (eval::accuracy(&logits, &d.labels, classes), "runtime")
+    } else {
+        let arch = arch.context("evaluating a checkpoint needs --arch")?;
+        let m = load_host(path, arch)?;
+        (
+            train::reference_accuracy(&m, &d, batch)?,
+            "candle reference",
+        )
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    if json {
+        return print_json(
+            &serde_json::json!({"model": path, "engine": engine, "examples": d.n, "accuracy": acc, "seconds": secs}),
+        );
+    }
+    println!(
+        "{}: accuracy {:.2}% on {} examples ({engine}, {:.1} s)",
+        path.display(),
+        100.0 * acc,
+        d.n,
+        secs
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CheckReport {
+    arch: String,
+    examples: usize,
+    agreement: Agreement,
+    runtime_accuracy: Option<f32>,
+    reference_accuracy: Option<f32>,
+    top: Vec<(String, Vec<(usize, f32)>)>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    checkpoint: &Path,
+    arch: &str,
+    a: &DataArgs,
+    images: &[PathBuf],
+    batch: usize,
+    dump: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let m = load_host(checkpoint, arch)?;
+    let bytes = export::to_nap_bytes(&m, ExportOptions::default())?;
+    let model = rt(Model::from_vec(&bytes))?;
+    let (inputs, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if images.is_empty() {
+        let d = load_data(a)?;
+        (d.images, Some(d.labels), Vec::new())
+    } else {
+        let mut xs = Vec::new();
+        for p in images {
+            xs.extend(parse_input(&model, &p.to_string_lossy(), &a.data_dir)?);
+        }
+        (
+            xs,
+            None,
+            images.iter().map(|p| p.display().to_string()).collect(),
+        )
+    };
+    let ours = eval::runtime_logits(&model, &inputs, batch, !json)?;
+    let reference = eval::reference_logits(&m, &inputs, batch, !json)?;
+    let classes = m.output_shape()[0] as usize;
+    let ag = agreement(&ours, &reference, classes);
+    let report = CheckReport {
+        arch: arch.to_string(),
+        examples: ag.examples,
+        runtime_accuracy: labels.as_ref().map(|l| eval::accuracy(&ours, l, classes)),
+        reference_accuracy: labels
+            .as_ref()
+            .map(|l| eval::accuracy(&reference, l, classes)),
+        top: names
+            .iter()
+            .zip(ours.chunks(classes))
+            .map(|(n, row)| (n.clone(), top_k(&softmax(row), 3)))
+            .collect(),
+        agreement: ag,
+    };
+    if let Some(dir) = dump {
+        std::fs::create_dir_all(dir)?;
+        crate::util::atomic_write(&dir.join(format!("{arch}.nap")), &bytes)?;
+        let per = inputs.len() / report.examples;
+        let k = report.examples.min(64);
+        crate::util::atomic_write(
+            &dir.join(format!("{arch}.ref")),
+            &crate::refdump::encode(&inputs[..k * per], &reference[..k * classes], k),
+        )?;
+    }
+    if json {
+        print_json(&report)?;
+    } else {
+        let ag = &report.agreement;
+        println!(
+            "{arch}: runtime vs candle reference on {} examples: max relative error {:.2e}, max abs error {:.2e}, top-1 mismatches {}",
+            ag.examples, ag.max_rel_err, ag.max_abs_err, ag.top1_mismatches
+        );
+        if let (Some(r), Some(c)) = (report.runtime_accuracy, report.reference_accuracy) {
+            println!(
+                "accuracy: runtime {:.2}%, reference {:.2}%",
+                100.0 * r,
+                100.0 * c
+            );
+        }
+        let cn = class_names(&m.meta.labels, None)?;
+        for (n, t) in &report.top {
+            let desc: Vec<String> = t
+                .iter()
+                .map(|&(i, p)| {
+                    let name = cn
+                        .as_ref()
+                        .and_then(|c| c.get(i))
+                        .cloned()
+                        .unwrap_or_default();
+                    format!("{i} {name} {:.2}", p)
+                })
+                .collect();
+            println!("  {n}: {}", desc.join(" | "));
+        }
+    }
+    if report.agreement.max_rel_err > 1e-4 || report.agreement.top1_mismatches > 0 {
+        bail!("the runtime disagrees with the reference");
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_cmd(
+    arch: &str,
+    a: &DataArgs,
+    epochs: usize,
+    lr: f64,
+    batch: usize,
+    seed: u64,
+    output: &Path,
+) -> Result<()> {
+    let train_set = load_data(&DataArgs {
+        data: a.data,
+        data_dir: a.data_dir.clone(),
+        split: SplitArg::Train,
+        limit: a.limit,
+    })?;
+    let test = load_data(&DataArgs {
+        data: a.data,
+        data_dir: a.data_dir.clone(),
+        split: SplitArg::Test,
+        limit: None,
+    })?;
+    let mut m = archs::random(arch, seed)?;
+    m.meta.source = format!("nap train --arch {arch} --seed {seed}");
+    let cfg = TrainConfig {
+        epochs,
+        batch,
+        lr,
+        seed,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let loss = train::train(&mut m, &train_set, &cfg)?;
+    let acc = train::reference_accuracy(&m, &test, 256)?;
+    println!(
+        "trained {arch} for {epochs} epochs in {:.1} s: final training loss {loss:.4}, test accuracy {:.2}%",
+        t0.elapsed().as_secs_f64(),
+        100.0 * acc
+    );
+    match output.extension().and_then(|e| e.to_str()) {
+        Some("nap") => export::write_nap(&m, output, ExportOptions::default())?,
+        Some("safetensors") => import::write_safetensors(output, &crate::ir::to_named(&m))?,
+        _ => bail!("output must end in .nap or .safetensors"),
+    }
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct DemoReport {
+    train_examples: usize,
+    test_examples: usize,
+    epochs: usize,
+    train_seconds: f64,
+    final_loss: f32,
+    reference_accuracy: f32,
+    runtime_accuracy: f32,
+    agreement: Agreement,
+    model_file: PathBuf,
+    model_bytes: u64,
+    params: usize,
+    runtime_batch1_us: f64,
+}
+
+fn demo(out: &Path, epochs: usize, seed: u64, json: bool) -> Result<()> {
+    let (train_set, test_set) = data::digits::load_digits().split(0.2, seed);
+    if !json {
+        println!(
+            "nap demo: 8x8 digits (embedded, {} train / {} test), architecture digits-cnn",
+            train_set.n, test_set.n
+        );
+    }
+    let mut m = archs::random("digits-cnn", seed)?;
+    m.meta.source = "nap demo".to_string();
+    let cfg = TrainConfig {
+        epochs,
+        seed,
+        progress: !json,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let loss = train::train(&mut m, &train_set, &cfg)?;
+    let train_seconds = t0.elapsed().as_secs_f64();
+    let ref_logits = eval::reference_logits(&m, &test_set.images, 256, false)?;
+    let classes = 10;
+    let ref_acc = eval::accuracy(&ref_logits, &test_set.labels, classes);
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    export::write_nap(&m, out, ExportOptions::default())?;
+    let model = rt(Model::open(out))?;
+    let ours = eval::runtime_logits(&model, &test_set.images, 64, false)?;
+    let ag = agreement(&ours, &ref_logits, classes);
+    let rt_acc = eval::accuracy(&ours, &test_set.labels, classes);
+    let mut s = rt(Session::new(&model, 1))?;
+    let per = s.input_len(0);
+    let x = &test_set.images[..per];
+    let reps = 2000;
+    for _ in 0..100 {
+        rt(s.run(x))?;
+    }
+    let t1 = Instant::now();
+    for _ in 0..reps {
+        rt(s.run(x))?;
+    }
+    let us = t1.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    let report = DemoReport {
+        train_examples: train_set.n,
+        test_examples: test_set.n,
+        epochs,
+        train_seconds,
+        final_loss: loss,
+        reference_accuracy: ref_acc,
+        runtime_accuracy: rt_acc,
+        agreement: ag,
+        model_file: out.to_path_buf(),
+        model_bytes: std::fs::metadata(out)?.len(),
+        params: m.param_count(),
+        runtime_batch1_us: us,
+    };
+    if json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "trained {} parameters for {epochs} epochs in {:.1} s (final loss {loss:.4})",
+            report.params, train_seconds
+        );
+        println!("candle reference: test accuracy {:.2}%", 100.0 * ref_acc);
+        println!(
+            "exported {} ({} bytes, BatchNorm/activations fused) and loaded it zero-copy in nap-runtime",
+            out.display(),
+            report.model_bytes
+        );
+        println!(
+            "runtime: test accuracy {:.2}%, logits vs reference: max relative error {:.2e}, top-1 mismatches {}",
+            100.0 * rt_acc,
+            report.agreement.max_rel_err,
+            report.agreement.top1_mismatches
+        );
+        println!("runtime latency, batch 1: {us:.1} µs per image (mean of {reps} runs after 100 warm-up runs)");
+    }
+    if report.agreement.max_rel_err > 1e-4 || report.agreement.top1_mismatches > 0 {
+        bail!("the runtime disagrees with the reference");
+    }
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! Writing `.nap` files: fold BatchNorm into convolutions, fuse activations into their
+//! producers, choose each tensor's storage, and encode through the runtime's format types.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use half::f16;
+use nap_runtime::format::{
+    Activation, DType, FileBuilder, Graph, Header, IndexWidth, LayerStats, Layout, Op, TensorEntry,
+    ValueId,
+};
+
+use crate::ir::{HostModel, HostTensor};
+use crate::util::atomic_write;
+
+/// How tensors are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Dense always.
+    Dense,
+    /// CSR for a Linear/Conv2d weight when that takes fewer bytes than dense.
+    Auto,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ExportOptions {
+    pub dtype: DType,
+    pub storage: Storage,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            dtype: DType::F32,
+            storage: Storage::Auto,
+        }
+    }
+}
+
+fn consumers(g: &Graph) -> Vec<usize> {
+    let mut c = vec![0; g.values.len()];
+    for n in &g.nodes {
+        for &v in &n.inputs {
+            c[v as usize] += 1;
+        }
+    }
+    for &v in &g.outputs {
+        c[v as usize] += 1;
+    }
+    c
+}
+
+/// Folds every BatchNorm that is the only consumer of a convolution into that convolution, and
+/// every activation that is the only consumer of a Linear, Conv2d or Add into that op. The result
+/// computes the same function (up to rounding) with fewer nodes.
+pub fn fuse(m: &HostModel) -> Result<HostModel> {
+    let mut m = m.clone();
+    loop {
+        let uses = consumers(&m.graph);
+        let producer: Vec<Option<usize>> = {
+            let mut p = vec![None; m.graph.values.len()];
+            for (i, n) in m.graph.nodes.iter().enumerate() {
+                p[n.output as usize] = Some(i);
+            }
+            p
+        };
+        let mut changed = false;
+        for j in 0..m.graph.nodes.len() {
+            let node = &m.graph.nodes[j];
+            let x = node.inputs[0];
+            let Some(i) = producer[x as usize] else {
+                continue;
+            };
+            if uses[x as usize] != 1 {
+                continue;
+            }
+            let out = node.output;
+            match (node.op.clone(), m.graph.nodes[i].op.clone()) {
+                (
+                    Op::BatchNorm {
+                        gamma,
+                        beta,
+                        mean,
+                        var,
+                        eps,
+                    },
+                    Op::Conv2d {
+                        weight,
+                        bias,
+                        stride,
+                        padding,
+                        dilation,
+                        groups,
+                        act: Activation::None,
+                    },
+                ) => {
+                    let t = &m.tensors;
+                    let scale: Vec<f32> = t[gamma as usize]
+                        .data
+                        .iter()
+                        .zip(&t[var as usize].data)
+                        .map(|(g, v)| g / (v + eps).sqrt())
+                        .collect();
+                    let w = &t[weight as usize];
+                    let per = w.numel() / scale.len();
+                    let wdata: Vec<f32> = w
+                        .data
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| v * scale[k / per])
+                        .collect();
+                    let b0 = bias
+                        .map(|b| t[b as usize].data.clone())
+                        .unwrap_or(vec![0.0; scale.len()]);
+                    let bdata: Vec<f32> = (0..scale.len())
+                        .map(|o| {
+                            (b0[o] - t[mean as usize].data[o]) * scale[o] + t[beta as usize].data[o]
+                        })
+                        .collect();
+                    let wname = w.name.clone();
+                    let wshape = w.shape.clone();
+                    let bname = t[beta as usize].name.clone();
+                    m.tensors.push(HostTensor {
+                        name: wname,
+                        shape: wshape,
+                        data: wdata,
+                    });
+                    let new_w = (m.tensors.len() - 1) as u32;
+                    m.tensors.push(HostTensor {
+                        name: bname,
+                        shape: vec![scale.len() as u32],
+                        data: bdata,
+                    });
+                    let new_b = (m.tensors.len() - 1) as u32;
+                    m.graph.nodes[i].op = Op::Conv2d {
+                        weight: new_w,
+                        bias: Some(new_b),
+                        stride,
+                        padding,
+                        dilation,
+                        groups,
+                        act: Activation::None,
+                    };
+                }
+                (
+                    Op::Act(a),
+                    Op::Linear {
+                        act: Activation::None,
+                        ..
+                    },
+                )
+                | (
+                    Op::Act(a),
+                    Op::Conv2d {
+                        act: Activation::None,
+                        ..
+                    },
+                )
+                | (
+                    Op::Act(a),
+                    Op::Add {
+                        act: Activation::None,
+                    },
+                ) => match &mut m.graph.nodes[i].op {
+                    Op::Linear { act, .. } | Op::Conv2d { act, .. } | Op::Add { act } => *act = a,
+                    _ => unreachable!(),
+                },
+                _ => continue,
+            }
+            m.graph.nodes[i].output = out;
+            m.graph.nodes.remove(j);
+            changed = true;
+            break;
+        }
+        if !changed {
+            break;
+        }
+    }
+    compact(&mut m);
+    m.validate()?;
+    Ok(m)
+}
+
+/// Drops values and tensors nothing refers to, renumbering the rest.
+fn compact(m: &mut HostModel) {
+    let g = &mut m.graph;
+    let mut used_v = vec![false; g.values.len()];
+    for &v in g.inputs.iter().chain(&g.outputs) {
+        used_v[v as usize] = true;
+    }
+    for n in &g.nodes {
+        used_v[n.output as usize] = true;
+        n.inputs.iter().for_each(|&v| used_v[v as usize] = true);
+    }
+    let mut vmap = vec![u32::MAX; g.values.len()];
+    let mut values = Vec::new();
+    for (i, v) in g.values.iter().enumerate() {
+        if used_v[i] {
+            vmap[i] = values.len() as ValueId;
+            values.push(v.clone());
+        }
+    }
+    g.values = values;
+    g.inputs.iter_mut().for_each(|v| *v = vmap[*v as usize]);
+    g.outputs.iter_mut().for_each(|v| *v = vmap[*v as usize]);
+
+    let mut used_t = vec![false; m.tensors.len()];
+    for n in &g.nodes {
+        for_each_tensor(&n.op, |t| used_t[t as usize] = true);
+    }
+    let mut tmap = vec![u32::MAX; m.tensors.len()];
+    let mut tensors = Vec::new();
+    for (i, t) in m.tensors.drain(..).enumerate() {
+        if used_t[i] {
+            tmap[i] = tensors.len() as u32;
+            tensors.push(t);
+        }
+    }
+    m.tensors = tensors;
+    for n in &mut g.nodes {
+        n.output = vmap[n.output as usize];
+        n.inputs.iter_mut().for_each(|v| *v = vmap[*v as usize]);
+        map_tensors(&mut n.op, |t| tmap[t as usize]);
+    }
+}
+
+fn for_each_tensor(op: &Op, mut f: impl FnMut(u32)) {
+    let mut op = op.clone();
+    map_tensors(&mut op, |t| {
+        f(t);
+        t
+    });
+}
+
+/// Applies `f` to every tensor id an op refers to.
+pub fn map_tensors(op: &mut Op, mut f: impl FnMut(u32) -> u32) {
+    match op {
+        Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
+            *weight = f(*weight);
+            if let Some(b) = bias {
+                *b = f(*b);
+            }
+        }
+        Op::BatchNorm {
+            gamma,
+            beta,
+            mean,
+            var,
+            ..
+        } => {
+            for t in [gamma, beta, mean, var] {
+                *t = f(*t);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Per-layer parameter and non-zero counts of the prunable layers.
+pub fn layer_stats(m: &HostModel) -> Vec<LayerStats> {
+    m.prunable()
+        .into_iter()
+        .map(|(i, w)| {
+            let t = &m.tensors[w as usize];
+            LayerStats {
+                name: m.graph.nodes[i].name.clone(),
+                params: t.numel() as u64,
+                nonzero: t.data.iter().filter(|v| **v != 0.0).count() as u64,
+            }
+        })
+        .collect()
+}
+
+fn encode_values(fb: &mut FileBuilder, v: &[f32], dtype: DType) -> nap_runtime::format::BlobRef {
+    match dtype {
+        DType::F32 => fb.add_f32(v),
+        DType::F16 => fb.add_f16(&v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()),
+    }
+}
+
+/// Encodes `m` (fused first) as a `.nap` image.
+pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
+    let m = fuse(m)?;
+    let weights: Vec<u32> = m.prunable().into_iter().map(|(_, w)| w).collect();
+    let mut fb = FileBuilder::new();
+    let mut entries = Vec::with_capacity(m.tensors.len());
+    for (id, t) in m.tensors.iter().enumerate() {
+        let is_weight = weights.contains(&(id as u32));
+        let dtype = if is_weight { opts.dtype } else { DType::F32 };
+        let rows = t.shape.first().copied().unwrap_or(1) as usize;
+        let cols = if rows == 0 { 0 } else { t.numel() / rows };
+        let nnz = t.data.iter().filter(|v| **v != 0.0).count();
+        let index = IndexWidth::for_cols(cols);
+        let dense_bytes = t.numel() * dtype.size();
+        let csr_bytes = (rows + 1) * 4 + nnz * (index.size() + dtype.size());
+        let layout = if is_weight && opts.storage == Storage::Auto && csr_bytes < dense_bytes {
+            let mut row_ptr = Vec::with_capacity(rows + 1);
+            let mut cidx = Vec::with_capacity(nnz);
+            let mut vals = Vec::with_capacity(nnz);
+            row_ptr.push(0u32);
+            for r in 0..rows {
+                for c in 0..cols {
+                    let v = t.data[r * cols + c];
+                    if v != 0.0 {
+                        cidx.push(c as u32);
+                        vals.push(v);
+                    }
+                }
+                row_ptr.push(vals.len() as u32);
+            }
+            let row_ptr_b = fb.add_u32(&row_ptr);
+            let col_idx = match index {
+                IndexWidth::U16 => fb.add_u16(&cidx.iter().map(|&c| c as u16).collect::<Vec<_>>()),
+                IndexWidth::U32 => fb.add_u32(&cidx),
+            };
+            Layout::Csr {
+                nnz: nnz as u64,
+                index,
+                row_ptr: row_ptr_b,
+                col_idx,
+                values: encode_values(&mut fb, &vals, dtype),
+            }
+        } else {
+            Layout::Dense {
+                values: encode_values(&mut fb, &t.data, dtype),
+            }
+        };
+        entries.push(TensorEntry {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype,
+            layout,
+        });
+    }
+    let mut meta = m.meta.clone();
+    meta.layers = layer_stats(&m);
+    let header = Header {
+        producer: format!("nap {}", env!("CARGO_PKG_VERSION")),
+        metadata: meta,
+        graph: m.graph.clone(),
+        tensors: entries,
+        extensions: Vec::new(),
+    };
+    fb.finish(&header)
+        .map_err(|e| anyhow!("encoding header: {e}"))
+}
+
+/// Writes `m` to `path` atomically.
+pub fn write_nap(m: &HostModel, path: &Path, opts: ExportOptions) -> Result<()> {
+    let bytes = to_nap_bytes(m, opts)?;
+    atomic_write(path, &bytes)
+}

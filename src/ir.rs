@@ -1,0 +1,227 @@
+//! The pruner's in-memory model: the runtime's graph IR plus host-side f32 tensors.
+
+use anyhow::{anyhow, bail, Context, Result};
+use nap_runtime::format::{Graph, Metadata, Node, Op, TensorId, ValueId, ValueInfo};
+use nap_runtime::graph::{self, TensorTable};
+
+use crate::import::NamedTensor;
+
+/// A model the pruner works on: graph (same types as the `.nap` file), tensors indexed by
+/// [`TensorId`], metadata.
+#[derive(Clone, Debug)]
+pub struct HostModel {
+    pub graph: Graph,
+    pub tensors: Vec<HostTensor>,
+    pub meta: Metadata,
+}
+
+/// A dense row-major f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub name: String,
+    pub shape: Vec<u32>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+struct Shapes<'a>(&'a [HostTensor]);
+
+impl TensorTable for Shapes<'_> {
+    fn tensor_shape(&self, id: TensorId) -> Option<&[u32]> {
+        self.0.get(id as usize).map(|t| t.shape.as_slice())
+    }
+
+    fn tensor_is_dense(&self, id: TensorId) -> bool {
+        (id as usize) < self.0.len()
+    }
+}
+
+impl HostModel {
+    /// Checks the graph with the runtime's own validator.
+    pub fn validate(&self) -> Result<()> {
+        graph::validate_graph(&self.graph, &Shapes(&self.tensors)).map_err(|e| anyhow!("{e}"))
+    }
+
+    pub fn input_shape(&self) -> &[u32] {
+        &self.graph.values[self.graph.inputs[0] as usize].shape
+    }
+
+    pub fn output_shape(&self) -> &[u32] {
+        &self.graph.values[self.graph.outputs[0] as usize].shape
+    }
+
+    /// Weight tensors of prunable layers (Linear and Conv2d), in graph order.
+    pub fn prunable(&self) -> Vec<(usize, TensorId)> {
+        self.graph
+            .nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match n.op {
+                Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => Some((i, weight)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.tensors.iter().map(|t| t.numel()).sum()
+    }
+}
+
+/// Builds a [`HostModel`] node by node, inferring every value's shape.
+pub struct GraphBuilder {
+    graph: Graph,
+    tensors: Vec<HostTensor>,
+}
+
+impl GraphBuilder {
+    pub fn new() -> Self {
+        GraphBuilder {
+            graph: Graph {
+                values: Vec::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                nodes: Vec::new(),
+            },
+            tensors: Vec::new(),
+        }
+    }
+
+    pub fn input(&mut self, name: &str, shape: &[u32]) -> ValueId {
+        let id = self.graph.values.len() as ValueId;
+        self.graph.values.push(ValueInfo {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        });
+        self.graph.inputs.push(id);
+        id
+    }
+
+    pub fn tensor(&mut self, t: HostTensor) -> TensorId {
+        self.tensors.push(t);
+        (self.tensors.len() - 1) as TensorId
+    }
+
+    pub fn value_shape(&self, v: ValueId) -> &[u32] {
+        &self.graph.values[v as usize].shape
+    }
+
+    /// Appends a node and returns its output value.
+    pub fn node(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
+        let node = Node {
+            name: name.to_string(),
+            op,
+            inputs: inputs.to_vec(),
+            output: self.graph.values.len() as ValueId,
+        };
+        let shapes: Vec<&[u32]> = inputs
+            .iter()
+            .map(|&v| self.graph.values[v as usize].shape.as_slice())
+            .collect();
+        let shape =
+            graph::infer(&Shapes(&self.tensors), &node, &shapes).map_err(|e| anyhow!("{e}"))?;
+        self.graph.values.push(ValueInfo {
+            name: name.to_string(),
+            shape,
+        });
+        let out = node.output;
+        self.graph.nodes.push(node);
+        Ok(out)
+    }
+
+    pub fn finish(mut self, outputs: &[ValueId], meta: Metadata) -> Result<HostModel> {
+        self.graph.outputs = outputs.to_vec();
+        let m = HostModel {
+            graph: self.graph,
+            tensors: self.tensors,
+            meta,
+        };
+        m.validate()?;
+        Ok(m)
+    }
+}
+
+impl Default for GraphBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A state dict being consumed by an architecture builder: every key must be used exactly once.
+pub struct StateDict {
+    entries: Vec<Option<NamedTensor>>,
+}
+
+impl StateDict {
+    pub fn new(tensors: Vec<NamedTensor>) -> Self {
+        StateDict {
+            entries: tensors.into_iter().map(Some).collect(),
+        }
+    }
+
+    /// Removes `key`, checking its shape.
+    pub fn take(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor> {
+        let slot = self
+            .entries
+            .iter_mut()
+            .find(|e| e.as_ref().is_some_and(|t| t.name == key))
+            .ok_or_else(|| anyhow!("checkpoint has no tensor {key:?} (wrong --arch?)"))?;
+        let t = slot.take().expect("found above");
+        if t.shape != shape {
+            bail!(
+                "checkpoint tensor {key:?} has shape {:?}, the architecture expects {:?} (wrong --arch?)",
+                t.shape,
+                shape
+            );
+        }
+        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            bail!("checkpoint tensor {key:?} holds a non-finite value at index {i}");
+        }
+        let shape = shape
+            .iter()
+            .map(|&d| u32::try_from(d))
+            .collect::<Result<Vec<_>, _>>()
+            .context("dimension too large")?;
+        Ok(HostTensor {
+            name: t.name,
+            shape,
+            data: t.data,
+        })
+    }
+
+    /// Fails if tensors remain unused (the checkpoint is not of this architecture).
+    pub fn finish(self) -> Result<()> {
+        let left: Vec<&str> = self
+            .entries
+            .iter()
+            .flatten()
+            .map(|t| t.name.as_str())
+            .filter(|n| !n.ends_with("num_batches_tracked"))
+            .collect();
+        if !left.is_empty() {
+            bail!(
+                "checkpoint has {} tensors this architecture does not use, e.g. {:?} (wrong --arch?)",
+                left.len(),
+                &left[..left.len().min(3)]
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The model's tensors under their checkpoint names, for writing back to safetensors.
+pub fn to_named(m: &HostModel) -> Vec<NamedTensor> {
+    m.tensors
+        .iter()
+        .map(|t| NamedTensor {
+            name: t.name.clone(),
+            shape: t.shape.iter().map(|&d| d as usize).collect(),
+            data: t.data.clone(),
+        })
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! Training with candle through the reference forward pass.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::data::Dataset;
+use crate::ir::HostModel;
+use crate::reference;
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch: 64,
+            lr: 3e-3,
+            weight_decay: 1e-4,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+/// Checks that `data` fits `m`'s input and output.
+pub fn check_data(m: &HostModel, data: &Dataset) -> Result<()> {
+    let want: Vec<usize> = m.input_shape().iter().map(|&d| d as usize).collect();
+    if data.shape[..] != want[..] {
+        bail!(
+            "the data's examples are {:?} but the model takes {:?}",
+            data.shape,
+            want
+        );
+    }
+    if data.n == 0 {
+        bail!("the data set is empty");
+    }
+    let classes = m.output_shape().iter().product::<u32>() as usize;
+    if let Some(&l) = data.labels.iter().find(|&&l| l as usize >= classes) {
+        bail!("the data has label {l} but the model has {classes} outputs");
+    }
+    Ok(())
+}
+
+/// Trains all parameters of `m` in place with AdamW on cross-entropy; returns the last epoch's
+/// mean training loss.
+pub fn train(m: &mut HostModel, data: &Dataset, cfg: &TrainConfig) -> Result<f32> {
+    check_data(m, data)?;
+    let dev = Device::Cpu;
+    let vars: Vec<Var> = reference::params(m, &dev)?
+        .into_iter()
+        .map(|t| Var::from_tensor(&t))
+        .collect::<candle_core::Result<_>>()?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let per = data.images.len() / data.n;
+    let mut order: Vec<usize> = (0..data.n).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let bar = if cfg.progress {
+        ProgressBar::new((cfg.epochs * data.n.div_ceil(cfg.batch)) as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("training {bar:30} {pos}/{len} batches, loss {msg}").unwrap(),
+    );
+    let mut last = f32::NAN;
+    let mut xb = Vec::with_capacity(cfg.batch * per);
+    let mut yb = Vec::with_capacity(cfg.batch);
+    for epoch in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        let (mut sum, mut count) = (0f64, 0usize);
+        // Cosine decay of the learning rate over the run.
+        let lr =
+            cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
+        opt.set_learning_rate(lr);
+        for chunk in order.chunks(cfg.batch) {
+            xb.clear();
+            yb.clear();
+            for &i in chunk {
+                xb.extend_from_slice(&data.images[i * per..(i + 1) * per]);
+                yb.push(data.labels[i] as u32);
+            }
+            let x = reference::input(m, &xb, &dev)?;
+            let y = Tensor::from_slice(&yb, yb.len(), &dev)?;
+            let logits = reference::forward(&m.graph, &tensors, &x)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            opt.backward_step(&loss)?;
+            let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !l.is_finite() {
+                bail!("training diverged (loss {l}) in epoch {epoch}");
+            }
+            sum += l as f64 * chunk.len() as f64;
+            count += chunk.len();
+            bar.inc(1);
+            bar.set_message(format!("{l:.4}"));
+        }
+        last = (sum / count as f64) as f32;
+    }
+    bar.finish_and_clear();
+    for (t, v) in m.tensors.iter_mut().zip(&vars) {
+        t.data = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    }
+    Ok(last)
+}
+
+/// Top-1 accuracy of the candle reference on `data`, in batches.
+pub fn reference_accuracy(m: &HostModel, data: &Dataset, batch: usize) -> Result<f32> {
+    check_data(m, data)?;
+    let dev = Device::Cpu;
+    let ps = reference::params(m, &dev)?;
+    let per = data.images.len() / data.n;
+    let mut correct = 0;
+    for start in (0..data.n).step_by(batch) {
+        let end = (start + batch).min(data.n);
+        let x = reference::input(m, &data.images[start * per..end * per], &dev)?;
+        let pred = reference::forward(&m.graph, &ps, &x)?
+            .argmax(1)?
+            .to_vec1::<u32>()?;
+        correct += pred
+            .iter()
+            .zip(&data.labels[start..end])
+            .filter(|(p, l)| **p == **l as u32)
+            .count();
+    }
+    Ok(correct as f32 / data.n as f32)
+}
