@@ -1,0 +1,184 @@
+//! Loading PNG/JPEG images as model inputs, with the preprocessing the imported models were
+//! trained with.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use image::imageops::FilterType;
+use image::{DynamicImage, GrayImage, RgbImage};
+
+/// ImageNet channel means and standard deviations (torchvision's `Normalize`).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Shorter side after the resize, and the side of the centre crop.
+pub const IMAGENET_RESIZE: u32 = 256;
+pub const IMAGENET_CROP: u32 = 224;
+
+/// Decodes an image file (format from its content, not its name).
+pub fn open_image(path: &Path) -> Result<DynamicImage> {
+    image::ImageReader::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("reading {}", path.display()))?
+        .decode()
+        .with_context(|| format!("decoding image {}", path.display()))
+}
+
+/// Loads an image as a MobileNetV2/ImageNet input, like torchvision's
+/// `Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)` on a PIL RGB image:
+/// grayscale is replicated to RGB (alpha dropped), the shorter side is resized to 256 with an
+/// antialiased bilinear (triangle) filter, the centre 224×224 is cropped, values are scaled to
+/// `[0, 1]` and normalised. Returns `3 * 224 * 224` values in CHW order.
+pub fn load_imagenet_input(path: &Path) -> Result<Vec<f32>> {
+    let img = open_image(path)?;
+    imagenet_input(&img).with_context(|| format!("preprocessing {}", path.display()))
+}
+
+/// [`load_imagenet_input`] on an image already decoded.
+pub fn imagenet_input(img: &DynamicImage) -> Result<Vec<f32>> {
+    let rgb: RgbImage = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    ensure!(w > 0 && h > 0, "empty image");
+    let (nw, nh) = resized_short_side(w, h, IMAGENET_RESIZE);
+    let resized = if (nw, nh) == (w, h) {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, nw, nh, FilterType::Triangle)
+    };
+    let c = IMAGENET_CROP;
+    ensure!(
+        nw >= c && nh >= c,
+        "image of {w}x{h} is too small to crop {c}x{c} after resizing"
+    );
+    let top = round_half_even((nh - c) as f64 / 2.0) as u32;
+    let left = round_half_even((nw - c) as f64 / 2.0) as u32;
+    let plane = (c * c) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for y in 0..c {
+        for x in 0..c {
+            let p = resized.get_pixel(left + x, top + y).0;
+            let i = (y * c + x) as usize;
+            for ch in 0..3 {
+                out[ch * plane + i] = (p[ch] as f32 / 255.0 - IMAGENET_MEAN[ch]) / IMAGENET_STD[ch];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// torchvision's `Resize(size)` with an int: the shorter side becomes `size`, the longer
+/// `int(size * long / short)`.
+pub fn resized_short_side(w: u32, h: u32, size: u32) -> (u32, u32) {
+    if w <= h {
+        let nh = (size as f64 * h as f64 / w as f64) as u32;
+        (size, nh.max(1))
+    } else {
+        let nw = (size as f64 * w as f64 / h as f64) as u32;
+        (nw.max(1), size)
+    }
+}
+
+/// Python's `round` (half to even), as torchvision's centre crop uses.
+fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
+    }
+}
+
+/// Normalisation of a grayscale input: `v = (x/255 − mean)/std`, with `x` first inverted
+/// (`255 − x`) if `invert` (for dark-on-light drawings fed to MNIST models, which expect
+/// light-on-dark).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GrayPreprocess {
+    pub mean: f32,
+    pub std: f32,
+    pub invert: bool,
+}
+
+impl GrayPreprocess {
+    /// MNIST models (M1): `(x/255 − 0.1307)/0.3081`.
+    pub const MNIST: GrayPreprocess = GrayPreprocess {
+        mean: super::mnist::MNIST_MEAN,
+        std: super::mnist::MNIST_STD,
+        invert: false,
+    };
+    /// Plain `x/255`.
+    pub const UNIT: GrayPreprocess = GrayPreprocess {
+        mean: 0.0,
+        std: 1.0,
+        invert: false,
+    };
+    /// The same with `invert` set.
+    pub fn inverted(self) -> Self {
+        GrayPreprocess {
+            invert: true,
+            ..self
+        }
+    }
+}
+
+/// Loads an image as a single-channel `h × w` input (shape `[1, h, w]`): converted to
+/// grayscale with PIL's weights (0.299, 0.587, 0.114), resized to exactly `h × w` (aspect
+/// ratio not kept) with an antialiased bilinear filter, then normalised by `preprocess`.
+pub fn load_gray_input(
+    path: &Path,
+    h: usize,
+    w: usize,
+    preprocess: GrayPreprocess,
+) -> Result<Vec<f32>> {
+    let img = open_image(path)?;
+    gray_input(&img, h, w, preprocess).with_context(|| format!("preprocessing {}", path.display()))
+}
+
+/// [`load_gray_input`] on an image already decoded.
+pub fn gray_input(
+    img: &DynamicImage,
+    h: usize,
+    w: usize,
+    preprocess: GrayPreprocess,
+) -> Result<Vec<f32>> {
+    ensure!(
+        h > 0 && w > 0 && h <= 1 << 14 && w <= 1 << 14,
+        "bad target size {h}x{w}"
+    );
+    ensure!(
+        preprocess.std != 0.0 && preprocess.std.is_finite(),
+        "std must be finite and non-zero"
+    );
+    let rgb = img.to_rgb8();
+    let (iw, ih) = rgb.dimensions();
+    ensure!(iw > 0 && ih > 0, "empty image");
+    let gray = GrayImage::from_fn(iw, ih, |x, y| {
+        let [r, g, b] = rgb.get_pixel(x, y).0;
+        // PIL's "L" conversion: ITU-R 601-2 luma in 16-bit fixed point.
+        let l = (r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16;
+        image::Luma([l as u8])
+    });
+    let (h32, w32) = (h as u32, w as u32);
+    let resized = if (iw, ih) == (w32, h32) {
+        gray
+    } else {
+        image::imageops::resize(&gray, w32, h32, FilterType::Triangle)
+    };
+    Ok(resized
+        .pixels()
+        .map(|p| {
+            let x = if preprocess.invert {
+                255 - p.0[0]
+            } else {
+                p.0[0]
+            };
+            (x as f32 / 255.0 - preprocess.mean) / preprocess.std
+        })
+        .collect())
+}
+
+/// Reads a class-name file: one name per line (e.g. `imagenet_classes.txt`).
+pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}

@@ -1,0 +1,103 @@
+//! safetensors reading and writing, through `candle_core::safetensors`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use candle_core::safetensors::{Load, SliceSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+use super::NamedTensor;
+
+/// Reads every floating-point tensor (f32, f16, bf16, f64 → f32) of a `.safetensors` file, in
+/// the order of their data in the file. Integer and bool tensors are skipped.
+pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    read_safetensors_bytes(&bytes)
+        .with_context(|| format!("reading safetensors {}", path.display()))
+}
+
+/// Like [`read_safetensors`], from bytes in memory.
+pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
+    let st = SliceSafetensors::new(bytes).map_err(|e| anyhow!("invalid safetensors file: {e}"))?;
+    let mut views = st.tensors();
+    // The header is a JSON object (unordered); the data section keeps the writer's order.
+    views.sort_by_key(|(name, v)| (v.data().as_ptr() as usize, name.clone()));
+    let mut out = Vec::with_capacity(views.len());
+    for (name, view) in views {
+        let t = view
+            .load(&Device::Cpu)
+            .map_err(|e| anyhow!("tensor {name:?}: {e}"))?;
+        if !matches!(
+            t.dtype(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            continue;
+        }
+        let shape = t.dims().to_vec();
+        let data = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| anyhow!("tensor {name:?}: {e}"))?;
+        out.push(NamedTensor { name, shape, data });
+    }
+    Ok(out)
+}
+
+/// Writes f32 tensors to a `.safetensors` file atomically (a temporary file in the same
+/// folder, then a rename). Names must be unique and shapes must match the data lengths.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    let mut map: HashMap<&str, Tensor> = HashMap::with_capacity(tensors.len());
+    for t in tensors {
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| anyhow!("tensor {:?}: shape {:?} overflows", t.name, t.shape))?;
+        ensure!(
+            numel == t.data.len(),
+            "tensor {:?}: shape {:?} has {numel} elements but data has {}",
+            t.name,
+            t.shape,
+            t.data.len()
+        );
+        let tensor = Tensor::from_slice(&t.data, t.shape.as_slice(), &Device::Cpu)
+            .map_err(|e| anyhow!("tensor {:?}: {e}", t.name))?;
+        if map.insert(t.name.as_str(), tensor).is_some() {
+            bail!("tensor name {:?} appears twice", t.name);
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        candle_core::safetensors::save(&map, &tmp)
+            .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+        // Flush to disk before the rename makes it visible.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.flush()?;
+                f.sync_all()
+            })
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
