@@ -1,2 +1,15 @@
+//! `nap`: the host-side pruner. Imports trained networks (PyTorch `.pth`, safetensors) into the
+//! runtime's graph IR, runs them with candle as the reference, trains, prunes and exports `.nap`
+//! files for `nap-runtime`.
+
+pub mod archs;
+pub mod cli;
 pub mod data;
+pub mod eval;
+pub mod export;
 pub mod import;
+pub mod ir;
+pub mod refdump;
+pub mod reference;
+pub mod train;
+pub mod util;

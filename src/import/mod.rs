@@ -10,7 +10,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-pub use pth::{read_pth, read_pth_all, read_pth_bytes, DType, PthTensor, TensorData};
+pub use pth::{
+    read_pth, read_pth_all, read_pth_all_bytes, read_pth_bytes, DType, PthTensor, TensorData,
+};
 pub use safetensors::{read_safetensors, write_safetensors};
 
 /// A named f32 tensor, contiguous in row-major order.

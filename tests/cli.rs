@@ -1,0 +1,191 @@
+//! The `nap` binary: the demo, conversions, and clear non-zero exits on bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn nap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nap"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_checkpoint(
+    dir: &Path,
+    arch: &str,
+    mutate: impl FnOnce(&mut Vec<nap::import::NamedTensor>),
+) -> std::path::PathBuf {
+    let m = nap::archs::random(arch, 1).unwrap();
+    let mut named = nap::ir::to_named(&m);
+    mutate(&mut named);
+    let p = dir.join(format!("{arch}.safetensors"));
+    nap::import::write_safetensors(&p, &named).unwrap();
+    p
+}
+
+#[test]
+fn demo_trains_exports_and_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.nap");
+    let o = nap(&[
+        "demo",
+        "--epochs",
+        "4",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["agreement"]["max_rel_err"].as_f64().unwrap() <= 1e-4);
+    assert_eq!(r["agreement"]["top1_mismatches"], 0);
+    assert!(r["runtime_accuracy"].as_f64().unwrap() > 0.8, "{r}");
+    assert!(out.exists());
+}
+
+#[test]
+fn convert_inspect_run_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint(dir.path(), "digits-cnn", |_| {});
+    let out = dir.path().join("m.nap");
+    let o = nap(&[
+        "convert",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        "digits-cnn",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = nap(&["inspect", out.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["arch"], "digits-cnn");
+    assert_eq!(
+        r["params"].as_u64().unwrap() as usize,
+        nap::archs::random("digits-cnn", 1).unwrap().param_count()
+    );
+    let o = nap(&[
+        "run",
+        out.to_str().unwrap(),
+        "--input",
+        "digits:3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["top"].as_array().unwrap().len(), 5);
+    let o = nap(&["eval", out.to_str().unwrap(), "--data", "digits", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = nap(&[
+        "eval",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn wrong_architecture_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint(dir.path(), "lenet-300-100", |_| {});
+    let out = dir.path().join("m.nap");
+    let o = nap(&[
+        "convert",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        "mnist-cnn",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("wrong --arch"), "{}", text(&o));
+    assert!(
+        !out.exists(),
+        "a failed conversion must not leave an output"
+    );
+}
+
+#[test]
+fn nan_weights_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint(dir.path(), "lenet-300-100", |t| t[2].data[17] = f32::NAN);
+    let o = nap(&[
+        "convert",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        "lenet-300-100",
+        "-o",
+        dir.path().join("m.nap").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("non-finite"), "{}", text(&o));
+}
+
+#[test]
+fn corrupted_and_truncated_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint(dir.path(), "digits-cnn", |_| {});
+    let good = dir.path().join("m.nap");
+    assert!(nap(&[
+        "convert",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        "digits-cnn",
+        "-o",
+        good.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let bytes = std::fs::read(&good).unwrap();
+    let trunc = dir.path().join("t.nap");
+    std::fs::write(&trunc, &bytes[..bytes.len() - 10]).unwrap();
+    let o = nap(&["inspect", trunc.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("truncated"), "{}", text(&o));
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    let bad = dir.path().join("b.nap");
+    std::fs::write(&bad, &flipped).unwrap();
+    let o = nap(&["run", bad.to_str().unwrap(), "--input", "digits:0"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("checksum"), "{}", text(&o));
+    let o = nap(&["inspect", ckpt.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not a .nap file"), "{}", text(&o));
+}
+
+#[test]
+fn input_of_the_wrong_size_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = write_checkpoint(dir.path(), "digits-cnn", |_| {});
+    let m = dir.path().join("m.nap");
+    assert!(nap(&[
+        "convert",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        "digits-cnn",
+        "-o",
+        m.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let raw = dir.path().join("x.f32");
+    std::fs::write(&raw, vec![0u8; 4 * 10]).unwrap();
+    let o = nap(&["run", m.to_str().unwrap(), "--input", raw.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("the model takes"), "{}", text(&o));
+}
