@@ -227,3 +227,23 @@ fn reference_forward_matches_hand_computed_linear() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
+
+#[test]
+fn threads_give_the_same_outputs() {
+    for arch in ["mnist-cnn", "mobilenet-v2", "lenet-300-100"] {
+        let m = model(arch, 21);
+        let bytes = to_nap_bytes(&m, ExportOptions::default()).unwrap();
+        let nap = Model::from_vec(&bytes).unwrap();
+        for batch in [1, 4] {
+            let x = inputs(&m, batch, 22);
+            let one = nap_runtime::Session::new(&nap, batch).unwrap().run(&x).unwrap().to_vec();
+            let mut s = nap_runtime::Session::with_threads(&nap, batch, 3).unwrap();
+            s.set_profiling(true);
+            let three = s.run(&x).unwrap().to_vec();
+            assert_agrees(arch, &three, &one, m.output_shape()[0] as usize, 1e-6);
+            let times = s.node_times().unwrap();
+            assert_eq!(times.len(), nap.graph().nodes.len());
+            assert!(times.iter().any(|t| !t.is_zero()));
+        }
+    }
+}

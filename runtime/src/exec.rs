@@ -42,11 +42,22 @@ enum Kind {
         direct: bool,
     },
     /// `y = x * scale[c] + shift[c]` per channel.
-    ChannelAffine { scale: Range, shift: Range, c: usize },
+    ChannelAffine {
+        scale: Range,
+        shift: Range,
+        c: usize,
+    },
     Act(Activation),
-    MaxPool { g: ConvGeom },
-    AvgPool { g: ConvGeom, count_include_pad: bool },
-    GlobalAvgPool { hw: usize },
+    MaxPool {
+        g: ConvGeom,
+    },
+    AvgPool {
+        g: ConvGeom,
+        count_include_pad: bool,
+    },
+    GlobalAvgPool {
+        hw: usize,
+    },
     Add(Activation),
     Concat,
     Copy,
@@ -70,8 +81,13 @@ pub struct Session<'m> {
     outputs: Vec<Buf>,
     arena: Vec<f32>,
     scratch: Vec<f32>,
+    /// `threads` workspaces of `ws_len` floats each.
     gemm_ws: Vec<f32>,
+    ws_len: usize,
     params: Vec<f32>,
+    threads: usize,
+    #[cfg(feature = "std")]
+    times: Option<Vec<std::time::Duration>>,
 }
 
 fn dense_f32_into(model: &Model<'_>, id: TensorId, params: &mut Vec<f32>) -> Range {
@@ -123,7 +139,17 @@ impl Planner {
     }
 }
 
-fn geom(c: usize, h: usize, w: usize, k: [u32; 2], s: [u32; 2], p: [u32; 2], d: [u32; 2], oh: usize, ow: usize) -> ConvGeom {
+fn geom(
+    c: usize,
+    h: usize,
+    w: usize,
+    k: [u32; 2],
+    s: [u32; 2],
+    p: [u32; 2],
+    d: [u32; 2],
+    oh: usize,
+    ow: usize,
+) -> ConvGeom {
     ConvGeom {
         c,
         h,
@@ -141,6 +167,18 @@ fn geom(c: usize, h: usize, w: usize, k: [u32; 2], s: [u32; 2], p: [u32; 2], d: 
 impl<'m> Session<'m> {
     /// Plans buffers and converts small parameter vectors for `batch` examples per run.
     pub fn new(model: &'m Model<'m>, batch: usize) -> Result<Self> {
+        Self::with_threads(model, batch, 1)
+    }
+
+    /// [`Session::new`] with up to `threads` threads per large operation (std only; without std
+    /// the session is single-threaded). Threads are scoped to each operation, so with more than
+    /// one thread a run allocates thread handles; with one it allocates nothing.
+    pub fn with_threads(model: &'m Model<'m>, batch: usize, threads: usize) -> Result<Self> {
+        let threads = if cfg!(feature = "std") {
+            threads.max(1)
+        } else {
+            1
+        };
         let g = model.graph();
         let batch = batch.max(1);
         let shape = |v: u32| g.values[v as usize].shape.as_slice();
@@ -181,10 +219,12 @@ impl<'m> Session<'m> {
             let ins: Vec<Buf> = node
                 .inputs
                 .iter()
-                .map(|&v| values[v as usize].ok_or(Error::BadGraph {
-                    node: node.name.clone(),
-                    reason: "input not computed".into(),
-                }))
+                .map(|&v| {
+                    values[v as usize].ok_or(Error::BadGraph {
+                        node: node.name.clone(),
+                        reason: "input not computed".into(),
+                    })
+                })
                 .collect::<Result<_>>()?;
             let in_shape = shape(node.inputs[0]);
             let out_shape = shape(node.output);
@@ -210,9 +250,27 @@ impl<'m> Session<'m> {
                     act,
                 } => {
                     let ws = &model.tensor_entry(*weight).shape;
-                    let (c, h, w) = (in_shape[0] as usize, in_shape[1] as usize, in_shape[2] as usize);
-                    let (out_c, oh, ow) = (out_shape[0] as usize, out_shape[1] as usize, out_shape[2] as usize);
-                    let gm = geom(c, h, w, [ws[2], ws[3]], *stride, *padding, *dilation, oh, ow);
+                    let (c, h, w) = (
+                        in_shape[0] as usize,
+                        in_shape[1] as usize,
+                        in_shape[2] as usize,
+                    );
+                    let (out_c, oh, ow) = (
+                        out_shape[0] as usize,
+                        out_shape[1] as usize,
+                        out_shape[2] as usize,
+                    );
+                    let gm = geom(
+                        c,
+                        h,
+                        w,
+                        [ws[2], ws[3]],
+                        *stride,
+                        *padding,
+                        *dilation,
+                        oh,
+                        ow,
+                    );
                     let groups = *groups as usize;
                     // The depthwise kernel takes dense weights only; CSR depthwise weights go
                     // through the grouped path, which needs the im2col scratch.
@@ -220,13 +278,18 @@ impl<'m> Session<'m> {
                         && out_c == c
                         && groups > 1
                         && matches!(model.tensor(*weight), TensorView::Dense(_));
-                    let direct = gm.kh == 1 && gm.kw == 1 && gm.stride == [1, 1] && gm.pad == [0, 0];
+                    let direct =
+                        gm.kh == 1 && gm.kw == 1 && gm.stride == [1, 1] && gm.pad == [0, 0];
                     if !depthwise {
                         let cpg = c / groups;
                         if !direct {
                             scratch_len = scratch_len.max(kernels::im2col_len(&gm, cpg));
                         }
-                        ws_len = ws_len.max(kernels::gemm_workspace(out_c / groups, oh * ow, cpg * gm.kh * gm.kw));
+                        ws_len = ws_len.max(kernels::gemm_workspace(
+                            out_c / groups,
+                            oh * ow,
+                            cpg * gm.kh * gm.kw,
+                        ));
                     }
                     Kind::Conv {
                         weight: *weight,
@@ -339,10 +402,12 @@ impl<'m> Session<'m> {
         let outputs = g
             .outputs
             .iter()
-            .map(|&v| values[v as usize].ok_or(Error::BadGraph {
-                node: "<graph>".into(),
-                reason: "output not computed".into(),
-            }))
+            .map(|&v| {
+                values[v as usize].ok_or(Error::BadGraph {
+                    node: "<graph>".into(),
+                    reason: "output not computed".into(),
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Session {
             model,
@@ -353,8 +418,12 @@ impl<'m> Session<'m> {
             outputs,
             arena: vec![0.0; planner.top],
             scratch: vec![0.0; scratch_len],
-            gemm_ws: vec![0.0; ws_len],
+            gemm_ws: vec![0.0; ws_len * threads],
+            ws_len,
             params,
+            threads,
+            #[cfg(feature = "std")]
+            times: None,
         })
     }
 
@@ -401,9 +470,27 @@ impl<'m> Session<'m> {
         Some(&self.arena[b.off..b.off + b.len * self.batch])
     }
 
+    /// Records the time of every node in each following run (std only); see [`Session::node_times`].
+    #[cfg(feature = "std")]
+    pub fn set_profiling(&mut self, on: bool) {
+        self.times = on.then(|| vec![std::time::Duration::ZERO; self.steps.len()]);
+    }
+
+    /// Time spent in each node (graph order), summed over the runs since profiling was switched on.
+    #[cfg(feature = "std")]
+    pub fn node_times(&self) -> Option<&[std::time::Duration]> {
+        self.times.as_deref()
+    }
+
     fn execute(&mut self) {
         let n = self.batch;
-        for step in &self.steps {
+        let threads = self.threads;
+        let ws_len = self.ws_len;
+        for (si, step) in self.steps.iter().enumerate() {
+            #[cfg(feature = "std")]
+            let t0 = self.times.is_some().then(std::time::Instant::now);
+            #[cfg(not(feature = "std"))]
+            let _ = si;
             let out = step.output;
             // Inputs and output never overlap: an input's block is released only after the
             // output block is taken.
@@ -432,17 +519,33 @@ impl<'m> Session<'m> {
                     match self.model.tensor(*weight) {
                         TensorView::Dense(w) => {
                             if n == 1 {
-                                kernels::gemv(w, *inp, *outf, *inp, x, bias, *act, y);
+                                par_gemv(threads, w, *inp, *outf, x, bias, *act, y);
                             } else {
                                 let a = MatRef::row_major(Elems::F32(x), n, *inp);
                                 let bm = MatRef::row_major(w, *outf, *inp).t();
                                 let bias = bias.map_or(Bias::None, Bias::Col);
-                                kernels::gemm(a, bm, y, *outf, bias, *act, &mut self.gemm_ws);
+                                par_gemm(
+                                    threads,
+                                    a,
+                                    bm,
+                                    y,
+                                    *outf,
+                                    bias,
+                                    *act,
+                                    &mut self.gemm_ws,
+                                    ws_len,
+                                );
                             }
                         }
                         TensorView::Csr(w) => {
                             for e in 0..n {
-                                csr_matvec(&w, &x[e * inp..(e + 1) * inp], bias, *act, &mut y[e * outf..(e + 1) * outf]);
+                                csr_matvec(
+                                    &w,
+                                    &x[e * inp..(e + 1) * inp],
+                                    bias,
+                                    *act,
+                                    &mut y[e * outf..(e + 1) * outf],
+                                );
                             }
                         }
                     }
@@ -470,7 +573,7 @@ impl<'m> Session<'m> {
                         let ye = &mut y[e * out_len..(e + 1) * out_len];
                         match wv {
                             TensorView::Dense(w) if *depthwise => {
-                                kernels::depthwise_conv2d(gm, xe, w, bias, *act, ye);
+                                par_depthwise(threads, gm, xe, w, bias, *act, ye);
                             }
                             _ => {
                                 for gi in 0..*groups {
@@ -485,13 +588,11 @@ impl<'m> Session<'m> {
                                     let bg = bias.map(|b| &b[gi * opg..(gi + 1) * opg]);
                                     match wv {
                                         TensorView::Dense(w) => {
-                                            let wg = match w {
-                                                Elems::F32(v) => Elems::F32(&v[gi * opg * k..(gi + 1) * opg * k]),
-                                                Elems::F16(v) => Elems::F16(&v[gi * opg * k..(gi + 1) * opg * k]),
-                                            };
+                                            let wg = slice_elems(w, gi * opg * k);
                                             let a = MatRef::row_major(wg, opg, k);
                                             let bm = MatRef::row_major(Elems::F32(cols), k, p);
-                                            kernels::gemm(
+                                            par_gemm(
+                                                threads,
                                                 a,
                                                 bm,
                                                 yg,
@@ -499,6 +600,7 @@ impl<'m> Session<'m> {
                                                 bg.map_or(Bias::None, Bias::Row),
                                                 *act,
                                                 &mut self.gemm_ws,
+                                                ws_len,
                                             );
                                         }
                                         TensorView::Csr(w) => {
@@ -529,15 +631,32 @@ impl<'m> Session<'m> {
                 }
                 Kind::MaxPool { g } => {
                     let x = input(step.inputs[0]);
-                    pool(g, x, y, n, |acc, v| acc.max(v), f32::NEG_INFINITY, |acc, _| acc);
+                    pool(
+                        g,
+                        x,
+                        y,
+                        n,
+                        |acc, v| acc.max(v),
+                        f32::NEG_INFINITY,
+                        |acc, _| acc,
+                    );
                 }
-                Kind::AvgPool { g, count_include_pad } => {
+                Kind::AvgPool {
+                    g,
+                    count_include_pad,
+                } => {
                     let x = input(step.inputs[0]);
                     let full = (g.kh * g.kw) as f32;
                     let cip = *count_include_pad;
-                    pool(g, x, y, n, |acc, v| acc + v, 0.0, |acc, cnt| {
-                        acc / if cip { full } else { cnt as f32 }
-                    });
+                    pool(
+                        g,
+                        x,
+                        y,
+                        n,
+                        |acc, v| acc + v,
+                        0.0,
+                        |acc, cnt| acc / if cip { full } else { cnt as f32 },
+                    );
                 }
                 Kind::GlobalAvgPool { hw } => {
                     let x = input(step.inputs[0]);
@@ -577,8 +696,139 @@ impl<'m> Session<'m> {
                     }
                 }
             }
+            #[cfg(feature = "std")]
+            if let (Some(t0), Some(times)) = (t0, self.times.as_mut()) {
+                times[si] += t0.elapsed();
+            }
         }
     }
+}
+
+/// Below this many multiply-adds an operation runs on one thread.
+#[cfg(feature = "std")]
+const PAR_MIN_MACS: usize = 1 << 18;
+
+/// Splits `0..len` into at most `parts` contiguous chunks of multiples of `align`.
+#[cfg(feature = "std")]
+fn chunks(len: usize, parts: usize, align: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = len.div_ceil(parts).div_ceil(align) * align;
+    (0..len)
+        .step_by(step.max(1))
+        .map(move |s| (s, (s + step).min(len)))
+}
+
+fn slice_elems(e: Elems<'_>, from: usize) -> Elems<'_> {
+    match e {
+        Elems::F32(v) => Elems::F32(&v[from..]),
+        Elems::F16(v) => Elems::F16(&v[from..]),
+    }
+}
+
+/// [`kernels::gemm`], with the rows of `a` (and `c`) split across threads when it pays.
+#[allow(clippy::too_many_arguments)]
+fn par_gemm(
+    threads: usize,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    bias: Bias<'_>,
+    act: Activation,
+    ws: &mut [f32],
+    ws_len: usize,
+) {
+    #[cfg(feature = "std")]
+    if threads > 1 && a.rows >= 16 && a.rows * a.cols * b.cols >= PAR_MIN_MACS {
+        std::thread::scope(|sc| {
+            let mut c_rest = c;
+            let mut ws_rest = ws;
+            for (r0, r1) in chunks(a.rows, threads, 8) {
+                let take = if r1 == a.rows {
+                    c_rest.len()
+                } else {
+                    (r1 - r0) * ldc
+                };
+                let (cc, rest) = core::mem::take(&mut c_rest).split_at_mut(take);
+                c_rest = rest;
+                let (w, wrest) = core::mem::take(&mut ws_rest).split_at_mut(ws_len);
+                ws_rest = wrest;
+                let sub = MatRef {
+                    data: slice_elems(a.data, r0 * a.rs),
+                    rows: r1 - r0,
+                    ..a
+                };
+                let bias = match bias {
+                    Bias::Row(v) => Bias::Row(&v[r0..r1]),
+                    other => other,
+                };
+                sc.spawn(move || kernels::gemm(sub, b, cc, ldc, bias, act, w));
+            }
+        });
+        return;
+    }
+    let _ = threads;
+    kernels::gemm(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
+}
+
+/// [`kernels::gemv`] over a row-major `m × k` matrix, rows split across threads when it pays.
+#[allow(clippy::too_many_arguments)]
+fn par_gemv(
+    threads: usize,
+    w: Elems<'_>,
+    k: usize,
+    m: usize,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    #[cfg(feature = "std")]
+    if threads > 1 && m >= 32 && m * k >= PAR_MIN_MACS {
+        std::thread::scope(|sc| {
+            let mut y_rest = y;
+            for (r0, r1) in chunks(m, threads, 8) {
+                let (yy, rest) = core::mem::take(&mut y_rest).split_at_mut(r1 - r0);
+                y_rest = rest;
+                let wsub = slice_elems(w, r0 * k);
+                let b = bias.map(|b| &b[r0..r1]);
+                sc.spawn(move || kernels::gemv(wsub, k, r1 - r0, k, x, b, act, yy));
+            }
+        });
+        return;
+    }
+    let _ = threads;
+    kernels::gemv(w, k, m, k, x, bias, act, y);
+}
+
+/// [`kernels::depthwise_conv2d`] with channels split across threads when it pays.
+fn par_depthwise(
+    threads: usize,
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    #[cfg(feature = "std")]
+    if threads > 1 && g.c >= 2 && g.c * g.oh * g.ow * g.kh * g.kw >= PAR_MIN_MACS {
+        let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+        std::thread::scope(|sc| {
+            let mut y_rest = y;
+            for (c0, c1) in chunks(g.c, threads, 1) {
+                let (yy, rest) = core::mem::take(&mut y_rest).split_at_mut((c1 - c0) * plane_out);
+                y_rest = rest;
+                let gg = ConvGeom { c: c1 - c0, ..*g };
+                let xs = &x[c0 * plane_in..c1 * plane_in];
+                let ws = slice_elems(w, c0 * taps);
+                let b = bias.map(|b| &b[c0..c1]);
+                sc.spawn(move || kernels::depthwise_conv2d(&gg, xs, ws, b, act, yy));
+            }
+        });
+        return;
+    }
+    let _ = threads;
+    kernels::depthwise_conv2d(g, x, w, bias, act, y);
 }
 
 fn pool(
@@ -628,7 +878,16 @@ fn csr_matvec(w: &CsrView<'_>, x: &[f32], bias: Option<&[f32]>, act: Activation,
 
 /// Rows `r0..r0 + rows` of CSR `W` times `b` (`[W.cols, p]`): `y = act(W b + bias)` (`[rows, p]`).
 #[allow(clippy::too_many_arguments)]
-fn csr_matmat(w: &CsrView<'_>, r0: usize, rows: usize, b: &[f32], p: usize, bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+fn csr_matmat(
+    w: &CsrView<'_>,
+    r0: usize,
+    rows: usize,
+    b: &[f32],
+    p: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
     for r in 0..rows {
         let yr = &mut y[r * p..(r + 1) * p];
         yr.fill(bias.map_or(0.0, |bb| bb[r]));
