@@ -454,7 +454,7 @@ impl<'a> Vm<'a> {
     }
 
     fn set_items(&mut self, op: u8, kvs: Vec<Id>) -> Res<()> {
-        if kvs.len() % 2 != 0 {
+        if kvs.len() % 2 == 1 {
             return Err(self.invalid(op, "odd number of items for a dict"));
         }
         let target = self.top(op)?;
