@@ -20,7 +20,9 @@ fn cheap_to_run(m: &Model<'_>) -> bool {
         return false;
     }
     g.nodes.iter().all(|n| {
-        let out = numel(&g.values[n.output as usize].shape).unwrap_or(u64::MAX).max(1);
+        let out = numel(&g.values[n.output as usize].shape)
+            .unwrap_or(u64::MAX)
+            .max(1);
         let per_out = match &n.op {
             Op::Conv2d { weight, .. } => numel(&m.tensor_entry(*weight).shape[1..]),
             Op::MaxPool2d { kernel, .. } | Op::AvgPool2d { kernel, .. } => numel(kernel),
