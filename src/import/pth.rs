@@ -212,7 +212,7 @@ fn read_zip<R: Read + Seek>(reader: R, file_len: usize) -> Result<Vec<PthTensor>
         .ok_or_else(|| anyhow!("zip archive has no data.pkl: not a PyTorch checkpoint"))?;
     let prefix = pkl_name[..pkl_name.len() - "data.pkl".len()].to_owned();
 
-    let pkl = read_entry(&mut zip, &pkl_name, file_len.saturating_mul(1100))?;
+    let pkl = read_entry(&mut zip, &pkl_name, file_len.saturating_mul(1100), file_len)?;
     let big_endian = match zip.by_name(&format!("{prefix}byteorder")) {
         Ok(mut e) => {
             let mut s = String::new();
@@ -244,7 +244,7 @@ fn read_zip<R: Read + Seek>(reader: R, file_len: usize) -> Result<Vec<PthTensor>
                 .checked_add(spec.storage.view_offset)
                 .and_then(|n| n.checked_mul(spec.storage.dtype.size()))
                 .ok_or_else(|| anyhow!("tensor {name:?}: storage size overflows"))?;
-            let bytes = read_entry(&mut zip, &entry, need)
+            let bytes = read_entry(&mut zip, &entry, need, file_len)
                 .with_context(|| format!("tensor {name:?}: reading its storage"))?;
             ensure!(
                 bytes.len() >= need,
@@ -270,12 +270,15 @@ fn read_entry<R: Read + Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
     limit: usize,
+    file_len: usize,
 ) -> Result<Vec<u8>> {
     let entry = zip
         .by_name(name)
         .with_context(|| format!("zip entry {name} is missing"))?;
+    // Pre-allocate no more than the archive could hold stored; a deflated entry grows the
+    // buffer only as real data arrives.
     let declared = usize::try_from(entry.size()).unwrap_or(usize::MAX);
-    let mut buf = Vec::with_capacity(declared.min(limit).min(1 << 30));
+    let mut buf = Vec::with_capacity(declared.min(limit).min(file_len));
     entry
         .take(limit as u64)
         .read_to_end(&mut buf)
