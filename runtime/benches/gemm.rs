@@ -1,1 +1,300 @@
-fn main() {}
+//! Dense kernels against `gemm` (0.19, `Parallelism::None`) and `matrixmultiply` (0.3), all
+//! single-threaded, on shapes from the M1 (MNIST CNN) and M2 (MobileNetV2) models plus squares.
+//! Every kernel of [`GEMM_KERNELS`] / [`GEMV_KERNELS`] available on this CPU is measured; GEMM
+//! throughput is in FLOP (criterion prints it as elem/s), GEMV and the memory baseline in bytes
+//! of weights streamed.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::f16;
+use nap_runtime::kernels::{
+    gemm_workspace, Activation, Bias, Dtype, Elems, MatRef, GEMM_KERNELS, GEMV_KERNELS,
+};
+
+/// `(name, m, n, k)`: `C[m × n] = A[m × k] · B[k × n]`, all row-major.
+const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("m1_conv2", 64, 196, 288),
+    ("m1_conv3", 128, 49, 576),
+    ("m1_fc_b64", 64, 256, 1152),
+    ("m2_pw_144x24x3136", 144, 3136, 24),
+    ("m2_pw_32x144x784", 32, 784, 144),
+    ("m2_pw_192x32x784", 192, 784, 32),
+    ("m2_pw_384x64x196", 384, 196, 64),
+    ("m2_pw_960x160x49", 960, 49, 160),
+    ("m2_pw_1280x320x49", 1280, 49, 320),
+    ("square_256", 256, 256, 256),
+    ("square_512", 512, 512, 512),
+    ("square_1024", 1024, 1024, 1024),
+];
+
+/// `(name, rows m, columns k)` of the weight matrix.
+const GEMV_SHAPES: &[(&str, usize, usize)] = &[
+    ("1024x1024", 1024, 1024),
+    ("4096x1024", 4096, 1024),
+    ("m1_fc_256x1152", 256, 1152),
+    ("dram_16384x4096", 16384, 4096),
+];
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// Runs our dispatched kernel, `gemm` and `matrixmultiply` on one shape; `which` selects.
+#[allow(clippy::too_many_arguments)]
+fn run_gemm_impl(
+    which: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    ws: &mut [f32],
+) {
+    match which {
+        0 => {
+            let am = MatRef::row_major(Elems::F32(a), m, k);
+            let bm = MatRef::row_major(Elems::F32(b), k, n);
+            nap_runtime::kernels::gemm(am, bm, out, n, Bias::None, Activation::None, ws);
+        }
+        // SAFETY: all three matrices are row-major with the stated dimensions and the buffers
+        // hold m*k, k*n and m*n elements.
+        1 => unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        },
+        // SAFETY: as above; strides are (row, column) in elements.
+        _ => unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                out.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        },
+    }
+}
+
+/// `NAP_BENCH_INTERLEAVED=1`: instead of criterion, time ours / gemm / matrixmultiply in
+/// interleaved rounds and report the best round of each (robust on a shared, noisy machine).
+fn interleaved() {
+    println!("| case | ours GFLOP/s | gemm GFLOP/s | matrixmultiply GFLOP/s | ours / faster |");
+    println!("|---|---:|---:|---:|---:|");
+    for &(name, m, n, k) in GEMM_SHAPES {
+        let a = data(m * k, 1);
+        let b = data(k * n, 2);
+        let mut out = vec![0f32; m * n];
+        let mut ws = vec![0f32; gemm_workspace(m, n, k)];
+        let flop = (2 * m * n * k) as f64;
+        let reps = ((5e7 / flop) as usize).max(1);
+        let mut best = [f64::INFINITY; 3];
+        for _ in 0..60 {
+            for (which, best) in best.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    run_gemm_impl(which, m, n, k, &a, &b, &mut out, &mut ws);
+                    black_box(&out);
+                }
+                *best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+        }
+        let g = best.map(|t| flop / t / 1e9);
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            g[0],
+            g[1],
+            g[2],
+            g[0] / g[1].max(g[2])
+        );
+    }
+}
+
+fn bench_gemm(c: &mut Criterion) {
+    if std::env::var_os("NAP_BENCH_INTERLEAVED").is_some() {
+        interleaved();
+        return;
+    }
+    for &(name, m, n, k) in GEMM_SHAPES {
+        let mut g = c.benchmark_group(format!("gemm/{name}"));
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.sample_size(10);
+        let a = data(m * k, 1);
+        let b = data(k * n, 2);
+        let mut out = vec![0f32; m * n];
+        let mut ws = vec![0f32; gemm_workspace(m, n, k)];
+        for ker in GEMM_KERNELS.iter().filter(|k| k.isa.is_available()) {
+            g.bench_function(BenchmarkId::from_parameter(ker.name), |bch| {
+                bch.iter(|| {
+                    let am = MatRef::row_major(Elems::F32(&a), m, k);
+                    let bm = MatRef::row_major(Elems::F32(&b), k, n);
+                    ker.run(am, bm, &mut out, n, Bias::None, Activation::None, &mut ws);
+                    black_box(&out);
+                })
+            });
+        }
+        g.bench_function(BenchmarkId::from_parameter("gemm_crate"), |bch| {
+            bch.iter(|| {
+                // SAFETY: all three matrices are row-major with the stated dimensions and the
+                // buffers hold m*k, k*n and m*n elements.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                };
+                black_box(&out);
+            })
+        });
+        g.bench_function(BenchmarkId::from_parameter("matrixmultiply"), |bch| {
+            bch.iter(|| {
+                // SAFETY: as above; strides are (row, column) in elements.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        k as isize,
+                        1,
+                        b.as_ptr(),
+                        n as isize,
+                        1,
+                        0.0,
+                        out.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                };
+                black_box(&out);
+            })
+        });
+        g.finish();
+    }
+}
+
+fn bench_gemv(c: &mut Criterion) {
+    for &(name, m, k) in GEMV_SHAPES {
+        let w = data(m * k, 3);
+        let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let x = data(k, 4);
+        let mut y = vec![0f32; m];
+        for (dtype, bytes) in [(Dtype::F32, 4), (Dtype::F16, 2)] {
+            let mut g = c.benchmark_group(format!(
+                "gemv/{name}_{}",
+                if dtype == Dtype::F32 { "f32" } else { "f16" }
+            ));
+            g.throughput(Throughput::Bytes((m * k * bytes) as u64));
+            g.sample_size(10);
+            let a = if dtype == Dtype::F32 {
+                Elems::F32(&w)
+            } else {
+                Elems::F16(&w16)
+            };
+            for ker in GEMV_KERNELS
+                .iter()
+                .filter(|k| k.dtype == dtype && k.isa.is_available())
+            {
+                g.bench_function(BenchmarkId::from_parameter(ker.name), |bch| {
+                    bch.iter(|| {
+                        ker.run(a, k, m, k, &x, None, Activation::None, &mut y);
+                        black_box(&y);
+                    })
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+/// Memory bandwidth baseline: a read-sum and a copy of 256 MiB.
+fn bench_memory(c: &mut Criterion) {
+    const N: usize = 64 << 20;
+    let src = data(N, 5);
+    let mut dst = vec![0f32; N];
+    let mut g = c.benchmark_group("memory");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes((N * 4) as u64));
+    g.bench_function("read_sum_256MiB", |bch| {
+        bch.iter(|| {
+            let mut acc = [0f32; 16];
+            for ch in black_box(&src).chunks_exact(16) {
+                for (a, v) in acc.iter_mut().zip(ch) {
+                    *a += v;
+                }
+            }
+            black_box(acc)
+        })
+    });
+    g.throughput(Throughput::Bytes((2 * N * 4) as u64));
+    g.bench_function("copy_256MiB_read_plus_write", |bch| {
+        bch.iter(|| {
+            dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = bench_memory, bench_gemv, bench_gemm
+}
+criterion_main!(benches);

@@ -42,15 +42,26 @@ pub(crate) struct Tile {
     pub bias_c: *const f32,
 }
 
-/// Micro-kernel: `C[0..MR, 0..NR] = epilogue(sum_p a[p * MR + i] * b[p * NR + j])` where `c`
-/// addresses row `i` at `c + i * ldc`.
+/// Micro-kernel: `C[0..MR, 0..NR] = epilogue(sum_p a[i * a_rs + p * a_cs] * b[p * b_rs + j])`
+/// where `c` addresses row `i` at `c + i * ldc`. Packed panels have `a_rs = 1`, `a_cs = MR`,
+/// `b_rs = NR`; kernels with [`GemmKernel::strided`] also accept other strides (the driver
+/// passes unpacked row-major operands: `a_cs = 1`, `b_rs = ldb`), the others only packed ones.
 ///
 /// # Safety
-/// `a` holds `kc * MR` and `b` `kc * NR` readable f32; `c` addresses a writable `MR × NR` tile
-/// with row stride `ldc`; `t`'s bias pointers address `MR` / `NR` readable f32; the CPU supports
-/// the kernel's [`Isa`].
-pub(crate) type MicroKernel =
-    unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, t: &Tile);
+/// Every `a[i * a_rs + p * a_cs]` and `b[p * b_rs + j]` (`i < MR`, `j < NR`, `p < kc`) is
+/// readable f32; `c` addresses a writable `MR × NR` tile with row stride `ldc`; `t`'s bias pointers
+/// address `MR` / `NR` readable f32; the CPU supports the kernel's [`Isa`].
+pub(crate) type MicroKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+);
 
 /// One GEMM implementation: a micro-kernel with its tile and cache-block sizes. [`GEMM_KERNELS`]
 /// lists them from most to least preferred.
@@ -65,6 +76,9 @@ pub struct GemmKernel {
     pub mc: usize,
     pub kc: usize,
     pub nc: usize,
+    /// The micro-kernel reads `A` and `B` through arbitrary strides, so full panels of
+    /// row-major f32 operands are used in place instead of being packed.
+    pub strided: bool,
     ukernel: MicroKernel,
 }
 
@@ -79,6 +93,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         mc: 144,
         kc: 256,
         nc: 2048,
+        strided: true,
         ukernel: x86::gemm_f32_6x16_avx2fma,
     },
     #[cfg(target_arch = "aarch64")]
@@ -90,6 +105,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         mc: 128,
         kc: 256,
         nc: 1024,
+        strided: false,
         ukernel: neon::gemm_f32_8x8_neon,
     },
     GemmKernel {
@@ -100,6 +116,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         mc: 64,
         kc: 256,
         nc: 512,
+        strided: false,
         ukernel: scalar::gemm_f32_4x4_scalar,
     },
 ];
@@ -140,12 +157,17 @@ pub fn gemm(
 }
 
 impl GemmKernel {
+    /// Depth of the `k` blocks: at most `self.kc`, balanced so the last block is not a sliver.
+    fn kc_for(&self, k: usize) -> usize {
+        k.div_ceil(k.div_ceil(self.kc).max(1))
+    }
+
     /// f32 elements of workspace this kernel needs for an `m × n × k` product.
     pub fn workspace(&self, m: usize, n: usize, k: usize) -> usize {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
-        let kc = self.kc.min(k);
+        let kc = self.kc_for(k);
         kc * (self.mc.min(round_up(m, self.mr)) + self.nc.min(round_up(n, self.nr)))
     }
 
@@ -216,7 +238,7 @@ impl GemmKernel {
     ) {
         let (m, n, k) = (a.rows, b.cols, a.cols);
         let (mr, nr) = (self.mr, self.nr);
-        let kc_max = self.kc.min(k);
+        let kc_max = self.kc_for(k);
         let mc_max = self.mc.min(round_up(m, mr));
         let (apack, rest) = ws.split_at_mut(mc_max * kc_max);
         let bpack = &mut rest[..kc_max * self.nc.min(round_up(n, nr))];
@@ -226,22 +248,47 @@ impl GemmKernel {
             Activation::Relu6 => (true, 0.0, 6.0, false),
             _ => (false, f32::NEG_INFINITY, f32::INFINITY, true),
         };
+        let direct = match a.data {
+            Elems::F32(v) if self.strided && a.cs == 1 => Some(v.as_ptr()),
+            _ => None,
+        };
+        // Full panels of row-major f32 `B` are read in place too when a panel (`kc` rows of 64
+        // bytes, two cache lines each if rows are not 64-byte aligned) fits in half of a 32 KiB L1
+        // and the row stride does not map its rows onto a few L1 sets.
+        let b_lines = if b.rs % 16 == 0 { kc_max } else { 2 * kc_max };
+        let direct_b = match b.data {
+            Elems::F32(v) if self.strided && b.cs == 1 && b.rs % 64 != 0 && b_lines <= 256 => {
+                Some(v.as_ptr())
+            }
+            _ => None,
+        };
         let mut brow = [0f32; MAX_MR];
         let mut bcol = [0f32; MAX_NR];
         let mut tmp = [0f32; MAX_MR * MAX_NR];
         for jc in (0..n).step_by(self.nc) {
             let nc = self.nc.min(n - jc);
-            for pc in (0..k).step_by(self.kc) {
-                let kc = self.kc.min(k - pc);
+            for pc in (0..k).step_by(kc_max) {
+                let kc = kc_max.min(k - pc);
                 let (first, last) = (pc == 0, pc + kc == k);
-                pack_b(&b, pc, kc, jc, nc, nr, bpack);
+                // Direct mode reads the full panels of `B` in place and packs the rest.
+                let b_unpacked = if direct_b.is_some() { nc / nr * nr } else { 0 };
+                pack_b(&b, pc, kc, jc + b_unpacked, nc - b_unpacked, nr, bpack);
                 for ic in (0..m).step_by(self.mc) {
                     let mc = self.mc.min(m - ic);
-                    pack_a(&a, ic, mc, pc, kc, mr, apack);
+                    // Direct mode reads the full panels of `A` in place and packs the rest.
+                    let unpacked = if direct.is_some() { mc / mr * mr } else { 0 };
+                    pack_a(&a, ic + unpacked, mc - unpacked, pc, kc, mr, apack);
                     for jr in (0..nc).step_by(nr) {
                         let nr_eff = nr.min(nc - jr);
                         let j0 = jc + jr;
-                        let bpanel = bpack[jr * kc..].as_ptr();
+                        let (bpanel, b_rs) = match direct_b {
+                            // SAFETY: rows `pc..pc + kc` and columns `j0..j0 + nr` of `B` are
+                            // inside its data (`check_bounds`).
+                            Some(base) if jr < b_unpacked => {
+                                (unsafe { base.add(pc * b.rs + j0) }, b.rs)
+                            }
+                            _ => (bpack[(jr - b_unpacked) * kc..].as_ptr(), nr),
+                        };
                         let bias_c = match bias {
                             Bias::Col(v) if nr_eff == nr => v[j0..].as_ptr(),
                             Bias::Col(v) => {
@@ -254,7 +301,14 @@ impl GemmKernel {
                         for ir in (0..mc).step_by(mr) {
                             let mr_eff = mr.min(mc - ir);
                             let i0 = ic + ir;
-                            let apanel = apack[ir * kc..].as_ptr();
+                            let (apanel, a_rs, a_cs) = match direct {
+                                // SAFETY: rows `i0..i0 + mr` and columns `pc..pc + kc` of `A`
+                                // are inside its data (`check_bounds`).
+                                Some(base) if ir < unpacked => {
+                                    (unsafe { base.add(i0 * a.rs + pc) }, a.rs, 1)
+                                }
+                                _ => (apack[(ir - unpacked) * kc..].as_ptr(), 1, mr),
+                            };
                             let bias_r = match bias {
                                 Bias::Row(v) if mr_eff == mr => v[i0..].as_ptr(),
                                 Bias::Row(v) => {
@@ -280,7 +334,11 @@ impl GemmKernel {
                                 // (pack_a / pack_b zero-pad to full panels), the tile is full,
                                 // bias pointers address `mr` / `nr` values and the caller
                                 // guarantees the ISA.
-                                unsafe { (self.ukernel)(kc, apanel, bpanel, ct, ldc, &tile) };
+                                unsafe {
+                                    (self.ukernel)(
+                                        kc, apanel, a_rs, a_cs, bpanel, b_rs, ct, ldc, &tile,
+                                    )
+                                };
                             } else {
                                 // SAFETY: as above, but the kernel writes the full tile into
                                 // `tmp` (`MAX_MR * MAX_NR >= mr * nr`, row stride `nr`) and only
@@ -295,7 +353,17 @@ impl GemmKernel {
                                             );
                                         }
                                     }
-                                    (self.ukernel)(kc, apanel, bpanel, tmp.as_mut_ptr(), nr, &tile);
+                                    (self.ukernel)(
+                                        kc,
+                                        apanel,
+                                        a_rs,
+                                        a_cs,
+                                        bpanel,
+                                        b_rs,
+                                        tmp.as_mut_ptr(),
+                                        nr,
+                                        &tile,
+                                    );
                                     for i in 0..mr_eff {
                                         core::ptr::copy_nonoverlapping(
                                             tmp.as_ptr().add(i * nr),
@@ -378,32 +446,52 @@ fn pack_a_t<T: Elem>(
     for (panel, ip) in (0..mc).step_by(r).enumerate() {
         let rows = r.min(mc - ip);
         let d = &mut dst[panel * r * kc..(panel + 1) * r * kc];
-        if cs == 1 {
-            // Rows of the block are contiguous: read along them, write with stride `r`.
-            for i in 0..rows {
-                let s = &src[(i0 + ip + i) * rs + p0..][..kc];
-                for (p, &x) in s.iter().enumerate() {
-                    d[p * r + i] = x.f32();
-                }
-            }
-        } else if rs == 1 {
-            // Columns of the block are contiguous: one contiguous run of `rows` per `p`.
-            for p in 0..kc {
-                let s = &src[(p0 + p) * cs + i0 + ip..][..rows];
-                for (dv, &x) in d[p * r..p * r + rows].iter_mut().zip(s) {
-                    *dv = x.f32();
-                }
-            }
-        } else {
-            for p in 0..kc {
-                for i in 0..rows {
-                    d[p * r + i] = src[(i0 + ip + i) * rs + (p0 + p) * cs].f32();
-                }
+        match r {
+            4 => pack_panel::<T, 4>(src, rs, cs, i0 + ip, rows, p0, d),
+            6 => pack_panel::<T, 6>(src, rs, cs, i0 + ip, rows, p0, d),
+            8 => pack_panel::<T, 8>(src, rs, cs, i0 + ip, rows, p0, d),
+            16 => pack_panel::<T, 16>(src, rs, cs, i0 + ip, rows, p0, d),
+            _ => unreachable!("gemm: no kernel has a {r}-wide panel"),
+        }
+    }
+}
+
+/// Packs `rows <= R` rows starting at `row0` (columns `p0..p0 + d.len() / R`) into one panel
+/// `d[p * R + i]`, zero-filling rows `rows..R`.
+#[inline(always)]
+fn pack_panel<T: Elem, const R: usize>(
+    src: &[T],
+    rs: usize,
+    cs: usize,
+    row0: usize,
+    rows: usize,
+    p0: usize,
+    d: &mut [f32],
+) {
+    let kc = d.len() / R;
+    if cs == 1 && rows == R {
+        let s: [&[T]; R] = core::array::from_fn(|i| &src[(row0 + i) * rs + p0..][..kc]);
+        for (p, dp) in d.chunks_exact_mut(R).enumerate() {
+            for (dv, si) in dp.iter_mut().zip(&s) {
+                *dv = si[p].f32();
             }
         }
-        if rows < r {
-            for p in 0..kc {
-                d[p * r + rows..(p + 1) * r].fill(0.0);
+    } else if rs == 1 {
+        for (p, dp) in d.chunks_exact_mut(R).enumerate() {
+            let s = &src[(p0 + p) * cs + row0..][..rows];
+            for (dv, &x) in dp.iter_mut().zip(s) {
+                *dv = x.f32();
+            }
+            dp[rows..].fill(0.0);
+        }
+    } else {
+        for (p, dp) in d.chunks_exact_mut(R).enumerate() {
+            for (i, dv) in dp.iter_mut().enumerate() {
+                *dv = if i < rows {
+                    src[(row0 + i) * rs + (p0 + p) * cs].f32()
+                } else {
+                    0.0
+                };
             }
         }
     }

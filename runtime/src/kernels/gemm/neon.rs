@@ -7,17 +7,22 @@ use super::Tile;
 ///
 /// # Safety
 /// As [`super::MicroKernel`] with `MR = NR = 8`.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn gemm_f32_8x8_neon(
     kc: usize,
     a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
+    b_rs: usize,
     c: *mut f32,
     ldc: usize,
     t: &Tile,
 ) {
     const MR: usize = 8;
     const NR: usize = 8;
+    debug_assert!(a_rs == 1 && a_cs == MR && b_rs == NR, "packed panels only");
     let z = vdupq_n_f32(0.0);
     let mut acc = [[z; 2]; MR];
     let (mut a, mut b) = (a, b);

@@ -4,16 +4,21 @@ use super::Tile;
 ///
 /// # Safety
 /// As [`super::MicroKernel`] with `MR = NR = 4`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_f32_4x4_scalar(
     kc: usize,
     a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
+    b_rs: usize,
     c: *mut f32,
     ldc: usize,
     t: &Tile,
 ) {
     const MR: usize = 4;
     const NR: usize = 4;
+    debug_assert!(a_rs == 1 && a_cs == MR && b_rs == NR, "packed panels only");
     // SAFETY: the caller guarantees `kc * MR` / `kc * NR` readable values behind `a` / `b`.
     let (a, b) = unsafe {
         (

@@ -7,11 +7,15 @@ use super::Tile;
 ///
 /// # Safety
 /// As [`super::MicroKernel`] with `MR = 6`, `NR = 16`; the CPU supports AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn gemm_f32_6x16_avx2fma(
     kc: usize,
     a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
     b: *const f32,
+    b_rs: usize,
     c: *mut f32,
     ldc: usize,
     t: &Tile,
@@ -19,21 +23,41 @@ pub(crate) unsafe fn gemm_f32_6x16_avx2fma(
     const MR: usize = 6;
     const NR: usize = 16;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
-        // SAFETY: each step reads `MR` values of `a` and `NR` of `b`; `kc` steps stay inside
-        // the packed panels the caller provides.
+    // SAFETY: row pointers of the `A` panel, dereferenced only at offsets the caller allows.
+    let ar: [*const f32; MR] = core::array::from_fn(|i| unsafe { a.add(i * a_rs) });
+    for i in 0..MR {
+        // SAFETY: prefetching never faults; the addresses are the tile rows the epilogue touches.
         unsafe {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*a.add(i));
-                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
-            }
-            a = a.add(MR);
-            b = b.add(NR);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
         }
+    }
+    let (mut off, mut b) = (0, b);
+    // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and
+    // `b[p * b_rs + j]` for `j < NR`; `kc` steps stay inside what the caller provides.
+    macro_rules! step {
+        () => {
+            unsafe {
+                let b0 = _mm256_loadu_ps(b);
+                let b1 = _mm256_loadu_ps(b.add(8));
+                for (acc, ai) in acc.iter_mut().zip(&ar) {
+                    let ai = _mm256_broadcast_ss(&*ai.add(off));
+                    acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+                }
+                off += a_cs;
+                b = b.add(b_rs);
+            }
+        };
+    }
+    for _ in 0..kc / 4 {
+        step!();
+        step!();
+        step!();
+        step!();
+    }
+    for _ in 0..kc % 4 {
+        step!();
     }
     let (lo, hi) = (_mm256_set1_ps(t.lo), _mm256_set1_ps(t.hi));
     // SAFETY: rows `0..MR` of the tile, 16 values each, are writable; the bias pointers address
