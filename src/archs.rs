@@ -260,6 +260,7 @@ pub fn build(arch: &str, src: &mut dyn ParamSource) -> Result<HostModel> {
     Ok(model)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_bn(
     n: &mut Net,
     prefix: &str,

@@ -288,7 +288,7 @@ pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
         let is_weight = weights.contains(&(id as u32));
         let dtype = if is_weight { opts.dtype } else { DType::F32 };
         let rows = t.shape.first().copied().unwrap_or(1) as usize;
-        let cols = if rows == 0 { 0 } else { t.numel() / rows };
+        let cols = t.numel().checked_div(rows).unwrap_or(0);
         let nnz = t.data.iter().filter(|v| **v != 0.0).count();
         let index = IndexWidth::for_cols(cols);
         let dense_bytes = t.numel() * dtype.size();

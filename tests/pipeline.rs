@@ -236,7 +236,11 @@ fn threads_give_the_same_outputs() {
         let nap = Model::from_vec(&bytes).unwrap();
         for batch in [1, 4] {
             let x = inputs(&m, batch, 22);
-            let one = nap_runtime::Session::new(&nap, batch).unwrap().run(&x).unwrap().to_vec();
+            let one = nap_runtime::Session::new(&nap, batch)
+                .unwrap()
+                .run(&x)
+                .unwrap()
+                .to_vec();
             let mut s = nap_runtime::Session::with_threads(&nap, batch, 3).unwrap();
             s.set_profiling(true);
             let three = s.run(&x).unwrap().to_vec();

@@ -139,28 +139,27 @@ impl Planner {
     }
 }
 
+/// Window geometry of a conv or pooling node from its `[C, H, W]` input and output shapes.
 fn geom(
-    c: usize,
-    h: usize,
-    w: usize,
+    input: &[u32],
+    output: &[u32],
     k: [u32; 2],
     s: [u32; 2],
     p: [u32; 2],
     d: [u32; 2],
-    oh: usize,
-    ow: usize,
 ) -> ConvGeom {
+    let u = |x: u32| x as usize;
     ConvGeom {
-        c,
-        h,
-        w,
-        kh: k[0] as usize,
-        kw: k[1] as usize,
-        stride: [s[0] as usize, s[1] as usize],
-        pad: [p[0] as usize, p[1] as usize],
-        dilation: [d[0] as usize, d[1] as usize],
-        oh,
-        ow,
+        c: u(input[0]),
+        h: u(input[1]),
+        w: u(input[2]),
+        kh: u(k[0]),
+        kw: u(k[1]),
+        stride: [u(s[0]), u(s[1])],
+        pad: [u(p[0]), u(p[1])],
+        dilation: [u(d[0]), u(d[1])],
+        oh: u(output[1]),
+        ow: u(output[2]),
     }
 }
 
@@ -250,26 +249,19 @@ impl<'m> Session<'m> {
                     act,
                 } => {
                     let ws = &model.tensor_entry(*weight).shape;
-                    let (c, h, w) = (
-                        in_shape[0] as usize,
-                        in_shape[1] as usize,
-                        in_shape[2] as usize,
-                    );
+                    let c = in_shape[0] as usize;
                     let (out_c, oh, ow) = (
                         out_shape[0] as usize,
                         out_shape[1] as usize,
                         out_shape[2] as usize,
                     );
                     let gm = geom(
-                        c,
-                        h,
-                        w,
+                        in_shape,
+                        out_shape,
                         [ws[2], ws[3]],
                         *stride,
                         *padding,
                         *dilation,
-                        oh,
-                        ow,
                     );
                     let groups = *groups as usize;
                     // The depthwise kernel takes dense weights only; CSR depthwise weights go
@@ -338,17 +330,7 @@ impl<'m> Session<'m> {
                     stride,
                     padding,
                 } => Kind::MaxPool {
-                    g: geom(
-                        in_shape[0] as usize,
-                        in_shape[1] as usize,
-                        in_shape[2] as usize,
-                        *kernel,
-                        *stride,
-                        *padding,
-                        [1, 1],
-                        out_shape[1] as usize,
-                        out_shape[2] as usize,
-                    ),
+                    g: geom(in_shape, out_shape, *kernel, *stride, *padding, [1, 1]),
                 },
                 Op::AvgPool2d {
                     kernel,
@@ -356,17 +338,7 @@ impl<'m> Session<'m> {
                     padding,
                     count_include_pad,
                 } => Kind::AvgPool {
-                    g: geom(
-                        in_shape[0] as usize,
-                        in_shape[1] as usize,
-                        in_shape[2] as usize,
-                        *kernel,
-                        *stride,
-                        *padding,
-                        [1, 1],
-                        out_shape[1] as usize,
-                        out_shape[2] as usize,
-                    ),
+                    g: geom(in_shape, out_shape, *kernel, *stride, *padding, [1, 1]),
                     count_include_pad: *count_include_pad,
                 },
                 Op::GlobalAvgPool => Kind::GlobalAvgPool {

@@ -386,6 +386,7 @@ impl BlobChecker<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_csr(
     name: &str,
     bytes: &[u8],
@@ -434,7 +435,12 @@ fn check_csr(
     Ok(())
 }
 
-fn validate_tensors(bytes: &[u8], p: &Preamble, h: &Header, verify: bool) -> Result<Vec<TensorSpans>> {
+fn validate_tensors(
+    bytes: &[u8],
+    p: &Preamble,
+    h: &Header,
+    verify: bool,
+) -> Result<Vec<TensorSpans>> {
     let mut bc = BlobChecker {
         bytes,
         data_off: p.data_off as usize,
@@ -552,8 +558,14 @@ impl<'a> Model<'a> {
         // mutated while `self` lives, and f32 and f16 accept every bit pattern.
         unsafe {
             match dtype {
-                DType::F32 => Elems::F32(core::slice::from_raw_parts(b.as_ptr() as *const f32, s.len / 4)),
-                DType::F16 => Elems::F16(core::slice::from_raw_parts(b.as_ptr() as *const f16, s.len / 2)),
+                DType::F32 => Elems::F32(core::slice::from_raw_parts(
+                    b.as_ptr() as *const f32,
+                    s.len / 4,
+                )),
+                DType::F16 => Elems::F16(core::slice::from_raw_parts(
+                    b.as_ptr() as *const f16,
+                    s.len / 2,
+                )),
             }
         }
     }
@@ -620,7 +632,10 @@ impl<'a> Model<'a> {
 impl Model<'static> {
     /// Copies `bytes` into an aligned buffer, then loads it.
     pub fn from_vec(bytes: &[u8]) -> Result<Self> {
-        Self::new(Storage::Owned(AlignedBytes::copy_from(bytes)), LoadOptions::default())
+        Self::new(
+            Storage::Owned(AlignedBytes::copy_from(bytes)),
+            LoadOptions::default(),
+        )
     }
 
     /// Memory-maps `path` and loads it without copying any blob.
@@ -636,7 +651,8 @@ impl Model<'static> {
     pub fn open_with(path: impl AsRef<std::path::Path>, opts: LoadOptions) -> Result<Self> {
         use std::string::ToString;
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
         // SAFETY: the mapping is read-only and private to this process; the documented contract of
         // `open` is that the file is not modified while mapped.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io(e.to_string()))?;
