@@ -5,12 +5,21 @@ use core::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
     /// The input is shorter than the structure it must hold.
-    Truncated { what: &'static str, need: u64, have: u64 },
+    Truncated {
+        what: &'static str,
+        need: u64,
+        have: u64,
+    },
     BadMagic,
     /// Written on a machine of another byte order, or corrupted.
     BadEndianTag(u32),
-    UnsupportedVersion { major: u16, minor: u16 },
-    ChecksumMismatch { what: String },
+    UnsupportedVersion {
+        major: u16,
+        minor: u16,
+    },
+    ChecksumMismatch {
+        what: String,
+    },
     /// An offset or length of the preamble is out of range or misaligned.
     BadPreamble(&'static str),
     HeaderTooLarge(u64),
@@ -19,19 +28,37 @@ pub enum Error {
     /// The header decoded but left bytes unread.
     HeaderTrailingBytes(u64),
     /// A blob lies outside the data section, is misaligned or overlaps another.
-    BadBlob { tensor: String, reason: &'static str },
+    BadBlob {
+        tensor: String,
+        reason: &'static str,
+    },
     /// A blob is not aligned in memory for its element type (the input slice was misaligned).
-    Misaligned { tensor: String },
+    Misaligned {
+        tensor: String,
+    },
     /// A tensor's shape, dtype or layout is inconsistent.
-    BadTensor { tensor: String, reason: String },
+    BadTensor {
+        tensor: String,
+        reason: String,
+    },
     /// A CSR invariant does not hold.
-    BadCsr { tensor: String, reason: &'static str },
+    BadCsr {
+        tensor: String,
+        reason: &'static str,
+    },
     /// The graph refers to a missing value or tensor, or shapes do not agree.
-    BadGraph { node: String, reason: String },
+    BadGraph {
+        node: String,
+        reason: String,
+    },
     /// A size computation overflowed.
     Overflow(&'static str),
     /// A caller passed a buffer of the wrong size.
-    Shape { what: &'static str, expected: usize, got: usize },
+    Shape {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
     /// Reading or mapping a file failed (std only).
     Io(String),
 }
@@ -56,13 +83,20 @@ impl fmt::Display for Error {
             Error::HeaderTrailingBytes(n) => write!(f, "header has {n} trailing bytes"),
             Error::BadBlob { tensor, reason } => write!(f, "tensor {tensor:?}: blob {reason}"),
             Error::Misaligned { tensor } => {
-                write!(f, "tensor {tensor:?}: blob misaligned in memory (load from an aligned buffer)")
+                write!(
+                    f,
+                    "tensor {tensor:?}: blob misaligned in memory (load from an aligned buffer)"
+                )
             }
             Error::BadTensor { tensor, reason } => write!(f, "tensor {tensor:?}: {reason}"),
             Error::BadCsr { tensor, reason } => write!(f, "tensor {tensor:?}: CSR {reason}"),
             Error::BadGraph { node, reason } => write!(f, "graph node {node:?}: {reason}"),
             Error::Overflow(what) => write!(f, "size overflow in {what}"),
-            Error::Shape { what, expected, got } => {
+            Error::Shape {
+                what,
+                expected,
+                got,
+            } => {
                 write!(f, "{what}: expected {expected} elements, got {got}")
             }
             Error::Io(e) => write!(f, "I/O error: {e}"),

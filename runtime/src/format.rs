@@ -196,13 +196,17 @@ pub enum Op {
     /// `[C, H, W] -> [C]`.
     GlobalAvgPool,
     /// Element-wise sum of two values of one shape, then `act`.
-    Add { act: Activation },
+    Add {
+        act: Activation,
+    },
     /// Concatenation along channels (the first per-example dimension) of two or more inputs.
     Concat,
     /// Any shape to `[numel]`.
     Flatten,
     /// Any shape to `shape` of the same number of elements.
-    Reshape { shape: Vec<u32> },
+    Reshape {
+        shape: Vec<u32>,
+    },
     /// Softmax over a `[features]` vector.
     Softmax,
 }
@@ -314,7 +318,11 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0x82F6_3B78 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0x82F6_3B78 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;

@@ -54,7 +54,13 @@ fn tensor<'h>(h: &'h dyn TensorTable, node: &str, id: TensorId) -> Result<&'h [u
         .ok_or_else(|| bad(node, format!("tensor {id} does not exist")))
 }
 
-fn expect_shape(h: &dyn TensorTable, node: &str, id: TensorId, want: &[u32], what: &str) -> Result<()> {
+fn expect_shape(
+    h: &dyn TensorTable,
+    node: &str,
+    id: TensorId,
+    want: &[u32],
+    what: &str,
+) -> Result<()> {
     let t = tensor(h, node, id)?;
     if t != want {
         return Err(bad(
@@ -80,7 +86,13 @@ fn chw(node: &str, s: &[u32]) -> Result<[u32; 3]> {
     }
 }
 
-fn pool_out(node: &str, s: &[u32], kernel: [u32; 2], stride: [u32; 2], padding: [u32; 2]) -> Result<Vec<u32>> {
+fn pool_out(
+    node: &str,
+    s: &[u32],
+    kernel: [u32; 2],
+    stride: [u32; 2],
+    padding: [u32; 2],
+) -> Result<Vec<u32>> {
     let [c, hh, w] = chw(node, s)?;
     if padding[0] as u64 * 2 > kernel[0] as u64 || padding[1] as u64 * 2 > kernel[1] as u64 {
         return Err(bad(node, "padding exceeds half the pooling window"));
@@ -112,7 +124,10 @@ pub fn infer(h: &dyn TensorTable, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32
                 _ => return Err(bad(name, "Linear weight must be [out, in]")),
             };
             if ins[0] != [inp] {
-                return Err(bad(name, format!("input {:?} does not match weight [{out}, {inp}]", ins[0])));
+                return Err(bad(
+                    name,
+                    format!("input {:?} does not match weight [{out}, {inp}]", ins[0]),
+                ));
             }
             if let Some(b) = bias {
                 expect_shape(h, name, *b, &[out], "bias")?;
@@ -165,7 +180,12 @@ pub fn infer(h: &dyn TensorTable, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32
             let c = *ins[0]
                 .first()
                 .ok_or_else(|| bad(name, "BatchNorm of a scalar"))?;
-            for (t, what) in [(gamma, "gamma"), (beta, "beta"), (mean, "mean"), (var, "var")] {
+            for (t, what) in [
+                (gamma, "gamma"),
+                (beta, "beta"),
+                (mean, "mean"),
+                (var, "var"),
+            ] {
                 expect_shape(h, name, *t, &[c], what)?;
                 expect_dense(h, name, *t)?;
             }
@@ -220,7 +240,10 @@ pub fn infer(h: &dyn TensorTable, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32
             }
             for s in &ins[1..] {
                 if s.len() != out.len() || s[1..] != out[1..] {
-                    return Err(bad(name, format!("cannot concatenate {:?} with {:?}", ins[0], s)));
+                    return Err(bad(
+                        name,
+                        format!("cannot concatenate {:?} with {:?}", ins[0], s),
+                    ));
                 }
                 out[0] = out[0]
                     .checked_add(s[0])
@@ -231,12 +254,17 @@ pub fn infer(h: &dyn TensorTable, node: &Node, ins: &[&[u32]]) -> Result<Vec<u32
         Op::Flatten => {
             arity(1)?;
             let n = numel(ins[0]).ok_or(Error::Overflow("value shape"))?;
-            Ok(vec![u32::try_from(n).map_err(|_| Error::Overflow("value shape"))?])
+            Ok(vec![
+                u32::try_from(n).map_err(|_| Error::Overflow("value shape"))?
+            ])
         }
         Op::Reshape { shape } => {
             arity(1)?;
             if numel(ins[0]) != numel(shape) {
-                return Err(bad(name, format!("cannot reshape {:?} to {:?}", ins[0], shape)));
+                return Err(bad(
+                    name,
+                    format!("cannot reshape {:?} to {:?}", ins[0], shape),
+                ));
             }
             Ok(shape.clone())
         }
@@ -277,7 +305,10 @@ pub fn validate_graph(g: &Graph, h: &dyn TensorTable) -> Result<()> {
         let mut shapes: Vec<&[u32]> = Vec::with_capacity(node.inputs.len());
         for &i in &node.inputs {
             if !defined.get(i as usize).copied().unwrap_or(false) {
-                return Err(bad(&node.name, format!("reads value {i} before it is defined")));
+                return Err(bad(
+                    &node.name,
+                    format!("reads value {i} before it is defined"),
+                ));
             }
             shapes.push(&g.values[i as usize].shape);
         }
@@ -292,14 +323,20 @@ pub fn validate_graph(g: &Graph, h: &dyn TensorTable) -> Result<()> {
         if shape != g.values[out].shape {
             return Err(bad(
                 &node.name,
-                format!("computes {:?} but declares {:?}", shape, g.values[out].shape),
+                format!(
+                    "computes {:?} but declares {:?}",
+                    shape, g.values[out].shape
+                ),
             ));
         }
         defined[out] = true;
     }
     for &o in &g.outputs {
         if !defined.get(o as usize).copied().unwrap_or(false) {
-            return Err(bad("<graph>", format!("output value {o} is never computed")));
+            return Err(bad(
+                "<graph>",
+                format!("output value {o} is never computed"),
+            ));
         }
     }
     Ok(())

@@ -10,7 +10,9 @@ extern crate alloc;
 extern crate std;
 
 #[cfg(target_endian = "big")]
-compile_error!("nap-runtime reads little-endian blobs in place and supports little-endian targets only");
+compile_error!(
+    "nap-runtime reads little-endian blobs in place and supports little-endian targets only"
+);
 
 pub mod error;
 pub mod exec;

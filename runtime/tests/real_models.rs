@@ -17,7 +17,12 @@ struct Reference {
 
 fn read_ref(path: &PathBuf) -> Reference {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(&b[..8], b"NAPREF1\0", "{} is not a reference file", path.display());
+    assert_eq!(
+        &b[..8],
+        b"NAPREF1\0",
+        "{} is not a reference file",
+        path.display()
+    );
     let u = |i: usize| u32::from_le_bytes(b[8 + 4 * i..12 + 4 * i].try_into().unwrap()) as usize;
     let (n, per, classes) = (u(0), u(1), u(2));
     let floats: Vec<f32> = b[20..]
@@ -53,13 +58,25 @@ fn check(arch: &str) {
             for (e, row) in y.chunks(r.classes).enumerate() {
                 let want = &r.logits[(start + e) * r.classes..(start + e + 1) * r.classes];
                 let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = row.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                let err = row
+                    .iter()
+                    .zip(want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
                 worst = worst.max(err / scale);
                 let top = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
-                assert_eq!(top(row), top(want), "{arch}: top-1 differs for example {}", start + e);
+                assert_eq!(
+                    top(row),
+                    top(want),
+                    "{arch}: top-1 differs for example {}",
+                    start + e
+                );
             }
         }
-        eprintln!("{arch} batch {batch}: {} examples, max relative error {worst:.2e} ({})", r.n, std::env::consts::ARCH);
+        eprintln!(
+            "{arch} batch {batch}: {} examples, max relative error {worst:.2e} ({})",
+            r.n,
+            std::env::consts::ARCH
+        );
         assert!(worst <= 1e-4, "{arch}: max relative error {worst} > 1e-4");
     }
 }
