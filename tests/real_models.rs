@@ -8,7 +8,7 @@ use nap::{archs, data, eval, import};
 use nap_runtime::Model;
 
 fn fixtures() -> Option<PathBuf> {
-    match std::env::var_os("NAP_FIXTURES") {
+    match std::env::var_os("NAP_FIXTURES").filter(|d| !d.is_empty()) {
         Some(d) => Some(PathBuf::from(d)),
         None => {
             eprintln!("NAP_FIXTURES is not set: real-model acceptance not run (scripts/fetch-fixtures.sh, then set it)");

@@ -1,7 +1,6 @@
 //! safetensors reading and writing, through `candle_core::safetensors`.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -69,35 +68,7 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
             bail!("tensor name {:?} appears twice", t.name);
         }
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        candle_core::safetensors::save(&map, &tmp)
-            .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
-        // Flush to disk before the rename makes it visible.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.flush()?;
-                f.sync_all()
-            })
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::util::atomic_write_with(path, |tmp| {
+        candle_core::safetensors::save(&map, tmp).map_err(|e| anyhow!("{e}"))
+    })
 }
