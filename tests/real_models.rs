@@ -11,6 +11,10 @@ fn fixtures() -> Option<PathBuf> {
     match std::env::var_os("NAP_FIXTURES").filter(|d| !d.is_empty()) {
         Some(d) => Some(PathBuf::from(d)),
         None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "NAP_FIXTURES must be set in CI"
+            );
             eprintln!("NAP_FIXTURES is not set: real-model acceptance not run (scripts/fetch-fixtures.sh, then set it)");
             None
         }
