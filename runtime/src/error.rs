@@ -59,6 +59,12 @@ pub enum Error {
         expected: usize,
         got: usize,
     },
+    /// A request exceeds a resource limit of the runtime.
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     /// Reading or mapping a file failed (std only).
     Io(String),
 }
@@ -98,6 +104,9 @@ impl fmt::Display for Error {
                 got,
             } => {
                 write!(f, "{what}: expected {expected} elements, got {got}")
+            }
+            Error::TooLarge { what, size, limit } => {
+                write!(f, "{what}: {size} exceeds the limit of {limit}")
             }
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }

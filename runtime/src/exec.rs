@@ -71,6 +71,10 @@ struct Step {
     output: Buf,
 }
 
+/// Largest total of activation, scratch and parameter buffers a session plans (4 GiB of f32):
+/// a valid but hostile file must not make the runtime allocate without bound.
+pub const MAX_PLANNED_FLOATS: usize = 1 << 30;
+
 /// A model prepared for a fixed batch size.
 pub struct Session<'m> {
     model: &'m Model<'m>,
@@ -110,7 +114,7 @@ struct Planner {
 }
 
 impl Planner {
-    fn alloc(&mut self, len: usize) -> usize {
+    fn alloc(&mut self, len: usize) -> Result<usize> {
         if let Some(i) = self.free.iter().position(|&(_, l)| l >= len) {
             let (off, l) = self.free[i];
             if l == len {
@@ -118,11 +122,14 @@ impl Planner {
             } else {
                 self.free[i] = (off + len, l - len);
             }
-            return off;
+            return Ok(off);
         }
         let off = self.top;
-        self.top += len;
-        off
+        self.top = self
+            .top
+            .checked_add(len)
+            .ok_or(Error::Overflow("planned buffers"))?;
+        Ok(off)
     }
 
     fn release(&mut self, off: usize, len: usize) {
@@ -179,7 +186,13 @@ impl<'m> Session<'m> {
             1
         };
         let g = model.graph();
-        let batch = batch.max(1);
+        if batch == 0 {
+            return Err(Error::Shape {
+                what: "batch",
+                expected: 1,
+                got: 0,
+            });
+        }
         let shape = |v: u32| g.values[v as usize].shape.as_slice();
         let elems = |v: u32| numel(shape(v)).ok_or(Error::Overflow("value shape"));
 
@@ -203,7 +216,7 @@ impl<'m> Session<'m> {
         for &v in &g.inputs {
             let len = elems(v)?;
             let b = Buf {
-                off: planner.alloc(len * batch),
+                off: planner.alloc(len.checked_mul(batch).ok_or(Error::Overflow("batch"))?)?,
                 len,
             };
             values[v as usize] = Some(b);
@@ -352,7 +365,7 @@ impl<'m> Session<'m> {
             let len = elems(node.output)?;
             let total = len.checked_mul(batch).ok_or(Error::Overflow("batch"))?;
             let output = Buf {
-                off: planner.alloc(total),
+                off: planner.alloc(total)?,
                 len,
             };
             values[node.output as usize] = Some(output);
@@ -381,6 +394,22 @@ impl<'m> Session<'m> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let planned = [
+            planner.top,
+            scratch_len,
+            ws_len.saturating_mul(threads),
+            params.len(),
+        ]
+        .iter()
+        .try_fold(0usize, |a, &b| a.checked_add(b))
+        .ok_or(Error::Overflow("planned buffers"))?;
+        if planned > MAX_PLANNED_FLOATS {
+            return Err(Error::TooLarge {
+                what: "planned buffers (f32 elements)",
+                size: planned as u64,
+                limit: MAX_PLANNED_FLOATS as u64,
+            });
+        }
         Ok(Session {
             model,
             batch,
