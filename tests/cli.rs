@@ -31,6 +31,22 @@ fn write_checkpoint(
     p
 }
 
+/// A random `arch` checkpoint converted to `.nap` in `dir`: (checkpoint, model).
+fn converted(dir: &Path, arch: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ckpt = write_checkpoint(dir, arch, |_| {});
+    let out = dir.join("m.nap");
+    let o = nap(&[
+        "convert",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        arch,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    (ckpt, out)
+}
+
 #[test]
 fn demo_trains_exports_and_agrees() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,17 +70,7 @@ fn demo_trains_exports_and_agrees() {
 #[test]
 fn convert_inspect_run_eval() {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = write_checkpoint(dir.path(), "digits-cnn", |_| {});
-    let out = dir.path().join("m.nap");
-    let o = nap(&[
-        "convert",
-        ckpt.to_str().unwrap(),
-        "--arch",
-        "digits-cnn",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let (ckpt, out) = converted(dir.path(), "digits-cnn");
     let o = nap(&["inspect", out.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -137,18 +143,7 @@ fn nan_weights_are_rejected() {
 #[test]
 fn corrupted_and_truncated_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = write_checkpoint(dir.path(), "digits-cnn", |_| {});
-    let good = dir.path().join("m.nap");
-    assert!(nap(&[
-        "convert",
-        ckpt.to_str().unwrap(),
-        "--arch",
-        "digits-cnn",
-        "-o",
-        good.to_str().unwrap()
-    ])
-    .status
-    .success());
+    let (ckpt, good) = converted(dir.path(), "digits-cnn");
     let bytes = std::fs::read(&good).unwrap();
     let trunc = dir.path().join("t.nap");
     std::fs::write(&trunc, &bytes[..bytes.len() - 10]).unwrap();
@@ -171,18 +166,7 @@ fn corrupted_and_truncated_files_are_clear_errors() {
 #[test]
 fn input_of_the_wrong_size_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = write_checkpoint(dir.path(), "digits-cnn", |_| {});
-    let m = dir.path().join("m.nap");
-    assert!(nap(&[
-        "convert",
-        ckpt.to_str().unwrap(),
-        "--arch",
-        "digits-cnn",
-        "-o",
-        m.to_str().unwrap()
-    ])
-    .status
-    .success());
+    let (_, m) = converted(dir.path(), "digits-cnn");
     let raw = dir.path().join("x.f32");
     std::fs::write(&raw, vec![0u8; 4 * 10]).unwrap();
     let o = nap(&["run", m.to_str().unwrap(), "--input", raw.to_str().unwrap()]);
