@@ -855,3 +855,18 @@ fn kernels_do_not_allocate() {
     );
     assert_eq!(allocs(), before, "a kernel allocated");
 }
+
+/// Default dispatch keeps "store f16, compute f32": reduced-precision kernels are opt-in.
+#[test]
+fn default_gemv_dispatch_computes_in_f32() {
+    use nap_runtime::kernels::{gemv_kernel, gemv_kernel_with, Dtype};
+    for d in [Dtype::F32, Dtype::F16] {
+        let k = gemv_kernel(d);
+        assert!(!k.reduced_precision, "{} is reduced precision", k.name);
+        eprintln!(
+            "default gemv for {d:?}: {} (opt-in: {})",
+            k.name,
+            gemv_kernel_with(d, true).name
+        );
+    }
+}

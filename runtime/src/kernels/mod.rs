@@ -17,7 +17,7 @@ pub use conv::{
     depthwise_conv2d, im2col, im2col_len, ConvGeom, DepthwiseKernel, DEPTHWISE_KERNELS,
 };
 pub use gemm::{gemm, gemm_workspace, GemmKernel, GEMM_KERNELS};
-pub use gemv::{gemv, GemvKernel, GEMV_KERNELS};
+pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 
 pub use crate::format::Activation;
 pub use crate::model::Elems;

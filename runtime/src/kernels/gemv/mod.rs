@@ -35,6 +35,10 @@ pub struct GemvKernel {
     pub dtype: Dtype,
     /// Rows computed together.
     pub rows: usize,
+    /// Whether the kernel computes in reduced precision (f16 arithmetic). Such kernels are never
+    /// picked by default dispatch, which keeps "store f16, compute f32"; callers opt in with
+    /// [`gemv_kernel_with`].
+    pub reduced_precision: bool,
     run: GemvFn,
 }
 
@@ -46,6 +50,7 @@ pub static GEMV_KERNELS: &[GemvKernel] = &[
         isa: Isa::Avx2Fma,
         dtype: Dtype::F32,
         rows: 4,
+        reduced_precision: false,
         run: x86::gemv_f32_4x16_avx2fma,
     },
     #[cfg(target_arch = "x86_64")]
@@ -54,6 +59,7 @@ pub static GEMV_KERNELS: &[GemvKernel] = &[
         isa: Isa::Avx2FmaF16c,
         dtype: Dtype::F16,
         rows: 4,
+        reduced_precision: false,
         run: x86::gemv_f16_4x16_avx2f16c,
     },
     #[cfg(target_arch = "aarch64")]
@@ -62,6 +68,7 @@ pub static GEMV_KERNELS: &[GemvKernel] = &[
         isa: Isa::NeonFp16,
         dtype: Dtype::F16,
         rows: 4,
+        reduced_precision: true,
         run: neon::gemv_f16_4x32_neonfp16,
     },
     #[cfg(target_arch = "aarch64")]
@@ -70,6 +77,7 @@ pub static GEMV_KERNELS: &[GemvKernel] = &[
         isa: Isa::Neon,
         dtype: Dtype::F32,
         rows: 4,
+        reduced_precision: false,
         run: neon::gemv_f32_4x8_neon,
     },
     #[cfg(target_arch = "aarch64")]
@@ -78,6 +86,7 @@ pub static GEMV_KERNELS: &[GemvKernel] = &[
         isa: Isa::Neon,
         dtype: Dtype::F16,
         rows: 4,
+        reduced_precision: false,
         run: neon::gemv_f16_4x8_neon,
     },
     GemvKernel {
@@ -85,6 +94,7 @@ pub static GEMV_KERNELS: &[GemvKernel] = &[
         isa: Isa::Scalar,
         dtype: Dtype::F32,
         rows: 4,
+        reduced_precision: false,
         run: scalar::gemv_4x1_scalar,
     },
     GemvKernel {
@@ -92,15 +102,24 @@ pub static GEMV_KERNELS: &[GemvKernel] = &[
         isa: Isa::Scalar,
         dtype: Dtype::F16,
         rows: 4,
+        reduced_precision: false,
         run: scalar::gemv_4x1_scalar,
     },
 ];
 
-/// The kernel [`gemv`] uses on this CPU for weights of `dtype`.
+/// The kernel [`gemv`] uses on this CPU for weights of `dtype` (f32 arithmetic only).
 pub fn gemv_kernel(dtype: Dtype) -> &'static GemvKernel {
+    gemv_kernel_with(dtype, false)
+}
+
+/// The most preferred kernel on this CPU for `dtype`, including reduced-precision kernels when
+/// `allow_reduced` is set.
+pub fn gemv_kernel_with(dtype: Dtype, allow_reduced: bool) -> &'static GemvKernel {
     GEMV_KERNELS
         .iter()
-        .find(|k| k.dtype == dtype && k.isa.is_available())
+        .find(|k| {
+            k.dtype == dtype && k.isa.is_available() && (allow_reduced || !k.reduced_precision)
+        })
         .expect("a scalar gemv kernel exists for every dtype")
 }
 
