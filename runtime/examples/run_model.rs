@@ -7,7 +7,7 @@
 //! ```
 //!
 //! `INPUT.f32` holds raw little-endian f32 values, one example (`[C, H, W]` or `[N]`); without
-//! it the input is all zeros.
+//! it (or with `-`) the input is all zeros. A per-node time breakdown follows.
 
 #[cfg(not(feature = "std"))]
 fn main() {
@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load = t0.elapsed();
     let mut session = Session::new(&model, 1)?;
     let n = session.input_len(0);
-    let input: Vec<f32> = match args.get(2) {
+    let input: Vec<f32> = match args.get(2).filter(|p| !p.is_empty() && *p != "-") {
         Some(p) => std::fs::read(p)?
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -62,6 +62,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("output {:?}", &first[..first.len().min(16)]);
     if let Some((i, v)) = best {
         println!("argmax {i} ({v})");
+    }
+    session.set_profiling(true);
+    for _ in 0..runs {
+        session.run(&input)?;
+    }
+    if let Some(times) = session.node_times() {
+        println!("time per node (mean of {runs} runs):");
+        for (node, t) in model.graph().nodes.iter().zip(times) {
+            println!(
+                "  {:>10.1} µs  {}",
+                t.as_secs_f64() * 1e6 / runs.max(1) as f64,
+                node.name
+            );
+        }
     }
     Ok(())
 }
