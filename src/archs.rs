@@ -16,6 +16,10 @@ pub const ARCHS: &[(&str, &str)] = &[
     ),
     ("lenet-300-100", "LeNet-300-100 MLP, 784-300-100-10"),
     (
+        "mlp-IN-H1-...-OUT",
+        "any ReLU MLP, keys fc1..fcN (a 784 input takes 28x28 images)",
+    ),
+    (
         "lenet5-caffe",
         "LeNet-5-Caffe: conv 20-5x5, conv 50-5x5, fc 500, fc 10",
     ),
@@ -217,15 +221,15 @@ pub fn build(arch: &str, src: &mut dyn ParamSource) -> Result<HostModel> {
             x = n.linear("fc_layers.2", x, 10)?;
             n.b.finish(&[x], meta(arch, "mnist", "digits"))?
         }
-        "lenet-300-100" => {
-            let x = n.b.input("input", &[1, 28, 28]);
-            let mut x = n.flatten("flatten", x)?;
-            x = n.linear("fc1", x, 300)?;
-            x = n.act("relu1", x, relu)?;
-            x = n.linear("fc2", x, 100)?;
-            x = n.act("relu2", x, relu)?;
-            x = n.linear("fc3", x, 10)?;
-            n.b.finish(&[x], meta(arch, "mnist", "digits"))?
+        "lenet-300-100" => mlp(n, arch, &[784, 300, 100, 10])?,
+        _ if arch.starts_with("mlp-") => {
+            let dims = arch[4..]
+                .split('-')
+                .map(|d| d.parse::<usize>().ok().filter(|&d| d > 0))
+                .collect::<Option<Vec<_>>>()
+                .filter(|d| d.len() >= 2)
+                .ok_or_else(|| anyhow::anyhow!("bad MLP spec {arch:?}: expected mlp-IN-HIDDEN...-OUT, e.g. mlp-784-300-100-10"))?;
+            mlp(n, arch, &dims)?
         }
         "lenet5-caffe" => {
             let mut x = n.b.input("input", &[1, 28, 28]);
@@ -258,6 +262,31 @@ pub fn build(arch: &str, src: &mut dyn ParamSource) -> Result<HostModel> {
         ),
     };
     Ok(model)
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Fully connected ReLU network `dims[0] → … → dims[last]` with keys `fc1`, `fc2`, …; a 784-wide
+/// input takes 28×28 images (flattened), as the MNIST MLPs do.
+fn mlp(mut n: Net, arch: &str, dims: &[usize]) -> Result<HostModel> {
+    let mut x = if dims[0] == 784 {
+        let x = n.b.input("input", &[1, 28, 28]);
+        n.flatten("flatten", x)?
+    } else {
+        n.b.input("input", &[dims[0] as u32])
+    };
+    let last = dims.len() - 1;
+    for (i, &d) in dims[1..].iter().enumerate() {
+        x = n.linear(&format!("fc{}", i + 1), x, d)?;
+        if i + 1 < last {
+            x = n.act(&format!("relu{}", i + 1), x, Activation::Relu)?;
+        }
+    }
+    let (pre, labels) = match (dims[0], dims[last]) {
+        (784, 10) => ("mnist", "digits"),
+        (784, _) => ("mnist", ""),
+        _ => ("none", ""),
+    };
+    n.b.finish(&[x], meta(arch, pre, labels))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -251,3 +251,20 @@ fn threads_give_the_same_outputs() {
         }
     }
 }
+
+#[test]
+fn mlp_specs_build_and_match_lenet() {
+    let a = archs::random("mlp-784-300-100-10", 4).unwrap();
+    let b = archs::random("lenet-300-100", 4).unwrap();
+    assert_eq!(a.param_count(), b.param_count());
+    assert_eq!(a.tensors, b.tensors);
+    let m = archs::random("mlp-5-7-3", 4).unwrap();
+    assert_eq!(m.param_count(), 5 * 7 + 7 + 7 * 3 + 3);
+    let x = inputs(&m, 3, 5);
+    let bytes = to_nap_bytes(&m, ExportOptions::default()).unwrap();
+    let reference = eval::reference_logits(&m, &x, 3, false).unwrap();
+    assert_agrees("mlp-5-7-3", &runtime(&bytes, &x, 3), &reference, 3, 1e-4);
+    for bad in ["mlp-", "mlp-784", "mlp-784-x-10", "mlp-0-10"] {
+        assert!(archs::random(bad, 0).is_err(), "{bad}");
+    }
+}
