@@ -769,6 +769,73 @@ fn depthwise_every_kernel_matches_direct_conv() {
     eprintln!("depthwise kernels run: {}", ran.join(", "));
 }
 
+/// Every depthwise kernel over the 3×3 geometries the specialised kernels take (and their
+/// neighbours): H and W from 1 to 17 (edge tiles, interiors shorter than a vector, no interior at
+/// all), strides 1 and 2 per axis, paddings 0 to 2, all activations, f32 and f16 weights.
+#[test]
+fn depthwise_every_kernel_sweeps_3x3_geometries() {
+    let heights = [1, 2, 3, 4, 5, 7, 8, 9, 16, 17];
+    let mut ran = Vec::new();
+    for ker in available(DEPTHWISE_KERNELS, |k| k.isa) {
+        let mut idx = 0usize;
+        for s in [[1, 1], [2, 2], [2, 1], [1, 2]] {
+            for p in [[0, 0], [1, 1], [2, 2], [0, 1], [2, 1]] {
+                for h in heights {
+                    for w in 1..=17 {
+                        if h + 2 * p[0] < 3 || w + 2 * p[1] < 3 {
+                            continue;
+                        }
+                        idx += 1;
+                        let cc = ConvCase {
+                            c: 1 + idx % 3,
+                            h,
+                            w,
+                            cout: 1 + idx % 3,
+                            k: [3, 3],
+                            s,
+                            p,
+                            d: [1, 1],
+                            groups: 1 + idx % 3,
+                        };
+                        let mut rng = Rng(9000 + idx as u64);
+                        let g = cc.geom();
+                        let x = rng.vec(cc.c * h * w);
+                        let wv = rng.vec(cc.c * 9);
+                        let bias = rng.vec(cc.c);
+                        let act = ACTS[idx % ACTS.len()];
+                        let half = idx % 5 < 2;
+                        let store = if half {
+                            Store::F16(wv.iter().map(|&v| f16::from_f32(v)).collect())
+                        } else {
+                            Store::F32(wv)
+                        };
+                        let w = store.elems();
+                        let b = (idx % 7 != 0).then_some(&bias[..]);
+                        let (want, scale) = naive_conv(&cc, &x, &w, b);
+                        let mut y = vec![f32::NAN; cc.c * g.oh * g.ow + 1];
+                        ker.run(&g, &x, w, b, act, &mut y);
+                        for (i, &got) in y[..want.len()].iter().enumerate() {
+                            assert!(
+                                close(got, want[i], scale[i], 9, act, 6e-8),
+                                "{} {cc:?} {act:?} f16={half}: y[{i}] = {got}, want act({})",
+                                ker.name,
+                                want[i]
+                            );
+                        }
+                        assert!(
+                            y[want.len()].is_nan(),
+                            "{}: wrote past the output",
+                            ker.name
+                        );
+                    }
+                }
+            }
+        }
+        ran.push(ker.name);
+    }
+    eprintln!("depthwise kernels swept: {}", ran.join(", "));
+}
+
 #[test]
 fn kernels_do_not_allocate() {
     let mut rng = Rng(42);

@@ -1,3 +1,4 @@
+use super::dw3x3;
 use super::{act_scalar, Activation, Elems, Isa};
 
 /// Geometry of one 2-D convolution over a single image in CHW layout.
@@ -115,10 +116,25 @@ pub struct DepthwiseKernel {
     run: DepthwiseFn,
 }
 
-/// Every depthwise kernel, most preferred first; the last entry runs everywhere. All share one
-/// row-oriented algorithm (for each output row and tap, a multiply-add of one input row segment
-/// into the output row), compiled for different instruction sets; stride-1 rows vectorise.
+/// Every depthwise kernel, most preferred first; the last entry runs everywhere; every entry
+/// accepts every geometry. The `rows` kernels share one row-oriented algorithm (for each output
+/// row and tap, a multiply-add of one input row segment into the output row), compiled for
+/// different instruction sets; stride-1 rows vectorise. The `3x3` kernels compute 3×3 windows
+/// with dilation 1 and column stride 1 or 2 in registers, vectorised across the output width
+/// (see `dw3x3.rs`), and take the row algorithm for every other geometry.
 pub static DEPTHWISE_KERNELS: &[DepthwiseKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    DepthwiseKernel {
+        name: "depthwise_f32_3x3_avx2fma",
+        isa: Isa::Avx2Fma,
+        run: depthwise_3x3_avx2fma,
+    },
+    #[cfg(target_arch = "aarch64")]
+    DepthwiseKernel {
+        name: "depthwise_f32_3x3_neon",
+        isa: Isa::Neon,
+        run: depthwise_3x3_neon,
+    },
     #[cfg(target_arch = "x86_64")]
     DepthwiseKernel {
         name: "depthwise_f32_rows_avx2fma",
@@ -175,6 +191,46 @@ impl DepthwiseKernel {
         }
         // SAFETY: lengths and ISA checked above.
         unsafe { (self.run)(g, x, w, bias, act, y) }
+    }
+}
+
+/// # Safety
+/// As [`DepthwiseFn`]; the CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_3x3_avx2fma(
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    if dw3x3::supported(g) {
+        // SAFETY: geometry checked; lengths are the caller's; AVX2 + FMA cover both lane types.
+        unsafe { dw3x3::depthwise3x3::<dw3x3::Avx2, dw3x3::Sse>(g, x, w, bias, act, y) }
+    } else {
+        depthwise_rows(g, x, w, bias, act, y)
+    }
+}
+
+/// # Safety
+/// As [`DepthwiseFn`].
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn depthwise_3x3_neon(
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    if dw3x3::supported(g) {
+        // SAFETY: geometry checked; lengths are the caller's; NEON is baseline on aarch64.
+        unsafe { dw3x3::depthwise3x3::<dw3x3::Neon8, dw3x3::Neon4>(g, x, w, bias, act, y) }
+    } else {
+        depthwise_rows(g, x, w, bias, act, y)
     }
 }
 

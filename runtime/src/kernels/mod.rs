@@ -9,6 +9,7 @@
 
 mod act;
 mod conv;
+mod dw3x3;
 mod gemm;
 mod gemv;
 
