@@ -631,33 +631,14 @@ impl<'m> Session<'m> {
                     apply_act(*a, y);
                 }
                 Kind::MaxPool { g } => {
-                    let x = input(step.inputs[0]);
-                    pool(
-                        g,
-                        x,
-                        y,
-                        n,
-                        |acc, v| acc.max(v),
-                        f32::NEG_INFINITY,
-                        |acc, _| acc,
-                    );
+                    kernels::maxpool2d(g, input(step.inputs[0]), y, n * g.c);
                 }
                 Kind::AvgPool {
                     g,
                     count_include_pad,
                 } => {
                     let x = input(step.inputs[0]);
-                    let full = (g.kh * g.kw) as f32;
-                    let cip = *count_include_pad;
-                    pool(
-                        g,
-                        x,
-                        y,
-                        n,
-                        |acc, v| acc + v,
-                        0.0,
-                        |acc, cnt| acc / if cip { full } else { cnt as f32 },
-                    );
+                    kernels::avgpool2d(g, x, y, n * g.c, *count_include_pad);
                 }
                 Kind::GlobalAvgPool { hw } => {
                     let x = input(step.inputs[0]);
@@ -830,40 +811,6 @@ fn par_depthwise(
     }
     let _ = threads;
     kernels::depthwise_conv2d(g, x, w, bias, act, y);
-}
-
-fn pool(
-    g: &ConvGeom,
-    x: &[f32],
-    y: &mut [f32],
-    n: usize,
-    f: impl Fn(f32, f32) -> f32,
-    init: f32,
-    fin: impl Fn(f32, usize) -> f32,
-) {
-    let (ih, iw) = (g.h, g.w);
-    for plane in 0..n * g.c {
-        let xp = &x[plane * ih * iw..(plane + 1) * ih * iw];
-        let yp = &mut y[plane * g.oh * g.ow..(plane + 1) * g.oh * g.ow];
-        for oy in 0..g.oh {
-            let y0 = (oy * g.stride[0]) as isize - g.pad[0] as isize;
-            let ys = y0.max(0) as usize;
-            let ye = ((y0 + g.kh as isize).min(ih as isize)).max(0) as usize;
-            for ox in 0..g.ow {
-                let x0 = (ox * g.stride[1]) as isize - g.pad[1] as isize;
-                let xs = x0.max(0) as usize;
-                let xe = ((x0 + g.kw as isize).min(iw as isize)).max(0) as usize;
-                let mut acc = init;
-                for r in ys..ye {
-                    for v in &xp[r * iw + xs..r * iw + xe] {
-                        acc = f(acc, *v);
-                    }
-                }
-                let cnt = (ye.saturating_sub(ys)) * (xe.saturating_sub(xs));
-                yp[oy * g.ow + ox] = fin(acc, cnt);
-            }
-        }
-    }
 }
 
 /// `y = act(W x + b)` for a CSR `W`.

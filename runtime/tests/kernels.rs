@@ -5,8 +5,9 @@ use std::cell::Cell;
 
 use half::f16;
 use nap_runtime::kernels::{
-    act_scalar, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col, im2col_len, Activation, Bias,
-    ConvGeom, Elems, GemmKernel, Isa, MatRef, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS,
+    act_scalar, avgpool2d, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col, im2col_len,
+    maxpool2d, Activation, Bias, ConvGeom, Elems, GemmKernel, Isa, MatRef, PoolOp,
+    DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, POOL_KERNELS,
 };
 
 struct Counting;
@@ -836,6 +837,138 @@ fn depthwise_every_kernel_sweeps_3x3_geometries() {
     eprintln!("depthwise kernels swept: {}", ran.join(", "));
 }
 
+/// Naive pooling: windows clipped to the input, f64 accumulation.
+fn naive_pool(g: &ConvGeom, op: PoolOp, x: &[f32], planes: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    for pl in 0..planes {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let (mut mx, mut sum, mut cnt) = (f32::NEG_INFINITY, 0f64, 0usize);
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        let iy = (oy * g.stride[0] + ki) as isize - g.pad[0] as isize;
+                        let ix = (ox * g.stride[1] + kj) as isize - g.pad[1] as isize;
+                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                            continue;
+                        }
+                        let v = x[(pl * g.h + iy as usize) * g.w + ix as usize];
+                        mx = mx.max(v);
+                        sum += v as f64;
+                        cnt += 1;
+                    }
+                }
+                out.push(match op {
+                    PoolOp::Max => mx,
+                    PoolOp::Avg { count_include_pad } => {
+                        let d = if count_include_pad { g.kh * g.kw } else { cnt };
+                        (sum / d as f64) as f32
+                    }
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every pooling kernel against [`naive_pool`]: windows 1×1 to 3×3 (square and not), strides 1
+/// to 3, paddings up to the window size minus one, H and W from 1 to 12, max and both averages.
+#[test]
+fn pool_every_kernel_matches_naive() {
+    let ops = [
+        PoolOp::Max,
+        PoolOp::Avg {
+            count_include_pad: true,
+        },
+        PoolOp::Avg {
+            count_include_pad: false,
+        },
+    ];
+    let mut ran = Vec::new();
+    for ker in available(POOL_KERNELS, |k| k.isa) {
+        let mut idx = 0u64;
+        for k in [[2, 2], [3, 3], [1, 1], [2, 3], [3, 1]] {
+            for s in [[2, 2], [1, 1], [3, 2], [1, 2]] {
+                for p in [[0, 0], [1, 1], [0, 1], [2, 1]] {
+                    if p[0] >= k[0] || p[1] >= k[1] {
+                        continue;
+                    }
+                    for h in [1, 2, 3, 4, 5, 7, 8, 12] {
+                        for w in 1..=12 {
+                            if h + 2 * p[0] < k[0] || w + 2 * p[1] < k[1] {
+                                continue;
+                            }
+                            idx += 1;
+                            let planes = 1 + idx as usize % 3;
+                            let g = ConvGeom {
+                                c: planes,
+                                h,
+                                w,
+                                kh: k[0],
+                                kw: k[1],
+                                stride: s,
+                                pad: p,
+                                dilation: [1, 1],
+                                oh: out_size(h, k[0], s[0], p[0], 1),
+                                ow: out_size(w, k[1], s[1], p[1], 1),
+                            };
+                            let x = Rng(700 + idx).vec(planes * h * w);
+                            for op in ops {
+                                let want = naive_pool(&g, op, &x, planes);
+                                let mut y = vec![f32::NAN; want.len() + 1];
+                                ker.run(&g, op, &x, &mut y, planes);
+                                for (i, (&got, &wv)) in y.iter().zip(&want).enumerate() {
+                                    assert!(
+                                        (got - wv).abs() <= 1e-6 * (1.0 + wv.abs()),
+                                        "{} {g:?} {op:?}: y[{i}] = {got}, want {wv}",
+                                        ker.name
+                                    );
+                                }
+                                assert!(
+                                    y[want.len()].is_nan(),
+                                    "{}: wrote past the output",
+                                    ker.name
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ran.push(ker.name);
+    }
+    eprintln!("pool kernels run: {}", ran.join(", "));
+}
+
+/// Windows entirely in the padding: max gives -inf, average 0 or NaN (0 / 0 cells) as the
+/// executor always did.
+#[test]
+fn pool_windows_in_padding_only() {
+    let g = ConvGeom {
+        c: 1,
+        h: 1,
+        w: 1,
+        kh: 2,
+        kw: 2,
+        stride: [2, 2],
+        pad: [1, 1],
+        dilation: [1, 1],
+        oh: 2,
+        ow: 2,
+    };
+    let x = [5.0];
+    let mut y = [0.0; 4];
+    maxpool2d(&g, &x, &mut y, 1);
+    assert_eq!(
+        y,
+        [5.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY]
+    );
+    avgpool2d(&g, &x, &mut y, 1, true);
+    assert_eq!(y, [1.25, 0.0, 0.0, 0.0]);
+    avgpool2d(&g, &x, &mut y, 1, false);
+    assert_eq!(y[0], 5.0);
+    assert!(y[1..].iter().all(|v| v.is_nan()));
+}
+
 #[test]
 fn kernels_do_not_allocate() {
     let mut rng = Rng(42);
@@ -874,6 +1007,7 @@ fn kernels_do_not_allocate() {
     }
     .geom();
     let mut bigo = vec![0.0; big.oh * big.ow];
+    let mut pooled = vec![0.0; 4 * 16];
     let before = allocs();
     for ker in available(GEMM_KERNELS, |k| k.isa) {
         let am = MatRef::row_major(Elems::F32(&a), m, k);
@@ -920,6 +1054,20 @@ fn kernels_do_not_allocate() {
         Activation::None,
         &mut bigo,
     );
+    let pg = ConvGeom {
+        kh: 2,
+        kw: 2,
+        stride: [2, 2],
+        pad: [0, 0],
+        oh: 4,
+        ow: 4,
+        ..g
+    };
+    for ker in available(POOL_KERNELS, |k| k.isa) {
+        ker.run(&pg, PoolOp::Max, &img, &mut pooled, 4);
+    }
+    maxpool2d(&pg, &img, &mut pooled, 4);
+    avgpool2d(&g, &img, &mut dwo, 4, false);
     assert_eq!(allocs(), before, "a kernel allocated");
 }
 

@@ -2,9 +2,10 @@
 //! version compiled on every target.
 //!
 //! Each family has one static registry ([`GEMM_KERNELS`], [`GEMV_KERNELS`],
-//! [`DEPTHWISE_KERNELS`]) listed from most to least preferred. Dispatch takes the first entry whose
-//! [`Isa`] is available on the running CPU; tests and benches iterate every available entry, so a
-//! kernel added to a registry is dispatched, tested and benchmarked without further edits.
+//! [`DEPTHWISE_KERNELS`], [`POOL_KERNELS`]) listed from most to least preferred. Dispatch takes
+//! the first entry whose [`Isa`] is available on the running CPU; tests and benches iterate every
+//! available entry, so a kernel added to a registry is dispatched, tested and benchmarked without
+//! further edits.
 //! Kernel names follow `<op>_<dtype>_<MR>x<NR>_<isa>`.
 
 mod act;
@@ -12,6 +13,7 @@ mod conv;
 mod dw3x3;
 mod gemm;
 mod gemv;
+mod pool;
 
 pub use act::{act_scalar, apply_act};
 pub use conv::{
@@ -19,6 +21,7 @@ pub use conv::{
 };
 pub use gemm::{gemm, gemm_workspace, GemmKernel, GEMM_KERNELS};
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
+pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
 
 pub use crate::format::Activation;
 pub use crate::model::Elems;

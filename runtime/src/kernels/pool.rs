@@ -1,0 +1,244 @@
+//! 2-D max and average pooling over CHW planes.
+//!
+//! Each output row is initialised and then combined with the input rows its windows cover:
+//! windows fully inside a row run through a loop without bounds logic (specialised by
+//! constant-folding the common kernel widths and strides into inlined copies; equal width and
+//! stride becomes a walk over non-overlapping chunks), windows reaching into the padding are
+//! clipped. Padding cells never take part: a max over only padding is `-inf`; an average divides
+//! by the full window with `count_include_pad`, else by the number of input cells it covers.
+
+use super::{ConvGeom, Isa};
+
+/// Pooling operation of [`pool2d`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolOp {
+    Max,
+    /// Average; `count_include_pad` divides by `kh * kw` instead of the cells inside the input.
+    Avg {
+        count_include_pad: bool,
+    },
+}
+
+/// Pooling kernel contract: see [`pool2d`].
+///
+/// # Safety
+/// Slices satisfy the length checks of [`PoolKernel::run`]; the CPU supports the kernel's
+/// [`Isa`].
+type PoolFn = unsafe fn(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize);
+
+/// One pooling implementation. [`POOL_KERNELS`] lists them from most to least preferred.
+pub struct PoolKernel {
+    pub name: &'static str,
+    pub isa: Isa,
+    run: PoolFn,
+}
+
+/// Every pooling kernel, most preferred first; the last entry runs everywhere. All share one
+/// algorithm compiled for different instruction sets (the inner loops vectorise).
+pub static POOL_KERNELS: &[PoolKernel] = &[
+    #[cfg(target_arch = "x86_64")]
+    PoolKernel {
+        name: "pool_f32_rows_avx2fma",
+        isa: Isa::Avx2Fma,
+        run: pool_avx2fma,
+    },
+    PoolKernel {
+        name: "pool_f32_rows_baseline",
+        isa: Isa::Scalar,
+        run: pool_baseline,
+    },
+];
+
+/// Pools `planes` planes of `x` (`[planes, h, w]`, `g.c` is ignored) into `y`
+/// (`[planes, oh, ow]`) with window `kh × kw`, `stride` and `pad` of `g` (`dilation` is
+/// ignored). Never allocates. Uses the best kernel of [`POOL_KERNELS`].
+pub fn pool2d(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+    POOL_KERNELS
+        .iter()
+        .find(|k| k.isa.is_available())
+        .unwrap_or(&POOL_KERNELS[POOL_KERNELS.len() - 1])
+        .run(g, op, x, y, planes)
+}
+
+/// [`pool2d`] with [`PoolOp::Max`].
+pub fn maxpool2d(g: &ConvGeom, x: &[f32], y: &mut [f32], planes: usize) {
+    pool2d(g, PoolOp::Max, x, y, planes)
+}
+
+/// [`pool2d`] with [`PoolOp::Avg`].
+pub fn avgpool2d(g: &ConvGeom, x: &[f32], y: &mut [f32], planes: usize, count_include_pad: bool) {
+    pool2d(g, PoolOp::Avg { count_include_pad }, x, y, planes)
+}
+
+impl PoolKernel {
+    /// See [`pool2d`]. Panics if a slice is too short, a stride is 0 or the CPU lacks the ISA.
+    pub fn run(&self, g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+        assert!(
+            self.isa.is_available(),
+            "pool: kernel {} not supported on this CPU",
+            self.name
+        );
+        assert!(x.len() >= planes * g.h * g.w, "pool: input too short");
+        assert!(y.len() >= planes * g.oh * g.ow, "pool: output too short");
+        assert!(g.stride[0] > 0 && g.stride[1] > 0, "pool: zero stride");
+        // SAFETY: lengths and ISA checked above.
+        unsafe { (self.run)(g, op, x, y, planes) }
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pool_avx2fma(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+    pool_planes(g, op, x, y, planes)
+}
+
+/// # Safety
+/// None; `unsafe` only to share the kernel signature.
+unsafe fn pool_baseline(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+    pool_planes(g, op, x, y, planes)
+}
+
+#[inline(always)]
+fn pool_planes(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+    // Literal arguments fold into the inlined copies, specialising their inner loops.
+    match (op, g.kw, g.stride[1]) {
+        (PoolOp::Max, 2, 2) => planes_with(g, Max, 2, 2, x, y, planes),
+        (PoolOp::Max, 3, 2) => planes_with(g, Max, 3, 2, x, y, planes),
+        (PoolOp::Max, 3, 1) => planes_with(g, Max, 3, 1, x, y, planes),
+        (PoolOp::Max, kw, s) => planes_with(g, Max, kw, s, x, y, planes),
+        (PoolOp::Avg { count_include_pad }, 2, 2) => {
+            planes_with(g, Sum(count_include_pad), 2, 2, x, y, planes)
+        }
+        (PoolOp::Avg { count_include_pad }, 3, 2) => {
+            planes_with(g, Sum(count_include_pad), 3, 2, x, y, planes)
+        }
+        (PoolOp::Avg { count_include_pad }, kw, s) => {
+            planes_with(g, Sum(count_include_pad), kw, s, x, y, planes)
+        }
+    }
+}
+
+/// How window values combine and finish.
+trait Reduce: Copy {
+    const INIT: f32;
+    fn f(self, acc: f32, v: f32) -> f32;
+    /// Final value of a window with `cnt` input cells out of `full`.
+    fn fin(self, acc: f32, cnt: usize, full: usize) -> f32;
+}
+
+#[derive(Clone, Copy)]
+struct Max;
+
+impl Reduce for Max {
+    const INIT: f32 = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn f(self, acc: f32, v: f32) -> f32 {
+        acc.max(v)
+    }
+    #[inline(always)]
+    fn fin(self, acc: f32, _: usize, _: usize) -> f32 {
+        acc
+    }
+}
+
+/// Sum, finished as an average; the flag is `count_include_pad`.
+#[derive(Clone, Copy)]
+struct Sum(bool);
+
+impl Reduce for Sum {
+    const INIT: f32 = 0.0;
+    #[inline(always)]
+    fn f(self, acc: f32, v: f32) -> f32 {
+        acc + v
+    }
+    #[inline(always)]
+    fn fin(self, acc: f32, cnt: usize, full: usize) -> f32 {
+        acc / if self.0 { full } else { cnt } as f32
+    }
+}
+
+#[inline(always)]
+fn planes_with<R: Reduce>(
+    g: &ConvGeom,
+    r: R,
+    kw: usize,
+    sx: usize,
+    x: &[f32],
+    y: &mut [f32],
+    planes: usize,
+) {
+    let (ih, iw, oh, ow) = (g.h, g.w, g.oh, g.ow);
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    let (kh, sy, pt, pl) = (g.kh, g.stride[0], g.pad[0], g.pad[1]);
+    let full = kh * kw;
+    if ih == 0 || iw == 0 {
+        y[..planes * oh * ow].fill(r.fin(R::INIT, 0, full));
+        return;
+    }
+    // Interior columns: `ox * sx >= pl` and `ox * sx - pl + kw <= iw`.
+    let xl = pl.div_ceil(sx).min(ow);
+    let xh = if iw + pl >= kw {
+        ((iw + pl - kw) / sx + 1).min(ow)
+    } else {
+        0
+    }
+    .max(xl);
+    // Input columns `xs..xe` of output column `ox`.
+    let cols = |ox: usize| {
+        let x0 = ox * sx;
+        let xs = (x0.max(pl) - pl).min(iw);
+        let xe = (x0 + kw).min(iw + pl).max(pl) - pl;
+        (xs, xe.max(xs))
+    };
+    for (xp, yp) in x
+        .chunks_exact(ih * iw)
+        .zip(y.chunks_exact_mut(oh * ow))
+        .take(planes)
+    {
+        for (oy, yrow) in yp.chunks_exact_mut(ow).enumerate() {
+            let y0 = oy * sy;
+            let ys = (y0.max(pt) - pt).min(ih);
+            let ye = ((y0 + kh).min(ih + pt).max(pt) - pt).max(ys);
+            yrow.fill(R::INIT);
+            for xrow in xp[ys * iw..ye * iw].chunks_exact(iw) {
+                for ox in (0..xl).chain(xh..ow) {
+                    let (xs, xe) = cols(ox);
+                    for &v in &xrow[xs..xe] {
+                        yrow[ox] = r.f(yrow[ox], v);
+                    }
+                }
+                if xl == xh {
+                    continue;
+                }
+                let seg = &xrow[xl * sx - pl..(xh - 1) * sx - pl + kw];
+                let out = &mut yrow[xl..xh];
+                if sx == kw {
+                    for (o, win) in out.iter_mut().zip(seg.chunks_exact(kw)) {
+                        let mut acc = *o;
+                        for &v in win {
+                            acc = r.f(acc, v);
+                        }
+                        *o = acc;
+                    }
+                } else {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        let mut acc = *o;
+                        for &v in &seg[i * sx..i * sx + kw] {
+                            acc = r.f(acc, v);
+                        }
+                        *o = acc;
+                    }
+                }
+            }
+            let rows = ye - ys;
+            for (ox, o) in yrow.iter_mut().enumerate() {
+                let (xs, xe) = cols(ox);
+                *o = r.fin(*o, rows * (xe - xs), full);
+            }
+        }
+    }
+}
