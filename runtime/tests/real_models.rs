@@ -86,11 +86,11 @@ fn check(arch: &str) {
 }
 
 #[test]
-fn mnist_cnn_matches_reference() {
+fn real_model_mnist_cnn() {
     check("mnist-cnn");
 }
 
 #[test]
-fn mobilenet_v2_matches_reference() {
+fn real_model_mobilenet_v2() {
     check("mobilenet-v2");
 }
