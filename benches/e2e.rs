@@ -1,7 +1,7 @@
-//! End-to-end latency: nap-runtime against candle's CPU forward on the same model and inputs,
-//! single-threaded (RAYON_NUM_THREADS=1 for candle). Needs NAP_FIXTURES (scripts/fetch-fixtures.sh).
+//! End-to-end latency: nap-runtime (1 and 2 threads) against candle's CPU forward on the same
+//! fused graph and inputs. Needs NAP_FIXTURES (scripts/fetch-fixtures.sh).
 //!
-//! cargo bench --bench e2e
+//! RAYON_NUM_THREADS=1 NAP_FIXTURES=fixtures cargo bench --bench e2e   # candle single-threaded
 
 use std::path::PathBuf;
 
@@ -35,6 +35,10 @@ fn bench_model(c: &mut Criterion, name: &str, ckpt: &str, arch: &str, batches: &
         let mut s = Session::new(&model, b).unwrap();
         g.bench_with_input(BenchmarkId::new("nap-runtime", b), &b, |bench, _| {
             bench.iter(|| s.run(&x).unwrap()[0])
+        });
+        let mut s2 = Session::with_threads(&model, b, 2).unwrap();
+        g.bench_with_input(BenchmarkId::new("nap-runtime-2threads", b), &b, |bench, _| {
+            bench.iter(|| s2.run(&x).unwrap()[0])
         });
         let xt = reference::input(&fused, &x, &dev).unwrap();
         g.bench_with_input(BenchmarkId::new("candle", b), &b, |bench, _| {
