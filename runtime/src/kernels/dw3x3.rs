@@ -6,9 +6,11 @@
 //! blocks of `N` outputs are computed in registers from the (up to) three input rows with the
 //! bias as the starting value, clamped in registers for ReLU / ReLU6 and stored; the last
 //! partial block is recomputed overlapping the previous one (every block only stores, so the
-//! overlap is harmless), a narrower vector type covers interiors shorter than `N`, and the
-//! borders are computed one output at a time with bounds checks. Input rows in the vertical
-//! padding are skipped through a per-row mask. Other activations run over the stored row.
+//! overlap is harmless) and a narrower vector type covers interiors shorter than `N`. Borders of
+//! one or two outputs are computed tap by tap; wider ones (and interiors shorter than the narrow
+//! type) as vector blocks whose loads read columns outside the row as 0 (masked loads on x86, a
+//! zero-filled stack window on NEON). Input rows in the vertical padding are skipped through a
+//! per-row mask. Other activations run over the stored row.
 
 use super::{apply_act, Activation, ConvGeom, Elems};
 
@@ -37,44 +39,77 @@ pub(super) trait Lanes {
     /// Puts lanes in the order [`Lanes::load_s2`] left them back in output order.
     unsafe fn unscramble(v: Self::V) -> Self::V;
 
-    /// [`Lanes::load`] of columns `col..col + N` of a row of `w` readable elements starting at
-    /// `row`; columns outside `0..w` read as 0 and are never accessed.
-    #[inline(always)]
-    unsafe fn load_part(row: *const f32, col: isize, w: usize) -> Self::V {
-        let mut b = [0.0f32; 2 * MAX_N + 1];
-        // SAFETY: only columns inside `0..w` are read; `b` holds `2 * MAX_N + 1 >= N` values.
-        unsafe {
-            gather_part(&mut b[..Self::N], row, col, w);
-            Self::load(b.as_ptr())
-        }
-    }
-
-    /// [`Lanes::load_s2`] of columns `col..col + 2N + 1` of a row as in [`Lanes::load_part`].
-    #[inline(always)]
-    unsafe fn load_s2_part(row: *const f32, col: isize, w: usize) -> (Self::V, Self::V, Self::V) {
-        let mut b = [0.0f32; 2 * MAX_N + 1];
-        // SAFETY: as in `load_part`, with `2 * N + 1 <= 2 * MAX_N + 1` values.
-        unsafe {
-            gather_part(&mut b[..2 * Self::N + 1], row, col, w);
-            Self::load_s2(b.as_ptr())
-        }
-    }
+    /// What the loads and the store of one edge block need (lane masks), computed once per
+    /// block and shared by its rows.
+    type Edge: Copy;
+    /// Prepares a block whose leftmost window starts at column `col` (possibly negative) of
+    /// rows `w` wide, with column stride `S`, storing `cnt <= N` outputs.
+    unsafe fn edge<const S: usize>(col: isize, w: usize, cnt: usize) -> Self::Edge;
+    /// The three tap vectors ([`Lanes::load`] at columns `col`, `col + 1`, `col + 2`, or
+    /// [`Lanes::load_s2`] at `col`) of the row starting at `row` (`w` readable elements) for the
+    /// block `e` describes; columns outside `0..w` read as 0 and are never accessed.
+    unsafe fn load_edge<const S: usize>(
+        row: *const f32,
+        e: &Self::Edge,
+    ) -> (Self::V, Self::V, Self::V);
+    /// Writes the first `cnt` lanes of `v` to `out[0..cnt]`.
+    unsafe fn store_edge(out: *mut f32, v: Self::V, e: &Self::Edge);
 }
 
-/// `b[j] = row[col + j]` where `0 <= col + j < w`, else 0.
-///
-/// # Safety
-/// `row` addresses `w` readable elements.
-#[inline(always)]
-unsafe fn gather_part(b: &mut [f32], row: *const f32, col: isize, w: usize) {
-    for (j, v) in b.iter_mut().enumerate() {
-        let c = col + j as isize;
-        *v = if c >= 0 && (c as usize) < w {
-            // SAFETY: `0 <= c < w`.
-            unsafe { *row.add(c as usize) }
-        } else {
-            0.0
-        };
+/// [`Lanes::Edge`] of implementations without masked loads: the columns are copied into a
+/// zero-filled stack buffer.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(super) struct EdgeBuf {
+    col: isize,
+    w: usize,
+    cnt: usize,
+}
+
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+impl EdgeBuf {
+    fn new(col: isize, w: usize, cnt: usize) -> Self {
+        EdgeBuf { col, w, cnt }
+    }
+
+    /// [`Lanes::load_edge`] through a stack buffer.
+    ///
+    /// # Safety
+    /// As [`Lanes::load_edge`].
+    #[inline(always)]
+    unsafe fn load<L: Lanes, const S: usize>(&self, row: *const f32) -> (L::V, L::V, L::V) {
+        let span = (L::N - 1) * S + 3;
+        let mut b = [0.0f32; 2 * MAX_N + 1];
+        for (j, v) in b[..span].iter_mut().enumerate() {
+            let c = self.col + j as isize;
+            if c >= 0 && (c as usize) < self.w {
+                // SAFETY: `0 <= c < w` and the row has `w` readable elements.
+                *v = unsafe { *row.add(c as usize) };
+            }
+        }
+        let p = b.as_ptr();
+        // SAFETY: `b` holds `2 * MAX_N + 1 >= span` values, what the loads below read.
+        unsafe {
+            if S == 1 {
+                (L::load(p), L::load(p.add(1)), L::load(p.add(2)))
+            } else {
+                L::load_s2(p)
+            }
+        }
+    }
+
+    /// [`Lanes::store_edge`] through a stack buffer.
+    ///
+    /// # Safety
+    /// As [`Lanes::store_edge`].
+    #[inline(always)]
+    unsafe fn store<L: Lanes>(&self, out: *mut f32, v: L::V) {
+        let mut b = [0.0f32; MAX_N];
+        // SAFETY: `b` holds `MAX_N >= N` values; `out[0..cnt]` is writable.
+        unsafe {
+            L::store(b.as_mut_ptr(), v);
+            core::ptr::copy_nonoverlapping(b.as_ptr(), out, self.cnt);
+        }
     }
 }
 
@@ -100,6 +135,8 @@ struct RowCtx<'a, V: Lanes, H: Lanes> {
     /// Interior output columns `xl..xr`.
     xl: usize,
     xr: usize,
+    taps: [f32; 9],
+    bias: f32,
     /// In-register clamp for ReLU / ReLU6.
     clamp: Option<(f32, f32)>,
     v: &'a Vecs<V>,
@@ -203,6 +240,8 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
             pad: pl,
             xl,
             xr,
+            taps,
+            bias: b,
             clamp,
             v: &v,
             hv: &hv,
@@ -278,6 +317,17 @@ unsafe fn row<V: Lanes, H: Lanes, const S: usize, const FULL: bool>(
     }
     let short = if n < H::N { xl..xr } else { 0..0 };
     for r in [0..xl, short, xr..ow] {
+        if r.len() <= 2 {
+            for ox in r {
+                // SAFETY: forwarded row contract.
+                orow[ox] = unsafe {
+                    edge_one::<S>(
+                        &ctx.taps, ctx.bias, ctx.clamp, ctx.w, ctx.pad, rows, mask, ox,
+                    )
+                };
+            }
+            continue;
+        }
         for ox0 in r.clone().step_by(H::N) {
             let end = (ox0 + H::N).min(r.end);
             // SAFETY: forwarded row contract.
@@ -297,11 +347,46 @@ unsafe fn row<V: Lanes, H: Lanes, const S: usize, const FULL: bool>(
     }
 }
 
+/// Output `ox` of a row computed one tap at a time, skipping columns outside the row (borders
+/// of one or two outputs are cheaper this way than as a vector block).
+///
+/// # Safety
+/// As [`row`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn edge_one<const S: usize>(
+    taps: &[f32; 9],
+    bias: f32,
+    clamp: Option<(f32, f32)>,
+    w: usize,
+    pad: usize,
+    rows: &[*const f32; 3],
+    mask: u32,
+    ox: usize,
+) -> f32 {
+    let base = (ox * S) as isize - pad as isize;
+    let jlo = (-base).clamp(0, 3) as usize;
+    let jhi = (w as isize - base).clamp(jlo as isize, 3) as usize;
+    let mut acc = bias;
+    for (k, &r) in rows.iter().enumerate() {
+        if mask & (1 << k) != 0 {
+            for j in jlo..jhi {
+                // SAFETY: `0 <= base + j < w` and present rows have `w` readable elements.
+                acc += taps[3 * k + j] * unsafe { *r.offset(base + j as isize) };
+            }
+        }
+    }
+    match clamp {
+        Some((lo, hi)) => acc.max(lo).min(hi),
+        None => acc,
+    }
+}
+
 /// Most lanes of any [`Lanes`] implementation (sizes the stack windows of [`edge_block`]).
 const MAX_N: usize = 8;
 
 /// Outputs `ox0..ox0 + out.len()` (at most `L::N`) of a row whose windows may reach into the
-/// padding: the input windows are copied into zero-filled stack buffers first.
+/// padding: loads read columns outside the row as 0, the store writes only `out`.
 ///
 /// # Safety
 /// As [`row`] (for the rows `mask` names), and the CPU supports `L`.
@@ -319,13 +404,18 @@ unsafe fn edge_block<L: Lanes, const S: usize>(
 ) {
     const { assert!(L::N <= MAX_N) };
     let col = (ox0 * S) as isize - pad as isize;
-    let mut tmp = [0.0f32; MAX_N];
-    // SAFETY: present rows have `w` readable elements and the edge loads read only inside
-    // them; `tmp` holds `MAX_N >= N` values; CPU support for `L` is the caller's.
+    // SAFETY: CPU support for `L` is the caller's; present rows have `w` readable elements and
+    // the edge loads read only inside them; the edge store writes `out[0..out.len()]`.
     unsafe {
-        block_cols::<L, S, false, true>(v, clamp, rows, mask, col, w, tmp.as_mut_ptr());
+        let e = L::edge::<S>(col, w, out.len());
+        combine::<L, S, false>(
+            v,
+            clamp,
+            mask,
+            |k| L::load_edge::<S>(rows[k], &e),
+            |r| L::store_edge(out.as_mut_ptr(), r, &e),
+        );
     }
-    out.copy_from_slice(&tmp[..out.len()]);
 }
 
 /// `N` interior outputs whose leftmost window starts at input column `ix0`; with `FULL` all
@@ -343,54 +433,51 @@ unsafe fn block<L: Lanes, const S: usize, const FULL: bool>(
     ix0: usize,
     out: *mut f32,
 ) {
-    // SAFETY: forwarded contract; interior columns are never outside the row.
-    unsafe { block_cols::<L, S, FULL, false>(v, clamp, rows, mask, ix0 as isize, usize::MAX, out) }
+    // SAFETY: the loads read `ix0..ix0 + N + 2` (stride 1) or `ix0..ix0 + 2N + 1` (stride 2)
+    // of present rows, inside the readable range the caller guarantees; the store writes
+    // `out[0..N]`; CPU support is the caller's.
+    unsafe {
+        combine::<L, S, FULL>(
+            v,
+            clamp,
+            mask,
+            |k| {
+                let p = rows[k].add(ix0);
+                if S == 1 {
+                    (L::load(p), L::load(p.add(1)), L::load(p.add(2)))
+                } else {
+                    L::load_s2(p)
+                }
+            },
+            |r| L::store(out, r),
+        );
+    }
 }
 
-/// [`block`] whose leftmost window starts at column `col` of rows `w` wide, reading columns
-/// outside `0..w` as 0 when `EDGE` (without `EDGE`, `w` is ignored and every column read must be
-/// inside the rows).
+/// `store(act(bias + sum over present rows k of taps(k) · load(k)))`, one accumulator per row so
+/// the dependency chains stay three FMAs long.
 ///
 /// # Safety
-/// As [`block`]; with `EDGE` only `rows[k][0..w]` need be readable.
-#[allow(clippy::too_many_arguments)]
+/// The CPU supports `L`; `load` and `store` are safe to call for the present rows.
 #[inline(always)]
-unsafe fn block_cols<L: Lanes, const S: usize, const FULL: bool, const EDGE: bool>(
+unsafe fn combine<L: Lanes, const S: usize, const FULL: bool>(
     v: &Vecs<L>,
     clamp: bool,
-    rows: &[*const f32; 3],
     mask: u32,
-    col: isize,
-    w: usize,
-    out: *mut f32,
+    load: impl Fn(usize) -> (L::V, L::V, L::V),
+    store: impl FnOnce(L::V),
 ) {
-    // SAFETY: the reads cover `ix0..ix0 + N + 2` (stride 1) or `ix0..ix0 + 2N + 1` (stride 2)
-    // of present rows, inside the readable range the caller guarantees; the store writes
-    // `out[0..N]`.
+    // SAFETY: CPU support is the caller's.
     unsafe {
         let t = &v.taps;
         let zero = L::splat(0.0);
-        // One accumulator per input row keeps the dependency chains three FMAs long.
         let mut acc = [v.bias, zero, zero];
-        for k in 0..3 {
+        for (k, acc) in acc.iter_mut().enumerate() {
             if FULL || mask & (1 << k) != 0 {
-                let r = rows[k];
-                let (a, b, c) = match (S, EDGE) {
-                    (1, false) => {
-                        let p = r.offset(col);
-                        (L::load(p), L::load(p.add(1)), L::load(p.add(2)))
-                    }
-                    (_, false) => L::load_s2(r.offset(col)),
-                    (1, true) => (
-                        L::load_part(r, col, w),
-                        L::load_part(r, col + 1, w),
-                        L::load_part(r, col + 2, w),
-                    ),
-                    (_, true) => L::load_s2_part(r, col, w),
-                };
-                acc[k] = L::fma(acc[k], a, t[3 * k]);
-                acc[k] = L::fma(acc[k], b, t[3 * k + 1]);
-                acc[k] = L::fma(acc[k], c, t[3 * k + 2]);
+                let (a, b, c) = load(k);
+                *acc = L::fma(*acc, a, t[3 * k]);
+                *acc = L::fma(*acc, b, t[3 * k + 1]);
+                *acc = L::fma(*acc, c, t[3 * k + 2]);
             }
         }
         let mut r = L::add(L::add(acc[0], acc[1]), acc[2]);
@@ -400,7 +487,7 @@ unsafe fn block_cols<L: Lanes, const S: usize, const FULL: bool, const EDGE: boo
         if clamp {
             r = L::clamp(r, v.lo, v.hi);
         }
-        L::store(out, r);
+        store(r);
     }
 }
 
@@ -415,6 +502,15 @@ mod x86 {
 
     /// 8 lanes of AVX2 + FMA.
     pub(in super::super) struct Avx2;
+
+    /// Lane masks of one edge block: loads (stride 1: columns `col`, `col + 1`, `col + 2`;
+    /// stride 2: `col`, `col + N`, `col + 1`, `col + N + 1`, each `N` wide) and the outputs stored.
+    #[derive(Clone, Copy)]
+    pub(in super::super) struct Masks<M> {
+        col: isize,
+        load: [M; 4],
+        cnt: usize,
+    }
     /// 4 lanes of SSE with FMA (the narrow type of the AVX2 kernel).
     pub(in super::super) struct Sse;
 
@@ -465,6 +561,68 @@ mod x86 {
         unsafe fn unscramble(v: __m256) -> __m256 {
             unsafe { _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v))) }
         }
+        type Edge = Masks<__m256i>;
+        #[inline(always)]
+        unsafe fn edge<const S: usize>(col: isize, w: usize, cnt: usize) -> Masks<__m256i> {
+            unsafe {
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let w = _mm256_set1_epi32(w as i32);
+                let inside = |c: isize| {
+                    let idx = _mm256_add_epi32(_mm256_set1_epi32(c as i32), lanes);
+                    _mm256_andnot_si256(
+                        _mm256_cmpgt_epi32(_mm256_setzero_si256(), idx),
+                        _mm256_cmpgt_epi32(w, idx),
+                    )
+                };
+                let offs = if S == 1 { [0, 1, 2, 0] } else { [0, 8, 1, 9] };
+                Masks {
+                    col,
+                    load: offs.map(|o| inside(col + o)),
+                    cnt,
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn load_edge<const S: usize>(
+            row: *const f32,
+            e: &Masks<__m256i>,
+        ) -> (__m256, __m256, __m256) {
+            unsafe {
+                // Masked-off lanes are not accessed, so the address may lie outside the row.
+                let p = row.wrapping_offset(e.col);
+                let m = &e.load;
+                if S == 1 {
+                    (
+                        _mm256_maskload_ps(p, m[0]),
+                        _mm256_maskload_ps(p.wrapping_add(1), m[1]),
+                        _mm256_maskload_ps(p.wrapping_add(2), m[2]),
+                    )
+                } else {
+                    let (a0, b0) = (
+                        _mm256_maskload_ps(p, m[0]),
+                        _mm256_maskload_ps(p.wrapping_add(8), m[1]),
+                    );
+                    let (a1, b1) = (
+                        _mm256_maskload_ps(p.wrapping_add(1), m[2]),
+                        _mm256_maskload_ps(p.wrapping_add(9), m[3]),
+                    );
+                    (
+                        _mm256_shuffle_ps::<0b10_00_10_00>(a0, b0),
+                        _mm256_shuffle_ps::<0b11_01_11_01>(a0, b0),
+                        _mm256_shuffle_ps::<0b11_01_11_01>(a1, b1),
+                    )
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn store_edge(out: *mut f32, v: __m256, e: &Masks<__m256i>) {
+            // A masked store is slow on some cores; the lanes go through the stack instead.
+            let mut b = [0.0f32; 8];
+            unsafe { _mm256_storeu_ps(b.as_mut_ptr(), v) };
+            for (i, &x) in b.iter().enumerate().take(e.cnt) {
+                unsafe { *out.add(i) = x };
+            }
+        }
     }
 
     // SAFETY (every method): as for `Avx2`.
@@ -512,34 +670,66 @@ mod x86 {
         unsafe fn unscramble(v: __m128) -> __m128 {
             v
         }
+        type Edge = Masks<__m128i>;
         #[inline(always)]
-        unsafe fn load_part(row: *const f32, col: isize, w: usize) -> __m128 {
+        unsafe fn edge<const S: usize>(col: isize, w: usize, cnt: usize) -> Masks<__m128i> {
             unsafe {
-                let idx = _mm_add_epi32(_mm_set1_epi32(col as i32), _mm_setr_epi32(0, 1, 2, 3));
-                let inside = _mm_and_si128(
-                    _mm_cmpgt_epi32(idx, _mm_set1_epi32(-1)),
-                    _mm_cmpgt_epi32(_mm_set1_epi32(w as i32), idx),
-                );
-                // Masked-off lanes are not accessed, so the address may lie outside the row.
-                _mm_maskload_ps(row.wrapping_offset(col), inside)
+                let lanes = _mm_setr_epi32(0, 1, 2, 3);
+                let w = _mm_set1_epi32(w as i32);
+                let inside = |c: isize| {
+                    let idx = _mm_add_epi32(_mm_set1_epi32(c as i32), lanes);
+                    _mm_andnot_si128(
+                        _mm_cmpgt_epi32(_mm_setzero_si128(), idx),
+                        _mm_cmpgt_epi32(w, idx),
+                    )
+                };
+                let offs = if S == 1 { [0, 1, 2, 0] } else { [0, 4, 1, 5] };
+                Masks {
+                    col,
+                    load: offs.map(|o| inside(col + o)),
+                    cnt,
+                }
             }
         }
         #[inline(always)]
-        unsafe fn load_s2_part(row: *const f32, col: isize, w: usize) -> (__m128, __m128, __m128) {
+        unsafe fn load_edge<const S: usize>(
+            row: *const f32,
+            e: &Masks<__m128i>,
+        ) -> (__m128, __m128, __m128) {
             unsafe {
-                let (a0, b0) = (
-                    Self::load_part(row, col, w),
-                    Self::load_part(row, col + 4, w),
-                );
-                let (a1, b1) = (
-                    Self::load_part(row, col + 1, w),
-                    Self::load_part(row, col + 5, w),
-                );
-                (
-                    _mm_shuffle_ps::<0b10_00_10_00>(a0, b0),
-                    _mm_shuffle_ps::<0b11_01_11_01>(a0, b0),
-                    _mm_shuffle_ps::<0b11_01_11_01>(a1, b1),
-                )
+                // Masked-off lanes are not accessed, so the address may lie outside the row.
+                let p = row.wrapping_offset(e.col);
+                let m = &e.load;
+                if S == 1 {
+                    (
+                        _mm_maskload_ps(p, m[0]),
+                        _mm_maskload_ps(p.wrapping_add(1), m[1]),
+                        _mm_maskload_ps(p.wrapping_add(2), m[2]),
+                    )
+                } else {
+                    let (a0, b0) = (
+                        _mm_maskload_ps(p, m[0]),
+                        _mm_maskload_ps(p.wrapping_add(4), m[1]),
+                    );
+                    let (a1, b1) = (
+                        _mm_maskload_ps(p.wrapping_add(1), m[2]),
+                        _mm_maskload_ps(p.wrapping_add(5), m[3]),
+                    );
+                    (
+                        _mm_shuffle_ps::<0b10_00_10_00>(a0, b0),
+                        _mm_shuffle_ps::<0b11_01_11_01>(a0, b0),
+                        _mm_shuffle_ps::<0b11_01_11_01>(a1, b1),
+                    )
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn store_edge(out: *mut f32, v: __m128, e: &Masks<__m128i>) {
+            // A masked store is slow on some cores; the lanes go through the stack instead.
+            let mut b = [0.0f32; 4];
+            unsafe { _mm_storeu_ps(b.as_mut_ptr(), v) };
+            for (i, &x) in b.iter().enumerate().take(e.cnt) {
+                unsafe { *out.add(i) = x };
             }
         }
     }
@@ -552,7 +742,7 @@ pub(super) use neon::{Neon4, Neon8};
 mod neon {
     use core::arch::aarch64::*;
 
-    use super::Lanes;
+    use super::{EdgeBuf, Lanes};
 
     /// 4 lanes of NEON.
     pub(in super::super) struct Neon4;
@@ -600,6 +790,22 @@ mod neon {
         #[inline(always)]
         unsafe fn unscramble(v: float32x4_t) -> float32x4_t {
             v
+        }
+        type Edge = EdgeBuf;
+        #[inline(always)]
+        unsafe fn edge<const S: usize>(col: isize, w: usize, cnt: usize) -> EdgeBuf {
+            EdgeBuf::new(col, w, cnt)
+        }
+        #[inline(always)]
+        unsafe fn load_edge<const S: usize>(
+            row: *const f32,
+            e: &EdgeBuf,
+        ) -> (Self::V, Self::V, Self::V) {
+            unsafe { e.load::<Self, S>(row) }
+        }
+        #[inline(always)]
+        unsafe fn store_edge(out: *mut f32, v: Self::V, e: &EdgeBuf) {
+            unsafe { e.store::<Self>(out, v) }
         }
     }
 
@@ -651,6 +857,22 @@ mod neon {
         #[inline(always)]
         unsafe fn unscramble(v: Self::V) -> Self::V {
             v
+        }
+        type Edge = EdgeBuf;
+        #[inline(always)]
+        unsafe fn edge<const S: usize>(col: isize, w: usize, cnt: usize) -> EdgeBuf {
+            EdgeBuf::new(col, w, cnt)
+        }
+        #[inline(always)]
+        unsafe fn load_edge<const S: usize>(
+            row: *const f32,
+            e: &EdgeBuf,
+        ) -> (Self::V, Self::V, Self::V) {
+            unsafe { e.load::<Self, S>(row) }
+        }
+        #[inline(always)]
+        unsafe fn store_edge(out: *mut f32, v: Self::V, e: &EdgeBuf) {
+            unsafe { e.store::<Self>(out, v) }
         }
     }
 }
