@@ -39,6 +39,10 @@ pub(super) trait Lanes {
     /// Puts lanes in the order [`Lanes::load_s2`] left them back in output order.
     unsafe fn unscramble(v: Self::V) -> Self::V;
 
+    /// Lane `i` of the result is lane `i - 1` of `v`, lane 0 is 0.
+    unsafe fn shift_in_left(v: Self::V) -> Self::V;
+    /// Lane `i` of the result is lane `i + 1` of `v`, lane `N - 1` is 0.
+    unsafe fn shift_in_right(v: Self::V) -> Self::V;
     /// What the loads and the store of one edge block need (lane masks), computed once per
     /// block and shared by its rows.
     type Edge: Copy;
@@ -285,9 +289,19 @@ unsafe fn row<V: Lanes, H: Lanes, const S: usize, const FULL: bool>(
     orow: &mut [f32],
 ) {
     let ow = orow.len();
+    let clamp = ctx.clamp.is_some();
+    if S == 1 && ctx.pad == 1 && ow == ctx.w {
+        // SAFETY: forwarded row contract; the widths are checked.
+        unsafe {
+            if ctx.w > V::N {
+                return row_pad1::<V, FULL>(ctx.v, clamp, rows, mask, orow);
+            } else if ctx.w > H::N {
+                return row_pad1::<H, FULL>(ctx.hv, clamp, rows, mask, orow);
+            }
+        }
+    }
     let (xl, xr) = (ctx.xl, ctx.xr);
     let n = xr - xl;
-    let clamp = ctx.clamp.is_some();
     let op = orow.as_mut_ptr();
     // SAFETY (interior blocks): blocks start at `ox0 >= xl` and end at `ox0 + N <= xr <= ow`, so
     // the stores stay in `orow` and the window of every output is inside the input row (see the
@@ -344,6 +358,57 @@ unsafe fn row<V: Lanes, H: Lanes, const S: usize, const FULL: bool>(
                 );
             }
         }
+    }
+}
+
+/// A stride-1 row with one column of padding on each side (`orow.len() == w > L::N`), all in
+/// vector blocks: the first block's left taps and the last block's right taps shift the zero
+/// padding in from a register instead of loading it.
+///
+/// # Safety
+/// `rows[k]` addresses `orow.len()` readable elements for every row `k` present; the CPU
+/// supports `L`.
+#[inline(always)]
+unsafe fn row_pad1<L: Lanes, const FULL: bool>(
+    v: &Vecs<L>,
+    clamp: bool,
+    rows: &[*const f32; 3],
+    mask: u32,
+    orow: &mut [f32],
+) {
+    let w = orow.len();
+    let op = orow.as_mut_ptr();
+    // SAFETY: the left block reads columns `0..N + 1` and writes outputs `0..N`; interior blocks
+    // at `1 <= ox0`, `ox0 + N <= w - 1` read `ox0 - 1..ox0 + N + 1` and write `ox0..ox0 + N`; the
+    // right block reads `w - N - 1..w` and writes `w - N..w`. All inside the rows and `orow`
+    // because `w > N`.
+    unsafe {
+        combine::<L, 1, FULL>(
+            v,
+            clamp,
+            mask,
+            |k| {
+                let (b, c) = (L::load(rows[k]), L::load(rows[k].add(1)));
+                (L::shift_in_left(b), b, c)
+            },
+            |r| L::store(op, r),
+        );
+        let mut ox0 = L::N;
+        while ox0 + L::N < w {
+            block::<L, 1, FULL>(v, clamp, rows, mask, ox0 - 1, op.add(ox0));
+            ox0 += L::N;
+        }
+        let ox0 = w - L::N;
+        combine::<L, 1, FULL>(
+            v,
+            clamp,
+            mask,
+            |k| {
+                let (a, b) = (L::load(rows[k].add(ox0 - 1)), L::load(rows[k].add(ox0)));
+                (a, b, L::shift_in_right(b))
+            },
+            |r| L::store(op.add(ox0), r),
+        );
     }
 }
 
@@ -561,6 +626,20 @@ mod x86 {
         unsafe fn unscramble(v: __m256) -> __m256 {
             unsafe { _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v))) }
         }
+        #[inline(always)]
+        unsafe fn shift_in_left(v: __m256) -> __m256 {
+            unsafe {
+                let p = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6));
+                _mm256_blend_ps::<0b0000_0001>(p, _mm256_setzero_ps())
+            }
+        }
+        #[inline(always)]
+        unsafe fn shift_in_right(v: __m256) -> __m256 {
+            unsafe {
+                let p = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7));
+                _mm256_blend_ps::<0b1000_0000>(p, _mm256_setzero_ps())
+            }
+        }
         type Edge = Masks<__m256i>;
         #[inline(always)]
         unsafe fn edge<const S: usize>(col: isize, w: usize, cnt: usize) -> Masks<__m256i> {
@@ -669,6 +748,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn unscramble(v: __m128) -> __m128 {
             v
+        }
+        #[inline(always)]
+        unsafe fn shift_in_left(v: __m128) -> __m128 {
+            unsafe { _mm_castsi128_ps(_mm_slli_si128::<4>(_mm_castps_si128(v))) }
+        }
+        #[inline(always)]
+        unsafe fn shift_in_right(v: __m128) -> __m128 {
+            unsafe { _mm_castsi128_ps(_mm_srli_si128::<4>(_mm_castps_si128(v))) }
         }
         type Edge = Masks<__m128i>;
         #[inline(always)]
@@ -791,6 +878,14 @@ mod neon {
         unsafe fn unscramble(v: float32x4_t) -> float32x4_t {
             v
         }
+        #[inline(always)]
+        unsafe fn shift_in_left(v: float32x4_t) -> float32x4_t {
+            unsafe { vextq_f32::<3>(vdupq_n_f32(0.0), v) }
+        }
+        #[inline(always)]
+        unsafe fn shift_in_right(v: float32x4_t) -> float32x4_t {
+            unsafe { vextq_f32::<1>(v, vdupq_n_f32(0.0)) }
+        }
         type Edge = EdgeBuf;
         #[inline(always)]
         unsafe fn edge<const S: usize>(col: isize, w: usize, cnt: usize) -> EdgeBuf {
@@ -857,6 +952,24 @@ mod neon {
         #[inline(always)]
         unsafe fn unscramble(v: Self::V) -> Self::V {
             v
+        }
+        #[inline(always)]
+        unsafe fn shift_in_left(v: Self::V) -> Self::V {
+            unsafe {
+                (
+                    vextq_f32::<3>(vdupq_n_f32(0.0), v.0),
+                    vextq_f32::<3>(v.0, v.1),
+                )
+            }
+        }
+        #[inline(always)]
+        unsafe fn shift_in_right(v: Self::V) -> Self::V {
+            unsafe {
+                (
+                    vextq_f32::<1>(v.0, v.1),
+                    vextq_f32::<1>(v.1, vdupq_n_f32(0.0)),
+                )
+            }
         }
         type Edge = EdgeBuf;
         #[inline(always)]
