@@ -36,7 +36,8 @@ pub(super) trait Lanes {
     /// `p[2i]`, `p[2i + 1]`, `p[2i + 2]` for `i < N`, in an implementation-defined lane order
     /// that [`Lanes::unscramble`] turns into `i` order.
     unsafe fn load_s2(p: *const f32) -> (Self::V, Self::V, Self::V);
-    /// Puts lanes in the order [`Lanes::load_s2`] left them back in output order.
+    /// Puts lanes in the order [`Lanes::load_s2`] left them back in output order; its own
+    /// inverse.
     unsafe fn unscramble(v: Self::V) -> Self::V;
 
     /// Lane `i` of the result is lane `i - 1` of `v`, lane 0 is 0.
@@ -115,6 +116,35 @@ impl EdgeBuf {
             core::ptr::copy_nonoverlapping(b.as_ptr(), out, self.cnt);
         }
     }
+}
+
+/// `clamp(bias + sum over present rows k of taps(k) · load(k))` for lane type `$L` and column
+/// stride `$S`, one accumulator per row so the dependency chains stay three FMAs long. A macro so
+/// the loads expand in place (closures here are not reliably inlined). Must be used inside an
+/// `unsafe` block whose safety comment covers the loads.
+macro_rules! combine {
+    ($L:ty, $S:expr, $full:expr, $v:expr, $clamp:expr, $mask:expr, |$k:ident| $load:expr) => {{
+        let v = $v;
+        let t = &v.taps;
+        let zero = <$L>::splat(0.0);
+        let mut acc = [v.bias, zero, zero];
+        for $k in 0..3 {
+            if $full || $mask & (1 << $k) != 0 {
+                let (a, b, c) = $load;
+                acc[$k] = <$L>::fma(acc[$k], a, t[3 * $k]);
+                acc[$k] = <$L>::fma(acc[$k], b, t[3 * $k + 1]);
+                acc[$k] = <$L>::fma(acc[$k], c, t[3 * $k + 2]);
+            }
+        }
+        let mut r = <$L>::add(<$L>::add(acc[0], acc[1]), acc[2]);
+        if $S != 1 {
+            r = <$L>::unscramble(r);
+        }
+        if $clamp {
+            r = <$L>::clamp(r, v.lo, v.hi);
+        }
+        r
+    }};
 }
 
 /// Whether [`depthwise3x3`] handles `g`; other geometries take the generic row algorithm.
@@ -300,6 +330,16 @@ unsafe fn row<V: Lanes, H: Lanes, const S: usize, const FULL: bool>(
             }
         }
     }
+    if S == 2 && ctx.pad == 1 {
+        // SAFETY: forwarded row contract; the widths are checked.
+        unsafe {
+            if ctx.w > 2 * V::N {
+                return row_s2_pad1::<V, FULL>(ctx, ctx.v, rows, mask, orow);
+            } else if ctx.w > 2 * H::N {
+                return row_s2_pad1::<H, FULL>(ctx, ctx.hv, rows, mask, orow);
+            }
+        }
+    }
     let (xl, xr) = (ctx.xl, ctx.xr);
     let n = xr - xl;
     let op = orow.as_mut_ptr();
@@ -383,32 +423,75 @@ unsafe fn row_pad1<L: Lanes, const FULL: bool>(
     // right block reads `w - N - 1..w` and writes `w - N..w`. All inside the rows and `orow`
     // because `w > N`.
     unsafe {
-        combine::<L, 1, FULL>(
-            v,
-            clamp,
-            mask,
-            |k| {
-                let (b, c) = (L::load(rows[k]), L::load(rows[k].add(1)));
-                (L::shift_in_left(b), b, c)
-            },
-            |r| L::store(op, r),
-        );
+        let r = combine!(L, 1, FULL, v, clamp, mask, |k| {
+            let (b, c) = (L::load(rows[k]), L::load(rows[k].add(1)));
+            (L::shift_in_left(b), b, c)
+        });
+        L::store(op, r);
         let mut ox0 = L::N;
         while ox0 + L::N < w {
             block::<L, 1, FULL>(v, clamp, rows, mask, ox0 - 1, op.add(ox0));
             ox0 += L::N;
         }
         let ox0 = w - L::N;
-        combine::<L, 1, FULL>(
-            v,
-            clamp,
-            mask,
-            |k| {
-                let (a, b) = (L::load(rows[k].add(ox0 - 1)), L::load(rows[k].add(ox0)));
-                (a, b, L::shift_in_right(b))
-            },
-            |r| L::store(op.add(ox0), r),
-        );
+        let r = combine!(L, 1, FULL, v, clamp, mask, |k| {
+            let (a, b) = (L::load(rows[k].add(ox0 - 1)), L::load(rows[k].add(ox0)));
+            (a, b, L::shift_in_right(b))
+        });
+        L::store(op.add(ox0), r);
+    }
+}
+
+/// A stride-2 row with one column of left padding (`w > 2 * L::N`): the first block takes its
+/// left taps from the odd columns shifted by one output with the zero padding shifted in, the
+/// interior runs in vector blocks, and outputs whose windows reach past the right end of the row
+/// are computed tap by tap.
+///
+/// # Safety
+/// As [`row`], with `ctx.pad == 1`, `ctx.w > 2 * L::N` and the CPU supporting `L`.
+#[inline(always)]
+unsafe fn row_s2_pad1<L: Lanes, const FULL: bool>(
+    ctx: &RowCtx<'_, impl Lanes, impl Lanes>,
+    v: &Vecs<L>,
+    rows: &[*const f32; 3],
+    mask: u32,
+    orow: &mut [f32],
+) {
+    let (ow, xr) = (orow.len(), ctx.xr);
+    let clamp = ctx.clamp.is_some();
+    let op = orow.as_mut_ptr();
+    if ow < L::N {
+        // `xr <= ow`; nothing here is wide enough for a block.
+        for (ox, o) in orow.iter_mut().enumerate() {
+            // SAFETY: forwarded row contract.
+            *o = unsafe { edge_one::<2>(&ctx.taps, ctx.bias, ctx.clamp, ctx.w, 1, rows, mask, ox) };
+        }
+        return;
+    }
+    // SAFETY: the first block reads columns `0..2N + 1` (inside the row as `w > 2N`) and writes
+    // outputs `0..N` (`N <= ow`); interior blocks start at `ox0 >= 1` and end at
+    // `ox0 + N <= xr <= ow`, so their windows lie inside the row (see `channels`).
+    unsafe {
+        let r = combine!(L, 2, FULL, v, clamp, mask, |k| {
+            let (even, odd, _) = L::load_s2(rows[k]);
+            let left = L::unscramble(L::shift_in_left(L::unscramble(odd)));
+            (left, even, odd)
+        });
+        L::store(op, r);
+        let mut ox0 = L::N;
+        while ox0 + L::N <= xr {
+            block::<L, 2, FULL>(v, clamp, rows, mask, 2 * ox0 - 1, op.add(ox0));
+            ox0 += L::N;
+        }
+        if ox0 < xr {
+            let ox0 = xr - L::N;
+            block::<L, 2, FULL>(v, clamp, rows, mask, 2 * ox0 - 1, op.add(ox0));
+        }
+    }
+    let from = xr.max(L::N);
+    for (ox, o) in orow.iter_mut().enumerate().skip(from) {
+        // SAFETY: forwarded row contract.
+        *o = unsafe { edge_one::<2>(&ctx.taps, ctx.bias, ctx.clamp, ctx.w, 1, rows, mask, ox) };
     }
 }
 
@@ -473,13 +556,10 @@ unsafe fn edge_block<L: Lanes, const S: usize>(
     // the edge loads read only inside them; the edge store writes `out[0..out.len()]`.
     unsafe {
         let e = L::edge::<S>(col, w, out.len());
-        combine::<L, S, false>(
-            v,
-            clamp,
-            mask,
-            |k| L::load_edge::<S>(rows[k], &e),
-            |r| L::store_edge(out.as_mut_ptr(), r, &e),
-        );
+        let r = combine!(L, S, false, v, clamp, mask, |k| L::load_edge::<S>(
+            rows[k], &e
+        ));
+        L::store_edge(out.as_mut_ptr(), r, &e);
     }
 }
 
@@ -502,57 +582,15 @@ unsafe fn block<L: Lanes, const S: usize, const FULL: bool>(
     // of present rows, inside the readable range the caller guarantees; the store writes
     // `out[0..N]`; CPU support is the caller's.
     unsafe {
-        combine::<L, S, FULL>(
-            v,
-            clamp,
-            mask,
-            |k| {
-                let p = rows[k].add(ix0);
-                if S == 1 {
-                    (L::load(p), L::load(p.add(1)), L::load(p.add(2)))
-                } else {
-                    L::load_s2(p)
-                }
-            },
-            |r| L::store(out, r),
-        );
-    }
-}
-
-/// `store(act(bias + sum over present rows k of taps(k) · load(k)))`, one accumulator per row so
-/// the dependency chains stay three FMAs long.
-///
-/// # Safety
-/// The CPU supports `L`; `load` and `store` are safe to call for the present rows.
-#[inline(always)]
-unsafe fn combine<L: Lanes, const S: usize, const FULL: bool>(
-    v: &Vecs<L>,
-    clamp: bool,
-    mask: u32,
-    load: impl Fn(usize) -> (L::V, L::V, L::V),
-    store: impl FnOnce(L::V),
-) {
-    // SAFETY: CPU support is the caller's.
-    unsafe {
-        let t = &v.taps;
-        let zero = L::splat(0.0);
-        let mut acc = [v.bias, zero, zero];
-        for (k, acc) in acc.iter_mut().enumerate() {
-            if FULL || mask & (1 << k) != 0 {
-                let (a, b, c) = load(k);
-                *acc = L::fma(*acc, a, t[3 * k]);
-                *acc = L::fma(*acc, b, t[3 * k + 1]);
-                *acc = L::fma(*acc, c, t[3 * k + 2]);
+        let r = combine!(L, S, FULL, v, clamp, mask, |k| {
+            let p = rows[k].add(ix0);
+            if S == 1 {
+                (L::load(p), L::load(p.add(1)), L::load(p.add(2)))
+            } else {
+                L::load_s2(p)
             }
-        }
-        let mut r = L::add(L::add(acc[0], acc[1]), acc[2]);
-        if S != 1 {
-            r = L::unscramble(r);
-        }
-        if clamp {
-            r = L::clamp(r, v.lo, v.hi);
-        }
-        store(r);
+        });
+        L::store(out, r);
     }
 }
 
