@@ -37,9 +37,11 @@ fn bench_model(c: &mut Criterion, name: &str, ckpt: &str, arch: &str, batches: &
             bench.iter(|| s.run(&x).unwrap()[0])
         });
         let mut s2 = Session::with_threads(&model, b, 2).unwrap();
-        g.bench_with_input(BenchmarkId::new("nap-runtime-2threads", b), &b, |bench, _| {
-            bench.iter(|| s2.run(&x).unwrap()[0])
-        });
+        g.bench_with_input(
+            BenchmarkId::new("nap-runtime-2threads", b),
+            &b,
+            |bench, _| bench.iter(|| s2.run(&x).unwrap()[0]),
+        );
         let xt = reference::input(&fused, &x, &dev).unwrap();
         g.bench_with_input(BenchmarkId::new("candle", b), &b, |bench, _| {
             bench.iter(|| reference::forward(&fused.graph, &params, &xt).unwrap())
