@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::format::{Activation, Op, TensorId};
 use crate::kernels::{self, act_scalar, apply_act, Bias, ConvGeom, Elems, MatRef};
 use crate::model::{numel, CsrView, Model, TensorView};
+use crate::pool::Pool;
 
 #[derive(Clone, Copy, Debug)]
 struct Buf {
@@ -89,7 +90,7 @@ pub struct Session<'m> {
     gemm_ws: Vec<f32>,
     ws_len: usize,
     params: Vec<f32>,
-    threads: usize,
+    pool: Pool,
     #[cfg(feature = "std")]
     times: Option<Vec<std::time::Duration>>,
 }
@@ -177,8 +178,8 @@ impl<'m> Session<'m> {
     }
 
     /// [`Session::new`] with up to `threads` threads per large operation (std only; without std
-    /// the session is single-threaded). Threads are scoped to each operation, so with more than
-    /// one thread a run allocates thread handles; with one it allocates nothing.
+    /// the session is single-threaded). The worker threads start here and live as long as the
+    /// session; runs allocate nothing either way.
     pub fn with_threads(model: &'m Model<'m>, batch: usize, threads: usize) -> Result<Self> {
         let threads = if cfg!(feature = "std") {
             threads.max(1)
@@ -422,7 +423,7 @@ impl<'m> Session<'m> {
             gemm_ws: vec![0.0; ws_len * threads],
             ws_len,
             params,
-            threads,
+            pool: Pool::new(threads),
             #[cfg(feature = "std")]
             times: None,
         })
@@ -485,7 +486,7 @@ impl<'m> Session<'m> {
 
     fn execute(&mut self) {
         let n = self.batch;
-        let threads = self.threads;
+        let pool = &self.pool;
         let ws_len = self.ws_len;
         for (si, step) in self.steps.iter().enumerate() {
             #[cfg(feature = "std")]
@@ -520,13 +521,13 @@ impl<'m> Session<'m> {
                     match self.model.tensor(*weight) {
                         TensorView::Dense(w) => {
                             if n == 1 {
-                                par_gemv(threads, w, *inp, *outf, x, bias, *act, y);
+                                par_gemv(pool, w, *inp, *outf, x, bias, *act, y);
                             } else {
                                 let a = MatRef::row_major(Elems::F32(x), n, *inp);
                                 let bm = MatRef::row_major(w, *outf, *inp).t();
                                 let bias = bias.map_or(Bias::None, Bias::Col);
                                 par_gemm(
-                                    threads,
+                                    pool,
                                     a,
                                     bm,
                                     y,
@@ -574,7 +575,7 @@ impl<'m> Session<'m> {
                         let ye = &mut y[e * out_len..(e + 1) * out_len];
                         match wv {
                             TensorView::Dense(w) if *depthwise => {
-                                par_depthwise(threads, gm, xe, w, bias, *act, ye);
+                                par_depthwise(pool, gm, xe, w, bias, *act, ye);
                             }
                             _ => {
                                 for gi in 0..*groups {
@@ -593,7 +594,7 @@ impl<'m> Session<'m> {
                                             let a = MatRef::row_major(wg, opg, k);
                                             let bm = MatRef::row_major(Elems::F32(cols), k, p);
                                             par_gemm(
-                                                threads,
+                                                pool,
                                                 a,
                                                 bm,
                                                 yg,
@@ -687,16 +688,30 @@ impl<'m> Session<'m> {
 }
 
 /// Below this many multiply-adds an operation runs on one thread.
-#[cfg(feature = "std")]
 const PAR_MIN_MACS: usize = 1 << 18;
 
-/// Splits `0..len` into at most `parts` contiguous chunks of multiples of `align`.
-#[cfg(feature = "std")]
-fn chunks(len: usize, parts: usize, align: usize) -> impl Iterator<Item = (usize, usize)> {
+/// The part of `0..len` that part `part` of `parts` handles, in multiples of `align`.
+fn part_range(len: usize, parts: usize, align: usize, part: usize) -> (usize, usize) {
     let step = len.div_ceil(parts).div_ceil(align) * align;
-    (0..len)
-        .step_by(step.max(1))
-        .map(move |s| (s, (s + step).min(len)))
+    let r0 = (part * step).min(len);
+    (r0, (r0 + step).min(len))
+}
+
+/// A mutable base pointer handed to the pool's parts, each of which touches a disjoint range.
+#[derive(Clone, Copy)]
+struct Parts(*mut f32);
+
+// SAFETY: every user derives disjoint ranges per part from `part_range` (see the call sites).
+unsafe impl Sync for Parts {}
+
+impl Parts {
+    /// # Safety
+    /// `start..start + len` lies inside the allocation and no other part uses it concurrently.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { core::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
 }
 
 fn slice_elems(e: Elems<'_>, from: usize) -> Elems<'_> {
@@ -706,10 +721,10 @@ fn slice_elems(e: Elems<'_>, from: usize) -> Elems<'_> {
     }
 }
 
-/// [`kernels::gemm`], with the rows of `a` (and `c`) split across threads when it pays.
+/// [`kernels::gemm`], with the rows of `a` (and `c`) split across the pool when it pays.
 #[allow(clippy::too_many_arguments)]
 fn par_gemm(
-    threads: usize,
+    pool: &Pool,
     a: MatRef<'_>,
     b: MatRef<'_>,
     c: &mut [f32],
@@ -719,43 +734,44 @@ fn par_gemm(
     ws: &mut [f32],
     ws_len: usize,
 ) {
-    #[cfg(feature = "std")]
-    if threads > 1 && a.rows >= 16 && a.rows * a.cols * b.cols >= PAR_MIN_MACS {
-        std::thread::scope(|sc| {
-            let mut c_rest = c;
-            let mut ws_rest = ws;
-            for (r0, r1) in chunks(a.rows, threads, 8) {
-                let take = if r1 == a.rows {
-                    c_rest.len()
-                } else {
-                    (r1 - r0) * ldc
-                };
-                let (cc, rest) = core::mem::take(&mut c_rest).split_at_mut(take);
-                c_rest = rest;
-                let (w, wrest) = core::mem::take(&mut ws_rest).split_at_mut(ws_len);
-                ws_rest = wrest;
-                let sub = MatRef {
-                    data: slice_elems(a.data, r0 * a.rs),
-                    rows: r1 - r0,
-                    ..a
-                };
-                let bias = match bias {
-                    Bias::Row(v) => Bias::Row(&v[r0..r1]),
-                    other => other,
-                };
-                sc.spawn(move || kernels::gemm(sub, b, cc, ldc, bias, act, w));
-            }
-        });
+    let parts = pool.threads();
+    if parts == 1 || a.rows < 16 || a.rows * a.cols * b.cols < PAR_MIN_MACS {
+        kernels::gemm(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
         return;
     }
-    let _ = threads;
-    kernels::gemm(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
+    let (c_len, cp, wp) = (c.len(), Parts(c.as_mut_ptr()), Parts(ws.as_mut_ptr()));
+    pool.run(&|part| {
+        let (r0, r1) = part_range(a.rows, parts, 8, part);
+        if r0 == r1 {
+            return;
+        }
+        let end = if r1 == a.rows { c_len } else { r1 * ldc };
+        // SAFETY: parts own disjoint row ranges, so `r0 * ldc..end` are disjoint ranges of `c`
+        // (inside it: `end <= c_len`), and each part has its own `ws_len` block of the
+        // workspace, which holds `threads * ws_len` floats.
+        let (cc, w) = unsafe {
+            (
+                cp.slice(r0 * ldc, end - r0 * ldc),
+                wp.slice(part * ws_len, ws_len),
+            )
+        };
+        let sub = MatRef {
+            data: slice_elems(a.data, r0 * a.rs),
+            rows: r1 - r0,
+            ..a
+        };
+        let bias = match bias {
+            Bias::Row(v) => Bias::Row(&v[r0..r1]),
+            other => other,
+        };
+        kernels::gemm(sub, b, cc, ldc, bias, act, w);
+    });
 }
 
-/// [`kernels::gemv`] over a row-major `m × k` matrix, rows split across threads when it pays.
+/// [`kernels::gemv`] over a row-major `m × k` matrix, rows split across the pool when it pays.
 #[allow(clippy::too_many_arguments)]
 fn par_gemv(
-    threads: usize,
+    pool: &Pool,
     w: Elems<'_>,
     k: usize,
     m: usize,
@@ -764,27 +780,35 @@ fn par_gemv(
     act: Activation,
     y: &mut [f32],
 ) {
-    #[cfg(feature = "std")]
-    if threads > 1 && m >= 32 && m * k >= PAR_MIN_MACS {
-        std::thread::scope(|sc| {
-            let mut y_rest = y;
-            for (r0, r1) in chunks(m, threads, 8) {
-                let (yy, rest) = core::mem::take(&mut y_rest).split_at_mut(r1 - r0);
-                y_rest = rest;
-                let wsub = slice_elems(w, r0 * k);
-                let b = bias.map(|b| &b[r0..r1]);
-                sc.spawn(move || kernels::gemv(wsub, k, r1 - r0, k, x, b, act, yy));
-            }
-        });
+    let parts = pool.threads();
+    if parts == 1 || m < 32 || m * k < PAR_MIN_MACS {
+        kernels::gemv(w, k, m, k, x, bias, act, y);
         return;
     }
-    let _ = threads;
-    kernels::gemv(w, k, m, k, x, bias, act, y);
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (r0, r1) = part_range(m, parts, 8, part);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: parts own disjoint row ranges `r0..r1` of `y`, which has `m >= r1` elements.
+        let yy = unsafe { yp.slice(r0, r1 - r0) };
+        kernels::gemv(
+            slice_elems(w, r0 * k),
+            k,
+            r1 - r0,
+            k,
+            x,
+            bias.map(|b| &b[r0..r1]),
+            act,
+            yy,
+        );
+    });
 }
 
-/// [`kernels::depthwise_conv2d`] with channels split across threads when it pays.
+/// [`kernels::depthwise_conv2d`] with channels split across the pool when it pays.
 fn par_depthwise(
-    threads: usize,
+    pool: &Pool,
     g: &ConvGeom,
     x: &[f32],
     w: Elems<'_>,
@@ -792,25 +816,31 @@ fn par_depthwise(
     act: Activation,
     y: &mut [f32],
 ) {
-    #[cfg(feature = "std")]
-    if threads > 1 && g.c >= 2 && g.c * g.oh * g.ow * g.kh * g.kw >= PAR_MIN_MACS {
-        let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
-        std::thread::scope(|sc| {
-            let mut y_rest = y;
-            for (c0, c1) in chunks(g.c, threads, 1) {
-                let (yy, rest) = core::mem::take(&mut y_rest).split_at_mut((c1 - c0) * plane_out);
-                y_rest = rest;
-                let gg = ConvGeom { c: c1 - c0, ..*g };
-                let xs = &x[c0 * plane_in..c1 * plane_in];
-                let ws = slice_elems(w, c0 * taps);
-                let b = bias.map(|b| &b[c0..c1]);
-                sc.spawn(move || kernels::depthwise_conv2d(&gg, xs, ws, b, act, yy));
-            }
-        });
+    let parts = pool.threads();
+    if parts == 1 || g.c < 2 || g.c * g.oh * g.ow * g.kh * g.kw < PAR_MIN_MACS {
+        kernels::depthwise_conv2d(g, x, w, bias, act, y);
         return;
     }
-    let _ = threads;
-    kernels::depthwise_conv2d(g, x, w, bias, act, y);
+    let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (c0, c1) = part_range(g.c, parts, 1, part);
+        if c0 == c1 {
+            return;
+        }
+        // SAFETY: parts own disjoint channel ranges, i.e. disjoint planes of `y` (`c * oh * ow`
+        // elements).
+        let yy = unsafe { yp.slice(c0 * plane_out, (c1 - c0) * plane_out) };
+        let gg = ConvGeom { c: c1 - c0, ..*g };
+        kernels::depthwise_conv2d(
+            &gg,
+            &x[c0 * plane_in..c1 * plane_in],
+            slice_elems(w, c0 * taps),
+            bias.map(|b| &b[c0..c1]),
+            act,
+            yy,
+        );
+    });
 }
 
 /// `y = act(W x + b)` for a CSR `W`.

@@ -20,6 +20,7 @@ pub mod format;
 pub mod graph;
 pub mod kernels;
 pub mod model;
+mod pool;
 
 pub use error::{Error, Result};
 pub use exec::Session;

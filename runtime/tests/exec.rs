@@ -966,12 +966,15 @@ fn run_allocates_nothing() {
     let b = mixed_graph();
     let m = Model::from_vec(&b.bytes).unwrap();
     let mut rng = Rng::new(3);
-    for batch in [1usize, 4] {
-        let mut s = Session::new(&m, batch).unwrap();
+    for (batch, threads) in [(1usize, 1usize), (4, 1), (1, 2), (4, 3)] {
+        let mut s = Session::with_threads(&m, batch, threads).unwrap();
         let input = rng.vec(s.input_len(0) * batch);
         let (len, n) = count_allocs(|| s.run(&input).map(|o| o.len()));
         assert_eq!(len.unwrap(), 5 * batch);
-        assert_eq!(n, 0, "Session::run allocated {n} times at batch {batch}");
+        assert_eq!(
+            n, 0,
+            "Session::run allocated {n} times at batch {batch}, {threads} threads"
+        );
     }
     for c in CONVS {
         for store in WEIGHT_STORES {
