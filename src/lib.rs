@@ -9,6 +9,7 @@ pub mod eval;
 pub mod export;
 pub mod import;
 pub mod ir;
+pub mod kfac;
 pub mod refdump;
 pub mod reference;
 pub mod train;

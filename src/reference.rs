@@ -71,9 +71,27 @@ fn square(a: [u32; 2], what: &str) -> Result<usize> {
 
 /// Runs the graph on `x` (`[n, ...]`) and returns every value; `params[i]` is tensor `i`.
 pub fn forward_all(g: &Graph, params: &[Tensor], x: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    forward_probed(g, params, x, &[])
+}
+
+/// [`forward_all`] with `probes[i]` (where present) added to the pre-activation output of node
+/// `i`, a Linear or Conv2d, before its activation. Zero-valued `Var` probes give back the gradient
+/// of a loss with respect to those pre-activations.
+pub fn forward_probed(
+    g: &Graph,
+    params: &[Tensor],
+    x: &Tensor,
+    probes: &[Option<Tensor>],
+) -> Result<Vec<Option<Tensor>>> {
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
     vals[g.inputs[0] as usize] = Some(x.clone());
-    for node in &g.nodes {
+    for (ni, node) in g.nodes.iter().enumerate() {
+        let probe = |y: Tensor| -> Result<Tensor> {
+            match probes.get(ni).and_then(|p| p.as_ref()) {
+                Some(p) => Ok((y + p)?),
+                None => Ok(y),
+            }
+        };
         let ins: Vec<&Tensor> = node
             .inputs
             .iter()
@@ -91,7 +109,7 @@ pub fn forward_all(g: &Graph, params: &[Tensor], x: &Tensor) -> Result<Vec<Optio
                 if let Some(b) = bias {
                     y = y.broadcast_add(p(*b))?;
                 }
-                activation(&y, *act)?
+                activation(&probe(y)?, *act)?
             }
             Op::Conv2d {
                 weight,
@@ -112,7 +130,7 @@ pub fn forward_all(g: &Graph, params: &[Tensor], x: &Tensor) -> Result<Vec<Optio
                 if let Some(b) = bias {
                     y = y.broadcast_add(&p(*b).reshape((1, (), 1, 1))?)?;
                 }
-                activation(&y, *act)?
+                activation(&probe(y)?, *act)?
             }
             Op::BatchNorm {
                 gamma,

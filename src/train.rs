@@ -37,7 +37,14 @@ impl Default for TrainConfig {
 /// Checks that `data` fits `m`'s input and output.
 pub fn check_data(m: &HostModel, data: &Dataset) -> Result<()> {
     let want: Vec<usize> = m.input_shape().iter().map(|&d| d as usize).collect();
-    if data.shape[..] != want[..] {
+    // Vector inputs `[n]` take data of shape `[n, 1, 1]`.
+    let fits = if want.len() == 3 {
+        data.shape[..] == want[..]
+    } else {
+        data.shape.iter().product::<usize>() == want.iter().product::<usize>()
+            && data.shape[1..] == [1, 1]
+    };
+    if !fits {
         bail!(
             "the data's examples are {:?} but the model takes {:?}",
             data.shape,

@@ -1,0 +1,241 @@
+//! Kronecker-factored curvature statistics (K-FAC) of every Linear and Conv2d of a graph.
+//!
+//! For a layer with weight `W̄ = [W | b]` (`d_out × (d_in + 1)`, conv weights flattened in
+//! `(channel, ki, kj)` order), input `ā = [a; 1]` and pre-activation gradient `g = ∂ℓ_n/∂s` of
+//! the *per-example* loss, the layer's Fisher block is approximated by `A ⊗ G` with
+//!
+//! * Linear: `A = E_n[ā āᵀ]`, `G = E_n[g gᵀ]`;
+//! * Conv2d (KFC "expand", `T` output positions, `ā_t` the patch at position `t`):
+//!   `A = E_n[(1/T) Σ_t ā_t ā_tᵀ]`, `G = E_n[Σ_t g_t g_tᵀ]`, so `A ⊗ G = T · A_avg ⊗ G_avg`.
+//!
+//! Element `(i, j)` of `W̄` then has Fisher diagonal `A_jj G_ii`, in units of the mean
+//! per-example loss, the same for every layer (what makes one global ranking meaningful).
+//! Statistics are accumulated in f64, batch by batch; patches are never kept.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use nap_runtime::format::Op;
+use rand::{Rng, SeedableRng};
+
+use crate::data::Dataset;
+use crate::ir::HostModel;
+use crate::reference;
+
+/// Which labels the gradients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fisher {
+    /// Labels sampled from the model's own predictive distribution (the default).
+    True,
+    /// The data set's labels.
+    Empirical,
+}
+
+#[derive(Clone, Debug)]
+pub struct StatsConfig {
+    pub fisher: Fisher,
+    /// Examples per batch.
+    pub batch: usize,
+    /// Use at most this many examples (all if `None`).
+    pub max_examples: Option<usize>,
+    /// Seed of the label sampling (true Fisher).
+    pub seed: u64,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            fisher: Fisher::True,
+            batch: 64,
+            max_examples: None,
+            seed: 0,
+        }
+    }
+}
+
+/// The two factors of one layer, dense row-major symmetric matrices.
+#[derive(Clone, Debug)]
+pub struct LayerFactors {
+    /// Index of the Linear/Conv2d node in the graph.
+    pub node: usize,
+    /// `d_in + 1` (the bias column is always present, also for layers without bias).
+    pub a_dim: usize,
+    /// `d_out`.
+    pub g_dim: usize,
+    pub a: Vec<f64>,
+    pub g: Vec<f64>,
+    /// Output positions per example (1 for Linear).
+    pub positions: usize,
+    /// Examples accumulated.
+    pub examples: usize,
+}
+
+/// `(B, C, H, W) -> (B * OH * OW, C * kh * kw)` patches, columns ordered like a flattened
+/// `[out, in, kh, kw]` weight; padding reads as 0.
+fn im2col(x: &Tensor, k: [usize; 2], stride: [usize; 2], pad: [usize; 2]) -> Result<Tensor> {
+    let (b, c, _, _) = x.dims4()?;
+    let xp = x
+        .pad_with_zeros(2, pad[0], pad[0])?
+        .pad_with_zeros(3, pad[1], pad[1])?;
+    let u = xp.unfold(2, k[0], stride[0])?.unfold(3, k[1], stride[1])?;
+    let (oh, ow) = (u.dim(2)?, u.dim(3)?);
+    Ok(u.permute((0, 2, 3, 1, 4, 5))?
+        .contiguous()?
+        .reshape((b * oh * ow, c * k[0] * k[1]))?)
+}
+
+/// `[rows, d]` with a column of ones appended.
+fn with_ones(x: &Tensor) -> Result<Tensor> {
+    let ones = Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?;
+    Ok(Tensor::cat(&[x, &ones], 1)?)
+}
+
+fn add_gram(acc: &mut [f64], x: &Tensor, scale: f64) -> Result<()> {
+    let gram = x.t()?.matmul(x)?.flatten_all()?.to_vec1::<f64>()?;
+    for (a, v) in acc.iter_mut().zip(gram) {
+        *a += v * scale;
+    }
+    Ok(())
+}
+
+/// Samples one label per row from `softmax(logits)`.
+fn sample_labels(logits: &Tensor, rng: &mut impl Rng) -> Result<Vec<u32>> {
+    let probs = candle_nn::ops::softmax(logits, D::Minus1)?
+        .to_dtype(DType::F64)?
+        .to_vec2::<f64>()?;
+    Ok(probs
+        .iter()
+        .map(|p| {
+            let u: f64 = rng.gen();
+            let mut acc = 0.0;
+            for (i, v) in p.iter().enumerate() {
+                acc += v;
+                if u < acc {
+                    return i as u32;
+                }
+            }
+            (p.len() - 1) as u32
+        })
+        .collect())
+}
+
+/// Accumulates the K-FAC factors of every Linear and Conv2d of `m` over `data`.
+pub fn collect(
+    m: &HostModel,
+    data: &Dataset,
+    cfg: &StatsConfig,
+    dev: &Device,
+) -> Result<Vec<LayerFactors>> {
+    crate::train::check_data(m, data)?;
+    let g = &m.graph;
+    let mut layers = Vec::new();
+    for (ni, node) in g.nodes.iter().enumerate() {
+        let out = &g.values[node.output as usize].shape;
+        let (a_dim, positions) = match &node.op {
+            Op::Linear { weight, .. } => (m.tensors[*weight as usize].shape[1] as usize + 1, 1),
+            Op::Conv2d {
+                weight,
+                groups,
+                dilation,
+                ..
+            } => {
+                if *groups != 1 || *dilation != [1, 1] {
+                    bail!(
+                        "K-FAC statistics of node {:?}: grouped or dilated convolutions are not supported yet",
+                        node.name
+                    );
+                }
+                let w = &m.tensors[*weight as usize].shape;
+                (
+                    (w[1] * w[2] * w[3]) as usize + 1,
+                    (out[1] * out[2]) as usize,
+                )
+            }
+            _ => continue,
+        };
+        let g_dim = out[0] as usize;
+        layers.push(LayerFactors {
+            node: ni,
+            a_dim,
+            g_dim,
+            a: vec![0.0; a_dim * a_dim],
+            g: vec![0.0; g_dim * g_dim],
+            positions,
+            examples: 0,
+        });
+    }
+    let params: Vec<Tensor> = reference::params(m, dev)?
+        .into_iter()
+        .map(|t| t.to_dtype(DType::F64))
+        .collect::<candle_core::Result<_>>()?;
+    let n_total = cfg.max_examples.map_or(data.n, |k| k.min(data.n));
+    let per = data.images.len() / data.n;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    for start in (0..n_total).step_by(cfg.batch.max(1)) {
+        let end = (start + cfg.batch.max(1)).min(n_total);
+        let n = end - start;
+        let x =
+            reference::input(m, &data.images[start * per..end * per], dev)?.to_dtype(DType::F64)?;
+        let mut probes: Vec<Option<Tensor>> = vec![None; g.nodes.len()];
+        let mut vars = Vec::new();
+        for l in &layers {
+            let mut shape = vec![n];
+            shape.extend(
+                g.values[g.nodes[l.node].output as usize]
+                    .shape
+                    .iter()
+                    .map(|&d| d as usize),
+            );
+            let v = Var::zeros(shape, DType::F64, dev)?;
+            probes[l.node] = Some(v.as_tensor().clone());
+            vars.push(v);
+        }
+        let vals = reference::forward_probed(g, &params, &x, &probes)?;
+        let logits = vals[g.outputs[0] as usize].as_ref().context("no output")?;
+        let labels = match cfg.fisher {
+            Fisher::True => sample_labels(logits, &mut rng)?,
+            Fisher::Empirical => data.labels[start..end].iter().map(|&l| l as u32).collect(),
+        };
+        let y = Tensor::from_slice(&labels, n, dev)?;
+        let loss = candle_nn::loss::cross_entropy(logits, &y)?;
+        let grads = loss.backward()?;
+        for (l, v) in layers.iter_mut().zip(&vars) {
+            let node = &g.nodes[l.node];
+            let input = vals[node.inputs[0] as usize]
+                .as_ref()
+                .context("layer input")?
+                .detach();
+            // The loss is the batch mean: n · ∂loss/∂s is the per-example gradient.
+            let gs = (grads.get(v.as_tensor()).context("probe gradient")? * n as f64)?;
+            match &node.op {
+                Op::Linear { .. } => {
+                    add_gram(&mut l.a, &with_ones(&input)?, 1.0)?;
+                    add_gram(&mut l.g, &gs, 1.0)?;
+                }
+                Op::Conv2d {
+                    weight,
+                    stride,
+                    padding,
+                    ..
+                } => {
+                    let w = &m.tensors[*weight as usize].shape;
+                    let k = [w[2] as usize, w[3] as usize];
+                    let s = [stride[0] as usize, stride[1] as usize];
+                    let p = [padding[0] as usize, padding[1] as usize];
+                    let patches = with_ones(&im2col(&input, k, s, p)?)?;
+                    add_gram(&mut l.a, &patches, 1.0 / l.positions as f64)?;
+                    // (n, C_out, OH, OW) -> (n · OH · OW, C_out)
+                    let gt = gs.permute((0, 2, 3, 1))?.reshape(((), l.g_dim))?;
+                    add_gram(&mut l.g, &gt, 1.0)?;
+                }
+                _ => unreachable!("only Linear and Conv2d layers are collected"),
+            }
+            l.examples += n;
+        }
+    }
+    for l in &mut layers {
+        let inv = 1.0 / l.examples.max(1) as f64;
+        l.a.iter_mut().for_each(|v| *v *= inv);
+        l.g.iter_mut().for_each(|v| *v *= inv);
+    }
+    Ok(layers)
+}

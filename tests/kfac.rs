@@ -1,0 +1,261 @@
+//! K-FAC statistics against independent oracles (nap-algorithm.md §5). Run in release.
+
+use candle_core::{DType, Device, Tensor, Var};
+use nap::data::Dataset;
+use nap::ir::{GraphBuilder, HostModel, HostTensor};
+use nap::kfac::{collect, Fisher, StatsConfig};
+use nap::{archs, reference};
+use nap_runtime::format::{Activation, Metadata, Op};
+use rand::{Rng, SeedableRng};
+
+fn dataset(shape: [usize; 3], n: usize, classes: u8, seed: u64) -> Dataset {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let per: usize = shape.iter().product();
+    Dataset {
+        images: (0..n * per).map(|_| r.gen_range(-1.0..1.0)).collect(),
+        labels: (0..n).map(|_| r.gen_range(0..classes)).collect(),
+        n,
+        shape,
+    }
+}
+
+fn empirical(batch: usize) -> StatsConfig {
+    StatsConfig {
+        fisher: Fisher::Empirical,
+        batch,
+        ..Default::default()
+    }
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
+        "{what}: {a} vs {b}"
+    );
+}
+
+/// One Linear layer, one example: A ⊗ G is exactly the per-example Fisher vec(∇W̄) vec(∇W̄)ᵀ.
+#[test]
+fn single_linear_layer_batch_of_one_is_the_exact_fisher() {
+    let m = archs::random("mlp-5-3", 1).unwrap();
+    // A vector input is presented as [5, 1, 1] examples.
+    let d = dataset([5, 1, 1], 1, 3, 2);
+    let f = collect_flat(&m, &d);
+    // The gradient of the example's loss with respect to W and b, from candle's backward on Vars.
+    let dev = Device::Cpu;
+    let vars: Vec<Var> = reference::params(&m, &dev)
+        .unwrap()
+        .into_iter()
+        .map(|t| Var::from_tensor(&t.to_dtype(DType::F64).unwrap()).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let x = Tensor::from_slice(&d.images, (1, 5), &dev)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let logits = reference::forward(&m.graph, &ts, &x).unwrap();
+    let y = Tensor::from_slice(&[d.labels[0] as u32], 1, &dev).unwrap();
+    let grads = candle_nn::loss::cross_entropy(&logits, &y)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gw = grads.get(&ts[0]).unwrap().to_vec2::<f64>().unwrap();
+    let gb = grads.get(&ts[1]).unwrap().to_vec1::<f64>().unwrap();
+    let grad = |i: usize, j: usize| if j < 5 { gw[i][j] } else { gb[i] };
+    let l = &f[0];
+    assert_eq!((l.a_dim, l.g_dim), (6, 3));
+    for i in 0..3 {
+        for j in 0..6 {
+            for i2 in 0..3 {
+                for j2 in 0..6 {
+                    let kron = l.a[j * 6 + j2] * l.g[i * 3 + i2];
+                    close(kron, grad(i, j) * grad(i2, j2), "A⊗G vs per-example Fisher");
+                }
+            }
+        }
+    }
+}
+
+fn collect_flat(m: &HostModel, d: &Dataset) -> Vec<nap::kfac::LayerFactors> {
+    collect(m, d, &empirical(d.n), &Device::Cpu).unwrap()
+}
+
+/// A conv layer's factors equal a direct computation over explicit patches (KFC expand), with
+/// G from the analytic gradient of cross-entropy through the following Linear layer.
+#[test]
+fn conv_statistics_equal_explicit_patches() {
+    let (c, h, co, k, stride, pad, classes) =
+        (2usize, 5usize, 3usize, 3usize, 2usize, 1usize, 4usize);
+    let oh = (h + 2 * pad - k) / stride + 1;
+    let t = oh * oh;
+    let mut r = rand::rngs::StdRng::seed_from_u64(5);
+    let mut rand_t = |name: &str, shape: &[u32]| HostTensor {
+        name: name.into(),
+        shape: shape.to_vec(),
+        data: (0..shape.iter().product::<u32>())
+            .map(|_| r.gen_range(-0.5..0.5))
+            .collect(),
+    };
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[c as u32, h as u32, h as u32]);
+    let w1 = b.tensor(rand_t(
+        "conv.weight",
+        &[co as u32, c as u32, k as u32, k as u32],
+    ));
+    let b1 = b.tensor(rand_t("conv.bias", &[co as u32]));
+    let s = b
+        .node(
+            "conv",
+            Op::Conv2d {
+                weight: w1,
+                bias: Some(b1),
+                stride: [stride as u32; 2],
+                padding: [pad as u32; 2],
+                dilation: [1, 1],
+                groups: 1,
+                act: Activation::None,
+            },
+            &[x],
+        )
+        .unwrap();
+    let f = b.node("flatten", Op::Flatten, &[s]).unwrap();
+    let w2 = b.tensor(rand_t("fc.weight", &[classes as u32, (co * t) as u32]));
+    let b2 = b.tensor(rand_t("fc.bias", &[classes as u32]));
+    let y = b
+        .node(
+            "fc",
+            Op::Linear {
+                weight: w2,
+                bias: Some(b2),
+                act: Activation::None,
+            },
+            &[f],
+        )
+        .unwrap();
+    let m = b.finish(&[y], Metadata::default()).unwrap();
+    let n = 3;
+    let d = dataset([c, h, h], n, classes as u8, 6);
+    let factors = collect(&m, &d, &empirical(2), &Device::Cpu).unwrap();
+    let conv = &factors[0];
+    let kk = c * k * k + 1;
+    assert_eq!((conv.a_dim, conv.g_dim, conv.positions), (kk, co, t));
+
+    let (wc, bc, wf, bf) = (
+        &m.tensors[0].data,
+        &m.tensors[1].data,
+        &m.tensors[2].data,
+        &m.tensors[3].data,
+    );
+    let mut a_exp = vec![0f64; kk * kk];
+    let mut g_exp = vec![0f64; co * co];
+    for e in 0..n {
+        let img = &d.images[e * c * h * h..(e + 1) * c * h * h];
+        let px = |ch: usize, iy: isize, ix: isize| -> f64 {
+            if iy < 0 || ix < 0 || iy >= h as isize || ix >= h as isize {
+                0.0
+            } else {
+                img[ch * h * h + iy as usize * h + ix as usize] as f64
+            }
+        };
+        let mut patches = Vec::new();
+        for oy in 0..oh {
+            for ox in 0..oh {
+                let mut p = Vec::with_capacity(kk);
+                for ch in 0..c {
+                    for ki in 0..k {
+                        for kj in 0..k {
+                            p.push(px(
+                                ch,
+                                (oy * stride + ki) as isize - pad as isize,
+                                (ox * stride + kj) as isize - pad as isize,
+                            ));
+                        }
+                    }
+                }
+                p.push(1.0);
+                patches.push(p);
+            }
+        }
+        for p in &patches {
+            for i in 0..kk {
+                for j in 0..kk {
+                    a_exp[i * kk + j] += p[i] * p[j] / (t * n) as f64;
+                }
+            }
+        }
+        // s[o][t] = conv output; logits = Wf · flatten(s) + bf; g = Wfᵀ (softmax − onehot).
+        let mut sv = vec![0f64; co * t];
+        for o in 0..co {
+            for (ti, p) in patches.iter().enumerate() {
+                let mut acc = bc[o] as f64;
+                for q in 0..kk - 1 {
+                    acc += wc[o * (kk - 1) + q] as f64 * p[q];
+                }
+                sv[o * t + ti] = acc;
+            }
+        }
+        let logits: Vec<f64> = (0..classes)
+            .map(|cl| {
+                bf[cl] as f64
+                    + (0..co * t)
+                        .map(|q| wf[cl * co * t + q] as f64 * sv[q])
+                        .sum::<f64>()
+            })
+            .collect();
+        let mx = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = logits.iter().map(|v| (v - mx).exp()).sum();
+        let delta: Vec<f64> = (0..classes)
+            .map(|cl| {
+                (logits[cl] - mx).exp() / z - if cl == d.labels[e] as usize { 1.0 } else { 0.0 }
+            })
+            .collect();
+        for ti in 0..t {
+            let gv: Vec<f64> = (0..co)
+                .map(|o| {
+                    (0..classes)
+                        .map(|cl| wf[cl * co * t + o * t + ti] as f64 * delta[cl])
+                        .sum()
+                })
+                .collect();
+            for i in 0..co {
+                for j in 0..co {
+                    g_exp[i * co + j] += gv[i] * gv[j] / n as f64;
+                }
+            }
+        }
+    }
+    for (q, (a, b)) in conv.a.iter().zip(&a_exp).enumerate() {
+        close(*a, *b, &format!("A[{q}]"));
+    }
+    for (q, (a, b)) in conv.g.iter().zip(&g_exp).enumerate() {
+        close(*a, *b, &format!("G[{q}]"));
+    }
+}
+
+/// True-Fisher labels are sampled from the model: the factors differ from the empirical ones but
+/// are reproducible for a seed, symmetric and positive on the diagonal.
+#[test]
+fn true_fisher_is_reproducible_and_symmetric() {
+    let m = archs::random("lenet5-caffe", 3).unwrap();
+    let d = dataset([1, 28, 28], 20, 10, 7);
+    let cfg = StatsConfig {
+        batch: 8,
+        ..Default::default()
+    };
+    let a = collect(&m, &d, &cfg, &Device::Cpu).unwrap();
+    let b = collect(&m, &d, &cfg, &Device::Cpu).unwrap();
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.a, y.a);
+        assert_eq!(x.g, y.g);
+        for (dim, mat) in [(x.a_dim, &x.a), (x.g_dim, &x.g)] {
+            for i in 0..dim {
+                assert!(mat[i * dim + i] >= 0.0);
+                for j in 0..dim {
+                    close(mat[i * dim + j], mat[j * dim + i], "symmetry");
+                }
+            }
+        }
+        assert_eq!(x.examples, 20);
+    }
+}
