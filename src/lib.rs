@@ -4,6 +4,7 @@
 
 pub mod archs;
 pub mod cli;
+pub mod curvature;
 pub mod data;
 pub mod eval;
 pub mod export;
