@@ -11,6 +11,7 @@ pub mod export;
 pub mod import;
 pub mod ir;
 pub mod kfac;
+pub mod prune;
 pub mod refdump;
 pub mod reference;
 pub mod train;

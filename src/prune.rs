@@ -1,0 +1,237 @@
+//! One fine-grained pruning step: score every alive weight of every prunable layer, rank them all
+//! together in loss units, remove the cheapest, compensate the rest (OBS) and keep masks.
+
+use anyhow::{bail, Result};
+use nap_runtime::format::Op;
+
+use crate::curvature::{obd_score, Inverses};
+use crate::ir::HostModel;
+use crate::kfac::LayerFactors;
+
+/// How weights are scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Criterion {
+    /// K-FAC OBS: `½ w² / ([A⁻¹]_jj [G⁻¹]_ii)`, ranked globally.
+    Nap,
+    /// K-FAC OBD: `½ w² A_jj G_ii`, ranked globally.
+    Obd,
+    /// `|w|`, ranked globally.
+    Magnitude,
+    /// `|w|`, the same fraction removed from every layer.
+    MagnitudeUniform,
+}
+
+/// Compensation of the remaining weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObsUpdate {
+    None,
+    /// The sum of the single-weight OBS updates (`δW̄ = −G⁻¹ C A⁻¹`), NAP only.
+    Independent,
+}
+
+#[derive(Clone, Debug)]
+pub struct StepConfig {
+    pub criterion: Criterion,
+    /// Fraction of the alive weights (over all layers) to remove.
+    pub fraction: f64,
+    /// At most this fraction of one layer's alive weights goes in one step.
+    pub layer_cap: f64,
+    pub update: ObsUpdate,
+    /// Relative damping of both factors.
+    pub damping: f64,
+}
+
+impl Default for StepConfig {
+    fn default() -> Self {
+        StepConfig {
+            criterion: Criterion::Nap,
+            fraction: 0.2,
+            layer_cap: 0.9,
+            update: ObsUpdate::Independent,
+            damping: 1e-2,
+        }
+    }
+}
+
+/// Which weights of each prunable layer are alive (`true`), in [`HostModel::prunable`] order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Masks(pub Vec<Vec<bool>>);
+
+impl Masks {
+    /// Everything that is non-zero now is alive.
+    pub fn from_model(m: &HostModel) -> Masks {
+        Masks(
+            m.prunable()
+                .iter()
+                .map(|&(_, w)| {
+                    m.tensors[w as usize]
+                        .data
+                        .iter()
+                        .map(|v| *v != 0.0)
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    pub fn alive(&self) -> usize {
+        self.0
+            .iter()
+            .map(|l| l.iter().filter(|a| **a).count())
+            .sum()
+    }
+
+    /// Zeroes every dead weight of `m`.
+    pub fn apply(&self, m: &mut HostModel) {
+        for (mask, (_, w)) in self.0.iter().zip(m.prunable()) {
+            for (v, alive) in m.tensors[w as usize].data.iter_mut().zip(mask) {
+                if !alive {
+                    *v = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// What a step did.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// Weights removed per prunable layer.
+    pub removed: Vec<usize>,
+    /// Sum of the removed weights' scores (loss units for `Nap`/`Obd`).
+    pub predicted_loss_increase: f64,
+}
+
+/// Prunes `m` in place. `factors` must hold one entry per prunable layer in graph order (as
+/// [`crate::kfac::collect`] returns them) unless the criterion is a magnitude one.
+pub fn prune_step(
+    m: &mut HostModel,
+    masks: &mut Masks,
+    factors: &[LayerFactors],
+    cfg: &StepConfig,
+) -> Result<StepReport> {
+    let layers = m.prunable();
+    let needs_curvature = matches!(cfg.criterion, Criterion::Nap | Criterion::Obd);
+    if needs_curvature && factors.len() != layers.len() {
+        bail!(
+            "{} factor pairs for {} prunable layers",
+            factors.len(),
+            layers.len()
+        );
+    }
+    let inverses: Vec<Option<Inverses>> = if cfg.criterion == Criterion::Nap {
+        factors
+            .iter()
+            .map(|f| Inverses::new(f, cfg.damping).map(Some))
+            .collect::<Result<_>>()?
+    } else {
+        layers.iter().map(|_| None).collect()
+    };
+    // (score, layer, index) for every alive weight.
+    let mut cands: Vec<(f64, usize, usize)> = Vec::new();
+    for (l, &(_, w)) in layers.iter().enumerate() {
+        let t = &m.tensors[w as usize];
+        let rows = t.shape[0] as usize;
+        let cols = t.numel() / rows.max(1);
+        for (k, &v) in t.data.iter().enumerate() {
+            if !masks.0[l][k] {
+                continue;
+            }
+            let (i, j) = (k / cols, k % cols);
+            let s = match cfg.criterion {
+                Criterion::Nap => inverses[l]
+                    .as_ref()
+                    .expect("built above")
+                    .obs_score(v as f64, i, j),
+                Criterion::Obd => obd_score(&factors[l], v as f64, i, j),
+                Criterion::Magnitude | Criterion::MagnitudeUniform => (v as f64).abs(),
+            };
+            cands.push((s, l, k));
+        }
+    }
+    let alive_per: Vec<usize> = masks
+        .0
+        .iter()
+        .map(|l| l.iter().filter(|a| **a).count())
+        .collect();
+    let mut removed = vec![0usize; layers.len()];
+    let mut predicted = 0.0;
+    cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if cfg.criterion == Criterion::MagnitudeUniform {
+        for (l, &alive) in alive_per.iter().enumerate() {
+            let quota = (alive as f64 * cfg.fraction).round() as usize;
+            for &(s, _, k) in cands.iter().filter(|c| c.1 == l).take(quota) {
+                masks.0[l][k] = false;
+                removed[l] += 1;
+                predicted += s;
+            }
+        }
+    } else {
+        let total = (cands.len() as f64 * cfg.fraction).round() as usize;
+        let caps: Vec<usize> = alive_per
+            .iter()
+            .map(|&a| (a as f64 * cfg.layer_cap).floor() as usize)
+            .collect();
+        let mut taken = 0;
+        for &(s, l, k) in &cands {
+            if taken == total {
+                break;
+            }
+            if removed[l] < caps[l] {
+                masks.0[l][k] = false;
+                removed[l] += 1;
+                predicted += s;
+                taken += 1;
+            }
+        }
+    }
+    if cfg.update == ObsUpdate::Independent && cfg.criterion == Criterion::Nap {
+        for (l, &(node, w)) in layers.iter().enumerate() {
+            if removed[l] == 0 {
+                continue;
+            }
+            let bias = match m.graph.nodes[node].op {
+                Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => bias,
+                _ => None,
+            };
+            let t = &m.tensors[w as usize];
+            let rows = t.shape[0] as usize;
+            let cols = t.numel() / rows;
+            let prev_alive: Vec<bool> = {
+                // Newly removed = alive before this step and dead now; those get the OBS removal.
+                let old = &m.tensors[w as usize].data;
+                old.iter()
+                    .zip(&masks.0[l])
+                    .map(|(v, a)| *v != 0.0 && !a)
+                    .collect()
+            };
+            let mut wb = vec![0f64; rows * (cols + 1)];
+            let mut remove = vec![false; rows * (cols + 1)];
+            for i in 0..rows {
+                for j in 0..cols {
+                    wb[i * (cols + 1) + j] = t.data[i * cols + j] as f64;
+                    remove[i * (cols + 1) + j] = prev_alive[i * cols + j];
+                }
+                wb[i * (cols + 1) + cols] =
+                    bias.map_or(0.0, |b| m.tensors[b as usize].data[i] as f64);
+            }
+            inverses[l]
+                .as_ref()
+                .expect("built above")
+                .obs_update(&mut wb, &remove);
+            for i in 0..rows {
+                for j in 0..cols {
+                    m.tensors[w as usize].data[i * cols + j] = wb[i * (cols + 1) + j] as f32;
+                }
+                if let Some(b) = bias {
+                    m.tensors[b as usize].data[i] = wb[i * (cols + 1) + cols] as f32;
+                }
+            }
+        }
+    }
+    masks.apply(m);
+    Ok(StepReport {
+        removed,
+        predicted_loss_increase: predicted,
+    })
+}
