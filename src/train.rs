@@ -9,6 +9,7 @@ use rand::SeedableRng;
 
 use crate::data::Dataset;
 use crate::ir::HostModel;
+use crate::prune::Masks;
 use crate::reference;
 
 #[derive(Clone, Debug)]
@@ -64,6 +65,18 @@ pub fn check_data(m: &HostModel, data: &Dataset) -> Result<()> {
 /// Trains all parameters of `m` in place with AdamW on cross-entropy; returns the last epoch's
 /// mean training loss.
 pub fn train(m: &mut HostModel, data: &Dataset, cfg: &TrainConfig) -> Result<f32> {
+    train_masked(m, data, cfg, None)
+}
+
+/// [`train`] that keeps pruned weights at zero: after every optimizer step the dead entries of
+/// `masks` (one per prunable layer, [`HostModel::prunable`] order) are reset to zero, so neither
+/// gradients nor weight decay revive them.
+pub fn train_masked(
+    m: &mut HostModel,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    masks: Option<&Masks>,
+) -> Result<f32> {
     check_data(m, data)?;
     let dev = Device::Cpu;
     let vars: Vec<Var> = reference::params(m, &dev)?
@@ -71,6 +84,20 @@ pub fn train(m: &mut HostModel, data: &Dataset, cfg: &TrainConfig) -> Result<f32
         .map(|t| Var::from_tensor(&t))
         .collect::<candle_core::Result<_>>()?;
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    // (variable, 0/1 mask tensor) for every masked weight.
+    let mask_tensors: Vec<(usize, Tensor)> = match masks {
+        Some(mk) => m
+            .prunable()
+            .iter()
+            .zip(&mk.0)
+            .map(|(&(_, w), keep)| {
+                let vals: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+                let t = Tensor::from_vec(vals, vars[w as usize].as_tensor().shape(), &dev)?;
+                Ok((w as usize, t))
+            })
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
     let mut opt = AdamW::new(
         vars.clone(),
         ParamsAdamW {
@@ -112,6 +139,9 @@ pub fn train(m: &mut HostModel, data: &Dataset, cfg: &TrainConfig) -> Result<f32
             let logits = reference::forward(&m.graph, &tensors, &x)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             opt.backward_step(&loss)?;
+            for (w, mask) in &mask_tensors {
+                vars[*w].set(&vars[*w].as_tensor().mul(mask)?)?;
+            }
             let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !l.is_finite() {
                 bail!("training diverged (loss {l}) in epoch {epoch}");

@@ -80,3 +80,37 @@ fn loss_rescaling_leaves_the_ranking_unchanged() {
     assert_eq!(ma, mb);
     assert!((rb.predicted_loss_increase / ra.predicted_loss_increase - 7.0).abs() < 1e-6);
 }
+
+/// Fine-tuning with masks keeps every pruned weight at exactly zero and recovers some loss.
+#[test]
+fn masked_fine_tuning_keeps_pruned_weights_dead() {
+    use nap::train::{train, train_masked, TrainConfig};
+    let (train_set, _) = nap::data::digits::load_digits().split(0.2, 1);
+    let mut m = archs::random("digits-cnn", 1).unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        progress: false,
+        ..Default::default()
+    };
+    train(&mut m, &train_set, &cfg).unwrap();
+    let mut masks = Masks::from_model(&m);
+    let step = StepConfig {
+        criterion: Criterion::Magnitude,
+        fraction: 0.6,
+        ..Default::default()
+    };
+    prune_step(&mut m, &mut masks, &[], &step).unwrap();
+    let acc_pruned = nap::train::reference_accuracy(&m, &train_set, 512).unwrap();
+    train_masked(&mut m, &train_set, &cfg, Some(&masks)).unwrap();
+    for (&(_, w), mask) in m.prunable().iter().zip(&masks.0) {
+        for (&v, &alive) in m.tensors[w as usize].data.iter().zip(mask) {
+            assert!(alive || v == 0.0, "a pruned weight moved to {v}");
+        }
+    }
+    assert_eq!(Masks::from_model(&m).alive(), masks.alive());
+    let acc_tuned = nap::train::reference_accuracy(&m, &train_set, 512).unwrap();
+    assert!(
+        acc_tuned >= acc_pruned,
+        "fine-tuning lost accuracy: {acc_pruned} -> {acc_tuned}"
+    );
+}
