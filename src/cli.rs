@@ -369,11 +369,7 @@ fn layer_rows(model: &Model<'_>) -> Vec<LayerRow> {
         let mut storage = String::new();
         let mut flops = 0u64;
         let mut tensor_ids = Vec::new();
-        let mut op = n.op.clone();
-        export::map_tensors(&mut op, |t| {
-            tensor_ids.push(t);
-            t
-        });
+        export::for_each_tensor(&n.op, |t| tensor_ids.push(t));
         for &t in &tensor_ids {
             let (p, nz) = model.tensor_density(t);
             params += p;

@@ -224,7 +224,8 @@ fn compact(m: &mut HostModel) {
     }
 }
 
-fn for_each_tensor(op: &Op, mut f: impl FnMut(u32)) {
+/// Calls `f` with every tensor id `op` refers to.
+pub fn for_each_tensor(op: &Op, mut f: impl FnMut(u32)) {
     let mut op = op.clone();
     map_tensors(&mut op, |t| {
         f(t);

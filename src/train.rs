@@ -163,21 +163,7 @@ pub fn train_masked(
 /// Top-1 accuracy of the candle reference on `data`, in batches.
 pub fn reference_accuracy(m: &HostModel, data: &Dataset, batch: usize) -> Result<f32> {
     check_data(m, data)?;
-    let dev = Device::Cpu;
-    let ps = reference::params(m, &dev)?;
-    let per = data.images.len() / data.n;
-    let mut correct = 0;
-    for start in (0..data.n).step_by(batch) {
-        let end = (start + batch).min(data.n);
-        let x = reference::input(m, &data.images[start * per..end * per], &dev)?;
-        let pred = reference::forward(&m.graph, &ps, &x)?
-            .argmax(1)?
-            .to_vec1::<u32>()?;
-        correct += pred
-            .iter()
-            .zip(&data.labels[start..end])
-            .filter(|(p, l)| **p == **l as u32)
-            .count();
-    }
-    Ok(correct as f32 / data.n as f32)
+    let logits = crate::eval::reference_logits(m, &data.images, batch, false)?;
+    let classes = m.output_shape().iter().product::<u32>() as usize;
+    Ok(crate::eval::accuracy(&logits, &data.labels, classes))
 }
