@@ -152,10 +152,21 @@ enum Cmd {
         batch: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Hold out this fraction of the training split (the same examples `nap prune` validates
+        /// on with the same --val-fraction and --val-seed); 0 trains on everything.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f32,
+        #[arg(long, default_value_t = 0)]
+        val_seed: u64,
         /// Output: .safetensors (weights) and/or .nap (by extension).
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Prune a trained checkpoint with NAP (or a baseline criterion) until the validation
+    /// accuracy would drop by more than --max-drop, or a target is reached. Writes the pruned
+    /// model (.nap and .safetensors with the checkpoint's key names), report.json and SVG plots
+    /// into --out; every step is checkpointed there and --resume continues an interrupted run.
+    Prune(Box<PruneArgs>),
     /// The end-to-end demo on the embedded digits: train a small CNN, export it, run it in the
     /// runtime and check it agrees with the reference.
     Demo {
@@ -169,6 +180,153 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CriterionArg {
+    /// K-FAC OBS saliency, one global ranking (the NAP method).
+    Nap,
+    /// K-FAC diagonal (OBD) saliency, one global ranking.
+    Obd,
+    /// |w|, one global ranking.
+    Magnitude,
+    /// |w|, the same fraction from every layer.
+    MagnitudeUniform,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UpdateArg {
+    None,
+    Independent,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FisherArg {
+    /// Labels sampled from the model.
+    True,
+    /// The data's labels.
+    Empirical,
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    /// Trained weights (.pth or .safetensors) of --arch.
+    checkpoint: PathBuf,
+    #[arg(long)]
+    arch: String,
+    /// Training data (the validation split is carved from its training split).
+    #[arg(long, value_enum, default_value = "mnist")]
+    data: DataSet,
+    #[arg(long, default_value = "fixtures/mnist")]
+    data_dir: PathBuf,
+    /// Run folder: state, checkpoints, pruned model, report and plots.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Continue the run in --out.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum, default_value = "nap")]
+    criterion: CriterionArg,
+    /// OBS compensation of the remaining weights (nap only).
+    #[arg(long, value_enum, default_value = "independent")]
+    obs_update: UpdateArg,
+    /// Tolerated drop of validation accuracy, in percentage points ("0.1%" or "0.1").
+    /// Without a target this defaults to 0.1%.
+    #[arg(long)]
+    max_drop: Option<String>,
+    /// Stop at this fraction of zero weights ("0.98" or "98%").
+    #[arg(long)]
+    target_sparsity: Option<String>,
+    /// Stop once the exported .nap is at most this size (bytes, or with K/M suffix).
+    #[arg(long)]
+    target_size: Option<String>,
+    /// Fraction of the alive weights the first step removes.
+    #[arg(long, default_value_t = 0.2)]
+    step: f64,
+    /// Stop when rollbacks halve the step below this (default: step / 8).
+    #[arg(long)]
+    min_step: Option<f64>,
+    /// At most this fraction of a layer's alive weights per step.
+    #[arg(long, default_value_t = 0.5)]
+    layer_cap: f64,
+    /// Relative damping of the K-FAC factors (times the mean diagonal).
+    #[arg(long, default_value_t = 1e-1)]
+    damping: f64,
+    #[arg(long, value_enum, default_value = "true")]
+    fisher: FisherArg,
+    /// Examples per K-FAC statistics pass.
+    #[arg(long, default_value_t = 10_000)]
+    stats_examples: usize,
+    /// Fine-tuning epochs after every step.
+    #[arg(long, default_value_t = 1)]
+    ft_epochs: usize,
+    /// Peak learning rate of the fine-tuning (AdamW, cosine decay to 0).
+    #[arg(long, default_value_t = 3e-4)]
+    ft_lr: f64,
+    /// Epochs of one last fine-tune of the final model.
+    #[arg(long, default_value_t = 0)]
+    final_epochs: usize,
+    #[arg(long, default_value_t = 100)]
+    max_steps: usize,
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f32,
+    #[arg(long, default_value_t = 0)]
+    val_seed: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Candle device for statistics and fine-tuning: cpu, cuda[:N] (feature cuda), metal[:N]
+    /// (feature metal).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Storage type of the exported .nap weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: StoreDtype,
+    /// Print the final report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses "0.1%" / "0.1" (percentage points) into a fraction.
+fn parse_points(s: &str, what: &str) -> Result<f64> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| anyhow!("{what}: {s:?} is not a number of percentage points"))?;
+    if !(0.0..100.0).contains(&v) {
+        bail!("{what}: {s:?} must be between 0% and 100%");
+    }
+    Ok(v / 100.0)
+}
+
+/// Parses "0.98" or "98%" into a fraction.
+fn parse_fraction(s: &str, what: &str) -> Result<f64> {
+    let t = s.trim();
+    let v = if let Some(p) = t.strip_suffix('%') {
+        p.parse::<f64>().map(|v| v / 100.0)
+    } else {
+        t.parse::<f64>()
+    }
+    .map_err(|_| anyhow!("{what}: {s:?} is not a fraction"))?;
+    Ok(v)
+}
+
+/// Parses a byte count with an optional K/M/G suffix (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| anyhow!("--target-size: {s:?} is not a size"))?;
+    if !(v > 0.0) {
+        bail!("--target-size must be positive");
+    }
+    Ok((v * mul as f64) as u64)
 }
 
 pub fn main() -> Result<()> {
@@ -222,8 +380,23 @@ pub fn main() -> Result<()> {
             lr,
             batch,
             seed,
+            val_fraction,
+            val_seed,
             output,
-        } => train_cmd(&arch, &data, epochs, lr, batch, seed, &output),
+        } => train_cmd(
+            &arch,
+            &data,
+            TrainConfig {
+                epochs,
+                batch,
+                lr,
+                seed,
+                ..Default::default()
+            },
+            (val_fraction, val_seed),
+            &output,
+        ),
+        Cmd::Prune(a) => prune_cmd(&a),
         Cmd::Demo {
             out,
             epochs,
@@ -745,38 +918,44 @@ fn check(
 fn train_cmd(
     arch: &str,
     a: &DataArgs,
-    epochs: usize,
-    lr: f64,
-    batch: usize,
-    seed: u64,
+    cfg: TrainConfig,
+    (val_fraction, val_seed): (f32, u64),
     output: &Path,
 ) -> Result<()> {
-    let train_set = load_data(&DataArgs {
+    let all = load_data(&DataArgs {
         data: a.data,
         data_dir: a.data_dir.clone(),
         split: SplitArg::Train,
         limit: a.limit,
     })?;
+    let (train_set, val) = all.split(val_fraction, val_seed);
     let test = load_data(&DataArgs {
         data: a.data,
         data_dir: a.data_dir.clone(),
         split: SplitArg::Test,
         limit: None,
     })?;
-    let mut m = archs::random(arch, seed)?;
-    m.meta.source = format!("nap train --arch {arch} --seed {seed}");
-    let cfg = TrainConfig {
-        epochs,
-        batch,
-        lr,
-        seed,
-        ..Default::default()
-    };
+    let mut m = archs::random(arch, cfg.seed)?;
+    m.meta.source = format!(
+        "nap train --arch {arch} --epochs {} --lr {} --batch {} --seed {} --val-fraction {val_fraction} --val-seed {val_seed}",
+        cfg.epochs, cfg.lr, cfg.batch, cfg.seed
+    );
     let t0 = Instant::now();
     let loss = train::train(&mut m, &train_set, &cfg)?;
     let acc = train::reference_accuracy(&m, &test, 256)?;
+    let val_text = if val.n > 0 {
+        format!(
+            ", validation accuracy {:.2}% ({} held out)",
+            100.0 * train::reference_accuracy(&m, &val, 256)?,
+            val.n
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "trained {arch} for {epochs} epochs in {:.1} s: final training loss {loss:.4}, test accuracy {:.2}%",
+        "trained {arch} on {} examples for {} epochs in {:.1} s: final training loss {loss:.4}, test accuracy {:.2}%{val_text}",
+        train_set.n,
+        cfg.epochs,
         t0.elapsed().as_secs_f64(),
         100.0 * acc
     );
@@ -786,6 +965,104 @@ fn train_cmd(
         _ => bail!("output must end in .nap or .safetensors"),
     }
     println!("wrote {}", output.display());
+    Ok(())
+}
+
+fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
+    use crate::kfac::Fisher;
+    use crate::prune::{Criterion, ObsUpdate};
+    let target_sparsity = a
+        .target_sparsity
+        .as_deref()
+        .map(|s| parse_fraction(s, "--target-sparsity"))
+        .transpose()?;
+    let target_size = a.target_size.as_deref().map(parse_bytes).transpose()?;
+    let max_drop = match &a.max_drop {
+        Some(s) => Some(parse_points(s, "--max-drop")?),
+        None if target_sparsity.is_none() && target_size.is_none() => Some(0.001),
+        None => None,
+    };
+    Ok(crate::schedule::Settings {
+        criterion: match a.criterion {
+            CriterionArg::Nap => Criterion::Nap,
+            CriterionArg::Obd => Criterion::Obd,
+            CriterionArg::Magnitude => Criterion::Magnitude,
+            CriterionArg::MagnitudeUniform => Criterion::MagnitudeUniform,
+        },
+        obs_update: match a.obs_update {
+            UpdateArg::None => ObsUpdate::None,
+            UpdateArg::Independent => ObsUpdate::Independent,
+        },
+        damping: a.damping,
+        step: a.step,
+        min_step: a.min_step.unwrap_or(a.step / 8.0),
+        layer_cap: a.layer_cap,
+        max_drop,
+        target_sparsity,
+        target_size,
+        max_steps: a.max_steps,
+        fisher: match a.fisher {
+            FisherArg::True => Fisher::True,
+            FisherArg::Empirical => Fisher::Empirical,
+        },
+        stats_examples: a.stats_examples,
+        ft_epochs: a.ft_epochs,
+        ft_lr: a.ft_lr,
+        final_epochs: a.final_epochs,
+        val_fraction: a.val_fraction,
+        val_seed: a.val_seed,
+        seed: a.seed,
+        ..Default::default()
+    })
+}
+
+fn prune_cmd(a: &PruneArgs) -> Result<()> {
+    let settings = prune_settings(a)?;
+    settings.check()?;
+    let device = crate::util::parse_device(&a.device)?;
+    let dense = load_host(&a.checkpoint, &a.arch)?;
+    let data_args = |split| DataArgs {
+        data: a.data,
+        data_dir: a.data_dir.clone(),
+        split,
+        limit: None,
+    };
+    let all = load_data(&data_args(SplitArg::Train))?;
+    let test = load_data(&data_args(SplitArg::Test))?;
+    let (train_set, val) = all.split(settings.val_fraction, settings.val_seed);
+    let mut log = |line: &str| eprintln!("{line}");
+    let outcome = crate::schedule::run(
+        &dense,
+        &a.arch,
+        &train_set,
+        &val,
+        &settings,
+        crate::schedule::RunOptions {
+            dir: &a.out,
+            resume: a.resume,
+            device,
+            progress: !a.json,
+            log: &mut log,
+        },
+    )?;
+    let report = crate::report::finish(
+        &dense,
+        &outcome,
+        Some(&test),
+        &a.out,
+        ExportOptions {
+            dtype: match a.dtype {
+                StoreDtype::F32 => DType::F32,
+                StoreDtype::F16 => DType::F16,
+            },
+            storage: Storage::Auto,
+        },
+    )?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        crate::report::print_summary(&report);
+    }
     Ok(())
 }
 

@@ -62,9 +62,20 @@ pub fn reference_logits(
     batch: usize,
     progress: bool,
 ) -> Result<Vec<f32>> {
+    reference_logits_on(m, inputs, batch, progress, &candle_core::Device::Cpu)
+}
+
+/// [`reference_logits`] on a chosen candle device.
+pub fn reference_logits_on(
+    m: &HostModel,
+    inputs: &[f32],
+    batch: usize,
+    progress: bool,
+    dev: &candle_core::Device,
+) -> Result<Vec<f32>> {
     let per: usize = m.input_shape().iter().map(|&d| d as usize).product();
     let n = inputs.len() / per;
-    let dev = candle_core::Device::Cpu;
+    let dev = dev.clone();
     let ps = reference::params(m, &dev)?;
     let mut out = Vec::new();
     let b = bar(n, "reference", progress);
@@ -87,6 +98,22 @@ pub fn accuracy(logits: &[f32], labels: &[u8], classes: usize) -> f32 {
         .filter(|(row, &l)| argmax(row) == l as usize)
         .count();
     correct as f32 / labels.len().max(1) as f32
+}
+
+/// Mean cross-entropy (natural log) of `logits` against `labels`.
+pub fn cross_entropy(logits: &[f32], labels: &[u8], classes: usize) -> f64 {
+    let mut sum = 0f64;
+    for (row, &l) in logits.chunks(classes).zip(labels) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let lse = row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        sum += lse - row[l as usize] as f64;
+    }
+    sum / labels.len().max(1) as f64
 }
 
 /// How closely two sets of logits agree.

@@ -22,7 +22,8 @@ use crate::ir::HostModel;
 use crate::reference;
 
 /// Which labels the gradients use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Fisher {
     /// Labels sampled from the model's own predictive distribution (the default).
     True,
@@ -39,6 +40,8 @@ pub struct StatsConfig {
     pub max_examples: Option<usize>,
     /// Seed of the label sampling (true Fisher).
     pub seed: u64,
+    /// Show a progress bar.
+    pub progress: bool,
 }
 
 impl Default for StatsConfig {
@@ -48,6 +51,7 @@ impl Default for StatsConfig {
             batch: 64,
             max_examples: None,
             seed: 0,
+            progress: false,
         }
     }
 }
@@ -170,6 +174,15 @@ pub fn collect(
     let n_total = cfg.max_examples.map_or(data.n, |k| k.min(data.n));
     let per = data.images.len() / data.n;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
+    let bar = if cfg.progress {
+        indicatif::ProgressBar::new(n_total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("K-FAC statistics {bar:30} {pos}/{len} examples")
+            .expect("valid template"),
+    );
     for start in (0..n_total).step_by(cfg.batch.max(1)) {
         let end = (start + cfg.batch.max(1)).min(n_total);
         let n = end - start;
@@ -231,7 +244,9 @@ pub fn collect(
             }
             l.examples += n;
         }
+        bar.inc(n as u64);
     }
+    bar.finish_and_clear();
     for l in &mut layers {
         let inv = 1.0 / l.examples.max(1) as f64;
         l.a.iter_mut().for_each(|v| *v *= inv);

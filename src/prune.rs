@@ -9,7 +9,8 @@ use crate::ir::HostModel;
 use crate::kfac::LayerFactors;
 
 /// How weights are scored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Criterion {
     /// K-FAC OBS: `½ w² / ([A⁻¹]_jj [G⁻¹]_ii)`, ranked globally.
     Nap,
@@ -22,7 +23,8 @@ pub enum Criterion {
 }
 
 /// Compensation of the remaining weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ObsUpdate {
     None,
     /// The sum of the single-weight OBS updates (`δW̄ = −G⁻¹ C A⁻¹`), NAP only.
@@ -100,6 +102,8 @@ pub struct StepReport {
     pub removed: Vec<usize>,
     /// Sum of the removed weights' scores (loss units for `Nap`/`Obd`).
     pub predicted_loss_increase: f64,
+    /// The same sum per prunable layer.
+    pub predicted_per_layer: Vec<f64>,
 }
 
 /// Prunes `m` in place. `factors` must hold one entry per prunable layer in graph order (as
@@ -155,7 +159,7 @@ pub fn prune_step(
         .map(|l| l.iter().filter(|a| **a).count())
         .collect();
     let mut removed = vec![0usize; layers.len()];
-    let mut predicted = 0.0;
+    let mut predicted = vec![0.0; layers.len()];
     cands.sort_by(|a, b| a.0.total_cmp(&b.0));
     if cfg.criterion == Criterion::MagnitudeUniform {
         for (l, &alive) in alive_per.iter().enumerate() {
@@ -163,7 +167,7 @@ pub fn prune_step(
             for &(s, _, k) in cands.iter().filter(|c| c.1 == l).take(quota) {
                 masks.0[l][k] = false;
                 removed[l] += 1;
-                predicted += s;
+                predicted[l] += s;
             }
         }
     } else {
@@ -180,7 +184,7 @@ pub fn prune_step(
             if removed[l] < caps[l] {
                 masks.0[l][k] = false;
                 removed[l] += 1;
-                predicted += s;
+                predicted[l] += s;
                 taken += 1;
             }
         }
@@ -232,6 +236,7 @@ pub fn prune_step(
     masks.apply(m);
     Ok(StepReport {
         removed,
-        predicted_loss_increase: predicted,
+        predicted_loss_increase: predicted.iter().sum(),
+        predicted_per_layer: predicted,
     })
 }

@@ -20,6 +20,8 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub seed: u64,
     pub progress: bool,
+    /// Where candle computes.
+    pub device: Device,
 }
 
 impl Default for TrainConfig {
@@ -31,6 +33,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             seed: 0,
             progress: true,
+            device: Device::Cpu,
         }
     }
 }
@@ -78,7 +81,7 @@ pub fn train_masked(
     masks: Option<&Masks>,
 ) -> Result<f32> {
     check_data(m, data)?;
-    let dev = Device::Cpu;
+    let dev = cfg.device.clone();
     let vars: Vec<Var> = reference::params(m, &dev)?
         .into_iter()
         .map(|t| Var::from_tensor(&t))
@@ -120,14 +123,18 @@ pub fn train_masked(
     let mut last = f32::NAN;
     let mut xb = Vec::with_capacity(cfg.batch * per);
     let mut yb = Vec::with_capacity(cfg.batch);
+    let total_batches = (cfg.epochs * data.n.div_ceil(cfg.batch)).max(1);
+    let mut step = 0usize;
     for epoch in 0..cfg.epochs {
         order.shuffle(&mut rng);
         let (mut sum, mut count) = (0f64, 0usize);
-        // Cosine decay of the learning rate over the run.
-        let lr =
-            cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
-        opt.set_learning_rate(lr);
         for chunk in order.chunks(cfg.batch) {
+            // Cosine decay of the learning rate over all batches of the run.
+            let lr = cfg.lr
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * step as f64 / total_batches as f64).cos());
+            opt.set_learning_rate(lr);
+            step += 1;
             xb.clear();
             yb.clear();
             for &i in chunk {

@@ -69,3 +69,26 @@ pub fn softmax(xs: &[f32]) -> Vec<f32> {
     let s: f32 = e.iter().sum();
     e.into_iter().map(|v| v / s).collect()
 }
+
+/// Parses a candle device: `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`. A device whose
+/// feature is not compiled in is an error that says so.
+pub fn parse_device(s: &str) -> Result<candle_core::Device> {
+    let (kind, ordinal) = match s.split_once(':') {
+        Some((k, n)) => (
+            k,
+            n.parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("device {s:?}: {n:?} is not a device number"))?,
+        ),
+        None => (s, 0),
+    };
+    match kind {
+        "cpu" if ordinal == 0 => Ok(candle_core::Device::Cpu),
+        "cuda" if cfg!(feature = "cuda") => candle_core::Device::new_cuda(ordinal)
+            .with_context(|| format!("opening CUDA device {ordinal}")),
+        "cuda" => anyhow::bail!("device {s:?}: this nap was built without the `cuda` feature (cargo build --release --features cuda)"),
+        "metal" if cfg!(feature = "metal") => candle_core::Device::new_metal(ordinal)
+            .with_context(|| format!("opening Metal device {ordinal}")),
+        "metal" => anyhow::bail!("device {s:?}: this nap was built without the `metal` feature (cargo build --release --features metal)"),
+        _ => anyhow::bail!("unknown device {s:?}: use cpu, cuda, cuda:N, metal or metal:N"),
+    }
+}

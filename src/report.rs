@@ -1,0 +1,309 @@
+//! What a finished pruning run leaves behind: the pruned model as `.nap` and safetensors, test
+//! accuracy in candle and in the runtime, `report.json`, a per-layer table and SVG plots.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+
+use crate::data::Dataset;
+use crate::eval::{self, Agreement};
+use crate::export::{self, ExportOptions};
+use crate::import;
+use crate::ir::{self, HostModel};
+use crate::plot::{self, Series};
+use crate::prune::Masks;
+use crate::schedule::{compression, Outcome, RunState, StepRecord};
+use crate::util::atomic_write;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerRow {
+    pub name: String,
+    pub params: usize,
+    pub kept: usize,
+    pub density: f64,
+    /// Sum of the scores of the weights removed from this layer over accepted steps.
+    pub predicted_dl: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelScore {
+    pub val_accuracy: f32,
+    /// Candle reference on the test set.
+    pub test_accuracy: Option<f32>,
+    /// The exported `.nap` in nap-runtime on the test set.
+    pub runtime_test_accuracy: Option<f32>,
+    /// Runtime logits against candle's on the test set.
+    pub runtime_agreement: Option<Agreement>,
+    /// Non-zero prunable weights.
+    pub alive: usize,
+    /// Prunable weights / non-zero ones.
+    pub compression: f64,
+    /// All parameters / (non-zero prunable weights + all other parameters).
+    pub total_compression: f64,
+    pub nap_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub arch: String,
+    pub state: RunState,
+    pub dense: ModelScore,
+    pub pruned: ModelScore,
+    pub layers: Vec<LayerRow>,
+    pub peak_rss_mib: Option<f64>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn score_model(
+    m: &HostModel,
+    nap_bytes: &[u8],
+    val_accuracy: f32,
+    test: Option<&Dataset>,
+    prunable: usize,
+) -> Result<ModelScore> {
+    let alive = Masks::from_model(m).alive();
+    let params = m.param_count();
+    let classes = m.output_shape().iter().product::<u32>() as usize;
+    let (test_accuracy, runtime_test_accuracy, runtime_agreement) = match test {
+        Some(t) => {
+            let reference = eval::reference_logits(m, &t.images, 512, false)?;
+            let model = nap_runtime::Model::from_vec(nap_bytes).map_err(|e| anyhow!("{e}"))?;
+            let ours = eval::runtime_logits(&model, &t.images, 64, false)?;
+            (
+                Some(eval::accuracy(&reference, &t.labels, classes)),
+                Some(eval::accuracy(&ours, &t.labels, classes)),
+                Some(eval::agreement(&ours, &reference, classes)),
+            )
+        }
+        None => (None, None, None),
+    };
+    Ok(ModelScore {
+        val_accuracy,
+        test_accuracy,
+        runtime_test_accuracy,
+        runtime_agreement,
+        alive,
+        compression: compression(prunable, alive),
+        total_compression: params as f64 / (params - prunable + alive).max(1) as f64,
+        nap_bytes: nap_bytes.len() as u64,
+    })
+}
+
+/// Writes the pruned model, evaluates both models on `test` (candle and runtime), writes
+/// `report.json`, `accuracy.svg` and `density.svg` into `dir`.
+pub fn finish(
+    dense: &HostModel,
+    outcome: &Outcome,
+    test: Option<&Dataset>,
+    dir: &Path,
+    export_opts: ExportOptions,
+) -> Result<Report> {
+    let st = &outcome.state;
+    let mut pruned = outcome.model.clone();
+    let s = &st.settings;
+    pruned.meta.method = serde_json::to_value(s.criterion)?
+        .as_str()
+        .unwrap_or("pruned")
+        .to_string();
+    pruned.meta.extra.push((
+        "pruning".into(),
+        format!(
+            "criterion {:?}, obs update {:?}, damping {}, max drop {:?}, {} steps",
+            s.criterion,
+            s.obs_update,
+            s.damping,
+            s.max_drop,
+            st.steps.len()
+        ),
+    ));
+    let m = &pruned;
+    let nap_path = dir.join("pruned.nap");
+    let st_path = dir.join("pruned.safetensors");
+    let nap = export::to_nap_bytes(m, export_opts)?;
+    atomic_write(&nap_path, &nap)?;
+    import::write_safetensors(&st_path, &ir::to_named(m))?;
+    let dense_nap = export::to_nap_bytes(dense, export_opts)?;
+    let pruned_val = st.best_val().accuracy;
+    let dense_score = score_model(
+        dense,
+        &dense_nap,
+        st.dense.val.accuracy,
+        test,
+        st.dense.prunable,
+    )?;
+    let pruned_score = score_model(m, &nap, pruned_val, test, st.dense.prunable)?;
+    let masks = Masks::from_model(m);
+    let predicted = st.predicted_per_layer();
+    let layers: Vec<LayerRow> = st
+        .dense
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let kept = masks.0[i].iter().filter(|a| **a).count();
+            let params = st.dense.layer_params[i];
+            LayerRow {
+                name: name.clone(),
+                params,
+                kept,
+                density: kept as f64 / params.max(1) as f64,
+                predicted_dl: predicted[i],
+            }
+        })
+        .collect();
+    let acc_svg = dir.join("accuracy.svg");
+    atomic_write(&acc_svg, accuracy_plot(st).as_bytes())?;
+    let dens_svg = dir.join("density.svg");
+    let bars: Vec<(String, f64)> = layers
+        .iter()
+        .map(|l| (format!("{} ({})", l.name, l.params), l.density))
+        .collect();
+    atomic_write(
+        &dens_svg,
+        plot::bar_chart(
+            &format!(
+                "{} {:?}: kept weights per layer ({:.1}x overall)",
+                st.arch, st.settings.criterion, pruned_score.compression
+            ),
+            &bars,
+        )
+        .as_bytes(),
+    )?;
+    let report_path = dir.join("report.json");
+    let mut report = Report {
+        arch: st.arch.clone(),
+        state: st.clone(),
+        dense: dense_score,
+        pruned: pruned_score,
+        layers,
+        peak_rss_mib: peak_rss_mib(),
+        files: vec![nap_path, st_path, report_path.clone(), acc_svg, dens_svg],
+    };
+    report.peak_rss_mib = peak_rss_mib();
+    atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;
+    Ok(report)
+}
+
+fn accuracy_plot(st: &RunState) -> String {
+    let mut acc = vec![(1.0, 100.0 * st.dense.val.accuracy as f64)];
+    acc.extend(
+        st.accepted()
+            .map(|s| (s.compression, 100.0 * s.val.accuracy as f64)),
+    );
+    let rejected: Vec<(f64, f64)> = st
+        .steps
+        .iter()
+        .filter(|s| !s.accepted)
+        .map(|s: &StepRecord| (s.compression, 100.0 * s.val.accuracy as f64))
+        .collect();
+    let before_ft: Vec<(f64, f64)> = st
+        .accepted()
+        .map(|s| (s.compression, 100.0 * s.pruned_accuracy as f64))
+        .collect();
+    let mut series = vec![
+        Series {
+            name: "accepted (after fine-tuning)",
+            color: "#2a6fb0",
+            points: acc,
+            line: true,
+        },
+        Series {
+            name: "accepted, before fine-tuning",
+            color: "#999",
+            points: before_ft,
+            line: false,
+        },
+    ];
+    if !rejected.is_empty() {
+        series.push(Series {
+            name: "rolled back",
+            color: "#c00",
+            points: rejected,
+            line: false,
+        });
+    }
+    let limit = st
+        .settings
+        .max_drop
+        .map(|d| 100.0 * (st.dense.val.accuracy as f64 - d));
+    plot::line_chart(
+        &format!(
+            "{} {:?}: validation accuracy against compression",
+            st.arch, st.settings.criterion
+        ),
+        "compression (prunable weights / non-zero), log scale",
+        "validation accuracy (%)",
+        &series,
+        true,
+        limit.map(|l| (l, "tolerance")),
+    )
+}
+
+/// The per-layer table and the summary, for people.
+pub fn print_summary(r: &Report) {
+    println!(
+        "{:<24} {:>10} {:>10} {:>9} {:>14}",
+        "layer", "params", "kept", "density", "predicted ΔL"
+    );
+    for l in &r.layers {
+        println!(
+            "{:<24} {:>10} {:>10} {:>8.2}% {:>14.3e}",
+            l.name,
+            l.params,
+            l.kept,
+            100.0 * l.density,
+            l.predicted_dl
+        );
+    }
+    let total: usize = r.layers.iter().map(|l| l.params).sum();
+    println!(
+        "{:<24} {:>10} {:>10} {:>8.2}%",
+        "total",
+        total,
+        r.pruned.alive,
+        100.0 * r.pruned.alive as f64 / total.max(1) as f64
+    );
+    println!(
+        "compression {:.1}x of the prunable weights ({:.1}x of all parameters); .nap {} -> {} bytes",
+        r.pruned.compression, r.pruned.total_compression, r.dense.nap_bytes, r.pruned.nap_bytes
+    );
+    println!(
+        "validation accuracy {:.2}% -> {:.2}%",
+        100.0 * r.dense.val_accuracy,
+        100.0 * r.pruned.val_accuracy
+    );
+    if let (Some(d), Some(p), Some(rt)) = (
+        r.dense.test_accuracy,
+        r.pruned.test_accuracy,
+        r.pruned.runtime_test_accuracy,
+    ) {
+        println!(
+            "test accuracy {:.2}% -> {:.2}% (candle), {:.2}% in nap-runtime",
+            100.0 * d,
+            100.0 * p,
+            100.0 * rt
+        );
+    }
+    let st = &r.state;
+    println!(
+        "{} steps ({} accepted) in {:.1} s: statistics {:.1} s, fine-tuning {:.1} s; stopped: {}",
+        st.steps.len(),
+        st.accepted().count(),
+        st.seconds,
+        st.stats_s,
+        st.finetune_s,
+        st.stopped.as_deref().unwrap_or("-")
+    );
+    for f in &r.files {
+        println!("wrote {}", f.display());
+    }
+}

@@ -1,0 +1,652 @@
+//! The iterative pruning schedule that stops by itself.
+//!
+//! Each step scores the alive weights of the current best model, removes a fraction of them
+//! ([`crate::prune::prune_step`]), fine-tunes with masked gradients and evaluates on a validation
+//! split carved from the training data. The step is accepted when the validation accuracy stays
+//! within the tolerance of the dense model's; otherwise the model is rolled back and the step
+//! fraction halves. The run stops when the fraction falls below its minimum, or when a target
+//! sparsity or file size is reached.
+//!
+//! Every step (accepted or not) is recorded in `state.json` in the run folder, written
+//! atomically after the weights of the current best model (`best-NNNN.safetensors`, checkpoint
+//! key names), so an interrupted run resumes from its last completed step.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{permutation, Dataset};
+use crate::eval;
+use crate::export::{self, ExportOptions};
+use crate::ir::{self, HostModel};
+use crate::kfac::{self, Fisher, LayerFactors, StatsConfig};
+use crate::prune::{self, Criterion, Masks, ObsUpdate, StepConfig};
+use crate::train::{self, TrainConfig};
+use crate::util::atomic_write;
+use crate::{archs, import};
+
+/// Everything that determines a run (saved with it; a resumed run must use the same).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub criterion: Criterion,
+    pub obs_update: ObsUpdate,
+    /// Relative damping of both K-FAC factors.
+    pub damping: f64,
+    /// First step: this fraction of the alive weights.
+    pub step: f64,
+    /// Stop when a rolled-back step would go below this fraction.
+    pub min_step: f64,
+    /// At most this fraction of one layer's alive weights per step.
+    pub layer_cap: f64,
+    /// Tolerated drop of validation accuracy below the dense model's, as a fraction (0.001 =
+    /// 0.1 points). `None`: every step is accepted (a target must then be given).
+    pub max_drop: Option<f64>,
+    /// Stop once this fraction of the prunable weights is zero.
+    pub target_sparsity: Option<f64>,
+    /// Stop once the exported `.nap` (f32, CSR where smaller) is at most this many bytes.
+    pub target_size: Option<u64>,
+    /// Steps (accepted or not) before the run stops; may change on `--resume`.
+    pub max_steps: usize,
+    pub fisher: Fisher,
+    /// Examples per K-FAC statistics pass.
+    pub stats_examples: usize,
+    pub stats_batch: usize,
+    /// Fine-tuning after every step.
+    pub ft_epochs: usize,
+    pub ft_lr: f64,
+    pub ft_batch: usize,
+    pub ft_weight_decay: f64,
+    /// One longer fine-tune of the final model (kept only if validation accuracy does not
+    /// drop).
+    pub final_epochs: usize,
+    /// Validation split carved from the training data (same split as `nap train`).
+    pub val_fraction: f32,
+    pub val_seed: u64,
+    /// Seed of statistics sampling and fine-tuning order.
+    pub seed: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            criterion: Criterion::Nap,
+            obs_update: ObsUpdate::Independent,
+            damping: 1e-1,
+            step: 0.2,
+            min_step: 0.025,
+            layer_cap: 0.5,
+            max_drop: Some(0.001),
+            target_sparsity: None,
+            target_size: None,
+            max_steps: 100,
+            fisher: Fisher::True,
+            stats_examples: 10_000,
+            stats_batch: 128,
+            ft_epochs: 1,
+            ft_lr: 3e-4,
+            ft_batch: 64,
+            ft_weight_decay: 0.0,
+            final_epochs: 0,
+            val_fraction: 0.1,
+            val_seed: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl Settings {
+    pub fn check(&self) -> Result<()> {
+        if !(self.step > 0.0 && self.step < 1.0) {
+            bail!("--step must be in (0, 1), got {}", self.step);
+        }
+        if !(self.min_step > 0.0 && self.min_step <= self.step) {
+            bail!(
+                "--min-step must be in (0, step = {}], got {}",
+                self.step,
+                self.min_step
+            );
+        }
+        if !(self.layer_cap > 0.0 && self.layer_cap <= 1.0) {
+            bail!("--layer-cap must be in (0, 1], got {}", self.layer_cap);
+        }
+        if let Some(d) = self.max_drop {
+            if !(0.0..1.0).contains(&d) {
+                bail!("--max-drop must be in [0, 100%), got {}", d);
+            }
+        }
+        if let Some(s) = self.target_sparsity {
+            if !(s > 0.0 && s < 1.0) {
+                bail!("--target-sparsity must be in (0, 1), got {s}");
+            }
+        }
+        if self.max_drop.is_none() && self.target_sparsity.is_none() && self.target_size.is_none() {
+            bail!(
+                "nothing would stop the run: give --max-drop, --target-sparsity or --target-size"
+            );
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            bail!(
+                "--val-fraction must be in (0, 1), got {}",
+                self.val_fraction
+            );
+        }
+        if self.stats_examples == 0 || self.stats_batch == 0 || self.ft_batch == 0 {
+            bail!("statistics examples and batch sizes must be positive");
+        }
+        if !(self.damping > 0.0 && self.damping.is_finite()) {
+            bail!("--damping must be positive, got {}", self.damping);
+        }
+        Ok(())
+    }
+
+    fn needs_curvature(&self) -> bool {
+        matches!(self.criterion, Criterion::Nap | Criterion::Obd)
+    }
+}
+
+/// Accuracy and loss of one model on the validation split.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ValScore {
+    pub accuracy: f32,
+    pub loss: f64,
+}
+
+/// One step of the schedule, accepted or rolled back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: usize,
+    /// Fraction of the alive weights this step tried to remove.
+    pub fraction: f64,
+    pub accepted: bool,
+    pub removed: usize,
+    /// Alive prunable weights after the step (if accepted).
+    pub alive: usize,
+    /// Prunable weights / alive ones after the step.
+    pub compression: f64,
+    /// Sum of the removed weights' scores (loss units for nap and obd).
+    pub predicted_dl: f64,
+    /// Validation loss right after pruning (before fine-tuning) minus before.
+    pub measured_dl: f64,
+    /// Validation accuracy right after pruning, before fine-tuning.
+    pub pruned_accuracy: f32,
+    /// Validation of the step's result.
+    pub val: ValScore,
+    /// Whether the result is the fine-tuned model (false: fine-tuning lost validation
+    /// accuracy and the model right after pruning was kept).
+    #[serde(default)]
+    pub finetune_kept: bool,
+    pub removed_per_layer: Vec<usize>,
+    pub predicted_per_layer: Vec<f64>,
+    pub stats_s: f64,
+    pub prune_s: f64,
+    pub finetune_s: f64,
+}
+
+/// The dense starting point.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DenseInfo {
+    pub val: ValScore,
+    /// Weights of the prunable layers.
+    pub prunable: usize,
+    /// Non-zero prunable weights at the start.
+    pub alive: usize,
+    /// All parameters (biases, BatchNorm included).
+    pub params: usize,
+    pub layers: Vec<String>,
+    pub layer_params: Vec<usize>,
+}
+
+/// The run folder's `state.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub arch: String,
+    pub settings: Settings,
+    pub dense: DenseInfo,
+    pub steps: Vec<StepRecord>,
+    /// The fraction the next step will try.
+    pub fraction: f64,
+    /// File (in the run folder) holding the current best weights; `None` = the dense input.
+    pub best: Option<String>,
+    /// Why the run stopped, once it has.
+    pub stopped: Option<String>,
+    /// The final fine-tune has run (its result is `best` if it was kept).
+    #[serde(default)]
+    pub final_done: bool,
+    /// The stop was `max_steps` (a resumed run with a larger budget goes on).
+    #[serde(default)]
+    pub stopped_by_budget: bool,
+    /// Validation after the final fine-tune, if it was kept.
+    #[serde(default)]
+    pub final_val: Option<ValScore>,
+    /// Wall time spent so far, over all sessions.
+    pub seconds: f64,
+    /// Seconds per phase over the whole run.
+    pub stats_s: f64,
+    pub finetune_s: f64,
+}
+
+impl RunState {
+    pub fn accepted(&self) -> impl Iterator<Item = &StepRecord> {
+        self.steps.iter().filter(|s| s.accepted)
+    }
+
+    /// Validation score of the current best model.
+    pub fn best_val(&self) -> ValScore {
+        self.final_val
+            .or_else(|| self.accepted().last().map(|s| s.val))
+            .unwrap_or(self.dense.val)
+    }
+
+    /// Predicted loss increase per layer, summed over accepted steps.
+    pub fn predicted_per_layer(&self) -> Vec<f64> {
+        let mut out = vec![0.0; self.dense.layers.len()];
+        for s in self.accepted() {
+            for (o, p) in out.iter_mut().zip(&s.predicted_per_layer) {
+                *o += p;
+            }
+        }
+        out
+    }
+}
+
+/// The outcome of [`run`].
+pub struct Outcome {
+    pub model: HostModel,
+    pub state: RunState,
+}
+
+/// Where to put things and what to show.
+pub struct RunOptions<'a> {
+    pub dir: &'a Path,
+    pub resume: bool,
+    pub device: Device,
+    pub progress: bool,
+    /// One line per event (steps, stops).
+    pub log: &'a mut dyn FnMut(&str),
+}
+
+const STATE: &str = "state.json";
+
+/// Validation accuracy and loss of `m` on `val`.
+pub fn score(m: &HostModel, val: &Dataset, dev: &Device) -> Result<ValScore> {
+    let logits = eval::reference_logits_on(m, &val.images, 512, false, dev)?;
+    let classes = m.output_shape().iter().product::<u32>() as usize;
+    Ok(ValScore {
+        accuracy: eval::accuracy(&logits, &val.labels, classes),
+        loss: eval::cross_entropy(&logits, &val.labels, classes),
+    })
+}
+
+/// Prunable weights / alive weights.
+pub fn compression(prunable: usize, alive: usize) -> f64 {
+    prunable as f64 / alive.max(1) as f64
+}
+
+/// Alive weights at sparsity `target` (rounded so the sparsity is at least the target).
+fn keep_for(target: f64, prunable: usize) -> usize {
+    ((1.0 - target) * prunable as f64).floor() as usize
+}
+
+fn prunable_count(m: &HostModel) -> usize {
+    m.prunable()
+        .iter()
+        .map(|&(_, w)| m.tensors[w as usize].numel())
+        .sum()
+}
+
+fn save_state(dir: &Path, st: &RunState) -> Result<()> {
+    atomic_write(&dir.join(STATE), &serde_json::to_vec_pretty(st)?)
+}
+
+/// Reads the state of a run folder, if it has one.
+pub fn load_state(dir: &Path) -> Result<Option<RunState>> {
+    let p = dir.join(STATE);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+        format!("{} is not a nap prune state file", p.display())
+    })?))
+}
+
+/// Names the settings that differ between two runs.
+/// `max_steps` is a budget, not part of the method: a resumed run may raise it.
+fn settings_diff(a: &Settings, b: &Settings) -> Vec<String> {
+    let (ja, jb) = (serde_json::to_value(a), serde_json::to_value(b));
+    match (ja, jb) {
+        (Ok(serde_json::Value::Object(x)), Ok(serde_json::Value::Object(y))) => x
+            .iter()
+            .filter(|(k, v)| *k != "max_steps" && y.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {v} (saved) vs {} (now)", y[k]))
+            .collect(),
+        _ => vec!["unreadable settings".into()],
+    }
+}
+
+/// Runs (or resumes) the schedule on `dense`, checkpointing into `opts.dir`.
+pub fn run(
+    dense: &HostModel,
+    arch: &str,
+    train_set: &Dataset,
+    val: &Dataset,
+    settings: &Settings,
+    opts: RunOptions<'_>,
+) -> Result<Outcome> {
+    settings.check()?;
+    train::check_data(dense, train_set)?;
+    train::check_data(dense, val).context("validation split")?;
+    let dir = opts.dir;
+    let dev = opts.device.clone();
+    let log = opts.log;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let t_start = Instant::now();
+    let (mut st, mut best) = match load_state(dir)? {
+        Some(st) if opts.resume => {
+            if st.arch != arch {
+                bail!(
+                    "{} holds a run of {} but --arch is {arch}",
+                    dir.display(),
+                    st.arch
+                );
+            }
+            let mut st = st;
+            let diff = settings_diff(&st.settings, settings);
+            if !diff.is_empty() {
+                bail!(
+                    "cannot resume {}: settings differ ({})",
+                    dir.display(),
+                    diff.join("; ")
+                );
+            }
+            let best = match &st.best {
+                Some(f) => {
+                    let p = dir.join(f);
+                    archs::from_checkpoint(arch, import::read_checkpoint(&p)?)
+                        .with_context(|| format!("loading {}", p.display()))?
+                }
+                None => dense.clone(),
+            };
+            if st.stopped.is_some() && st.stopped_by_budget && st.steps.len() < settings.max_steps {
+                // Continue from the current best (the final fine-tune, if kept, included).
+                st.stopped = None;
+                st.final_done = false;
+                st.final_val = None;
+            }
+            st.settings.max_steps = settings.max_steps;
+            log(&format!(
+                "resuming {}: {} steps done, {} accepted, compression {:.1}x",
+                dir.display(),
+                st.steps.len(),
+                st.accepted().count(),
+                compression(st.dense.prunable, Masks::from_model(&best).alive())
+            ));
+            (st, best)
+        }
+        Some(_) => bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            dir.display()
+        ),
+        None => {
+            let val_score = score(dense, val, &dev)?;
+            let masks = Masks::from_model(dense);
+            let layers = dense.prunable();
+            let st = RunState {
+                arch: arch.to_string(),
+                settings: settings.clone(),
+                dense: DenseInfo {
+                    val: val_score,
+                    prunable: prunable_count(dense),
+                    alive: masks.alive(),
+                    params: dense.param_count(),
+                    layers: layers
+                        .iter()
+                        .map(|&(n, _)| dense.graph.nodes[n].name.clone())
+                        .collect(),
+                    layer_params: layers
+                        .iter()
+                        .map(|&(_, w)| dense.tensors[w as usize].numel())
+                        .collect(),
+                },
+                steps: Vec::new(),
+                fraction: settings.step,
+                best: None,
+                stopped: None,
+                final_done: false,
+                final_val: None,
+                stopped_by_budget: false,
+                seconds: 0.0,
+                stats_s: 0.0,
+                finetune_s: 0.0,
+            };
+            log(&format!(
+                "dense: validation accuracy {:.2}% (loss {:.4}) on {} examples, {} prunable weights",
+                100.0 * val_score.accuracy,
+                val_score.loss,
+                val.n,
+                st.dense.prunable
+            ));
+            save_state(dir, &st)?;
+            (st, dense.clone())
+        }
+    };
+    let seconds_before = st.seconds;
+    let mut masks = Masks::from_model(&best);
+    let mut best_val = st.best_val();
+    // K-FAC factors of the current best model, reused after a rollback.
+    let mut factors: Option<Vec<LayerFactors>> = None;
+    let n_layers = st.dense.layers.len();
+    while st.stopped.is_none() {
+        let k = st.steps.len() + 1;
+        let alive = masks.alive();
+        st.stopped_by_budget = k > settings.max_steps;
+        let stop = if k > settings.max_steps {
+            Some(format!("reached --max-steps {}", settings.max_steps))
+        } else if st.fraction < settings.min_step {
+            Some(format!(
+                "the step fell below --min-step {} after rollbacks",
+                settings.min_step
+            ))
+        } else if alive <= n_layers {
+            Some("only one weight per layer is left".to_string())
+        } else if let Some(t) = settings
+            .target_sparsity
+            .filter(|&t| alive <= keep_for(t, st.dense.prunable))
+        {
+            Some(format!("reached --target-sparsity {t}"))
+        } else if let Some(t) = settings.target_size.filter(|&t| {
+            export::to_nap_bytes(&best, ExportOptions::default())
+                .map(|b| b.len() as u64 <= t)
+                .unwrap_or(false)
+        }) {
+            Some(format!("reached --target-size {t} bytes"))
+        } else {
+            None
+        };
+        if let Some(reason) = stop {
+            log(&format!("stop: {reason}"));
+            st.stopped = Some(reason);
+            break;
+        }
+        let mut fraction = st.fraction;
+        if let Some(t) = settings.target_sparsity {
+            let keep = keep_for(t, st.dense.prunable);
+            fraction = fraction.min(alive.saturating_sub(keep) as f64 / alive as f64);
+        }
+        // Statistics.
+        let t0 = Instant::now();
+        if settings.needs_curvature() && factors.is_none() {
+            // Seeded by the model's generation, so a resumed run draws what an uninterrupted
+            // one reuses after a rollback.
+            let generation = st.accepted().count() as u64;
+            let idx = permutation(train_set.n, settings.seed.wrapping_add(generation));
+            let subset = train_set.subset(&idx[..settings.stats_examples.min(train_set.n)]);
+            let cfg = StatsConfig {
+                fisher: settings.fisher,
+                batch: settings.stats_batch,
+                max_examples: None,
+                seed: settings.seed.wrapping_add(1000 + generation),
+                progress: opts.progress,
+            };
+            factors = Some(kfac::collect(&best, &subset, &cfg, &dev)?);
+        }
+        let stats_s = t0.elapsed().as_secs_f64();
+        // Prune a copy.
+        let t1 = Instant::now();
+        let mut trial = best.clone();
+        let mut trial_masks = masks.clone();
+        let report = prune::prune_step(
+            &mut trial,
+            &mut trial_masks,
+            factors.as_deref().unwrap_or(&[]),
+            &StepConfig {
+                criterion: settings.criterion,
+                fraction,
+                layer_cap: settings.layer_cap,
+                update: settings.obs_update,
+                damping: settings.damping,
+            },
+        )?;
+        let removed: usize = report.removed.iter().sum();
+        let pruned = score(&trial, val, &dev)?;
+        let prune_s = t1.elapsed().as_secs_f64();
+        if removed == 0 {
+            let reason = "the per-layer caps allow no further removal".to_string();
+            log(&format!("stop: {reason}"));
+            st.stopped = Some(reason);
+            break;
+        }
+        // Fine-tune with the pruned weights held at zero.
+        let t2 = Instant::now();
+        let untuned = (settings.ft_epochs > 0).then(|| trial.clone());
+        if settings.ft_epochs > 0 {
+            train::train_masked(
+                &mut trial,
+                train_set,
+                &TrainConfig {
+                    epochs: settings.ft_epochs,
+                    batch: settings.ft_batch,
+                    lr: settings.ft_lr,
+                    weight_decay: settings.ft_weight_decay,
+                    seed: settings.seed.wrapping_add(k as u64),
+                    progress: opts.progress,
+                    device: dev.clone(),
+                },
+                Some(&trial_masks),
+            )?;
+        }
+        let finetune_s = t2.elapsed().as_secs_f64();
+        let mut tuned = score(&trial, val, &dev)?;
+        // Fine-tuning a converged model can also lose accuracy; keep the better of the two.
+        let finetune_kept = match untuned {
+            Some(u) if pruned.accuracy > tuned.accuracy => {
+                trial = u;
+                tuned = pruned;
+                false
+            }
+            _ => true,
+        };
+        let accepted = settings
+            .max_drop
+            .is_none_or(|d| tuned.accuracy as f64 >= st.dense.val.accuracy as f64 - d - 1e-9);
+        let alive_after = trial_masks.alive();
+        let rec = StepRecord {
+            step: k,
+            fraction,
+            accepted,
+            removed,
+            alive: if accepted { alive_after } else { alive },
+            compression: compression(st.dense.prunable, alive_after),
+            predicted_dl: report.predicted_loss_increase,
+            measured_dl: pruned.loss - best_val.loss,
+            pruned_accuracy: pruned.accuracy,
+            val: tuned,
+            finetune_kept,
+            removed_per_layer: report.removed.clone(),
+            predicted_per_layer: report.predicted_per_layer.clone(),
+            stats_s,
+            prune_s,
+            finetune_s,
+        };
+        log(&format!(
+            "step {k:>3}: remove {:>5.1}% ({removed} weights) -> {:>6.1}x, validation {:.2}% after pruning, {:.2}% after fine-tuning: {}",
+            100.0 * fraction,
+            rec.compression,
+            100.0 * pruned.accuracy,
+            100.0 * tuned.accuracy,
+            if accepted { "accepted".to_string() } else { format!("rolled back, step -> {:.2}%", 50.0 * st.fraction) }
+        ));
+        st.stats_s += stats_s;
+        st.finetune_s += finetune_s;
+        if accepted {
+            let file = format!("best-{k:04}.safetensors");
+            import::write_safetensors(&dir.join(&file), &ir::to_named(&trial))?;
+            let old = st.best.replace(file);
+            best = trial;
+            masks = trial_masks;
+            best_val = tuned;
+            factors = None;
+            st.steps.push(rec);
+            st.seconds = seconds_before + t_start.elapsed().as_secs_f64();
+            save_state(dir, &st)?;
+            if let Some(old) = old {
+                let _ = std::fs::remove_file(dir.join(old));
+            }
+        } else {
+            st.fraction /= 2.0;
+            st.steps.push(rec);
+            st.seconds = seconds_before + t_start.elapsed().as_secs_f64();
+            save_state(dir, &st)?;
+        }
+    }
+    if settings.final_epochs > 0 && !st.final_done {
+        let t = Instant::now();
+        let mut trial = best.clone();
+        train::train_masked(
+            &mut trial,
+            train_set,
+            &TrainConfig {
+                epochs: settings.final_epochs,
+                batch: settings.ft_batch,
+                lr: settings.ft_lr,
+                weight_decay: settings.ft_weight_decay,
+                seed: settings.seed.wrapping_add(999_999),
+                progress: opts.progress,
+                device: dev.clone(),
+            },
+            Some(&masks),
+        )?;
+        let tuned = score(&trial, val, &dev)?;
+        let keep = tuned.accuracy >= best_val.accuracy;
+        log(&format!(
+            "final fine-tune ({} epochs): validation {:.2}% -> {:.2}%: {}",
+            settings.final_epochs,
+            100.0 * best_val.accuracy,
+            100.0 * tuned.accuracy,
+            if keep { "kept" } else { "discarded" }
+        ));
+        st.finetune_s += t.elapsed().as_secs_f64();
+        if keep {
+            let file = "best-final.safetensors".to_string();
+            import::write_safetensors(&dir.join(&file), &ir::to_named(&trial))?;
+            st.best = Some(file);
+            st.final_val = Some(tuned);
+            best = trial;
+        }
+        st.final_done = true;
+    }
+    st.seconds = seconds_before + t_start.elapsed().as_secs_f64();
+    save_state(dir, &st)?;
+    Ok(Outcome {
+        model: best,
+        state: st,
+    })
+}
+
+/// The files a finished run leaves next to its state.
+pub fn output_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("pruned.nap"), dir.join("pruned.safetensors"))
+}

@@ -1,0 +1,244 @@
+//! The pruning schedule on the embedded digits: tolerance, masks, targets, checkpoints and
+//! resume, and the finished run's outputs.
+
+use candle_core::Device;
+use nap::archs;
+use nap::data::{digits::load_digits, Dataset};
+use nap::export::ExportOptions;
+use nap::import::read_checkpoint;
+use nap::ir::HostModel;
+use nap::prune::{Criterion, Masks};
+use nap::schedule::{load_state, run, Outcome, RunOptions, Settings};
+use nap::train::{train, TrainConfig};
+
+struct Setup {
+    dense: HostModel,
+    train: Dataset,
+    val: Dataset,
+    test: Dataset,
+}
+
+fn setup() -> Setup {
+    let (all, test) = load_digits().split(0.2, 0);
+    let (train_set, val) = all.split(0.15, 0);
+    let mut dense = archs::random("digits-cnn", 0).unwrap();
+    train(
+        &mut dense,
+        &train_set,
+        &TrainConfig {
+            epochs: 8,
+            progress: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    Setup {
+        dense,
+        train: train_set,
+        val,
+        test,
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        max_drop: Some(0.02),
+        stats_examples: 400,
+        ft_epochs: 1,
+        max_steps: 5,
+        ..Default::default()
+    }
+}
+
+fn go(
+    s: &Setup,
+    settings: &Settings,
+    dir: &std::path::Path,
+    resume: bool,
+) -> anyhow::Result<Outcome> {
+    run(
+        &s.dense,
+        "digits-cnn",
+        &s.train,
+        &s.val,
+        settings,
+        RunOptions {
+            dir,
+            resume,
+            device: Device::Cpu,
+            progress: false,
+            log: &mut |_| {},
+        },
+    )
+}
+
+fn weights(m: &HostModel) -> Vec<Vec<f32>> {
+    m.tensors.iter().map(|t| t.data.clone()).collect()
+}
+
+/// Accepted steps respect the tolerance, rolled-back ones do not change the model, masks hold
+/// and the state on disk describes the returned model.
+#[test]
+fn schedule_respects_tolerance_and_checkpoints() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = settings();
+    let out = go(&s, &cfg, dir.path(), false).unwrap();
+    let st = &out.state;
+    assert!(!st.steps.is_empty());
+    assert!(st.stopped.is_some());
+    let acc0 = st.dense.val.accuracy as f64;
+    let mut alive = st.dense.alive;
+    for step in &st.steps {
+        if step.accepted {
+            assert!(step.val.accuracy as f64 >= acc0 - 0.02 - 1e-6, "{step:?}");
+            assert_eq!(step.alive, alive - step.removed);
+            alive = step.alive;
+        } else {
+            assert!((step.val.accuracy as f64) < acc0 - 0.02);
+            assert_eq!(step.alive, alive);
+        }
+    }
+    let masks = Masks::from_model(&out.model);
+    assert_eq!(masks.alive(), alive);
+    assert!(
+        st.accepted().count() > 0,
+        "nothing was accepted: {:?}",
+        st.steps
+    );
+    // The state file and the best checkpoint on disk are this run.
+    let saved = load_state(dir.path()).unwrap().unwrap();
+    assert_eq!(saved.steps.len(), st.steps.len());
+    let best = archs::from_checkpoint(
+        "digits-cnn",
+        read_checkpoint(&dir.path().join(saved.best.as_ref().unwrap())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(weights(&best), weights(&out.model));
+    // Validation accuracy recorded for the best model is what it scores.
+    let v = nap::schedule::score(&out.model, &s.val, &Device::Cpu).unwrap();
+    assert_eq!(v.accuracy, st.best_val().accuracy);
+    // A second run into the same folder needs --resume; --resume with other settings fails.
+    let err = go(&s, &cfg, dir.path(), false).err().unwrap().to_string();
+    assert!(err.contains("--resume"), "{err}");
+    let other = Settings {
+        damping: 0.5,
+        ..cfg.clone()
+    };
+    let err = format!("{:#}", go(&s, &other, dir.path(), true).err().unwrap());
+    assert!(err.contains("damping"), "{err}");
+}
+
+/// An interrupted run resumed from its checkpoint ends exactly where an uninterrupted run ends.
+#[test]
+fn issue3_resume_matches_uninterrupted_run() {
+    let s = setup();
+    let full = tempfile::tempdir().unwrap();
+    let cfg = Settings {
+        max_steps: 4,
+        ..settings()
+    };
+    let a = go(&s, &cfg, full.path(), false).unwrap();
+    let part = tempfile::tempdir().unwrap();
+    let first = go(
+        &s,
+        &Settings {
+            max_steps: 2,
+            ..cfg.clone()
+        },
+        part.path(),
+        false,
+    )
+    .unwrap();
+    assert_eq!(first.state.steps.len(), 2);
+    let b = go(&s, &cfg, part.path(), true).unwrap();
+    assert_eq!(b.state.steps.len(), a.state.steps.len());
+    for (x, y) in a.state.steps.iter().zip(&b.state.steps) {
+        assert_eq!(
+            (x.accepted, x.removed, x.alive),
+            (y.accepted, y.removed, y.alive)
+        );
+        assert_eq!(x.val.accuracy, y.val.accuracy);
+    }
+    assert_eq!(weights(&a.model), weights(&b.model));
+}
+
+/// `--target-sparsity` without a tolerance prunes exactly to the target and stops there.
+#[test]
+fn target_sparsity_is_reached_exactly() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Settings {
+        max_drop: None,
+        target_sparsity: Some(0.6),
+        criterion: Criterion::Magnitude,
+        ft_epochs: 0,
+        max_steps: 20,
+        ..settings()
+    };
+    let out = go(&s, &cfg, dir.path(), false).unwrap();
+    let st = &out.state;
+    let alive = Masks::from_model(&out.model).alive();
+    let keep = ((1.0 - 0.6) * st.dense.prunable as f64).floor() as usize;
+    // Rounding of the last step's fraction may leave at most one weight per layer over.
+    assert!(
+        alive <= keep + st.dense.layers.len(),
+        "{alive} alive, target {keep}"
+    );
+    assert!(
+        alive + st.dense.layers.len() >= keep,
+        "{alive} alive, target {keep}"
+    );
+    assert!(
+        st.stopped.as_deref().unwrap().contains("target-sparsity"),
+        "{:?} after {:?}",
+        st.stopped,
+        st.steps
+            .iter()
+            .map(|s| (s.fraction, s.removed))
+            .collect::<Vec<_>>()
+    );
+    assert!(st.steps.iter().all(|s| s.accepted));
+}
+
+/// The finished run writes a `.nap` whose runtime accuracy equals the pruner's own evaluation,
+/// safetensors under the checkpoint's key names with the zeros in place, a report and plots.
+#[test]
+fn finished_run_exports_consistent_files() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let out = go(&s, &settings(), dir.path(), false).unwrap();
+    let r = nap::report::finish(
+        &s.dense,
+        &out,
+        Some(&s.test),
+        dir.path(),
+        ExportOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.pruned.runtime_test_accuracy, r.pruned.test_accuracy);
+    let ag = r.pruned.runtime_agreement.as_ref().unwrap();
+    assert_eq!(ag.top1_mismatches, 0);
+    assert!(ag.max_rel_err < 1e-4);
+    assert!(r.pruned.compression > 1.0);
+    let kept: usize = r.layers.iter().map(|l| l.kept).sum();
+    assert_eq!(kept, r.pruned.alive);
+    let st = read_checkpoint(&dir.path().join("pruned.safetensors")).unwrap();
+    let names: Vec<&str> = st.iter().map(|t| t.name.as_str()).collect();
+    for t in &s.dense.tensors {
+        assert!(names.contains(&t.name.as_str()), "{} missing", t.name);
+    }
+    let back = archs::from_checkpoint("digits-cnn", st).unwrap();
+    assert_eq!(weights(&back), weights(&out.model));
+    let path = dir.path().join("pruned.nap");
+    let model = nap_runtime::Model::open(&path).unwrap();
+    assert_eq!(r.pruned.nap_bytes, std::fs::metadata(&path).unwrap().len());
+    assert_eq!(model.metadata().arch, "digits-cnn");
+    for f in ["report.json", "accuracy.svg", "density.svg"] {
+        let text = std::fs::read_to_string(dir.path().join(f)).unwrap();
+        assert!(text.len() > 100, "{f} is nearly empty");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["layers"].as_array().unwrap().len(), r.layers.len());
+}
