@@ -29,11 +29,25 @@ pub enum Fisher {
     True,
     /// The data set's labels.
     Empirical,
+    /// The expectation over the model's predictive distribution, computed exactly with one
+    /// backward pass per output (C times the cost of `True`, no sampling noise).
+    Exact,
+}
+
+/// The loss whose curvature is modelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// Softmax cross-entropy on class labels (classification; the default).
+    CrossEntropy,
+    /// `½‖f − y‖²` with one-hot targets, i.e. a unit-variance Gaussian likelihood.
+    Mse,
 }
 
 #[derive(Clone, Debug)]
 pub struct StatsConfig {
     pub fisher: Fisher,
+    pub loss: Loss,
     /// Examples per batch.
     pub batch: usize,
     /// Use at most this many examples (all if `None`).
@@ -48,6 +62,7 @@ impl Default for StatsConfig {
     fn default() -> Self {
         StatsConfig {
             fisher: Fisher::True,
+            loss: Loss::CrossEntropy,
             batch: 64,
             max_examples: None,
             seed: 0,
@@ -99,6 +114,64 @@ fn add_gram(acc: &mut [f64], x: &Tensor, scale: f64) -> Result<()> {
         *a += v * scale;
     }
     Ok(())
+}
+
+/// Scalar losses `Σ_n s_n` whose gradients at the probes are per-example gradients `g_n`, one
+/// loss per pass; `G` is the sum over passes of `E[g gᵀ]`.
+fn backward_passes(
+    logits: &Tensor,
+    cfg: &StatsConfig,
+    labels: &[u8],
+    rng: &mut impl Rng,
+) -> Result<Vec<Tensor>> {
+    let (n, classes) = logits.dims2()?;
+    let dev = logits.device();
+    let onehot = |ys: &[u32]| -> Result<Tensor> {
+        let mut v = vec![0f64; n * classes];
+        for (i, &y) in ys.iter().enumerate() {
+            v[i * classes + y as usize] = 1.0;
+        }
+        Ok(Tensor::from_vec(v, (n, classes), dev)?)
+    };
+    let data_labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    Ok(match (cfg.loss, cfg.fisher) {
+        (Loss::CrossEntropy, Fisher::Exact) => {
+            let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let sqrt_p = logp.exp()?.sqrt()?.detach();
+            (0..classes)
+                .map(|c| {
+                    let col = |t: &Tensor| t.narrow(1, c, 1);
+                    Ok((col(&sqrt_p)? * col(&logp)?.neg()?)?.sum_all()?)
+                })
+                .collect::<Result<_>>()?
+        }
+        (Loss::CrossEntropy, fisher) => {
+            let ys = match fisher {
+                Fisher::True => sample_labels(logits, rng)?,
+                _ => data_labels,
+            };
+            let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            vec![(logp * onehot(&ys)?)?.neg()?.sum_all()?]
+        }
+        (Loss::Mse, Fisher::Exact) => (0..classes)
+            .map(|c| Ok(logits.narrow(1, c, 1)?.sum_all()?))
+            .collect::<Result<_>>()?,
+        (Loss::Mse, Fisher::True) => {
+            // y = f + ε with ε ~ N(0, I): the gradient of ½‖f − y‖² is −ε through Jᵀ.
+            let eps: Vec<f64> = (0..n * classes)
+                .map(|_| {
+                    let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-300), rng.gen());
+                    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+                })
+                .collect();
+            let eps = Tensor::from_vec(eps, (n, classes), dev)?;
+            vec![(logits * eps)?.sum_all()?]
+        }
+        (Loss::Mse, Fisher::Empirical) => {
+            let r = (logits - onehot(&data_labels)?)?;
+            vec![(r.sqr()?.sum_all()? * 0.5)?]
+        }
+    })
 }
 
 /// Samples one label per row from `softmax(logits)`.
@@ -204,25 +277,28 @@ pub fn collect(
         }
         let vals = reference::forward_probed(g, &params, &x, &probes)?;
         let logits = vals[g.outputs[0] as usize].as_ref().context("no output")?;
-        let labels = match cfg.fisher {
-            Fisher::True => sample_labels(logits, &mut rng)?,
-            Fisher::Empirical => data.labels[start..end].iter().map(|&l| l as u32).collect(),
-        };
-        let y = Tensor::from_slice(&labels, n, dev)?;
-        let loss = candle_nn::loss::cross_entropy(logits, &y)?;
-        let grads = loss.backward()?;
-        for (l, v) in layers.iter_mut().zip(&vars) {
+        let passes = backward_passes(logits, cfg, &data.labels[start..end], &mut rng)?;
+        let mut grads = Vec::with_capacity(passes.len());
+        for pass in &passes {
+            let gs = pass.backward()?;
+            grads.push(
+                vars.iter()
+                    .map(|v| gs.get(v.as_tensor()).context("probe gradient").cloned())
+                    .collect::<Result<Vec<Tensor>>>()?,
+            );
+        }
+        for (li, l) in layers.iter_mut().enumerate() {
             let node = &g.nodes[l.node];
             let input = vals[node.inputs[0] as usize]
                 .as_ref()
                 .context("layer input")?
                 .detach();
-            // The loss is the batch mean: n · ∂loss/∂s is the per-example gradient.
-            let gs = (grads.get(v.as_tensor()).context("probe gradient")? * n as f64)?;
             match &node.op {
                 Op::Linear { .. } => {
                     add_gram(&mut l.a, &with_ones(&input)?, 1.0)?;
-                    add_gram(&mut l.g, &gs, 1.0)?;
+                    for gp in &grads {
+                        add_gram(&mut l.g, &gp[li], 1.0)?;
+                    }
                 }
                 Op::Conv2d {
                     weight,
@@ -236,9 +312,11 @@ pub fn collect(
                     let p = [padding[0] as usize, padding[1] as usize];
                     let patches = with_ones(&im2col(&input, k, s, p)?)?;
                     add_gram(&mut l.a, &patches, 1.0 / l.positions as f64)?;
-                    // (n, C_out, OH, OW) -> (n · OH · OW, C_out)
-                    let gt = gs.permute((0, 2, 3, 1))?.reshape(((), l.g_dim))?;
-                    add_gram(&mut l.g, &gt, 1.0)?;
+                    for gp in &grads {
+                        // (n, C_out, OH, OW) -> (n · OH · OW, C_out)
+                        let gt = gp[li].permute((0, 2, 3, 1))?.reshape(((), l.g_dim))?;
+                        add_gram(&mut l.g, &gt, 1.0)?;
+                    }
                 }
                 _ => unreachable!("only Linear and Conv2d layers are collected"),
             }

@@ -56,6 +56,10 @@ pub struct Settings {
     pub stats_batch: usize,
     /// Fine-tuning after every step.
     pub ft_epochs: usize,
+    /// Fine-tune each step on this many training examples drawn afresh per step (all if
+    /// `None`).
+    #[serde(default)]
+    pub ft_examples: Option<usize>,
     pub ft_lr: f64,
     pub ft_batch: usize,
     pub ft_weight_decay: f64,
@@ -86,6 +90,7 @@ impl Default for Settings {
             stats_examples: 10_000,
             stats_batch: 128,
             ft_epochs: 1,
+            ft_examples: None,
             ft_lr: 3e-4,
             ft_batch: 64,
             ft_weight_decay: 0.0,
@@ -490,6 +495,7 @@ pub fn run(
                 max_examples: None,
                 seed: settings.seed.wrapping_add(1000 + generation),
                 progress: opts.progress,
+                ..Default::default()
             };
             factors = Some(kfac::collect(&best, &subset, &cfg, &dev)?);
         }
@@ -523,9 +529,13 @@ pub fn run(
         let t2 = Instant::now();
         let untuned = (settings.ft_epochs > 0).then(|| trial.clone());
         if settings.ft_epochs > 0 {
+            let subset = settings.ft_examples.filter(|&n| n < train_set.n).map(|n| {
+                let idx = permutation(train_set.n, settings.seed.wrapping_add(5000 + k as u64));
+                train_set.subset(&idx[..n])
+            });
             train::train_masked(
                 &mut trial,
-                train_set,
+                subset.as_ref().unwrap_or(train_set),
                 &TrainConfig {
                     epochs: settings.ft_epochs,
                     batch: settings.ft_batch,

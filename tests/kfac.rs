@@ -259,3 +259,241 @@ fn true_fisher_is_reproducible_and_symmetric() {
         assert_eq!(x.examples, 20);
     }
 }
+
+/// A deep linear network with MSE: every layer's exact Hessian block equals `A ⊗ G` of K-FAC
+/// "expand" with the exact Fisher, and OBS scores and updates from the K-FAC inverses equal
+/// brute-force OBS on that Hessian (`nap-algorithm.md` §5, oracle 2).
+#[test]
+fn deep_linear_mse_kfac_is_exact() {
+    use nap::curvature::{spd_inverse, Inverses};
+    use nap::kfac::Loss;
+
+    // Equal widths: a narrowing layer makes later A singular, a widening one makes G singular.
+    let dims = [4usize, 4, 4, 4];
+    let mut b = GraphBuilder::new();
+    let mut x = b.input("x", &[dims[0] as u32]);
+    let mut state = 12345u64;
+    let mut rnd = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    };
+    for l in 0..3 {
+        let (i, o) = (dims[l], dims[l + 1]);
+        let w = b.tensor(HostTensor {
+            name: format!("l{l}.weight"),
+            shape: vec![o as u32, i as u32],
+            data: (0..o * i).map(|_| rnd()).collect(),
+        });
+        let bias = b.tensor(HostTensor {
+            name: format!("l{l}.bias"),
+            shape: vec![o as u32],
+            data: (0..o).map(|_| rnd()).collect(),
+        });
+        x = b
+            .node(
+                &format!("l{l}"),
+                Op::Linear {
+                    weight: w,
+                    bias: Some(bias),
+                    act: Activation::None,
+                },
+                &[x],
+            )
+            .unwrap();
+    }
+    let m = b.finish(&[x], Metadata::default()).unwrap();
+    let n = 32;
+    let d = Dataset {
+        images: (0..n * dims[0]).map(|_| rnd()).collect(),
+        labels: (0..n).map(|i| (i % dims[3]) as u8).collect(),
+        n,
+        shape: [dims[0], 1, 1],
+    };
+    let cfg = StatsConfig {
+        fisher: nap::kfac::Fisher::Exact,
+        loss: Loss::Mse,
+        batch: 7,
+        ..Default::default()
+    };
+    let factors = collect(&m, &d, &cfg, &Device::Cpu).unwrap();
+    // Independent forward in f64: loss of the mean ½‖f − onehot(y)‖² with layer `l`'s
+    // [W | b] replaced by `wb`.
+    let params: Vec<(Vec<f64>, Vec<f64>)> = (0..3)
+        .map(|l| {
+            let w = m.tensors[2 * l].data.iter().map(|&v| v as f64).collect();
+            let b = m.tensors[2 * l + 1]
+                .data
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            (w, b)
+        })
+        .collect();
+    let loss = |layer: usize, wb: &[f64]| -> f64 {
+        let mut total = 0.0;
+        for e in 0..n {
+            let mut a: Vec<f64> = d.images[e * dims[0]..(e + 1) * dims[0]]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            for l in 0..3 {
+                let (i, o) = (dims[l], dims[l + 1]);
+                a = (0..o)
+                    .map(|r| {
+                        if l == layer {
+                            (0..i).map(|c| wb[r * (i + 1) + c] * a[c]).sum::<f64>()
+                                + wb[r * (i + 1) + i]
+                        } else {
+                            (0..i).map(|c| params[l].0[r * i + c] * a[c]).sum::<f64>()
+                                + params[l].1[r]
+                        }
+                    })
+                    .collect();
+            }
+            for (c, v) in a.iter().enumerate() {
+                let t = if c == d.labels[e] as usize { 1.0 } else { 0.0 };
+                total += 0.5 * (v - t) * (v - t);
+            }
+        }
+        total / n as f64
+    };
+    for (l, f) in factors.iter().enumerate() {
+        let (i, o) = (dims[l], dims[l + 1]);
+        let cols = i + 1;
+        let p = o * cols;
+        let w0: Vec<f64> = (0..p)
+            .map(|k| {
+                let (r, c) = (k / cols, k % cols);
+                if c < i {
+                    params[l].0[r * i + c]
+                } else {
+                    params[l].1[r]
+                }
+            })
+            .collect();
+        // The loss is exactly quadratic in one layer's weights: second differences are exact.
+        let l0 = loss(l, &w0);
+        let bump = |ks: &[usize]| {
+            let mut w = w0.clone();
+            for &k in ks {
+                w[k] += 1.0;
+            }
+            loss(l, &w)
+        };
+        let single: Vec<f64> = (0..p).map(|k| bump(&[k])).collect();
+        let mut h = vec![0.0; p * p];
+        let mut hmax = 0f64;
+        for a in 0..p {
+            for b in 0..p {
+                h[a * p + b] = if a == b {
+                    let mut w = w0.clone();
+                    w[a] += 2.0;
+                    loss(l, &w) - 2.0 * single[a] + l0
+                } else {
+                    bump(&[a, b]) - single[a] - single[b] + l0
+                };
+                hmax = hmax.max(h[a * p + b].abs());
+            }
+        }
+        for a in 0..p {
+            for b in 0..p {
+                let (ra, ca, rb, cb) = (a / cols, a % cols, b / cols, b % cols);
+                let kfac = f.a[ca * f.a_dim + cb] * f.g[ra * f.g_dim + rb];
+                assert!(
+                    (kfac - h[a * p + b]).abs() <= 1e-9 * hmax,
+                    "layer {l}: H[{a},{b}] = {} but A⊗G gives {kfac}",
+                    h[a * p + b]
+                );
+            }
+        }
+        // OBS on the exact Hessian against the K-FAC inverses (negligible damping).
+        let hinv =
+            spd_inverse(&faer::Mat::from_fn(p, p, |a, b| h[a * p + b])).unwrap_or_else(|e| {
+                panic!(
+                    "layer {l}: {e}; G diag {:?} A diag {:?}",
+                    (0..f.g_dim)
+                        .map(|i| f.g[i * f.g_dim + i])
+                        .collect::<Vec<_>>(),
+                    (0..f.a_dim)
+                        .map(|i| f.a[i * f.a_dim + i])
+                        .collect::<Vec<_>>()
+                )
+            });
+        let inv = Inverses::new(f, 1e-13).unwrap();
+        for q in [0, p / 2, p - 1] {
+            let (r, c) = (q / cols, q % cols);
+            let brute = 0.5 * w0[q] * w0[q] / hinv[(q, q)];
+            let score = inv.obs_score(w0[q], r, c);
+            assert!(
+                (score - brute).abs() <= 1e-6 * brute.abs(),
+                "layer {l}, weight {q}: score {score} vs {brute}"
+            );
+            let mut w = w0.clone();
+            let mut remove = vec![false; p];
+            remove[q] = true;
+            inv.obs_update(&mut w, &remove);
+            for k in 0..p {
+                let want = if k == q {
+                    0.0
+                } else {
+                    w0[k] - w0[q] / hinv[(q, q)] * hinv[(k, q)]
+                };
+                assert!(
+                    (w[k] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "layer {l}, weight {q}: update of {k} is {} vs {want}",
+                    w[k]
+                );
+            }
+        }
+    }
+}
+
+/// The exact Fisher of softmax regression: `G = E_n[diag(p_n) − p_n p_nᵀ]` from the logits, and
+/// the sampled (true) Fisher converges to it.
+#[test]
+fn exact_fisher_of_softmax_regression() {
+    let m = archs::random("mlp-5-3", 4).unwrap();
+    let d = dataset([5, 1, 1], 40, 3, 5);
+    let exact = StatsConfig {
+        fisher: Fisher::Exact,
+        batch: 16,
+        ..Default::default()
+    };
+    let f = &collect(&m, &d, &exact, &Device::Cpu).unwrap()[0];
+    let logits = reference::logits(&m, &d.images).unwrap();
+    let mut want = [0f64; 9];
+    for row in logits.chunks(3) {
+        let p: Vec<f64> = nap::util::softmax(row).iter().map(|&v| v as f64).collect();
+        for i in 0..3 {
+            for j in 0..3 {
+                want[i * 3 + j] += (if i == j { p[i] } else { 0.0 } - p[i] * p[j]) / 40.0;
+            }
+        }
+    }
+    for k in 0..9 {
+        assert!(
+            (f.g[k] - want[k]).abs() < 1e-6,
+            "G[{k}] = {} vs {}",
+            f.g[k],
+            want[k]
+        );
+    }
+    // Many sampled labels per example average to the same matrix.
+    let many = Dataset {
+        images: d.images.repeat(200),
+        labels: d.labels.repeat(200),
+        n: 8000,
+        shape: d.shape,
+    };
+    let sampled = &collect(&m, &many, &StatsConfig::default(), &Device::Cpu).unwrap()[0];
+    for k in 0..9 {
+        assert!(
+            (sampled.g[k] - want[k]).abs() < 0.1 * want[0].abs().max(want[4].abs()),
+            "sampled G[{k}] = {} vs {}",
+            sampled.g[k],
+            want[k]
+        );
+    }
+}

@@ -114,3 +114,111 @@ fn masked_fine_tuning_keeps_pruned_weights_dead() {
         "fine-tuning lost accuracy: {acc_pruned} -> {acc_tuned}"
     );
 }
+
+/// Two independent branches built in either node order: the global ranking picks the same
+/// weights and the OBS update produces the same values (`nap-algorithm.md` §5, oracle 5).
+#[test]
+fn ranking_is_invariant_to_layer_order() {
+    use nap::ir::{GraphBuilder, HostModel, HostTensor};
+    use nap::kfac::Fisher;
+    use nap::prune::ObsUpdate;
+    use nap_runtime::format::{Activation, Metadata, Op};
+
+    fn tensor(name: &str, shape: &[u32], seed: u32) -> HostTensor {
+        let n: u32 = shape.iter().product();
+        HostTensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data: (0..n)
+                .map(|i| {
+                    (((i * 2654435761u32.wrapping_add(seed)) >> 7) % 1000) as f32 / 1000.0 - 0.5
+                })
+                .collect(),
+        }
+    }
+    fn build(p_first: bool) -> HostModel {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[8]);
+        let mut branch = |b: &mut GraphBuilder, name: &str, seed: u32| {
+            let w = b.tensor(tensor(&format!("{name}.weight"), &[4, 8], seed));
+            let bias = b.tensor(tensor(&format!("{name}.bias"), &[4], seed + 1));
+            b.node(
+                name,
+                Op::Linear {
+                    weight: w,
+                    bias: Some(bias),
+                    act: Activation::Relu,
+                },
+                &[x],
+            )
+            .unwrap()
+        };
+        let (p, q) = if p_first {
+            let p = branch(&mut b, "p", 1);
+            (p, branch(&mut b, "q", 7))
+        } else {
+            let q = branch(&mut b, "q", 7);
+            (branch(&mut b, "p", 1), q)
+        };
+        let cat = b.node("cat", Op::Concat, &[p, q]).unwrap();
+        let w = b.tensor(tensor("r.weight", &[3, 8], 3));
+        let bias = b.tensor(tensor("r.bias", &[3], 4));
+        let r = b
+            .node(
+                "r",
+                Op::Linear {
+                    weight: w,
+                    bias: Some(bias),
+                    act: Activation::None,
+                },
+                &[cat],
+            )
+            .unwrap();
+        b.finish(&[r], Metadata::default()).unwrap()
+    }
+    let d = Dataset {
+        images: (0..64 * 8)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.3)
+            .collect(),
+        labels: (0..64).map(|i| (i % 3) as u8).collect(),
+        n: 64,
+        shape: [8, 1, 1],
+    };
+    let cfg = StatsConfig {
+        fisher: Fisher::Empirical,
+        ..Default::default()
+    };
+    let mut results = Vec::new();
+    for p_first in [true, false] {
+        let mut m = build(p_first);
+        let f = collect(&m, &d, &cfg, &Device::Cpu).unwrap();
+        let mut masks = Masks::from_model(&m);
+        let step = StepConfig {
+            criterion: Criterion::Nap,
+            fraction: 0.3,
+            layer_cap: 1.0,
+            update: ObsUpdate::Independent,
+            damping: 1e-2,
+        };
+        let rep = prune_step(&mut m, &mut masks, &f, &step).unwrap();
+        let mut by_name: Vec<(String, Vec<f32>)> = m
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.data.clone()))
+            .collect();
+        by_name.sort_by(|a, b| a.0.cmp(&b.0));
+        results.push((by_name, rep.predicted_loss_increase));
+    }
+    let (a, b) = (&results[0], &results[1]);
+    for ((na, wa), (nb, wb)) in a.0.iter().zip(&b.0) {
+        assert_eq!(na, nb);
+        let zeros_a: Vec<bool> = wa.iter().map(|v| *v == 0.0).collect();
+        let zeros_b: Vec<bool> = wb.iter().map(|v| *v == 0.0).collect();
+        assert_eq!(zeros_a, zeros_b, "{na}: different weights pruned");
+        for (x, y) in wa.iter().zip(wb) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{na}: {x} vs {y}");
+        }
+    }
+    assert!((a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(1e-12));
+    assert!(a.0.iter().any(|(_, w)| w.iter().any(|v| *v == 0.0)));
+}
