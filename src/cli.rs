@@ -196,8 +196,14 @@ enum CriterionArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum UpdateArg {
+    /// No compensation.
     None,
+    /// Sum of the single-weight OBS updates.
     Independent,
+    /// Joint OBS update of each row's removed weights, spread over the rows through G⁻¹.
+    Row,
+    /// Joint OBS update of each row's removed weights, changing only that row.
+    RowLocal,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -230,7 +236,7 @@ struct PruneArgs {
     #[arg(long, value_enum, default_value = "nap")]
     criterion: CriterionArg,
     /// OBS compensation of the remaining weights (nap only).
-    #[arg(long, value_enum, default_value = "independent")]
+    #[arg(long, value_enum, default_value = "row")]
     obs_update: UpdateArg,
     /// Tolerated drop of validation accuracy, in percentage points ("0.1%" or "0.1").
     /// Without a target this defaults to 0.1%.
@@ -998,6 +1004,8 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         obs_update: match a.obs_update {
             UpdateArg::None => ObsUpdate::None,
             UpdateArg::Independent => ObsUpdate::Independent,
+            UpdateArg::Row => ObsUpdate::Row,
+            UpdateArg::RowLocal => ObsUpdate::RowLocal,
         },
         damping: a.damping,
         step: a.step,

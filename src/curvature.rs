@@ -1,7 +1,7 @@
 //! Factor algebra on K-FAC statistics: relative damping, inverses and the OBS/OBD saliencies.
 
 use anyhow::{anyhow, Result};
-use faer::linalg::solvers::DenseSolveCore;
+use faer::linalg::solvers::{DenseSolveCore, Solve};
 use faer::{Mat, Side};
 
 use crate::kfac::LayerFactors;
@@ -71,6 +71,58 @@ impl Inverses {
                 w[k] = if remove[k] { 0.0 } else { w[k] - delta[(i, j)] };
             }
         }
+    }
+}
+
+impl Inverses {
+    /// The joint OBS update per row: for the weights `S` removed from row `i`, the exact OBS
+    /// update of removing `S` alone under `H = A ⊗ G`,
+    /// `δW̄ = −(G⁻¹ e_i / [G⁻¹]_ii) (A⁻¹[:, S] (A⁻¹[S, S])⁻¹ w_S)ᵀ`, summed over rows (rows
+    /// interact only through `G`). With `spread = false` only row `i` changes (the minimiser
+    /// with the other rows held fixed). Removed entries end at zero. Same layout as
+    /// [`Inverses::obs_update`].
+    pub fn obs_update_rows(&self, w: &mut [f64], remove: &[bool], spread: bool) -> Result<()> {
+        let cols = self.a_inv.nrows();
+        let rows = self.g_inv.nrows();
+        let mut r = Mat::<f64>::zeros(rows, cols);
+        for (i, (row, flags)) in w.chunks(cols).zip(remove.chunks(cols)).enumerate() {
+            let s: Vec<usize> = (0..cols).filter(|&j| flags[j]).collect();
+            if s.is_empty() {
+                continue;
+            }
+            let ass = Mat::from_fn(s.len(), s.len(), |a, b| self.a_inv[(s[a], s[b])]);
+            let ws = Mat::from_fn(s.len(), 1, |a, _| row[s[a]]);
+            let llt = ass
+                .llt(Side::Lower)
+                .map_err(|e| anyhow!("A⁻¹ restricted to a row's removed set is singular: {e:?}"))?;
+            let coef = llt.solve(&ws);
+            for j in 0..cols {
+                r[(i, j)] = s
+                    .iter()
+                    .enumerate()
+                    .map(|(a, &q)| self.a_inv[(j, q)] * coef[(a, 0)])
+                    .sum();
+            }
+        }
+        let delta = if spread {
+            for i in 0..rows {
+                let d = self.g_inv[(i, i)];
+                for j in 0..cols {
+                    r[(i, j)] /= d;
+                }
+            }
+            &self.g_inv * &r
+        } else {
+            r
+        };
+        for (k, v) in w.iter_mut().enumerate() {
+            *v = if remove[k] {
+                0.0
+            } else {
+                *v - delta[(k / cols, k % cols)]
+            };
+        }
+        Ok(())
     }
 }
 

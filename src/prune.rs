@@ -29,6 +29,11 @@ pub enum ObsUpdate {
     None,
     /// The sum of the single-weight OBS updates (`δW̄ = −G⁻¹ C A⁻¹`), NAP only.
     Independent,
+    /// The joint OBS update of the weights removed from each row, spread over the other rows
+    /// through `G⁻¹`; rows are treated independently.
+    Row,
+    /// The joint OBS update of the weights removed from each row, changing only that row.
+    RowLocal,
 }
 
 #[derive(Clone, Debug)]
@@ -189,7 +194,7 @@ pub fn prune_step(
             }
         }
     }
-    if cfg.update == ObsUpdate::Independent && cfg.criterion == Criterion::Nap {
+    if cfg.update != ObsUpdate::None && cfg.criterion == Criterion::Nap {
         for (l, &(node, w)) in layers.iter().enumerate() {
             if removed[l] == 0 {
                 continue;
@@ -219,10 +224,12 @@ pub fn prune_step(
                 wb[i * (cols + 1) + cols] =
                     bias.map_or(0.0, |b| m.tensors[b as usize].data[i] as f64);
             }
-            inverses[l]
-                .as_ref()
-                .expect("built above")
-                .obs_update(&mut wb, &remove);
+            let inv = inverses[l].as_ref().expect("built above");
+            if cfg.update == ObsUpdate::Row || cfg.update == ObsUpdate::RowLocal {
+                inv.obs_update_rows(&mut wb, &remove, cfg.update == ObsUpdate::Row)?;
+            } else {
+                inv.obs_update(&mut wb, &remove);
+            }
             for i in 0..rows {
                 for j in 0..cols {
                     m.tensors[w as usize].data[i * cols + j] = wb[i * (cols + 1) + j] as f32;

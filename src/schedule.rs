@@ -77,7 +77,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             criterion: Criterion::Nap,
-            obs_update: ObsUpdate::Independent,
+            obs_update: ObsUpdate::Row,
             damping: 1e-1,
             step: 0.2,
             min_step: 0.025,

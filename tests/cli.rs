@@ -65,6 +65,118 @@ fn demo_trains_exports_and_agrees() {
     assert_eq!(r["agreement"]["top1_mismatches"], 0);
     assert!(r["runtime_accuracy"].as_f64().unwrap() > 0.8, "{r}");
     assert!(out.exists());
+    let p = &r["pruning"];
+    assert!(p["compression"].as_f64().unwrap() > 1.0, "{p}");
+    assert_eq!(p["test_accuracy"], p["runtime_test_accuracy"]);
+    assert!(
+        p["val_accuracy"].as_f64().unwrap()
+            >= p["val_accuracy_dense"].as_f64().unwrap() - 0.01 - 1e-6,
+        "{p}"
+    );
+    assert!(dir.path().join("demo.prune/pruned.nap").exists());
+}
+
+/// `nap prune` end to end on the digits: JSON report, checkpoints, --resume, and clear errors.
+#[test]
+fn prune_reports_resumes_and_rejects_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("dense.safetensors");
+    let o = nap(&[
+        "train",
+        "--arch",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--split",
+        "train",
+        "--epochs",
+        "6",
+        "-o",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = dir.path().join("run");
+    let args = |steps: &'static str| -> Vec<String> {
+        [
+            "prune",
+            ckpt.to_str().unwrap(),
+            "--arch",
+            "digits-cnn",
+            "--data",
+            "digits",
+            "-o",
+            run.to_str().unwrap(),
+            "--max-drop",
+            "2%",
+            "--stats-examples",
+            "300",
+            "--max-steps",
+            steps,
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let argv = args("2");
+    let o = nap(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["state"]["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(r["layers"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        r["pruned"]["test_accuracy"], r["pruned"]["runtime_test_accuracy"],
+        "{}",
+        r["pruned"]
+    );
+    for f in [
+        "pruned.nap",
+        "pruned.safetensors",
+        "report.json",
+        "accuracy.svg",
+        "density.svg",
+        "state.json",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // The same folder again: refused without --resume, continued with it.
+    let o = nap(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--resume"), "{}", text(&o));
+    let mut more = args("3");
+    more.push("--resume".into());
+    let o = nap(&more.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["state"]["steps"].as_array().unwrap().len(), 3);
+    // Bad input.
+    for (bad, needle) in [
+        (vec!["--max-drop", "lots"], "--max-drop"),
+        (
+            vec!["--target-sparsity", "1.5", "--max-drop", "1"],
+            "--target-sparsity",
+        ),
+        (vec!["--device", "tpu"], "unknown device"),
+        (vec!["--device", "cuda"], "cuda"),
+    ] {
+        let mut a = args("1");
+        a[7] = dir.path().join("other").to_str().unwrap().to_string();
+        a.extend(bad.iter().map(|s| s.to_string()));
+        let o = nap(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!o.status.success(), "{bad:?} was accepted");
+        assert!(text(&o).contains(needle), "{bad:?}: {}", text(&o));
+    }
+    let o = nap(&[
+        "prune",
+        ckpt.to_str().unwrap(),
+        "--arch",
+        "mnist-cnn",
+        "--data",
+        "digits",
+        "-o",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
 }
 
 #[test]

@@ -224,3 +224,78 @@ fn obd_uses_the_fisher_diagonal_and_rescales_with_the_loss() {
         "loss rescaling",
     );
 }
+
+/// The row-joint update equals brute-force OBS on the full Kronecker Fisher for a set removed
+/// from one row: `δw = −F⁻¹[:, S] (F⁻¹[S, S])⁻¹ w_S`, also realising ½ w_Sᵀ(F⁻¹_SS)⁻¹w_S; the
+/// row-local variant changes only that row and is the minimiser with the other rows fixed.
+#[test]
+fn row_update_is_joint_obs_for_one_row() {
+    let mut r = rng(9);
+    let (din1, dout) = (5usize, 3usize);
+    let a = gram(din1, 12, 0.3, &mut r);
+    let g = gram(dout, 12, 0.2, &mut r);
+    let inv = Inverses::new(&factors(a.clone(), din1, g.clone(), dout), 0.0).unwrap();
+    let n = dout * din1;
+    let big: Vec<f64> = (0..n * n)
+        .map(|k| {
+            let (p, q) = (k / n, k % n);
+            g[(p / din1) * dout + q / din1] * a[(p % din1) * din1 + q % din1]
+        })
+        .collect();
+    let w: Vec<f64> = (0..n).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let set = [din1, din1 + 2, din1 + 3]; // row 1, columns 0, 2, 3
+    let cols_of_finv: Vec<Vec<f64>> = set
+        .iter()
+        .map(|&q| {
+            let mut e = vec![0.0; n];
+            e[q] = 1.0;
+            solve(big.clone(), e)
+        })
+        .collect();
+    let fss: Vec<f64> = (0..set.len() * set.len())
+        .map(|k| cols_of_finv[k % set.len()][set[k / set.len()]])
+        .collect();
+    let coef = solve(fss, set.iter().map(|&q| w[q]).collect());
+    let mut remove = vec![false; n];
+    set.iter().for_each(|&q| remove[q] = true);
+    let mut upd = w.clone();
+    inv.obs_update_rows(&mut upd, &remove, true).unwrap();
+    for k in 0..n {
+        let d: f64 = (0..set.len()).map(|s| cols_of_finv[s][k] * coef[s]).sum();
+        let want = if remove[k] { 0.0 } else { w[k] - d };
+        close(upd[k], want, 1e-8, "row-joint OBS update");
+    }
+    // Row-local: only row 1 changes, and it solves min ½δᵀ A δ s.t. δ_S = −w_S in that row.
+    let mut local = w.clone();
+    inv.obs_update_rows(&mut local, &remove, false).unwrap();
+    for k in 0..n {
+        if k / din1 != 1 {
+            assert_eq!(local[k], w[k]);
+        }
+    }
+    let cols = [0usize, 2, 3];
+    let mut kkt = vec![0.0; (din1 + 3) * (din1 + 3)];
+    let m = din1 + 3;
+    for i in 0..din1 {
+        for j in 0..din1 {
+            kkt[i * m + j] = a[i * din1 + j];
+        }
+    }
+    for (c, &j) in cols.iter().enumerate() {
+        kkt[j * m + din1 + c] = 1.0;
+        kkt[(din1 + c) * m + j] = 1.0;
+    }
+    let mut rhs = vec![0.0; m];
+    for (c, &j) in cols.iter().enumerate() {
+        rhs[din1 + c] = -w[din1 + j];
+    }
+    let sol = solve(kkt, rhs);
+    for j in 0..din1 {
+        close(
+            local[din1 + j],
+            w[din1 + j] + sol[j],
+            1e-8,
+            "row-local update",
+        );
+    }
+}

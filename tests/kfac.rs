@@ -260,14 +260,9 @@ fn true_fisher_is_reproducible_and_symmetric() {
     }
 }
 
-/// A deep linear network with MSE: every layer's exact Hessian block equals `A ⊗ G` of K-FAC
-/// "expand" with the exact Fisher, and OBS scores and updates from the K-FAC inverses equal
-/// brute-force OBS on that Hessian (`nap-algorithm.md` §5, oracle 2).
-#[test]
-fn deep_linear_mse_kfac_is_exact() {
-    use nap::curvature::{spd_inverse, Inverses};
-    use nap::kfac::Loss;
-
+/// A 4-4-4-4 deep linear network (three Linear layers with bias, no activations) and 32
+/// random inputs.
+fn deep_linear() -> (HostModel, Dataset, [usize; 4]) {
     // Equal widths: a narrowing layer makes later A singular, a widening one makes G singular.
     let dims = [4usize, 4, 4, 4];
     let mut b = GraphBuilder::new();
@@ -311,6 +306,130 @@ fn deep_linear_mse_kfac_is_exact() {
         n,
         shape: [dims[0], 1, 1],
     };
+    (m, d, dims)
+}
+
+/// Mean `½‖f(x) − t‖²` of a deep linear net in f64, from its weights and biases.
+fn deep_linear_loss(
+    params: &[(Vec<f64>, Vec<f64>)],
+    dims: &[usize; 4],
+    d: &Dataset,
+    targets: &[Vec<f64>],
+) -> f64 {
+    let mut total = 0.0;
+    for e in 0..d.n {
+        let f = deep_linear_forward(params, dims, &d.images[e * dims[0]..(e + 1) * dims[0]]);
+        total += f
+            .iter()
+            .zip(&targets[e])
+            .map(|(v, t)| 0.5 * (v - t) * (v - t))
+            .sum::<f64>();
+    }
+    total / d.n as f64
+}
+
+fn deep_linear_forward(params: &[(Vec<f64>, Vec<f64>)], dims: &[usize; 4], x: &[f32]) -> Vec<f64> {
+    let mut a: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    for (l, (w, b)) in params.iter().enumerate() {
+        let (i, o) = (dims[l], dims[l + 1]);
+        a = (0..o)
+            .map(|r| (0..i).map(|c| w[r * i + c] * a[c]).sum::<f64>() + b[r])
+            .collect();
+    }
+    a
+}
+
+fn f64_params(m: &HostModel) -> Vec<(Vec<f64>, Vec<f64>)> {
+    (0..3)
+        .map(|l| {
+            let cast = |t: &HostTensor| t.data.iter().map(|&v| v as f64).collect();
+            (cast(&m.tensors[2 * l]), cast(&m.tensors[2 * l + 1]))
+        })
+        .collect()
+}
+
+/// At a minimum (targets = the network's own outputs) the predicted loss increase of removing
+/// one weight with the OBS update is the measured one; with more weights removed at once the
+/// independent update ignores their interactions and the prediction only bounds the order of
+/// magnitude (`nap-algorithm.md` §5, oracle 4).
+#[test]
+fn predicted_loss_increase_matches_measured_for_a_tiny_step() {
+    use nap::kfac::Loss;
+    use nap::prune::{prune_step, Criterion, Masks, ObsUpdate, StepConfig};
+    let (m, d, dims) = deep_linear();
+    let targets: Vec<Vec<f64>> = (0..d.n)
+        .map(|e| {
+            deep_linear_forward(
+                &f64_params(&m),
+                &dims,
+                &d.images[e * dims[0]..(e + 1) * dims[0]],
+            )
+        })
+        .collect();
+    let cfg = StatsConfig {
+        fisher: Fisher::Exact,
+        loss: Loss::Mse,
+        ..Default::default()
+    };
+    let factors = collect(&m, &d, &cfg, &Device::Cpu).unwrap();
+    let total = Masks::from_model(&m).alive();
+    let mut ratios = Vec::new();
+    for (k, update) in [
+        (1usize, ObsUpdate::Independent),
+        (1, ObsUpdate::Row),
+        (4, ObsUpdate::Row),
+        (12, ObsUpdate::Row),
+        (12, ObsUpdate::Independent),
+    ] {
+        let mut p = m.clone();
+        let mut masks = Masks::from_model(&p);
+        let rep = prune_step(
+            &mut p,
+            &mut masks,
+            &factors,
+            &StepConfig {
+                criterion: Criterion::Nap,
+                fraction: k as f64 / total as f64,
+                layer_cap: 1.0,
+                update,
+                damping: 1e-12,
+            },
+        )
+        .unwrap();
+        assert_eq!(rep.removed.iter().sum::<usize>(), k);
+        let measured = deep_linear_loss(&f64_params(&p), &dims, &d, &targets);
+        ratios.push((k, update, rep.predicted_loss_increase, measured));
+    }
+    for &(_, update, pred, meas) in &ratios[..2] {
+        assert!(meas > 0.0 && pred > 0.0);
+        // f32 weights after the update limit the agreement.
+        assert!(
+            (pred / meas - 1.0).abs() < 1e-3,
+            "one weight, {update:?}: predicted {pred} vs measured {meas}"
+        );
+    }
+    let (_, _, pred4, meas4) = ratios[2];
+    assert!(
+        (pred4 / meas4 - 1.0).abs() < 1.0,
+        "4 weights: predicted {pred4} vs measured {meas4}"
+    );
+    // Twelve weights across rows and layers interact strongly in this ill-conditioned net: the
+    // sum of scores under-predicts, and the row-joint update loses far less than the
+    // independent one.
+    let (row12, ind12) = (ratios[3].3, ratios[4].3);
+    assert!(row12 < ind12, "row {row12} vs independent {ind12}");
+}
+
+/// A deep linear network with MSE: every layer's exact Hessian block equals `A ⊗ G` of K-FAC
+/// "expand" with the exact Fisher, and OBS scores and updates from the K-FAC inverses equal
+/// brute-force OBS on that Hessian (`nap-algorithm.md` §5, oracle 2).
+#[test]
+fn deep_linear_mse_kfac_is_exact() {
+    use nap::curvature::{spd_inverse, Inverses};
+    use nap::kfac::Loss;
+
+    let (m, d, dims) = deep_linear();
+    let n = d.n;
     let cfg = StatsConfig {
         fisher: nap::kfac::Fisher::Exact,
         loss: Loss::Mse,

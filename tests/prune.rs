@@ -139,7 +139,7 @@ fn ranking_is_invariant_to_layer_order() {
     fn build(p_first: bool) -> HostModel {
         let mut b = GraphBuilder::new();
         let x = b.input("x", &[8]);
-        let mut branch = |b: &mut GraphBuilder, name: &str, seed: u32| {
+        let branch = |b: &mut GraphBuilder, name: &str, seed: u32| {
             let w = b.tensor(tensor(&format!("{name}.weight"), &[4, 8], seed));
             let bias = b.tensor(tensor(&format!("{name}.bias"), &[4], seed + 1));
             b.node(
