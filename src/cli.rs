@@ -335,7 +335,7 @@ fn parse_bytes(s: &str) -> Result<u64> {
     let v: f64 = num
         .parse()
         .map_err(|_| anyhow!("--target-size: {s:?} is not a size"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         bail!("--target-size must be positive");
     }
     Ok((v * mul as f64) as u64)

@@ -462,14 +462,15 @@ pub fn run(
             .filter(|&t| alive <= keep_for(t, st.dense.prunable))
         {
             Some(format!("reached --target-sparsity {t}"))
-        } else if let Some(t) = settings.target_size.filter(|&t| {
-            export::to_nap_bytes(&best, ExportOptions::default())
-                .map(|b| b.len() as u64 <= t)
-                .unwrap_or(false)
-        }) {
-            Some(format!("reached --target-size {t} bytes"))
         } else {
-            None
+            settings
+                .target_size
+                .filter(|&t| {
+                    export::to_nap_bytes(&best, ExportOptions::default())
+                        .map(|b| b.len() as u64 <= t)
+                        .unwrap_or(false)
+                })
+                .map(|t| format!("reached --target-size {t} bytes"))
         };
         if let Some(reason) = stop {
             log(&format!("stop: {reason}"));

@@ -1,4 +1,5 @@
 //! K-FAC statistics against independent oracles (nap-algorithm.md §5). Run in release.
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas they check
 
 use candle_core::{DType, Device, Tensor, Var};
 use nap::data::Dataset;

@@ -220,5 +220,5 @@ fn ranking_is_invariant_to_layer_order() {
         }
     }
     assert!((a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(1e-12));
-    assert!(a.0.iter().any(|(_, w)| w.iter().any(|v| *v == 0.0)));
+    assert!(a.0.iter().any(|(_, w)| w.contains(&0.0)));
 }
