@@ -275,6 +275,12 @@ struct PruneArgs {
     /// Peak learning rate of the fine-tuning (AdamW, cosine decay to 0).
     #[arg(long, default_value_t = 3e-4)]
     ft_lr: f64,
+    /// Fraction of each fine-tune over which the learning rate warms up.
+    #[arg(long, default_value_t = 0.1)]
+    ft_warmup: f64,
+    /// Weight decay (AdamW) during fine-tuning.
+    #[arg(long, default_value_t = 0.0)]
+    ft_weight_decay: f64,
     /// Epochs of one last fine-tune of the final model.
     #[arg(long, default_value_t = 0)]
     final_epochs: usize,
@@ -1024,6 +1030,8 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         ft_epochs: a.ft_epochs,
         ft_examples: a.ft_examples,
         ft_lr: a.ft_lr,
+        ft_warmup: a.ft_warmup,
+        ft_weight_decay: a.ft_weight_decay,
         final_epochs: a.final_epochs,
         val_fraction: a.val_fraction,
         val_seed: a.val_seed,

@@ -63,6 +63,9 @@ pub struct Settings {
     pub ft_lr: f64,
     pub ft_batch: usize,
     pub ft_weight_decay: f64,
+    /// Fraction of each fine-tune spent warming the learning rate up.
+    #[serde(default)]
+    pub ft_warmup: f64,
     /// One longer fine-tune of the final model (kept only if validation accuracy does not
     /// drop).
     pub final_epochs: usize,
@@ -94,6 +97,7 @@ impl Default for Settings {
             ft_lr: 3e-4,
             ft_batch: 64,
             ft_weight_decay: 0.0,
+            ft_warmup: 0.1,
             final_epochs: 0,
             val_fraction: 0.1,
             val_seed: 0,
@@ -545,6 +549,7 @@ pub fn run(
                     seed: settings.seed.wrapping_add(k as u64),
                     progress: opts.progress,
                     device: dev.clone(),
+                    warmup: settings.ft_warmup,
                 },
                 Some(&trial_masks),
             )?;
@@ -627,6 +632,7 @@ pub fn run(
                 seed: settings.seed.wrapping_add(999_999),
                 progress: opts.progress,
                 device: dev.clone(),
+                warmup: settings.ft_warmup,
             },
             Some(&masks),
         )?;

@@ -22,6 +22,8 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Where candle computes.
     pub device: Device,
+    /// Fraction of the batches over which the learning rate ramps up linearly.
+    pub warmup: f64,
 }
 
 impl Default for TrainConfig {
@@ -34,6 +36,7 @@ impl Default for TrainConfig {
             seed: 0,
             progress: true,
             device: Device::Cpu,
+            warmup: 0.0,
         }
     }
 }
@@ -129,8 +132,11 @@ pub fn train_masked(
         order.shuffle(&mut rng);
         let (mut sum, mut count) = (0f64, 0usize);
         for chunk in order.chunks(cfg.batch) {
-            // Cosine decay of the learning rate over all batches of the run.
+            // Linear warm-up over the first `warmup` of the batches (Adam's first steps are
+            // sign-like and would jolt a trained model), then cosine decay to zero.
+            let warm = (cfg.warmup * total_batches as f64).max(1.0);
             let lr = cfg.lr
+                * ((step + 1) as f64 / warm).min(1.0)
                 * 0.5
                 * (1.0 + (std::f64::consts::PI * step as f64 / total_batches as f64).cos());
             opt.set_learning_rate(lr);
