@@ -54,14 +54,16 @@ fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     out
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v.abs() >= 100.0 || v == v.round() {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
+/// `v` with as many decimals as the tick spacing `step` needs.
+fn fmt_tick(v: f64, step: f64) -> String {
+    let mut digits = 0usize;
+    while digits < 6
+        && ((step * 10f64.powi(digits as i32)).round() - step * 10f64.powi(digits as i32)).abs()
+            > 1e-6
+    {
+        digits += 1;
     }
+    format!("{v:.digits$}")
 }
 
 /// A line chart; `log_x` uses a base-10 x axis. `hline` draws a dashed reference line.
@@ -119,17 +121,21 @@ pub fn line_chart(
     } else {
         nice_ticks(x0, x1, 6)
     };
+    let x_step = if xt.len() > 1 { xt[1] - xt[0] } else { 1.0 };
     for x in xt {
+        let step = if log_x { x } else { x_step };
         let _ = writeln!(
             s,
             r##"<line x1="{0}" y1="{T}" x2="{0}" y2="{1}" stroke="#eee"/><text x="{0}" y="{2}" text-anchor="middle">{3}</text>"##,
             px(x),
             H - B,
             H - B + 16.0,
-            fmt_tick(x)
+            fmt_tick(x, step)
         );
     }
-    for y in nice_ticks(y0, y1, 6) {
+    let yt = nice_ticks(y0, y1, 6);
+    let y_step = if yt.len() > 1 { yt[1] - yt[0] } else { 1.0 };
+    for y in yt {
         let _ = writeln!(
             s,
             r##"<line x1="{L}" y1="{0}" x2="{1}" y2="{0}" stroke="#eee"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
@@ -137,7 +143,7 @@ pub fn line_chart(
             W - R,
             L - 6.0,
             py(y) + 4.0,
-            fmt_tick(y)
+            fmt_tick(y, y_step)
         );
     }
     if let Some((y, label)) = hline {
@@ -238,4 +244,44 @@ pub fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_have_the_precision_of_their_spacing() {
+        assert_eq!(fmt_tick(99.15, 0.05), "99.15");
+        assert_eq!(fmt_tick(99.2, 0.1), "99.2");
+        assert_eq!(fmt_tick(20.0, 5.0), "20");
+        assert_eq!(fmt_tick(2.5, 2.5), "2.5");
+        let t = nice_ticks(99.07, 99.31, 6);
+        let labels: Vec<String> = t.iter().map(|&v| fmt_tick(v, t[1] - t[0])).collect();
+        let mut dedup = labels.clone();
+        dedup.dedup();
+        assert_eq!(labels, dedup, "repeated labels {labels:?}");
+    }
+
+    #[test]
+    fn charts_are_well_formed() {
+        let svg = line_chart(
+            "t <&>",
+            "x",
+            "y",
+            &[Series {
+                name: "a",
+                color: "#000",
+                points: vec![(1.0, 99.0), (3.0, 98.5), (10.0, 98.0)],
+                line: true,
+            }],
+            true,
+            Some((98.2, "limit")),
+        );
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("t &lt;&amp;&gt;") && svg.contains("polyline"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+        let bars = bar_chart("d", &[("fc1".into(), 0.25), ("fc2".into(), 1.0)]);
+        assert!(bars.contains("25.00%") && bars.contains("100.00%"));
+    }
 }
