@@ -182,40 +182,6 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum CriterionArg {
-    /// K-FAC OBS saliency, one global ranking (the NAP method).
-    Nap,
-    /// K-FAC diagonal (OBD) saliency, one global ranking.
-    Obd,
-    /// |w|, one global ranking.
-    Magnitude,
-    /// |w|, the same fraction from every layer.
-    MagnitudeUniform,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum UpdateArg {
-    /// No compensation.
-    None,
-    /// Sum of the single-weight OBS updates.
-    Independent,
-    /// Joint OBS update of each row's removed weights, spread over the rows through G⁻¹.
-    Row,
-    /// Joint OBS update of each row's removed weights, changing only that row.
-    RowLocal,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum FisherArg {
-    /// Labels sampled from the model.
-    True,
-    /// The data's labels.
-    Empirical,
-    /// The exact expectation over the model's predictions (one backward pass per class).
-    Exact,
-}
-
 #[derive(clap::Args)]
 struct PruneArgs {
     /// Trained weights (.pth or .safetensors) of --arch.
@@ -234,10 +200,10 @@ struct PruneArgs {
     #[arg(long)]
     resume: bool,
     #[arg(long, value_enum, default_value = "nap")]
-    criterion: CriterionArg,
+    criterion: crate::prune::Criterion,
     /// OBS compensation of the remaining weights (nap only).
     #[arg(long, value_enum, default_value = "row")]
-    obs_update: UpdateArg,
+    obs_update: crate::prune::ObsUpdate,
     /// Tolerated drop of validation accuracy, in percentage points ("0.1%" or "0.1").
     /// Without a target this defaults to 0.1%.
     #[arg(long)]
@@ -261,7 +227,7 @@ struct PruneArgs {
     #[arg(long, default_value_t = 1e-1)]
     damping: f64,
     #[arg(long, value_enum, default_value = "true")]
-    fisher: FisherArg,
+    fisher: crate::kfac::Fisher,
     /// Examples per K-FAC statistics pass.
     #[arg(long, default_value_t = 10_000)]
     stats_examples: usize,
@@ -987,8 +953,6 @@ fn train_cmd(
 }
 
 fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
-    use crate::kfac::Fisher;
-    use crate::prune::{Criterion, ObsUpdate};
     let target_sparsity = a
         .target_sparsity
         .as_deref()
@@ -1001,18 +965,8 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         None => None,
     };
     Ok(crate::schedule::Settings {
-        criterion: match a.criterion {
-            CriterionArg::Nap => Criterion::Nap,
-            CriterionArg::Obd => Criterion::Obd,
-            CriterionArg::Magnitude => Criterion::Magnitude,
-            CriterionArg::MagnitudeUniform => Criterion::MagnitudeUniform,
-        },
-        obs_update: match a.obs_update {
-            UpdateArg::None => ObsUpdate::None,
-            UpdateArg::Independent => ObsUpdate::Independent,
-            UpdateArg::Row => ObsUpdate::Row,
-            UpdateArg::RowLocal => ObsUpdate::RowLocal,
-        },
+        criterion: a.criterion,
+        obs_update: a.obs_update,
         damping: a.damping,
         step: a.step,
         min_step: a.min_step.unwrap_or(a.step / 8.0),
@@ -1021,11 +975,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         target_sparsity,
         target_size,
         max_steps: a.max_steps,
-        fisher: match a.fisher {
-            FisherArg::True => Fisher::True,
-            FisherArg::Empirical => Fisher::Empirical,
-            FisherArg::Exact => Fisher::Exact,
-        },
+        fisher: a.fisher,
         stats_examples: a.stats_examples,
         ft_epochs: a.ft_epochs,
         ft_examples: a.ft_examples,

@@ -22,7 +22,9 @@ use crate::ir::HostModel;
 use crate::reference;
 
 /// Which labels the gradients use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Fisher {
     /// Labels sampled from the model's own predictive distribution (the default).

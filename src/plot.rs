@@ -24,11 +24,11 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn header(out: &mut String, title: &str) {
+fn header(out: &mut String, title: &str, height: f64) {
     let _ = write!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
-<rect width="{W}" height="{H}" fill="white"/>
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="12">
+<rect width="{W}" height="{height}" fill="white"/>
 <text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
 "#,
         W / 2.0,
@@ -99,7 +99,7 @@ pub fn line_chart(
     let px = |x: f64| L + (fx(x) - x0) / (x1 - x0) * (W - L - R);
     let py = |y: f64| T + (y1 - y) / (y1 - y0) * (H - T - B);
     let mut s = String::new();
-    header(&mut s, title);
+    header(&mut s, title, H);
     let _ = writeln!(
         s,
         r##"<rect x="{L}" y="{T}" width="{}" height="{}" fill="none" stroke="#888"/>"##,
@@ -216,15 +216,7 @@ pub fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
     let left = 170.0;
     let width = W - left - 80.0;
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif" font-size="12">
-<rect width="{W}" height="{h}" fill="white"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>
-"#,
-        W / 2.0,
-        esc(title)
-    );
+    header(&mut s, title, h);
     for (i, (label, v)) in bars.iter().enumerate() {
         let y = T + row * i as f64;
         let v = v.clamp(0.0, 1.0);

@@ -9,7 +9,9 @@ use crate::ir::HostModel;
 use crate::kfac::LayerFactors;
 
 /// How weights are scored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Criterion {
     /// K-FAC OBS: `½ w² / ([A⁻¹]_jj [G⁻¹]_ii)`, ranked globally.
@@ -23,9 +25,12 @@ pub enum Criterion {
 }
 
 /// Compensation of the remaining weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ObsUpdate {
+    /// No compensation.
     None,
     /// The sum of the single-weight OBS updates (`δW̄ = −G⁻¹ C A⁻¹`), NAP only.
     Independent,

@@ -179,7 +179,7 @@ pub fn finish(
         .as_bytes(),
     )?;
     let report_path = dir.join("report.json");
-    let mut report = Report {
+    let report = Report {
         arch: st.arch.clone(),
         state: st.clone(),
         dense: dense_score,
@@ -188,7 +188,6 @@ pub fn finish(
         peak_rss_mib: peak_rss_mib(),
         files: vec![nap_path, st_path, report_path.clone(), acc_svg, dens_svg],
     };
-    report.peak_rss_mib = peak_rss_mib();
     atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;
     Ok(report)
 }

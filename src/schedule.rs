@@ -151,6 +151,20 @@ impl Settings {
         Ok(())
     }
 
+    /// The fine-tuning configuration for `epochs` epochs.
+    fn finetune(&self, epochs: usize, seed: u64, progress: bool, dev: &Device) -> TrainConfig {
+        TrainConfig {
+            epochs,
+            batch: self.ft_batch,
+            lr: self.ft_lr,
+            weight_decay: self.ft_weight_decay,
+            seed,
+            progress,
+            device: dev.clone(),
+            warmup: self.ft_warmup,
+        }
+    }
+
     fn needs_curvature(&self) -> bool {
         matches!(self.criterion, Criterion::Nap | Criterion::Obd)
     }
@@ -541,16 +555,12 @@ pub fn run(
             train::train_masked(
                 &mut trial,
                 subset.as_ref().unwrap_or(train_set),
-                &TrainConfig {
-                    epochs: settings.ft_epochs,
-                    batch: settings.ft_batch,
-                    lr: settings.ft_lr,
-                    weight_decay: settings.ft_weight_decay,
-                    seed: settings.seed.wrapping_add(k as u64),
-                    progress: opts.progress,
-                    device: dev.clone(),
-                    warmup: settings.ft_warmup,
-                },
+                &settings.finetune(
+                    settings.ft_epochs,
+                    settings.seed.wrapping_add(k as u64),
+                    opts.progress,
+                    &dev,
+                ),
                 Some(&trial_masks),
             )?;
         }
@@ -624,16 +634,12 @@ pub fn run(
         train::train_masked(
             &mut trial,
             train_set,
-            &TrainConfig {
-                epochs: settings.final_epochs,
-                batch: settings.ft_batch,
-                lr: settings.ft_lr,
-                weight_decay: settings.ft_weight_decay,
-                seed: settings.seed.wrapping_add(999_999),
-                progress: opts.progress,
-                device: dev.clone(),
-                warmup: settings.ft_warmup,
-            },
+            &settings.finetune(
+                settings.final_epochs,
+                settings.seed.wrapping_add(999_999),
+                opts.progress,
+                &dev,
+            ),
             Some(&masks),
         )?;
         let tuned = score(&trial, val, &dev)?;

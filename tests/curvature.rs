@@ -58,6 +58,18 @@ fn factors(a: Vec<f64>, a_dim: usize, g: Vec<f64>, g_dim: usize) -> LayerFactors
     }
 }
 
+/// The full `(dout·din1)²` Fisher `A ⊗ G` over weights indexed `q = i * din1 + j`:
+/// `F[(i,j),(i2,j2)] = G[i,i2] A[j,j2]`.
+fn kronecker(a: &[f64], din1: usize, g: &[f64], dout: usize) -> Vec<f64> {
+    let n = dout * din1;
+    (0..n * n)
+        .map(|k| {
+            let (p, q) = (k / n, k % n);
+            g[(p / din1) * dout + q / din1] * a[(p % din1) * din1 + q % din1]
+        })
+        .collect()
+}
+
 fn close(a: f64, b: f64, tol: f64, what: &str) {
     assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: {a} vs {b}");
 }
@@ -102,14 +114,8 @@ fn obs_equals_brute_force_on_the_full_kronecker_fisher() {
     let f = factors(a.clone(), din1, g.clone(), dout);
     let inv = Inverses::new(&f, 0.0).unwrap();
     let w: Vec<f64> = (0..dout * din1).map(|_| r.gen_range(-1.0..1.0)).collect();
-    // q = (i, j) ↦ index i * din1 + j; F[(i,j),(i2,j2)] = G[i,i2] A[j,j2].
     let n = dout * din1;
-    let big: Vec<f64> = (0..n * n)
-        .map(|k| {
-            let (p, q) = (k / n, k % n);
-            g[(p / din1) * dout + q / din1] * a[(p % din1) * din1 + q % din1]
-        })
-        .collect();
+    let big = kronecker(&a, din1, &g, dout);
     for q in [0usize, 5, 11] {
         let (i, j) = (q / din1, q % din1);
         let mut e = vec![0.0; n];
@@ -236,12 +242,7 @@ fn row_update_is_joint_obs_for_one_row() {
     let g = gram(dout, 12, 0.2, &mut r);
     let inv = Inverses::new(&factors(a.clone(), din1, g.clone(), dout), 0.0).unwrap();
     let n = dout * din1;
-    let big: Vec<f64> = (0..n * n)
-        .map(|k| {
-            let (p, q) = (k / n, k % n);
-            g[(p / din1) * dout + q / din1] * a[(p % din1) * din1 + q % din1]
-        })
-        .collect();
+    let big = kronecker(&a, din1, &g, dout);
     let w: Vec<f64> = (0..n).map(|_| r.gen_range(-1.0..1.0)).collect();
     let set = [din1, din1 + 2, din1 + 3]; // row 1, columns 0, 2, 3
     let cols_of_finv: Vec<Vec<f64>> = set

@@ -430,7 +430,6 @@ fn deep_linear_mse_kfac_is_exact() {
     use nap::kfac::Loss;
 
     let (m, d, dims) = deep_linear();
-    let n = d.n;
     let cfg = StatsConfig {
         fisher: nap::kfac::Fisher::Exact,
         loss: Loss::Mse,
@@ -438,46 +437,28 @@ fn deep_linear_mse_kfac_is_exact() {
         ..Default::default()
     };
     let factors = collect(&m, &d, &cfg, &Device::Cpu).unwrap();
-    // Independent forward in f64: loss of the mean ½‖f − onehot(y)‖² with layer `l`'s
+    // Independent forward in f64: loss of the mean ½‖f − onehot(y)‖² with layer `layer`'s
     // [W | b] replaced by `wb`.
-    let params: Vec<(Vec<f64>, Vec<f64>)> = (0..3)
-        .map(|l| {
-            let w = m.tensors[2 * l].data.iter().map(|&v| v as f64).collect();
-            let b = m.tensors[2 * l + 1]
-                .data
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            (w, b)
+    let params = f64_params(&m);
+    let onehot: Vec<Vec<f64>> = d
+        .labels
+        .iter()
+        .map(|&y| {
+            (0..dims[3])
+                .map(|c| if c == y as usize { 1.0 } else { 0.0 })
+                .collect()
         })
         .collect();
     let loss = |layer: usize, wb: &[f64]| -> f64 {
-        let mut total = 0.0;
-        for e in 0..n {
-            let mut a: Vec<f64> = d.images[e * dims[0]..(e + 1) * dims[0]]
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
-            for l in 0..3 {
-                let (i, o) = (dims[l], dims[l + 1]);
-                a = (0..o)
-                    .map(|r| {
-                        if l == layer {
-                            (0..i).map(|c| wb[r * (i + 1) + c] * a[c]).sum::<f64>()
-                                + wb[r * (i + 1) + i]
-                        } else {
-                            (0..i).map(|c| params[l].0[r * i + c] * a[c]).sum::<f64>()
-                                + params[l].1[r]
-                        }
-                    })
-                    .collect();
-            }
-            for (c, v) in a.iter().enumerate() {
-                let t = if c == d.labels[e] as usize { 1.0 } else { 0.0 };
-                total += 0.5 * (v - t) * (v - t);
-            }
-        }
-        total / n as f64
+        let cols = dims[layer] + 1;
+        let mut p = params.clone();
+        p[layer] = (
+            wb.chunks(cols)
+                .flat_map(|r| r[..cols - 1].to_vec())
+                .collect(),
+            wb.chunks(cols).map(|r| r[cols - 1]).collect(),
+        );
+        deep_linear_loss(&p, &dims, &d, &onehot)
     };
     for (l, f) in factors.iter().enumerate() {
         let (i, o) = (dims[l], dims[l + 1]);
