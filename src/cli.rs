@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use nap_runtime::format::{DType, Op};
-use nap_runtime::{Model, Session, TensorView};
+use nap_runtime::format::DType;
+use nap_runtime::{Model, Session};
 use serde::Serialize;
 
 use crate::data::{self, Dataset};
@@ -83,6 +83,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time a .nap model on this machine, optionally against a baseline (`--vs dense.nap`):
+    /// median latency, spread, speedup, FLOP reduction and a per-node breakdown.
+    Bench(nap_runtime::bench::cli::BenchArgs),
     /// Show a .nap file's graph, per-layer shapes, parameters, density, bytes and FLOPs.
     Inspect {
         model: PathBuf,
@@ -325,6 +328,9 @@ pub fn main() -> Result<()> {
             json,
         } => convert(&checkpoint, &arch, &output, dtype, dense, json),
         Cmd::Inspect { model, json } => inspect(&model, json),
+        Cmd::Bench(a) => nap_runtime::bench::cli::run(&a)
+            .map(|_| ())
+            .map_err(anyhow::Error::msg),
         Cmd::Run {
             model,
             input,
@@ -474,112 +480,9 @@ fn convert(
     }
 }
 
-#[derive(Serialize)]
-struct LayerRow {
-    name: String,
-    op: String,
-    output: Vec<u32>,
-    params: usize,
-    nonzero: usize,
-    density: f64,
-    bytes: u64,
-    flops: u64,
-    storage: String,
-}
-
-fn op_name(op: &Op) -> String {
-    match op {
-        Op::Linear { act, .. } => format!("Linear+{act:?}"),
-        Op::Conv2d { groups, act, .. } => format!("Conv2d(g{groups})+{act:?}"),
-        Op::Add { act } => format!("Add+{act:?}"),
-        Op::Act(a) => format!("{a:?}"),
-        other => format!("{other:?}")
-            .split([' ', '{'])
-            .next()
-            .unwrap_or("?")
-            .to_string(),
-    }
-}
-
-fn layout_bytes(l: &nap_runtime::format::Layout) -> u64 {
-    match l {
-        nap_runtime::format::Layout::Dense { values } => values.len,
-        nap_runtime::format::Layout::Csr {
-            row_ptr,
-            col_idx,
-            values,
-            ..
-        } => row_ptr.len + col_idx.len + values.len,
-    }
-}
-
-/// Per-node rows for `nap inspect`: FLOPs count 2 per multiply-add actually stored.
-fn layer_rows(model: &Model<'_>) -> Vec<LayerRow> {
-    let g = model.graph();
-    let mut rows = Vec::new();
-    for n in &g.nodes {
-        let out = g.values[n.output as usize].shape.clone();
-        let out_elems: u64 = out.iter().map(|&d| d as u64).product();
-        let mut params = 0usize;
-        let mut nonzero = 0usize;
-        let mut bytes = 0u64;
-        let mut storage = String::new();
-        let mut flops = 0u64;
-        let mut tensor_ids = Vec::new();
-        export::for_each_tensor(&n.op, |t| tensor_ids.push(t));
-        for &t in &tensor_ids {
-            let (p, nz) = model.tensor_density(t);
-            params += p;
-            nonzero += nz;
-            let e = model.tensor_entry(t);
-            bytes += layout_bytes(&e.layout);
-        }
-        match &n.op {
-            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
-                let e = model.tensor_entry(*weight);
-                let stored = model.tensor(*weight).stored() as u64;
-                let positions = match n.op {
-                    Op::Conv2d { .. } => (out[1] * out[2]) as u64,
-                    _ => 1,
-                };
-                flops = 2 * stored * positions;
-                storage = format!(
-                    "{}{}",
-                    match model.tensor(*weight) {
-                        TensorView::Dense(_) => "dense ",
-                        TensorView::Csr(_) => "csr ",
-                    },
-                    match e.dtype {
-                        DType::F32 => "f32",
-                        DType::F16 => "f16",
-                    }
-                );
-            }
-            Op::BatchNorm { .. } | Op::Add { .. } | Op::Act(_) => flops = out_elems * 2,
-            _ => {}
-        }
-        rows.push(LayerRow {
-            name: n.name.clone(),
-            op: op_name(&n.op),
-            output: out,
-            params,
-            nonzero,
-            density: if params == 0 {
-                1.0
-            } else {
-                nonzero as f64 / params as f64
-            },
-            bytes,
-            flops,
-            storage,
-        });
-    }
-    rows
-}
-
 fn inspect(path: &Path, json: bool) -> Result<()> {
     let model = rt(Model::open(path))?;
-    let rows = layer_rows(&model);
+    let rows = nap_runtime::stats::layer_stats(&model);
     let meta = model.metadata();
     let (params, nonzero, flops): (usize, usize, u64) = rows.iter().fold((0, 0, 0), |a, r| {
         (a.0 + r.params, a.1 + r.nonzero, a.2 + r.flops)

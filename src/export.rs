@@ -12,6 +12,8 @@ use nap_runtime::format::{
 
 use crate::ir::{HostModel, HostTensor};
 use crate::util::atomic_write;
+use nap_runtime::kernels::{Dtype, Elems};
+use nap_runtime::model::{CsrBuf, Indices};
 
 /// How tensors are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +208,7 @@ fn compact(m: &mut HostModel) {
 
     let mut used_t = vec![false; m.tensors.len()];
     for n in &g.nodes {
-        for_each_tensor(&n.op, |t| used_t[t as usize] = true);
+        n.op.for_each_tensor(|t| used_t[t as usize] = true);
     }
     let mut tmap = vec![u32::MAX; m.tensors.len()];
     let mut tensors = Vec::new();
@@ -220,40 +222,7 @@ fn compact(m: &mut HostModel) {
     for n in &mut g.nodes {
         n.output = vmap[n.output as usize];
         n.inputs.iter_mut().for_each(|v| *v = vmap[*v as usize]);
-        map_tensors(&mut n.op, |t| tmap[t as usize]);
-    }
-}
-
-/// Calls `f` with every tensor id `op` refers to.
-pub fn for_each_tensor(op: &Op, mut f: impl FnMut(u32)) {
-    let mut op = op.clone();
-    map_tensors(&mut op, |t| {
-        f(t);
-        t
-    });
-}
-
-/// Applies `f` to every tensor id an op refers to.
-pub fn map_tensors(op: &mut Op, mut f: impl FnMut(u32) -> u32) {
-    match op {
-        Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
-            *weight = f(*weight);
-            if let Some(b) = bias {
-                *b = f(*b);
-            }
-        }
-        Op::BatchNorm {
-            gamma,
-            beta,
-            mean,
-            var,
-            ..
-        } => {
-            for t in [gamma, beta, mean, var] {
-                *t = f(*t);
-            }
-        }
-        _ => {}
+        n.op.map_tensors(|t| tmap[t as usize]);
     }
 }
 
@@ -295,31 +264,22 @@ pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
         let dense_bytes = t.numel() * dtype.size();
         let csr_bytes = (rows + 1) * 4 + nnz * (index.size() + dtype.size());
         let layout = if is_weight && opts.storage == Storage::Auto && csr_bytes < dense_bytes {
-            let mut row_ptr = Vec::with_capacity(rows + 1);
-            let mut cidx = Vec::with_capacity(nnz);
-            let mut vals = Vec::with_capacity(nnz);
-            row_ptr.push(0u32);
-            for r in 0..rows {
-                for c in 0..cols {
-                    let v = t.data[r * cols + c];
-                    if v != 0.0 {
-                        cidx.push(c as u32);
-                        vals.push(v);
-                    }
-                }
-                row_ptr.push(vals.len() as u32);
-            }
-            let row_ptr_b = fb.add_u32(&row_ptr);
-            let col_idx = match index {
-                IndexWidth::U16 => fb.add_u16(&cidx.iter().map(|&c| c as u16).collect::<Vec<_>>()),
-                IndexWidth::U32 => fb.add_u32(&cidx),
+            let csr = CsrBuf::from_dense(rows, cols, &t.data, Dtype::F32, index);
+            let w = csr.view();
+            let row_ptr_b = fb.add_u32(w.row_ptr());
+            let col_idx = match w.col_idx() {
+                Indices::U16(c) => fb.add_u16(c),
+                Indices::U32(c) => fb.add_u32(c),
+            };
+            let Elems::F32(vals) = w.values() else {
+                unreachable!("built with f32 values")
             };
             Layout::Csr {
                 nnz: nnz as u64,
                 index,
                 row_ptr: row_ptr_b,
                 col_idx,
-                values: encode_values(&mut fb, &vals, dtype),
+                values: encode_values(&mut fb, vals, dtype),
             }
         } else {
             Layout::Dense {

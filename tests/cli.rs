@@ -282,3 +282,99 @@ fn input_of_the_wrong_size_is_a_clear_error() {
     assert!(!o.status.success());
     assert!(text(&o).contains("the model takes"), "{}", text(&o));
 }
+
+/// `nap bench --vs`: a LeNet-300-100 with 95 % of fc1 and fc2 zeroed against its dense original.
+/// The FLOP reduction must equal the count from the weights; the timings must be ordered and the
+/// per-node table must cover both graphs.
+#[test]
+fn bench_times_pruned_against_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stored = 0usize;
+    let mut dense_w = 0usize;
+    let ckpt = write_checkpoint(dir.path(), "lenet-300-100", |named| {
+        for t in named.iter_mut().filter(|t| t.name.ends_with("weight")) {
+            dense_w += t.data.len();
+            if t.name.starts_with("fc3") {
+                stored += t.data.len();
+                continue;
+            }
+            for (i, v) in t.data.iter_mut().enumerate() {
+                if i % 20 != 7 {
+                    *v = 0.0;
+                }
+            }
+            stored += t.data.iter().filter(|v| **v != 0.0).count();
+        }
+    });
+    let pruned = dir.path().join("pruned.nap");
+    let dense = dir.path().join("dense.nap");
+    for (out, extra) in [(&pruned, None), (&dense, Some("--dense"))] {
+        let mut args = vec![
+            "convert",
+            ckpt.to_str().unwrap(),
+            "--arch",
+            "lenet-300-100",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = nap(&args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (p, d) = (pruned.to_str().unwrap(), dense.to_str().unwrap());
+    let o = nap(&["bench", p, "--vs", d, "--runs", "30", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = dense_w as f64 / stored as f64;
+    let got = r["flop_reduction"].as_f64().unwrap();
+    assert!(
+        (got - want).abs() < 1e-9 * want,
+        "FLOP reduction {got}, want {want}"
+    );
+    let speedup = r["speedup"].as_f64().unwrap();
+    assert!(speedup.is_finite() && speedup > 0.0, "speedup {speedup}");
+    for m in [&r["model"], &r["baseline"]] {
+        let l = &m["latency"];
+        let q = |k: &str| l[k].as_f64().unwrap();
+        assert_eq!(l["runs"], 30);
+        assert!(0.0 < q("min_ms") && q("min_ms") <= q("p10_ms") && q("p10_ms") <= q("median_ms"));
+        assert!(q("median_ms") <= q("p90_ms"), "{l}");
+        let names: Vec<&str> = m["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["flatten", "fc1", "fc2", "fc3"]);
+    }
+    assert_eq!(r["model"]["nodes"][1]["storage"], "csr f32");
+    assert_eq!(r["baseline"]["nodes"][1]["storage"], "dense f32");
+    let o = nap(&["bench", p, "--vs", d, "--runs", "5"]);
+    assert!(
+        o.status.success() && text(&o).contains("speedup"),
+        "{}",
+        text(&o)
+    );
+
+    let missing = dir.path().join("nope.nap");
+    let o = nap(&["bench", p, "--vs", missing.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("nope.nap"),
+        "{}",
+        text(&o)
+    );
+    let o = nap(&["bench", p, "--batch", "0"]);
+    assert!(
+        !o.status.success() && text(&o).contains("--batch"),
+        "{}",
+        text(&o)
+    );
+    let short = dir.path().join("short.f32");
+    std::fs::write(&short, [0u8; 40]).unwrap();
+    let o = nap(&["bench", p, "--input", short.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("bench input"),
+        "{}",
+        text(&o)
+    );
+}

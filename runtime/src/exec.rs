@@ -541,7 +541,7 @@ impl<'m> Session<'m> {
                         }
                         TensorView::Csr(w) => {
                             for e in 0..n {
-                                csr_matvec(
+                                kernels::spmv(
                                     &w,
                                     &x[e * inp..(e + 1) * inp],
                                     bias,
@@ -843,17 +843,6 @@ fn par_depthwise(
     });
 }
 
-/// `y = act(W x + b)` for a CSR `W`.
-fn csr_matvec(w: &CsrView<'_>, x: &[f32], bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
-    for (r, yv) in y.iter_mut().enumerate().take(w.rows) {
-        let mut acc = bias.map_or(0.0, |b| b[r]);
-        for k in w.row_ptr[r] as usize..w.row_ptr[r + 1] as usize {
-            acc += w.values.get_f32(k) * x[w.col_idx.get(k)];
-        }
-        *yv = act_scalar(act, acc);
-    }
-}
-
 /// Rows `r0..r0 + rows` of CSR `W` times `b` (`[W.cols, p]`): `y = act(W b + bias)` (`[rows, p]`).
 #[allow(clippy::too_many_arguments)]
 fn csr_matmat(
@@ -870,8 +859,8 @@ fn csr_matmat(
         let yr = &mut y[r * p..(r + 1) * p];
         yr.fill(bias.map_or(0.0, |bb| bb[r]));
         let row = r0 + r;
-        for k in w.row_ptr[row] as usize..w.row_ptr[row + 1] as usize {
-            let (v, c) = (w.values.get_f32(k), w.col_idx.get(k));
+        for k in w.row_range(row) {
+            let (v, c) = (w.values().get_f32(k), w.col_idx().get(k));
             for (yv, bv) in yr.iter_mut().zip(&b[c * p..(c + 1) * p]) {
                 *yv += v * bv;
             }

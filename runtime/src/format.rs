@@ -211,6 +211,40 @@ pub enum Op {
     Softmax,
 }
 
+impl Op {
+    /// Replaces every tensor id the op refers to by `f(id)`.
+    pub fn map_tensors(&mut self, mut f: impl FnMut(TensorId) -> TensorId) {
+        match self {
+            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
+                *weight = f(*weight);
+                if let Some(b) = bias {
+                    *b = f(*b);
+                }
+            }
+            Op::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                ..
+            } => {
+                for t in [gamma, beta, mean, var] {
+                    *t = f(*t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Calls `f` with every tensor id the op refers to.
+    pub fn for_each_tensor(&self, mut f: impl FnMut(TensorId)) {
+        self.clone().map_tensors(|t| {
+            f(t);
+            t
+        });
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,

@@ -14,6 +14,8 @@ compile_error!(
     "nap-runtime reads little-endian blobs in place and supports little-endian targets only"
 );
 
+#[cfg(feature = "std")]
+pub mod bench;
 pub mod error;
 pub mod exec;
 pub mod format;
@@ -21,6 +23,7 @@ pub mod graph;
 pub mod kernels;
 pub mod model;
 mod pool;
+pub mod stats;
 
 pub use error::{Error, Result};
 pub use exec::Session;

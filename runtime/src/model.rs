@@ -90,14 +90,180 @@ impl Indices<'_> {
     }
 }
 
-/// A validated CSR matrix borrowed from the file.
+/// A validated CSR matrix: row `r` holds the non-zeros `values[k]` at columns `col_idx[k]` for
+/// `k` in `row_ptr[r]..row_ptr[r + 1]`.
+///
+/// Invariants (checked once by [`CsrView::new`] or at load; the sparse kernels read through raw
+/// pointers relying on them): `row_ptr` has `rows + 1` entries, starts at 0, never decreases and
+/// ends at `nnz = col_idx.len() = values.len()`; within a row the column indices increase strictly
+/// and are `< cols`; u16 indices only when `cols <= 65536`.
 #[derive(Clone, Copy, Debug)]
 pub struct CsrView<'a> {
-    pub rows: usize,
-    pub cols: usize,
-    pub row_ptr: &'a [u32],
-    pub col_idx: Indices<'a>,
-    pub values: Elems<'a>,
+    rows: usize,
+    cols: usize,
+    row_ptr: &'a [u32],
+    col_idx: Indices<'a>,
+    values: Elems<'a>,
+}
+
+impl<'a> CsrView<'a> {
+    /// Checks the invariants (O(nnz)) and wraps the slices.
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        row_ptr: &'a [u32],
+        col_idx: Indices<'a>,
+        values: Elems<'a>,
+    ) -> core::result::Result<Self, &'static str> {
+        let nnz = values.len();
+        if col_idx.len() != nnz {
+            return Err("has different numbers of column indices and values");
+        }
+        if rows.checked_add(1) != Some(row_ptr.len()) {
+            return Err("row_ptr does not have rows + 1 entries");
+        }
+        let width = match col_idx {
+            Indices::U16(_) => IndexWidth::U16,
+            Indices::U32(_) => IndexWidth::U32,
+        };
+        check_csr_invariants(
+            rows,
+            cols,
+            nnz,
+            width,
+            |r| row_ptr[r] as usize,
+            |k| col_idx.get(k),
+        )?;
+        Ok(CsrView {
+            rows,
+            cols,
+            row_ptr,
+            col_idx,
+            values,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn row_ptr(&self) -> &'a [u32] {
+        self.row_ptr
+    }
+
+    pub fn col_idx(&self) -> Indices<'a> {
+        self.col_idx
+    }
+
+    pub fn values(&self) -> Elems<'a> {
+        self.values
+    }
+
+    /// Range of `values`/`col_idx` positions holding row `r`.
+    #[inline(always)]
+    pub fn row_range(&self, r: usize) -> core::ops::Range<usize> {
+        self.row_ptr[r] as usize..self.row_ptr[r + 1] as usize
+    }
+}
+
+/// An owned CSR matrix built from dense row-major values (exact zeros dropped), in any of the
+/// storage types the kernels read; for writers, tests, benchmarks and calibration.
+#[derive(Clone, Debug)]
+pub struct CsrBuf {
+    rows: usize,
+    cols: usize,
+    row_ptr: Vec<u32>,
+    idx: IndexBuf,
+    vals: ValueBuf,
+}
+
+#[derive(Clone, Debug)]
+enum IndexBuf {
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+#[derive(Clone, Debug)]
+enum ValueBuf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl CsrBuf {
+    /// Panics if `dense` is shorter than `rows * cols`, if u16 indices cannot address `cols`, or
+    /// if there are 2^32 or more non-zeros.
+    pub fn from_dense(
+        rows: usize,
+        cols: usize,
+        dense: &[f32],
+        dtype: crate::kernels::Dtype,
+        index: IndexWidth,
+    ) -> Self {
+        assert!(
+            dense.len() >= rows * cols,
+            "CsrBuf: dense shorter than rows * cols"
+        );
+        assert!(
+            index == IndexWidth::U32 || cols <= 1 << 16,
+            "CsrBuf: u16 indices cannot address {cols} columns"
+        );
+        let mut row_ptr = Vec::with_capacity(rows + 1);
+        let mut c = Vec::new();
+        let mut v = Vec::new();
+        row_ptr.push(0u32);
+        for row in dense[..rows * cols].chunks_exact(cols.max(1)).take(rows) {
+            for (j, &x) in row.iter().enumerate() {
+                if x != 0.0 {
+                    c.push(j as u32);
+                    v.push(x);
+                }
+            }
+            row_ptr.push(u32::try_from(v.len()).expect("CsrBuf: 2^32 or more non-zeros"));
+        }
+        row_ptr.resize(rows + 1, 0);
+        let idx = match index {
+            IndexWidth::U16 => IndexBuf::U16(c.iter().map(|&j| j as u16).collect()),
+            IndexWidth::U32 => IndexBuf::U32(c),
+        };
+        let vals = match dtype {
+            crate::kernels::Dtype::F32 => ValueBuf::F32(v),
+            crate::kernels::Dtype::F16 => {
+                ValueBuf::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+            }
+        };
+        CsrBuf {
+            rows,
+            cols,
+            row_ptr,
+            idx,
+            vals,
+        }
+    }
+
+    /// The matrix as a kernel operand.
+    pub fn view(&self) -> CsrView<'_> {
+        CsrView {
+            rows: self.rows,
+            cols: self.cols,
+            row_ptr: &self.row_ptr,
+            col_idx: match &self.idx {
+                IndexBuf::U16(c) => Indices::U16(c),
+                IndexBuf::U32(c) => Indices::U32(c),
+            },
+            values: match &self.vals {
+                ValueBuf::F32(v) => Elems::F32(v),
+                ValueBuf::F16(v) => Elems::F16(v),
+            },
+        }
+    }
 }
 
 /// A tensor's storage, borrowed from the file.
@@ -397,37 +563,54 @@ fn check_csr(
     row_ptr: Span,
     col_idx: Span,
 ) -> Result<()> {
-    let bad = |reason| Error::BadCsr {
+    check_csr_invariants(
+        rows,
+        cols,
+        nnz,
+        index,
+        |r| u32_le(bytes, row_ptr.start + 4 * r) as usize,
+        |k| match index {
+            IndexWidth::U16 => u16_le(bytes, col_idx.start + 2 * k) as usize,
+            IndexWidth::U32 => u32_le(bytes, col_idx.start + 4 * k) as usize,
+        },
+    )
+    .map_err(|reason| Error::BadCsr {
         tensor: name.to_string(),
         reason,
-    };
-    let rp = |r: usize| u32_le(bytes, row_ptr.start + 4 * r) as usize;
+    })
+}
+
+/// The [`CsrView`] invariants over `rows + 1` row pointers `rp` and `nnz` column indices `col`.
+fn check_csr_invariants(
+    rows: usize,
+    cols: usize,
+    nnz: usize,
+    index: IndexWidth,
+    rp: impl Fn(usize) -> usize,
+    col: impl Fn(usize) -> usize,
+) -> core::result::Result<(), &'static str> {
     if rp(0) != 0 {
-        return Err(bad("row_ptr[0] is not 0"));
+        return Err("row_ptr[0] is not 0");
     }
     if rp(rows) != nnz {
-        return Err(bad("row_ptr[rows] is not nnz"));
+        return Err("row_ptr[rows] is not nnz");
     }
     if index == IndexWidth::U16 && cols > 1 << 16 {
-        return Err(bad("u16 indices cannot address this many columns"));
+        return Err("u16 indices cannot address this many columns");
     }
-    let col = |k: usize| match index {
-        IndexWidth::U16 => u16_le(bytes, col_idx.start + 2 * k) as usize,
-        IndexWidth::U32 => u32_le(bytes, col_idx.start + 4 * k) as usize,
-    };
     for r in 0..rows {
         let (a, b) = (rp(r), rp(r + 1));
         if b < a || b > nnz {
-            return Err(bad("row_ptr is not monotone"));
+            return Err("row_ptr is not monotone");
         }
         let mut prev: Option<usize> = None;
         for k in a..b {
             let c = col(k);
             if c >= cols {
-                return Err(bad("column index out of range"));
+                return Err("column index out of range");
             }
             if prev.is_some_and(|p| c <= p) {
-                return Err(bad("column indices not increasing within a row"));
+                return Err("column indices not increasing within a row");
             }
             prev = Some(c);
         }

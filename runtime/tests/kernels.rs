@@ -4,11 +4,14 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use half::f16;
+use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
     act_scalar, avgpool2d, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col, im2col_len,
-    maxpool2d, Activation, Bias, ConvGeom, Elems, GemmKernel, Isa, MatRef, PoolOp,
-    DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, POOL_KERNELS,
+    maxpool2d, spmv, spmv_kernel, Activation, Bias, ConvGeom, Dtype, Elems, GemmKernel, Isa,
+    MatRef, PoolOp, SpmvKernel, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, POOL_KERNELS,
+    SPMV_KERNELS,
 };
+use nap_runtime::model::{CsrBuf, CsrView, Indices};
 
 struct Counting;
 
@@ -1008,6 +1011,10 @@ fn kernels_do_not_allocate() {
     .geom();
     let mut bigo = vec![0.0; big.oh * big.ow];
     let mut pooled = vec![0.0; 4 * 16];
+    let (srows, scols, snnz) = (3, 7, 5);
+    let rp = [0u32, 2, 2, 5];
+    let (c16, c32) = ([1u16, 6, 0, 3, 4], [1u32, 6, 0, 3, 4]);
+    let h: Vec<f16> = a[..snnz].iter().map(|&v| f16::from_f32(v)).collect();
     let before = allocs();
     for ker in available(GEMM_KERNELS, |k| k.isa) {
         let am = MatRef::row_major(Elems::F32(&a), m, k);
@@ -1068,6 +1075,19 @@ fn kernels_do_not_allocate() {
     }
     maxpool2d(&pg, &img, &mut pooled, 4);
     avgpool2d(&g, &img, &mut dwo, 4, false);
+    for ker in available(SPMV_KERNELS, |k| k.isa) {
+        let ci = match ker.index {
+            IndexWidth::U16 => Indices::U16(&c16),
+            IndexWidth::U32 => Indices::U32(&c32),
+        };
+        let v = match ker.dtype {
+            Dtype::F32 => Elems::F32(&a[..snnz]),
+            Dtype::F16 => Elems::F16(&h),
+        };
+        let w = CsrView::new(srows, scols, &rp, ci, v).unwrap();
+        ker.run(&w, 0..srows, &x, Some(&b), Activation::Relu, &mut y);
+        spmv(&w, &x, None, Activation::None, &mut y);
+    }
     assert_eq!(allocs(), before, "a kernel allocated");
 }
 
@@ -1084,4 +1104,187 @@ fn default_gemv_dispatch_computes_in_f32() {
             gemv_kernel_with(d, true).name
         );
     }
+}
+
+/// A random dense `rows × cols` matrix: each entry non-zero with probability `density`, every
+/// fifth row empty.
+fn sparse_dense(rng: &mut Rng, rows: usize, cols: usize, density: f64) -> Vec<f32> {
+    let mut d = vec![0f32; rows * cols];
+    for (i, v) in d.iter_mut().enumerate() {
+        let keep = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= density;
+        if keep && density > 0.0 && (i / cols.max(1)) % 5 != 3 {
+            *v = rng.f32();
+        }
+    }
+    d
+}
+
+/// Runs `ker` on rows `lo..hi` of `dense` stored as CSR and compares with a dense f64 multiply.
+#[allow(clippy::too_many_arguments)]
+fn check_spmv(
+    ker: &SpmvKernel,
+    (rows, cols): (usize, usize),
+    dense: &[f32],
+    x: &[f32],
+    lo: usize,
+    hi: usize,
+    act: Activation,
+    seed: u64,
+) {
+    let buf = CsrBuf::from_dense(rows, cols, dense, ker.dtype, ker.index);
+    let w = buf.view();
+    let q = |v: f32| match ker.dtype {
+        Dtype::F32 => v as f64,
+        Dtype::F16 => f16::from_f32(v).to_f32() as f64,
+    };
+    let bias = Rng(seed).vec(rows);
+    let bias_o = (seed % 2 == 0).then_some(&bias[..]);
+    let sentinel = -777.0;
+    let mut y = vec![sentinel; hi - lo + 1];
+    ker.run(&w, lo..hi, x, bias_o, act, &mut y);
+    for i in lo..hi {
+        let (mut pre, mut scale, mut k) = (bias_o.map_or(0.0, |b| b[i] as f64), 0.0, 0);
+        for (p, &xv) in x[..cols].iter().enumerate() {
+            let t = q(dense[i * cols + p]) * xv as f64;
+            pre += t;
+            scale += t.abs();
+            k += (dense[i * cols + p] != 0.0) as usize;
+        }
+        assert!(
+            close(y[i - lo], pre, scale, k, act, 6e-8),
+            "{} {rows}x{cols} rows {lo}..{hi}: y[{i}] = {}, want act({pre})",
+            ker.name,
+            y[i - lo]
+        );
+    }
+    assert_eq!(y[hi - lo], sentinel, "{}: wrote past the rows", ker.name);
+}
+
+#[test]
+fn spmv_every_kernel_matches_dense_reference() {
+    let mut ran = Vec::new();
+    for ker in available(SPMV_KERNELS, |k| k.isa) {
+        let mut n = 0;
+        for rows in [1, 2, 5, 17] {
+            for cols in [1, 7, 8, 15, 16, 17, 31, 33, 100, 1000] {
+                for density in [0.0, 0.05, 0.3, 0.9, 1.0] {
+                    let seed = (rows * 100_000 + cols * 10 + (density * 7.0) as usize) as u64;
+                    let mut rng = Rng(seed);
+                    let d = sparse_dense(&mut rng, rows, cols, density);
+                    let x = rng.vec(cols + 3);
+                    let act = ACTS[n % ACTS.len()];
+                    check_spmv(ker, (rows, cols), &d, &x, 0, rows, act, seed);
+                    check_spmv(
+                        ker,
+                        (rows, cols),
+                        &d,
+                        &x,
+                        rows / 2,
+                        rows,
+                        Activation::None,
+                        seed + 1,
+                    );
+                    n += 2;
+                }
+            }
+        }
+        if ker.index == IndexWidth::U32 {
+            let mut rng = Rng(9);
+            let d = sparse_dense(&mut rng, 3, 70_000, 0.01);
+            check_spmv(
+                ker,
+                (3, 70_000),
+                &d,
+                &rng.vec(70_000),
+                0,
+                3,
+                Activation::None,
+                4,
+            );
+            n += 1;
+        }
+        ran.push(format!("{} ({n} cases)", ker.name));
+    }
+    eprintln!("spmv kernels run: {}", ran.join(", "));
+}
+
+/// Lanes past a row's last non-zero must not read `x`: an infinite input at a column the row
+/// does not use leaves the result finite.
+#[test]
+fn spmv_tail_lanes_ignore_unused_inputs() {
+    for ker in available(SPMV_KERNELS, |k| k.isa) {
+        for nnz in 1..40 {
+            let mut rng = Rng(nnz as u64);
+            let cols = 64;
+            let mut d = vec![0f32; cols];
+            d[1..=nnz].copy_from_slice(&rng.vec(nnz));
+            let buf = CsrBuf::from_dense(1, cols, &d, ker.dtype, ker.index);
+            let mut x = rng.vec(cols);
+            x[0] = f32::INFINITY;
+            x[cols - 1] = f32::NAN;
+            let mut y = [0.0];
+            ker.run(&buf.view(), 0..1, &x, None, Activation::None, &mut y);
+            assert!(y[0].is_finite(), "{} nnz={nnz}: {}", ker.name, y[0]);
+        }
+    }
+}
+
+#[test]
+fn spmv_dispatch_covers_every_storage() {
+    for dtype in [Dtype::F32, Dtype::F16] {
+        for index in [IndexWidth::U16, IndexWidth::U32] {
+            let k = spmv_kernel(dtype, index);
+            assert!(k.dtype == dtype && k.index == index && k.isa.is_available());
+            eprintln!("spmv {dtype:?}/{index:?}: {}", k.name);
+        }
+    }
+    let mut rng = Rng(3);
+    let d = sparse_dense(&mut rng, 9, 40, 0.2);
+    let x = rng.vec(40);
+    let buf = CsrBuf::from_dense(9, 40, &d, Dtype::F32, IndexWidth::U16);
+    let w = buf.view();
+    let mut y = vec![0.0; 9];
+    spmv(&w, &x, None, Activation::None, &mut y);
+    let mut want = vec![0.0; 9];
+    spmv_kernel(Dtype::F32, IndexWidth::U16).run(&w, 0..9, &x, None, Activation::None, &mut want);
+    assert_eq!(y, want);
+}
+
+#[test]
+fn csr_view_rejects_broken_invariants() {
+    let v = [1.0f32, 2.0, 3.0];
+    let ok = |rp: &[u32], c: &[u32], cols| {
+        CsrView::new(
+            rp.len() - 1,
+            cols,
+            rp,
+            Indices::U32(c),
+            Elems::F32(&v[..c.len()]),
+        )
+        .err()
+    };
+    assert_eq!(ok(&[0, 1, 3], &[0, 1, 2], 3), None);
+    assert_eq!(ok(&[1, 1, 3], &[0, 1, 2], 3), Some("row_ptr[0] is not 0"));
+    assert_eq!(
+        ok(&[0, 1, 2], &[0, 1, 2], 3),
+        Some("row_ptr[rows] is not nnz")
+    );
+    assert_eq!(
+        ok(&[0, 3, 2, 3], &[0, 1, 2], 3),
+        Some("row_ptr is not monotone")
+    );
+    assert_eq!(
+        ok(&[0, 1, 3], &[0, 1, 3], 3),
+        Some("column index out of range")
+    );
+    assert_eq!(
+        ok(&[0, 1, 3], &[0, 2, 2], 3),
+        Some("column indices not increasing within a row")
+    );
+    assert!(CsrView::new(1, 3, &[0, 2], Indices::U32(&[0, 1]), Elems::F32(&v)).is_err());
+    assert!(CsrView::new(2, 3, &[0, 2], Indices::U32(&[0, 1]), Elems::F32(&v[..2])).is_err());
+    assert!(
+        CsrView::new(1, 70_000, &[0, 1], Indices::U16(&[5]), Elems::F32(&v[..1])).is_err(),
+        "u16 indices over 65536 columns"
+    );
 }

@@ -161,11 +161,9 @@ fn check_round_trip(m: &Model<'_>, b: &Built) {
         let got = match view {
             TensorView::Dense(e) => Raw::Dense { bits: elem_bits(e) },
             TensorView::Csr(c) => Raw::Csr {
-                row_ptr: c.row_ptr.to_vec(),
-                col_idx: (0..c.col_idx.len())
-                    .map(|k| c.col_idx.get(k) as u32)
-                    .collect(),
-                bits: elem_bits(c.values),
+                row_ptr: c.row_ptr().to_vec(),
+                col_idx: (0..c.nnz()).map(|k| c.col_idx().get(k) as u32).collect(),
+                bits: elem_bits(c.values()),
             },
         };
         assert_eq!(&got, raw, "tensor {id} storage");
@@ -1393,11 +1391,11 @@ fn blob_checksums_are_checked_only_when_asked() {
         panic!()
     };
     assert_eq!(
-        elem_bits(c.values)[0],
+        elem_bits(c.values())[0],
         bits[0] ^ 1,
         "the unverified load sees the flipped bit"
     );
-    assert_eq!(c.row_ptr.len() as u64 * 4, rp.len);
+    assert_eq!(c.row_ptr().len() as u64 * 4, rp.len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1473,15 +1471,15 @@ fn assert_zero_copy(m: &Model<'_>) {
                 inside(e.as_ptr(), e.len() * m.tensor_entry(id).dtype.size(), &name)
             }
             TensorView::Csr(c) => {
-                inside(c.row_ptr.as_ptr().cast(), c.row_ptr.len() * 4, &name);
-                let (p, n) = match c.col_idx {
+                inside(c.row_ptr().as_ptr().cast(), c.row_ptr().len() * 4, &name);
+                let (p, n) = match c.col_idx() {
                     nap_runtime::model::Indices::U16(v) => (v.as_ptr().cast::<u8>(), v.len() * 2),
                     nap_runtime::model::Indices::U32(v) => (v.as_ptr().cast::<u8>(), v.len() * 4),
                 };
                 inside(p, n, &name);
                 inside(
-                    c.values.as_ptr(),
-                    c.values.len() * m.tensor_entry(id).dtype.size(),
+                    c.values().as_ptr(),
+                    c.values().len() * m.tensor_entry(id).dtype.size(),
                     &name,
                 );
             }

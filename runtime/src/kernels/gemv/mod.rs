@@ -5,10 +5,10 @@
 use super::{act_scalar, Activation, Dtype, Elems, Isa};
 
 #[cfg(target_arch = "aarch64")]
-mod neon;
+pub(super) mod neon;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(super) mod x86;
 
 /// Kernel contract: `y[i] = sum_p a[i * lda + p] * x[p] + bias[i]` for `i < m` (no activation).
 ///

@@ -258,7 +258,7 @@ unsafe fn rows_fp16<const R: usize>(
 /// baseline ARMv8.0; the intrinsics for it need a newer compiler than the crate's MSRV.
 #[target_feature(enable = "neon")]
 #[inline]
-fn widen(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
+pub(crate) fn widen(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
     let (lo, hi): (float32x4_t, float32x4_t);
     // SAFETY: register-only conversion instructions, available on every aarch64 CPU.
     unsafe {

@@ -1,0 +1,234 @@
+//! Batch-1 sparse matrix-vector kernels ([`SPMV_KERNELS`]) against the runtime's own dense GEMV
+//! and the `gemm` crate (0.19, `Parallelism::None`), single-threaded, on weight shapes from real
+//! models and two squares, across unstructured sparsity 0–99 %.
+//!
+//! Criterion groups report dense-equivalent FLOP/s (2·rows·cols per product, criterion prints it
+//! as elem/s), so a sparse kernel's figure is directly comparable with the dense one.
+//! `NAP_BENCH_TABLE=1` instead prints the BENCHMARKS.md table: the median of interleaved rounds
+//! (robust on a shared machine), the speedup over dense and the break-even sparsity;
+//! `NAP_BENCH_SHAPE=SUBSTRING` limits it to matching shapes.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nap_runtime::format::IndexWidth;
+use nap_runtime::kernels::{gemv, Activation, Dtype, Elems, SPMV_KERNELS};
+use nap_runtime::model::CsrBuf;
+
+/// `(name, rows, columns)` of the weight matrix.
+const SHAPES: &[(&str, usize, usize)] = &[
+    ("1024x1024", 1024, 1024),
+    ("4096x1024", 4096, 1024),
+    ("lenet300_fc1_300x784", 300, 784),
+    ("lenet5_fc1_500x800", 500, 800),
+    ("m1_fc_256x1152", 256, 1152),
+    ("m2_classifier_1000x1280", 1000, 1280),
+];
+
+const SPARSITIES: &[f64] = &[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// `w` with a uniformly random `sparsity` fraction of its entries set to zero.
+fn sparsify(w: &[f32], sparsity: f64, seed: u32) -> Vec<f32> {
+    let u = data(w.len(), seed);
+    w.iter()
+        .zip(u)
+        .map(|(&v, r)| {
+            if ((r + 0.5) as f64) < sparsity {
+                0.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn gemm_crate_gemv(m: usize, k: usize, a: &[f32], x: &[f32], y: &mut [f32]) {
+    // SAFETY: `a` is row-major m × k, `x` holds k and `y` m values.
+    unsafe {
+        gemm::gemm(
+            m,
+            1,
+            k,
+            y.as_mut_ptr(),
+            1,
+            1,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            x.as_ptr(),
+            1,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Every available kernel with u16 indices (the storage of layers with at most 65,536 inputs).
+fn sparse_kernels() -> Vec<&'static nap_runtime::kernels::SpmvKernel> {
+    SPMV_KERNELS
+        .iter()
+        .filter(|k| k.isa.is_available() && k.index == IndexWidth::U16)
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn table() {
+    let kers = sparse_kernels();
+    let head: Vec<String> = kers.iter().map(|k| format!("{} µs", k.name)).collect();
+    println!(
+        "| shape | sparsity | dense gemv µs | gemm crate µs | {} | speedup f32 | speedup f16 |",
+        head.join(" | ")
+    );
+    println!(
+        "|---|---:|---:|---:|{}---:|---:|",
+        "---:|".repeat(kers.len())
+    );
+    let mut summary = Vec::new();
+    let only = std::env::var("NAP_BENCH_SHAPE").unwrap_or_default();
+    for &(name, m, k) in SHAPES.iter().filter(|s| s.0.contains(only.as_str())) {
+        let w = data(m * k, 3);
+        let x = data(k, 4);
+        let mut y = vec![0f32; m];
+        let reps = ((2e6 / (m * k) as f64) as usize).max(1);
+        let time = |f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        };
+        let mut speedups = Vec::new();
+        for &s in SPARSITIES {
+            let ws = sparsify(&w, s, 5);
+            let bufs: Vec<CsrBuf> = kers
+                .iter()
+                .map(|ker| CsrBuf::from_dense(m, k, &ws, ker.dtype, ker.index))
+                .collect();
+            let mut t = vec![vec![]; 2 + kers.len()];
+            for _ in 0..31 {
+                t[0].push(time(&mut || {
+                    gemv(Elems::F32(&ws), k, m, k, &x, None, Activation::None, &mut y);
+                    black_box(&y);
+                }));
+                t[1].push(time(&mut || {
+                    gemm_crate_gemv(m, k, &ws, &x, &mut y);
+                    black_box(&y);
+                }));
+                for (i, (ker, buf)) in kers.iter().zip(&bufs).enumerate() {
+                    t[2 + i].push(time(&mut || {
+                        ker.run(&buf.view(), 0..m, &x, None, Activation::None, &mut y);
+                        black_box(&y);
+                    }));
+                }
+            }
+            let t: Vec<f64> = t.into_iter().map(median).collect();
+            let best = |d: Dtype| {
+                kers.iter()
+                    .zip(&t[2..])
+                    .filter(|(k, _)| k.dtype == d)
+                    .map(|(_, &v)| v)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (b32, b16) = (best(Dtype::F32), best(Dtype::F16));
+            speedups.push((s, t[0] / b32));
+            let cells: Vec<String> = t[2..].iter().map(|v| format!("{v:.2}")).collect();
+            println!(
+                "| {name} | {:.0} % | {:.2} | {:.2} | {} | {:.2}× | {:.2}× |",
+                s * 100.0,
+                t[0],
+                t[1],
+                cells.join(" | "),
+                t[0] / b32,
+                t[0] / b16
+            );
+        }
+        // Break-even: first sparsity where the sparse kernel wins, interpolated linearly.
+        let be = speedups
+            .windows(2)
+            .find(|p| p[0].1 < 1.0 && p[1].1 >= 1.0)
+            .map(|p| {
+                let (s0, r0, s1, r1) = (p[0].0, p[0].1, p[1].0, p[1].1);
+                s0 + (1.0 - r0) * (s1 - s0) / (r1 - r0)
+            });
+        let be = match (speedups[0].1 >= 1.0, be) {
+            (true, _) => "≤ 0 %".to_string(),
+            (false, Some(b)) => format!("{:.0} %", b * 100.0),
+            (false, None) => "none ≤ 99 %".to_string(),
+        };
+        summary.push(format!("{name}: break-even sparsity (f32 values) {be}"));
+    }
+    println!();
+    for s in summary {
+        println!("- {s}");
+    }
+}
+
+fn bench_spmv(c: &mut Criterion) {
+    if std::env::var_os("NAP_BENCH_TABLE").is_some() {
+        table();
+        return;
+    }
+    for &(name, m, k) in SHAPES {
+        let w = data(m * k, 3);
+        let x = data(k, 4);
+        let mut y = vec![0f32; m];
+        for &s in SPARSITIES {
+            let ws = sparsify(&w, s, 5);
+            let mut g = c.benchmark_group(format!("spmv/{name}/{:.0}%", s * 100.0));
+            g.throughput(Throughput::Elements((2 * m * k) as u64));
+            g.sample_size(10);
+            g.bench_function(BenchmarkId::from_parameter("dense_gemv"), |b| {
+                b.iter(|| {
+                    gemv(Elems::F32(&ws), k, m, k, &x, None, Activation::None, &mut y);
+                    black_box(&y);
+                })
+            });
+            g.bench_function(BenchmarkId::from_parameter("gemm_crate"), |b| {
+                b.iter(|| {
+                    gemm_crate_gemv(m, k, &ws, &x, &mut y);
+                    black_box(&y);
+                })
+            });
+            for ker in sparse_kernels() {
+                let csr = CsrBuf::from_dense(m, k, &ws, ker.dtype, ker.index);
+                g.bench_function(BenchmarkId::from_parameter(ker.name), |b| {
+                    b.iter(|| {
+                        ker.run(&csr.view(), 0..m, &x, None, Activation::None, &mut y);
+                        black_box(&y);
+                    })
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    targets = bench_spmv
+}
+criterion_main!(benches);

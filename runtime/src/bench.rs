@@ -1,0 +1,430 @@
+//! Latency of `.nap` models on the machine that runs them (feature `std`): warm-up, repeated
+//! timed runs, median and spread, a per-node breakdown, and with a baseline (usually the dense
+//! original) the speedup, both models timed in the same process with their runs interleaved so
+//! that frequency changes and background load hit both alike. `nap bench` and the runtime-only
+//! `nap-bench` binary both print this report.
+
+use std::format;
+use std::string::{String, ToString};
+use std::time::Instant;
+use std::vec::Vec;
+
+use serde::Serialize;
+
+use crate::kernels::Isa;
+use crate::stats::{layer_stats, LayerStats};
+use crate::{Model, Session};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Examples per run.
+    pub batch: usize,
+    /// Threads per large operation.
+    pub threads: usize,
+    /// Untimed runs per model before timing.
+    pub warmup: usize,
+    /// Timed runs per model; 0 picks enough for about `seconds` (at least 20).
+    pub runs: usize,
+    /// Target timing length per model when `runs` is 0.
+    pub seconds: f64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            batch: 1,
+            threads: 1,
+            warmup: 10,
+            runs: 0,
+            seconds: 2.0,
+        }
+    }
+}
+
+/// Distribution of per-run wall times.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub runs: usize,
+    pub median_ms: f64,
+    pub p10_ms: f64,
+    pub p90_ms: f64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    fn from_seconds(mut s: Vec<f64>) -> Self {
+        s.sort_by(f64::total_cmp);
+        let q = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize] * 1e3;
+        Latency {
+            runs: s.len(),
+            median_ms: q(0.5),
+            p10_ms: q(0.1),
+            p90_ms: q(0.9),
+            min_ms: s[0] * 1e3,
+            mean_ms: s.iter().sum::<f64>() / s.len() as f64 * 1e3,
+        }
+    }
+}
+
+/// One node's share of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeTime {
+    #[serde(flatten)]
+    pub stats: LayerStats,
+    /// Mean time per run in this node (profiled runs, after the timed ones).
+    pub mean_us: f64,
+}
+
+/// One model's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelBench {
+    pub path: String,
+    pub bytes: u64,
+    pub params: usize,
+    pub nonzero: usize,
+    /// FLOPs per example as stored, and with every weight counted; see [`LayerStats`].
+    pub flops: u64,
+    pub dense_flops: u64,
+    pub latency: Latency,
+    pub nodes: Vec<NodeTime>,
+}
+
+/// The machine, as far as the runtime sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub arch: &'static str,
+    pub os: &'static str,
+    pub cpus: usize,
+    /// Instruction sets the runtime has kernels for and this CPU runs.
+    pub isa: Vec<String>,
+}
+
+impl Machine {
+    pub fn detect() -> Self {
+        Machine {
+            arch: std::env::consts::ARCH,
+            os: std::env::consts::OS,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            isa: [Isa::Avx2Fma, Isa::Avx2FmaF16c, Isa::Neon, Isa::NeonFp16]
+                .into_iter()
+                .filter(|i| i.is_available())
+                .map(|i| format!("{i:?}"))
+                .collect(),
+        }
+    }
+}
+
+/// Everything `nap bench` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub batch: usize,
+    pub threads: usize,
+    pub warmup: usize,
+    pub model: ModelBench,
+    pub baseline: Option<ModelBench>,
+    /// Baseline median latency / model median latency.
+    pub speedup: Option<f64>,
+    /// Baseline FLOPs / model FLOPs (as stored).
+    pub flop_reduction: Option<f64>,
+}
+
+/// A model to time: its path (for the report) and the loaded model.
+pub struct Target<'a> {
+    pub path: String,
+    pub model: &'a Model<'a>,
+}
+
+/// Deterministic input in [0, 1) for `len` floats (kernel speed does not depend on the values).
+pub fn default_input(len: usize) -> Vec<f32> {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+/// Times `model` (and `baseline`, interleaved run by run) with `input` of one example, repeated
+/// to the batch size; `input` of `None` uses [`default_input`].
+pub fn bench(
+    model: &Target<'_>,
+    baseline: Option<&Target<'_>>,
+    input: Option<&[f32]>,
+    opts: &BenchOptions,
+) -> crate::Result<BenchReport> {
+    let targets: Vec<&Target<'_>> = core::iter::once(model).chain(baseline).collect();
+    let mut sessions = Vec::with_capacity(targets.len());
+    let mut inputs = Vec::with_capacity(targets.len());
+    for t in &targets {
+        let s = Session::with_threads(t.model, opts.batch, opts.threads)?;
+        let one = s.input_len(0) / opts.batch;
+        let x = match input {
+            Some(x) if x.len() != one => {
+                return Err(crate::Error::Shape {
+                    what: "bench input (one example)",
+                    expected: one,
+                    got: x.len(),
+                })
+            }
+            Some(x) => x.to_vec(),
+            None => default_input(one),
+        };
+        inputs.push(x.repeat(opts.batch));
+        sessions.push(s);
+    }
+    for _ in 0..opts.warmup.max(1) {
+        for (s, x) in sessions.iter_mut().zip(&inputs) {
+            s.run(x)?;
+        }
+    }
+    let runs = if opts.runs > 0 {
+        opts.runs
+    } else {
+        let t = Instant::now();
+        for (s, x) in sessions.iter_mut().zip(&inputs) {
+            s.run(x)?;
+        }
+        let per_round = t.elapsed().as_secs_f64().max(1e-7);
+        ((opts.seconds * targets.len() as f64 / per_round) as usize).clamp(20, 1_000_000)
+    };
+    let mut times = vec_of(targets.len(), runs);
+    for _ in 0..runs {
+        for ((s, x), t) in sessions.iter_mut().zip(&inputs).zip(&mut times) {
+            let t0 = Instant::now();
+            s.run(x)?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let profile_runs = runs.clamp(1, 200);
+    let mut results = Vec::with_capacity(targets.len());
+    for (((t, s), x), lat) in targets.iter().zip(&mut sessions).zip(&inputs).zip(times) {
+        s.set_profiling(true);
+        for _ in 0..profile_runs {
+            s.run(x)?;
+        }
+        let node_times = s.node_times().unwrap_or(&[]).to_vec();
+        s.set_profiling(false);
+        let stats = layer_stats(t.model);
+        let nodes: Vec<NodeTime> = stats
+            .into_iter()
+            .zip(node_times)
+            .map(|(stats, d)| NodeTime {
+                stats,
+                mean_us: d.as_secs_f64() * 1e6 / profile_runs as f64,
+            })
+            .collect();
+        results.push(ModelBench {
+            path: t.path.clone(),
+            bytes: t.model.bytes().len() as u64,
+            params: nodes.iter().map(|n| n.stats.params).sum(),
+            nonzero: nodes.iter().map(|n| n.stats.nonzero).sum(),
+            flops: nodes.iter().map(|n| n.stats.flops).sum(),
+            dense_flops: nodes.iter().map(|n| n.stats.dense_flops).sum(),
+            latency: Latency::from_seconds(lat),
+            nodes,
+        });
+    }
+    let baseline = (results.len() > 1).then(|| results.pop()).flatten();
+    let model = results.pop().expect("the model was timed");
+    Ok(BenchReport {
+        machine: Machine::detect(),
+        batch: opts.batch,
+        threads: opts.threads,
+        warmup: opts.warmup,
+        speedup: baseline
+            .as_ref()
+            .map(|b| b.latency.median_ms / model.latency.median_ms),
+        flop_reduction: baseline
+            .as_ref()
+            .map(|b| b.flops as f64 / model.flops.max(1) as f64),
+        model,
+        baseline,
+    })
+}
+
+fn vec_of(n: usize, cap: usize) -> Vec<Vec<f64>> {
+    (0..n).map(|_| Vec::with_capacity(cap)).collect()
+}
+
+/// The report as text: one block per model, the speedup, and the per-node table (side by side
+/// with the baseline's nodes of the same name).
+pub fn render(r: &BenchReport) -> String {
+    let mut o = String::new();
+    let m = &r.machine;
+    o += &format!(
+        "machine: {} {}, {} CPUs, kernels for {}\n",
+        m.arch,
+        m.os,
+        m.cpus,
+        if m.isa.is_empty() {
+            "scalar only".to_string()
+        } else {
+            m.isa.join(", ")
+        }
+    );
+    o += &format!(
+        "batch {}, {} thread(s), {} warm-up runs\n",
+        r.batch, r.threads, r.warmup
+    );
+    for (label, b) in [("model", Some(&r.model)), ("baseline", r.baseline.as_ref())] {
+        let Some(b) = b else { continue };
+        let l = &b.latency;
+        o += &format!(
+            "{label:<9}{}: {} bytes, {} of {} parameters non-zero ({:.2} %), {:.3} MFLOPs/example\n",
+            b.path,
+            b.bytes,
+            b.nonzero,
+            b.params,
+            100.0 * b.nonzero as f64 / b.params.max(1) as f64,
+            b.flops as f64 / 1e6
+        );
+        o += &format!(
+            "{:9}median {:.4} ms (p10 {:.4}, p90 {:.4}, min {:.4}) over {} runs\n",
+            "", l.median_ms, l.p10_ms, l.p90_ms, l.min_ms, l.runs
+        );
+    }
+    if let (Some(s), Some(f)) = (r.speedup, r.flop_reduction) {
+        o += &format!("speedup {s:.2}x over the baseline (FLOP reduction {f:.2}x)\n");
+    }
+    o += &format!(
+        "\n{:<24} {:<20} {:<10} {:>8} {:>10} {:>10}",
+        "node", "op", "storage", "density", "MFLOPs", "mean µs"
+    );
+    if r.baseline.is_some() {
+        o += &format!(" {:>11} {:>8}", "baseline µs", "speedup");
+    }
+    o += "\n";
+    for n in &r.model.nodes {
+        let s = &n.stats;
+        o += &format!(
+            "{:<24} {:<20} {:<10} {:>7.1}% {:>10.4} {:>10.2}",
+            s.name,
+            s.op,
+            s.storage,
+            100.0 * s.density,
+            s.flops as f64 / 1e6,
+            n.mean_us
+        );
+        if let Some(b) = &r.baseline {
+            match b.nodes.iter().find(|bn| bn.stats.name == s.name) {
+                Some(bn) => {
+                    o += &format!(
+                        " {:>11.2} {:>7.2}x",
+                        bn.mean_us,
+                        bn.mean_us / n.mean_us.max(1e-9)
+                    )
+                }
+                None => o += &format!(" {:>11} {:>8}", "-", "-"),
+            }
+        }
+        o += "\n";
+    }
+    o
+}
+
+/// Command-line front end shared by `nap bench` and `nap-bench` (feature `cli`).
+#[cfg(feature = "cli")]
+pub mod cli {
+    use std::path::PathBuf;
+    use std::string::{String, ToString};
+
+    use super::*;
+
+    /// Time a .nap model on this machine (median of repeated runs after warm-up), optionally
+    /// against a baseline such as its dense original, with a per-node breakdown.
+    #[derive(clap::Args, Debug, Clone)]
+    pub struct BenchArgs {
+        /// The .nap model to time.
+        pub model: PathBuf,
+        /// A baseline .nap (usually the dense original) timed in the same run, runs interleaved;
+        /// the report adds the speedup and the FLOP reduction.
+        #[arg(long)]
+        pub vs: Option<PathBuf>,
+        /// Examples per run.
+        #[arg(long, default_value_t = 1)]
+        pub batch: usize,
+        /// Threads per large operation.
+        #[arg(long, default_value_t = 1)]
+        pub threads: usize,
+        /// Untimed runs per model first.
+        #[arg(long, default_value_t = 10)]
+        pub warmup: usize,
+        /// Timed runs per model; 0 runs for about --seconds (at least 20 runs).
+        #[arg(long, default_value_t = 0)]
+        pub runs: usize,
+        /// Timing length per model when --runs is 0.
+        #[arg(long, default_value_t = 2.0)]
+        pub seconds: f64,
+        /// One example as raw little-endian f32 (default: deterministic values in [0, 1)).
+        #[arg(long)]
+        pub input: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        pub json: bool,
+    }
+
+    /// Runs the benchmark and prints the report; errors name the file or setting at fault.
+    pub fn run(a: &BenchArgs) -> Result<BenchReport, String> {
+        if a.batch == 0 || a.threads == 0 {
+            return Err("--batch and --threads must be at least 1".to_string());
+        }
+        if a.seconds.is_nan() || a.seconds <= 0.0 {
+            return Err(format!("--seconds must be positive, got {}", a.seconds));
+        }
+        let open = |p: &PathBuf| Model::open(p).map_err(|e| format!("{}: {e}", p.display()));
+        let model = open(&a.model)?;
+        let base = a.vs.as_ref().map(open).transpose()?;
+        let input = match &a.input {
+            Some(p) => {
+                let b = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                if b.len() % 4 != 0 {
+                    return Err(format!(
+                        "{}: length is not a multiple of 4 bytes",
+                        p.display()
+                    ));
+                }
+                Some(
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect::<Vec<f32>>(),
+                )
+            }
+            None => None,
+        };
+        let t = Target {
+            path: a.model.display().to_string(),
+            model: &model,
+        };
+        let b = base.as_ref().zip(a.vs.as_ref()).map(|(m, p)| Target {
+            path: p.display().to_string(),
+            model: m,
+        });
+        let opts = BenchOptions {
+            batch: a.batch,
+            threads: a.threads,
+            warmup: a.warmup,
+            runs: a.runs,
+            seconds: a.seconds,
+        };
+        let r = bench(&t, b.as_ref(), input.as_deref(), &opts).map_err(|e| match &b {
+            Some(b) => format!("{} vs {}: {e}", t.path, b.path),
+            None => format!("{}: {e}", t.path),
+        })?;
+        let text = if a.json {
+            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())? + "\n"
+        } else {
+            render(&r)
+        };
+        use std::io::Write;
+        match std::io::stdout().write_all(text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
+            _ => Ok(r),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Per-node counts of a loaded model: parameters, non-zeros, bytes and FLOPs, for tools that
+//! report on a model (`nap inspect`, `nap bench`).
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use serde::Serialize;
+
+use crate::format::{DType, Layout, Op};
+use crate::model::{Model, TensorView};
+
+/// One graph node's parameters and work, per example.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerStats {
+    pub name: String,
+    pub op: String,
+    pub output: Vec<u32>,
+    /// Elements of every tensor the node reads from the file.
+    pub params: usize,
+    pub nonzero: usize,
+    pub density: f64,
+    /// Stored bytes of those tensors.
+    pub bytes: u64,
+    /// Floating-point operations as stored: 2 per multiply-add of a stored weight (all weights
+    /// of a dense tensor, non-zeros of a CSR one), 2 per output element for BatchNorm, Add and
+    /// activations, 0 for data movement.
+    pub flops: u64,
+    /// The same with every weight counted (the dense model's work).
+    pub dense_flops: u64,
+    /// `dense f32`, `csr f16`, ... for Linear and Conv2d weights; empty otherwise.
+    pub storage: String,
+}
+
+/// Short operator name with its fused activation, e.g. `Conv2d(g1)+Relu`.
+pub fn op_name(op: &Op) -> String {
+    match op {
+        Op::Linear { act, .. } => format!("Linear+{act:?}"),
+        Op::Conv2d { groups, act, .. } => format!("Conv2d(g{groups})+{act:?}"),
+        Op::Add { act } => format!("Add+{act:?}"),
+        Op::Act(a) => format!("{a:?}"),
+        other => format!("{other:?}")
+            .split([' ', '{'])
+            .next()
+            .unwrap_or("?")
+            .to_string(),
+    }
+}
+
+fn layout_bytes(l: &Layout) -> u64 {
+    match l {
+        Layout::Dense { values } => values.len,
+        Layout::Csr {
+            row_ptr,
+            col_idx,
+            values,
+            ..
+        } => row_ptr.len + col_idx.len + values.len,
+    }
+}
+
+/// One row per graph node, in graph order.
+pub fn layer_stats(model: &Model<'_>) -> Vec<LayerStats> {
+    let g = model.graph();
+    let mut rows = Vec::with_capacity(g.nodes.len());
+    for n in &g.nodes {
+        let out = g.values[n.output as usize].shape.clone();
+        let out_elems: u64 = out.iter().map(|&d| d as u64).product();
+        let (mut params, mut nonzero, mut bytes) = (0usize, 0usize, 0u64);
+        n.op.for_each_tensor(|t| {
+            let (p, nz) = model.tensor_density(t);
+            params += p;
+            nonzero += nz;
+            bytes += layout_bytes(&model.tensor_entry(t).layout);
+        });
+        let (mut flops, mut dense_flops, mut storage) = (0u64, 0u64, String::new());
+        match &n.op {
+            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
+                let e = model.tensor_entry(*weight);
+                let view = model.tensor(*weight);
+                let positions = match n.op {
+                    Op::Conv2d { .. } => out.iter().skip(1).map(|&d| d as u64).product(),
+                    _ => 1,
+                };
+                let all: u64 = e.shape.iter().map(|&d| d as u64).product();
+                flops = 2 * view.stored() as u64 * positions;
+                dense_flops = 2 * all * positions;
+                storage = format!(
+                    "{} {}",
+                    match view {
+                        TensorView::Dense(_) => "dense",
+                        TensorView::Csr(_) => "csr",
+                    },
+                    match e.dtype {
+                        DType::F32 => "f32",
+                        DType::F16 => "f16",
+                    }
+                );
+            }
+            Op::BatchNorm { .. } | Op::Add { .. } | Op::Act(_) => {
+                flops = out_elems * 2;
+                dense_flops = flops;
+            }
+            _ => {}
+        }
+        rows.push(LayerStats {
+            name: n.name.clone(),
+            op: op_name(&n.op),
+            output: out,
+            params,
+            nonzero,
+            density: if params == 0 {
+                1.0
+            } else {
+                nonzero as f64 / params as f64
+            },
+            bytes,
+            flops,
+            dense_flops,
+            storage,
+        });
+    }
+    rows
+}
