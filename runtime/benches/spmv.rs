@@ -6,7 +6,9 @@
 //! as elem/s), so a sparse kernel's figure is directly comparable with the dense one.
 //! `NAP_BENCH_TABLE=1` instead prints the BENCHMARKS.md table: the median of interleaved rounds
 //! (robust on a shared machine), the speedup over dense and the break-even sparsity;
-//! `NAP_BENCH_SHAPE=SUBSTRING` limits it to matching shapes.
+//! `NAP_BENCH_SHAPE=SUBSTRING` limits it to matching shapes; `NAP_BENCH_COLD=1` flushes the
+//! caches before every timed call (weights streamed from memory, as in a model larger than the
+//! caches).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -90,12 +92,42 @@ fn sparse_kernels() -> Vec<&'static nap_runtime::kernels::SpmvKernel> {
         .collect()
 }
 
+/// The median of the rounds, or with `NAP_BENCH_STAT=min` the fastest.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
+    if std::env::var("NAP_BENCH_STAT").is_ok_and(|s| s == "min") {
+        return v[0];
+    }
     v[v.len() / 2]
 }
 
+/// Evicts the benchmark's operands from every cache level by streaming through 64 MiB.
+fn flush_caches() {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u64>> = std::cell::RefCell::new(vec![1; 8 << 20]);
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        let mut acc = 0u64;
+        for v in b.iter_mut().step_by(8) {
+            *v = v.wrapping_add(acc);
+            acc ^= *v;
+        }
+        black_box(acc);
+    });
+}
+
 fn table() {
+    let cold = std::env::var_os("NAP_BENCH_COLD").is_some();
+    println!(
+        "{} caches: {}\n",
+        if cold { "cold" } else { "warm" },
+        if cold {
+            "flushed before every timed call"
+        } else {
+            "operands in cache (an untimed call first)"
+        }
+    );
     let kers = sparse_kernels();
     let head: Vec<String> = kers.iter().map(|k| format!("{} µs", k.name)).collect();
     println!(
@@ -112,8 +144,18 @@ fn table() {
         let w = data(m * k, 3);
         let x = data(k, 4);
         let mut y = vec![0f32; m];
-        let reps = ((2e6 / (m * k) as f64) as usize).max(1);
+        let reps = ((4e6 / (m * k) as f64) as usize).max(2);
+        // Warm: one untimed call first, so every implementation is timed with its operands in
+        // cache. Cold: caches flushed before one timed call, as when a model's weights exceed
+        // the caches and every layer streams its weights from memory.
         let time = |f: &mut dyn FnMut()| {
+            if cold {
+                flush_caches();
+                let t = Instant::now();
+                f();
+                return t.elapsed().as_secs_f64() * 1e6;
+            }
+            f();
             let t = Instant::now();
             for _ in 0..reps {
                 f();

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use crate::error::{Error, Result};
 use crate::format::{Activation, Op, TensorId};
 use crate::kernels::{self, act_scalar, apply_act, Bias, ConvGeom, Elems, MatRef};
-use crate::model::{numel, CsrView, Model, TensorView};
+use crate::model::{numel, Model, TensorView};
 use crate::pool::Pool;
 
 #[derive(Clone, Copy, Debug)]
@@ -605,9 +605,15 @@ impl<'m> Session<'m> {
                                                 ws_len,
                                             );
                                         }
-                                        TensorView::Csr(w) => {
-                                            csr_matmat(&w, gi * opg, opg, cols, p, bg, *act, yg);
-                                        }
+                                        TensorView::Csr(w) => kernels::spmm(
+                                            &w,
+                                            gi * opg..(gi + 1) * opg,
+                                            cols,
+                                            p,
+                                            bias,
+                                            *act,
+                                            yg,
+                                        ),
                                     }
                                 }
                             }
@@ -841,30 +847,4 @@ fn par_depthwise(
             yy,
         );
     });
-}
-
-/// Rows `r0..r0 + rows` of CSR `W` times `b` (`[W.cols, p]`): `y = act(W b + bias)` (`[rows, p]`).
-#[allow(clippy::too_many_arguments)]
-fn csr_matmat(
-    w: &CsrView<'_>,
-    r0: usize,
-    rows: usize,
-    b: &[f32],
-    p: usize,
-    bias: Option<&[f32]>,
-    act: Activation,
-    y: &mut [f32],
-) {
-    for r in 0..rows {
-        let yr = &mut y[r * p..(r + 1) * p];
-        yr.fill(bias.map_or(0.0, |bb| bb[r]));
-        let row = r0 + r;
-        for k in w.row_range(row) {
-            let (v, c) = (w.values().get_f32(k), w.col_idx().get(k));
-            for (yv, bv) in yr.iter_mut().zip(&b[c * p..(c + 1) * p]) {
-                *yv += v * bv;
-            }
-        }
-        apply_act(act, yr);
-    }
 }

@@ -7,9 +7,9 @@ use half::f16;
 use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
     act_scalar, avgpool2d, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col, im2col_len,
-    maxpool2d, spmv, spmv_kernel, Activation, Bias, ConvGeom, Dtype, Elems, GemmKernel, Isa,
-    MatRef, PoolOp, SpmvKernel, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, POOL_KERNELS,
-    SPMV_KERNELS,
+    maxpool2d, spmm_kernel, spmv, spmv_kernel, Activation, Bias, ConvGeom, Dtype, Elems,
+    GemmKernel, Isa, MatRef, PoolOp, SpmmKernel, SpmvKernel, DEPTHWISE_KERNELS, GEMM_KERNELS,
+    GEMV_KERNELS, POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
 };
 use nap_runtime::model::{CsrBuf, CsrView, Indices};
 
@@ -1087,6 +1087,16 @@ fn kernels_do_not_allocate() {
         let w = CsrView::new(srows, scols, &rp, ci, v).unwrap();
         ker.run(&w, 0..srows, &x, Some(&b), Activation::Relu, &mut y);
         spmv(&w, &x, None, Activation::None, &mut y);
+        let sk = spmm_kernel(ker.dtype, ker.index);
+        sk.run(
+            &w,
+            0..srows,
+            &a[..scols * 5],
+            5,
+            Some(&b),
+            Activation::Gelu,
+            &mut c[..srows * 5],
+        );
     }
     assert_eq!(allocs(), before, "a kernel allocated");
 }
@@ -1287,4 +1297,99 @@ fn csr_view_rejects_broken_invariants() {
         CsrView::new(1, 70_000, &[0, 1], Indices::U16(&[5]), Elems::F32(&v[..1])).is_err(),
         "u16 indices over 65536 columns"
     );
+}
+
+/// Runs `ker` on rows `lo..hi` of `dense` (`rows × k`) stored as CSR times `b` (`k × p`) and
+/// compares with a dense f64 product.
+#[allow(clippy::too_many_arguments)]
+fn check_spmm(
+    ker: &SpmmKernel,
+    (rows, k, p): (usize, usize, usize),
+    dense: &[f32],
+    b: &[f32],
+    lo: usize,
+    hi: usize,
+    act: Activation,
+    seed: u64,
+) {
+    let buf = CsrBuf::from_dense(rows, k, dense, ker.dtype, ker.index);
+    let q = |v: f32| match ker.dtype {
+        Dtype::F32 => v as f64,
+        Dtype::F16 => f16::from_f32(v).to_f32() as f64,
+    };
+    let bias = Rng(seed).vec(rows);
+    let bias_o = (seed % 2 == 0).then_some(&bias[..]);
+    let sentinel = -777.0;
+    let mut y = vec![sentinel; (hi - lo) * p + 1];
+    ker.run(&buf.view(), lo..hi, b, p, bias_o, act, &mut y);
+    for i in lo..hi {
+        for j in 0..p {
+            let (mut pre, mut scale, mut n) = (bias_o.map_or(0.0, |bb| bb[i] as f64), 0.0, 0);
+            for t in 0..k {
+                let term = q(dense[i * k + t]) * b[t * p + j] as f64;
+                pre += term;
+                scale += term.abs();
+                n += (dense[i * k + t] != 0.0) as usize;
+            }
+            let got = y[(i - lo) * p + j];
+            assert!(
+                close(got, pre, scale, n, act, 6e-8),
+                "{} {rows}x{k} * {k}x{p}, rows {lo}..{hi}: y[{i}, {j}] = {got}, want act({pre})",
+                ker.name
+            );
+        }
+    }
+    assert_eq!(
+        y[(hi - lo) * p],
+        sentinel,
+        "{}: wrote past the rows",
+        ker.name
+    );
+}
+
+#[test]
+fn spmm_every_kernel_matches_dense_reference() {
+    let mut ran = Vec::new();
+    for ker in available(SPMM_KERNELS, |k| k.isa) {
+        let mut n = 0;
+        for (rows, k) in [(1, 1), (3, 9), (7, 16), (16, 75)] {
+            for p in [
+                1, 3, 4, 7, 8, 9, 15, 16, 31, 32, 33, 49, 63, 64, 65, 100, 196,
+            ] {
+                for density in [0.0, 0.1, 0.5, 1.0] {
+                    let seed =
+                        (rows * 1_000_000 + k * 1000 + p * 10 + (density * 7.0) as usize) as u64;
+                    let mut rng = Rng(seed);
+                    let d = sparse_dense(&mut rng, rows, k, density);
+                    let b = rng.vec(k * p);
+                    let act = ACTS[n % ACTS.len()];
+                    check_spmm(ker, (rows, k, p), &d, &b, 0, rows, act, seed);
+                    check_spmm(
+                        ker,
+                        (rows, k, p),
+                        &d,
+                        &b,
+                        rows / 2,
+                        rows,
+                        Activation::None,
+                        seed + 1,
+                    );
+                    n += 2;
+                }
+            }
+        }
+        ran.push(format!("{} ({n} cases)", ker.name));
+    }
+    eprintln!("spmm kernels run: {}", ran.join(", "));
+}
+
+#[test]
+fn spmm_dispatch_covers_every_storage() {
+    for dtype in [Dtype::F32, Dtype::F16] {
+        for index in [IndexWidth::U16, IndexWidth::U32] {
+            let k = spmm_kernel(dtype, index);
+            assert!(k.dtype == dtype && k.index == index && k.isa.is_available());
+            eprintln!("spmm {dtype:?}/{index:?}: {}", k.name);
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! version compiled on every target.
 //!
 //! Each family has one static registry ([`GEMM_KERNELS`], [`GEMV_KERNELS`],
-//! [`DEPTHWISE_KERNELS`], [`POOL_KERNELS`], [`SPMV_KERNELS`]) listed from most to least preferred. Dispatch takes
+//! [`DEPTHWISE_KERNELS`], [`POOL_KERNELS`], [`SPMV_KERNELS`], [`SPMM_KERNELS`]) listed from most to least preferred. Dispatch takes
 //! the first entry whose [`Isa`] is available on the running CPU; tests and benches iterate every
 //! available entry, so a kernel added to a registry is dispatched, tested and benchmarked without
 //! further edits.
@@ -14,6 +14,7 @@ mod dw3x3;
 mod gemm;
 mod gemv;
 mod pool;
+mod spmm;
 mod spmv;
 
 pub use act::{act_scalar, apply_act};
@@ -23,6 +24,7 @@ pub use conv::{
 pub use gemm::{gemm, gemm_workspace, GemmKernel, GEMM_KERNELS};
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
+pub use spmm::{spmm, spmm_kernel, SpmmKernel, SPMM_KERNELS};
 pub use spmv::{spmv, spmv_kernel, SpmvKernel, SPMV_KERNELS};
 
 pub use crate::format::Activation;

@@ -52,22 +52,51 @@ unsafe fn run<V: Copy, I: Copy>(
 ) {
     let r0 = rows.start;
     for r in rows {
-        let range = w.row_range(r);
-        let (v, c) = (&v[range.clone()], &c[range]);
-        let mut acc = [0f32; 4];
-        let mut vc = v.chunks_exact(4);
-        let mut cc = c.chunks_exact(4);
-        for (vv, ci) in (&mut vc).zip(&mut cc) {
-            for j in 0..4 {
-                // SAFETY: column indices are `< x.len()` (function contract).
-                acc[j] += cvt(vv[j]) * unsafe { *x.get_unchecked(col(ci[j])) };
+        let k = w.row_range(r);
+        // SAFETY: `k` lies inside `v` and `c` (CSR invariant); indices are `< x.len()`.
+        let s = unsafe {
+            dot(
+                v[k.clone()].as_ptr(),
+                c[k.clone()].as_ptr(),
+                k.len(),
+                x.as_ptr(),
+                &cvt,
+                &col,
+            )
+        };
+        y[r - r0] = s + bias.map_or(0.0, |b| b[r]);
+    }
+}
+
+/// `sum_j cvt(v[j]) * x[col(c[j])]` for `j < n` with four independent accumulators.
+///
+/// # Safety
+/// `v` and `c` address `n` elements; every `col(c[j])` indexes `x`.
+#[inline(always)]
+pub(super) unsafe fn dot<V: Copy, I: Copy>(
+    v: *const V,
+    c: *const I,
+    n: usize,
+    x: *const f32,
+    cvt: impl Fn(V) -> f32,
+    col: impl Fn(I) -> usize,
+) -> f32 {
+    let mut acc = [0f32; 4];
+    let mut j = 0;
+    // SAFETY: every access is at `j < n` of `v`/`c`, and `x` is read at stored indices only.
+    unsafe {
+        let term = |j: usize| cvt(*v.add(j)) * *x.add(col(*c.add(j)));
+        while j + 4 <= n {
+            for (t, a) in acc.iter_mut().enumerate() {
+                *a += term(j + t);
             }
+            j += 4;
         }
         let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        for (&vv, &ci) in vc.remainder().iter().zip(cc.remainder()) {
-            // SAFETY: as above.
-            s += cvt(vv) * unsafe { *x.get_unchecked(col(ci)) };
+        while j < n {
+            s += term(j);
+            j += 1;
         }
-        y[r - r0] = s + bias.map_or(0.0, |b| b[r]);
+        s
     }
 }

@@ -3,14 +3,16 @@ use core::ops::Range;
 
 use half::f16;
 
+use super::super::gemv::x86::hsum;
 use crate::model::{CsrView, Elems, Indices};
 
 macro_rules! spmv_avx2 {
     ($name:ident, $row:ident, $vt:ty, $vvar:ident, $it:ty, $ivar:ident, $features:literal,
-     $load8:expr, $load4:expr, $cvt:expr) => {
+     $load8:expr, $set8:expr, $idx8:expr, $cvt1:expr) => {
         /// AVX2 SpMV: per row, 16 non-zeros per step in two 8-lane FMA chains (the `x` values
-        /// inserted lane by lane), then 4 in one 4-lane FMA, the rest scalar. See
-        /// [`super::SpmvFn`] for the contract.
+        /// inserted lane by lane), then one 8-lane step without branches for the last `< 8`;
+        /// rows shorter than [`SHORT_ROW`] take four scalar chains instead, which costs less
+        /// than a mostly masked vector step. See [`super::SpmvFn`] for the contract.
         ///
         /// # Safety
         /// As [`super::SpmvFn`]; the CPU supports the enabled target features.
@@ -28,15 +30,15 @@ macro_rules! spmv_avx2 {
             let r0 = rows.start;
             for r in rows {
                 let k = w.row_range(r);
-                // SAFETY: `k` lies inside `v` and `c` (CSR invariant); every index in it is
-                // `< w.cols() <= x.len()`.
+                let (vp, cp) = (v[k.clone()].as_ptr(), c[k.clone()].as_ptr());
+                // SAFETY: `vp` and `cp` address `k.len()` elements (CSR invariant); every index
+                // is `< w.cols() <= x.len()`.
                 let s = unsafe {
-                    $row(
-                        v.as_ptr().add(k.start),
-                        c.as_ptr().add(k.start),
-                        k.len(),
-                        x.as_ptr(),
-                    )
+                    if k.len() < SHORT_ROW {
+                        super::scalar::dot(vp, cp, k.len(), x.as_ptr(), $cvt1, |c| c as usize)
+                    } else {
+                        $row(vp, cp, k.len(), x.as_ptr())
+                    }
                 };
                 y[r - r0] = s + bias.map_or(0.0, |b| b[r]);
             }
@@ -45,64 +47,76 @@ macro_rules! spmv_avx2 {
         /// `sum_j v[j] * x[c[j]]` for `j < n`.
         ///
         /// # Safety
-        /// `v` and `c` address `n` elements; every `c[j]` indexes `x`; the CPU supports the
-        /// enabled target features.
+        /// `n >= 1`; `v` and `c` address `n` elements; every `c[j]` indexes `x`; the CPU
+        /// supports the enabled target features.
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn $row(v: *const $vt, c: *const $it, n: usize, x: *const f32) -> f32 {
             let load8 = $load8;
-            let load4 = $load4;
-            let cvt = $cvt;
+            let set8 = $set8;
+            let idx8 = $idx8;
             let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let mut j = 0;
-            // SAFETY: every access is at `j + 16 <= n`, `j + 8 <= n`, `j + 4 <= n` or `j < n` of
-            // `v`/`c`, and `x` is read only at stored column indices (function contract).
+            // SAFETY: every access is at `j + 16 <= n`, `j + 8 <= n` or a position clamped to
+            // `n - 1` of `v`/`c`, and `x` is read only at stored column indices (function
+            // contract).
             unsafe {
                 let g = |t: usize| *x.add(*c.add(t) as usize);
-                // Vector loads of `x[c[j]]` do not exist without gathers, which are microcoded
-                // and slower than lane inserts on AMD Zen; the eight inserts per step run on the
-                // shuffle ports in parallel with the loads.
-                let xs = |t: usize| {
+                // Vector loads of `x[c[j]]` would need gathers, which are microcoded and slower
+                // than lane inserts on AMD Zen; the inserts run on the shuffle ports in parallel
+                // with the loads.
+                let xs = |p: [usize; 8]| {
                     _mm256_set_ps(
-                        g(t + 7),
-                        g(t + 6),
-                        g(t + 5),
-                        g(t + 4),
-                        g(t + 3),
-                        g(t + 2),
-                        g(t + 1),
-                        g(t),
+                        g(p[7]),
+                        g(p[6]),
+                        g(p[5]),
+                        g(p[4]),
+                        g(p[3]),
+                        g(p[2]),
+                        g(p[1]),
+                        g(p[0]),
                     )
                 };
+                // Eight indices come from one or two wide integer loads and shifts, which keeps
+                // the load ports for `x`.
+                let xi = |i: [usize; 8]| {
+                    let g = |t: usize| *x.add(i[t]);
+                    _mm256_set_ps(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0))
+                };
                 while j + 16 <= n {
-                    a0 = _mm256_fmadd_ps(load8(v.add(j)), xs(j), a0);
-                    a1 = _mm256_fmadd_ps(load8(v.add(j + 8)), xs(j + 8), a1);
+                    a0 = _mm256_fmadd_ps(load8(v.add(j)), xi(idx8(c.add(j))), a0);
+                    a1 = _mm256_fmadd_ps(load8(v.add(j + 8)), xi(idx8(c.add(j + 8))), a1);
                     j += 16;
                 }
                 if j + 8 <= n {
-                    a0 = _mm256_fmadd_ps(load8(v.add(j)), xs(j), a0);
+                    a0 = _mm256_fmadd_ps(load8(v.add(j)), xi(idx8(c.add(j))), a0);
                     j += 8;
                 }
-                let mut s4 = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps::<1>(a0));
-                s4 = _mm_add_ps(
-                    s4,
-                    _mm_add_ps(_mm256_castps256_ps128(a1), _mm256_extractf128_ps::<1>(a1)),
-                );
-                if j + 4 <= n {
-                    let x4 = _mm_set_ps(g(j + 3), g(j + 2), g(j + 1), g(j));
-                    s4 = _mm_fmadd_ps(load4(v.add(j)), x4, s4);
-                    j += 4;
-                }
-                let mut s = hsum4(s4);
-                while j < n {
-                    s += cvt(*v.add(j)) * g(j);
-                    j += 1;
-                }
-                s
+                // The last `n - j < 8` without data-dependent branches (row lengths vary, and
+                // mispredicted exits cost more than the work): positions clamp to the last
+                // non-zero, and lanes past the row are masked to 0 in both factors, so an
+                // infinite `x` there cannot turn into NaN.
+                let p: [usize; 8] = core::array::from_fn(|t| (j + t).min(n - 1));
+                let mask = _mm256_loadu_ps(TAIL_MASK.as_ptr().add(8 - (n - j)));
+                let xv = _mm256_and_ps(xs(p), mask);
+                let vv = _mm256_and_ps(set8(v, p), mask);
+                a1 = _mm256_fmadd_ps(vv, xv, a1);
             }
+            hsum(_mm256_add_ps(a0, a1))
         }
     };
 }
+
+/// Rows with fewer non-zeros than this take the scalar path.
+const SHORT_ROW: usize = 12;
+
+/// `TAIL_MASK[8 - r..16 - r]` has its first `r` lanes all ones (as f32 bit patterns).
+static TAIL_MASK: [f32; 16] = {
+    let ones = f32::from_bits(u32::MAX);
+    [
+        ones, ones, ones, ones, ones, ones, ones, ones, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ]
+};
 
 spmv_avx2!(
     spmv_f32_u16_avx2,
@@ -112,9 +126,10 @@ spmv_avx2!(
     u16,
     U16,
     "avx2,fma",
-    // SAFETY: callers pass pointers to 8 (or 4) readable elements.
+    // SAFETY: callers pass a pointer to 8 readable elements / positions inside `v`.
     |p: *const f32| unsafe { _mm256_loadu_ps(p) },
-    |p: *const f32| unsafe { _mm_loadu_ps(p) },
+    |v: *const f32, p: [usize; 8]| unsafe { set8_f32(v, p) },
+    |c: *const u16| unsafe { idx8_u16(c) },
     |v: f32| v
 );
 
@@ -128,7 +143,8 @@ spmv_avx2!(
     "avx2,fma",
     // SAFETY: as above.
     |p: *const f32| unsafe { _mm256_loadu_ps(p) },
-    |p: *const f32| unsafe { _mm_loadu_ps(p) },
+    |v: *const f32, p: [usize; 8]| unsafe { set8_f32(v, p) },
+    |c: *const u32| unsafe { idx8_u32(c) },
     |v: f32| v
 );
 
@@ -140,10 +156,11 @@ spmv_avx2!(
     u16,
     U16,
     "avx2,fma,f16c",
-    // SAFETY: callers pass pointers to 8 (or 4) readable elements.
+    // SAFETY: as above.
     |p: *const f16| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) },
-    |p: *const f16| unsafe { _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i)) },
-    f16::to_f32
+    |v: *const f16, p: [usize; 8]| unsafe { set8_f16(v, p) },
+    |c: *const u16| unsafe { idx8_u16(c) },
+    |h: f16| f16_to_f32(h)
 );
 
 spmv_avx2!(
@@ -156,15 +173,86 @@ spmv_avx2!(
     "avx2,fma,f16c",
     // SAFETY: as above.
     |p: *const f16| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) },
-    |p: *const f16| unsafe { _mm_cvtph_ps(_mm_loadl_epi64(p as *const __m128i)) },
-    f16::to_f32
+    |v: *const f16, p: [usize; 8]| unsafe { set8_f16(v, p) },
+    |c: *const u32| unsafe { idx8_u32(c) },
+    |h: f16| f16_to_f32(h)
 );
 
-/// Sum of the four lanes.
-#[target_feature(enable = "sse3")]
+/// One f16 to f32 with F16C (the `half` crate converts in software without `std`).
+#[target_feature(enable = "f16c")]
 #[inline]
-fn hsum4(s: __m128) -> f32 {
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-    _mm_cvtss_f32(s)
+fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// `[c[0], ..., c[7]]` from two 8-byte loads.
+///
+/// # Safety
+/// `c` addresses 8 readable elements.
+#[inline(always)]
+unsafe fn idx8_u16(c: *const u16) -> [usize; 8] {
+    // SAFETY: function contract; unaligned reads of the 16 bytes.
+    let (lo, hi) = unsafe {
+        (
+            (c as *const u64).read_unaligned(),
+            (c as *const u64).add(1).read_unaligned(),
+        )
+    };
+    let q = [lo, hi];
+    core::array::from_fn(|t| (q[t / 4] >> (16 * (t % 4))) as u16 as usize)
+}
+
+/// `[c[0], ..., c[7]]` from four 8-byte loads.
+///
+/// # Safety
+/// `c` addresses 8 readable elements.
+#[inline(always)]
+unsafe fn idx8_u32(c: *const u32) -> [usize; 8] {
+    // SAFETY: function contract; unaligned reads of the 32 bytes.
+    let q: [u64; 4] =
+        core::array::from_fn(|t| unsafe { (c as *const u64).add(t).read_unaligned() });
+    core::array::from_fn(|t| (q[t / 2] >> (32 * (t % 2))) as u32 as usize)
+}
+
+/// `[v[p[0]], ..., v[p[7]]]`.
+///
+/// # Safety
+/// Every `v.add(p[t])` is readable.
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn set8_f32(v: *const f32, p: [usize; 8]) -> __m256 {
+    // SAFETY: function contract.
+    unsafe {
+        _mm256_set_ps(
+            *v.add(p[7]),
+            *v.add(p[6]),
+            *v.add(p[5]),
+            *v.add(p[4]),
+            *v.add(p[3]),
+            *v.add(p[2]),
+            *v.add(p[1]),
+            *v.add(p[0]),
+        )
+    }
+}
+
+/// `[v[p[0]], ..., v[p[7]]]` widened to f32.
+///
+/// # Safety
+/// Every `v.add(p[t])` is readable; the CPU supports F16C.
+#[target_feature(enable = "avx,f16c")]
+#[inline]
+unsafe fn set8_f16(v: *const f16, p: [usize; 8]) -> __m256 {
+    // SAFETY: function contract.
+    let b = |t: usize| unsafe { (*v.add(p[t])).to_bits() as i16 };
+    _mm256_cvtph_ps(_mm_set_epi16(
+        b(7),
+        b(6),
+        b(5),
+        b(4),
+        b(3),
+        b(2),
+        b(1),
+        b(0),
+    ))
 }

@@ -1,0 +1,167 @@
+use core::arch::x86_64::*;
+use core::ops::Range;
+
+use half::f16;
+
+use crate::model::{CsrView, Elems, Indices};
+
+macro_rules! spmm_avx2 {
+    ($name:ident, $tile:ident, $vt:ty, $vvar:ident, $it:ty, $ivar:ident, $features:literal,
+     $bcast:expr) => {
+        /// AVX2 SpMM: tiles of 64, 32 and 8 pixels (8, 4 and 1 accumulators: eight independent
+        /// FMA chains hide the FMA latency), the last `< 8` pixels by masked loads and stores.
+        /// See [`super::SpmmFn`] for the contract.
+        ///
+        /// # Safety
+        /// As [`super::SpmmFn`]; the CPU supports the enabled target features.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn $name(
+            w: &CsrView<'_>,
+            rows: Range<usize>,
+            b: &[f32],
+            p: usize,
+            bias: Option<&[f32]>,
+            y: &mut [f32],
+        ) {
+            let (Elems::$vvar(v), Indices::$ivar(c)) = (w.values(), w.col_idx()) else {
+                unreachable!("spmm: storage checked by SpmmKernel::run")
+            };
+            let bcast = $bcast;
+            let r0 = rows.start;
+            let mut j = 0;
+            while j < p {
+                let width = match p - j {
+                    n if n >= 64 => 64,
+                    n if n >= 32 => 32,
+                    n if n >= 8 => 8,
+                    n => n,
+                };
+                for r in rows.clone() {
+                    let k = w.row_range(r);
+                    let b0 = bias.map_or(0.0, |bb| bb[r]);
+                    // SAFETY: row `r`'s non-zeros lie inside `v`/`c`, each index is
+                    // `< w.cols()`, so `b` holds `p` values from `index * p`; pixels
+                    // `j..j + width` are inside every row of `b` and of `y`.
+                    unsafe {
+                        let (vp, cp) = (v.as_ptr().add(k.start), c.as_ptr().add(k.start));
+                        let bj = b.as_ptr().add(j);
+                        let yp = y.as_mut_ptr().add((r - r0) * p + j);
+                        match width {
+                            64 => $tile::<8>(vp, cp, k.len(), bj, p, b0, yp),
+                            32 => $tile::<4>(vp, cp, k.len(), bj, p, b0, yp),
+                            8 => $tile::<1>(vp, cp, k.len(), bj, p, b0, yp),
+                            n => {
+                                let m = _mm256_loadu_si256(
+                                    TAIL_MASK.as_ptr().add(8 - n) as *const __m256i
+                                );
+                                let mut acc = _mm256_set1_ps(b0);
+                                for t in 0..k.len() {
+                                    let src = bj.add(*cp.add(t) as usize * p);
+                                    acc = _mm256_fmadd_ps(
+                                        bcast(vp.add(t)),
+                                        _mm256_maskload_ps(src, m),
+                                        acc,
+                                    );
+                                }
+                                _mm256_maskstore_ps(yp, m, acc);
+                            }
+                        }
+                    }
+                }
+                j += width;
+            }
+        }
+
+        /// One row's `8 * N` pixels: `N` accumulators over all of the row's `n` non-zeros.
+        ///
+        /// # Safety
+        /// `v`, `c` address `n` elements; `b + c[t] * p` addresses `8 * N` floats for each `t`;
+        /// `y` addresses `8 * N` floats; the CPU supports the enabled target features.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn $tile<const N: usize>(
+            v: *const $vt,
+            c: *const $it,
+            n: usize,
+            b: *const f32,
+            p: usize,
+            b0: f32,
+            y: *mut f32,
+        ) {
+            let bcast = $bcast;
+            let mut acc = [_mm256_set1_ps(b0); N];
+            // SAFETY: function contract.
+            unsafe {
+                for t in 0..n {
+                    let wv = bcast(v.add(t));
+                    let src = b.add(*c.add(t) as usize * p);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src.add(8 * i)), *a);
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(y.add(8 * i), *a);
+                }
+            }
+        }
+    };
+}
+
+/// `TAIL_MASK[8 - r..16 - r]` has its first `r` lanes all ones.
+static TAIL_MASK: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+spmm_avx2!(
+    spmm_f32_u16_avx2,
+    tile_f32_u16,
+    f32,
+    F32,
+    u16,
+    U16,
+    "avx2,fma",
+    // SAFETY: callers pass a readable pointer.
+    |p: *const f32| unsafe { _mm256_broadcast_ss(&*p) }
+);
+
+spmm_avx2!(
+    spmm_f32_u32_avx2,
+    tile_f32_u32,
+    f32,
+    F32,
+    u32,
+    U32,
+    "avx2,fma",
+    // SAFETY: as above.
+    |p: *const f32| unsafe { _mm256_broadcast_ss(&*p) }
+);
+
+spmm_avx2!(
+    spmm_f16_u16_avx2,
+    tile_f16_u16,
+    f16,
+    F16,
+    u16,
+    U16,
+    "avx2,fma,f16c",
+    // SAFETY: as above.
+    |p: *const f16| unsafe {
+        _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            (*p).to_bits() as i32,
+        ))))
+    }
+);
+
+spmm_avx2!(
+    spmm_f16_u32_avx2,
+    tile_f16_u32,
+    f16,
+    F16,
+    u32,
+    U32,
+    "avx2,fma,f16c",
+    // SAFETY: as above.
+    |p: *const f16| unsafe {
+        _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            (*p).to_bits() as i32,
+        ))))
+    }
+);
