@@ -78,8 +78,12 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "f32")]
         dtype: StoreDtype,
         /// Store every weight dense, even where CSR would be smaller.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "policy")]
         dense: bool,
+        /// Store a weight as CSR only where the device runs it faster: a policy saved by
+        /// `nap bench --calibrate -o FILE` on that device.
+        #[arg(long)]
+        policy: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -268,6 +272,10 @@ struct PruneArgs {
     /// Storage type of the exported .nap weights.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: StoreDtype,
+    /// Store a pruned weight as CSR only where the target device runs it faster: a policy
+    /// saved by `nap bench --calibrate -o FILE` there (default: CSR where it is smaller).
+    #[arg(long)]
+    policy: Option<PathBuf>,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -325,8 +333,16 @@ pub fn main() -> Result<()> {
             output,
             dtype,
             dense,
+            policy,
             json,
-        } => convert(&checkpoint, &arch, &output, dtype, dense, json),
+        } => convert(
+            &checkpoint,
+            &arch,
+            &output,
+            dtype,
+            storage(dense, policy.as_deref())?,
+            json,
+        ),
         Cmd::Inspect { model, json } => inspect(&model, json),
         Cmd::Bench(a) => nap_runtime::bench::cli::run(&a)
             .map(|_| ())
@@ -447,12 +463,23 @@ fn print_json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// The storage a writer uses: `--dense`, `--policy FILE` or the smaller of CSR and dense.
+fn storage(dense: bool, policy: Option<&Path>) -> Result<Storage> {
+    Ok(match (dense, policy) {
+        (true, _) => Storage::Dense,
+        (false, Some(p)) => {
+            Storage::ForDevice(nap_runtime::bench::cli::read_policy(p).map_err(anyhow::Error::msg)?)
+        }
+        (false, None) => Storage::Auto,
+    })
+}
+
 fn convert(
     checkpoint: &Path,
     arch: &str,
     output: &Path,
     dtype: StoreDtype,
-    dense: bool,
+    storage: Storage,
     json: bool,
 ) -> Result<()> {
     let m = load_host(checkpoint, arch)?;
@@ -461,7 +488,7 @@ fn convert(
             StoreDtype::F32 => DType::F32,
             StoreDtype::F16 => DType::F16,
         },
-        storage: if dense { Storage::Dense } else { Storage::Auto },
+        storage,
     };
     export::write_nap(&m, output, opts)?;
     let bytes = std::fs::metadata(output)?.len();
@@ -896,6 +923,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
 fn prune_cmd(a: &PruneArgs) -> Result<()> {
     let settings = prune_settings(a)?;
     settings.check()?;
+    let storage = storage(false, a.policy.as_deref())?;
     let device = crate::util::parse_device(&a.device)?;
     let dense = load_host(&a.checkpoint, &a.arch)?;
     let data_args = |split| DataArgs {
@@ -932,7 +960,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
                 StoreDtype::F32 => DType::F32,
                 StoreDtype::F16 => DType::F16,
             },
-            storage: Storage::Auto,
+            storage,
         },
     )?;
     if a.json {

@@ -16,12 +16,16 @@ use nap_runtime::kernels::{Dtype, Elems};
 use nap_runtime::model::{CsrBuf, Indices};
 
 /// How tensors are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Storage {
     /// Dense always.
     Dense,
     /// CSR for a Linear/Conv2d weight when that takes fewer bytes than dense.
     Auto,
+    /// CSR for a Linear/Conv2d weight only where the device runs it faster than dense: density
+    /// at most the policy's limit for the product (`nap bench --calibrate` measures it; Linear
+    /// layers use the batch-1 limit). The runtime then never expands a weight at load.
+    ForDevice(nap_runtime::SparsePolicy),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -251,7 +255,8 @@ fn encode_values(fb: &mut FileBuilder, v: &[f32], dtype: DType) -> nap_runtime::
 /// Encodes `m` (fused first) as a `.nap` image.
 pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
     let m = fuse(m)?;
-    let weights: Vec<u32> = m.prunable().into_iter().map(|(_, w)| w).collect();
+    let prunable = m.prunable();
+    let weights: Vec<u32> = prunable.iter().map(|&(_, w)| w).collect();
     let mut fb = FileBuilder::new();
     let mut entries = Vec::with_capacity(m.tensors.len());
     for (id, t) in m.tensors.iter().enumerate() {
@@ -263,7 +268,24 @@ pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
         let index = IndexWidth::for_cols(cols);
         let dense_bytes = t.numel() * dtype.size();
         let csr_bytes = (rows + 1) * 4 + nnz * (index.size() + dtype.size());
-        let layout = if is_weight && opts.storage == Storage::Auto && csr_bytes < dense_bytes {
+        let sparse = match opts.storage {
+            Storage::Dense => false,
+            Storage::Auto => is_weight && csr_bytes < dense_bytes,
+            Storage::ForDevice(p) => {
+                let linear = prunable.iter().any(|&(i, w)| {
+                    w == id as u32 && matches!(m.graph.nodes[i].op, Op::Linear { .. })
+                });
+                let limit = if linear {
+                    p.max_density_gemv
+                } else {
+                    p.max_density_gemm
+                };
+                is_weight
+                    && csr_bytes < dense_bytes
+                    && nnz as f64 <= limit as f64 * t.numel() as f64
+            }
+        };
+        let layout = if sparse {
             let csr = CsrBuf::from_dense(rows, cols, &t.data, Dtype::F32, index);
             let w = csr.view();
             let row_ptr_b = fb.add_u32(w.row_ptr());

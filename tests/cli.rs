@@ -378,3 +378,99 @@ fn bench_times_pruned_against_dense() {
         text(&o)
     );
 }
+
+/// `nap bench --calibrate -o` measures and saves a policy that `nap bench --policy` and
+/// `nap convert --policy` read back; a policy of density 0 stores every weight dense, a broken
+/// policy file is a clear error.
+#[test]
+fn calibrate_saves_a_policy_that_bench_and_convert_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cal = dir.path().join("device.json");
+    let o = nap(&[
+        "bench",
+        "--calibrate",
+        "-o",
+        cal.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["points"].as_array().unwrap().len(), 20);
+    for k in ["max_density_gemv", "max_density_gemm"] {
+        let d = r["policy"][k].as_f64().unwrap();
+        assert!((0.0..=0.9).contains(&d), "{k} = {d}");
+    }
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    assert_eq!(saved["policy"], r["policy"]);
+
+    let ckpt = write_checkpoint(dir.path(), "lenet-300-100", |named| {
+        for t in named.iter_mut().filter(|t| t.name == "fc1.weight") {
+            t.data
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = if i % 10 == 0 { *v } else { 0.0 });
+        }
+    });
+    let zero = dir.path().join("zero.json");
+    std::fs::write(
+        &zero,
+        r#"{"max_density_gemv": 0.0, "max_density_gemm": 0.0}"#,
+    )
+    .unwrap();
+    let half = dir.path().join("half.json");
+    std::fs::write(
+        &half,
+        r#"{"policy": {"max_density_gemv": 0.5, "max_density_gemm": 0.5}}"#,
+    )
+    .unwrap();
+    let mut storages = Vec::new();
+    for pol in [&zero, &half] {
+        let out = dir.path().join("m.nap");
+        let o = nap(&[
+            "convert",
+            ckpt.to_str().unwrap(),
+            "--arch",
+            "lenet-300-100",
+            "-o",
+            out.to_str().unwrap(),
+            "--policy",
+            pol.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let o = nap(&["inspect", out.to_str().unwrap(), "--json"]);
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        storages.push(r["layers"][1]["storage"].as_str().unwrap().to_string());
+        let o = nap(&[
+            "bench",
+            out.to_str().unwrap(),
+            "--policy",
+            cal.to_str().unwrap(),
+            "--runs",
+            "3",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    assert_eq!(storages, ["dense f32", "csr f32"]);
+
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"max_density_gemv": 2.0, "max_density_gemm": 0.1}"#,
+    )
+    .unwrap();
+    let o = nap(&["bench", "--calibrate", "--policy", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let model = dir.path().join("m.nap");
+    let o = nap(&[
+        "bench",
+        model.to_str().unwrap(),
+        "--policy",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("bad.json"),
+        "{}",
+        text(&o)
+    );
+}

@@ -11,9 +11,13 @@ use std::vec::Vec;
 
 use serde::Serialize;
 
-use crate::kernels::Isa;
+use crate::format::IndexWidth;
+use crate::kernels::{
+    gemm, gemm_workspace, gemv, spmm, spmv, Activation, Bias, Dtype, Elems, Isa, MatRef,
+};
+use crate::model::CsrBuf;
 use crate::stats::{layer_stats, LayerStats};
-use crate::{Model, Session};
+use crate::{Model, Session, SparsePolicy};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -28,6 +32,8 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Target timing length per model when `runs` is 0.
     pub seconds: f64,
+    /// Which CSR weights run sparse.
+    pub policy: SparsePolicy,
 }
 
 impl Default for BenchOptions {
@@ -38,6 +44,7 @@ impl Default for BenchOptions {
             warmup: 10,
             runs: 0,
             seconds: 2.0,
+            policy: SparsePolicy::default(),
         }
     }
 }
@@ -123,6 +130,7 @@ pub struct BenchReport {
     pub batch: usize,
     pub threads: usize,
     pub warmup: usize,
+    pub policy: SparsePolicy,
     pub model: ModelBench,
     pub baseline: Option<ModelBench>,
     /// Baseline median latency / model median latency.
@@ -162,7 +170,7 @@ pub fn bench(
     let mut sessions = Vec::with_capacity(targets.len());
     let mut inputs = Vec::with_capacity(targets.len());
     for t in &targets {
-        let s = Session::with_threads(t.model, opts.batch, opts.threads)?;
+        let s = Session::with_policy(t.model, opts.batch, opts.threads, opts.policy)?;
         let one = s.input_len(0) / opts.batch;
         let x = match input {
             Some(x) if x.len() != one => {
@@ -237,6 +245,7 @@ pub fn bench(
         batch: opts.batch,
         threads: opts.threads,
         warmup: opts.warmup,
+        policy: opts.policy,
         speedup: baseline
             .as_ref()
             .map(|b| b.latency.median_ms / model.latency.median_ms),
@@ -269,8 +278,9 @@ pub fn render(r: &BenchReport) -> String {
         }
     );
     o += &format!(
-        "batch {}, {} thread(s), {} warm-up runs\n",
-        r.batch, r.threads, r.warmup
+        "batch {}, {} thread(s), {} warm-up runs; CSR weights run sparse up to density {} \
+         (batch-1 Linear) / {} (convolutions, batches)\n",
+        r.batch, r.threads, r.warmup, r.policy.max_density_gemv, r.policy.max_density_gemm
     );
     for (label, b) in [("model", Some(&r.model)), ("baseline", r.baseline.as_ref())] {
         let Some(b) = b else { continue };
@@ -328,6 +338,105 @@ pub fn render(r: &BenchReport) -> String {
     o
 }
 
+/// One measured point of [`calibrate`].
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationPoint {
+    /// `gemv` (batch-1 Linear) or `gemm` (convolution).
+    pub product: &'static str,
+    pub density: f64,
+    pub dense_us: f64,
+    pub sparse_us: f64,
+}
+
+/// What `nap bench --calibrate` measures: the break-even densities on this machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct Calibration {
+    pub machine: Machine,
+    /// The policy to use here: the densest measured CSR that still beat dense, per product.
+    pub policy: SparsePolicy,
+    pub points: Vec<CalibrationPoint>,
+}
+
+/// Densities [`calibrate`] measures, densest first.
+const CALIBRATION_DENSITIES: [f64; 10] = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05];
+
+/// Measures dense against sparse (f32 values, u16 indices, random unstructured sparsity) for a
+/// batch-1 Linear of 512×1024 and a 3×3 convolution as a 128×576 weight on 7×7 pixels (M1's
+/// third layer), on one thread with operands in cache, and returns the break-even densities.
+pub fn calibrate() -> Calibration {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    fn time(reps: usize, f: &mut dyn FnMut()) -> f64 {
+        f();
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed().as_secs_f64() / reps as f64 * 1e6
+    }
+    let mut points = Vec::new();
+    let mut limits = [0.0f64; 2];
+    for (pi, (product, m, k, p)) in [("gemv", 512, 1024, 1), ("gemm", 128, 576, 49)]
+        .into_iter()
+        .enumerate()
+    {
+        let w = default_input(m * k);
+        let b = default_input(k * p);
+        let noise = default_input(m * k + 7);
+        let mut y = std::vec![0f32; m * p];
+        let mut ws = std::vec![0f32; gemm_workspace(m, p, k)];
+        let reps = ((2e6 / (m * k * p) as f64) as usize).max(3);
+        for &d in &CALIBRATION_DENSITIES {
+            let wd: Vec<f32> = w
+                .iter()
+                .zip(&noise[7..])
+                .map(|(&v, &r)| if (r as f64) < d { v - 0.5 } else { 0.0 })
+                .collect();
+            let csr = CsrBuf::from_dense(m, k, &wd, Dtype::F32, IndexWidth::U16);
+            let (mut td, mut ts) = (Vec::new(), Vec::new());
+            for _ in 0..15 {
+                if p == 1 {
+                    td.push(time(reps, &mut || {
+                        gemv(Elems::F32(&wd), k, m, k, &b, None, Activation::None, &mut y)
+                    }));
+                    ts.push(time(reps, &mut || {
+                        spmv(&csr.view(), &b, None, Activation::None, &mut y)
+                    }));
+                } else {
+                    td.push(time(reps, &mut || {
+                        let am = MatRef::row_major(Elems::F32(&wd), m, k);
+                        let bm = MatRef::row_major(Elems::F32(&b), k, p);
+                        gemm(am, bm, &mut y, p, Bias::None, Activation::None, &mut ws)
+                    }));
+                    ts.push(time(reps, &mut || {
+                        spmm(&csr.view(), 0..m, &b, p, None, Activation::None, &mut y)
+                    }));
+                }
+            }
+            let (dense_us, sparse_us) = (median(td), median(ts));
+            if sparse_us < dense_us && limits[pi] == 0.0 {
+                limits[pi] = d;
+            }
+            points.push(CalibrationPoint {
+                product,
+                density: d,
+                dense_us,
+                sparse_us,
+            });
+        }
+    }
+    Calibration {
+        machine: Machine::detect(),
+        policy: SparsePolicy {
+            max_density_gemv: limits[0] as f32,
+            max_density_gemm: limits[1] as f32,
+        },
+        points,
+    }
+}
+
 /// Command-line front end shared by `nap bench` and `nap-bench` (feature `cli`).
 #[cfg(feature = "cli")]
 pub mod cli {
@@ -340,8 +449,9 @@ pub mod cli {
     /// against a baseline such as its dense original, with a per-node breakdown.
     #[derive(clap::Args, Debug, Clone)]
     pub struct BenchArgs {
-        /// The .nap model to time.
-        pub model: PathBuf,
+        /// The .nap model to time (not needed with --calibrate).
+        #[arg(required_unless_present = "calibrate")]
+        pub model: Option<PathBuf>,
         /// A baseline .nap (usually the dense original) timed in the same run, runs interleaved;
         /// the report adds the speedup and the FLOP reduction.
         #[arg(long)]
@@ -367,10 +477,95 @@ pub mod cli {
         /// Print the report as JSON.
         #[arg(long)]
         pub json: bool,
+        /// Measure this machine's break-even densities of sparse against dense kernels and
+        /// print them (JSON with --json); -o saves the policy for --policy.
+        #[arg(long)]
+        pub calibrate: bool,
+        /// With --calibrate: where to save the measured policy (JSON).
+        #[arg(short, long, requires = "calibrate")]
+        pub output: Option<PathBuf>,
+        /// A policy saved by --calibrate: which CSR weights run sparse.
+        #[arg(long, conflicts_with_all = ["keep_csr", "calibrate"])]
+        pub policy: Option<PathBuf>,
+        /// Run every CSR weight with the sparse kernels, however dense.
+        #[arg(long)]
+        pub keep_csr: bool,
     }
 
-    /// Runs the benchmark and prints the report; errors name the file or setting at fault.
-    pub fn run(a: &BenchArgs) -> Result<BenchReport, String> {
+    /// Reads a policy file written by `--calibrate -o` (or a bare policy object).
+    pub fn read_policy(path: &std::path::Path) -> Result<SparsePolicy, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v = v.get("policy").cloned().unwrap_or(v);
+        let p: SparsePolicy = serde_json::from_value(v)
+            .map_err(|e| format!("{}: not a policy: {e}", path.display()))?;
+        for d in [p.max_density_gemv, p.max_density_gemm] {
+            if !(0.0..=1.0).contains(&d) {
+                return Err(format!(
+                    "{}: densities must lie in [0, 1], got {d}",
+                    path.display()
+                ));
+            }
+        }
+        Ok(p)
+    }
+
+    fn print(text: &str) -> Result<(), String> {
+        use std::io::Write;
+        match std::io::stdout().write_all(text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    fn calibrate_cli(a: &BenchArgs) -> Result<(), String> {
+        let c = calibrate();
+        let json = serde_json::to_string_pretty(&c).map_err(|e| e.to_string())? + "\n";
+        if let Some(out) = &a.output {
+            let tmp = out.with_extension("tmp");
+            std::fs::write(&tmp, &json)
+                .and_then(|_| std::fs::rename(&tmp, out))
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+        if a.json {
+            return print(&json);
+        }
+        let mut o = format!(
+            "{} {}: sparse (f32 values, u16 indices) against dense, median µs\n",
+            c.machine.arch, c.machine.os
+        );
+        o += &format!(
+            "{:<8} {:>8} {:>10} {:>10} {:>8}\n",
+            "product", "density", "dense", "sparse", "speedup"
+        );
+        for p in &c.points {
+            o += &format!(
+                "{:<8} {:>8.2} {:>10.2} {:>10.2} {:>7.2}x\n",
+                p.product,
+                p.density,
+                p.dense_us,
+                p.sparse_us,
+                p.dense_us / p.sparse_us
+            );
+        }
+        o += &format!(
+            "policy: CSR runs sparse up to density {} (batch-1 Linear) and {} (convolutions, batches)\n",
+            c.policy.max_density_gemv, c.policy.max_density_gemm
+        );
+        if let Some(out) = &a.output {
+            o += &format!("saved to {} (use with --policy)\n", out.display());
+        }
+        print(&o)
+    }
+
+    /// Runs the benchmark (or the calibration) and prints the report; errors name the file or
+    /// setting at fault.
+    pub fn run(a: &BenchArgs) -> Result<Option<BenchReport>, String> {
+        if a.calibrate {
+            return calibrate_cli(a).map(|_| None);
+        }
+        let path = a.model.as_ref().ok_or("a model to time is required")?;
         if a.batch == 0 || a.threads == 0 {
             return Err("--batch and --threads must be at least 1".to_string());
         }
@@ -378,7 +573,7 @@ pub mod cli {
             return Err(format!("--seconds must be positive, got {}", a.seconds));
         }
         let open = |p: &PathBuf| Model::open(p).map_err(|e| format!("{}: {e}", p.display()));
-        let model = open(&a.model)?;
+        let model = open(path)?;
         let base = a.vs.as_ref().map(open).transpose()?;
         let input = match &a.input {
             Some(p) => {
@@ -398,7 +593,7 @@ pub mod cli {
             None => None,
         };
         let t = Target {
-            path: a.model.display().to_string(),
+            path: path.display().to_string(),
             model: &model,
         };
         let b = base.as_ref().zip(a.vs.as_ref()).map(|(m, p)| Target {
@@ -411,6 +606,11 @@ pub mod cli {
             warmup: a.warmup,
             runs: a.runs,
             seconds: a.seconds,
+            policy: match (&a.policy, a.keep_csr) {
+                (Some(p), _) => read_policy(p)?,
+                (None, true) => SparsePolicy::KEEP_CSR,
+                (None, false) => SparsePolicy::default(),
+            },
         };
         let r = bench(&t, b.as_ref(), input.as_deref(), &opts).map_err(|e| match &b {
             Some(b) => format!("{} vs {}: {e}", t.path, b.path),
@@ -421,10 +621,6 @@ pub mod cli {
         } else {
             render(&r)
         };
-        use std::io::Write;
-        match std::io::stdout().write_all(text.as_bytes()) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.to_string()),
-            _ => Ok(r),
-        }
+        print(&text).map(|_| Some(r))
     }
 }

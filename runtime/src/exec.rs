@@ -26,6 +26,8 @@ struct Range {
 enum Kind {
     Linear {
         weight: TensorId,
+        /// The CSR weight expanded into `params` by the [`SparsePolicy`].
+        dense: Option<Range>,
         bias: Option<Range>,
         act: Activation,
         inp: usize,
@@ -33,6 +35,8 @@ enum Kind {
     },
     Conv {
         weight: TensorId,
+        /// The CSR weight expanded into `params` by the [`SparsePolicy`].
+        dense: Option<Range>,
         bias: Option<Range>,
         act: Activation,
         geom: ConvGeom,
@@ -70,6 +74,52 @@ struct Step {
     kind: Kind,
     inputs: Vec<Buf>,
     output: Buf,
+}
+
+/// Which CSR weights a [`Session`] runs with sparse kernels: a CSR weight denser than the limit
+/// for its product is expanded to a dense f32 copy when the session is planned (costing that
+/// memory) and runs with the dense kernels, which are faster there.
+///
+/// The defaults are break-even densities measured with `benches/sparse.rs` (batch-1 matrix-vector
+/// products with operands in cache; sparse × dense products of convolutions) on x86-64 AVX2;
+/// `nap bench --calibrate` measures them on the device.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SparsePolicy {
+    /// For Linear layers at batch 1.
+    pub max_density_gemv: f32,
+    /// For convolutions and Linear layers at batch > 1.
+    pub max_density_gemm: f32,
+}
+
+impl SparsePolicy {
+    /// Every CSR weight runs as CSR.
+    pub const KEEP_CSR: SparsePolicy = SparsePolicy {
+        max_density_gemv: 1.0,
+        max_density_gemm: 1.0,
+    };
+}
+
+impl Default for SparsePolicy {
+    fn default() -> Self {
+        SparsePolicy {
+            max_density_gemv: 0.3,
+            max_density_gemm: 0.6,
+        }
+    }
+}
+
+/// A dense f32 copy of CSR tensor `id` in `params` if its density exceeds `limit` (and the copy
+/// keeps `params` within [`MAX_PLANNED_FLOATS`]; otherwise it stays CSR).
+fn densify(model: &Model<'_>, id: TensorId, limit: f32, params: &mut Vec<f32>) -> Option<Range> {
+    match model.tensor(id) {
+        TensorView::Csr(c) => {
+            let n = c.rows().checked_mul(c.cols())?;
+            let fits = params.len().checked_add(n)? <= MAX_PLANNED_FLOATS;
+            (fits && c.nnz() as f64 > limit as f64 * n as f64)
+                .then(|| dense_f32_into(model, id, params))
+        }
+        TensorView::Dense(_) => None,
+    }
 }
 
 /// Largest total of activation, scratch and parameter buffers a session plans (4 GiB of f32):
@@ -181,6 +231,16 @@ impl<'m> Session<'m> {
     /// the session is single-threaded). The worker threads start here and live as long as the
     /// session; runs allocate nothing either way.
     pub fn with_threads(model: &'m Model<'m>, batch: usize, threads: usize) -> Result<Self> {
+        Self::with_policy(model, batch, threads, SparsePolicy::default())
+    }
+
+    /// [`Session::with_threads`] with an explicit choice of which CSR weights run as CSR.
+    pub fn with_policy(
+        model: &'m Model<'m>,
+        batch: usize,
+        threads: usize,
+        policy: SparsePolicy,
+    ) -> Result<Self> {
         let threads = if cfg!(feature = "std") {
             threads.max(1)
         } else {
@@ -245,8 +305,14 @@ impl<'m> Session<'m> {
                 Op::Linear { weight, bias, act } => {
                     let (out, inp) = (out_shape[0] as usize, in_shape[0] as usize);
                     ws_len = ws_len.max(kernels::gemm_workspace(batch, out, inp));
+                    let limit = if batch == 1 {
+                        policy.max_density_gemv
+                    } else {
+                        policy.max_density_gemm
+                    };
                     Kind::Linear {
                         weight: *weight,
+                        dense: densify(model, *weight, limit, &mut params),
                         bias: bias.map(|b| dense_f32_into(model, b, &mut params)),
                         act: *act,
                         inp,
@@ -278,12 +344,14 @@ impl<'m> Session<'m> {
                         *dilation,
                     );
                     let groups = *groups as usize;
+                    let dense = densify(model, *weight, policy.max_density_gemm, &mut params);
                     // The depthwise kernel takes dense weights only; CSR depthwise weights go
                     // through the grouped path, which needs the im2col scratch.
                     let depthwise = groups == c
                         && out_c == c
                         && groups > 1
-                        && matches!(model.tensor(*weight), TensorView::Dense(_));
+                        && (dense.is_some()
+                            || matches!(model.tensor(*weight), TensorView::Dense(_)));
                     let direct =
                         gm.kh == 1 && gm.kw == 1 && gm.stride == [1, 1] && gm.pad == [0, 0];
                     if !depthwise {
@@ -299,6 +367,7 @@ impl<'m> Session<'m> {
                     }
                     Kind::Conv {
                         weight: *weight,
+                        dense,
                         bias: bias.map(|b| dense_f32_into(model, b, &mut params)),
                         act: *act,
                         geom: gm,
@@ -511,6 +580,7 @@ impl<'m> Session<'m> {
             match &step.kind {
                 Kind::Linear {
                     weight,
+                    dense,
                     bias,
                     act,
                     inp,
@@ -518,7 +588,11 @@ impl<'m> Session<'m> {
                 } => {
                     let x = input(step.inputs[0]);
                     let bias = bias.map(prange);
-                    match self.model.tensor(*weight) {
+                    let wv = match dense {
+                        Some(r) => TensorView::Dense(Elems::F32(prange(*r))),
+                        None => self.model.tensor(*weight),
+                    };
+                    match wv {
                         TensorView::Dense(w) => {
                             if n == 1 {
                                 par_gemv(pool, w, *inp, *outf, x, bias, *act, y);
@@ -554,6 +628,7 @@ impl<'m> Session<'m> {
                 }
                 Kind::Conv {
                     weight,
+                    dense,
                     bias,
                     act,
                     geom: gm,
@@ -564,7 +639,10 @@ impl<'m> Session<'m> {
                 } => {
                     let x = input(step.inputs[0]);
                     let bias = bias.map(prange);
-                    let wv = self.model.tensor(*weight);
+                    let wv = match dense {
+                        Some(r) => TensorView::Dense(Elems::F32(prange(*r))),
+                        None => self.model.tensor(*weight),
+                    };
                     let (in_len, out_len) = (step.inputs[0].len, out.len);
                     let p = gm.oh * gm.ow;
                     let cpg = gm.c / groups;

@@ -26,5 +26,5 @@ mod pool;
 pub mod stats;
 
 pub use error::{Error, Result};
-pub use exec::Session;
+pub use exec::{Session, SparsePolicy};
 pub use model::{AlignedBytes, LoadOptions, Model, TensorView};

@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use common::{assert_close, reference, Built, Net, Rng, Store};
 use nap_runtime::format::*;
-use nap_runtime::{AlignedBytes, Error, Model, Session};
+use nap_runtime::{AlignedBytes, Error, Model, Session, SparsePolicy};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation counting: only allocations made by the current thread while it is armed count, so
@@ -102,7 +102,21 @@ fn seed_of(s: &str) -> u64 {
 fn check_scaled(b: &Built, batch: usize, scale: f32, what: &str) {
     let a = AlignedBytes::copy_from(&b.bytes);
     let m = Model::from_bytes(a.as_bytes()).unwrap_or_else(|e| panic!("{what}: load: {e}"));
-    let mut s = Session::new(&m, batch).unwrap_or_else(|e| panic!("{what}: plan: {e}"));
+    for policy in [SparsePolicy::KEEP_CSR, SparsePolicy::default()] {
+        check_policy(b, &m, batch, scale, &format!("{what} ({policy:?})"), policy);
+    }
+}
+
+fn check_policy(
+    b: &Built,
+    m: &Model<'_>,
+    batch: usize,
+    scale: f32,
+    what: &str,
+    policy: SparsePolicy,
+) {
+    let mut s =
+        Session::with_policy(m, batch, 1, policy).unwrap_or_else(|e| panic!("{what}: plan: {e}"));
     assert_eq!(s.batch(), batch);
     let in_len = s.input_len(0);
     let mut rng = Rng::new(seed_of(what) ^ batch as u64);
@@ -1052,4 +1066,62 @@ fn zero_sized_values_do_not_panic() {
             assert_eq!(s.run(&[]).unwrap(), &[] as &[f32], "{what}");
         }
     }
+}
+
+/// The default policy expands a CSR Linear weight of density 0.4 (above the batch-1 limit 0.3)
+/// into a dense copy and keeps one of density 0.1 sparse; `KEEP_CSR` expands neither. Outputs
+/// agree either way.
+#[test]
+fn sparse_policy_densifies_only_above_the_limit() {
+    let mut rng = Rng::new(7);
+    let mut net = Net::new();
+    let x = net.input(&[64]);
+    let dense40 = rng.sparse_vec(32 * 64, 0.6);
+    let dense10 = rng.sparse_vec(16 * 32, 0.9);
+    let w1 = net.tensor(
+        "fc1.w",
+        &[32, 64],
+        &dense40,
+        Store::Csr(DType::F32, IndexWidth::U16),
+    );
+    let h = net.node(
+        "fc1",
+        Op::Linear {
+            weight: w1,
+            bias: None,
+            act: Activation::Relu,
+        },
+        &[x],
+    );
+    let w2 = net.tensor(
+        "fc2.w",
+        &[16, 32],
+        &dense10,
+        Store::Csr(DType::F32, IndexWidth::U16),
+    );
+    let y = net.node(
+        "fc2",
+        Op::Linear {
+            weight: w2,
+            bias: None,
+            act: Activation::None,
+        },
+        &[h],
+    );
+    let b = net.finish(&[y]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let density = |v: &[f32]| v.iter().filter(|x| **x != 0.0).count() as f64 / v.len() as f64;
+    assert!(density(&dense40) > 0.3 && density(&dense10) < 0.3);
+    let mut keep = Session::with_policy(&m, 1, 1, SparsePolicy::KEEP_CSR).unwrap();
+    let mut def = Session::with_policy(&m, 1, 1, SparsePolicy::default()).unwrap();
+    assert_eq!(def.planned_floats() - keep.planned_floats(), 32 * 64);
+    let input = rng.vec(64);
+    let a = keep.run(&input).unwrap().to_vec();
+    let d = def.run(&input).unwrap().to_vec();
+    assert_close(
+        &d,
+        &a.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        1e-5,
+        "policies agree",
+    );
 }

@@ -1,6 +1,8 @@
-//! Batch-1 sparse matrix-vector kernels ([`SPMV_KERNELS`]) against the runtime's own dense GEMV
-//! and the `gemm` crate (0.19, `Parallelism::None`), single-threaded, on weight shapes from real
-//! models and two squares, across unstructured sparsity 0–99 %.
+//! Sparse kernels against the runtime's own dense ones and the `gemm` crate (0.19,
+//! `Parallelism::None`), single-threaded, across unstructured sparsity 0–99 %: batch-1
+//! matrix-vector products ([`SPMV_KERNELS`] vs dense GEMV) on weight shapes from real models and
+//! two squares, and sparse × dense products ([`SPMM_KERNELS`] vs dense GEMM) on the convolutions
+//! of M1 (3×3 via patches) and the 1×1 convolutions of MobileNetV2.
 //!
 //! Criterion groups report dense-equivalent FLOP/s (2·rows·cols per product, criterion prints it
 //! as elem/s), so a sparse kernel's figure is directly comparable with the dense one.
@@ -15,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nap_runtime::format::IndexWidth;
-use nap_runtime::kernels::{gemv, Activation, Dtype, Elems, SPMV_KERNELS};
+use nap_runtime::kernels::{
+    gemm, gemm_workspace, gemv, Activation, Bias, Dtype, Elems, MatRef, SPMM_KERNELS, SPMV_KERNELS,
+};
 use nap_runtime::model::CsrBuf;
 
 /// `(name, rows, columns)` of the weight matrix.
@@ -26,6 +30,18 @@ const SHAPES: &[(&str, usize, usize)] = &[
     ("lenet5_fc1_500x800", 500, 800),
     ("m1_fc_256x1152", 256, 1152),
     ("m2_classifier_1000x1280", 1000, 1280),
+];
+
+/// `(name, output channels M, patch rows K, pixels P)`: `Y[M × P] = W[M × K] · B[K × P]`.
+const CONV_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("m1_conv2_64x288x196", 64, 288, 196),
+    ("m1_conv3_128x576x49", 128, 576, 49),
+    ("m2_pw_144x24x3136", 144, 24, 3136),
+    ("m2_pw_32x144x784", 32, 144, 784),
+    ("m2_pw_192x32x784", 192, 32, 784),
+    ("m2_pw_384x64x196", 384, 64, 196),
+    ("m2_pw_960x160x49", 960, 160, 49),
+    ("m2_pw_1280x320x49", 1280, 320, 49),
 ];
 
 const SPARSITIES: &[f64] = &[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
@@ -117,8 +133,7 @@ fn flush_caches() {
     });
 }
 
-fn table() {
-    let cold = std::env::var_os("NAP_BENCH_COLD").is_some();
+fn table(cold: bool) {
     println!(
         "{} caches: {}\n",
         if cold { "cold" } else { "warm" },
@@ -207,20 +222,10 @@ fn table() {
                 t[0] / b16
             );
         }
-        // Break-even: first sparsity where the sparse kernel wins, interpolated linearly.
-        let be = speedups
-            .windows(2)
-            .find(|p| p[0].1 < 1.0 && p[1].1 >= 1.0)
-            .map(|p| {
-                let (s0, r0, s1, r1) = (p[0].0, p[0].1, p[1].0, p[1].1);
-                s0 + (1.0 - r0) * (s1 - s0) / (r1 - r0)
-            });
-        let be = match (speedups[0].1 >= 1.0, be) {
-            (true, _) => "≤ 0 %".to_string(),
-            (false, Some(b)) => format!("{:.0} %", b * 100.0),
-            (false, None) => "none ≤ 99 %".to_string(),
-        };
-        summary.push(format!("{name}: break-even sparsity (f32 values) {be}"));
+        summary.push(format!(
+            "{name}: break-even sparsity (f32 values) {}",
+            break_even(&speedups)
+        ));
     }
     println!();
     for s in summary {
@@ -228,9 +233,151 @@ fn table() {
     }
 }
 
+/// The SpMM table: every available u16-index kernel against the runtime's dense GEMM.
+fn conv_table(cold: bool) {
+    let kers: Vec<_> = SPMM_KERNELS
+        .iter()
+        .filter(|k| k.isa.is_available() && k.index == IndexWidth::U16)
+        .collect();
+    let head: Vec<String> = kers.iter().map(|k| format!("{} µs", k.name)).collect();
+    println!(
+        "\n| conv shape (M×K×P) | sparsity | dense gemm µs | gemm crate µs | {} | speedup f32 | speedup f16 |",
+        head.join(" | ")
+    );
+    println!(
+        "|---|---:|---:|---:|{}---:|---:|",
+        "---:|".repeat(kers.len())
+    );
+    let only = std::env::var("NAP_BENCH_SHAPE").unwrap_or_default();
+    let mut summary = Vec::new();
+    for &(name, m, k, p) in CONV_SHAPES.iter().filter(|s| s.0.contains(only.as_str())) {
+        let w = data(m * k, 3);
+        let b = data(k * p, 4);
+        let mut y = vec![0f32; m * p];
+        let mut ws = vec![0f32; gemm_workspace(m, p, k)];
+        let reps = ((2e7 / (m * k * p) as f64) as usize).max(2);
+        let time = |f: &mut dyn FnMut()| {
+            if cold {
+                flush_caches();
+                let t = Instant::now();
+                f();
+                return t.elapsed().as_secs_f64() * 1e6;
+            }
+            f();
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() / reps as f64 * 1e6
+        };
+        let mut speedups = Vec::new();
+        for &s in SPARSITIES {
+            let wsp = sparsify(&w, s, 5);
+            let bufs: Vec<CsrBuf> = kers
+                .iter()
+                .map(|ker| CsrBuf::from_dense(m, k, &wsp, ker.dtype, ker.index))
+                .collect();
+            let mut t = vec![vec![]; 2 + kers.len()];
+            for _ in 0..15 {
+                t[0].push(time(&mut || {
+                    let am = MatRef::row_major(Elems::F32(&wsp), m, k);
+                    let bm = MatRef::row_major(Elems::F32(&b), k, p);
+                    gemm(am, bm, &mut y, p, Bias::None, Activation::None, &mut ws);
+                    black_box(&y);
+                }));
+                t[1].push(time(&mut || {
+                    gemm_crate(m, p, k, &wsp, &b, &mut y);
+                    black_box(&y);
+                }));
+                for (i, (ker, buf)) in kers.iter().zip(&bufs).enumerate() {
+                    t[2 + i].push(time(&mut || {
+                        ker.run(&buf.view(), 0..m, &b, p, None, Activation::None, &mut y);
+                        black_box(&y);
+                    }));
+                }
+            }
+            let t: Vec<f64> = t.into_iter().map(median).collect();
+            let best = |d: Dtype| {
+                kers.iter()
+                    .zip(&t[2..])
+                    .filter(|(k, _)| k.dtype == d)
+                    .map(|(_, &v)| v)
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let (b32, b16) = (best(Dtype::F32), best(Dtype::F16));
+            speedups.push((s, t[0] / b32));
+            let cells: Vec<String> = t[2..].iter().map(|v| format!("{v:.1}")).collect();
+            println!(
+                "| {name} | {:.0} % | {:.1} | {:.1} | {} | {:.2}× | {:.2}× |",
+                s * 100.0,
+                t[0],
+                t[1],
+                cells.join(" | "),
+                t[0] / b32,
+                t[0] / b16
+            );
+        }
+        summary.push(format!(
+            "{name}: break-even sparsity (f32 values) {}",
+            break_even(&speedups)
+        ));
+    }
+    println!();
+    for s in summary {
+        println!("- {s}");
+    }
+}
+
+fn gemm_crate(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
+    // SAFETY: row-major m × k, k × n and m × n buffers of those sizes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// First sparsity where the sparse kernel wins, interpolated linearly between measured points.
+fn break_even(speedups: &[(f64, f64)]) -> String {
+    let be = speedups
+        .windows(2)
+        .find(|p| p[0].1 < 1.0 && p[1].1 >= 1.0)
+        .map(|p| {
+            let (s0, r0, s1, r1) = (p[0].0, p[0].1, p[1].0, p[1].1);
+            s0 + (1.0 - r0) * (s1 - s0) / (r1 - r0)
+        });
+    match (speedups[0].1 >= 1.0, be) {
+        (true, _) => "≤ 0 %".to_string(),
+        (false, Some(b)) => format!("{:.0} %", b * 100.0),
+        (false, None) => "none ≤ 99 %".to_string(),
+    }
+}
+
 fn bench_spmv(c: &mut Criterion) {
     if std::env::var_os("NAP_BENCH_TABLE").is_some() {
-        table();
+        let cold = std::env::var_os("NAP_BENCH_COLD").is_some();
+        if std::env::var_os("NAP_BENCH_CONV_ONLY").is_none() {
+            table(cold);
+        }
+        conv_table(cold);
         return;
     }
     for &(name, m, k) in SHAPES {
@@ -268,9 +415,54 @@ fn bench_spmv(c: &mut Criterion) {
     }
 }
 
+fn bench_spmm(c: &mut Criterion) {
+    if std::env::var_os("NAP_BENCH_TABLE").is_some() {
+        return;
+    }
+    for &(name, m, k, p) in CONV_SHAPES {
+        let w = data(m * k, 3);
+        let b = data(k * p, 4);
+        let mut y = vec![0f32; m * p];
+        let mut ws = vec![0f32; gemm_workspace(m, p, k)];
+        for &s in SPARSITIES {
+            let wsp = sparsify(&w, s, 5);
+            let mut g = c.benchmark_group(format!("spmm/{name}/{:.0}%", s * 100.0));
+            g.throughput(Throughput::Elements((2 * m * k * p) as u64));
+            g.sample_size(10);
+            g.bench_function(BenchmarkId::from_parameter("dense_gemm"), |bch| {
+                bch.iter(|| {
+                    let am = MatRef::row_major(Elems::F32(&wsp), m, k);
+                    let bm = MatRef::row_major(Elems::F32(&b), k, p);
+                    gemm(am, bm, &mut y, p, Bias::None, Activation::None, &mut ws);
+                    black_box(&y);
+                })
+            });
+            g.bench_function(BenchmarkId::from_parameter("gemm_crate"), |bch| {
+                bch.iter(|| {
+                    gemm_crate(m, p, k, &wsp, &b, &mut y);
+                    black_box(&y);
+                })
+            });
+            for ker in SPMM_KERNELS
+                .iter()
+                .filter(|k| k.isa.is_available() && k.index == IndexWidth::U16)
+            {
+                let csr = CsrBuf::from_dense(m, k, &wsp, ker.dtype, ker.index);
+                g.bench_function(BenchmarkId::from_parameter(ker.name), |bch| {
+                    bch.iter(|| {
+                        ker.run(&csr.view(), 0..m, &b, p, None, Activation::None, &mut y);
+                        black_box(&y);
+                    })
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = bench_spmv
+    targets = bench_spmv, bench_spmm
 }
 criterion_main!(benches);
