@@ -458,9 +458,14 @@ fn load_host(checkpoint: &Path, arch: &str) -> Result<HostModel> {
     Ok(m)
 }
 
+/// Prints `v` as pretty JSON; a closed pipe (`nap ... --json | head`) is not an error.
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v)? + "\n";
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The storage a writer uses: `--dense`, `--policy FILE` or the smaller of CSR and dense.
