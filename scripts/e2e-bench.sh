@@ -40,7 +40,9 @@ for row in sys.argv[1:]:
     name, mode, ap, ad, path = row.split(" ")
     r = json.load(open(path))
     m, b = r["model"], r["baseline"]
-    w = lambda x: sum(n["params"] for n in x["nodes"] if n["storage"]), sum(n["nonzero"] for n in x["nodes"] if n["storage"])
+    def w(x):
+        ws = [n for n in x["nodes"] if n["storage"]]
+        return sum(n["params"] for n in ws), sum(n["nonzero"] for n in ws)
     (pp, pn), (bp, bn) = w(m), w(b)
     print(f"| {name} | {mode} | {bn / pn:.1f}× | {r['flop_reduction']:.1f}× | {b['latency']['median_ms']:.4f} | "
           f"{m['latency']['median_ms']:.4f} | {r['speedup']:.2f}× | {100*float(ad):.2f} % → {100*float(ap):.2f} % |")

@@ -42,7 +42,7 @@ pub struct SpmmKernel {
     pub isa: Isa,
     pub dtype: Dtype,
     pub index: IndexWidth,
-    /// Pixels (columns of `B`) per register tile.
+    /// Most pixels (columns of `B`) per register tile.
     pub tile: usize,
     run: SpmmFn,
 }
@@ -65,38 +65,38 @@ macro_rules! spmm_entry {
 pub static SPMM_KERNELS: &[SpmmKernel] = &[
     #[cfg(target_arch = "x86_64")]
     spmm_entry!(
-        "spmm_f32_u16_1x32_avx2fma",
+        "spmm_f32_u16_1x64_avx2fma",
         Avx2Fma,
         F32,
         U16,
-        32,
+        64,
         x86::spmm_f32_u16_avx2
     ),
     #[cfg(target_arch = "x86_64")]
     spmm_entry!(
-        "spmm_f32_u32_1x32_avx2fma",
+        "spmm_f32_u32_1x64_avx2fma",
         Avx2Fma,
         F32,
         U32,
-        32,
+        64,
         x86::spmm_f32_u32_avx2
     ),
     #[cfg(target_arch = "x86_64")]
     spmm_entry!(
-        "spmm_f16_u16_1x32_avx2f16c",
+        "spmm_f16_u16_1x64_avx2f16c",
         Avx2FmaF16c,
         F16,
         U16,
-        32,
+        64,
         x86::spmm_f16_u16_avx2
     ),
     #[cfg(target_arch = "x86_64")]
     spmm_entry!(
-        "spmm_f16_u32_1x32_avx2f16c",
+        "spmm_f16_u32_1x64_avx2f16c",
         Avx2FmaF16c,
         F16,
         U32,
-        32,
+        64,
         x86::spmm_f16_u32_avx2
     ),
     #[cfg(target_arch = "aarch64")]

@@ -8,8 +8,8 @@ use crate::model::{CsrView, Elems, Indices};
 macro_rules! spmm_avx2 {
     ($name:ident, $tile:ident, $vt:ty, $vvar:ident, $it:ty, $ivar:ident, $features:literal,
      $bcast:expr) => {
-        /// AVX2 SpMM: tiles of 64, 32 and 8 pixels (8, 4 and 1 accumulators: eight independent
-        /// FMA chains hide the FMA latency), the last `< 8` pixels by masked loads and stores.
+        /// AVX2 SpMM: passes of up to 64 pixels in up to eight 8-lane accumulators (eight
+        /// independent FMA chains hide the FMA latency), the last vector of a pass masked.
         /// See [`super::SpmmFn`] for the contract.
         ///
         /// # Safety
@@ -26,45 +26,40 @@ macro_rules! spmm_avx2 {
             let (Elems::$vvar(v), Indices::$ivar(c)) = (w.values(), w.col_idx()) else {
                 unreachable!("spmm: storage checked by SpmmKernel::run")
             };
-            let bcast = $bcast;
             let r0 = rows.start;
             let mut j = 0;
             while j < p {
-                let width = match p - j {
-                    n if n >= 64 => 64,
-                    n if n >= 32 => 32,
-                    n if n >= 8 => 8,
-                    n => n,
+                // Up to 64 pixels per pass; the last vector of a pass may be partial (masked), so
+                // a 7×7 map (49 pixels) is one pass of seven vectors, not four passes.
+                let width = (p - j).min(64);
+                let vecs = width.div_ceil(8);
+                // SAFETY: `1 <= width - 8 * (vecs - 1) <= 8`, so the 8 lanes lie in TAIL_MASK.
+                let mask = unsafe {
+                    _mm256_loadu_si256(
+                        TAIL_MASK.as_ptr().add(8 - (width - 8 * (vecs - 1))) as *const __m256i
+                    )
                 };
                 for r in rows.clone() {
                     let k = w.row_range(r);
                     let b0 = bias.map_or(0.0, |bb| bb[r]);
                     // SAFETY: row `r`'s non-zeros lie inside `v`/`c`, each index is
                     // `< w.cols()`, so `b` holds `p` values from `index * p`; pixels
-                    // `j..j + width` are inside every row of `b` and of `y`.
+                    // `j..j + width` are inside every row of `b` and of `y`, and the masked
+                    // last vector touches only those.
                     unsafe {
                         let (vp, cp) = (v.as_ptr().add(k.start), c.as_ptr().add(k.start));
                         let bj = b.as_ptr().add(j);
                         let yp = y.as_mut_ptr().add((r - r0) * p + j);
-                        match width {
-                            64 => $tile::<8>(vp, cp, k.len(), bj, p, b0, yp),
-                            32 => $tile::<4>(vp, cp, k.len(), bj, p, b0, yp),
-                            8 => $tile::<1>(vp, cp, k.len(), bj, p, b0, yp),
-                            n => {
-                                let m = _mm256_loadu_si256(
-                                    TAIL_MASK.as_ptr().add(8 - n) as *const __m256i
-                                );
-                                let mut acc = _mm256_set1_ps(b0);
-                                for t in 0..k.len() {
-                                    let src = bj.add(*cp.add(t) as usize * p);
-                                    acc = _mm256_fmadd_ps(
-                                        bcast(vp.add(t)),
-                                        _mm256_maskload_ps(src, m),
-                                        acc,
-                                    );
-                                }
-                                _mm256_maskstore_ps(yp, m, acc);
-                            }
+                        let n = k.len();
+                        match vecs {
+                            1 => $tile::<1>(vp, cp, n, bj, p, b0, mask, yp),
+                            2 => $tile::<2>(vp, cp, n, bj, p, b0, mask, yp),
+                            3 => $tile::<3>(vp, cp, n, bj, p, b0, mask, yp),
+                            4 => $tile::<4>(vp, cp, n, bj, p, b0, mask, yp),
+                            5 => $tile::<5>(vp, cp, n, bj, p, b0, mask, yp),
+                            6 => $tile::<6>(vp, cp, n, bj, p, b0, mask, yp),
+                            7 => $tile::<7>(vp, cp, n, bj, p, b0, mask, yp),
+                            _ => $tile::<8>(vp, cp, n, bj, p, b0, mask, yp),
                         }
                     }
                 }
@@ -72,11 +67,14 @@ macro_rules! spmm_avx2 {
             }
         }
 
-        /// One row's `8 * N` pixels: `N` accumulators over all of the row's `n` non-zeros.
+        /// One row's `8 * N` pixels, the last vector masked by `mask`: `N` accumulators over
+        /// all of the row's `n` non-zeros.
         ///
         /// # Safety
-        /// `v`, `c` address `n` elements; `b + c[t] * p` addresses `8 * N` floats for each `t`;
-        /// `y` addresses `8 * N` floats; the CPU supports the enabled target features.
+        /// `v`, `c` address `n` elements; `b + c[t] * p` addresses `8 * (N - 1)` floats plus the
+        /// lanes of `mask` for each `t`; so does `y`; the CPU supports the enabled target
+        /// features.
+        #[allow(clippy::too_many_arguments)]
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn $tile<const N: usize>(
@@ -86,6 +84,7 @@ macro_rules! spmm_avx2 {
             b: *const f32,
             p: usize,
             b0: f32,
+            mask: __m256i,
             y: *mut f32,
         ) {
             let bcast = $bcast;
@@ -95,13 +94,16 @@ macro_rules! spmm_avx2 {
                 for t in 0..n {
                     let wv = bcast(v.add(t));
                     let src = b.add(*c.add(t) as usize * p);
-                    for (i, a) in acc.iter_mut().enumerate() {
+                    for (i, a) in acc.iter_mut().enumerate().take(N - 1) {
                         *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src.add(8 * i)), *a);
                     }
+                    let last = _mm256_maskload_ps(src.add(8 * (N - 1)), mask);
+                    acc[N - 1] = _mm256_fmadd_ps(wv, last, acc[N - 1]);
                 }
-                for (i, a) in acc.iter().enumerate() {
+                for (i, a) in acc.iter().enumerate().take(N - 1) {
                     _mm256_storeu_ps(y.add(8 * i), *a);
                 }
+                _mm256_maskstore_ps(y.add(8 * (N - 1)), mask, acc[N - 1]);
             }
         }
     };
