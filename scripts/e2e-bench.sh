@@ -3,7 +3,7 @@
 # for each pruned run folder, the dense original is converted from its checkpoint, both models
 # are evaluated on the MNIST test set in nap-runtime, and `nap bench --vs` times them in one
 # process (batch 1, one thread, runs interleaved), with the default policy and with every CSR
-# weight kept sparse.
+# weight kept sparse. Compression (prunable weights / non-zero) is the pruner's, from RUN_DIR/report.json.
 #
 #   scripts/e2e-bench.sh NAME:RUN_DIR:CHECKPOINT:ARCH ...
 #
@@ -29,21 +29,18 @@ for spec in "$@"; do
         [ "$mode" = keep-csr ] && extra=(--keep-csr)
         ${TASKSET:-} "$NAP" bench "$run/pruned.nap" --vs "$dense" --seconds "${SECONDS_PER_MODEL:-3}" \
             "${extra[@]}" --json >"$tmp/$name-$mode.json"
-        rows+=("$name $mode $a_p $a_d $tmp/$name-$mode.json")
+        rows+=("$name $mode $a_p $a_d $tmp/$name-$mode.json $run/report.json")
     done
 done
 python3 - "${rows[@]}" <<'PY'
 import json, sys
-print("| model | policy | compression (prunable) | FLOP reduction | dense ms | pruned ms | speedup | test acc dense → pruned (runtime) |")
+print("| model | policy | compression | FLOP reduction | dense ms | pruned ms | speedup | test acc dense → pruned (runtime) |")
 print("|---|---|---:|---:|---:|---:|---:|---|")
 for row in sys.argv[1:]:
-    name, mode, ap, ad, path = row.split(" ")
+    name, mode, ap, ad, path, report = row.split(" ")
     r = json.load(open(path))
     m, b = r["model"], r["baseline"]
-    def w(x):
-        ws = [n for n in x["nodes"] if n["storage"]]
-        return sum(n["params"] for n in ws), sum(n["nonzero"] for n in ws)
-    (pp, pn), (bp, bn) = w(m), w(b)
-    print(f"| {name} | {mode} | {bn / pn:.1f}× | {r['flop_reduction']:.1f}× | {b['latency']['median_ms']:.4f} | "
+    cr = json.load(open(report))["pruned"]["compression"]
+    print(f"| {name} | {mode} | {cr:.1f}× | {r['flop_reduction']:.1f}× | {b['latency']['median_ms']:.4f} | "
           f"{m['latency']['median_ms']:.4f} | {r['speedup']:.2f}× | {100*float(ad):.2f} % → {100*float(ap):.2f} % |")
 PY

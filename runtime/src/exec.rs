@@ -80,9 +80,10 @@ struct Step {
 /// for its product is expanded to a dense f32 copy when the session is planned (costing that
 /// memory) and runs with the dense kernels, which are faster there.
 ///
-/// The defaults are break-even densities measured with `benches/sparse.rs` (batch-1 matrix-vector
-/// products with operands in cache; sparse × dense products of convolutions) on x86-64 AVX2;
-/// `nap bench --calibrate` measures them on the device.
+/// The defaults are break-even densities measured on x86-64 AVX2 (BENCHMARKS.md §6): batch-1
+/// matrix-vector products of random matrices break even at density 0.25–0.3 with operands in
+/// cache, pruned LeNet layers lower, so 0.2; convolutions at 0.3–0.7 depending on the shape, so
+/// 0.5. `nap bench --calibrate` measures them on the device.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparsePolicy {
     /// For Linear layers at batch 1.
@@ -102,8 +103,8 @@ impl SparsePolicy {
 impl Default for SparsePolicy {
     fn default() -> Self {
         SparsePolicy {
-            max_density_gemv: 0.3,
-            max_density_gemm: 0.6,
+            max_density_gemv: 0.2,
+            max_density_gemm: 0.5,
         }
     }
 }
