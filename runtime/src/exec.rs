@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use crate::error::{Error, Result};
 use crate::format::{Activation, Op, TensorId};
 use crate::kernels::{self, act_scalar, apply_act, Bias, ConvGeom, Elems, MatRef};
-use crate::model::{numel, Model, TensorView};
+use crate::model::{numel, CsrView, Model, TensorView};
 use crate::pool::Pool;
 
 #[derive(Clone, Copy, Debug)]
@@ -311,9 +311,18 @@ impl<'m> Session<'m> {
                     } else {
                         policy.max_density_gemm
                     };
+                    let dense = densify(model, *weight, limit, &mut params);
+                    if batch > 1
+                        && dense.is_none()
+                        && matches!(model.tensor(*weight), TensorView::Csr(_))
+                    {
+                        // Transposed input and output of the batched sparse product.
+                        scratch_len =
+                            scratch_len.max(inp.saturating_add(out).saturating_mul(batch));
+                    }
                     Kind::Linear {
                         weight: *weight,
-                        dense: densify(model, *weight, limit, &mut params),
+                        dense,
                         bias: bias.map(|b| dense_f32_into(model, b, &mut params)),
                         act: *act,
                         inp,
@@ -614,15 +623,21 @@ impl<'m> Session<'m> {
                                 );
                             }
                         }
+                        TensorView::Csr(w) if n == 1 => par_spmv(pool, &w, x, bias, *act, y),
                         TensorView::Csr(w) => {
-                            for e in 0..n {
-                                kernels::spmv(
-                                    &w,
-                                    &x[e * inp..(e + 1) * inp],
-                                    bias,
-                                    *act,
-                                    &mut y[e * outf..(e + 1) * outf],
-                                );
+                            // One sparse × dense product for the whole batch (the weights are
+                            // read once, not once per example): examples become columns.
+                            let (xt, yt) = self.scratch[..(inp + outf) * n].split_at_mut(inp * n);
+                            for (e, xe) in x.chunks_exact(*inp).enumerate() {
+                                for (i, &v) in xe.iter().enumerate() {
+                                    xt[i * n + e] = v;
+                                }
+                            }
+                            par_spmm(pool, &w, 0..*outf, xt, n, bias, *act, yt);
+                            for (e, ye) in y.chunks_exact_mut(*outf).enumerate() {
+                                for (o, v) in ye.iter_mut().enumerate() {
+                                    *v = yt[o * n + e];
+                                }
                             }
                         }
                     }
@@ -684,7 +699,8 @@ impl<'m> Session<'m> {
                                                 ws_len,
                                             );
                                         }
-                                        TensorView::Csr(w) => kernels::spmm(
+                                        TensorView::Csr(w) => par_spmm(
+                                            pool,
                                             &w,
                                             gi * opg..(gi + 1) * opg,
                                             cols,
@@ -888,6 +904,90 @@ fn par_gemv(
             act,
             yy,
         );
+    });
+}
+
+/// Rows `rows` of `w` split into `parts` ranges of about equal non-zero counts; part `part`'s.
+fn nnz_range(
+    w: &CsrView<'_>,
+    rows: core::ops::Range<usize>,
+    parts: usize,
+    part: usize,
+) -> (usize, usize) {
+    let rp = w.row_ptr();
+    let (n0, n1) = (rp[rows.start] as usize, rp[rows.end] as usize);
+    let at = |q: usize| {
+        let target = n0 + (n1 - n0) * q / parts;
+        let i = rp[rows.start..=rows.end].partition_point(|&v| (v as usize) < target);
+        (rows.start + i).min(rows.end)
+    };
+    let r0 = if part == 0 { rows.start } else { at(part) };
+    let r1 = if part + 1 == parts {
+        rows.end
+    } else {
+        at(part + 1)
+    };
+    (r0, r1.max(r0))
+}
+
+/// [`kernels::spmv`] with rows split across the pool by non-zeros when it pays.
+fn par_spmv(
+    pool: &Pool,
+    w: &CsrView<'_>,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let parts = pool.threads();
+    if parts == 1 || w.rows() < 32 || w.nnz() < PAR_MIN_MACS {
+        kernels::spmv(w, x, bias, act, y);
+        return;
+    }
+    let ker = kernels::spmv_kernel(w.values().dtype(), kernels::index_width(w.col_idx()));
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (r0, r1) = nnz_range(w, 0..w.rows(), parts, part);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: parts own disjoint row ranges `r0..r1` of `y`, which has `w.rows() >= r1`
+        // elements.
+        let yy = unsafe { yp.slice(r0, r1 - r0) };
+        ker.run(w, r0..r1, x, bias, act, yy);
+    });
+}
+
+/// [`kernels::spmm`] over rows `rows` of `w` (output `y`: `rows.len() × p`) with the rows split
+/// across the pool by non-zeros when it pays.
+#[allow(clippy::too_many_arguments)]
+fn par_spmm(
+    pool: &Pool,
+    w: &CsrView<'_>,
+    rows: core::ops::Range<usize>,
+    b: &[f32],
+    p: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let parts = pool.threads();
+    let nnz = (w.row_ptr()[rows.end] - w.row_ptr()[rows.start]) as usize;
+    if parts == 1 || rows.len() < 16 || nnz * p < PAR_MIN_MACS {
+        kernels::spmm(w, rows, b, p, bias, act, y);
+        return;
+    }
+    let ker = kernels::spmm_kernel(w.values().dtype(), kernels::index_width(w.col_idx()));
+    let (g0, yp) = (rows.start, Parts(y.as_mut_ptr()));
+    pool.run(&|part| {
+        let (r0, r1) = nnz_range(w, rows.clone(), parts, part);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: parts own disjoint row ranges, so `(r0 - g0) * p..(r1 - g0) * p` are disjoint
+        // ranges of `y`, which holds `rows.len() * p` elements.
+        let yy = unsafe { yp.slice((r0 - g0) * p, (r1 - r0) * p) };
+        ker.run(w, r0..r1, b, p, bias, act, yy);
     });
 }
 

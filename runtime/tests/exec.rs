@@ -1126,3 +1126,84 @@ fn sparse_policy_densifies_only_above_the_limit() {
         "policies agree",
     );
 }
+
+/// Sparse layers big enough to be split across threads (a 256×4096 CSR Linear at 60 % density,
+/// a CSR 3×3 convolution over 16×16 pixels) give the same output with 1 and 3 threads, at batch 1
+/// (row-split SpMV) and batch 3 (one SpMM over the batch), and match the reference.
+#[test]
+fn sparse_layers_split_across_threads_match() {
+    let mut rng = Rng::new(11);
+    let mut net = Net::new();
+    let x = net.input(&[16, 16, 16]);
+    let cc = ConvCase {
+        name: "big",
+        c: 16,
+        o: 16,
+        hw: [16, 16],
+        k: [3, 3],
+        s: [1, 1],
+        p: [1, 1],
+        d: [1, 1],
+        g: 1,
+        bias: true,
+        act: Activation::Relu,
+    };
+    let h = conv(
+        &mut net,
+        &mut rng,
+        x,
+        &cc,
+        Store::Csr(DType::F32, IndexWidth::U16),
+    );
+    let f = net.node("flatten", Op::Flatten, &[h]);
+    let f1 = linear(
+        &mut net,
+        &mut rng,
+        f,
+        256,
+        Store::Csr(DType::F32, IndexWidth::U32),
+        true,
+        Activation::Relu,
+    );
+    let y = linear(
+        &mut net,
+        &mut rng,
+        f1,
+        64,
+        Store::Csr(DType::F16, IndexWidth::U16),
+        true,
+        Activation::None,
+    );
+    let b = net.finish(&[y]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    for batch in [1, 3] {
+        let mut one = Session::with_policy(&m, batch, 1, SparsePolicy::KEEP_CSR).unwrap();
+        let mut three = Session::with_policy(&m, batch, 3, SparsePolicy::KEEP_CSR).unwrap();
+        let input = rng.vec(one.input_len(0) * batch);
+        let a = one.run(&input).unwrap().to_vec();
+        assert_eq!(
+            three.run(&input).unwrap(),
+            &a[..],
+            "batch {batch}: threads change the output"
+        );
+        let want: Vec<f64> = input
+            .chunks(one.input_len(0))
+            .flat_map(|x| {
+                reference(
+                    &b.header,
+                    &b.dense,
+                    &x.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        // Outputs reach ~800 from sums of thousands of terms: compare against that scale.
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (i, (&g, &w)) in a.iter().zip(&want).enumerate() {
+            let err = (g as f64 - w).abs();
+            assert!(
+                err <= 1e-5 * scale,
+                "batch {batch}: element {i}: got {g}, want {w}, scale {scale}"
+            );
+        }
+    }
+}
