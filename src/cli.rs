@@ -230,6 +230,10 @@ struct PruneArgs {
     /// At most this fraction of a layer's alive weights per step.
     #[arg(long, default_value_t = 0.5)]
     layer_cap: f64,
+    /// Prune whole blocks of R consecutive output rows at one input column ("4x1"), scored by
+    /// their summed cost, instead of single weights ("1x1").
+    #[arg(long, default_value = "1x1")]
+    block: String,
     /// Relative damping of the K-FAC factors (times the mean diagonal).
     #[arg(long, default_value_t = 1e-1)]
     damping: f64,
@@ -279,6 +283,20 @@ struct PruneArgs {
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Parses `--block RxC`: only `r × 1` blocks (rows sharing a column) exist.
+fn parse_block(s: &str) -> Result<usize> {
+    let bad = || anyhow!("--block: expected RxC such as 4x1 or 1x1, got {s:?}");
+    let (r, c) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (r, c): (usize, usize) = (
+        r.trim().parse().map_err(|_| bad())?,
+        c.trim().parse().map_err(|_| bad())?,
+    );
+    if c != 1 {
+        bail!("--block {s}: only blocks one column wide (R x 1) are supported");
+    }
+    Ok(r)
 }
 
 /// Parses "0.1%" / "0.1" (percentage points) into a fraction.
@@ -906,6 +924,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         step: a.step,
         min_step: a.min_step.unwrap_or(a.step / 8.0),
         layer_cap: a.layer_cap,
+        block_rows: parse_block(&a.block)?,
         max_drop,
         target_sparsity,
         target_size,

@@ -51,6 +51,11 @@ pub struct StepConfig {
     pub update: ObsUpdate,
     /// Relative damping of both factors.
     pub damping: f64,
+    /// Rows per pruning block: 1 scores and removes single weights; `r > 1` scores the `r × 1`
+    /// blocks of `r` consecutive output rows at one input column by the sum of their alive
+    /// weights' scores and removes whole blocks, so the runtime can store the weight with one
+    /// column index per block.
+    pub block_rows: usize,
 }
 
 impl Default for StepConfig {
@@ -61,6 +66,7 @@ impl Default for StepConfig {
             layer_cap: 0.9,
             update: ObsUpdate::Independent,
             damping: 1e-2,
+            block_rows: 1,
         }
     }
 }
@@ -141,26 +147,54 @@ pub fn prune_step(
     } else {
         layers.iter().map(|_| None).collect()
     };
-    // (score, layer, index) for every alive weight.
-    let mut cands: Vec<(f64, usize, usize)> = Vec::new();
+    // Every alive weight's score, by layer (NaN where dead).
+    let mut scores: Vec<Vec<f64>> = Vec::with_capacity(layers.len());
     for (l, &(_, w)) in layers.iter().enumerate() {
         let t = &m.tensors[w as usize];
         let rows = t.shape[0] as usize;
         let cols = t.numel() / rows.max(1);
-        for (k, &v) in t.data.iter().enumerate() {
-            if !masks.0[l][k] {
-                continue;
+        scores.push(
+            t.data
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| {
+                    if !masks.0[l][k] {
+                        return f64::NAN;
+                    }
+                    let (i, j) = (k / cols, k % cols);
+                    match cfg.criterion {
+                        Criterion::Nap => inverses[l]
+                            .as_ref()
+                            .expect("built above")
+                            .obs_score(v as f64, i, j),
+                        Criterion::Obd => obd_score(&factors[l], v as f64, i, j),
+                        Criterion::Magnitude | Criterion::MagnitudeUniform => (v as f64).abs(),
+                    }
+                })
+                .collect(),
+        );
+    }
+    // Candidates: (summed score, layer, first row, column, alive members) for every block with
+    // an alive weight; a block is one weight when `block_rows` is 1.
+    let br = cfg.block_rows.max(1);
+    let mut cands: Vec<(f64, usize, usize, usize, usize)> = Vec::new();
+    for (l, &(_, w)) in layers.iter().enumerate() {
+        let t = &m.tensors[w as usize];
+        let rows = t.shape[0] as usize;
+        let cols = t.numel() / rows.max(1);
+        for r0 in (0..rows).step_by(br) {
+            for j in 0..cols {
+                let (mut s, mut n) = (0.0, 0);
+                for i in r0..(r0 + br).min(rows) {
+                    if masks.0[l][i * cols + j] {
+                        s += scores[l][i * cols + j];
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    cands.push((s, l, r0, j, n));
+                }
             }
-            let (i, j) = (k / cols, k % cols);
-            let s = match cfg.criterion {
-                Criterion::Nap => inverses[l]
-                    .as_ref()
-                    .expect("built above")
-                    .obs_score(v as f64, i, j),
-                Criterion::Obd => obd_score(&factors[l], v as f64, i, j),
-                Criterion::Magnitude | Criterion::MagnitudeUniform => (v as f64).abs(),
-            };
-            cands.push((s, l, k));
         }
     }
     let alive_per: Vec<usize> = masks
@@ -171,31 +205,43 @@ pub fn prune_step(
     let mut removed = vec![0usize; layers.len()];
     let mut predicted = vec![0.0; layers.len()];
     cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let kill = |masks: &mut Masks, l: usize, r0: usize, j: usize, removed: &mut [usize]| {
+        let t = &m.tensors[layers[l].1 as usize];
+        let rows = t.shape[0] as usize;
+        let cols = t.numel() / rows.max(1);
+        for i in r0..(r0 + br).min(rows) {
+            if masks.0[l][i * cols + j] {
+                masks.0[l][i * cols + j] = false;
+                removed[l] += 1;
+            }
+        }
+    };
     if cfg.criterion == Criterion::MagnitudeUniform {
         for (l, &alive) in alive_per.iter().enumerate() {
             let quota = (alive as f64 * cfg.fraction).round() as usize;
-            for &(s, _, k) in cands.iter().filter(|c| c.1 == l).take(quota) {
-                masks.0[l][k] = false;
-                removed[l] += 1;
+            for &(s, _, r0, j, _) in cands.iter().filter(|c| c.1 == l) {
+                if removed[l] >= quota {
+                    break;
+                }
+                kill(masks, l, r0, j, &mut removed);
                 predicted[l] += s;
             }
         }
     } else {
-        let total = (cands.len() as f64 * cfg.fraction).round() as usize;
+        let total = (alive_per.iter().sum::<usize>() as f64 * cfg.fraction).round() as usize;
         let caps: Vec<usize> = alive_per
             .iter()
             .map(|&a| (a as f64 * cfg.layer_cap).floor() as usize)
             .collect();
         let mut taken = 0;
-        for &(s, l, k) in &cands {
-            if taken == total {
+        for &(s, l, r0, j, n) in &cands {
+            if taken >= total {
                 break;
             }
-            if removed[l] < caps[l] {
-                masks.0[l][k] = false;
-                removed[l] += 1;
+            if removed[l] + n <= caps[l] {
+                kill(masks, l, r0, j, &mut removed);
                 predicted[l] += s;
-                taken += 1;
+                taken += n;
             }
         }
     }

@@ -41,6 +41,10 @@ pub struct Settings {
     pub min_step: f64,
     /// At most this fraction of one layer's alive weights per step.
     pub layer_cap: f64,
+    /// Rows per pruning block (`--block 4x1` is 4): whole `r × 1` blocks are scored by their
+    /// summed cost and removed together; 1 prunes single weights.
+    #[serde(default = "one")]
+    pub block_rows: usize,
     /// Tolerated drop of validation accuracy below the dense model's, as a fraction (0.001 =
     /// 0.1 points). `None`: every step is accepted (a target must then be given).
     pub max_drop: Option<f64>,
@@ -85,6 +89,7 @@ impl Default for Settings {
             step: 0.2,
             min_step: 0.025,
             layer_cap: 0.5,
+            block_rows: 1,
             max_drop: Some(0.001),
             target_sparsity: None,
             target_size: None,
@@ -117,6 +122,9 @@ impl Settings {
                 self.step,
                 self.min_step
             );
+        }
+        if !(1..=64).contains(&self.block_rows) {
+            bail!("--block must have 1 to 64 rows, got {}", self.block_rows);
         }
         if !(self.layer_cap > 0.0 && self.layer_cap <= 1.0) {
             bail!("--layer-cap must be in (0, 1], got {}", self.layer_cap);
@@ -168,6 +176,10 @@ impl Settings {
     fn needs_curvature(&self) -> bool {
         matches!(self.criterion, Criterion::Nap | Criterion::Obd)
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Accuracy and loss of one model on the validation split.
@@ -533,6 +545,7 @@ pub fn run(
                 layer_cap: settings.layer_cap,
                 update: settings.obs_update,
                 damping: settings.damping,
+                block_rows: settings.block_rows,
             },
         )?;
         let removed: usize = report.removed.iter().sum();

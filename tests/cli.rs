@@ -155,6 +155,10 @@ fn prune_reports_resumes_and_rejects_bad_input() {
         (vec!["--target-sparsity", "1.5"], "--target-sparsity"),
         (vec!["--device", "tpu"], "unknown device"),
         (vec!["--device", "cuda"], "cuda"),
+        (vec!["--block", "1x4"], "one column wide"),
+        (vec!["--block", "four"], "--block"),
+        (vec!["--block", "0x1"], "--block"),
+        (vec!["--policy", "/nonexistent/device.json"], "device.json"),
     ] {
         let mut a = args("1");
         a[7] = dir.path().join("other").to_str().unwrap().to_string();

@@ -394,6 +394,7 @@ fn predicted_loss_increase_matches_measured_for_a_tiny_step() {
                 layer_cap: 1.0,
                 update,
                 damping: 1e-12,
+                block_rows: 1,
             },
         )
         .unwrap();

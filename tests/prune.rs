@@ -199,6 +199,7 @@ fn ranking_is_invariant_to_layer_order() {
             layer_cap: 1.0,
             update: ObsUpdate::Independent,
             damping: 1e-2,
+            block_rows: 1,
         };
         let rep = prune_step(&mut m, &mut masks, &f, &step).unwrap();
         let mut by_name: Vec<(String, Vec<f32>)> = m
@@ -221,4 +222,77 @@ fn ranking_is_invariant_to_layer_order() {
     }
     assert!((a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(1e-12));
     assert!(a.0.iter().any(|(_, w)| w.contains(&0.0)));
+}
+
+/// `block_rows = 4` removes whole 4×1 blocks (the four rows of a block at one column are all alive
+/// or all dead), the requested share to within one block, and exactly the blocks with the
+/// smallest summed scores (NAP: K-FAC OBS costs; magnitude: |w|).
+#[test]
+fn issue4_block_pruning_removes_whole_blocks_by_summed_cost() {
+    use nap::curvature::Inverses;
+    use nap::prune::ObsUpdate;
+    let m = archs::random("lenet-300-100", 3).unwrap();
+    let d = Dataset {
+        images: (0..32 * 784)
+            .map(|i| ((i * 7907) % 255) as f32 / 255.0)
+            .collect(),
+        labels: (0..32).map(|i| (i % 10) as u8).collect(),
+        n: 32,
+        shape: [1, 28, 28],
+    };
+    let f = collect(&m, &d, &StatsConfig::default(), &Device::Cpu).unwrap();
+    for criterion in [Criterion::Nap, Criterion::Magnitude] {
+        let cfg = StepConfig {
+            criterion,
+            fraction: 0.3,
+            layer_cap: 1.0,
+            update: ObsUpdate::None,
+            damping: 0.1,
+            block_rows: 4,
+        };
+        let mut p = m.clone();
+        let mut masks = Masks::from_model(&p);
+        let total = masks.alive();
+        prune_step(&mut p, &mut masks, &f, &cfg).unwrap();
+        let removed = total - masks.alive();
+        let want = (total as f64 * 0.3).round() as usize;
+        assert!(
+            removed >= want && removed < want + 4,
+            "{criterion:?}: removed {removed}, want {want}"
+        );
+        let (mut gone, mut kept) = (f64::NEG_INFINITY, f64::INFINITY);
+        for (l, &(_, w)) in m.prunable().iter().enumerate() {
+            let t = &m.tensors[w as usize];
+            let rows = t.shape[0] as usize;
+            let cols = t.numel() / rows;
+            let inv = Inverses::new(&f[l], 0.1).unwrap();
+            for r0 in (0..rows).step_by(4) {
+                for j in 0..cols {
+                    let members: Vec<usize> =
+                        (r0..(r0 + 4).min(rows)).map(|i| i * cols + j).collect();
+                    let alive = masks.0[l][members[0]];
+                    assert!(
+                        members.iter().all(|&k| masks.0[l][k] == alive),
+                        "{criterion:?}: layer {l} block ({r0}, {j}) split"
+                    );
+                    let score: f64 = members
+                        .iter()
+                        .map(|&k| match criterion {
+                            Criterion::Nap => inv.obs_score(t.data[k] as f64, k / cols, j),
+                            _ => t.data[k].abs() as f64,
+                        })
+                        .sum();
+                    if alive {
+                        kept = kept.min(score);
+                    } else {
+                        gone = gone.max(score);
+                    }
+                }
+            }
+        }
+        assert!(
+            gone <= kept,
+            "{criterion:?}: removed a block of cost {gone} over a kept one of {kept}"
+        );
+    }
 }
