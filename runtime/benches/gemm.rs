@@ -7,6 +7,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+mod common;
+
+use common::{data, gemm_crate};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use nap_runtime::kernels::{
@@ -37,18 +40,6 @@ const GEMV_SHAPES: &[(&str, usize, usize)] = &[
     ("dram_16384x4096", 16384, 4096),
 ];
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
-}
-
 /// Runs our dispatched kernel, `gemm` and `matrixmultiply` on one shape; `which` selects.
 #[allow(clippy::too_many_arguments)]
 fn run_gemm_impl(
@@ -67,31 +58,7 @@ fn run_gemm_impl(
             let bm = MatRef::row_major(Elems::F32(b), k, n);
             nap_runtime::kernels::gemm(am, bm, out, n, Bias::None, Activation::None, ws);
         }
-        // SAFETY: all three matrices are row-major with the stated dimensions and the buffers
-        // hold m*k, k*n and m*n elements.
-        1 => unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        },
+        1 => gemm_crate(m, n, k, a, b, out),
         // SAFETY: as above; strides are (row, column) in elements.
         _ => unsafe {
             matrixmultiply::sgemm(
@@ -173,31 +140,7 @@ fn bench_gemm(c: &mut Criterion) {
         }
         g.bench_function(BenchmarkId::from_parameter("gemm_crate"), |bch| {
             bch.iter(|| {
-                // SAFETY: all three matrices are row-major with the stated dimensions and the
-                // buffers hold m*k, k*n and m*n elements.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        out.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        a.as_ptr(),
-                        1,
-                        k as isize,
-                        b.as_ptr(),
-                        1,
-                        n as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                };
+                gemm_crate(m, n, k, &a, &b, &mut out);
                 black_box(&out);
             })
         });

@@ -15,6 +15,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{data, gemm_crate};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
@@ -46,18 +49,6 @@ const CONV_SHAPES: &[(&str, usize, usize, usize)] = &[
 
 const SPARSITIES: &[f64] = &[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
 
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
-}
-
 /// `w` with a uniformly random `sparsity` fraction of its entries set to zero.
 fn sparsify(w: &[f32], sparsity: f64, seed: u32) -> Vec<f32> {
     let u = data(w.len(), seed);
@@ -73,33 +64,6 @@ fn sparsify(w: &[f32], sparsity: f64, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-fn gemm_crate_gemv(m: usize, k: usize, a: &[f32], x: &[f32], y: &mut [f32]) {
-    // SAFETY: `a` is row-major m × k, `x` holds k and `y` m values.
-    unsafe {
-        gemm::gemm(
-            m,
-            1,
-            k,
-            y.as_mut_ptr(),
-            1,
-            1,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            x.as_ptr(),
-            1,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
-}
-
 /// Every available kernel with u16 indices (the storage of layers with at most 65,536 inputs).
 fn sparse_kernels() -> Vec<&'static nap_runtime::kernels::SpmvKernel> {
     SPMV_KERNELS
@@ -110,11 +74,22 @@ fn sparse_kernels() -> Vec<&'static nap_runtime::kernels::SpmvKernel> {
 
 /// The median of the rounds, or with `NAP_BENCH_STAT=min` the fastest.
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
     if std::env::var("NAP_BENCH_STAT").is_ok_and(|s| s == "min") {
-        return v[0];
+        return v.iter().copied().fold(f64::INFINITY, f64::min);
     }
-    v[v.len() / 2]
+    nap_runtime::bench::median(&mut v)
+}
+
+/// µs per call of `f`: warm, the mean of `reps` calls after an untimed one; cold, one call after
+/// [`flush_caches`].
+fn time_call(cold: bool, reps: usize, f: &mut dyn FnMut()) -> f64 {
+    if cold {
+        flush_caches();
+        let t = Instant::now();
+        f();
+        return t.elapsed().as_secs_f64() * 1e6;
+    }
+    nap_runtime::bench::time_warm(reps, f)
 }
 
 /// Evicts the benchmark's operands from every cache level by streaming through 64 MiB.
@@ -163,20 +138,7 @@ fn table(cold: bool) {
         // Warm: one untimed call first, so every implementation is timed with its operands in
         // cache. Cold: caches flushed before one timed call, as when a model's weights exceed
         // the caches and every layer streams its weights from memory.
-        let time = |f: &mut dyn FnMut()| {
-            if cold {
-                flush_caches();
-                let t = Instant::now();
-                f();
-                return t.elapsed().as_secs_f64() * 1e6;
-            }
-            f();
-            let t = Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            t.elapsed().as_secs_f64() / reps as f64 * 1e6
-        };
+        let time = |f: &mut dyn FnMut()| time_call(cold, reps, f);
         let mut speedups = Vec::new();
         for &s in SPARSITIES {
             let ws = sparsify(&w, s, 5);
@@ -191,7 +153,7 @@ fn table(cold: bool) {
                     black_box(&y);
                 }));
                 t[1].push(time(&mut || {
-                    gemm_crate_gemv(m, k, &ws, &x, &mut y);
+                    gemm_crate(m, 1, k, &ws, &x, &mut y);
                     black_box(&y);
                 }));
                 for (i, (ker, buf)) in kers.iter().zip(&bufs).enumerate() {
@@ -201,36 +163,15 @@ fn table(cold: bool) {
                     }));
                 }
             }
-            let t: Vec<f64> = t.into_iter().map(median).collect();
-            let best = |d: Dtype| {
-                kers.iter()
-                    .zip(&t[2..])
-                    .filter(|(k, _)| k.dtype == d)
-                    .map(|(_, &v)| v)
-                    .fold(f64::INFINITY, f64::min)
-            };
-            let (b32, b16) = (best(Dtype::F32), best(Dtype::F16));
-            speedups.push((s, t[0] / b32));
-            let cells: Vec<String> = t[2..].iter().map(|v| format!("{v:.2}")).collect();
-            println!(
-                "| {name} | {:.0} % | {:.2} | {:.2} | {} | {:.2}× | {:.2}× |",
-                s * 100.0,
-                t[0],
-                t[1],
-                cells.join(" | "),
-                t[0] / b32,
-                t[0] / b16
-            );
+            let dtypes: Vec<Dtype> = kers.iter().map(|k| k.dtype).collect();
+            speedups.push((s, table_row(name, s, t, &dtypes, 2)));
         }
         summary.push(format!(
             "{name}: break-even sparsity (f32 values) {}",
             break_even(&speedups)
         ));
     }
-    println!();
-    for s in summary {
-        println!("- {s}");
-    }
+    print_summary(&summary);
 }
 
 /// The SpMM table: every available u16-index kernel against the runtime's dense GEMM.
@@ -256,20 +197,7 @@ fn conv_table(cold: bool) {
         let mut y = vec![0f32; m * p];
         let mut ws = vec![0f32; gemm_workspace(m, p, k)];
         let reps = ((2e7 / (m * k * p) as f64) as usize).max(2);
-        let time = |f: &mut dyn FnMut()| {
-            if cold {
-                flush_caches();
-                let t = Instant::now();
-                f();
-                return t.elapsed().as_secs_f64() * 1e6;
-            }
-            f();
-            let t = Instant::now();
-            for _ in 0..reps {
-                f();
-            }
-            t.elapsed().as_secs_f64() / reps as f64 * 1e6
-        };
+        let time = |f: &mut dyn FnMut()| time_call(cold, reps, f);
         let mut speedups = Vec::new();
         for &s in SPARSITIES {
             let wsp = sparsify(&w, s, 5);
@@ -296,62 +224,45 @@ fn conv_table(cold: bool) {
                     }));
                 }
             }
-            let t: Vec<f64> = t.into_iter().map(median).collect();
-            let best = |d: Dtype| {
-                kers.iter()
-                    .zip(&t[2..])
-                    .filter(|(k, _)| k.dtype == d)
-                    .map(|(_, &v)| v)
-                    .fold(f64::INFINITY, f64::min)
-            };
-            let (b32, b16) = (best(Dtype::F32), best(Dtype::F16));
-            speedups.push((s, t[0] / b32));
-            let cells: Vec<String> = t[2..].iter().map(|v| format!("{v:.1}")).collect();
-            println!(
-                "| {name} | {:.0} % | {:.1} | {:.1} | {} | {:.2}× | {:.2}× |",
-                s * 100.0,
-                t[0],
-                t[1],
-                cells.join(" | "),
-                t[0] / b32,
-                t[0] / b16
-            );
+            let dtypes: Vec<Dtype> = kers.iter().map(|k| k.dtype).collect();
+            speedups.push((s, table_row(name, s, t, &dtypes, 1)));
         }
         summary.push(format!(
             "{name}: break-even sparsity (f32 values) {}",
             break_even(&speedups)
         ));
     }
+    print_summary(&summary);
+}
+
+/// Prints one table row from the rounds `t` (dense, `gemm` crate, then one per sparse kernel,
+/// whose value types are `dtypes`) and returns the speedup of the fastest f32 sparse kernel.
+fn table_row(name: &str, sparsity: f64, t: Vec<Vec<f64>>, dtypes: &[Dtype], digits: usize) -> f64 {
+    let t: Vec<f64> = t.into_iter().map(median).collect();
+    let best = |d: Dtype| {
+        dtypes
+            .iter()
+            .zip(&t[2..])
+            .filter(|(k, _)| **k == d)
+            .map(|(_, &v)| v)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (b32, b16) = (best(Dtype::F32), best(Dtype::F16));
+    let cells: Vec<String> = t.iter().map(|v| format!("{v:.digits$}")).collect();
+    println!(
+        "| {name} | {:.0} % | {} | {:.2}× | {:.2}× |",
+        sparsity * 100.0,
+        cells.join(" | "),
+        t[0] / b32,
+        t[0] / b16
+    );
+    t[0] / b32
+}
+
+fn print_summary(summary: &[String]) {
     println!();
     for s in summary {
         println!("- {s}");
-    }
-}
-
-fn gemm_crate(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-    // SAFETY: row-major m × k, k × n and m × n buffers of those sizes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 
@@ -397,7 +308,7 @@ fn bench_spmv(c: &mut Criterion) {
             });
             g.bench_function(BenchmarkId::from_parameter("gemm_crate"), |b| {
                 b.iter(|| {
-                    gemm_crate_gemv(m, k, &ws, &x, &mut y);
+                    gemm_crate(m, 1, k, &ws, &x, &mut y);
                     black_box(&y);
                 })
             });

@@ -338,6 +338,22 @@ pub fn render(r: &BenchReport) -> String {
     o
 }
 
+/// The median of `v` (reordered); `v` must not be empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Mean µs per call of `f` over `reps` calls after one untimed call (operands in cache).
+pub fn time_warm(reps: usize, f: &mut dyn FnMut()) -> f64 {
+    f();
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t.elapsed().as_secs_f64() / reps as f64 * 1e6
+}
+
 /// One measured point of [`calibrate`].
 #[derive(Clone, Debug, Serialize)]
 pub struct CalibrationPoint {
@@ -364,18 +380,7 @@ const CALIBRATION_DENSITIES: [f64; 10] = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2
 /// batch-1 Linear of 512×1024 and a 3×3 convolution as a 128×576 weight on 7×7 pixels (M1's
 /// third layer), on one thread with operands in cache, and returns the break-even densities.
 pub fn calibrate() -> Calibration {
-    fn median(mut v: Vec<f64>) -> f64 {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    }
-    fn time(reps: usize, f: &mut dyn FnMut()) -> f64 {
-        f();
-        let t = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        t.elapsed().as_secs_f64() / reps as f64 * 1e6
-    }
+    let time = time_warm;
     let mut points = Vec::new();
     let mut limits = [0.0f64; 2];
     for (pi, (product, m, k, p)) in [("gemv", 512, 1024, 1), ("gemm", 128, 576, 49)]
@@ -415,7 +420,7 @@ pub fn calibrate() -> Calibration {
                     }));
                 }
             }
-            let (dense_us, sparse_us) = (median(td), median(ts));
+            let (dense_us, sparse_us) = (median(&mut td), median(&mut ts));
             if sparse_us < dense_us && limits[pi] == 0.0 {
                 limits[pi] = d;
             }
