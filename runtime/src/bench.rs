@@ -171,7 +171,7 @@ pub fn bench(
     let mut inputs = Vec::with_capacity(targets.len());
     for t in &targets {
         let s = Session::with_policy(t.model, opts.batch, opts.threads, opts.policy)?;
-        let one = s.input_len(0) / opts.batch;
+        let one = s.input_len(0);
         let x = match input {
             Some(x) if x.len() != one => {
                 return Err(crate::Error::Shape {
