@@ -21,9 +21,10 @@ use common::{data, gemm_crate};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
-    gemm, gemm_workspace, gemv, Activation, Bias, Dtype, Elems, MatRef, SPMM_KERNELS, SPMV_KERNELS,
+    bspmv, gemm, gemm_workspace, gemv, Activation, Bias, Dtype, Elems, MatRef, SPMM_KERNELS,
+    SPMV_KERNELS,
 };
-use nap_runtime::model::CsrBuf;
+use nap_runtime::model::{BlockCsrBuf, CsrBuf};
 
 /// `(name, rows, columns)` of the weight matrix.
 const SHAPES: &[(&str, usize, usize)] = &[
@@ -48,6 +49,20 @@ const CONV_SHAPES: &[(&str, usize, usize, usize)] = &[
 ];
 
 const SPARSITIES: &[f64] = &[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
+
+/// `w` (`m × k`) with a random `sparsity` fraction of its 4×1 blocks set to zero.
+fn sparsify_blocks(w: &[f32], m: usize, k: usize, sparsity: f64, seed: u32) -> Vec<f32> {
+    let u = data(m.div_ceil(4) * k, seed);
+    let mut out = w.to_vec();
+    for r in 0..m {
+        for j in 0..k {
+            if ((u[(r / 4) * k + j] + 0.5) as f64) < sparsity {
+                out[r * k + j] = 0.0;
+            }
+        }
+    }
+    out
+}
 
 /// `w` with a uniformly random `sparsity` fraction of its entries set to zero.
 fn sparsify(w: &[f32], sparsity: f64, seed: u32) -> Vec<f32> {
@@ -121,11 +136,11 @@ fn table(cold: bool) {
     let kers = sparse_kernels();
     let head: Vec<String> = kers.iter().map(|k| format!("{} µs", k.name)).collect();
     println!(
-        "| shape | sparsity | dense gemv µs | gemm crate µs | {} | speedup f32 | speedup f16 |",
+        "| shape | sparsity | dense gemv µs | gemm crate µs | {} | speedup f32 | speedup f16 | 4×1 blocks µs | speedup 4×1 |",
         head.join(" | ")
     );
     println!(
-        "|---|---:|---:|---:|{}---:|---:|",
+        "|---|---:|---:|---:|{}---:|---:|---:|---:|",
         "---:|".repeat(kers.len())
     );
     let mut summary = Vec::new();
@@ -146,8 +161,16 @@ fn table(cold: bool) {
                 .iter()
                 .map(|ker| CsrBuf::from_dense(m, k, &ws, ker.dtype, ker.index))
                 .collect();
+            // The same sparsity in whole 4×1 blocks (what `nap prune --block 4x1` produces).
+            let wb = sparsify_blocks(&w, m, k, s, 6);
+            let blk = BlockCsrBuf::from_dense(m, k, 4, &wb, Dtype::F32, IndexWidth::U16);
+            let mut tb = Vec::new();
             let mut t = vec![vec![]; 2 + kers.len()];
             for _ in 0..31 {
+                tb.push(time(&mut || {
+                    bspmv(&blk.view(), &x, None, Activation::None, &mut y);
+                    black_box(&y);
+                }));
                 t[0].push(time(&mut || {
                     gemv(Elems::F32(&ws), k, m, k, &x, None, Activation::None, &mut y);
                     black_box(&y);
@@ -164,7 +187,7 @@ fn table(cold: bool) {
                 }
             }
             let dtypes: Vec<Dtype> = kers.iter().map(|k| k.dtype).collect();
-            speedups.push((s, table_row(name, s, t, &dtypes, 2)));
+            speedups.push((s, table_row(name, s, t, &dtypes, 2, Some(median(tb)))));
         }
         summary.push(format!(
             "{name}: break-even sparsity (f32 values) {}",
@@ -225,7 +248,7 @@ fn conv_table(cold: bool) {
                 }
             }
             let dtypes: Vec<Dtype> = kers.iter().map(|k| k.dtype).collect();
-            speedups.push((s, table_row(name, s, t, &dtypes, 1)));
+            speedups.push((s, table_row(name, s, t, &dtypes, 1, None)));
         }
         summary.push(format!(
             "{name}: break-even sparsity (f32 values) {}",
@@ -236,8 +259,16 @@ fn conv_table(cold: bool) {
 }
 
 /// Prints one table row from the rounds `t` (dense, `gemm` crate, then one per sparse kernel,
-/// whose value types are `dtypes`) and returns the speedup of the fastest f32 sparse kernel.
-fn table_row(name: &str, sparsity: f64, t: Vec<Vec<f64>>, dtypes: &[Dtype], digits: usize) -> f64 {
+/// whose value types are `dtypes`), and `blocks` (µs of the 4×1-blocked kernel) if given; returns
+/// the speedup of the fastest f32 sparse kernel.
+fn table_row(
+    name: &str,
+    sparsity: f64,
+    t: Vec<Vec<f64>>,
+    dtypes: &[Dtype],
+    digits: usize,
+    blocks: Option<f64>,
+) -> f64 {
     let t: Vec<f64> = t.into_iter().map(median).collect();
     let best = |d: Dtype| {
         dtypes
@@ -249,8 +280,11 @@ fn table_row(name: &str, sparsity: f64, t: Vec<Vec<f64>>, dtypes: &[Dtype], digi
     };
     let (b32, b16) = (best(Dtype::F32), best(Dtype::F16));
     let cells: Vec<String> = t.iter().map(|v| format!("{v:.digits$}")).collect();
+    let extra = blocks.map_or(String::new(), |b| {
+        format!(" {b:.digits$} | {:.2}× |", t[0] / b)
+    });
     println!(
-        "| {name} | {:.0} % | {} | {:.2}× | {:.2}× |",
+        "| {name} | {:.0} % | {} | {:.2}× | {:.2}× |{extra}",
         sparsity * 100.0,
         cells.join(" | "),
         t[0] / b32,

@@ -266,6 +266,211 @@ impl CsrBuf {
     }
 }
 
+/// Blocked CSR with `block × 1` blocks: `block` consecutive rows share each column index.
+/// Block row `b` (rows `b * block..(b + 1) * block`, the last one possibly partial) holds the
+/// blocks `k` in `row_ptr[b]..row_ptr[b + 1]`: column `col_idx[k]`, values
+/// `values[k * block..(k + 1) * block]` for its rows in order (entries of rows past `rows` are
+/// padding and never read into an output).
+///
+/// Invariants (checked by [`BlockCsrView::new`]): `block >= 1`; `row_ptr` has
+/// `ceil(rows / block) + 1` entries, starts at 0, never decreases and ends at `nnzb =
+/// col_idx.len()`; `values.len() == nnzb * block`; within a block row the column indices increase
+/// strictly and are `< cols`; u16 indices only when `cols <= 65536`.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockCsrView<'a> {
+    rows: usize,
+    cols: usize,
+    block: usize,
+    row_ptr: &'a [u32],
+    col_idx: Indices<'a>,
+    values: Elems<'a>,
+}
+
+impl<'a> BlockCsrView<'a> {
+    /// Checks the invariants (O(blocks)) and wraps the slices.
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        block: usize,
+        row_ptr: &'a [u32],
+        col_idx: Indices<'a>,
+        values: Elems<'a>,
+    ) -> core::result::Result<Self, &'static str> {
+        if block == 0 {
+            return Err("block has zero rows");
+        }
+        let nnzb = col_idx.len();
+        if nnzb.checked_mul(block) != Some(values.len()) {
+            return Err("values are not block * blocks long");
+        }
+        let brows = rows.div_ceil(block);
+        if brows.checked_add(1) != Some(row_ptr.len()) {
+            return Err("row_ptr does not have ceil(rows / block) + 1 entries");
+        }
+        let width = match col_idx {
+            Indices::U16(_) => IndexWidth::U16,
+            Indices::U32(_) => IndexWidth::U32,
+        };
+        check_csr_invariants(
+            brows,
+            cols,
+            nnzb,
+            width,
+            |r| row_ptr[r] as usize,
+            |k| col_idx.get(k),
+        )?;
+        Ok(BlockCsrView {
+            rows,
+            cols,
+            block,
+            row_ptr,
+            col_idx,
+            values,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Rows per block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Block rows: `ceil(rows / block)`.
+    pub fn block_rows(&self) -> usize {
+        self.row_ptr.len() - 1
+    }
+
+    /// Number of blocks.
+    pub fn blocks(&self) -> usize {
+        self.col_idx.len()
+    }
+
+    pub fn row_ptr(&self) -> &'a [u32] {
+        self.row_ptr
+    }
+
+    pub fn col_idx(&self) -> Indices<'a> {
+        self.col_idx
+    }
+
+    pub fn values(&self) -> Elems<'a> {
+        self.values
+    }
+
+    /// Range of block positions (into `col_idx`; values at `block` times these) of block row `b`.
+    #[inline(always)]
+    pub fn block_range(&self, b: usize) -> core::ops::Range<usize> {
+        self.row_ptr[b] as usize..self.row_ptr[b + 1] as usize
+    }
+
+    /// The matrix as dense row-major f32 (allocates; for tools and tests).
+    pub fn to_dense_f32(&self) -> Vec<f32> {
+        let mut out = alloc::vec![0f32; self.rows * self.cols];
+        for b in 0..self.block_rows() {
+            for k in self.block_range(b) {
+                let c = self.col_idx.get(k);
+                for t in 0..self.block {
+                    let r = b * self.block + t;
+                    if r < self.rows {
+                        out[r * self.cols + c] = self.values.get_f32(k * self.block + t);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// An owned [`BlockCsrView`] built from dense row-major values: a block is stored when any of
+/// its entries is non-zero.
+#[derive(Clone, Debug)]
+pub struct BlockCsrBuf {
+    rows: usize,
+    cols: usize,
+    block: usize,
+    row_ptr: Vec<u32>,
+    idx: IndexBuf,
+    vals: ValueBuf,
+}
+
+impl BlockCsrBuf {
+    /// Panics if `block` is 0, if `dense` is shorter than `rows * cols`, if u16 indices cannot
+    /// address `cols`, or if there are 2^32 or more blocks.
+    pub fn from_dense(
+        rows: usize,
+        cols: usize,
+        block: usize,
+        dense: &[f32],
+        dtype: crate::kernels::Dtype,
+        index: IndexWidth,
+    ) -> Self {
+        assert!(block > 0, "BlockCsrBuf: block of zero rows");
+        assert!(
+            dense.len() >= rows * cols,
+            "BlockCsrBuf: dense shorter than rows * cols"
+        );
+        assert!(
+            index == IndexWidth::U32 || cols <= 1 << 16,
+            "BlockCsrBuf: u16 indices cannot address {cols} columns"
+        );
+        let at = |r: usize, c: usize| if r < rows { dense[r * cols + c] } else { 0.0 };
+        let (mut row_ptr, mut c, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        row_ptr.push(0u32);
+        for b in 0..rows.div_ceil(block) {
+            for j in 0..cols {
+                if (0..block).any(|t| at(b * block + t, j) != 0.0) {
+                    c.push(j as u32);
+                    v.extend((0..block).map(|t| at(b * block + t, j)));
+                }
+            }
+            row_ptr.push(u32::try_from(c.len()).expect("BlockCsrBuf: 2^32 or more blocks"));
+        }
+        let idx = match index {
+            IndexWidth::U16 => IndexBuf::U16(c.iter().map(|&j| j as u16).collect()),
+            IndexWidth::U32 => IndexBuf::U32(c),
+        };
+        let vals = match dtype {
+            crate::kernels::Dtype::F32 => ValueBuf::F32(v),
+            crate::kernels::Dtype::F16 => {
+                ValueBuf::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+            }
+        };
+        BlockCsrBuf {
+            rows,
+            cols,
+            block,
+            row_ptr,
+            idx,
+            vals,
+        }
+    }
+
+    /// The matrix as a kernel operand.
+    pub fn view(&self) -> BlockCsrView<'_> {
+        BlockCsrView {
+            rows: self.rows,
+            cols: self.cols,
+            block: self.block,
+            row_ptr: &self.row_ptr,
+            col_idx: match &self.idx {
+                IndexBuf::U16(c) => Indices::U16(c),
+                IndexBuf::U32(c) => Indices::U32(c),
+            },
+            values: match &self.vals {
+                ValueBuf::F32(v) => Elems::F32(v),
+                ValueBuf::F16(v) => Elems::F16(v),
+            },
+        }
+    }
+}
+
 /// A tensor's storage, borrowed from the file.
 #[derive(Clone, Copy, Debug)]
 pub enum TensorView<'a> {

@@ -8,10 +8,10 @@ use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
     act_scalar, avgpool2d, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col, im2col_len,
     maxpool2d, spmm_kernel, spmv, spmv_kernel, Activation, Bias, ConvGeom, Dtype, Elems,
-    GemmKernel, Isa, MatRef, PoolOp, SpmmKernel, SpmvKernel, DEPTHWISE_KERNELS, GEMM_KERNELS,
-    GEMV_KERNELS, POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
+    GemmKernel, Isa, MatRef, PoolOp, SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS,
+    GEMM_KERNELS, GEMV_KERNELS, POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
 };
-use nap_runtime::model::{CsrBuf, CsrView, Indices};
+use nap_runtime::model::{BlockCsrBuf, BlockCsrView, CsrBuf, CsrView, Indices};
 
 struct Counting;
 
@@ -1392,4 +1392,122 @@ fn spmm_dispatch_covers_every_storage() {
             eprintln!("spmm {dtype:?}/{index:?}: {}", k.name);
         }
     }
+}
+
+/// A random dense `rows × cols` matrix whose non-zeros fill whole 4×1 blocks (each kept with
+/// probability `density`), plus a few isolated non-zeros when `loose` (stored as padded blocks).
+fn block_sparse_dense(
+    rng: &mut Rng,
+    rows: usize,
+    cols: usize,
+    density: f64,
+    loose: bool,
+) -> Vec<f32> {
+    let mut d = vec![0f32; rows * cols];
+    for b in 0..rows.div_ceil(4) {
+        for j in 0..cols {
+            let keep = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= density;
+            if keep && density > 0.0 {
+                for r in 4 * b..(4 * b + 4).min(rows) {
+                    d[r * cols + j] = rng.f32();
+                }
+            }
+        }
+    }
+    if loose && rows * cols > 0 {
+        for _ in 0..3 {
+            let k = (rng.next_u64() % (rows * cols) as u64) as usize;
+            d[k] = rng.f32();
+        }
+    }
+    d
+}
+
+/// Every 4×1-blocked SpMV kernel against a dense f64 product: rows not a multiple of 4, empty
+/// block rows, sub-ranges of block rows, f16 values, u32 indices, padded blocks.
+#[test]
+fn bspmv_every_kernel_matches_dense_reference() {
+    let mut ran = Vec::new();
+    for ker in available(BSPMV_KERNELS, |k| k.isa) {
+        let mut n = 0;
+        for rows in [1, 3, 4, 5, 8, 17, 64] {
+            for cols in [1, 7, 16, 33, 300] {
+                for density in [0.0, 0.1, 0.5, 1.0] {
+                    let seed = (rows * 10_000 + cols * 10 + (density * 7.0) as usize) as u64;
+                    let mut rng = Rng(seed);
+                    let d = block_sparse_dense(&mut rng, rows, cols, density, n % 3 == 0);
+                    let x = rng.vec(cols + 1);
+                    let buf = BlockCsrBuf::from_dense(rows, cols, 4, &d, ker.dtype, ker.index);
+                    let w = buf.view();
+                    let q = |v: f32| match ker.dtype {
+                        Dtype::F32 => v as f64,
+                        Dtype::F16 => f16::from_f32(v).to_f32() as f64,
+                    };
+                    let bias = rng.vec(rows);
+                    let act = ACTS[n % ACTS.len()];
+                    let brows = w.block_rows();
+                    for (lo, hi) in [(0, brows), (brows / 2, brows)] {
+                        let r0 = 4 * lo;
+                        let r1 = (4 * hi).min(rows);
+                        let sentinel = -777.0;
+                        let mut y = vec![sentinel; r1 - r0 + 1];
+                        ker.run(&w, lo..hi, &x, Some(&bias), act, &mut y);
+                        for r in r0..r1 {
+                            let (mut pre, mut scale, mut k) = (bias[r] as f64, 0.0, 0);
+                            for j in 0..cols {
+                                let t = q(d[r * cols + j]) * x[j] as f64;
+                                pre += t;
+                                scale += t.abs();
+                                k += (d[r * cols + j] != 0.0) as usize;
+                            }
+                            assert!(
+                                close(y[r - r0], pre, scale, k.max(cols / 4), act, 6e-8),
+                                "{} {rows}x{cols} d={density} block rows {lo}..{hi}: y[{r}] = {}, want act({pre})",
+                                ker.name,
+                                y[r - r0]
+                            );
+                        }
+                        assert_eq!(y[r1 - r0], sentinel, "{}: wrote past the rows", ker.name);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        ran.push(format!("{} ({n} cases)", ker.name));
+    }
+    eprintln!("bspmv kernels run: {}", ran.join(", "));
+}
+
+#[test]
+fn block_csr_view_rejects_broken_invariants() {
+    let v = [1.0f32; 12];
+    let view = |rows, block, rp: &[u32], c: &[u32], nv: usize| {
+        BlockCsrView::new(rows, 5, block, rp, Indices::U32(c), Elems::F32(&v[..nv])).err()
+    };
+    assert_eq!(view(6, 4, &[0, 1, 3], &[0, 1, 4], 12), None);
+    assert_eq!(
+        view(6, 0, &[0, 1, 3], &[0, 1, 4], 12),
+        Some("block has zero rows")
+    );
+    assert_eq!(
+        view(6, 4, &[0, 1, 3], &[0, 1, 4], 11),
+        Some("values are not block * blocks long")
+    );
+    assert_eq!(
+        view(9, 4, &[0, 1, 3], &[0, 1, 4], 12),
+        Some("row_ptr does not have ceil(rows / block) + 1 entries")
+    );
+    assert_eq!(
+        view(6, 4, &[0, 1, 3], &[0, 4, 1], 12),
+        Some("column indices not increasing within a row")
+    );
+    assert_eq!(
+        view(6, 4, &[0, 1, 3], &[0, 1, 5], 12),
+        Some("column index out of range")
+    );
+    let d: Vec<f32> = (0..30)
+        .map(|i| if i % 7 == 0 { i as f32 } else { 0.0 })
+        .collect();
+    let b = BlockCsrBuf::from_dense(6, 5, 4, &d, Dtype::F32, IndexWidth::U16);
+    assert_eq!(b.view().to_dense_f32(), d, "round trip through 4x1 blocks");
 }

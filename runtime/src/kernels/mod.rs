@@ -2,13 +2,15 @@
 //! version compiled on every target.
 //!
 //! Each family has one static registry ([`GEMM_KERNELS`], [`GEMV_KERNELS`],
-//! [`DEPTHWISE_KERNELS`], [`POOL_KERNELS`], [`SPMV_KERNELS`], [`SPMM_KERNELS`]) listed from most to least preferred. Dispatch takes
+//! [`DEPTHWISE_KERNELS`], [`POOL_KERNELS`], [`SPMV_KERNELS`], [`SPMM_KERNELS`],
+//! [`BSPMV_KERNELS`]) listed from most to least preferred. Dispatch takes
 //! the first entry whose [`Isa`] is available on the running CPU; tests and benches iterate every
 //! available entry, so a kernel added to a registry is dispatched, tested and benchmarked without
 //! further edits.
 //! Kernel names follow `<op>_<dtype>_<MR>x<NR>_<isa>`.
 
 mod act;
+mod bspmv;
 mod conv;
 mod dw3x3;
 mod gemm;
@@ -18,6 +20,7 @@ mod spmm;
 mod spmv;
 
 pub use act::{act_scalar, apply_act};
+pub use bspmv::{bspmv, bspmv_kernel, BspmvKernel, BSPMV_KERNELS};
 pub use conv::{
     depthwise_conv2d, im2col, im2col_len, ConvGeom, DepthwiseKernel, DEPTHWISE_KERNELS,
 };
