@@ -12,8 +12,8 @@ use nap_runtime::format::{
 
 use crate::ir::{HostModel, HostTensor};
 use crate::util::atomic_write;
-use nap_runtime::kernels::{Dtype, Elems};
-use nap_runtime::model::{CsrBuf, Indices};
+use nap_runtime::kernels::{Dtype, Elems, BSPMV_BLOCK as BLOCK};
+use nap_runtime::model::{BlockCsrBuf, CsrBuf, Indices};
 
 /// How tensors are stored.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -268,45 +268,74 @@ pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
         let index = IndexWidth::for_cols(cols);
         let dense_bytes = t.numel() * dtype.size();
         let csr_bytes = (rows + 1) * 4 + nnz * (index.size() + dtype.size());
+        let linear = prunable
+            .iter()
+            .any(|&(i, w)| w == id as u32 && matches!(m.graph.nodes[i].op, Op::Linear { .. }));
+        // A Linear weight whose non-zeros fill 4×1 blocks (what `nap prune --block 4x1` leaves)
+        // is stored blocked: one column index per four weights, run by the blocked kernel.
+        let blocked = (is_weight && linear && opts.storage != Storage::Dense && nnz > 0)
+            .then(|| BlockCsrBuf::from_dense(rows, cols, BLOCK, &t.data, Dtype::F32, index))
+            .filter(|b| {
+                let entries = b.view().blocks() * BLOCK;
+                let bytes = (rows.div_ceil(BLOCK) + 1) * 4
+                    + b.view().blocks() * (index.size() + BLOCK * dtype.size());
+                nnz as f64 >= 0.9 * entries as f64 && bytes < csr_bytes && bytes < dense_bytes
+            });
+        let limit = match opts.storage {
+            Storage::ForDevice(p) if linear => p.max_density_gemv as f64,
+            Storage::ForDevice(p) => p.max_density_gemm as f64,
+            _ => 1.0,
+        };
+        let stored = blocked.as_ref().map_or(nnz, |b| b.view().blocks() * BLOCK);
         let sparse = match opts.storage {
             Storage::Dense => false,
-            Storage::Auto => is_weight && csr_bytes < dense_bytes,
-            Storage::ForDevice(p) => {
-                let linear = prunable.iter().any(|&(i, w)| {
-                    w == id as u32 && matches!(m.graph.nodes[i].op, Op::Linear { .. })
-                });
-                let limit = if linear {
-                    p.max_density_gemv
-                } else {
-                    p.max_density_gemm
-                };
+            Storage::Auto => is_weight && (blocked.is_some() || csr_bytes < dense_bytes),
+            Storage::ForDevice(_) => {
                 is_weight
-                    && csr_bytes < dense_bytes
-                    && nnz as f64 <= limit as f64 * t.numel() as f64
+                    && (blocked.is_some() || csr_bytes < dense_bytes)
+                    && stored as f64 <= limit * t.numel() as f64
             }
         };
-        let layout = if sparse {
-            let csr = CsrBuf::from_dense(rows, cols, &t.data, Dtype::F32, index);
-            let w = csr.view();
-            let row_ptr_b = fb.add_u32(w.row_ptr());
-            let col_idx = match w.col_idx() {
-                Indices::U16(c) => fb.add_u16(c),
-                Indices::U32(c) => fb.add_u32(c),
-            };
-            let Elems::F32(vals) = w.values() else {
-                unreachable!("built with f32 values")
-            };
-            Layout::Csr {
-                nnz: nnz as u64,
-                index,
-                row_ptr: row_ptr_b,
-                col_idx,
-                values: encode_values(&mut fb, vals, dtype),
+        let layout = match (&blocked, sparse) {
+            (Some(b), true) => {
+                let w = b.view();
+                let Elems::F32(vals) = w.values() else {
+                    unreachable!("built with f32 values")
+                };
+                Layout::BlockCsr {
+                    block: BLOCK as u32,
+                    nnzb: w.blocks() as u64,
+                    index,
+                    row_ptr: fb.add_u32(w.row_ptr()),
+                    col_idx: match w.col_idx() {
+                        Indices::U16(c) => fb.add_u16(c),
+                        Indices::U32(c) => fb.add_u32(c),
+                    },
+                    values: encode_values(&mut fb, vals, dtype),
+                }
             }
-        } else {
-            Layout::Dense {
+            (None, true) => {
+                let csr = CsrBuf::from_dense(rows, cols, &t.data, Dtype::F32, index);
+                let w = csr.view();
+                let row_ptr_b = fb.add_u32(w.row_ptr());
+                let col_idx = match w.col_idx() {
+                    Indices::U16(c) => fb.add_u16(c),
+                    Indices::U32(c) => fb.add_u32(c),
+                };
+                let Elems::F32(vals) = w.values() else {
+                    unreachable!("built with f32 values")
+                };
+                Layout::Csr {
+                    nnz: nnz as u64,
+                    index,
+                    row_ptr: row_ptr_b,
+                    col_idx,
+                    values: encode_values(&mut fb, vals, dtype),
+                }
+            }
+            (_, false) => Layout::Dense {
                 values: encode_values(&mut fb, &t.data, dtype),
-            }
+            },
         };
         entries.push(TensorEntry {
             name: t.name.clone(),

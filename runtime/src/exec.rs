@@ -109,17 +109,44 @@ impl Default for SparsePolicy {
     }
 }
 
-/// A dense f32 copy of CSR tensor `id` in `params` if its density exceeds `limit` (and the copy
-/// keeps `params` within [`MAX_PLANNED_FLOATS`]; otherwise it stays CSR).
-fn densify(model: &Model<'_>, id: TensorId, limit: f32, params: &mut Vec<f32>) -> Option<Range> {
+/// Weight `id` expanded to a dense f32 copy in `params` when the session should run it dense: a
+/// CSR weight denser than `limit` (kept sparse if the copy would not fit in
+/// [`MAX_PLANNED_FLOATS`]), or a blocked-CSR weight that no blocked kernel runs here (`blocks_ok`
+/// false, blocks other than 4×1, or denser than `limit`).
+fn densify(
+    model: &Model<'_>,
+    id: TensorId,
+    limit: f32,
+    blocks_ok: bool,
+    params: &mut Vec<f32>,
+) -> Result<Option<Range>> {
     match model.tensor(id) {
-        TensorView::Csr(c) => {
+        TensorView::Csr(c) => Ok((|| {
             let n = c.rows().checked_mul(c.cols())?;
             let fits = params.len().checked_add(n)? <= MAX_PLANNED_FLOATS;
             (fits && c.nnz() as f64 > limit as f64 * n as f64)
                 .then(|| dense_f32_into(model, id, params))
+        })()),
+        TensorView::BlockCsr(b) => {
+            let n = b
+                .rows()
+                .checked_mul(b.cols())
+                .ok_or(Error::Overflow("tensor shape"))?;
+            let stored = b.values().len() as f64;
+            if blocks_ok && b.block() == kernels::BSPMV_BLOCK && stored <= limit as f64 * n as f64 {
+                return Ok(None);
+            }
+            let total = params.len().saturating_add(n);
+            if total > MAX_PLANNED_FLOATS {
+                return Err(Error::TooLarge {
+                    what: "expanded blocked-CSR weight (f32 elements)",
+                    size: total as u64,
+                    limit: MAX_PLANNED_FLOATS as u64,
+                });
+            }
+            Ok(Some(dense_f32_into(model, id, params)))
         }
-        TensorView::Dense(_) => None,
+        TensorView::Dense(_) => Ok(None),
     }
 }
 
@@ -151,7 +178,7 @@ fn dense_f32_into(model: &Model<'_>, id: TensorId, params: &mut Vec<f32>) -> Ran
     let v = model.tensor(id);
     match v {
         TensorView::Dense(e) => params.extend((0..e.len()).map(|i| e.get_f32(i))),
-        TensorView::Csr(_) => params.extend(v.to_dense_f32()),
+        TensorView::Csr(_) | TensorView::BlockCsr(_) => params.extend(v.to_dense_f32()),
     }
     Range {
         off,
@@ -311,7 +338,7 @@ impl<'m> Session<'m> {
                     } else {
                         policy.max_density_gemm
                     };
-                    let dense = densify(model, *weight, limit, &mut params);
+                    let dense = densify(model, *weight, limit, batch == 1, &mut params)?;
                     if batch > 1
                         && dense.is_none()
                         && matches!(model.tensor(*weight), TensorView::Csr(_))
@@ -354,7 +381,8 @@ impl<'m> Session<'m> {
                         *dilation,
                     );
                     let groups = *groups as usize;
-                    let dense = densify(model, *weight, policy.max_density_gemm, &mut params);
+                    let dense =
+                        densify(model, *weight, policy.max_density_gemm, false, &mut params)?;
                     // The depthwise kernel takes dense weights only; CSR depthwise weights go
                     // through the grouped path, which needs the im2col scratch.
                     let depthwise = groups == c
@@ -624,6 +652,8 @@ impl<'m> Session<'m> {
                             }
                         }
                         TensorView::Csr(w) if n == 1 => par_spmv(pool, &w, x, bias, *act, y),
+                        // Planning expands blocked weights unless the batch is 1.
+                        TensorView::BlockCsr(w) => kernels::bspmv(&w, x, bias, *act, y),
                         TensorView::Csr(w) => {
                             // One sparse × dense product for the whole batch (the weights are
                             // read once, not once per example): examples become columns.
@@ -699,6 +729,9 @@ impl<'m> Session<'m> {
                                                 ws_len,
                                             );
                                         }
+                                        TensorView::BlockCsr(_) => unreachable!(
+                                            "planning expands blocked convolution weights"
+                                        ),
                                         TensorView::Csr(w) => par_spmm(
                                             pool,
                                             &w,

@@ -49,8 +49,8 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 8] = *b"\x89NAP\r\n\x1a\n";
 /// Major version written and read by this crate.
 pub const MAJOR: u16 = 1;
-/// Minor version written by this crate.
-pub const MINOR: u16 = 0;
+/// Minor version written by this crate (1: adds [`Layout::BlockCsr`]).
+pub const MINOR: u16 = 1;
 /// Written little-endian; a reader on a foreign byte order sees it reversed.
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
 /// Size of the fixed preamble.
@@ -118,6 +118,19 @@ pub enum Layout {
     /// Compressed sparse rows over `[shape[0], product(shape[1..])]`; see the module docs.
     Csr {
         nnz: u64,
+        index: IndexWidth,
+        row_ptr: BlobRef,
+        col_idx: BlobRef,
+        values: BlobRef,
+    },
+    /// Blocked CSR over `[shape[0], product(shape[1..])]`: `block` consecutive rows share each
+    /// column index (`block × 1` blocks). `row_ptr` (u32) has `ceil(rows / block) + 1` entries
+    /// over block rows, `col_idx` one index per block (`nnzb`), `values` the `block` values of
+    /// each block in row order (`nnzb * block`, entries of rows past the last are padding). See
+    /// [`crate::model::BlockCsrView`]. Written from minor version 1 on.
+    BlockCsr {
+        block: u32,
+        nnzb: u64,
         index: IndexWidth,
         row_ptr: BlobRef,
         col_idx: BlobRef,

@@ -476,6 +476,7 @@ impl BlockCsrBuf {
 pub enum TensorView<'a> {
     Dense(Elems<'a>),
     Csr(CsrView<'a>),
+    BlockCsr(BlockCsrView<'a>),
 }
 
 impl<'a> TensorView<'a> {
@@ -484,6 +485,7 @@ impl<'a> TensorView<'a> {
         match self {
             TensorView::Dense(e) => e.len(),
             TensorView::Csr(c) => c.values.len(),
+            TensorView::BlockCsr(b) => b.values.len(),
         }
     }
 
@@ -500,6 +502,7 @@ impl<'a> TensorView<'a> {
                 }
                 out
             }
+            TensorView::BlockCsr(b) => b.to_dense_f32(),
         }
     }
 }
@@ -566,6 +569,15 @@ enum TensorSpans {
     Csr {
         rows: usize,
         cols: usize,
+        index: IndexWidth,
+        row_ptr: Span,
+        col_idx: Span,
+        values: Span,
+    },
+    BlockCsr {
+        rows: usize,
+        cols: usize,
+        block: usize,
         index: IndexWidth,
         row_ptr: Span,
         col_idx: Span,
@@ -881,6 +893,48 @@ fn validate_tensors(
                     values: vs,
                 }
             }
+            Layout::BlockCsr {
+                block,
+                nnzb,
+                index,
+                row_ptr,
+                col_idx,
+                values,
+            } => {
+                let bad = |reason| Error::BadCsr {
+                    tensor: name.to_string(),
+                    reason,
+                };
+                if t.shape.is_empty() {
+                    return Err(bad("blocked CSR tensor needs at least one dimension"));
+                }
+                let block = *block as usize;
+                if !(1..=64).contains(&block) {
+                    return Err(bad("block must have 1 to 64 rows"));
+                }
+                let rows = t.shape[0] as usize;
+                let cols = numel(&t.shape[1..]).ok_or(Error::Overflow("tensor shape"))?;
+                let brows = rows.div_ceil(block);
+                let nnzb = usize::try_from(*nnzb).map_err(|_| Error::Overflow("nnzb"))?;
+                if brows.checked_mul(cols).is_none_or(|m| nnzb > m) {
+                    return Err(bad("more blocks than block positions"));
+                }
+                let nvals = nnzb.checked_mul(block).ok_or(Error::Overflow("nnzb"))?;
+                let brows1 = brows.checked_add(1).ok_or(Error::Overflow("rows"))?;
+                let rp = bc.check(name, row_ptr, 4, brows1)?;
+                let ci = bc.check(name, col_idx, index.size(), nnzb)?;
+                let vs = bc.check(name, values, es, nvals)?;
+                check_csr(name, bytes, brows, cols, nnzb, *index, rp, ci)?;
+                TensorSpans::BlockCsr {
+                    rows,
+                    cols,
+                    block,
+                    index: *index,
+                    row_ptr: rp,
+                    col_idx: ci,
+                    values: vs,
+                }
+            }
         };
         spans.push(span);
     }
@@ -974,25 +1028,7 @@ impl<'a> Model<'a> {
                 col_idx,
                 values,
             } => {
-                let bytes = self.storage.bytes();
-                // SAFETY: as in `elems`: spans checked at load for bounds, alignment and length.
-                let (row_ptr, col_idx) = unsafe {
-                    let rp = core::slice::from_raw_parts(
-                        bytes[row_ptr.start..].as_ptr() as *const u32,
-                        row_ptr.len / 4,
-                    );
-                    let ci = match index {
-                        IndexWidth::U16 => Indices::U16(core::slice::from_raw_parts(
-                            bytes[col_idx.start..].as_ptr() as *const u16,
-                            col_idx.len / 2,
-                        )),
-                        IndexWidth::U32 => Indices::U32(core::slice::from_raw_parts(
-                            bytes[col_idx.start..].as_ptr() as *const u32,
-                            col_idx.len / 4,
-                        )),
-                    };
-                    (rp, ci)
-                };
+                let (row_ptr, col_idx) = self.index_slices(index, row_ptr, col_idx);
                 TensorView::Csr(CsrView {
                     rows,
                     cols,
@@ -1001,6 +1037,53 @@ impl<'a> Model<'a> {
                     values: self.elems(dtype, values),
                 })
             }
+            TensorSpans::BlockCsr {
+                rows,
+                cols,
+                block,
+                index,
+                row_ptr,
+                col_idx,
+                values,
+            } => {
+                let (row_ptr, col_idx) = self.index_slices(index, row_ptr, col_idx);
+                TensorView::BlockCsr(BlockCsrView {
+                    rows,
+                    cols,
+                    block,
+                    row_ptr,
+                    col_idx,
+                    values: self.elems(dtype, values),
+                })
+            }
+        }
+    }
+
+    /// The row pointers and column indices of a sparse tensor, borrowed from the image.
+    fn index_slices(
+        &self,
+        index: IndexWidth,
+        row_ptr: Span,
+        col_idx: Span,
+    ) -> (&[u32], Indices<'_>) {
+        let bytes = self.storage.bytes();
+        // SAFETY: as in `elems`: spans checked at load for bounds, alignment and length.
+        unsafe {
+            let rp = core::slice::from_raw_parts(
+                bytes[row_ptr.start..].as_ptr() as *const u32,
+                row_ptr.len / 4,
+            );
+            let ci = match index {
+                IndexWidth::U16 => Indices::U16(core::slice::from_raw_parts(
+                    bytes[col_idx.start..].as_ptr() as *const u16,
+                    col_idx.len / 2,
+                )),
+                IndexWidth::U32 => Indices::U32(core::slice::from_raw_parts(
+                    bytes[col_idx.start..].as_ptr() as *const u32,
+                    col_idx.len / 4,
+                )),
+            };
+            (rp, ci)
         }
     }
 
@@ -1013,6 +1096,10 @@ impl<'a> Model<'a> {
                 (n, nz)
             }
             TensorView::Csr(c) => (n, c.values.len()),
+            TensorView::BlockCsr(b) => {
+                let v = b.values;
+                (n, (0..v.len()).filter(|&i| v.get_f32(i) != 0.0).count())
+            }
         }
     }
 }

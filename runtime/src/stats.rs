@@ -23,12 +23,13 @@ pub struct LayerStats {
     /// Stored bytes of those tensors.
     pub bytes: u64,
     /// Floating-point operations as stored: 2 per multiply-add of a stored weight (all weights
-    /// of a dense tensor, non-zeros of a CSR one), 2 per output element for BatchNorm, Add and
-    /// activations, 0 for data movement.
+    /// of a dense tensor, non-zeros of a CSR one, every block entry of a blocked one), 2 per
+    /// output element for BatchNorm, Add and activations, 0 for data movement.
     pub flops: u64,
     /// The same with every weight counted (the dense model's work).
     pub dense_flops: u64,
-    /// `dense f32`, `csr f16`, ... for Linear and Conv2d weights; empty otherwise.
+    /// `dense f32`, `csr f16`, `bcsr4x1 f32`, ... for Linear and Conv2d weights; empty
+    /// otherwise.
     pub storage: String,
 }
 
@@ -51,6 +52,12 @@ fn layout_bytes(l: &Layout) -> u64 {
     match l {
         Layout::Dense { values } => values.len,
         Layout::Csr {
+            row_ptr,
+            col_idx,
+            values,
+            ..
+        }
+        | Layout::BlockCsr {
             row_ptr,
             col_idx,
             values,
@@ -88,8 +95,9 @@ pub fn layer_stats(model: &Model<'_>) -> Vec<LayerStats> {
                 storage = format!(
                     "{} {}",
                     match view {
-                        TensorView::Dense(_) => "dense",
-                        TensorView::Csr(_) => "csr",
+                        TensorView::Dense(_) => "dense".to_string(),
+                        TensorView::Csr(_) => "csr".to_string(),
+                        TensorView::BlockCsr(b) => format!("bcsr{}x1", b.block()),
                     },
                     match e.dtype {
                         DType::F32 => "f32",

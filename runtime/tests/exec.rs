@@ -84,11 +84,13 @@ const ACTS: [Activation; 8] = [
     Activation::HardSwish,
 ];
 
-const WEIGHT_STORES: [Store; 4] = [
+const WEIGHT_STORES: [Store; 6] = [
     Store::F32,
     Store::F16,
     Store::Csr(DType::F32, IndexWidth::U16),
     Store::Csr(DType::F16, IndexWidth::U32),
+    Store::Bcsr4(DType::F32, IndexWidth::U16),
+    Store::Bcsr4(DType::F16, IndexWidth::U32),
 ];
 
 fn seed_of(s: &str) -> u64 {

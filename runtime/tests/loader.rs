@@ -165,6 +165,11 @@ fn check_round_trip(m: &Model<'_>, b: &Built) {
                 col_idx: (0..c.nnz()).map(|k| c.col_idx().get(k) as u32).collect(),
                 bits: elem_bits(c.values()),
             },
+            TensorView::BlockCsr(b) => Raw::Csr {
+                row_ptr: b.row_ptr().to_vec(),
+                col_idx: (0..b.blocks()).map(|k| b.col_idx().get(k) as u32).collect(),
+                bits: elem_bits(b.values()),
+            },
         };
         assert_eq!(&got, raw, "tensor {id} storage");
         let dense: Vec<f64> = view.to_dense_f32().iter().map(|&v| v as f64).collect();
@@ -189,6 +194,12 @@ fn covered(b: &Built) -> Vec<(usize, usize)> {
         let blobs = match &t.layout {
             Layout::Dense { values } => vec![*values],
             Layout::Csr {
+                row_ptr,
+                col_idx,
+                values,
+                ..
+            }
+            | Layout::BlockCsr {
                 row_ptr,
                 col_idx,
                 values,
@@ -294,6 +305,12 @@ fn blob_mut(l: &mut Layout, which: usize) -> &mut BlobRef {
     match l {
         Layout::Dense { values } => values,
         Layout::Csr {
+            row_ptr,
+            col_idx,
+            values,
+            ..
+        }
+        | Layout::BlockCsr {
             row_ptr,
             col_idx,
             values,
@@ -412,6 +429,19 @@ fn mutate_header(h: &mut Header, rng: &mut Rng) {
                         };
                     }
                 }
+                Layout::BlockCsr {
+                    block, nnzb, index, ..
+                } => match rng.below(3) {
+                    0 => *nnzb = wild_u64(rng, *nnzb),
+                    1 => *block = wild_u64(rng, *block as u64) as u32,
+                    _ => {
+                        *index = if *index == IndexWidth::U16 {
+                            IndexWidth::U32
+                        } else {
+                            IndexWidth::U16
+                        }
+                    }
+                },
                 Layout::Dense { values } => {
                     // Reinterpret the dense blob as a CSR with made-up arrays.
                     t.layout = Layout::Csr {
@@ -1190,7 +1220,10 @@ fn preamble_and_header_corruptions_give_typed_errors() {
         (
             "major 2",
             Box::new(|h, d| assemble(h, d, |p| p.major = 2)),
-            Some(Error::UnsupportedVersion { major: 2, minor: 0 }),
+            Some(Error::UnsupportedVersion {
+                major: 2,
+                minor: MINOR,
+            }),
         ),
         (
             "major 0",
@@ -1480,6 +1513,19 @@ fn assert_zero_copy(m: &Model<'_>) {
                 inside(
                     c.values().as_ptr(),
                     c.values().len() * m.tensor_entry(id).dtype.size(),
+                    &name,
+                );
+            }
+            TensorView::BlockCsr(b) => {
+                inside(b.row_ptr().as_ptr().cast(), b.row_ptr().len() * 4, &name);
+                let (p, n) = match b.col_idx() {
+                    nap_runtime::model::Indices::U16(v) => (v.as_ptr().cast::<u8>(), v.len() * 2),
+                    nap_runtime::model::Indices::U32(v) => (v.as_ptr().cast::<u8>(), v.len() * 4),
+                };
+                inside(p, n, &name);
+                inside(
+                    b.values().as_ptr(),
+                    b.values().len() * m.tensor_entry(id).dtype.size(),
                     &name,
                 );
             }

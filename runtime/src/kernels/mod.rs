@@ -20,7 +20,7 @@ mod spmm;
 mod spmv;
 
 pub use act::{act_scalar, apply_act};
-pub use bspmv::{bspmv, bspmv_kernel, BspmvKernel, BSPMV_KERNELS};
+pub use bspmv::{bspmv, bspmv_kernel, BspmvKernel, BLOCK as BSPMV_BLOCK, BSPMV_KERNELS};
 pub use conv::{
     depthwise_conv2d, im2col, im2col_len, ConvGeom, DepthwiseKernel, DEPTHWISE_KERNELS,
 };

@@ -59,15 +59,19 @@ pub enum Store {
     F32,
     F16,
     Csr(DType, IndexWidth),
+    /// Blocked CSR with 4×1 blocks.
+    Bcsr4(DType, IndexWidth),
 }
 
-pub const STORES: [Store; 6] = [
+pub const STORES: [Store; 8] = [
     Store::F32,
     Store::F16,
     Store::Csr(DType::F32, IndexWidth::U16),
     Store::Csr(DType::F32, IndexWidth::U32),
     Store::Csr(DType::F16, IndexWidth::U16),
     Store::Csr(DType::F16, IndexWidth::U32),
+    Store::Bcsr4(DType::F32, IndexWidth::U16),
+    Store::Bcsr4(DType::F16, IndexWidth::U32),
 ];
 
 /// Exactly what was written for one tensor: bit patterns of the stored elements (f16 bits
@@ -205,6 +209,52 @@ impl Net {
                     dtype,
                     Layout::Csr {
                         nnz: nz.len() as u64,
+                        index,
+                        row_ptr: rp,
+                        col_idx: ci,
+                        values: vs,
+                    },
+                    Raw::Csr {
+                        row_ptr,
+                        col_idx,
+                        bits: nz.iter().map(|&v| bits(dtype, v)).collect(),
+                    },
+                )
+            }
+            Store::Bcsr4(dtype, index) => {
+                let rows = shape[0] as usize;
+                let cols = n.checked_div(rows).unwrap_or(0);
+                let b = nap_runtime::model::BlockCsrBuf::from_dense(
+                    rows,
+                    cols,
+                    4,
+                    vals,
+                    nap_runtime::kernels::Dtype::F32,
+                    IndexWidth::U32,
+                );
+                let w = b.view();
+                let row_ptr = w.row_ptr().to_vec();
+                let col_idx: Vec<u32> =
+                    (0..w.blocks()).map(|k| w.col_idx().get(k) as u32).collect();
+                let nz = w.values().to_f32_vec();
+                let rp = self.fb.add_u32(&row_ptr);
+                let ci = match index {
+                    IndexWidth::U16 => self
+                        .fb
+                        .add_u16(&col_idx.iter().map(|&c| c as u16).collect::<Vec<_>>()),
+                    IndexWidth::U32 => self.fb.add_u32(&col_idx),
+                };
+                let vs = match dtype {
+                    DType::F32 => self.fb.add_f32(&nz),
+                    DType::F16 => self
+                        .fb
+                        .add_f16(&nz.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()),
+                };
+                (
+                    dtype,
+                    Layout::BlockCsr {
+                        block: 4,
+                        nnzb: col_idx.len() as u64,
                         index,
                         row_ptr: rp,
                         col_idx: ci,
