@@ -282,6 +282,7 @@ pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
                 nnz as f64 >= 0.9 * entries as f64 && bytes < csr_bytes && bytes < dense_bytes
             });
         let limit = match opts.storage {
+            Storage::ForDevice(p) if blocked.is_some() => p.max_density_blocked as f64,
             Storage::ForDevice(p) if linear => p.max_density_gemv as f64,
             Storage::ForDevice(p) => p.max_density_gemm as f64,
             _ => 1.0,

@@ -399,8 +399,12 @@ fn calibrate_saves_a_policy_that_bench_and_convert_use() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r["points"].as_array().unwrap().len(), 20);
-    for k in ["max_density_gemv", "max_density_gemm"] {
+    assert_eq!(r["points"].as_array().unwrap().len(), 30);
+    for k in [
+        "max_density_gemv",
+        "max_density_gemm",
+        "max_density_blocked",
+    ] {
         let d = r["policy"][k].as_f64().unwrap();
         assert!((0.0..=0.9).contains(&d), "{k} = {d}");
     }

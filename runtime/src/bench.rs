@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::format::IndexWidth;
 use crate::kernels::{
-    gemm, gemm_workspace, gemv, spmm, spmv, Activation, Bias, Dtype, Elems, Isa, MatRef,
+    bspmv, gemm, gemm_workspace, gemv, spmm, spmv, Activation, Bias, Dtype, Elems, Isa, MatRef,
 };
-use crate::model::CsrBuf;
+use crate::model::{BlockCsrBuf, CsrBuf};
 use crate::stats::{layer_stats, LayerStats};
 use crate::{Model, Session, SparsePolicy};
 
@@ -278,9 +278,14 @@ pub fn render(r: &BenchReport) -> String {
         }
     );
     o += &format!(
-        "batch {}, {} thread(s), {} warm-up runs; CSR weights run sparse up to density {} \
-         (batch-1 Linear) / {} (convolutions, batches)\n",
-        r.batch, r.threads, r.warmup, r.policy.max_density_gemv, r.policy.max_density_gemm
+        "batch {}, {} thread(s), {} warm-up runs; sparse weights run sparse up to density {} \
+         (CSR, batch-1 Linear) / {} (CSR, convolutions, batches) / {} (4x1 blocks)\n",
+        r.batch,
+        r.threads,
+        r.warmup,
+        r.policy.max_density_gemv,
+        r.policy.max_density_gemm,
+        r.policy.max_density_blocked
     );
     for (label, b) in [("model", Some(&r.model)), ("baseline", r.baseline.as_ref())] {
         let Some(b) = b else { continue };
@@ -357,7 +362,7 @@ pub fn time_warm(reps: usize, f: &mut dyn FnMut()) -> f64 {
 /// One measured point of [`calibrate`].
 #[derive(Clone, Debug, Serialize)]
 pub struct CalibrationPoint {
-    /// `gemv` (batch-1 Linear) or `gemm` (convolution).
+    /// `gemv` (batch-1 Linear), `gemm` (convolution) or `gemv4x1` (batch-1 Linear, 4×1 blocks).
     pub product: &'static str,
     pub density: f64,
     pub dense_us: f64,
@@ -376,16 +381,21 @@ pub struct Calibration {
 /// Densities [`calibrate`] measures, densest first.
 const CALIBRATION_DENSITIES: [f64; 10] = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05];
 
-/// Measures dense against sparse (f32 values, u16 indices, random unstructured sparsity) for a
-/// batch-1 Linear of 512×1024 and a 3×3 convolution as a 128×576 weight on 7×7 pixels (M1's
-/// third layer), on one thread with operands in cache, and returns the break-even densities.
+/// Measures dense against sparse (f32 values, u16 indices, random sparsity) for a batch-1 Linear
+/// of 512×1024 (unstructured CSR and 4×1 blocks) and a 3×3 convolution as a 128×576 weight on 7×7
+/// pixels (M1's third layer), on one thread with operands in cache, and returns the break-even
+/// densities.
 pub fn calibrate() -> Calibration {
     let time = time_warm;
     let mut points = Vec::new();
-    let mut limits = [0.0f64; 2];
-    for (pi, (product, m, k, p)) in [("gemv", 512, 1024, 1), ("gemm", 128, 576, 49)]
-        .into_iter()
-        .enumerate()
+    let mut limits = [0.0f64; 3];
+    for (pi, (product, m, k, p)) in [
+        ("gemv", 512, 1024, 1),
+        ("gemm", 128, 576, 49),
+        ("gemv4x1", 512, 1024, 1),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let w = default_input(m * k);
         let b = default_input(k * p);
@@ -394,12 +404,16 @@ pub fn calibrate() -> Calibration {
         let mut ws = std::vec![0f32; gemm_workspace(m, p, k)];
         let reps = ((2e6 / (m * k * p) as f64) as usize).max(3);
         for &d in &CALIBRATION_DENSITIES {
-            let wd: Vec<f32> = w
-                .iter()
-                .zip(&noise[7..])
-                .map(|(&v, &r)| if (r as f64) < d { v - 0.5 } else { 0.0 })
+            // Unstructured, or (4×1 product) whole 4×1 blocks kept with probability `d`.
+            let keep = |i: usize| {
+                let j = if pi == 2 { (i / k / 4) * k + i % k } else { i };
+                (noise[7 + j] as f64) < d
+            };
+            let wd: Vec<f32> = (0..m * k)
+                .map(|i| if keep(i) { w[i] - 0.5 } else { 0.0 })
                 .collect();
             let csr = CsrBuf::from_dense(m, k, &wd, Dtype::F32, IndexWidth::U16);
+            let blk = BlockCsrBuf::from_dense(m, k, 4, &wd, Dtype::F32, IndexWidth::U16);
             let (mut td, mut ts) = (Vec::new(), Vec::new());
             for _ in 0..15 {
                 if p == 1 {
@@ -407,7 +421,11 @@ pub fn calibrate() -> Calibration {
                         gemv(Elems::F32(&wd), k, m, k, &b, None, Activation::None, &mut y)
                     }));
                     ts.push(time(reps, &mut || {
-                        spmv(&csr.view(), &b, None, Activation::None, &mut y)
+                        if pi == 2 {
+                            bspmv(&blk.view(), &b, None, Activation::None, &mut y)
+                        } else {
+                            spmv(&csr.view(), &b, None, Activation::None, &mut y)
+                        }
                     }));
                 } else {
                     td.push(time(reps, &mut || {
@@ -437,6 +455,7 @@ pub fn calibrate() -> Calibration {
         policy: SparsePolicy {
             max_density_gemv: limits[0] as f32,
             max_density_gemm: limits[1] as f32,
+            max_density_blocked: limits[2] as f32,
         },
         points,
     }
@@ -505,7 +524,11 @@ pub mod cli {
         let v = v.get("policy").cloned().unwrap_or(v);
         let p: SparsePolicy = serde_json::from_value(v)
             .map_err(|e| format!("{}: not a policy: {e}", path.display()))?;
-        for d in [p.max_density_gemv, p.max_density_gemm] {
+        for d in [
+            p.max_density_gemv,
+            p.max_density_gemm,
+            p.max_density_blocked,
+        ] {
             if !(0.0..=1.0).contains(&d) {
                 return Err(format!(
                     "{}: densities must lie in [0, 1], got {d}",
@@ -555,8 +578,9 @@ pub mod cli {
             );
         }
         o += &format!(
-            "policy: CSR runs sparse up to density {} (batch-1 Linear) and {} (convolutions, batches)\n",
-            c.policy.max_density_gemv, c.policy.max_density_gemm
+            "policy: CSR runs sparse up to density {} (batch-1 Linear) and {} (convolutions, batches), \
+             4x1 blocks up to {}\n",
+            c.policy.max_density_gemv, c.policy.max_density_gemm, c.policy.max_density_blocked
         );
         if let Some(out) = &a.output {
             o += &format!("saved to {} (use with --policy)\n", out.display());

@@ -83,13 +83,20 @@ struct Step {
 /// The defaults are break-even densities measured on x86-64 AVX2 (BENCHMARKS.md §6): batch-1
 /// matrix-vector products of random matrices break even at density 0.25–0.3 with operands in
 /// cache, pruned LeNet layers lower, so 0.2; convolutions at 0.3–0.7 depending on the shape, so
-/// 0.5. `nap bench --calibrate` measures them on the device.
+/// 0.5; 4×1 blocks at 0.55–0.7, so 0.5. `nap bench --calibrate` measures them on the device.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparsePolicy {
     /// For Linear layers at batch 1.
     pub max_density_gemv: f32,
     /// For convolutions and Linear layers at batch > 1.
     pub max_density_gemm: f32,
+    /// For 4×1-blocked weights (batch-1 Linear layers; counting stored block entries).
+    #[serde(default = "default_blocked")]
+    pub max_density_blocked: f32,
+}
+
+fn default_blocked() -> f32 {
+    SparsePolicy::default().max_density_blocked
 }
 
 impl SparsePolicy {
@@ -97,6 +104,7 @@ impl SparsePolicy {
     pub const KEEP_CSR: SparsePolicy = SparsePolicy {
         max_density_gemv: 1.0,
         max_density_gemm: 1.0,
+        max_density_blocked: 1.0,
     };
 }
 
@@ -105,19 +113,21 @@ impl Default for SparsePolicy {
         SparsePolicy {
             max_density_gemv: 0.2,
             max_density_gemm: 0.5,
+            max_density_blocked: 0.5,
         }
     }
 }
 
 /// Weight `id` expanded to a dense f32 copy in `params` when the session should run it dense: a
 /// CSR weight denser than `limit` (kept sparse if the copy would not fit in
-/// [`MAX_PLANNED_FLOATS`]), or a blocked-CSR weight that no blocked kernel runs here (`blocks_ok`
-/// false, blocks other than 4×1, or denser than `limit`).
+/// [`MAX_PLANNED_FLOATS`]), or a blocked-CSR weight that no blocked kernel runs here
+/// (`blocks_ok`, the blocked limit where a blocked kernel applies, is `None`; blocks other than
+/// 4×1; or denser than that limit).
 fn densify(
     model: &Model<'_>,
     id: TensorId,
     limit: f32,
-    blocks_ok: bool,
+    blocks_ok: Option<f32>,
     params: &mut Vec<f32>,
 ) -> Result<Option<Range>> {
     match model.tensor(id) {
@@ -133,7 +143,9 @@ fn densify(
                 .checked_mul(b.cols())
                 .ok_or(Error::Overflow("tensor shape"))?;
             let stored = b.values().len() as f64;
-            if blocks_ok && b.block() == kernels::BSPMV_BLOCK && stored <= limit as f64 * n as f64 {
+            if blocks_ok
+                .is_some_and(|l| b.block() == kernels::BSPMV_BLOCK && stored <= l as f64 * n as f64)
+            {
                 return Ok(None);
             }
             let total = params.len().saturating_add(n);
@@ -338,7 +350,13 @@ impl<'m> Session<'m> {
                     } else {
                         policy.max_density_gemm
                     };
-                    let dense = densify(model, *weight, limit, batch == 1, &mut params)?;
+                    let dense = densify(
+                        model,
+                        *weight,
+                        limit,
+                        (batch == 1).then_some(policy.max_density_blocked),
+                        &mut params,
+                    )?;
                     if batch > 1
                         && dense.is_none()
                         && matches!(model.tensor(*weight), TensorView::Csr(_))
@@ -382,7 +400,7 @@ impl<'m> Session<'m> {
                     );
                     let groups = *groups as usize;
                     let dense =
-                        densify(model, *weight, policy.max_density_gemm, false, &mut params)?;
+                        densify(model, *weight, policy.max_density_gemm, None, &mut params)?;
                     // The depthwise kernel takes dense weights only; CSR depthwise weights go
                     // through the grouped path, which needs the im2col scratch.
                     let depthwise = groups == c

@@ -1209,3 +1209,63 @@ fn sparse_layers_split_across_threads_match() {
         }
     }
 }
+
+/// A 4×1-blocked Linear weight with 40 % of its blocks stored runs blocked under the default
+/// policy (blocked limit 0.5) and is expanded when the blocked limit is 0.3; at batch 2 it is
+/// always expanded. Outputs agree throughout.
+#[test]
+fn blocked_weights_follow_the_blocked_limit() {
+    let mut rng = Rng::new(5);
+    let (rows, cols) = (32usize, 64usize);
+    let mut w = vec![0f32; rows * cols];
+    for b in 0..rows / 4 {
+        for j in 0..cols {
+            if (b * 7 + j * 3) % 5 < 2 {
+                for r in 4 * b..4 * b + 4 {
+                    w[r * cols + j] = rng.vec(1)[0];
+                }
+            }
+        }
+    }
+    let mut net = Net::new();
+    let x = net.input(&[cols as u32]);
+    let wt = net.tensor(
+        "fc.w",
+        &[rows as u32, cols as u32],
+        &w,
+        Store::Bcsr4(DType::F32, IndexWidth::U16),
+    );
+    let y = net.node(
+        "fc",
+        Op::Linear {
+            weight: wt,
+            bias: None,
+            act: Activation::None,
+        },
+        &[x],
+    );
+    let b = net.finish(&[y]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let tight = SparsePolicy {
+        max_density_blocked: 0.3,
+        ..SparsePolicy::default()
+    };
+    let keep = Session::with_policy(&m, 1, 1, SparsePolicy::default()).unwrap();
+    let expand = Session::with_policy(&m, 1, 1, tight).unwrap();
+    assert_eq!(expand.planned_floats() - keep.planned_floats(), rows * cols);
+    let batch2 = Session::with_policy(&m, 2, 1, SparsePolicy::KEEP_CSR).unwrap();
+    let keep2 = Session::with_policy(&m, 1, 1, SparsePolicy::KEEP_CSR).unwrap();
+    assert!(batch2.planned_floats() >= keep2.planned_floats() + rows * cols);
+    for policy in [SparsePolicy::default(), tight] {
+        for batch in [1, 2] {
+            check_policy(
+                &b,
+                &m,
+                batch,
+                1.0,
+                &format!("blocked fc {policy:?} batch {batch}"),
+                policy,
+            );
+        }
+    }
+}
