@@ -83,7 +83,7 @@ struct Step {
 /// The defaults are break-even densities measured on x86-64 AVX2 (BENCHMARKS.md §6): batch-1
 /// matrix-vector products of random matrices break even at density 0.25–0.3 with operands in
 /// cache, pruned LeNet layers lower, so 0.2; convolutions at 0.3–0.7 depending on the shape, so
-/// 0.5; 4×1 blocks at 0.55–0.7, so 0.5. `nap bench --calibrate` measures them on the device.
+/// 0.5; 4×1 blocks at 0.4–0.7, so 0.5. `nap bench --calibrate` measures them on the device.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparsePolicy {
     /// For Linear layers at batch 1.
