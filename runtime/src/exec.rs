@@ -995,7 +995,7 @@ fn par_spmv(
         kernels::spmv(w, x, bias, act, y);
         return;
     }
-    let ker = kernels::spmv_kernel(w.values().dtype(), kernels::index_width(w.col_idx()));
+    let ker = kernels::spmv_kernel(w.values().dtype(), w.col_idx().width());
     let yp = Parts(y.as_mut_ptr());
     pool.run(&|part| {
         let (r0, r1) = nnz_range(w, 0..w.rows(), parts, part);
@@ -1028,7 +1028,7 @@ fn par_spmm(
         kernels::spmm(w, rows, b, p, bias, act, y);
         return;
     }
-    let ker = kernels::spmm_kernel(w.values().dtype(), kernels::index_width(w.col_idx()));
+    let ker = kernels::spmm_kernel(w.values().dtype(), w.col_idx().width());
     let (g0, yp) = (rows.start, Parts(y.as_mut_ptr()));
     pool.run(&|part| {
         let (r0, r1) = nnz_range(w, rows.clone(), parts, part);

@@ -70,6 +70,14 @@ pub enum Indices<'a> {
 }
 
 impl Indices<'_> {
+    /// The stored index width.
+    pub fn width(&self) -> IndexWidth {
+        match self {
+            Indices::U16(_) => IndexWidth::U16,
+            Indices::U32(_) => IndexWidth::U32,
+        }
+    }
+
     #[inline(always)]
     pub fn get(&self, i: usize) -> usize {
         match self {
@@ -122,10 +130,7 @@ impl<'a> CsrView<'a> {
         if rows.checked_add(1) != Some(row_ptr.len()) {
             return Err("row_ptr does not have rows + 1 entries");
         }
-        let width = match col_idx {
-            Indices::U16(_) => IndexWidth::U16,
-            Indices::U32(_) => IndexWidth::U32,
-        };
+        let width = col_idx.width();
         check_csr_invariants(
             rows,
             cols,
@@ -197,6 +202,40 @@ enum ValueBuf {
     F16(Vec<f16>),
 }
 
+impl IndexBuf {
+    fn new(c: Vec<u32>, index: IndexWidth) -> Self {
+        match index {
+            IndexWidth::U16 => IndexBuf::U16(c.iter().map(|&j| j as u16).collect()),
+            IndexWidth::U32 => IndexBuf::U32(c),
+        }
+    }
+
+    fn view(&self) -> Indices<'_> {
+        match self {
+            IndexBuf::U16(c) => Indices::U16(c),
+            IndexBuf::U32(c) => Indices::U32(c),
+        }
+    }
+}
+
+impl ValueBuf {
+    fn new(v: Vec<f32>, dtype: crate::kernels::Dtype) -> Self {
+        match dtype {
+            crate::kernels::Dtype::F32 => ValueBuf::F32(v),
+            crate::kernels::Dtype::F16 => {
+                ValueBuf::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
+            }
+        }
+    }
+
+    fn view(&self) -> Elems<'_> {
+        match self {
+            ValueBuf::F32(v) => Elems::F32(v),
+            ValueBuf::F16(v) => Elems::F16(v),
+        }
+    }
+}
+
 impl CsrBuf {
     /// Panics if `dense` is shorter than `rows * cols`, if u16 indices cannot address `cols`, or
     /// if there are 2^32 or more non-zeros.
@@ -229,16 +268,7 @@ impl CsrBuf {
             row_ptr.push(u32::try_from(v.len()).expect("CsrBuf: 2^32 or more non-zeros"));
         }
         row_ptr.resize(rows + 1, 0);
-        let idx = match index {
-            IndexWidth::U16 => IndexBuf::U16(c.iter().map(|&j| j as u16).collect()),
-            IndexWidth::U32 => IndexBuf::U32(c),
-        };
-        let vals = match dtype {
-            crate::kernels::Dtype::F32 => ValueBuf::F32(v),
-            crate::kernels::Dtype::F16 => {
-                ValueBuf::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
-            }
-        };
+        let (idx, vals) = (IndexBuf::new(c, index), ValueBuf::new(v, dtype));
         CsrBuf {
             rows,
             cols,
@@ -254,14 +284,8 @@ impl CsrBuf {
             rows: self.rows,
             cols: self.cols,
             row_ptr: &self.row_ptr,
-            col_idx: match &self.idx {
-                IndexBuf::U16(c) => Indices::U16(c),
-                IndexBuf::U32(c) => Indices::U32(c),
-            },
-            values: match &self.vals {
-                ValueBuf::F32(v) => Elems::F32(v),
-                ValueBuf::F16(v) => Elems::F16(v),
-            },
+            col_idx: self.idx.view(),
+            values: self.vals.view(),
         }
     }
 }
@@ -307,10 +331,7 @@ impl<'a> BlockCsrView<'a> {
         if brows.checked_add(1) != Some(row_ptr.len()) {
             return Err("row_ptr does not have ceil(rows / block) + 1 entries");
         }
-        let width = match col_idx {
-            Indices::U16(_) => IndexWidth::U16,
-            Indices::U32(_) => IndexWidth::U32,
-        };
+        let width = col_idx.width();
         check_csr_invariants(
             brows,
             cols,
@@ -432,16 +453,7 @@ impl BlockCsrBuf {
             }
             row_ptr.push(u32::try_from(c.len()).expect("BlockCsrBuf: 2^32 or more blocks"));
         }
-        let idx = match index {
-            IndexWidth::U16 => IndexBuf::U16(c.iter().map(|&j| j as u16).collect()),
-            IndexWidth::U32 => IndexBuf::U32(c),
-        };
-        let vals = match dtype {
-            crate::kernels::Dtype::F32 => ValueBuf::F32(v),
-            crate::kernels::Dtype::F16 => {
-                ValueBuf::F16(v.iter().map(|&x| f16::from_f32(x)).collect())
-            }
-        };
+        let (idx, vals) = (IndexBuf::new(c, index), ValueBuf::new(v, dtype));
         BlockCsrBuf {
             rows,
             cols,
@@ -459,14 +471,8 @@ impl BlockCsrBuf {
             cols: self.cols,
             block: self.block,
             row_ptr: &self.row_ptr,
-            col_idx: match &self.idx {
-                IndexBuf::U16(c) => Indices::U16(c),
-                IndexBuf::U32(c) => Indices::U32(c),
-            },
-            values: match &self.vals {
-                ValueBuf::F32(v) => Elems::F32(v),
-                ValueBuf::F16(v) => Elems::F16(v),
-            },
+            col_idx: self.idx.view(),
+            values: self.vals.view(),
         }
     }
 }

@@ -28,7 +28,6 @@ pub use gemm::{gemm, gemm_workspace, GemmKernel, GEMM_KERNELS};
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
 pub use spmm::{spmm, spmm_kernel, SpmmKernel, SPMM_KERNELS};
-pub(crate) use spmv::index_width;
 pub use spmv::{spmv, spmv_kernel, SpmvKernel, SPMV_KERNELS};
 
 pub use crate::format::Activation;

@@ -6,7 +6,6 @@
 
 use core::ops::Range;
 
-use super::spmv::index_width;
 use super::{act_scalar, Activation, Dtype, Isa};
 use crate::format::IndexWidth;
 use crate::model::BlockCsrView;
@@ -170,14 +169,7 @@ pub fn bspmv(
     act: Activation,
     y: &mut [f32],
 ) {
-    bspmv_kernel(w.values().dtype(), index_width(w.col_idx())).run(
-        w,
-        0..w.block_rows(),
-        x,
-        bias,
-        act,
-        y,
-    )
+    bspmv_kernel(w.values().dtype(), w.col_idx().width()).run(w, 0..w.block_rows(), x, bias, act, y)
 }
 
 impl BspmvKernel {
@@ -198,7 +190,7 @@ impl BspmvKernel {
     ) {
         assert_eq!(w.block(), BLOCK, "bspmv: kernels take {BLOCK}-row blocks");
         assert!(
-            w.values().dtype() == self.dtype && index_width(w.col_idx()) == self.index,
+            w.values().dtype() == self.dtype && w.col_idx().width() == self.index,
             "bspmv: kernel {} reads {:?} values with {:?} indices",
             self.name,
             self.dtype,

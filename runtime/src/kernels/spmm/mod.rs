@@ -9,7 +9,6 @@
 
 use core::ops::Range;
 
-use super::spmv::index_width;
 use super::{apply_act, Activation, Dtype, Isa};
 use crate::format::IndexWidth;
 use crate::model::CsrView;
@@ -187,7 +186,7 @@ pub fn spmm(
     act: Activation,
     y: &mut [f32],
 ) {
-    spmm_kernel(w.values().dtype(), index_width(w.col_idx())).run(w, rows, b, p, bias, act, y)
+    spmm_kernel(w.values().dtype(), w.col_idx().width()).run(w, rows, b, p, bias, act, y)
 }
 
 impl SpmmKernel {
@@ -208,7 +207,7 @@ impl SpmmKernel {
         y: &mut [f32],
     ) {
         assert!(
-            w.values().dtype() == self.dtype && index_width(w.col_idx()) == self.index,
+            w.values().dtype() == self.dtype && w.col_idx().width() == self.index,
             "spmm: kernel {} reads {:?} values with {:?} indices",
             self.name,
             self.dtype,

@@ -13,7 +13,7 @@ use core::ops::Range;
 
 use super::{act_scalar, Activation, Dtype, Isa};
 use crate::format::IndexWidth;
-use crate::model::{CsrView, Indices};
+use crate::model::CsrView;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -177,14 +177,7 @@ pub fn spmv_kernel(dtype: Dtype, index: IndexWidth) -> &'static SpmvKernel {
 /// `y = act(W x + bias)` for all rows of `w` with the best kernel for this CPU; see
 /// [`SpmvKernel::run`].
 pub fn spmv(w: &CsrView<'_>, x: &[f32], bias: Option<&[f32]>, act: Activation, y: &mut [f32]) {
-    spmv_kernel(w.values().dtype(), index_width(w.col_idx())).run(w, 0..w.rows(), x, bias, act, y)
-}
-
-pub(crate) fn index_width(i: Indices<'_>) -> IndexWidth {
-    match i {
-        Indices::U16(_) => IndexWidth::U16,
-        Indices::U32(_) => IndexWidth::U32,
-    }
+    spmv_kernel(w.values().dtype(), w.col_idx().width()).run(w, 0..w.rows(), x, bias, act, y)
 }
 
 impl SpmvKernel {
@@ -202,7 +195,7 @@ impl SpmvKernel {
         y: &mut [f32],
     ) {
         assert!(
-            w.values().dtype() == self.dtype && index_width(w.col_idx()) == self.index,
+            w.values().dtype() == self.dtype && w.col_idx().width() == self.index,
             "spmv: kernel {} reads {:?} values with {:?} indices",
             self.name,
             self.dtype,
