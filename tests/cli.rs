@@ -353,6 +353,29 @@ fn bench_times_pruned_against_dense() {
     }
     assert_eq!(r["model"]["nodes"][1]["storage"], "csr f32");
     assert_eq!(r["baseline"]["nodes"][1]["storage"], "dense f32");
+    assert_eq!(r["model"]["nodes"][1]["ran"], "sparse");
+    assert_eq!(r["model"]["nodes"][3]["ran"], "dense");
+    assert_eq!(r["model"]["nodes"][0]["ran"], "");
+    assert_eq!(r["baseline"]["nodes"][1]["ran"], "dense");
+    // A policy of density 0 expands the stored CSR at load.
+    let zero = dir.path().join("zero.json");
+    std::fs::write(
+        &zero,
+        r#"{"max_density_gemv": 0.0, "max_density_gemm": 0.0}"#,
+    )
+    .unwrap();
+    let o = nap(&[
+        "bench",
+        p,
+        "--runs",
+        "3",
+        "--policy",
+        zero.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let z: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(z["model"]["nodes"][1]["ran"], "expanded");
     let o = nap(&["bench", p, "--vs", d, "--runs", "5"]);
     assert!(
         o.status.success() && text(&o).contains("speedup"),

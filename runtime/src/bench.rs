@@ -82,6 +82,9 @@ pub struct NodeTime {
     pub stats: LayerStats,
     /// Mean time per run in this node (profiled runs, after the timed ones).
     pub mean_us: f64,
+    /// Which kernels ran: `dense`, `sparse` (the stored CSR or blocked weight) or `expanded`
+    /// (a sparse weight the policy expanded to dense at load); empty for nodes without weights.
+    pub ran: &'static str,
 }
 
 /// One model's figures.
@@ -218,11 +221,19 @@ pub fn bench(
         }
         let node_times = s.node_times().unwrap_or(&[]).to_vec();
         s.set_profiling(false);
+        let expanded = s.expanded();
         let stats = layer_stats(t.model);
         let nodes: Vec<NodeTime> = stats
             .into_iter()
             .zip(node_times)
-            .map(|(stats, d)| NodeTime {
+            .zip(expanded)
+            .map(|((stats, d), exp)| NodeTime {
+                ran: match (stats.storage.as_str(), exp) {
+                    ("", _) => "",
+                    (_, true) => "expanded",
+                    (st, false) if st.starts_with("dense") => "dense",
+                    _ => "sparse",
+                },
                 stats,
                 mean_us: d.as_secs_f64() * 1e6 / profile_runs as f64,
             })
@@ -308,8 +319,8 @@ pub fn render(r: &BenchReport) -> String {
         o += &format!("speedup {s:.2}x over the baseline (FLOP reduction {f:.2}x)\n");
     }
     o += &format!(
-        "\n{:<24} {:<20} {:<10} {:>8} {:>10} {:>10}",
-        "node", "op", "storage", "density", "MFLOPs", "mean µs"
+        "\n{:<24} {:<20} {:<12} {:<8} {:>8} {:>10} {:>10}",
+        "node", "op", "storage", "ran", "density", "MFLOPs", "mean µs"
     );
     if r.baseline.is_some() {
         o += &format!(" {:>11} {:>8}", "baseline µs", "speedup");
@@ -318,10 +329,11 @@ pub fn render(r: &BenchReport) -> String {
     for n in &r.model.nodes {
         let s = &n.stats;
         o += &format!(
-            "{:<24} {:<20} {:<10} {:>7.1}% {:>10.4} {:>10.2}",
+            "{:<24} {:<20} {:<12} {:<8} {:>7.1}% {:>10.4} {:>10.2}",
             s.name,
             s.op,
             s.storage,
+            n.ran,
             100.0 * s.density,
             s.flops as f64 / 1e6,
             n.mean_us

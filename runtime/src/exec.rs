@@ -603,6 +603,18 @@ impl<'m> Session<'m> {
         self.times = on.then(|| vec![std::time::Duration::ZERO; self.steps.len()]);
     }
 
+    /// For each node (graph order): whether its sparse weight was expanded to dense when the
+    /// session was planned (see [`SparsePolicy`]), so it runs with the dense kernels.
+    pub fn expanded(&self) -> Vec<bool> {
+        self.steps
+            .iter()
+            .map(|s| match &s.kind {
+                Kind::Linear { dense, .. } | Kind::Conv { dense, .. } => dense.is_some(),
+                _ => false,
+            })
+            .collect()
+    }
+
     /// Time spent in each node (graph order), summed over the runs since profiling was switched on.
     #[cfg(feature = "std")]
     pub fn node_times(&self) -> Option<&[std::time::Duration]> {
