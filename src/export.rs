@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use half::f16;
 use nap_runtime::format::{
-    Activation, DType, FileBuilder, Graph, Header, IndexWidth, LayerStats, Layout, Op, TensorEntry,
-    ValueId,
+    Activation, BlobRef, DType, FileBuilder, Graph, Header, IndexWidth, LayerStats, Layout, Op,
+    TensorEntry, ValueId,
 };
 
 use crate::ir::{HostModel, HostTensor};
@@ -245,11 +245,31 @@ pub fn layer_stats(m: &HostModel) -> Vec<LayerStats> {
         .collect()
 }
 
-fn encode_values(fb: &mut FileBuilder, v: &[f32], dtype: DType) -> nap_runtime::format::BlobRef {
+fn encode_values(fb: &mut FileBuilder, v: &[f32], dtype: DType) -> BlobRef {
     match dtype {
         DType::F32 => fb.add_f32(v),
         DType::F16 => fb.add_f16(&v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>()),
     }
+}
+
+/// Row pointers, column indices and values (f32, written as `dtype`) of a CSR or blocked-CSR
+/// matrix as blobs.
+fn sparse_blobs(
+    fb: &mut FileBuilder,
+    row_ptr: &[u32],
+    col_idx: Indices<'_>,
+    values: Elems<'_>,
+    dtype: DType,
+) -> (BlobRef, BlobRef, BlobRef) {
+    let Elems::F32(vals) = values else {
+        unreachable!("CsrBuf and BlockCsrBuf are built with f32 values here")
+    };
+    let rp = fb.add_u32(row_ptr);
+    let ci = match col_idx {
+        Indices::U16(c) => fb.add_u16(c),
+        Indices::U32(c) => fb.add_u32(c),
+    };
+    (rp, ci, encode_values(fb, vals, dtype))
 }
 
 /// Encodes `m` (fused first) as a `.nap` image.
@@ -300,38 +320,28 @@ pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
         let layout = match (&blocked, sparse) {
             (Some(b), true) => {
                 let w = b.view();
-                let Elems::F32(vals) = w.values() else {
-                    unreachable!("built with f32 values")
-                };
+                let (row_ptr, col_idx, values) =
+                    sparse_blobs(&mut fb, w.row_ptr(), w.col_idx(), w.values(), dtype);
                 Layout::BlockCsr {
                     block: BLOCK as u32,
                     nnzb: w.blocks() as u64,
                     index,
-                    row_ptr: fb.add_u32(w.row_ptr()),
-                    col_idx: match w.col_idx() {
-                        Indices::U16(c) => fb.add_u16(c),
-                        Indices::U32(c) => fb.add_u32(c),
-                    },
-                    values: encode_values(&mut fb, vals, dtype),
+                    row_ptr,
+                    col_idx,
+                    values,
                 }
             }
             (None, true) => {
                 let csr = CsrBuf::from_dense(rows, cols, &t.data, Dtype::F32, index);
                 let w = csr.view();
-                let row_ptr_b = fb.add_u32(w.row_ptr());
-                let col_idx = match w.col_idx() {
-                    Indices::U16(c) => fb.add_u16(c),
-                    Indices::U32(c) => fb.add_u32(c),
-                };
-                let Elems::F32(vals) = w.values() else {
-                    unreachable!("built with f32 values")
-                };
+                let (row_ptr, col_idx, values) =
+                    sparse_blobs(&mut fb, w.row_ptr(), w.col_idx(), w.values(), dtype);
                 Layout::Csr {
                     nnz: nnz as u64,
                     index,
-                    row_ptr: row_ptr_b,
+                    row_ptr,
                     col_idx,
-                    values: encode_values(&mut fb, vals, dtype),
+                    values,
                 }
             }
             (_, false) => Layout::Dense {

@@ -31,19 +31,26 @@ fn write_checkpoint(
     p
 }
 
-/// A random `arch` checkpoint converted to `.nap` in `dir`: (checkpoint, model).
-fn converted(dir: &Path, arch: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let ckpt = write_checkpoint(dir, arch, |_| {});
-    let out = dir.join("m.nap");
-    let o = nap(&[
+/// `nap convert CKPT --arch ARCH -o OUT EXTRA...`, which must succeed.
+fn convert(ckpt: &Path, arch: &str, out: &Path, extra: &[&str]) {
+    let mut args = vec![
         "convert",
         ckpt.to_str().unwrap(),
         "--arch",
         arch,
         "-o",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(extra);
+    let o = nap(&args);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// A random `arch` checkpoint converted to `.nap` in `dir`: (checkpoint, model).
+fn converted(dir: &Path, arch: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ckpt = write_checkpoint(dir, arch, |_| {});
+    let out = dir.join("m.nap");
+    convert(&ckpt, arch, &out, &[]);
     (ckpt, out)
 }
 
@@ -312,19 +319,8 @@ fn bench_times_pruned_against_dense() {
     });
     let pruned = dir.path().join("pruned.nap");
     let dense = dir.path().join("dense.nap");
-    for (out, extra) in [(&pruned, None), (&dense, Some("--dense"))] {
-        let mut args = vec![
-            "convert",
-            ckpt.to_str().unwrap(),
-            "--arch",
-            "lenet-300-100",
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        let o = nap(&args);
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    convert(&ckpt, "lenet-300-100", &pruned, &[]);
+    convert(&ckpt, "lenet-300-100", &dense, &["--dense"]);
     let (p, d) = (pruned.to_str().unwrap(), dense.to_str().unwrap());
     let o = nap(&["bench", p, "--vs", d, "--runs", "30", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -458,17 +454,12 @@ fn calibrate_saves_a_policy_that_bench_and_convert_use() {
     let mut storages = Vec::new();
     for pol in [&zero, &half] {
         let out = dir.path().join("m.nap");
-        let o = nap(&[
-            "convert",
-            ckpt.to_str().unwrap(),
-            "--arch",
+        convert(
+            &ckpt,
             "lenet-300-100",
-            "-o",
-            out.to_str().unwrap(),
-            "--policy",
-            pol.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
+            &out,
+            &["--policy", pol.to_str().unwrap()],
+        );
         let o = nap(&["inspect", out.to_str().unwrap(), "--json"]);
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         storages.push(r["layers"][1]["storage"].as_str().unwrap().to_string());
@@ -523,19 +514,8 @@ fn issue4_block_pruned_weights_are_written_blocked() {
         }
     });
     let (blocked, dense) = (dir.path().join("b.nap"), dir.path().join("d.nap"));
-    for (out, extra) in [(&blocked, None), (&dense, Some("--dense"))] {
-        let mut a = vec![
-            "convert",
-            ckpt.to_str().unwrap(),
-            "--arch",
-            "lenet-300-100",
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        a.extend(extra);
-        let o = nap(&a);
-        assert!(o.status.success(), "{}", text(&o));
-    }
+    convert(&ckpt, "lenet-300-100", &blocked, &[]);
+    convert(&ckpt, "lenet-300-100", &dense, &["--dense"]);
     let o = nap(&["inspect", blocked.to_str().unwrap(), "--json"]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(

@@ -11,13 +11,13 @@ use std::vec::Vec;
 
 use serde::Serialize;
 
-use crate::format::IndexWidth;
+use crate::format::{IndexWidth, Op};
 use crate::kernels::{
     bspmv, gemm, gemm_workspace, gemv, spmm, spmv, Activation, Bias, Dtype, Elems, Isa, MatRef,
 };
 use crate::model::{BlockCsrBuf, CsrBuf};
 use crate::stats::{layer_stats, LayerStats};
-use crate::{Model, Session, SparsePolicy};
+use crate::{Model, Session, SparsePolicy, TensorView};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -223,16 +223,22 @@ pub fn bench(
         s.set_profiling(false);
         let expanded = s.expanded();
         let stats = layer_stats(t.model);
+        let graph = t.model.graph();
         let nodes: Vec<NodeTime> = stats
             .into_iter()
             .zip(node_times)
             .zip(expanded)
-            .map(|((stats, d), exp)| NodeTime {
-                ran: match (stats.storage.as_str(), exp) {
-                    ("", _) => "",
+            .zip(&graph.nodes)
+            .map(|(((stats, d), exp), node)| NodeTime {
+                ran: match (&node.op, exp) {
                     (_, true) => "expanded",
-                    (st, false) if st.starts_with("dense") => "dense",
-                    _ => "sparse",
+                    (Op::Linear { weight, .. } | Op::Conv2d { weight, .. }, false) => {
+                        match t.model.tensor(*weight) {
+                            TensorView::Dense(_) => "dense",
+                            _ => "sparse",
+                        }
+                    }
+                    _ => "",
                 },
                 stats,
                 mean_us: d.as_secs_f64() * 1e6 / profile_runs as f64,

@@ -192,19 +192,7 @@ impl Net {
                     }
                     row_ptr.push(col_idx.len() as u32);
                 }
-                let rp = self.fb.add_u32(&row_ptr);
-                let ci = match index {
-                    IndexWidth::U16 => self
-                        .fb
-                        .add_u16(&col_idx.iter().map(|&c| c as u16).collect::<Vec<_>>()),
-                    IndexWidth::U32 => self.fb.add_u32(&col_idx),
-                };
-                let vs = match dtype {
-                    DType::F32 => self.fb.add_f32(&nz),
-                    DType::F16 => self
-                        .fb
-                        .add_f16(&nz.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()),
-                };
+                let (rp, ci, vs) = self.sparse_blobs(&row_ptr, &col_idx, &nz, dtype, index);
                 (
                     dtype,
                     Layout::Csr {
@@ -237,19 +225,7 @@ impl Net {
                 let col_idx: Vec<u32> =
                     (0..w.blocks()).map(|k| w.col_idx().get(k) as u32).collect();
                 let nz = w.values().to_f32_vec();
-                let rp = self.fb.add_u32(&row_ptr);
-                let ci = match index {
-                    IndexWidth::U16 => self
-                        .fb
-                        .add_u16(&col_idx.iter().map(|&c| c as u16).collect::<Vec<_>>()),
-                    IndexWidth::U32 => self.fb.add_u32(&col_idx),
-                };
-                let vs = match dtype {
-                    DType::F32 => self.fb.add_f32(&nz),
-                    DType::F16 => self
-                        .fb
-                        .add_f16(&nz.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()),
-                };
+                let (rp, ci, vs) = self.sparse_blobs(&row_ptr, &col_idx, &nz, dtype, index);
                 (
                     dtype,
                     Layout::BlockCsr {
@@ -278,6 +254,32 @@ impl Net {
             .push(vals.iter().map(|&v| stored(dtype, v) as f64).collect());
         self.raw.push(raw);
         (self.tensors.len() - 1) as TensorId
+    }
+
+    /// Row pointers, column indices (as `index`) and values (as `dtype`) of a CSR or blocked-CSR
+    /// tensor as blobs.
+    fn sparse_blobs(
+        &mut self,
+        row_ptr: &[u32],
+        col_idx: &[u32],
+        nz: &[f32],
+        dtype: DType,
+        index: IndexWidth,
+    ) -> (BlobRef, BlobRef, BlobRef) {
+        let rp = self.fb.add_u32(row_ptr);
+        let ci = match index {
+            IndexWidth::U16 => self
+                .fb
+                .add_u16(&col_idx.iter().map(|&c| c as u16).collect::<Vec<_>>()),
+            IndexWidth::U32 => self.fb.add_u32(col_idx),
+        };
+        let vs = match dtype {
+            DType::F32 => self.fb.add_f32(nz),
+            DType::F16 => self
+                .fb
+                .add_f16(&nz.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()),
+        };
+        (rp, ci, vs)
     }
 
     pub fn input(&mut self, shape: &[u32]) -> ValueId {
