@@ -430,31 +430,39 @@ pub fn calibrate() -> Calibration {
             let wd: Vec<f32> = (0..m * k)
                 .map(|i| if keep(i) { w[i] - 0.5 } else { 0.0 })
                 .collect();
-            let csr = CsrBuf::from_dense(m, k, &wd, Dtype::F32, IndexWidth::U16);
-            let blk = BlockCsrBuf::from_dense(m, k, 4, &wd, Dtype::F32, IndexWidth::U16);
+            // Only the storage this product times is built.
+            enum Stored {
+                Csr(CsrBuf),
+                Blocks(BlockCsrBuf),
+            }
+            let stored = if pi == 2 {
+                Stored::Blocks(BlockCsrBuf::from_dense(
+                    m,
+                    k,
+                    4,
+                    &wd,
+                    Dtype::F32,
+                    IndexWidth::U16,
+                ))
+            } else {
+                Stored::Csr(CsrBuf::from_dense(m, k, &wd, Dtype::F32, IndexWidth::U16))
+            };
             let (mut td, mut ts) = (Vec::new(), Vec::new());
             for _ in 0..15 {
-                if p == 1 {
-                    td.push(time(reps, &mut || {
+                td.push(time(reps, &mut || {
+                    if p == 1 {
                         gemv(Elems::F32(&wd), k, m, k, &b, None, Activation::None, &mut y)
-                    }));
-                    ts.push(time(reps, &mut || {
-                        if pi == 2 {
-                            bspmv(&blk.view(), &b, None, Activation::None, &mut y)
-                        } else {
-                            spmv(&csr.view(), &b, None, Activation::None, &mut y)
-                        }
-                    }));
-                } else {
-                    td.push(time(reps, &mut || {
+                    } else {
                         let am = MatRef::row_major(Elems::F32(&wd), m, k);
                         let bm = MatRef::row_major(Elems::F32(&b), k, p);
                         gemm(am, bm, &mut y, p, Bias::None, Activation::None, &mut ws)
-                    }));
-                    ts.push(time(reps, &mut || {
-                        spmm(&csr.view(), 0..m, &b, p, None, Activation::None, &mut y)
-                    }));
-                }
+                    }
+                }));
+                ts.push(time(reps, &mut || match &stored {
+                    Stored::Blocks(bl) => bspmv(&bl.view(), &b, None, Activation::None, &mut y),
+                    Stored::Csr(c) if p == 1 => spmv(&c.view(), &b, None, Activation::None, &mut y),
+                    Stored::Csr(c) => spmm(&c.view(), 0..m, &b, p, None, Activation::None, &mut y),
+                }));
             }
             let (dense_us, sparse_us) = (median(&mut td), median(&mut ts));
             if sparse_us < dense_us && limits[pi] == 0.0 {

@@ -61,28 +61,15 @@ macro_rules! spmv_avx2 {
             // `n - 1` of `v`/`c`, and `x` is read only at stored column indices (function
             // contract).
             unsafe {
-                let g = |t: usize| *x.add(*c.add(t) as usize);
                 // Vector loads of `x[c[j]]` would need gathers, which are microcoded and slower
                 // than lane inserts on AMD Zen; the inserts run on the shuffle ports in parallel
                 // with the loads.
-                let xs = |p: [usize; 8]| {
-                    _mm256_set_ps(
-                        g(p[7]),
-                        g(p[6]),
-                        g(p[5]),
-                        g(p[4]),
-                        g(p[3]),
-                        g(p[2]),
-                        g(p[1]),
-                        g(p[0]),
-                    )
-                };
-                // Eight indices come from one or two wide integer loads and shifts, which keeps
-                // the load ports for `x`.
                 let xi = |i: [usize; 8]| {
                     let g = |t: usize| *x.add(i[t]);
                     _mm256_set_ps(g(7), g(6), g(5), g(4), g(3), g(2), g(1), g(0))
                 };
+                // Eight indices come from one or two wide integer loads and shifts, which keeps
+                // the load ports for `x`.
                 while j + 16 <= n {
                     a0 = _mm256_fmadd_ps(load8(v.add(j)), xi(idx8(c.add(j))), a0);
                     a1 = _mm256_fmadd_ps(load8(v.add(j + 8)), xi(idx8(c.add(j + 8))), a1);
@@ -98,7 +85,7 @@ macro_rules! spmv_avx2 {
                 // infinite `x` there cannot turn into NaN.
                 let p: [usize; 8] = core::array::from_fn(|t| (j + t).min(n - 1));
                 let mask = _mm256_loadu_ps(TAIL_MASK.as_ptr().add(8 - (n - j)));
-                let xv = _mm256_and_ps(xs(p), mask);
+                let xv = _mm256_and_ps(xi(p.map(|q| *c.add(q) as usize)), mask);
                 let vv = _mm256_and_ps(set8(v, p), mask);
                 a1 = _mm256_fmadd_ps(vv, xv, a1);
             }
