@@ -10,7 +10,7 @@ use crate::model::{BlockCsrView, Elems, Indices};
 macro_rules! bspmv_neon {
     ($name:ident, $vt:ty, $vvar:ident, $ivar:ident, $load4:expr) => {
         /// NEON 4×1-blocked SpMV: per block one scalar load of `x[col]` and one 4-lane FMA by
-        /// it, two alternating accumulators. See [`super::BspmvFn`] for the contract.
+        /// it, four independent accumulators. See [`super::BspmvFn`] for the contract.
         ///
         /// # Safety
         /// As [`super::BspmvFn`].
@@ -29,27 +29,29 @@ macro_rules! bspmv_neon {
             let r0 = BLOCK * brows.start;
             for b in brows {
                 let k = w.block_range(b);
-                let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                let mut a = [vdupq_n_f32(0.0); 4];
                 // SAFETY: blocks `k` lie inside `c` and their values inside `v`; every index is
                 // `< w.cols() <= x.len()`.
                 unsafe {
                     let (vp, cp, xp) = (v.as_ptr(), c.as_ptr(), x.as_ptr());
                     let mut t = k.start;
-                    while t + 2 <= k.end {
-                        let x0 = *xp.add(*cp.add(t) as usize);
-                        let x1 = *xp.add(*cp.add(t + 1) as usize);
-                        a0 = vfmaq_n_f32(a0, load4(vp.add(BLOCK * t)), x0);
-                        a1 = vfmaq_n_f32(a1, load4(vp.add(BLOCK * (t + 1))), x1);
-                        t += 2;
+                    while t + 4 <= k.end {
+                        for (j, acc) in a.iter_mut().enumerate() {
+                            let x0 = *xp.add(*cp.add(t + j) as usize);
+                            *acc = vfmaq_n_f32(*acc, load4(vp.add(BLOCK * (t + j))), x0);
+                        }
+                        t += 4;
                     }
-                    if t < k.end {
+                    while t < k.end {
                         let x0 = *xp.add(*cp.add(t) as usize);
-                        a0 = vfmaq_n_f32(a0, load4(vp.add(BLOCK * t)), x0);
+                        a[0] = vfmaq_n_f32(a[0], load4(vp.add(BLOCK * t)), x0);
+                        t += 1;
                     }
                 }
                 let mut s = [0f32; BLOCK];
+                let sum = vaddq_f32(vaddq_f32(a[0], a[1]), vaddq_f32(a[2], a[3]));
                 // SAFETY: `s` holds four floats.
-                unsafe { vst1q_f32(s.as_mut_ptr(), vaddq_f32(a0, a1)) };
+                unsafe { vst1q_f32(s.as_mut_ptr(), sum) };
                 store4(s, b, r0, w.rows(), bias, y);
             }
         }
