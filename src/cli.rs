@@ -206,8 +206,25 @@ struct PruneArgs {
     /// Continue the run in --out.
     #[arg(long)]
     resume: bool,
+    /// What to remove: single weights (a sparse model), whole channels and neurons (a smaller
+    /// dense model), or channels first and then single weights of what remains.
+    #[arg(long, value_enum, default_value = "fine")]
+    mode: crate::schedule::Mode,
+    /// Ranking criterion. With --mode channel: nap (group cost in loss units) or magnitude
+    /// (L1-norm filter pruning).
     #[arg(long, value_enum, default_value = "nap")]
     criterion: crate::prune::Criterion,
+    /// Channel mode: the group cost sums the producers' row costs (the channel's output set to
+    /// zero), the consumers' column costs (the channel no longer read), or both.
+    #[arg(long, value_enum, default_value = "producer")]
+    channel_cost: crate::channel::ChannelCost,
+    /// Channel mode: rank channels by cost / FLOPs-saved^W, so W > 0 aims at speed (0: loss
+    /// only).
+    #[arg(long, default_value_t = 0.0)]
+    flops_weight: f64,
+    /// Channel mode: stop once the multiply-accumulates fall by this factor ("5" or "5x").
+    #[arg(long)]
+    target_flops: Option<String>,
     /// OBS compensation of the remaining weights (nap only).
     #[arg(long, value_enum, default_value = "row")]
     obs_update: crate::prune::ObsUpdate,
@@ -221,9 +238,10 @@ struct PruneArgs {
     /// Stop once the exported .nap is at most this size (bytes, or with K/M suffix).
     #[arg(long)]
     target_size: Option<String>,
-    /// Fraction of the alive weights the first step removes.
-    #[arg(long, default_value_t = 0.2)]
-    step: f64,
+    /// Fraction of the alive weights (channels) the first step removes [default: 0.2 for
+    /// weights, 0.1 for channels].
+    #[arg(long)]
+    step: Option<f64>,
     /// Stop when rollbacks halve the step below this (default: step / 8).
     #[arg(long)]
     min_step: Option<f64>,
@@ -467,8 +485,14 @@ fn load_data(a: &DataArgs) -> Result<Dataset> {
 fn load_host(checkpoint: &Path, arch: &str) -> Result<HostModel> {
     let tensors = import::read_checkpoint(checkpoint)
         .with_context(|| format!("reading {}", checkpoint.display()))?;
-    let mut m = archs::from_checkpoint(arch, tensors)
-        .with_context(|| format!("mapping {} onto {arch}", checkpoint.display()))?;
+    // A channel-pruned checkpoint has fewer channels than the architecture: if the exact
+    // mapping fails, try it as one, and report the exact mapping's error if that fails too.
+    let mut m = match archs::from_checkpoint(arch, tensors.clone()) {
+        Ok(m) => m,
+        Err(e) => archs::from_slimmed_checkpoint(arch, tensors)
+            .map_err(|_| e)
+            .with_context(|| format!("mapping {} onto {arch}", checkpoint.display()))?,
+    };
     m.meta.source = checkpoint
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -912,17 +936,39 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         .map(|s| parse_fraction(s, "--target-sparsity"))
         .transpose()?;
     let target_size = a.target_size.as_deref().map(parse_bytes).transpose()?;
+    let target_flops = a
+        .target_flops
+        .as_deref()
+        .map(|s| {
+            s.trim()
+                .trim_end_matches(['x', 'X'])
+                .parse::<f64>()
+                .map_err(|_| {
+                    anyhow!("--target-flops: expected a factor such as 5 or 5x, got {s:?}")
+                })
+        })
+        .transpose()?;
     let max_drop = match &a.max_drop {
         Some(s) => Some(parse_points(s, "--max-drop")?),
-        None if target_sparsity.is_none() && target_size.is_none() => Some(0.001),
+        None if target_sparsity.is_none() && target_size.is_none() && target_flops.is_none() => {
+            Some(0.001)
+        }
         None => None,
     };
+    let step = a.step.unwrap_or(match a.mode {
+        crate::schedule::Mode::Fine => 0.2,
+        _ => 0.1,
+    });
     Ok(crate::schedule::Settings {
+        mode: a.mode,
         criterion: a.criterion,
+        channel_cost: a.channel_cost,
+        flops_weight: a.flops_weight,
+        target_flops,
         obs_update: a.obs_update,
         damping: a.damping,
-        step: a.step,
-        min_step: a.min_step.unwrap_or(a.step / 8.0),
+        step,
+        min_step: a.min_step.unwrap_or(step / 8.0),
         layer_cap: a.layer_cap,
         block_rows: parse_block(&a.block)?,
         max_drop,
@@ -960,7 +1006,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
     let test = load_data(&data_args(SplitArg::Test))?;
     let (train_set, val) = all.split(settings.val_fraction, settings.val_seed);
     let mut log = |line: &str| eprintln!("{line}");
-    let outcome = crate::schedule::run(
+    let outcome = crate::schedule::run_phases(
         &dense,
         &a.arch,
         &train_set,
@@ -972,6 +1018,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
             device,
             progress: !a.json,
             log: &mut log,
+            reference_val: None,
         },
     )?;
     let report = crate::report::finish(
@@ -1110,6 +1157,7 @@ fn demo(out: &Path, epochs: usize, seed: u64, json: bool) -> Result<()> {
             device: candle_core::Device::Cpu,
             progress: false,
             log: &mut log,
+            reference_val: None,
         },
     )?;
     let pr = crate::report::finish(

@@ -68,6 +68,24 @@ impl HostModel {
             .collect()
     }
 
+    /// Recomputes every value's shape from the inputs and the tensors (after tensors changed
+    /// shape), and validates the graph.
+    pub fn reinfer_shapes(&mut self) -> Result<()> {
+        for i in 0..self.graph.nodes.len() {
+            let node = &self.graph.nodes[i];
+            let shapes: Vec<&[u32]> = node
+                .inputs
+                .iter()
+                .map(|&v| self.graph.values[v as usize].shape.as_slice())
+                .collect();
+            let shape =
+                graph::infer(&Shapes(&self.tensors), node, &shapes).map_err(|e| anyhow!("{e}"))?;
+            let out = node.output as usize;
+            self.graph.values[out].shape = shape;
+        }
+        self.validate()
+    }
+
     pub fn param_count(&self) -> usize {
         self.tensors.iter().map(|t| t.numel()).sum()
     }

@@ -58,6 +58,9 @@ pub struct StatsConfig {
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Collect only these nodes (graph indices of Linear/Conv2d layers); every Linear and
+    /// Conv2d if `None`.
+    pub nodes: Option<Vec<usize>>,
 }
 
 impl Default for StatsConfig {
@@ -69,6 +72,7 @@ impl Default for StatsConfig {
             max_examples: None,
             seed: 0,
             progress: false,
+            nodes: None,
         }
     }
 }
@@ -208,6 +212,9 @@ pub fn collect(
     let g = &m.graph;
     let mut layers = Vec::new();
     for (ni, node) in g.nodes.iter().enumerate() {
+        if cfg.nodes.as_ref().is_some_and(|only| !only.contains(&ni)) {
+            continue;
+        }
         let out = &g.values[node.output as usize].shape;
         let (a_dim, positions) = match &node.op {
             Op::Linear { weight, .. } => (m.tensors[*weight as usize].shape[1] as usize + 1, 1),

@@ -3,11 +3,13 @@
 //! files for `nap-runtime`.
 
 pub mod archs;
+pub mod channel;
 pub mod cli;
 pub mod curvature;
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod groups;
 pub mod import;
 pub mod ir;
 pub mod kfac;

@@ -39,8 +39,14 @@ pub struct ModelScore {
     pub alive: usize,
     /// Prunable weights / non-zero ones.
     pub compression: f64,
-    /// All parameters / (non-zero prunable weights + all other parameters).
+    /// The dense model's parameters / (non-zero prunable weights + all other parameters).
     pub total_compression: f64,
+    /// All parameters as stored (a channel-pruned model has fewer).
+    pub params: usize,
+    /// Multiply-accumulates per example of the Linear and Conv2d layers, dense.
+    pub macs: f64,
+    /// Of those, the ones with a non-zero weight (what sparse kernels can skip).
+    pub nonzero_macs: f64,
     pub nap_bytes: u64,
 }
 
@@ -69,9 +75,15 @@ fn score_model(
     val_accuracy: f32,
     test: Option<&Dataset>,
     prunable: usize,
+    dense_params: usize,
 ) -> Result<ModelScore> {
     let alive = Masks::from_model(m).alive();
     let params = m.param_count();
+    let own_prunable: usize = m
+        .prunable()
+        .iter()
+        .map(|&(_, w)| m.tensors[w as usize].numel())
+        .sum();
     let classes = m.output_shape().iter().product::<u32>() as usize;
     let (test_accuracy, runtime_test_accuracy, runtime_agreement) = match test {
         Some(t) => {
@@ -93,7 +105,10 @@ fn score_model(
         runtime_agreement,
         alive,
         compression: compression(prunable, alive),
-        total_compression: params as f64 / (params - prunable + alive).max(1) as f64,
+        total_compression: dense_params as f64 / (params - own_prunable + alive).max(1) as f64,
+        params,
+        macs: crate::channel::macs(m),
+        nonzero_macs: crate::channel::nonzero_macs(m),
         nap_bytes: nap_bytes.len() as u64,
     })
 }
@@ -132,15 +147,24 @@ pub fn finish(
     atomic_write(&nap_path, &nap)?;
     import::write_safetensors(&st_path, &ir::to_named(m))?;
     let dense_nap = export::to_nap_bytes(dense, export_opts)?;
+    // The input model's prunable layers (the same layers in the same order as the pruned
+    // model's, also after a channel phase).
+    let dense_layers: Vec<usize> = dense
+        .prunable()
+        .iter()
+        .map(|&(_, w)| dense.tensors[w as usize].numel())
+        .collect();
+    let prunable: usize = dense_layers.iter().sum();
     let pruned_val = st.best_val().accuracy;
     let dense_score = score_model(
         dense,
         &dense_nap,
-        st.dense.val.accuracy,
+        st.dense.reference_val.unwrap_or(st.dense.val).accuracy,
         test,
-        st.dense.prunable,
+        prunable,
+        dense.param_count(),
     )?;
-    let pruned_score = score_model(m, &nap, pruned_val, test, st.dense.prunable)?;
+    let pruned_score = score_model(m, &nap, pruned_val, test, prunable, dense.param_count())?;
     let masks = Masks::from_model(m);
     let predicted = st.predicted_per_layer();
     let layers: Vec<LayerRow> = st
@@ -150,7 +174,7 @@ pub fn finish(
         .enumerate()
         .map(|(i, name)| {
             let kept = masks.0[i].iter().filter(|a| **a).count();
-            let params = st.dense.layer_params[i];
+            let params = dense_layers[i];
             LayerRow {
                 name: name.clone(),
                 params,
@@ -193,20 +217,25 @@ pub fn finish(
 }
 
 fn accuracy_plot(st: &RunState) -> String {
+    let channels = st.settings.mode == crate::schedule::Mode::Channel;
+    let x = |s: &StepRecord| {
+        if channels {
+            s.flops_reduction.unwrap_or(1.0)
+        } else {
+            s.compression
+        }
+    };
     let mut acc = vec![(1.0, 100.0 * st.dense.val.accuracy as f64)];
-    acc.extend(
-        st.accepted()
-            .map(|s| (s.compression, 100.0 * s.val.accuracy as f64)),
-    );
+    acc.extend(st.accepted().map(|s| (x(s), 100.0 * s.val.accuracy as f64)));
     let rejected: Vec<(f64, f64)> = st
         .steps
         .iter()
         .filter(|s| !s.accepted)
-        .map(|s: &StepRecord| (s.compression, 100.0 * s.val.accuracy as f64))
+        .map(|s: &StepRecord| (x(s), 100.0 * s.val.accuracy as f64))
         .collect();
     let before_ft: Vec<(f64, f64)> = st
         .accepted()
-        .map(|s| (s.compression, 100.0 * s.pruned_accuracy as f64))
+        .map(|s| (x(s), 100.0 * s.pruned_accuracy as f64))
         .collect();
     let mut series = vec![
         Series {
@@ -233,13 +262,17 @@ fn accuracy_plot(st: &RunState) -> String {
     let limit = st
         .settings
         .max_drop
-        .map(|d| 100.0 * (st.dense.val.accuracy as f64 - d));
+        .map(|d| 100.0 * (st.dense.reference_val.unwrap_or(st.dense.val).accuracy as f64 - d));
     plot::line_chart(
         &format!(
             "{} {:?}: validation accuracy against compression",
             st.arch, st.settings.criterion
         ),
-        "compression (prunable weights / non-zero), log scale",
+        if channels {
+            "FLOP reduction (dense multiply-accumulates / remaining), log scale"
+        } else {
+            "compression (prunable weights / non-zero), log scale"
+        },
         "validation accuracy (%)",
         &series,
         true,
@@ -274,6 +307,15 @@ pub fn print_summary(r: &Report) {
     println!(
         "compression {:.1}x of the prunable weights ({:.1}x of all parameters); .nap {} -> {} bytes",
         r.pruned.compression, r.pruned.total_compression, r.dense.nap_bytes, r.pruned.nap_bytes
+    );
+    println!(
+        "multiply-accumulates per example {:.3e} -> {:.3e} ({:.2}x fewer; {:.2}x counting only non-zero weights); parameters {} -> {}",
+        r.dense.macs,
+        r.pruned.macs,
+        r.dense.macs / r.pruned.macs.max(1.0),
+        r.dense.macs / r.pruned.nonzero_macs.max(1.0),
+        r.dense.params,
+        r.pruned.params
     );
     println!(
         "validation accuracy {:.2}% -> {:.2}%",

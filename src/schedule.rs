@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::channel::{self, ChannelCost};
 use crate::data::{permutation, Dataset};
 use crate::eval;
 use crate::export::{self, ExportOptions};
@@ -26,11 +27,26 @@ use crate::kfac::{self, Fisher, LayerFactors, StatsConfig};
 use crate::prune::{self, Criterion, Masks, ObsUpdate, StepConfig};
 use crate::train::{self, TrainConfig};
 use crate::util::atomic_write;
-use crate::{archs, import};
+use crate::{archs, groups, import};
+
+/// What a run removes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Single weights (or `--block` blocks): a sparse model.
+    #[default]
+    Fine,
+    /// Whole channels and neurons ([`crate::groups`]): a smaller dense model.
+    Channel,
+    /// Channels first, then single weights of what remains, one tolerance for both.
+    ChannelFine,
+}
 
 /// Everything that determines a run (saved with it; a resumed run must use the same).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
+    #[serde(default)]
+    pub mode: Mode,
     pub criterion: Criterion,
     pub obs_update: ObsUpdate,
     /// Relative damping of both K-FAC factors.
@@ -52,6 +68,16 @@ pub struct Settings {
     pub target_sparsity: Option<f64>,
     /// Stop once the exported `.nap` (f32, CSR where smaller) is at most this many bytes.
     pub target_size: Option<u64>,
+    /// Channel mode: stop once the dense model's multiply-accumulates over the pruned one's
+    /// reach this factor.
+    #[serde(default)]
+    pub target_flops: Option<f64>,
+    /// Channel mode: which members' costs a group's cost sums.
+    #[serde(default)]
+    pub channel_cost: ChannelCost,
+    /// Channel mode: rank groups by `cost / flops^β` with this β (0: loss only).
+    #[serde(default)]
+    pub flops_weight: f64,
     /// Steps (accepted or not) before the run stops; may change on `--resume`.
     pub max_steps: usize,
     pub fisher: Fisher,
@@ -83,6 +109,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            mode: Mode::Fine,
             criterion: Criterion::Nap,
             obs_update: ObsUpdate::Row,
             damping: 1e-1,
@@ -93,6 +120,9 @@ impl Default for Settings {
             max_drop: Some(0.001),
             target_sparsity: None,
             target_size: None,
+            target_flops: None,
+            channel_cost: ChannelCost::Producer,
+            flops_weight: 0.0,
             max_steps: 100,
             fisher: Fisher::True,
             stats_examples: 10_000,
@@ -139,9 +169,39 @@ impl Settings {
                 bail!("--target-sparsity must be in (0, 1), got {s}");
             }
         }
-        if self.max_drop.is_none() && self.target_sparsity.is_none() && self.target_size.is_none() {
+        if self.max_drop.is_none()
+            && self.target_sparsity.is_none()
+            && self.target_size.is_none()
+            && self.target_flops.is_none()
+        {
             bail!(
-                "nothing would stop the run: give --max-drop, --target-sparsity or --target-size"
+                "nothing would stop the run: give --max-drop, --target-sparsity, --target-size or --target-flops"
+            );
+        }
+        if let Some(t) = self.target_flops {
+            if !(t > 1.0 && t.is_finite()) {
+                bail!("--target-flops must be a reduction factor above 1, got {t}");
+            }
+            if self.mode == Mode::Fine {
+                bail!("--target-flops needs --mode channel or channel-fine");
+            }
+        }
+        if self.mode != Mode::Fine {
+            if !matches!(self.criterion, Criterion::Nap | Criterion::Magnitude) {
+                bail!(
+                    "--mode {:?}: the criterion must be nap or magnitude (L1-norm filter pruning), got {:?}",
+                    self.mode,
+                    self.criterion
+                );
+            }
+            if self.block_rows != 1 && self.mode == Mode::Channel {
+                bail!("--block applies to fine-grained pruning, not to --mode channel");
+            }
+        }
+        if !(self.flops_weight >= 0.0 && self.flops_weight.is_finite()) {
+            bail!(
+                "--flops-weight must be non-negative, got {}",
+                self.flops_weight
             );
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
@@ -176,6 +236,20 @@ impl Settings {
     fn needs_curvature(&self) -> bool {
         matches!(self.criterion, Criterion::Nap | Criterion::Obd)
     }
+
+    /// The settings of one phase of a channel-then-fine run.
+    pub fn phase(&self, mode: Mode) -> Settings {
+        let mut s = self.clone();
+        s.mode = mode;
+        if mode == Mode::Fine {
+            s.target_flops = None;
+        } else {
+            s.block_rows = 1;
+            s.target_sparsity = None;
+            s.target_size = None;
+        }
+        s
+    }
 }
 
 fn one() -> usize {
@@ -201,6 +275,9 @@ pub struct StepRecord {
     pub alive: usize,
     /// Prunable weights / alive ones after the step.
     pub compression: f64,
+    /// Multiply-accumulates per example of the dense model over the step's result.
+    #[serde(default)]
+    pub flops_reduction: Option<f64>,
     /// Sum of the removed weights' scores (loss units for nap and obd).
     pub predicted_dl: f64,
     /// Validation loss right after pruning (before fine-tuning) minus before.
@@ -232,6 +309,13 @@ pub struct DenseInfo {
     pub params: usize,
     pub layers: Vec<String>,
     pub layer_params: Vec<usize>,
+    /// Multiply-accumulates per example of the Linear and Conv2d layers.
+    #[serde(default)]
+    pub macs: f64,
+    /// The validation score the tolerance is measured from, when it is not this run's input
+    /// (the second phase of `--mode channel-fine` measures from the original model).
+    #[serde(default)]
+    pub reference_val: Option<ValScore>,
 }
 
 /// The run folder's `state.json`.
@@ -301,6 +385,8 @@ pub struct RunOptions<'a> {
     pub progress: bool,
     /// One line per event (steps, stops).
     pub log: &'a mut dyn FnMut(&str),
+    /// Measure the tolerance from this score instead of the input model's.
+    pub reference_val: Option<ValScore>,
 }
 
 const STATE: &str = "state.json";
@@ -400,7 +486,7 @@ pub fn run(
             let best = match &st.best {
                 Some(f) => {
                     let p = dir.join(f);
-                    archs::from_checkpoint(arch, import::read_checkpoint(&p)?)
+                    archs::from_slimmed_checkpoint(arch, import::read_checkpoint(&p)?)
                         .with_context(|| format!("loading {}", p.display()))?
                 }
                 None => dense.clone(),
@@ -445,6 +531,8 @@ pub fn run(
                         .iter()
                         .map(|&(_, w)| dense.tensors[w as usize].numel())
                         .collect(),
+                    macs: channel::macs(dense),
+                    reference_val: opts.reference_val,
                 },
                 steps: Vec::new(),
                 fraction: settings.step,
@@ -469,6 +557,11 @@ pub fn run(
         }
     };
     let seconds_before = st.seconds;
+    let channels = settings.mode == Mode::Channel;
+    if settings.mode == Mode::ChannelFine {
+        bail!("--mode channel-fine runs as two phases (schedule::run_phases)");
+    }
+    let reference = st.dense.reference_val.unwrap_or(st.dense.val);
     let mut masks = Masks::from_model(&best);
     let mut best_val = st.best_val();
     // K-FAC factors of the current best model, reused after a rollback.
@@ -476,7 +569,12 @@ pub fn run(
     let n_layers = st.dense.layers.len();
     while st.stopped.is_none() {
         let k = st.steps.len() + 1;
-        let alive = masks.alive();
+        let alive = if channels {
+            groups::analyze(&best)?.groups.len()
+        } else {
+            masks.alive()
+        };
+        let macs_now = channel::macs(&best);
         st.stopped_by_budget = k > settings.max_steps;
         let stop = if k > settings.max_steps {
             Some(format!("reached --max-steps {}", settings.max_steps))
@@ -485,8 +583,15 @@ pub fn run(
                 "the step fell below --min-step {} after rollbacks",
                 settings.min_step
             ))
-        } else if alive <= n_layers {
+        } else if !channels && alive <= n_layers {
             Some("only one weight per layer is left".to_string())
+        } else if channels && alive == 0 {
+            Some("no prunable channel is left".to_string())
+        } else if let Some(t) = settings
+            .target_flops
+            .filter(|&t| st.dense.macs >= t * macs_now * (1.0 - 1e-9))
+        {
+            Some(format!("reached --target-flops {t}x"))
         } else if let Some(t) = settings
             .target_sparsity
             .filter(|&t| alive <= keep_for(t, st.dense.prunable))
@@ -508,7 +613,7 @@ pub fn run(
             break;
         }
         let mut fraction = st.fraction;
-        if let Some(t) = settings.target_sparsity {
+        if let (Some(t), false) = (settings.target_sparsity, channels) {
             let keep = keep_for(t, st.dense.prunable);
             fraction = fraction.min(alive.saturating_sub(keep) as f64 / alive as f64);
         }
@@ -526,6 +631,9 @@ pub fn run(
                 max_examples: None,
                 seed: settings.seed.wrapping_add(1000 + generation),
                 progress: opts.progress,
+                nodes: channels
+                    .then(|| groups::analyze(&best).map(|g| channel::curvature_nodes(&g)))
+                    .transpose()?,
                 ..Default::default()
             };
             factors = Some(kfac::collect(&best, &subset, &cfg, &dev)?);
@@ -535,20 +643,50 @@ pub fn run(
         let t1 = Instant::now();
         let mut trial = best.clone();
         let mut trial_masks = masks.clone();
-        let report = prune::prune_step(
-            &mut trial,
-            &mut trial_masks,
-            factors.as_deref().unwrap_or(&[]),
-            &StepConfig {
-                criterion: settings.criterion,
-                fraction,
-                layer_cap: settings.layer_cap,
-                update: settings.obs_update,
-                damping: settings.damping,
-                block_rows: settings.block_rows,
-            },
-        )?;
-        let removed: usize = report.removed.iter().sum();
+        let (removed, removed_per_layer, predicted_dl, predicted_per_layer) = if channels {
+            let (t, r) = channel::channel_step(
+                &best,
+                factors.as_deref().unwrap_or(&[]),
+                &channel::ChannelStepConfig {
+                    criterion: settings.criterion,
+                    cost: settings.channel_cost,
+                    fraction,
+                    layer_cap: settings.layer_cap,
+                    flops_weight: settings.flops_weight,
+                    damping: settings.damping,
+                    compensate: settings.obs_update != ObsUpdate::None,
+                    max_macs: settings.target_flops.map(|t| macs_now - st.dense.macs / t),
+                },
+            )?;
+            trial = t;
+            trial_masks = Masks::from_model(&trial);
+            (
+                r.removed,
+                r.removed_per_layer,
+                r.predicted_loss_increase,
+                r.predicted_per_layer,
+            )
+        } else {
+            let r = prune::prune_step(
+                &mut trial,
+                &mut trial_masks,
+                factors.as_deref().unwrap_or(&[]),
+                &StepConfig {
+                    criterion: settings.criterion,
+                    fraction,
+                    layer_cap: settings.layer_cap,
+                    update: settings.obs_update,
+                    damping: settings.damping,
+                    block_rows: settings.block_rows,
+                },
+            )?;
+            (
+                r.removed.iter().sum(),
+                r.removed,
+                r.predicted_loss_increase,
+                r.predicted_per_layer,
+            )
+        };
         let pruned = score(&trial, val, &dev)?;
         let prune_s = t1.elapsed().as_secs_f64();
         if removed == 0 {
@@ -574,7 +712,7 @@ pub fn run(
                     opts.progress,
                     &dev,
                 ),
-                Some(&trial_masks),
+                (!channels).then_some(&trial_masks),
             )?;
         }
         let finetune_s = t2.elapsed().as_secs_f64();
@@ -590,30 +728,38 @@ pub fn run(
         };
         let accepted = settings
             .max_drop
-            .is_none_or(|d| tuned.accuracy as f64 >= st.dense.val.accuracy as f64 - d - 1e-9);
-        let alive_after = trial_masks.alive();
+            .is_none_or(|d| tuned.accuracy as f64 >= reference.accuracy as f64 - d - 1e-9);
+        let alive_after = if channels {
+            alive - removed
+        } else {
+            trial_masks.alive()
+        };
+        let flops_reduction = st.dense.macs / channel::macs(&trial);
         let rec = StepRecord {
             step: k,
             fraction,
             accepted,
             removed,
             alive: if accepted { alive_after } else { alive },
-            compression: compression(st.dense.prunable, alive_after),
-            predicted_dl: report.predicted_loss_increase,
+            compression: compression(st.dense.prunable, trial_masks.alive()),
+            flops_reduction: Some(flops_reduction),
+            predicted_dl,
             measured_dl: pruned.loss - best_val.loss,
             pruned_accuracy: pruned.accuracy,
             val: tuned,
             finetune_kept,
-            removed_per_layer: report.removed.clone(),
-            predicted_per_layer: report.predicted_per_layer.clone(),
+            removed_per_layer,
+            predicted_per_layer,
             stats_s,
             prune_s,
             finetune_s,
         };
         log(&format!(
-            "step {k:>3}: remove {:>5.1}% ({removed} weights) -> {:>6.1}x, validation {:.2}% after pruning, {:.2}% after fine-tuning: {}",
+            "step {k:>3}: remove {:>5.1}% ({removed} {}) -> {:>6.1}x{}, validation {:.2}% after pruning, {:.2}% after fine-tuning: {}",
             100.0 * fraction,
+            if channels { "channels" } else { "weights" },
             rec.compression,
+            if channels { format!(" params, {flops_reduction:.2}x FLOPs") } else { String::new() },
             100.0 * pruned.accuracy,
             100.0 * tuned.accuracy,
             if accepted { "accepted".to_string() } else { format!("rolled back, step -> {:.2}%", 50.0 * st.fraction) }
@@ -653,7 +799,7 @@ pub fn run(
                 opts.progress,
                 &dev,
             ),
-            Some(&masks),
+            (!channels).then_some(&masks),
         )?;
         let tuned = score(&trial, val, &dev)?;
         let keep = tuned.accuracy >= best_val.accuracy;
@@ -680,6 +826,74 @@ pub fn run(
         model: best,
         state: st,
     })
+}
+
+/// Runs `settings.mode`: one schedule, or for `channel-fine` a channel phase in `DIR/channel`
+/// and then a fine-grained phase in `DIR/fine` on its result, both measuring the tolerance from
+/// the input model. `--resume` resumes whichever phase was interrupted.
+pub fn run_phases(
+    dense: &HostModel,
+    arch: &str,
+    train_set: &Dataset,
+    val: &Dataset,
+    settings: &Settings,
+    opts: RunOptions<'_>,
+) -> Result<Outcome> {
+    if settings.mode != Mode::ChannelFine {
+        return run(dense, arch, train_set, val, settings, opts);
+    }
+    settings.check()?;
+    let RunOptions {
+        dir,
+        resume,
+        device,
+        progress,
+        log,
+        reference_val,
+    } = opts;
+    if !resume && dir.join("channel").exists() {
+        bail!(
+            "{} already holds a run; pass --resume to continue it or choose another --out",
+            dir.display()
+        );
+    }
+    log("phase 1: channels");
+    let first = run(
+        dense,
+        arch,
+        train_set,
+        val,
+        &settings.phase(Mode::Channel),
+        RunOptions {
+            dir: &dir.join("channel"),
+            resume,
+            device: device.clone(),
+            progress,
+            log: &mut *log,
+            reference_val,
+        },
+    )?;
+    let reference = first
+        .state
+        .dense
+        .reference_val
+        .unwrap_or(first.state.dense.val);
+    log("phase 2: single weights of the remaining channels");
+    run(
+        &first.model,
+        arch,
+        train_set,
+        val,
+        &settings.phase(Mode::Fine),
+        RunOptions {
+            dir: &dir.join("fine"),
+            resume: resume && dir.join("fine").exists(),
+            device,
+            progress,
+            log,
+            reference_val: Some(reference),
+        },
+    )
 }
 
 /// The files a finished run leaves next to its state.

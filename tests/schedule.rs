@@ -68,6 +68,7 @@ fn go(
             device: Device::Cpu,
             progress: false,
             log: &mut |_| {},
+            reference_val: None,
         },
     )
 }

@@ -1,0 +1,798 @@
+//! Structured (channel) pruning: group costs in the fine-grained criterion's loss units, the
+//! optimal compensation of what remains, and physical removal into a smaller dense model.
+//!
+//! For a layer with `W̄ = [W | b]` and K-FAC factors `A ⊗ G` (damped as for fine-grained
+//! pruning), `nap-algorithm.md` §3:
+//!
+//! * removing output rows `R` (a producer) costs `½ tr(W̄_R A W̄_Rᵀ ([G⁻¹]_RR)⁻¹)`, one row
+//!   `½ w̄_rᵀ A w̄_r / [G⁻¹]_rr`, and the other rows absorb it with
+//!   `δW̄ = −G⁻¹[:, R] ([G⁻¹]_RR)⁻¹ W̄_R`;
+//! * removing input columns `J` (a consumer) costs `½ tr(W̄_Jᵀ G W̄_J ([A⁻¹]_JJ)⁻¹)`, and the other
+//!   columns (the bias column included) absorb it with `δW̄ = −W̄_J ([A⁻¹]_JJ)⁻¹ A⁻¹[J, :]`.
+//!
+//! A group's cost is the sum of its members' costs (layers are independent blocks of the
+//! Fisher). With producer costs, a removed channel's pre-activation is zero, so after its
+//! BatchNorm and activation it carries a constant; [`remove_channels`] folds that constant
+//! into every consumer's bias (exact where the consumer reads no zero padding).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Context, Result};
+use faer::linalg::solvers::Solve;
+use faer::{Mat, Side};
+use nap_runtime::format::{Op, TensorId};
+use nap_runtime::kernels::act_scalar;
+
+use crate::curvature::{damped, spd_inverse};
+use crate::groups::{Groups, Member};
+use crate::ir::{HostModel, HostTensor};
+use crate::kfac::LayerFactors;
+use crate::prune::Criterion;
+
+/// Which members' costs a group's cost sums.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelCost {
+    /// Producer rows: the channel's pre-activation set to zero, the other rows compensate, the
+    /// constant it leaves is folded into the consumers.
+    #[default]
+    Producer,
+    /// Consumer columns: the channel is no longer read, the other inputs compensate.
+    Consumer,
+    /// Both (each layer's block estimate added; counts the channel twice in part).
+    Sum,
+}
+
+/// `W̄ = [W | b]` of a Linear or Conv2d node as row-major f64 `rows × (cols + 1)`; the bias
+/// column is zero for a node without bias.
+pub fn wbar(m: &HostModel, node: usize) -> Result<(usize, usize, Vec<f64>)> {
+    let (weight, bias) = match m.graph.nodes[node].op {
+        Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => (weight, bias),
+        _ => bail!("node {:?} has no weight", m.graph.nodes[node].name),
+    };
+    let t = &m.tensors[weight as usize];
+    let rows = t.shape[0] as usize;
+    let cols = t.numel() / rows.max(1);
+    let mut w = vec![0f64; rows * (cols + 1)];
+    for i in 0..rows {
+        for j in 0..cols {
+            w[i * (cols + 1) + j] = t.data[i * cols + j] as f64;
+        }
+        w[i * (cols + 1) + cols] = bias.map_or(0.0, |b| m.tensors[b as usize].data[i] as f64);
+    }
+    Ok((rows, cols, w))
+}
+
+/// Writes `W̄` back (see [`wbar`]); a bias column that became non-zero on a node without bias
+/// goes through [`add_bias`].
+pub fn set_wbar(m: &mut HostModel, node: usize, w: &[f64]) -> Result<()> {
+    let (weight, bias) = match m.graph.nodes[node].op {
+        Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => (weight, bias),
+        _ => bail!("node {:?} has no weight", m.graph.nodes[node].name),
+    };
+    let rows = m.tensors[weight as usize].shape[0] as usize;
+    let cols = m.tensors[weight as usize].numel() / rows.max(1);
+    for i in 0..rows {
+        for j in 0..cols {
+            m.tensors[weight as usize].data[i * cols + j] = w[i * (cols + 1) + j] as f32;
+        }
+    }
+    let b: Vec<f64> = (0..rows).map(|i| w[i * (cols + 1) + cols]).collect();
+    match bias {
+        Some(t) => {
+            for (d, v) in m.tensors[t as usize].data.iter_mut().zip(&b) {
+                *d = *v as f32;
+            }
+        }
+        None if b.iter().any(|v| *v != 0.0) => add_bias(m, node, &b)?,
+        None => {}
+    }
+    Ok(())
+}
+
+/// Adds `delta` (one value per output row) to a Linear/Conv2d node's output before its
+/// activation: to its bias; without one, to the running mean of a BatchNorm that is the
+/// output's only reader (`BN(y + d)` with mean `μ − d` is `BN(y)`), so checkpoints keep their
+/// keys; otherwise a new bias tensor `<node>.bias`.
+pub fn add_bias(m: &mut HostModel, node: usize, delta: &[f64]) -> Result<()> {
+    let (bias, act) = match m.graph.nodes[node].op {
+        Op::Linear { bias, act, .. } | Op::Conv2d { bias, act, .. } => (bias, act),
+        _ => bail!("node {:?} has no bias", m.graph.nodes[node].name),
+    };
+    if let Some(b) = bias {
+        for (d, v) in m.tensors[b as usize].data.iter_mut().zip(delta) {
+            *d += *v as f32;
+        }
+        return Ok(());
+    }
+    let out = m.graph.nodes[node].output;
+    let readers: Vec<usize> = (0..m.graph.nodes.len())
+        .filter(|&i| m.graph.nodes[i].inputs.contains(&out))
+        .collect();
+    if act == nap_runtime::format::Activation::None && readers.len() == 1 {
+        if let Op::BatchNorm { mean, .. } = m.graph.nodes[readers[0]].op {
+            if !m.graph.outputs.contains(&out) {
+                for (d, v) in m.tensors[mean as usize].data.iter_mut().zip(delta) {
+                    *d -= *v as f32;
+                }
+                return Ok(());
+            }
+        }
+    }
+    let name = format!("{}.bias", m.graph.nodes[node].name);
+    m.tensors.push(HostTensor {
+        name,
+        shape: vec![delta.len() as u32],
+        data: delta.iter().map(|v| *v as f32).collect(),
+    });
+    let id = (m.tensors.len() - 1) as TensorId;
+    match &mut m.graph.nodes[node].op {
+        Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => *bias = Some(id),
+        _ => unreachable!("checked above"),
+    }
+    Ok(())
+}
+
+/// One layer's damped factors and their inverses.
+pub struct LayerCurvature {
+    pub a: Mat<f64>,
+    pub g: Mat<f64>,
+    pub a_inv: Mat<f64>,
+    pub g_inv: Mat<f64>,
+}
+
+impl LayerCurvature {
+    pub fn new(f: &LayerFactors, eps: f64) -> Result<Self> {
+        let a = damped(&f.a, f.a_dim, eps);
+        let g = damped(&f.g, f.g_dim, eps);
+        Ok(LayerCurvature {
+            a_inv: spd_inverse(&a)?,
+            g_inv: spd_inverse(&g)?,
+            a,
+            g,
+        })
+    }
+
+    /// `½ w̄_rᵀ A w̄_r / [G⁻¹]_rr` for every row of `w` (`rows × a_dim`, row-major).
+    pub fn row_costs(&self, w: &[f64]) -> Vec<f64> {
+        let d = self.a.nrows();
+        w.chunks(d)
+            .enumerate()
+            .map(|(r, wr)| {
+                let mut q = 0.0;
+                for i in 0..d {
+                    if wr[i] == 0.0 {
+                        continue;
+                    }
+                    let ai: f64 = (0..d).map(|j| self.a[(i, j)] * wr[j]).sum();
+                    q += wr[i] * ai;
+                }
+                0.5 * q / self.g_inv[(r, r)]
+            })
+            .collect()
+    }
+
+    /// `½ tr(W̄_Jᵀ G W̄_J ([A⁻¹]_JJ)⁻¹)` for the column set `cols` of `w`.
+    pub fn column_cost(&self, w: &[f64], cols: &[usize]) -> Result<f64> {
+        let (rows, d) = (self.g.nrows(), self.a.nrows());
+        let wj = Mat::from_fn(rows, cols.len(), |i, a| w[i * d + cols[a]]);
+        let gw = &self.g * &wj;
+        let m = wj.transpose() * &gw;
+        let ajj = Mat::from_fn(cols.len(), cols.len(), |a, b| {
+            self.a_inv[(cols[a], cols[b])]
+        });
+        let llt = ajj
+            .llt(Side::Lower)
+            .map_err(|e| anyhow::anyhow!("[A⁻¹]_JJ is not positive definite: {e:?}"))?;
+        let x = llt.solve(&m);
+        Ok(0.5 * (0..cols.len()).map(|a| x[(a, a)]).sum::<f64>())
+    }
+
+    /// Removes rows `rs` of `w` (set to zero) and compensates the others:
+    /// `δW̄ = −G⁻¹[:, R] ([G⁻¹]_RR)⁻¹ W̄_R`.
+    pub fn remove_rows(&self, w: &mut [f64], rs: &[usize]) -> Result<()> {
+        if rs.is_empty() {
+            return Ok(());
+        }
+        let (rows, d) = (self.g.nrows(), self.a.nrows());
+        let grr = Mat::from_fn(rs.len(), rs.len(), |a, b| self.g_inv[(rs[a], rs[b])]);
+        let wr = Mat::from_fn(rs.len(), d, |a, j| w[rs[a] * d + j]);
+        let llt = grr
+            .llt(Side::Lower)
+            .map_err(|e| anyhow::anyhow!("[G⁻¹]_RR is not positive definite: {e:?}"))?;
+        let coef = llt.solve(&wr);
+        let gcols = Mat::from_fn(rows, rs.len(), |i, a| self.g_inv[(i, rs[a])]);
+        let delta = &gcols * &coef;
+        for i in 0..rows {
+            for j in 0..d {
+                w[i * d + j] -= delta[(i, j)];
+            }
+        }
+        for &r in rs {
+            w[r * d..(r + 1) * d].fill(0.0);
+        }
+        Ok(())
+    }
+
+    /// Removes columns `cols` of `w` (set to zero) and compensates the others:
+    /// `δW̄ = −W̄_J ([A⁻¹]_JJ)⁻¹ A⁻¹[J, :]`.
+    pub fn remove_columns(&self, w: &mut [f64], cols: &[usize]) -> Result<()> {
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let (rows, d) = (self.g.nrows(), self.a.nrows());
+        let ajj = Mat::from_fn(cols.len(), cols.len(), |a, b| {
+            self.a_inv[(cols[a], cols[b])]
+        });
+        let arows = Mat::from_fn(cols.len(), d, |a, j| self.a_inv[(cols[a], j)]);
+        let llt = ajj
+            .llt(Side::Lower)
+            .map_err(|e| anyhow::anyhow!("[A⁻¹]_JJ is not positive definite: {e:?}"))?;
+        let coef = llt.solve(&arows);
+        let wj = Mat::from_fn(rows, cols.len(), |i, a| w[i * d + cols[a]]);
+        let delta = &wj * &coef;
+        for i in 0..rows {
+            for j in 0..d {
+                w[i * d + j] -= delta[(i, j)];
+            }
+            for &c in cols {
+                w[i * d + c] = 0.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The nodes whose K-FAC factors the channel criterion reads: every producer and consumer.
+pub fn curvature_nodes(groups: &Groups) -> Vec<usize> {
+    let set: BTreeSet<usize> = groups
+        .groups
+        .iter()
+        .flat_map(|g| g.members.iter())
+        .filter(|mb| matches!(mb, Member::Producer { .. } | Member::Consumer { .. }))
+        .map(Member::node)
+        .collect();
+    set.into_iter().collect()
+}
+
+/// Curvature of the nodes in `factors` (by node index).
+pub fn curvatures(factors: &[LayerFactors], eps: f64) -> Result<BTreeMap<usize, LayerCurvature>> {
+    factors
+        .iter()
+        .map(|f| Ok((f.node, LayerCurvature::new(f, eps)?)))
+        .collect()
+}
+
+/// Every group's cost, in the units of the mean per-example loss.
+pub fn group_costs(
+    m: &HostModel,
+    groups: &Groups,
+    curv: &BTreeMap<usize, LayerCurvature>,
+    cost: ChannelCost,
+) -> Result<Vec<f64>> {
+    let mut row_costs: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut wbars: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for &node in curv.keys() {
+        let (_, _, w) = wbar(m, node)?;
+        row_costs.insert(node, curv[&node].row_costs(&w));
+        wbars.insert(node, w);
+    }
+    let layer = |node: usize| {
+        curv.get(&node)
+            .with_context(|| format!("no curvature for node {:?}", m.graph.nodes[node].name))
+    };
+    groups
+        .groups
+        .iter()
+        .map(|g| {
+            let mut s = 0.0;
+            if cost != ChannelCost::Consumer {
+                for (node, row) in g.producers() {
+                    layer(node)?;
+                    s += row_costs[&node][row];
+                }
+            }
+            if cost != ChannelCost::Producer {
+                let mut by_node: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+                for (node, cols) in g.consumers() {
+                    by_node.entry(node).or_default().extend(cols);
+                }
+                for (node, cols) in by_node {
+                    s += layer(node)?.column_cost(&wbars[&node], &cols)?;
+                }
+            }
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Multiply-accumulates per example that removing each group saves (its producers' rows, its
+/// consumers' columns, its depthwise channels, over their output positions).
+pub fn group_flops(m: &HostModel, groups: &Groups) -> Vec<f64> {
+    let positions = |node: usize| -> f64 {
+        let s = &m.graph.values[m.graph.nodes[node].output as usize].shape;
+        s[1..].iter().map(|&d| d as f64).product()
+    };
+    let weight_shape = |node: usize| -> &[u32] {
+        match m.graph.nodes[node].op {
+            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
+                &m.tensors[weight as usize].shape
+            }
+            _ => &[],
+        }
+    };
+    groups
+        .groups
+        .iter()
+        .map(|g| {
+            g.members
+                .iter()
+                .map(|mb| match mb {
+                    Member::Producer { node, .. } => {
+                        let s = weight_shape(*node);
+                        s[1..].iter().map(|&d| d as f64).product::<f64>() * positions(*node)
+                    }
+                    Member::Consumer { node, cols, .. } => {
+                        let rows = weight_shape(*node)[0] as f64;
+                        cols.len() as f64 * rows * positions(*node)
+                    }
+                    Member::Depthwise { node, .. } => {
+                        let s = weight_shape(*node);
+                        (s[2] * s[3]) as f64 * positions(*node)
+                    }
+                    Member::Norm { .. } => 0.0,
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// Applies the OBS compensation for removing the groups flagged in `remove` under `cost`: the
+/// producers' other rows (producer, sum) and the consumers' other columns (consumer, sum). The
+/// removed rows and columns end at zero.
+pub fn compensate(
+    m: &mut HostModel,
+    groups: &Groups,
+    remove: &[bool],
+    curv: &BTreeMap<usize, LayerCurvature>,
+    cost: ChannelCost,
+) -> Result<()> {
+    let mut rows: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut cols: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (g, _) in groups.groups.iter().zip(remove).filter(|(_, r)| **r) {
+        for (node, row) in g.producers() {
+            rows.entry(node).or_default().push(row);
+        }
+        for (node, c) in g.consumers() {
+            cols.entry(node).or_default().extend(c);
+        }
+    }
+    let nodes: BTreeSet<usize> = rows.keys().chain(cols.keys()).copied().collect();
+    for node in nodes {
+        let lc = curv
+            .get(&node)
+            .with_context(|| format!("no curvature for node {:?}", m.graph.nodes[node].name))?;
+        let (_, _, mut w) = wbar(m, node)?;
+        if cost != ChannelCost::Consumer {
+            if let Some(rs) = rows.get(&node) {
+                lc.remove_rows(&mut w, rs)?;
+            }
+        }
+        if cost != ChannelCost::Producer {
+            if let Some(cs) = cols.get(&node) {
+                lc.remove_columns(&mut w, cs)?;
+            }
+        }
+        set_wbar(m, node, &w)?;
+    }
+    Ok(())
+}
+
+/// The constant every channel of a removed group carries once its producers' rows are zero
+/// (`None` for channels of kept groups), per value and channel, propagated through the graph.
+/// Depthwise convolutions and pools are taken to see the constant everywhere (no padding).
+pub fn removed_constants(
+    m: &HostModel,
+    groups: &Groups,
+    remove: &[bool],
+) -> Result<Vec<Vec<Option<f32>>>> {
+    let g = &m.graph;
+    let removed = |v: u32, c: usize| groups.slot_group[v as usize][c].is_some_and(|gi| remove[gi]);
+    let mut k: Vec<Vec<Option<f32>>> = groups
+        .slot_group
+        .iter()
+        .map(|row| vec![None; row.len()])
+        .collect();
+    for node in &g.nodes {
+        let out = node.output as usize;
+        let n = k[out].len();
+        let x = node
+            .inputs
+            .first()
+            .map_or(&[][..], |&v| k[v as usize].as_slice());
+        let o: Vec<Option<f32>> = match &node.op {
+            Op::Linear { act, .. } | Op::Conv2d { act, groups: 1, .. } => (0..n)
+                .map(|r| removed(node.output, r).then(|| act_scalar(*act, 0.0)))
+                .collect(),
+            Op::Conv2d {
+                weight, bias, act, ..
+            } => {
+                let w = &m.tensors[*weight as usize];
+                let per = w.numel() / n.max(1);
+                (0..n)
+                    .map(|c| {
+                        x[c].map(|v| {
+                            let s: f32 = w.data[c * per..(c + 1) * per].iter().sum();
+                            let b = bias.map_or(0.0, |b| m.tensors[b as usize].data[c]);
+                            act_scalar(*act, v * s + b)
+                        })
+                    })
+                    .collect()
+            }
+            Op::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps,
+            } => {
+                let t = |id: &TensorId| &m.tensors[*id as usize].data;
+                (0..n)
+                    .map(|c| {
+                        x[c].map(|v| {
+                            (v - t(mean)[c]) / (t(var)[c] + eps).sqrt() * t(gamma)[c] + t(beta)[c]
+                        })
+                    })
+                    .collect()
+            }
+            Op::Act(a) => x.iter().map(|v| v.map(|v| act_scalar(*a, v))).collect(),
+            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool => x.to_vec(),
+            Op::Add { act } => (0..n)
+                .map(|c| {
+                    let vs: Option<Vec<f32>> =
+                        node.inputs.iter().map(|&i| k[i as usize][c]).collect();
+                    vs.map(|vs| act_scalar(*act, vs.iter().sum()))
+                })
+                .collect(),
+            Op::Concat => node
+                .inputs
+                .iter()
+                .flat_map(|&i| k[i as usize].iter().copied())
+                .collect(),
+            Op::Flatten => {
+                let per = n / x.len().max(1);
+                x.iter()
+                    .flat_map(|&v| std::iter::repeat_n(v, per))
+                    .collect()
+            }
+            Op::Reshape { .. } | Op::Softmax => vec![None; n],
+        };
+        k[out] = o;
+    }
+    Ok(k)
+}
+
+/// The model without the groups flagged in `remove`: producer rows and their bias entries,
+/// BatchNorm entries, depthwise channels and consumer columns are deleted, and value shapes
+/// re-inferred. With `fold`, each removed channel's constant ([`removed_constants`]) is first
+/// folded into its consumers' biases. Every producer keeps at least one row.
+pub fn remove_channels(
+    m: &HostModel,
+    groups: &Groups,
+    remove: &[bool],
+    fold: bool,
+) -> Result<HostModel> {
+    if remove.len() != groups.groups.len() {
+        bail!("{} flags for {} groups", remove.len(), groups.groups.len());
+    }
+    let mut out = m.clone();
+    if fold {
+        let k = removed_constants(m, groups, remove)?;
+        let mut delta: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        for (g, _) in groups.groups.iter().zip(remove).filter(|(_, r)| **r) {
+            for mb in &g.members {
+                let Member::Consumer { node, slot, cols } = mb else {
+                    continue;
+                };
+                let x = m.graph.nodes[*node].inputs[0] as usize;
+                let kv = k[x][*slot].with_context(|| {
+                    format!(
+                        "no constant for channel {slot} read by {:?}",
+                        m.graph.nodes[*node].name
+                    )
+                })? as f64;
+                if kv == 0.0 {
+                    continue;
+                }
+                let (rows, ncols, w) = wbar(m, *node)?;
+                let d = delta.entry(*node).or_insert_with(|| vec![0.0; rows]);
+                for (i, di) in d.iter_mut().enumerate() {
+                    *di += cols.clone().map(|j| w[i * (ncols + 1) + j]).sum::<f64>() * kv;
+                }
+            }
+        }
+        for (node, d) in delta {
+            add_bias(&mut out, node, &d)?;
+        }
+    }
+    // Per node: rows (or channels) to drop, and flattened weight columns to drop.
+    let mut drop_rows: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    let mut drop_cols: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    for (g, _) in groups.groups.iter().zip(remove).filter(|(_, r)| **r) {
+        for mb in &g.members {
+            match mb {
+                Member::Producer { node, row } => {
+                    drop_rows.entry(*node).or_default().insert(*row);
+                }
+                Member::Norm { node, ch } | Member::Depthwise { node, ch } => {
+                    drop_rows.entry(*node).or_default().insert(*ch);
+                }
+                Member::Consumer { node, cols, .. } => {
+                    drop_cols.entry(*node).or_default().extend(cols.clone());
+                }
+            }
+        }
+    }
+    let nodes: BTreeSet<usize> = drop_rows.keys().chain(drop_cols.keys()).copied().collect();
+    for ni in nodes {
+        let rows = drop_rows.get(&ni).cloned().unwrap_or_default();
+        let cols = drop_cols.get(&ni).cloned().unwrap_or_default();
+        let name = out.graph.nodes[ni].name.clone();
+        match &mut out.graph.nodes[ni].op {
+            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
+                let (weight, bias) = (*weight, *bias);
+                let t = &out.tensors[weight as usize];
+                let (r, c) = (t.shape[0] as usize, t.numel() / t.shape[0].max(1) as usize);
+                if rows.len() >= r {
+                    bail!("removing every output of {name:?}");
+                }
+                let keep_r: Vec<usize> = (0..r).filter(|i| !rows.contains(i)).collect();
+                let keep_c: Vec<usize> = (0..c).filter(|j| !cols.contains(j)).collect();
+                let data: Vec<f32> = keep_r
+                    .iter()
+                    .flat_map(|&i| keep_c.iter().map(move |&j| (i, j)))
+                    .map(|(i, j)| t.data[i * c + j])
+                    .collect();
+                let mut shape = t.shape.clone();
+                shape[0] = keep_r.len() as u32;
+                if shape.len() == 4 {
+                    let kk = (shape[2] * shape[3]) as usize;
+                    if keep_c.len() % kk != 0 {
+                        bail!("{name:?}: removed columns are not whole input channels");
+                    }
+                    shape[1] = (keep_c.len() / kk) as u32;
+                } else {
+                    shape[1] = keep_c.len() as u32;
+                }
+                if keep_c.is_empty() {
+                    bail!("removing every input of {name:?}");
+                }
+                out.tensors[weight as usize].data = data;
+                out.tensors[weight as usize].shape = shape;
+                if let Some(b) = bias {
+                    keep_entries(&mut out.tensors[b as usize], &keep_r);
+                }
+                if let Op::Conv2d { groups, .. } = &mut out.graph.nodes[ni].op {
+                    if *groups != 1 {
+                        *groups = keep_r.len() as u32;
+                    }
+                }
+            }
+            Op::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                ..
+            } => {
+                let ids = [*gamma, *beta, *mean, *var];
+                let n = out.tensors[ids[0] as usize].numel();
+                let keep: Vec<usize> = (0..n).filter(|i| !rows.contains(i)).collect();
+                for id in ids {
+                    keep_entries(&mut out.tensors[id as usize], &keep);
+                }
+            }
+            _ => unreachable!("members are weights and norms"),
+        }
+    }
+    out.reinfer_shapes()?;
+    Ok(out)
+}
+
+fn keep_entries(t: &mut HostTensor, keep: &[usize]) {
+    t.data = keep.iter().map(|&i| t.data[i]).collect();
+    t.shape = vec![keep.len() as u32];
+}
+
+/// One structured pruning step's settings.
+#[derive(Clone, Debug)]
+pub struct ChannelStepConfig {
+    /// `Nap` (group cost in loss units) or `Magnitude` (L1 norm of the producers' rows, i.e.
+    /// L1-norm filter pruning); others have no channel version.
+    pub criterion: Criterion,
+    pub cost: ChannelCost,
+    /// Share of the alive groups to remove.
+    pub fraction: f64,
+    /// At most this share of one producer's rows per step (and never all of them).
+    pub layer_cap: f64,
+    /// Rank by `cost / flops^β` (β = 0: loss only).
+    pub flops_weight: f64,
+    pub damping: f64,
+    /// Apply the OBS compensation (NAP only).
+    pub compensate: bool,
+    /// Stop selecting once the selected groups save this many multiply-accumulates.
+    pub max_macs: Option<f64>,
+}
+
+/// What a step removed.
+#[derive(Clone, Debug)]
+pub struct ChannelReport {
+    /// Groups removed.
+    pub removed: usize,
+    /// Per prunable layer ([`HostModel::prunable`] order): rows (channels) removed.
+    pub removed_per_layer: Vec<usize>,
+    pub predicted_loss_increase: f64,
+    /// The removed groups' costs, each credited to its first producer's layer.
+    pub predicted_per_layer: Vec<f64>,
+}
+
+/// Multiply-accumulates per example of the Linear and Conv2d layers as stored (dense).
+pub fn macs(m: &HostModel) -> f64 {
+    m.graph
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
+                let s = &m.graph.values[n.output as usize].shape;
+                let pos: f64 = s[1..].iter().map(|&d| d as f64).product();
+                Some(m.tensors[weight as usize].numel() as f64 * pos)
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+/// Multiply-accumulates per example with a non-zero weight.
+pub fn nonzero_macs(m: &HostModel) -> f64 {
+    m.graph
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
+                let s = &m.graph.values[n.output as usize].shape;
+                let pos: f64 = s[1..].iter().map(|&d| d as f64).product();
+                let nz = m.tensors[weight as usize]
+                    .data
+                    .iter()
+                    .filter(|v| **v != 0.0)
+                    .count();
+                Some(nz as f64 * pos)
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+/// One step of structured pruning: scores every group, removes the cheapest share under the
+/// per-layer caps (compensating with OBS for NAP), and returns the smaller model.
+/// `factors` holds the K-FAC factors of [`curvature_nodes`] (NAP only).
+pub fn channel_step(
+    m: &HostModel,
+    factors: &[LayerFactors],
+    cfg: &ChannelStepConfig,
+) -> Result<(HostModel, ChannelReport)> {
+    let groups = crate::groups::analyze(m)?;
+    let layers = m.prunable();
+    let layer_of: BTreeMap<usize, usize> = layers
+        .iter()
+        .enumerate()
+        .map(|(l, &(n, _))| (n, l))
+        .collect();
+    let curv = match cfg.criterion {
+        Criterion::Nap => curvatures(factors, cfg.damping)?,
+        Criterion::Magnitude => BTreeMap::new(),
+        c => bail!("criterion {c:?} has no channel version; use nap or magnitude"),
+    };
+    let cost = match cfg.criterion {
+        Criterion::Nap => group_costs(m, &groups, &curv, cfg.cost)?,
+        _ => groups
+            .groups
+            .iter()
+            .map(|g| {
+                g.producers()
+                    .map(|(node, row)| {
+                        let (_, c, w) = wbar(m, node)?;
+                        Ok(w[row * (c + 1)..row * (c + 1) + c]
+                            .iter()
+                            .map(|v| v.abs())
+                            .sum::<f64>())
+                    })
+                    .sum::<Result<f64>>()
+            })
+            .collect::<Result<_>>()?,
+    };
+    let flops = group_flops(m, &groups);
+    let key: Vec<f64> = cost
+        .iter()
+        .zip(&flops)
+        .map(|(c, f)| c / f.max(1.0).powf(cfg.flops_weight))
+        .collect();
+    let mut order: Vec<usize> = (0..groups.groups.len()).collect();
+    order.sort_by(|&a, &b| key[a].total_cmp(&key[b]));
+    let rows_of = |node: usize| -> usize {
+        match m.graph.nodes[node].op {
+            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
+                m.tensors[weight as usize].shape[0] as usize
+            }
+            _ => 0,
+        }
+    };
+    let want = ((groups.groups.len() as f64 * cfg.fraction).round() as usize).max(1);
+    let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut remove = vec![false; groups.groups.len()];
+    let (mut n, mut saved) = (0, 0.0);
+    for gi in order {
+        if n >= want || cfg.max_macs.is_some_and(|t| saved >= t) {
+            break;
+        }
+        let producers: Vec<usize> = groups.groups[gi].producers().map(|p| p.0).collect();
+        let fits = producers.iter().all(|&p| {
+            let rows = rows_of(p);
+            let cap = ((rows as f64 * cfg.layer_cap).floor() as usize).min(rows - 1);
+            taken.get(&p).copied().unwrap_or(0) < cap
+        });
+        if !fits {
+            continue;
+        }
+        for p in producers {
+            *taken.entry(p).or_default() += 1;
+        }
+        remove[gi] = true;
+        n += 1;
+        saved += flops[gi];
+    }
+    let mut report = ChannelReport {
+        removed: n,
+        removed_per_layer: vec![0; layers.len()],
+        predicted_loss_increase: 0.0,
+        predicted_per_layer: vec![0.0; layers.len()],
+    };
+    for (gi, g) in groups
+        .groups
+        .iter()
+        .enumerate()
+        .filter(|(gi, _)| remove[*gi])
+    {
+        for mb in &g.members {
+            if let Member::Producer { node, .. } | Member::Depthwise { node, .. } = mb {
+                report.removed_per_layer[layer_of[node]] += 1;
+            }
+        }
+        if let Some((node, _)) = g.producers().next() {
+            report.predicted_per_layer[layer_of[&node]] += cost[gi];
+        }
+        report.predicted_loss_increase += cost[gi];
+    }
+    if n == 0 {
+        return Ok((m.clone(), report));
+    }
+    let mut work = m.clone();
+    let nap = cfg.criterion == Criterion::Nap;
+    if nap && cfg.compensate {
+        compensate(&mut work, &groups, &remove, &curv, cfg.cost)?;
+    }
+    // With consumer compensation the consumers' other columns already absorbed the channel.
+    let fold = !(nap && cfg.compensate && cfg.cost != ChannelCost::Producer);
+    let out = remove_channels(&work, &groups, &remove, fold)?;
+    Ok((out, report))
+}

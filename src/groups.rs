@@ -1,0 +1,292 @@
+//! Channel dependency groups: every tensor slice coupled to one channel index, found once over
+//! the graph IR, so that a channel is removed from all of them together.
+//!
+//! Each value `[C, ...]` (or `[F]`) has one *slot* per channel (feature). Ops tie slots together
+//! (union-find):
+//!
+//! * Linear and Conv2d with `groups == 1` end a channel (their input columns are *consumers*) and
+//!   start new ones (their output rows are *producers*);
+//! * a depthwise Conv2d (`groups == C_in == C_out`), BatchNorm, activations, pools and global
+//!   pooling carry channel `c` of their input to channel `c` of their output;
+//! * Add ties channel `c` of both inputs and of its output (a residual stream becomes one group
+//!   over all of its blocks); Concat ties each input channel to its offset in the output;
+//! * Flatten ties channel `c` of `[C, H, W]` to the `H·W` features `c·H·W + k` it becomes, so a
+//!   Linear that reads a flattened map consumes `H·W` columns per channel.
+//!
+//! Slots of the network's inputs and outputs, and of anything the analysis does not model
+//! (Reshape, Softmax, grouped convolutions other than depthwise), are *pinned*: their groups are
+//! never pruned. Every other class of slots with at least one producer is a [`Group`].
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use anyhow::{bail, Result};
+use nap_runtime::format::{Op, ValueId};
+
+use crate::ir::HostModel;
+
+/// One tensor slice that belongs to a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Member {
+    /// Output row `row` (weight row and bias entry) of a Linear or Conv2d with `groups == 1`.
+    Producer { node: usize, row: usize },
+    /// Columns `cols` of a Linear or Conv2d (`groups == 1`) weight flattened to
+    /// `[out, in·kh·kw]`, fed by channel `slot` of the node's input: one column of a Linear, the
+    /// `kh·kw` columns of one input channel of a convolution.
+    Consumer {
+        node: usize,
+        slot: usize,
+        cols: Range<usize>,
+    },
+    /// Entry `ch` of a BatchNorm's four vectors.
+    Norm { node: usize, ch: usize },
+    /// Channel `ch` of a depthwise Conv2d: its weight row (input and output channel) and bias.
+    Depthwise { node: usize, ch: usize },
+}
+
+impl Member {
+    pub fn node(&self) -> usize {
+        match *self {
+            Member::Producer { node, .. }
+            | Member::Consumer { node, .. }
+            | Member::Norm { node, .. }
+            | Member::Depthwise { node, .. } => node,
+        }
+    }
+}
+
+/// The members of one prunable channel, in graph order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub members: Vec<Member>,
+    /// The `(value, channel)` slots the group spans.
+    pub slots: Vec<(ValueId, usize)>,
+}
+
+impl Group {
+    /// A readable name: the first producer's node and row, e.g. `conv1[3]`.
+    pub fn name(&self, m: &HostModel) -> String {
+        match self.members.iter().find_map(|mb| match *mb {
+            Member::Producer { node, row } => Some((node, row)),
+            _ => None,
+        }) {
+            Some((node, row)) => format!("{}[{row}]", m.graph.nodes[node].name),
+            None => "?".to_string(),
+        }
+    }
+
+    pub fn producers(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.members.iter().filter_map(|mb| match *mb {
+            Member::Producer { node, row } => Some((node, row)),
+            _ => None,
+        })
+    }
+
+    pub fn consumers(&self) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
+        self.members.iter().filter_map(|mb| match mb {
+            Member::Consumer { node, cols, .. } => Some((*node, cols.clone())),
+            _ => None,
+        })
+    }
+}
+
+/// The dependency groups of a model.
+#[derive(Clone, Debug)]
+pub struct Groups {
+    pub groups: Vec<Group>,
+    /// `slot_group[v][c]`: the group of channel `c` of value `v`, `None` if pinned.
+    pub slot_group: Vec<Vec<Option<usize>>>,
+}
+
+struct UnionFind(Vec<usize>);
+
+impl UnionFind {
+    fn find(&mut self, mut x: usize) -> usize {
+        while self.0[x] != x {
+            self.0[x] = self.0[self.0[x]];
+            x = self.0[x];
+        }
+        x
+    }
+
+    fn union(&mut self, a: usize, b: usize) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            let (lo, hi) = (ra.min(rb), ra.max(rb));
+            self.0[hi] = lo;
+        }
+    }
+}
+
+/// Channels per example of a value: the first dimension.
+fn channels(m: &HostModel, v: ValueId) -> usize {
+    m.graph.values[v as usize]
+        .shape
+        .first()
+        .copied()
+        .unwrap_or(1) as usize
+}
+
+/// Finds the dependency groups of `m`.
+pub fn analyze(m: &HostModel) -> Result<Groups> {
+    let g = &m.graph;
+    let mut offset = Vec::with_capacity(g.values.len() + 1);
+    let mut total = 0;
+    for v in 0..g.values.len() {
+        offset.push(total);
+        total += channels(m, v as ValueId);
+    }
+    offset.push(total);
+    let slot = |v: ValueId, c: usize| offset[v as usize] + c;
+    let mut uf = UnionFind((0..total).collect());
+    let mut pinned = vec![false; total];
+    let mut members: Vec<(usize, Member)> = Vec::new();
+    let pin_value = |pinned: &mut Vec<bool>, v: ValueId| {
+        pinned[offset[v as usize]..offset[v as usize + 1]].fill(true);
+    };
+    for &v in g.inputs.iter().chain(&g.outputs) {
+        pin_value(&mut pinned, v);
+    }
+    let mut users = vec![0usize; m.tensors.len()];
+    for node in &g.nodes {
+        node.op.for_each_tensor(|t| users[t as usize] += 1);
+    }
+    if let Some(t) = users.iter().position(|&u| u > 1) {
+        bail!(
+            "tensor {:?} is used by more than one node; channel groups need one owner per tensor",
+            m.tensors[t].name
+        );
+    }
+    for (ni, node) in g.nodes.iter().enumerate() {
+        let out = node.output;
+        let pass = |uf: &mut UnionFind, input: ValueId| {
+            for c in 0..channels(m, out) {
+                uf.union(slot(input, c), slot(out, c));
+            }
+        };
+        match &node.op {
+            Op::Linear { .. } => {
+                let x = node.inputs[0];
+                for j in 0..channels(m, x) {
+                    members.push((
+                        slot(x, j),
+                        Member::Consumer {
+                            node: ni,
+                            slot: j,
+                            cols: j..j + 1,
+                        },
+                    ));
+                }
+                for r in 0..channels(m, out) {
+                    members.push((slot(out, r), Member::Producer { node: ni, row: r }));
+                }
+            }
+            Op::Conv2d { weight, groups, .. } => {
+                let x = node.inputs[0];
+                let w = &m.tensors[*weight as usize].shape;
+                let (cin, cout) = (channels(m, x), channels(m, out));
+                if *groups == 1 {
+                    let k = (w[2] * w[3]) as usize;
+                    for c in 0..cin {
+                        members.push((
+                            slot(x, c),
+                            Member::Consumer {
+                                node: ni,
+                                slot: c,
+                                cols: c * k..(c + 1) * k,
+                            },
+                        ));
+                    }
+                    for r in 0..cout {
+                        members.push((slot(out, r), Member::Producer { node: ni, row: r }));
+                    }
+                } else if *groups as usize == cin && cin == cout {
+                    pass(&mut uf, x);
+                    for c in 0..cout {
+                        members.push((slot(out, c), Member::Depthwise { node: ni, ch: c }));
+                    }
+                } else {
+                    pin_value(&mut pinned, x);
+                    pin_value(&mut pinned, out);
+                }
+            }
+            Op::BatchNorm { .. } => {
+                pass(&mut uf, node.inputs[0]);
+                for c in 0..channels(m, out) {
+                    members.push((slot(out, c), Member::Norm { node: ni, ch: c }));
+                }
+            }
+            Op::Act(_) | Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool => {
+                pass(&mut uf, node.inputs[0])
+            }
+            Op::Add { .. } => {
+                for &x in &node.inputs {
+                    pass(&mut uf, x);
+                }
+            }
+            Op::Concat => {
+                let mut at = 0;
+                for &x in &node.inputs {
+                    for c in 0..channels(m, x) {
+                        uf.union(slot(x, c), slot(out, at + c));
+                    }
+                    at += channels(m, x);
+                }
+            }
+            Op::Flatten => {
+                let x = node.inputs[0];
+                let cin = channels(m, x);
+                let per = channels(m, out) / cin.max(1);
+                for c in 0..cin {
+                    for k in 0..per {
+                        uf.union(slot(x, c), slot(out, c * per + k));
+                    }
+                }
+            }
+            Op::Reshape { .. } | Op::Softmax => {
+                for &x in &node.inputs {
+                    pin_value(&mut pinned, x);
+                }
+                pin_value(&mut pinned, out);
+            }
+        }
+    }
+    let mut root_pinned = vec![false; total];
+    for (s, &p) in pinned.iter().enumerate() {
+        if p {
+            let r = uf.find(s);
+            root_pinned[r] = true;
+        }
+    }
+    let mut by_root: BTreeMap<usize, Group> = BTreeMap::new();
+    for (s, mb) in members {
+        let r = uf.find(s);
+        if !root_pinned[r] {
+            by_root
+                .entry(r)
+                .or_insert_with(|| Group {
+                    members: Vec::new(),
+                    slots: Vec::new(),
+                })
+                .members
+                .push(mb);
+        }
+    }
+    by_root.retain(|_, gr| gr.producers().next().is_some());
+    let index: BTreeMap<usize, usize> = by_root.keys().enumerate().map(|(i, &r)| (r, i)).collect();
+    let mut slot_group: Vec<Vec<Option<usize>>> = Vec::with_capacity(g.values.len());
+    let mut groups: Vec<Group> = by_root.into_values().collect();
+    for v in 0..g.values.len() {
+        let mut row = Vec::with_capacity(offset[v + 1] - offset[v]);
+        for c in 0..offset[v + 1] - offset[v] {
+            let r = uf.find(offset[v] + c);
+            let gi = index.get(&r).copied();
+            if let Some(gi) = gi {
+                groups[gi].slots.push((v as ValueId, c));
+            }
+            row.push(gi);
+        }
+        slot_group.push(row);
+    }
+    Ok(Groups { groups, slot_group })
+}

@@ -1,0 +1,557 @@
+//! Structured pruning (issue 5): dependency groups, group costs against brute-force OBS on the
+//! Kronecker Fisher, compensation, and physical removal against the masked model.
+
+use std::collections::BTreeMap;
+
+use candle_core::Device;
+use nap::channel::{
+    compensate, curvature_nodes, curvatures, group_costs, group_flops, remove_channels, wbar,
+    ChannelCost, LayerCurvature,
+};
+use nap::data::Dataset;
+use nap::groups::{analyze, Member};
+use nap::ir::{GraphBuilder, HostModel, HostTensor};
+use nap::kfac::{collect, StatsConfig};
+use nap::{archs, reference};
+use nap_runtime::format::{Activation, Metadata, Op, TensorId, ValueId};
+use rand::{Rng, SeedableRng};
+
+struct Tiny {
+    b: GraphBuilder,
+    r: rand::rngs::StdRng,
+}
+
+impl Tiny {
+    fn t(&mut self, name: &str, shape: &[u32], lo: f32, hi: f32) -> TensorId {
+        let n: u32 = shape.iter().product();
+        let data = (0..n).map(|_| self.r.gen_range(lo..hi)).collect();
+        self.b.tensor(HostTensor {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        name: &str,
+        x: ValueId,
+        out: u32,
+        k: u32,
+        groups: u32,
+        bias: bool,
+        act: Activation,
+    ) -> ValueId {
+        let cin = self.b.value_shape(x)[0] / groups;
+        let s = 1.0 / ((cin * k * k) as f32).sqrt();
+        let weight = self.t(&format!("{name}.weight"), &[out, cin, k, k], -s, s);
+        let bias = bias.then(|| self.t(&format!("{name}.bias"), &[out], -0.3, 0.3));
+        self.b
+            .node(
+                name,
+                Op::Conv2d {
+                    weight,
+                    bias,
+                    stride: [1, 1],
+                    padding: [0, 0],
+                    dilation: [1, 1],
+                    groups,
+                    act,
+                },
+                &[x],
+            )
+            .unwrap()
+    }
+
+    fn bn(&mut self, name: &str, x: ValueId) -> ValueId {
+        let c = self.b.value_shape(x)[0];
+        let gamma = self.t(&format!("{name}.weight"), &[c], 0.5, 1.5);
+        let beta = self.t(&format!("{name}.bias"), &[c], -0.5, 0.5);
+        let mean = self.t(&format!("{name}.running_mean"), &[c], -0.5, 0.5);
+        let var = self.t(&format!("{name}.running_var"), &[c], 0.5, 2.0);
+        self.b
+            .node(
+                name,
+                Op::BatchNorm {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                    eps: 1e-5,
+                },
+                &[x],
+            )
+            .unwrap()
+    }
+
+    fn linear(&mut self, name: &str, x: ValueId, out: u32, act: Activation) -> ValueId {
+        let i = self.b.value_shape(x)[0];
+        let s = 1.0 / (i as f32).sqrt();
+        let weight = self.t(&format!("{name}.weight"), &[out, i], -s, s);
+        let bias = Some(self.t(&format!("{name}.bias"), &[out], -0.3, 0.3));
+        self.b
+            .node(name, Op::Linear { weight, bias, act }, &[x])
+            .unwrap()
+    }
+
+    fn op(&mut self, name: &str, op: Op, xs: &[ValueId]) -> ValueId {
+        self.b.node(name, op, xs).unwrap()
+    }
+}
+
+/// Input `[3, 8, 8]`, three classes; every group type: a residual Add whose stream runs through
+/// a depthwise convolution, a Concat, a Flatten into a Linear, hidden Linear neurons. No
+/// padding, so a removed channel's constant folds exactly.
+fn tiny(seed: u64) -> HostModel {
+    let relu = Activation::Relu;
+    let mut n = Tiny {
+        b: GraphBuilder::new(),
+        r: rand::rngs::StdRng::seed_from_u64(seed),
+    };
+    let x = n.b.input("input", &[3, 8, 8]);
+    let c1 = n.conv("c1", x, 8, 3, 1, true, Activation::None);
+    let b1 = n.bn("bn1", c1);
+    let r1 = n.op("relu1", Op::Act(relu), &[b1]);
+    let c2 = n.conv("c2", r1, 8, 1, 1, false, Activation::None);
+    let b2 = n.bn("bn2", c2);
+    let a = n.op("add", Op::Add { act: relu }, &[r1, b2]);
+    let dw = n.conv("dw", a, 8, 3, 8, false, Activation::None);
+    let b3 = n.bn("bn3", dw);
+    let r3 = n.op("relu3", Op::Act(Activation::Relu6), &[b3]);
+    let c3 = n.conv("c3", a, 4, 3, 1, true, relu);
+    let cat = n.op("cat", Op::Concat, &[r3, c3]);
+    let c4 = n.conv("c4", cat, 6, 1, 1, true, relu);
+    let p = n.op(
+        "pool",
+        Op::MaxPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        },
+        &[c4],
+    );
+    let f = n.op("flatten", Op::Flatten, &[p]);
+    let fc1 = n.linear("fc1", f, 10, relu);
+    let fc2 = n.linear("fc2", fc1, 3, Activation::None);
+    n.b.finish(&[fc2], Metadata::default()).unwrap()
+}
+
+fn node(m: &HostModel, name: &str) -> usize {
+    m.graph.nodes.iter().position(|n| n.name == name).unwrap()
+}
+
+fn data(n: usize, seed: u64) -> Dataset {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    Dataset {
+        images: (0..n * 192).map(|_| r.gen_range(-1.0..1.0)).collect(),
+        labels: (0..n).map(|i| (i % 3) as u8).collect(),
+        n,
+        shape: [3, 8, 8],
+    }
+}
+
+/// The model with the producer rows (weights and bias) of the removed groups zeroed.
+fn masked(m: &HostModel, groups: &nap::groups::Groups, remove: &[bool]) -> HostModel {
+    let mut out = m.clone();
+    for (g, _) in groups.groups.iter().zip(remove).filter(|(_, r)| **r) {
+        for (ni, row) in g.producers() {
+            let (w, b) = match out.graph.nodes[ni].op {
+                Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => (weight, bias),
+                _ => unreachable!(),
+            };
+            let t = &mut out.tensors[w as usize];
+            let per = t.numel() / t.shape[0] as usize;
+            t.data[row * per..(row + 1) * per].fill(0.0);
+            if let Some(b) = b {
+                out.tensors[b as usize].data[row] = 0.0;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn issue5_groups_tie_residual_concat_depthwise_and_flatten() {
+    let m = tiny(1);
+    let gs = analyze(&m).unwrap();
+    // 8 residual channels, 4 from c3, 6 from c4, 10 hidden neurons; inputs and classes pinned.
+    assert_eq!(gs.groups.len(), 28);
+    let (c1, c2, c3, c4, fc1, fc2) = (
+        node(&m, "c1"),
+        node(&m, "c2"),
+        node(&m, "c3"),
+        node(&m, "c4"),
+        node(&m, "fc1"),
+        node(&m, "fc2"),
+    );
+    let (bn1, bn2, bn3, dw) = (
+        node(&m, "bn1"),
+        node(&m, "bn2"),
+        node(&m, "bn3"),
+        node(&m, "dw"),
+    );
+    let g = &gs.groups[gs.slot_group[m.graph.nodes[c1].output as usize][5].unwrap()];
+    let mut want = vec![
+        Member::Producer { node: c1, row: 5 },
+        Member::Norm { node: bn1, ch: 5 },
+        Member::Consumer {
+            node: c2,
+            slot: 5,
+            cols: 5..6,
+        },
+        Member::Producer { node: c2, row: 5 },
+        Member::Norm { node: bn2, ch: 5 },
+        Member::Depthwise { node: dw, ch: 5 },
+        Member::Norm { node: bn3, ch: 5 },
+        Member::Consumer {
+            node: c3,
+            slot: 5,
+            cols: 45..54,
+        },
+        Member::Consumer {
+            node: c4,
+            slot: 5,
+            cols: 5..6,
+        },
+    ];
+    let mut got = g.members.clone();
+    let key = |m: &Member| format!("{m:?}");
+    want.sort_by_key(key);
+    got.sort_by_key(key);
+    assert_eq!(got, want, "residual channel 5");
+    // c3's channel 2 is channel 10 of the concat; c4's channel 1 is four columns of fc1.
+    let g = &gs.groups[gs.slot_group[m.graph.nodes[c3].output as usize][2].unwrap()];
+    assert!(g.members.contains(&Member::Consumer {
+        node: c4,
+        slot: 10,
+        cols: 10..11
+    }));
+    let g = &gs.groups[gs.slot_group[m.graph.nodes[c4].output as usize][1].unwrap()];
+    let cols: Vec<usize> = g
+        .consumers()
+        .filter(|(n, _)| *n == fc1)
+        .flat_map(|(_, c)| c)
+        .collect();
+    assert_eq!(cols, vec![4, 5, 6, 7]);
+    // Nothing of the input or the class outputs.
+    assert!(gs.slot_group[m.graph.inputs[0] as usize]
+        .iter()
+        .all(Option::is_none));
+    assert!(gs.slot_group[m.graph.nodes[fc2].output as usize]
+        .iter()
+        .all(Option::is_none));
+    // FLOPs saved by residual channel 5: c1 row 27·36, c2 row and column 8·36 each, depthwise
+    // 9·16, c3 column block 9·4·16, c4 column 6·16.
+    let fl = group_flops(&m, &gs);
+    let gi = gs.slot_group[m.graph.nodes[c1].output as usize][5].unwrap();
+    assert_eq!(
+        fl[gi],
+        (27 * 36 + 8 * 36 + 8 * 36 + 9 * 16 + 9 * 4 * 16 + 6 * 16) as f64
+    );
+}
+
+#[test]
+fn issue5_removal_matches_the_masked_model_exactly() {
+    let m = tiny(2);
+    let gs = analyze(&m).unwrap();
+    let x = data(6, 3);
+    let mut fold_effect = 0f32;
+    for seed in 0..4u64 {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let remove: Vec<bool> = (0..gs.groups.len()).map(|_| r.gen_bool(0.4)).collect();
+        let pruned = remove_channels(&m, &gs, &remove, true).unwrap();
+        let want = reference::logits(&masked(&m, &gs, &remove), &x.images).unwrap();
+        let got = reference::logits(&pruned, &x.images).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "seed {seed}: {a} vs masked {b}"
+            );
+        }
+        // Both sides of the Add and every tensor shrank together.
+        let add = &m.graph.nodes[node(&m, "add")];
+        let kept_res = (0..8)
+            .filter(|&c| {
+                !remove[gs.slot_group[m.graph.nodes[node(&m, "c1")].output as usize][c].unwrap()]
+            })
+            .count() as u32;
+        for &v in &add.inputs {
+            assert_eq!(pruned.graph.values[v as usize].shape[0], kept_res);
+        }
+        let dw = match pruned.graph.nodes[node(&m, "dw")].op {
+            Op::Conv2d { groups, .. } => groups,
+            _ => unreachable!(),
+        };
+        assert_eq!(dw, kept_res);
+        let removed = remove.iter().filter(|r| **r).count();
+        assert_eq!(analyze(&pruned).unwrap().groups.len(), 28 - removed);
+        // Without folding the constants the outputs differ (the BatchNorms' constants matter).
+        let unfolded = remove_channels(&m, &gs, &remove, false).unwrap();
+        let u = reference::logits(&unfolded, &x.images).unwrap();
+        fold_effect = u
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(fold_effect, f32::max);
+    }
+    assert!(
+        fold_effect > 1e-2,
+        "folding changed nothing ({fold_effect})"
+    );
+}
+
+/// Dense inverse by Gauss-Jordan with partial pivoting.
+fn inverse(a: &[f64], n: usize) -> Vec<f64> {
+    let mut m = a.to_vec();
+    let mut inv: Vec<f64> = (0..n * n)
+        .map(|k| if k / n == k % n { 1.0 } else { 0.0 })
+        .collect();
+    for col in 0..n {
+        let p = (col..n)
+            .max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs()))
+            .unwrap();
+        for k in 0..n {
+            m.swap(col * n + k, p * n + k);
+            inv.swap(col * n + k, p * n + k);
+        }
+        let d = m[col * n + col];
+        for k in 0..n {
+            m[col * n + k] /= d;
+            inv[col * n + k] /= d;
+        }
+        for i in 0..n {
+            if i != col {
+                let f = m[i * n + col];
+                if f != 0.0 {
+                    for k in 0..n {
+                        m[i * n + k] -= f * m[col * n + k];
+                        inv[i * n + k] -= f * inv[col * n + k];
+                    }
+                }
+            }
+        }
+    }
+    inv
+}
+
+/// Brute-force OBS for removing the entries `s` (row-major indices of `W̄`) under the explicit
+/// `F = A ⊗ G` (entry `(i, j), (i', j')` is `G_ii' A_jj'`): the loss increase
+/// `½ w_Sᵀ ([F⁻¹]_SS)⁻¹ w_S` and the updated `W̄ = W̄ − F⁻¹[:, S] ([F⁻¹]_SS)⁻¹ w_S`.
+fn brute_obs(lc: &LayerCurvature, w: &[f64], s: &[usize]) -> (f64, Vec<f64>) {
+    let (rows, d) = (lc.g.nrows(), lc.a.nrows());
+    let n = rows * d;
+    let f: Vec<f64> = (0..n * n)
+        .map(|k| {
+            let (p, q) = (k / n, k % n);
+            lc.g[(p / d, q / d)] * lc.a[(p % d, q % d)]
+        })
+        .collect();
+    let fi = inverse(&f, n);
+    let fss: Vec<f64> = s
+        .iter()
+        .flat_map(|&p| s.iter().map(move |&q| (p, q)))
+        .map(|(p, q)| fi[p * n + q])
+        .collect();
+    let fss_inv = inverse(&fss, s.len());
+    let c: Vec<f64> = (0..s.len())
+        .map(|a| {
+            (0..s.len())
+                .map(|b| fss_inv[a * s.len() + b] * w[s[b]])
+                .sum()
+        })
+        .collect();
+    let dl = 0.5 * s.iter().zip(&c).map(|(&p, ci)| w[p] * ci).sum::<f64>();
+    let mut out = w.to_vec();
+    for (p, o) in out.iter_mut().enumerate() {
+        *o -= s
+            .iter()
+            .zip(&c)
+            .map(|(&q, ci)| fi[p * n + q] * ci)
+            .sum::<f64>();
+    }
+    (dl, out)
+}
+
+fn close(a: f64, b: f64, tol: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= tol * (1e-12 + a.abs().max(b.abs())),
+        "{what}: {a} vs {b}"
+    );
+}
+
+#[test]
+fn issue5_row_and_column_costs_and_compensation_equal_brute_force_obs() {
+    let m = tiny(4);
+    let gs = analyze(&m).unwrap();
+    let nodes = curvature_nodes(&gs);
+    let cfg = StatsConfig {
+        nodes: Some(nodes.clone()),
+        batch: 8,
+        ..Default::default()
+    };
+    let f = collect(&m, &data(24, 5), &cfg, &Device::Cpu).unwrap();
+    assert_eq!(f.len(), nodes.len());
+    let curv = curvatures(&f, 1e-2).unwrap();
+    for (name, rows, cols) in [
+        ("c1", vec![2usize], vec![]),
+        ("c2", vec![0, 5], vec![3usize]),
+        ("c4", vec![1], (10..11).collect::<Vec<_>>()),
+        ("c3", vec![3], (9..18).collect()),
+        ("fc1", vec![4, 7], vec![0, 1, 2, 3]),
+    ] {
+        let ni = node(&m, name);
+        let lc = &curv[&ni];
+        let (r, c, w) = wbar(&m, ni).unwrap();
+        let d = c + 1;
+        assert_eq!(r * d, w.len());
+        // One row: the closed form against brute force.
+        let s: Vec<usize> = (0..d).map(|j| rows[0] * d + j).collect();
+        let (dl, _) = brute_obs(lc, &w, &s);
+        close(
+            lc.row_costs(&w)[rows[0]],
+            dl,
+            1e-8,
+            &format!("{name} row cost"),
+        );
+        // A set of rows: the joint compensation.
+        let s: Vec<usize> = rows
+            .iter()
+            .flat_map(|&i| (0..d).map(move |j| i * d + j))
+            .collect();
+        let (_, want) = brute_obs(lc, &w, &s);
+        let mut got = w.clone();
+        lc.remove_rows(&mut got, &rows).unwrap();
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-8 * (1.0 + b.abs()),
+                "{name} rows: W̄[{k}] {a} vs {b}"
+            );
+        }
+        if cols.is_empty() {
+            continue;
+        }
+        // A column block (one input channel): cost and compensation.
+        let s: Vec<usize> = (0..r)
+            .flat_map(|i| cols.iter().map(move |&j| i * d + j))
+            .collect();
+        let (dl, want) = brute_obs(lc, &w, &s);
+        close(
+            lc.column_cost(&w, &cols).unwrap(),
+            dl,
+            1e-8,
+            &format!("{name} column cost"),
+        );
+        let mut got = w.clone();
+        lc.remove_columns(&mut got, &cols).unwrap();
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-8 * (1.0 + b.abs()),
+                "{name} cols: W̄[{k}] {a} vs {b}"
+            );
+        }
+    }
+    // A group's cost is the sum of its members' brute-force costs.
+    let costs: BTreeMap<&str, Vec<f64>> = [
+        ("producer", ChannelCost::Producer),
+        ("consumer", ChannelCost::Consumer),
+        ("sum", ChannelCost::Sum),
+    ]
+    .into_iter()
+    .map(|(k, c)| (k, group_costs(&m, &gs, &curv, c).unwrap()))
+    .collect();
+    for (gi, g) in gs.groups.iter().enumerate() {
+        let (mut prod, mut cons) = (0.0, 0.0);
+        for (ni, row) in g.producers() {
+            let (_, c, w) = wbar(&m, ni).unwrap();
+            let s: Vec<usize> = (0..=c).map(|j| row * (c + 1) + j).collect();
+            prod += brute_obs(&curv[&ni], &w, &s).0;
+        }
+        let mut by_node: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (ni, cs) in g.consumers() {
+            by_node.entry(ni).or_default().extend(cs);
+        }
+        for (ni, cs) in by_node {
+            let (r, c, w) = wbar(&m, ni).unwrap();
+            let s: Vec<usize> = (0..r)
+                .flat_map(|i| cs.iter().map(move |&j| i * (c + 1) + j))
+                .collect();
+            cons += brute_obs(&curv[&ni], &w, &s).0;
+        }
+        let name = g.name(&m);
+        close(
+            costs["producer"][gi],
+            prod,
+            1e-7,
+            &format!("{name} producer"),
+        );
+        close(
+            costs["consumer"][gi],
+            cons,
+            1e-7,
+            &format!("{name} consumer"),
+        );
+        close(costs["sum"][gi], prod + cons, 1e-7, &format!("{name} sum"));
+    }
+}
+
+#[test]
+fn issue5_compensation_lowers_the_loss_increase_of_removal() {
+    // Removing the cheapest groups with the producer compensation changes the outputs less than
+    // removing them without it: the OBS update uses the correlation between rows.
+    let m = tiny(6);
+    let gs = analyze(&m).unwrap();
+    let cfg = StatsConfig {
+        nodes: Some(curvature_nodes(&gs)),
+        fisher: nap::kfac::Fisher::Exact,
+        ..Default::default()
+    };
+    let d = data(64, 7);
+    let f = collect(&m, &d, &cfg, &Device::Cpu).unwrap();
+    let curv = curvatures(&f, 1e-2).unwrap();
+    let cost = group_costs(&m, &gs, &curv, ChannelCost::Producer).unwrap();
+    assert!(cost.iter().all(|c| c.is_finite() && *c >= 0.0));
+    let mut order: Vec<usize> = (0..cost.len()).collect();
+    order.sort_by(|&a, &b| cost[a].total_cmp(&cost[b]));
+    let mut remove = vec![false; cost.len()];
+    for &g in &order[..5] {
+        remove[g] = true;
+    }
+    let base = reference::logits(&m, &d.images).unwrap();
+    let dist = |p: &HostModel| {
+        let l = reference::logits(p, &d.images).unwrap();
+        l.iter()
+            .zip(&base)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+    };
+    let plain = remove_channels(&m, &gs, &remove, true).unwrap();
+    let mut comp = m.clone();
+    compensate(&mut comp, &gs, &remove, &curv, ChannelCost::Producer).unwrap();
+    let comp = remove_channels(&comp, &gs, &remove, true).unwrap();
+    let (dp, dc) = (dist(&plain), dist(&comp));
+    assert!(dc < dp, "compensated {dc} vs plain {dp}");
+}
+
+#[test]
+fn issue5_mobilenet_v2_groups_and_removal() {
+    let m = archs::random("mobilenet-v2", 1).unwrap();
+    let gs = analyze(&m).unwrap();
+    // Stem (32, tied through block 1's depthwise), the expansion channels of blocks 2-17
+    // (7104), the stage streams 16+24+32+64+96+160+320 (residual stages are one group per
+    // channel across their blocks), the 1280 last features.
+    assert_eq!(gs.groups.len(), 32 + 7104 + 712 + 1280);
+    let proj = |b: usize| node(&m, &format!("features.{b}.conv.2"));
+    // Blocks 2 and 3 share the 24-channel stream; block 4 starts the 32-channel stage.
+    let g = &gs.groups[gs.slot_group[m.graph.nodes[proj(2)].output as usize][7].unwrap()];
+    let producers: Vec<usize> = g.producers().map(|(n, _)| n).collect();
+    assert_eq!(producers, vec![proj(2), proj(3)]);
+    let mut r = rand::rngs::StdRng::seed_from_u64(8);
+    let remove: Vec<bool> = (0..gs.groups.len()).map(|_| r.gen_bool(0.3)).collect();
+    let pruned = remove_channels(&m, &gs, &remove, true).unwrap();
+    assert!(pruned.param_count() < m.param_count());
+    let x: Vec<f32> = (0..3 * 224 * 224).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let out = reference::logits(&pruned, &x).unwrap();
+    assert_eq!(out.len(), 1000);
+    assert!(out.iter().all(|v| v.is_finite()));
+}
