@@ -559,3 +559,131 @@ fn issue4_block_pruned_weights_are_written_blocked() {
         );
     }
 }
+
+/// `nap prune --mode channel` end to end on the digits: a smaller dense model whose FLOPs match
+/// the report, --resume from a channel-slimmed checkpoint, `nap convert` of the slimmed
+/// safetensors, `--mode channel-fine`, and clear errors.
+#[test]
+fn issue5_channel_pruning_slims_resumes_and_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("dense.safetensors");
+    let o = nap(&[
+        "train",
+        "--arch",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--split",
+        "train",
+        "--epochs",
+        "6",
+        "-o",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let run = dir.path().join("run");
+    let args = |mode: &str, out: &Path, steps: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "prune",
+            ckpt.to_str().unwrap(),
+            "--arch",
+            "digits-cnn",
+            "--data",
+            "digits",
+            "--mode",
+            mode,
+            "-o",
+            out.to_str().unwrap(),
+            "--max-drop",
+            "40%",
+            "--step",
+            "0.2",
+            "--stats-examples",
+            "300",
+            "--max-steps",
+            steps,
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run_nap = |a: Vec<String>| nap(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run_nap(args("channel", &run, "2", &[]));
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let steps = r["state"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(steps.iter().any(|s| s["accepted"] == true), "{steps:?}");
+    // Physically smaller: fewer parameters and multiply-accumulates, no zeros needed.
+    let (dm, pm) = (
+        r["dense"]["macs"].as_f64().unwrap(),
+        r["pruned"]["macs"].as_f64().unwrap(),
+    );
+    assert!(pm < dm, "{} vs {}", pm, dm);
+    assert!(r["pruned"]["params"].as_u64() < r["dense"]["params"].as_u64());
+    let last = steps.iter().rev().find(|s| s["accepted"] == true).unwrap();
+    let fr = last["flops_reduction"].as_f64().unwrap();
+    assert!((fr - dm / pm).abs() < 1e-9 * fr, "{fr} vs {}", dm / pm);
+    assert_eq!(
+        r["pruned"]["test_accuracy"], r["pruned"]["runtime_test_accuracy"],
+        "{}",
+        r["pruned"]
+    );
+    // The slimmed checkpoint converts and gives the same accuracy as the pruned .nap.
+    let slim = dir.path().join("slim.nap");
+    let o = nap(&[
+        "convert",
+        run.join("pruned.safetensors").to_str().unwrap(),
+        "--arch",
+        "digits-cnn",
+        "-o",
+        slim.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let params = |p: &Path| {
+        let o = nap(&["inspect", p.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        r["params"].as_u64().unwrap()
+    };
+    assert_eq!(params(&slim), params(&run.join("pruned.nap")));
+    assert_eq!(Some(params(&slim)), r["pruned"]["params"].as_u64());
+    let o = nap(&[
+        "eval",
+        run.join("pruned.safetensors").to_str().unwrap(),
+        "--arch",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Resume from the slimmed best checkpoint.
+    let o = run_nap(args("channel", &run, "3", &["--resume"]));
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["state"]["steps"].as_array().unwrap().len(), 3);
+    // Channels, then single weights, in one command.
+    let both = dir.path().join("both");
+    let o = run_nap(args("channel-fine", &both, "2", &[]));
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(both.join("channel/state.json").exists() && both.join("fine/state.json").exists());
+    assert!(r["pruned"]["nonzero_macs"].as_f64() < r["pruned"]["macs"].as_f64());
+    assert!(r["pruned"]["macs"].as_f64() < r["dense"]["macs"].as_f64());
+    // Bad input.
+    for (mode, bad, needle) in [
+        ("fine", vec!["--target-flops", "2"], "--mode channel"),
+        ("channel", vec!["--target-flops", "0.5"], "--target-flops"),
+        ("channel", vec!["--target-flops", "lots"], "--target-flops"),
+        ("channel", vec!["--criterion", "obd"], "magnitude"),
+        ("channel", vec!["--flops-weight=-1"], "--flops-weight"),
+    ] {
+        let o = run_nap(args(mode, &dir.path().join("bad"), "1", &bad));
+        assert!(!o.status.success(), "{bad:?} was accepted");
+        assert!(text(&o).contains(needle), "{bad:?}: {}", text(&o));
+    }
+}
