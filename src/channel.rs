@@ -648,22 +648,16 @@ pub struct ChannelReport {
 
 /// Multiply-accumulates per example of the Linear and Conv2d layers as stored (dense).
 pub fn macs(m: &HostModel) -> f64 {
-    m.graph
-        .nodes
-        .iter()
-        .filter_map(|n| match n.op {
-            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
-                let s = &m.graph.values[n.output as usize].shape;
-                let pos: f64 = s[1..].iter().map(|&d| d as f64).product();
-                Some(m.tensors[weight as usize].numel() as f64 * pos)
-            }
-            _ => None,
-        })
-        .sum()
+    layer_macs(m, |t| t.numel())
 }
 
 /// Multiply-accumulates per example with a non-zero weight.
 pub fn nonzero_macs(m: &HostModel) -> f64 {
+    layer_macs(m, |t| t.data.iter().filter(|v| **v != 0.0).count())
+}
+
+/// `Σ weights(W) · output positions` over the Linear and Conv2d layers.
+fn layer_macs(m: &HostModel, weights: impl Fn(&HostTensor) -> usize) -> f64 {
     m.graph
         .nodes
         .iter()
@@ -671,12 +665,7 @@ pub fn nonzero_macs(m: &HostModel) -> f64 {
             Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
                 let s = &m.graph.values[n.output as usize].shape;
                 let pos: f64 = s[1..].iter().map(|&d| d as f64).product();
-                let nz = m.tensors[weight as usize]
-                    .data
-                    .iter()
-                    .filter(|v| **v != 0.0)
-                    .count();
-                Some(nz as f64 * pos)
+                Some(weights(&m.tensors[weight as usize]) as f64 * pos)
             }
             _ => None,
         })

@@ -100,20 +100,42 @@ pub fn accuracy(logits: &[f32], labels: &[u8], classes: usize) -> f32 {
     correct as f32 / labels.len().max(1) as f32
 }
 
+/// `ln Σ exp(row)`, computed stably.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    row.iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max
+}
+
 /// Mean cross-entropy (natural log) of `logits` against `labels`.
 pub fn cross_entropy(logits: &[f32], labels: &[u8], classes: usize) -> f64 {
     let mut sum = 0f64;
     for (row, &l) in logits.chunks(classes).zip(labels) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let lse = row
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln()
-            + max;
-        sum += lse - row[l as usize] as f64;
+        sum += log_sum_exp(row) - row[l as usize] as f64;
     }
     sum / labels.len().max(1) as f64
+}
+
+/// Mean over examples of `KL(softmax(reference) ‖ softmax(a))` in nats.
+pub fn kl_divergence(a: &[f32], reference: &[f32], classes: usize) -> f64 {
+    let log_softmax = |row: &[f32]| -> Vec<f64> {
+        let lse = log_sum_exp(row);
+        row.iter().map(|&v| v as f64 - lse).collect()
+    };
+    let rows = reference.len() / classes.max(1);
+    let mut sum = 0.0;
+    for (ra, rb) in a.chunks(classes).zip(reference.chunks(classes)) {
+        let (la, lb) = (log_softmax(ra), log_softmax(rb));
+        sum += la
+            .iter()
+            .zip(&lb)
+            .map(|(qa, pb)| pb.exp() * (pb - qa))
+            .sum::<f64>();
+    }
+    sum / rows.max(1) as f64
 }
 
 /// How closely two sets of logits agree.

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use nap_runtime::format::{Activation, Graph, Op};
+use nap_runtime::format::{Activation, Graph, Node, Op};
 
 use crate::ir::HostModel;
 
@@ -86,112 +86,183 @@ pub fn forward_probed(
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
     vals[g.inputs[0] as usize] = Some(x.clone());
     for (ni, node) in g.nodes.iter().enumerate() {
-        let probe = |y: Tensor| -> Result<Tensor> {
-            match probes.get(ni).and_then(|p| p.as_ref()) {
-                Some(p) => Ok((y + p)?),
-                None => Ok(y),
-            }
-        };
-        let ins: Vec<&Tensor> = node
-            .inputs
-            .iter()
-            .map(|&v| {
-                vals[v as usize]
-                    .as_ref()
-                    .context("value used before definition")
-            })
-            .collect::<Result<_>>()?;
-        let x = ins[0];
-        let p = |id: u32| &params[id as usize];
-        let y = match &node.op {
-            Op::Linear { weight, bias, act } => {
-                let mut y = x.matmul(&p(*weight).t()?)?;
-                if let Some(b) = bias {
-                    y = y.broadcast_add(p(*b))?;
-                }
-                activation(&probe(y)?, *act)?
-            }
-            Op::Conv2d {
-                weight,
-                bias,
-                stride,
-                padding,
-                dilation,
-                groups,
-                act,
-            } => {
-                let mut y = x.conv2d(
-                    p(*weight),
-                    square(*padding, "padding")?,
-                    square(*stride, "stride")?,
-                    square(*dilation, "dilation")?,
-                    *groups as usize,
-                )?;
-                if let Some(b) = bias {
-                    y = y.broadcast_add(&p(*b).reshape((1, (), 1, 1))?)?;
-                }
-                activation(&probe(y)?, *act)?
-            }
-            Op::BatchNorm {
-                gamma,
-                beta,
-                mean,
-                var,
-                eps,
-            } => {
-                let shape: Vec<usize> = (0..x.rank())
-                    .map(|i| if i == 1 { x.dim(1).unwrap_or(1) } else { 1 })
-                    .collect();
-                let r = |t: &Tensor| t.reshape(shape.clone());
-                let inv = (r(p(*var))? + *eps as f64)?.sqrt()?.recip()?;
-                let scale = r(p(*gamma))?.mul(&inv)?;
-                x.broadcast_sub(&r(p(*mean))?)?
-                    .broadcast_mul(&scale)?
-                    .broadcast_add(&r(p(*beta))?)?
-            }
-            Op::Act(a) => activation(x, *a)?,
-            Op::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-            } => {
-                let xp = pad2d(x, *padding, f32::NEG_INFINITY)?;
-                xp.max_pool2d_with_stride(
-                    (kernel[0] as usize, kernel[1] as usize),
-                    (stride[0] as usize, stride[1] as usize),
-                )?
-            }
-            Op::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                count_include_pad,
-            } => {
-                let k = (kernel[0] as usize, kernel[1] as usize);
-                let s = (stride[0] as usize, stride[1] as usize);
-                let sum = pad2d(x, *padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
-                if *count_include_pad || padding == &[0, 0] {
-                    sum
-                } else {
-                    let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
-                    let frac = pad2d(&ones, *padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
-                    sum.broadcast_div(&frac)?
-                }
-            }
-            Op::GlobalAvgPool => x.mean(D::Minus1)?.mean(D::Minus1)?,
-            Op::Add { act } => activation(&(x + ins[1])?, *act)?,
-            Op::Concat => Tensor::cat(&ins, 1)?,
-            Op::Flatten => x.flatten_from(1)?,
-            Op::Reshape { shape } => {
-                let mut s = vec![x.dim(0)?];
-                s.extend(shape.iter().map(|&d| d as usize));
-                x.reshape(s)?
-            }
-            Op::Softmax => candle_nn::ops::softmax(x, 1)?,
-        };
+        let ins = inputs_of(node, &vals)?;
+        let y = eval_node(node, &ins, params, probes.get(ni).and_then(|p| p.as_ref()))?;
         vals[node.output as usize] = Some(y);
     }
     Ok(vals)
+}
+
+fn inputs_of<'v>(node: &Node, vals: &'v [Option<Tensor>]) -> Result<Vec<&'v Tensor>> {
+    node.inputs
+        .iter()
+        .map(|&v| {
+            vals[v as usize]
+                .as_ref()
+                .context("value used before definition")
+        })
+        .collect()
+}
+
+/// One node's output from its inputs; `probe` (if any) is added to a Linear's or Conv2d's
+/// pre-activation.
+fn eval_node(
+    node: &Node,
+    ins: &[&Tensor],
+    params: &[Tensor],
+    probe: Option<&Tensor>,
+) -> Result<Tensor> {
+    let probe = |y: Tensor| -> Result<Tensor> {
+        match probe {
+            Some(p) => Ok((y + p)?),
+            None => Ok(y),
+        }
+    };
+    let x = ins[0];
+    let p = |id: u32| &params[id as usize];
+    Ok(match &node.op {
+        Op::Linear { weight, bias, act } => {
+            let mut y = x.matmul(&p(*weight).t()?)?;
+            if let Some(b) = bias {
+                y = y.broadcast_add(p(*b))?;
+            }
+            activation(&probe(y)?, *act)?
+        }
+        Op::Conv2d {
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+            act,
+        } => {
+            let mut y = x.conv2d(
+                p(*weight),
+                square(*padding, "padding")?,
+                square(*stride, "stride")?,
+                square(*dilation, "dilation")?,
+                *groups as usize,
+            )?;
+            if let Some(b) = bias {
+                y = y.broadcast_add(&p(*b).reshape((1, (), 1, 1))?)?;
+            }
+            activation(&probe(y)?, *act)?
+        }
+        Op::BatchNorm {
+            gamma,
+            beta,
+            mean,
+            var,
+            eps,
+        } => {
+            let shape: Vec<usize> = (0..x.rank())
+                .map(|i| if i == 1 { x.dim(1).unwrap_or(1) } else { 1 })
+                .collect();
+            let r = |t: &Tensor| t.reshape(shape.clone());
+            let inv = (r(p(*var))? + *eps as f64)?.sqrt()?.recip()?;
+            let scale = r(p(*gamma))?.mul(&inv)?;
+            x.broadcast_sub(&r(p(*mean))?)?
+                .broadcast_mul(&scale)?
+                .broadcast_add(&r(p(*beta))?)?
+        }
+        Op::Act(a) => activation(x, *a)?,
+        Op::MaxPool2d {
+            kernel,
+            stride,
+            padding,
+        } => {
+            let xp = pad2d(x, *padding, f32::NEG_INFINITY)?;
+            xp.max_pool2d_with_stride(
+                (kernel[0] as usize, kernel[1] as usize),
+                (stride[0] as usize, stride[1] as usize),
+            )?
+        }
+        Op::AvgPool2d {
+            kernel,
+            stride,
+            padding,
+            count_include_pad,
+        } => {
+            let k = (kernel[0] as usize, kernel[1] as usize);
+            let s = (stride[0] as usize, stride[1] as usize);
+            let sum = pad2d(x, *padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
+            if *count_include_pad || padding == &[0, 0] {
+                sum
+            } else {
+                let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
+                let frac = pad2d(&ones, *padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
+                sum.broadcast_div(&frac)?
+            }
+        }
+        Op::GlobalAvgPool => x.mean(D::Minus1)?.mean(D::Minus1)?,
+        Op::Add { act } => activation(&(x + ins[1])?, *act)?,
+        Op::Concat => Tensor::cat(ins, 1)?,
+        Op::Flatten => x.flatten_from(1)?,
+        Op::Reshape { shape } => {
+            let mut s = vec![x.dim(0)?];
+            s.extend(shape.iter().map(|&d| d as usize));
+            x.reshape(s)?
+        }
+        Op::Softmax => candle_nn::ops::softmax(x, 1)?,
+    })
+}
+
+/// Recomputes the running statistics of every BatchNorm from `data` (inputs of `m`, all in one
+/// batch): node by node, each BatchNorm's mean and variance become those of its input over the
+/// examples and positions, computed with the BatchNorms before it already updated. This is what
+/// a pass in training mode with cumulative averaging does, exactly, in one pass. Values are
+/// dropped after their last use.
+pub fn recalibrate_batchnorm(m: &mut HostModel, data: &[f32]) -> Result<()> {
+    if !m
+        .graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::BatchNorm { .. }))
+    {
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    let mut params = params(m, &dev)?;
+    let g = m.graph.clone();
+    let mut last_use = vec![usize::MAX; g.values.len()];
+    for (ni, node) in g.nodes.iter().enumerate() {
+        for &v in &node.inputs {
+            last_use[v as usize] = ni;
+        }
+    }
+    for &v in &g.outputs {
+        last_use[v as usize] = usize::MAX;
+    }
+    let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
+    vals[g.inputs[0] as usize] = Some(input(m, data, &dev)?);
+    for (ni, node) in g.nodes.iter().enumerate() {
+        if let Op::BatchNorm { mean, var, .. } = node.op {
+            let x = vals[node.inputs[0] as usize]
+                .as_ref()
+                .context("value used before definition")?;
+            let c = x.dim(1)?;
+            // [N, C, ...] -> [C, N * positions]
+            let flat = x.transpose(0, 1)?.contiguous()?.reshape((c, ()))?;
+            let n = flat.dim(1)? as f64;
+            let mu = flat.mean(1)?;
+            let centred = flat.broadcast_sub(&mu.reshape((c, 1))?)?;
+            let v = (centred.sqr()?.sum(1)? / (n - 1.0).max(1.0))?;
+            for (id, t) in [(mean, mu), (var, v)] {
+                m.tensors[id as usize].data = t.to_dtype(DType::F32)?.to_vec1()?;
+                params[id as usize] = t;
+            }
+        }
+        let ins = inputs_of(node, &vals)?;
+        let y = eval_node(node, &ins, &params, None)?;
+        vals[node.output as usize] = Some(y);
+        for &v in &node.inputs {
+            if last_use[v as usize] == ni {
+                vals[v as usize] = None;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the graph and returns its first output.

@@ -27,7 +27,7 @@ use crate::kfac::{self, Fisher, LayerFactors, StatsConfig};
 use crate::prune::{self, Criterion, Masks, ObsUpdate, StepConfig};
 use crate::train::{self, TrainConfig};
 use crate::util::atomic_write;
-use crate::{archs, groups, import};
+use crate::{archs, groups, import, reference};
 
 /// What a run removes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -659,6 +659,11 @@ pub fn run(
                 },
             )?;
             trial = t;
+            // Removing channels and compensating shifts the statistics every later BatchNorm
+            // normalises with: recompute them (no-op without BatchNorm).
+            let idx = permutation(train_set.n, settings.seed.wrapping_add(7000 + k as u64));
+            let calib = train_set.subset(&idx[..train_set.n.min(256)]);
+            reference::recalibrate_batchnorm(&mut trial, &calib.images)?;
             trial_masks = Masks::from_model(&trial);
             (
                 r.removed,

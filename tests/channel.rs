@@ -555,3 +555,52 @@ fn issue5_mobilenet_v2_groups_and_removal() {
     assert_eq!(out.len(), 1000);
     assert!(out.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn issue5_batchnorm_recalibration_matches_input_statistics() {
+    let mut m = tiny(9);
+    let d = data(5, 10);
+    reference::recalibrate_batchnorm(&mut m, &d.images).unwrap();
+    let dev = Device::Cpu;
+    let vals = reference::forward_all(
+        &m.graph,
+        &reference::params(&m, &dev).unwrap(),
+        &reference::input(&m, &d.images, &dev).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for node in &m.graph.nodes {
+        let Op::BatchNorm { mean, var, .. } = node.op else {
+            continue;
+        };
+        // The BatchNorm's input, [n, C, H, W], recomputed with every earlier BatchNorm
+        // already recalibrated: its per-channel mean and unbiased variance.
+        let x = vals[node.inputs[0] as usize].as_ref().unwrap();
+        let (n, c, h, w) = x.dims4().unwrap();
+        let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        for ch in 0..c {
+            let xs: Vec<f64> = (0..n)
+                .flat_map(|i| (0..h * w).map(move |k| (i * c + ch) * h * w + k))
+                .map(|k| v[k] as f64)
+                .collect();
+            let mu = xs.iter().sum::<f64>() / xs.len() as f64;
+            let var_u = xs.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (xs.len() - 1) as f64;
+            let (gm, gv) = (
+                m.tensors[mean as usize].data[ch] as f64,
+                m.tensors[var as usize].data[ch] as f64,
+            );
+            assert!(
+                (gm - mu).abs() < 1e-4 * (1.0 + mu.abs()),
+                "{}: mean {gm} vs {mu}",
+                node.name
+            );
+            assert!(
+                (gv - var_u).abs() < 1e-4 * (1.0 + var_u),
+                "{}: var {gv} vs {var_u}",
+                node.name
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}

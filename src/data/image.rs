@@ -36,10 +36,40 @@ pub fn load_imagenet_input(path: &Path) -> Result<Vec<f32>> {
 
 /// [`load_imagenet_input`] on an image already decoded.
 pub fn imagenet_input(img: &DynamicImage) -> Result<Vec<f32>> {
+    imagenet_view(img, &ImagenetView::CENTER)
+}
+
+/// One view of an image for an ImageNet model: the shorter side resized to `resize`, a
+/// 224×224 crop at relative position (`x`, `y`) in `[0, 1]` of the room left (0.5: centred),
+/// mirrored left to right if `flip`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImagenetView {
+    pub resize: u32,
+    pub x: f64,
+    pub y: f64,
+    pub flip: bool,
+}
+
+impl ImagenetView {
+    /// torchvision's evaluation transform: `Resize(256), CenterCrop(224)`.
+    pub const CENTER: ImagenetView = ImagenetView {
+        resize: IMAGENET_RESIZE,
+        x: 0.5,
+        y: 0.5,
+        flip: false,
+    };
+}
+
+/// The view `v` of `img`, normalised like [`load_imagenet_input`]: `3 * 224 * 224` values, CHW.
+pub fn imagenet_view(img: &DynamicImage, v: &ImagenetView) -> Result<Vec<f32>> {
     let rgb: RgbImage = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     ensure!(w > 0 && h > 0, "empty image");
-    let (nw, nh) = resized_short_side(w, h, IMAGENET_RESIZE);
+    ensure!(
+        (0.0..=1.0).contains(&v.x) && (0.0..=1.0).contains(&v.y),
+        "crop position outside [0, 1]"
+    );
+    let (nw, nh) = resized_short_side(w, h, v.resize);
     let resized = if (nw, nh) == (w, h) {
         rgb
     } else {
@@ -50,13 +80,14 @@ pub fn imagenet_input(img: &DynamicImage) -> Result<Vec<f32>> {
         nw >= c && nh >= c,
         "image of {w}x{h} is too small to crop {c}x{c} after resizing"
     );
-    let top = round_half_even((nh - c) as f64 / 2.0) as u32;
-    let left = round_half_even((nw - c) as f64 / 2.0) as u32;
+    let top = round_half_even((nh - c) as f64 * v.y) as u32;
+    let left = round_half_even((nw - c) as f64 * v.x) as u32;
     let plane = (c * c) as usize;
     let mut out = vec![0f32; 3 * plane];
     for y in 0..c {
         for x in 0..c {
-            let p = resized.get_pixel(left + x, top + y).0;
+            let sx = if v.flip { c - 1 - x } else { x };
+            let p = resized.get_pixel(left + sx, top + y).0;
             let i = (y * c + x) as usize;
             for ch in 0..3 {
                 out[ch * plane + i] = (p[ch] as f32 / 255.0 - IMAGENET_MEAN[ch]) / IMAGENET_STD[ch];
