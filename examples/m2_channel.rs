@@ -12,8 +12,9 @@
 //! K-FAC statistics (true Fisher: labels sampled from the model, so none are needed) come from
 //! 30 views (shorter side 320: centre, mirror, four corners); fidelity is measured on 40 others
 //! (shorter side 256 and 288). For each criterion (NAP with OBS compensation, and L1-norm filter
-//! pruning) the model is pruned in steps of 5 % of its channels, statistics recomputed every
-//! step, until each FLOP reduction of 1.3×, 1.5× and 2× is reached; every model is written as
+//! pruning) channels are ranked by cost per multiply-accumulate saved (`--flops-weight 1`) and
+//! removed in steps of at most 25 % of them, each step stopping at the next FLOP target and
+//! statistics recomputed every step, until each reduction of 1.3×, 1.5× and 2× is reached; every model is written as
 //! `OUT/{nap,l1}-{1.3,1.5,2}x.nap` next to `OUT/dense.nap`, and the table as `OUT/fidelity.json`.
 
 use std::path::{Path, PathBuf};
@@ -151,9 +152,9 @@ fn main() -> Result<()> {
                     &ChannelStepConfig {
                         criterion,
                         cost: ChannelCost::Producer,
-                        fraction: 0.05,
+                        fraction: 0.25,
                         layer_cap: 0.5,
-                        flops_weight: 0.0,
+                        flops_weight: 1.0,
                         damping: 0.1,
                         compensate: true,
                         max_macs: Some(macs(&m) - dense_macs / target),
