@@ -6,7 +6,9 @@
 #   scripts/acceptance.sh [MODELS...]     MODELS from: lenet300 lenet5 m1 (default: all)
 #
 # Environment: NAP_FIXTURES (default fixtures), RUNS (default runs), MAX_DROP (default 0.1%),
-# CRITERIA (default "nap magnitude obd"), EXTRA (more `nap prune` flags).
+# CRITERIA (default "nap magnitude obd"), EXTRA (more `nap prune` flags). Channel pruning
+# (BENCHMARKS.md §7): RUNS=runs/channel MAX_DROP=0.5% CRITERIA="nap magnitude"
+# EXTRA="--mode channel" scripts/acceptance.sh m1 lenet5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIX=${NAP_FIXTURES:-fixtures}
@@ -58,8 +60,8 @@ done
 python3 - "$RUNS" $MODELS <<'PY'
 import json, sys, os
 runs, models = sys.argv[1], sys.argv[2:]
-print("| model | criterion | compression (weights) | total | test err dense | test err pruned | runtime test err | val drop | steps (acc.) | run time | stats/step |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| model | mode | criterion | compression (weights) | total | FLOP reduction (dense) | non-zero MAC reduction | test err dense | test err pruned | runtime test err | val drop | steps (acc.) | run time | stats/step |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in models:
     for f in sorted(os.listdir(runs)):
         if not (f.startswith(m + "-") and f.endswith(".json")):
@@ -69,7 +71,10 @@ for m in models:
         steps = st["steps"]
         acc = sum(1 for s in steps if s["accepted"])
         nstats = sum(1 for s in steps if s["stats_s"] > 0) or 1
-        print(f"| {r['arch']} | {st['settings']['criterion']} | {p['compression']:.1f}x | {p['total_compression']:.1f}x "
+        mode = st["settings"].get("mode", "fine")
+        fl = f"{d['macs']/p['macs']:.2f}x" if "macs" in p else "-"
+        nz = f"{d['macs']/p['nonzero_macs']:.2f}x" if "nonzero_macs" in p else "-"
+        print(f"| {r['arch']} | {mode} | {st['settings']['criterion']} | {p['compression']:.1f}x | {p['total_compression']:.1f}x | {fl} | {nz} "
               f"| {100-100*d['test_accuracy']:.2f}% | {100-100*p['test_accuracy']:.2f}% | {100-100*p['runtime_test_accuracy']:.2f}% "
               f"| {100*(d['val_accuracy']-p['val_accuracy']):.2f} | {len(steps)} ({acc}) | {st['seconds']:.0f} s | {st['stats_s']/nstats:.1f} s |")
 PY

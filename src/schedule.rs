@@ -197,6 +197,9 @@ impl Settings {
             if self.block_rows != 1 && self.mode == Mode::Channel {
                 bail!("--block applies to fine-grained pruning, not to --mode channel");
             }
+            if self.target_sparsity.is_some() && self.mode == Mode::Channel {
+                bail!("--target-sparsity counts single weights; with --mode channel give --target-flops or --target-size");
+            }
         }
         if !(self.flops_weight >= 0.0 && self.flops_weight.is_finite()) {
             bail!(

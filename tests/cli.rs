@@ -681,6 +681,11 @@ fn issue5_channel_pruning_slims_resumes_and_converts() {
         ("channel", vec!["--target-flops", "lots"], "--target-flops"),
         ("channel", vec!["--criterion", "obd"], "magnitude"),
         ("channel", vec!["--flops-weight=-1"], "--flops-weight"),
+        (
+            "channel",
+            vec!["--target-sparsity", "0.5"],
+            "--target-flops",
+        ),
     ] {
         let o = run_nap(args(mode, &dir.path().join("bad"), "1", &bad));
         assert!(!o.status.success(), "{bad:?} was accepted");
