@@ -225,6 +225,10 @@ struct PruneArgs {
     /// Channel mode: stop once the multiply-accumulates fall by this factor ("5" or "5x").
     #[arg(long)]
     target_flops: Option<String>,
+    /// --mode channel-fine: the tolerated drop of the channel phase, in points ("0.2%"); the
+    /// fine phase then goes on to --max-drop [default: half of --max-drop].
+    #[arg(long)]
+    channel_drop: Option<String>,
     /// OBS compensation of the remaining weights (nap only).
     #[arg(long, value_enum, default_value = "row")]
     obs_update: crate::prune::ObsUpdate,
@@ -965,6 +969,11 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         channel_cost: a.channel_cost,
         flops_weight: a.flops_weight,
         target_flops,
+        channel_drop: a
+            .channel_drop
+            .as_deref()
+            .map(|s| parse_points(s, "--channel-drop"))
+            .transpose()?,
         obs_update: a.obs_update,
         damping: a.damping,
         step,

@@ -78,6 +78,10 @@ pub struct Settings {
     /// Channel mode: rank groups by `cost / flops^β` with this β (0: loss only).
     #[serde(default)]
     pub flops_weight: f64,
+    /// `channel-fine`: tolerated drop of the channel phase (the fine phase then goes on to
+    /// `max_drop`, both measured from the input model); `None`: half of `max_drop`.
+    #[serde(default)]
+    pub channel_drop: Option<f64>,
     /// Steps (accepted or not) before the run stops; may change on `--resume`.
     pub max_steps: usize,
     pub fisher: Fisher,
@@ -123,6 +127,7 @@ impl Default for Settings {
             target_flops: None,
             channel_cost: ChannelCost::Producer,
             flops_weight: 0.0,
+            channel_drop: None,
             max_steps: 100,
             fisher: Fisher::True,
             stats_examples: 10_000,
@@ -201,6 +206,14 @@ impl Settings {
                 bail!("--target-sparsity counts single weights; with --mode channel give --target-flops or --target-size");
             }
         }
+        if let Some(c) = self.channel_drop {
+            if self.mode != Mode::ChannelFine {
+                bail!("--channel-drop applies to --mode channel-fine");
+            }
+            if !(c >= 0.0 && self.max_drop.is_some_and(|d| c <= d)) {
+                bail!("--channel-drop must be in [0, --max-drop], got {c}");
+            }
+        }
         if !(self.flops_weight >= 0.0 && self.flops_weight.is_finite()) {
             bail!(
                 "--flops-weight must be non-negative, got {}",
@@ -244,12 +257,16 @@ impl Settings {
     pub fn phase(&self, mode: Mode) -> Settings {
         let mut s = self.clone();
         s.mode = mode;
+        s.channel_drop = None;
         if mode == Mode::Fine {
             s.target_flops = None;
         } else {
             s.block_rows = 1;
             s.target_sparsity = None;
             s.target_size = None;
+            if self.mode == Mode::ChannelFine {
+                s.max_drop = self.channel_drop.or(self.max_drop.map(|d| d / 2.0));
+            }
         }
         s
     }
@@ -837,8 +854,9 @@ pub fn run(
 }
 
 /// Runs `settings.mode`: one schedule, or for `channel-fine` a channel phase in `DIR/channel`
-/// and then a fine-grained phase in `DIR/fine` on its result, both measuring the tolerance from
-/// the input model. `--resume` resumes whichever phase was interrupted.
+/// (tolerance `channel_drop`, default half of `max_drop`) and then a fine-grained phase in
+/// `DIR/fine` on its result (tolerance `max_drop`), both measured from the input model.
+/// `--resume` resumes whichever phase was interrupted.
 pub fn run_phases(
     dense: &HostModel,
     arch: &str,
