@@ -147,9 +147,10 @@ fn main() -> Result<()> {
         for target in [1.3, 1.5, 2.0] {
             let mut step = 0u64;
             while dense_macs / macs(&m) < target * (1.0 - 1e-9) {
+                let groups = analyze(&m)?;
                 let factors = if criterion == Criterion::Nap {
                     let cfg = StatsConfig {
-                        nodes: Some(curvature_nodes(&analyze(&m)?)),
+                        nodes: Some(curvature_nodes(&groups)),
                         batch: 6,
                         seed: step,
                         ..Default::default()
@@ -160,6 +161,7 @@ fn main() -> Result<()> {
                 };
                 let (next, rep) = channel_step(
                     &m,
+                    &groups,
                     &factors,
                     &ChannelStepConfig {
                         criterion,

@@ -53,13 +53,27 @@ pub enum ChannelCost {
     Sum,
 }
 
+/// Weight and bias of a Linear or Conv2d node.
+fn weight_bias(m: &HostModel, node: usize) -> Result<(TensorId, Option<TensorId>)> {
+    m.graph.nodes[node]
+        .op
+        .weight_bias()
+        .with_context(|| format!("node {:?} has no weight", m.graph.nodes[node].name))
+}
+
+/// The weight tensor of node `node`, which must be a Linear or Conv2d (a group member).
+fn weight_of(m: &HostModel, node: usize) -> &HostTensor {
+    let (w, _) = m.graph.nodes[node]
+        .op
+        .weight_bias()
+        .expect("group producers and consumers are Linear or Conv2d");
+    &m.tensors[w as usize]
+}
+
 /// `W̄ = [W | b]` of a Linear or Conv2d node as row-major f64 `rows × (cols + 1)`; the bias
 /// column is zero for a node without bias.
 pub fn wbar(m: &HostModel, node: usize) -> Result<(usize, usize, Vec<f64>)> {
-    let (weight, bias) = match m.graph.nodes[node].op {
-        Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => (weight, bias),
-        _ => bail!("node {:?} has no weight", m.graph.nodes[node].name),
-    };
+    let (weight, bias) = weight_bias(m, node)?;
     let t = &m.tensors[weight as usize];
     let rows = t.shape[0] as usize;
     let cols = t.numel() / rows.max(1);
@@ -76,10 +90,7 @@ pub fn wbar(m: &HostModel, node: usize) -> Result<(usize, usize, Vec<f64>)> {
 /// Writes `W̄` back (see [`wbar`]); a bias column that became non-zero on a node without bias
 /// goes through [`add_bias`].
 pub fn set_wbar(m: &mut HostModel, node: usize, w: &[f64]) -> Result<()> {
-    let (weight, bias) = match m.graph.nodes[node].op {
-        Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => (weight, bias),
-        _ => bail!("node {:?} has no weight", m.graph.nodes[node].name),
-    };
+    let (weight, bias) = weight_bias(m, node)?;
     let rows = m.tensors[weight as usize].shape[0] as usize;
     let cols = m.tensors[weight as usize].numel() / rows.max(1);
     for i in 0..rows {
@@ -323,14 +334,7 @@ pub fn group_flops(m: &HostModel, groups: &Groups) -> Vec<f64> {
         let s = &m.graph.values[m.graph.nodes[node].output as usize].shape;
         s[1..].iter().map(|&d| d as f64).product()
     };
-    let weight_shape = |node: usize| -> &[u32] {
-        match m.graph.nodes[node].op {
-            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
-                &m.tensors[weight as usize].shape
-            }
-            _ => &[],
-        }
-    };
+    let weight_shape = |node: usize| weight_of(m, node).shape.as_slice();
     groups
         .groups
         .iter()
@@ -514,10 +518,15 @@ pub fn remove_channels(
                 if kv == 0.0 {
                     continue;
                 }
-                let (rows, ncols, w) = wbar(m, *node)?;
+                let t = weight_of(m, *node);
+                let (rows, ncols) = (t.shape[0] as usize, t.numel() / t.shape[0] as usize);
                 let d = delta.entry(*node).or_insert_with(|| vec![0.0; rows]);
                 for (i, di) in d.iter_mut().enumerate() {
-                    *di += cols.clone().map(|j| w[i * (ncols + 1) + j]).sum::<f64>() * kv;
+                    *di += cols
+                        .clone()
+                        .map(|j| t.data[i * ncols + j] as f64)
+                        .sum::<f64>()
+                        * kv;
                 }
             }
         }
@@ -661,26 +670,25 @@ fn layer_macs(m: &HostModel, weights: impl Fn(&HostTensor) -> usize) -> f64 {
     m.graph
         .nodes
         .iter()
-        .filter_map(|n| match n.op {
-            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
-                let s = &m.graph.values[n.output as usize].shape;
-                let pos: f64 = s[1..].iter().map(|&d| d as f64).product();
-                Some(weights(&m.tensors[weight as usize]) as f64 * pos)
-            }
-            _ => None,
+        .filter_map(|n| {
+            let (weight, _) = n.op.weight_bias()?;
+            let s = &m.graph.values[n.output as usize].shape;
+            let pos: f64 = s[1..].iter().map(|&d| d as f64).product();
+            Some(weights(&m.tensors[weight as usize]) as f64 * pos)
         })
         .sum()
 }
 
-/// One step of structured pruning: scores every group, removes the cheapest share under the
-/// per-layer caps (compensating with OBS for NAP), and returns the smaller model.
-/// `factors` holds the K-FAC factors of [`curvature_nodes`] (NAP only).
+/// One step of structured pruning: scores every group of `groups` (`m`'s, from
+/// [`crate::groups::analyze`]), removes the cheapest share under the per-layer caps
+/// (compensating with OBS for NAP), and returns the smaller model. `factors` holds the K-FAC
+/// factors of [`curvature_nodes`] (NAP only).
 pub fn channel_step(
     m: &HostModel,
+    groups: &Groups,
     factors: &[LayerFactors],
     cfg: &ChannelStepConfig,
 ) -> Result<(HostModel, ChannelReport)> {
-    let groups = crate::groups::analyze(m)?;
     let layers = m.prunable();
     let layer_of: BTreeMap<usize, usize> = layers
         .iter()
@@ -693,24 +701,25 @@ pub fn channel_step(
         c => bail!("criterion {c:?} has no channel version; use nap or magnitude"),
     };
     let cost = match cfg.criterion {
-        Criterion::Nap => group_costs(m, &groups, &curv, cfg.cost)?,
+        Criterion::Nap => group_costs(m, groups, &curv, cfg.cost)?,
         _ => groups
             .groups
             .iter()
             .map(|g| {
                 g.producers()
                     .map(|(node, row)| {
-                        let (_, c, w) = wbar(m, node)?;
-                        Ok(w[row * (c + 1)..row * (c + 1) + c]
+                        let t = weight_of(m, node);
+                        let c = t.numel() / t.shape[0] as usize;
+                        t.data[row * c..(row + 1) * c]
                             .iter()
-                            .map(|v| v.abs())
-                            .sum::<f64>())
+                            .map(|v| v.abs() as f64)
+                            .sum::<f64>()
                     })
-                    .sum::<Result<f64>>()
+                    .sum()
             })
-            .collect::<Result<_>>()?,
+            .collect(),
     };
-    let flops = group_flops(m, &groups);
+    let flops = group_flops(m, groups);
     let key: Vec<f64> = cost
         .iter()
         .zip(&flops)
@@ -718,14 +727,7 @@ pub fn channel_step(
         .collect();
     let mut order: Vec<usize> = (0..groups.groups.len()).collect();
     order.sort_by(|&a, &b| key[a].total_cmp(&key[b]));
-    let rows_of = |node: usize| -> usize {
-        match m.graph.nodes[node].op {
-            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
-                m.tensors[weight as usize].shape[0] as usize
-            }
-            _ => 0,
-        }
-    };
+    let rows_of = |node: usize| weight_of(m, node).shape[0] as usize;
     let want = ((groups.groups.len() as f64 * cfg.fraction).round() as usize).max(1);
     let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
     let mut remove = vec![false; groups.groups.len()];
@@ -778,10 +780,10 @@ pub fn channel_step(
     let mut work = m.clone();
     let nap = cfg.criterion == Criterion::Nap;
     if nap && cfg.compensate {
-        compensate(&mut work, &groups, &remove, &curv, cfg.cost)?;
+        compensate(&mut work, groups, &remove, &curv, cfg.cost)?;
     }
     // With consumer compensation the consumers' other columns already absorbed the channel.
     let fold = !(nap && cfg.compensate && cfg.cost != ChannelCost::Producer);
-    let out = remove_channels(&work, &groups, &remove, fold)?;
+    let out = remove_channels(&work, groups, &remove, fold)?;
     Ok((out, report))
 }

@@ -59,8 +59,6 @@ impl Member {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
     pub members: Vec<Member>,
-    /// The `(value, channel)` slots the group spans.
-    pub slots: Vec<(ValueId, usize)>,
 }
 
 impl Group {
@@ -165,15 +163,23 @@ pub fn analyze(m: &HostModel) -> Result<Groups> {
             }
         };
         match &node.op {
-            Op::Linear { .. } => {
+            Op::Linear { weight, .. }
+            | Op::Conv2d {
+                weight, groups: 1, ..
+            } => {
+                // Columns of the flattened weight per input channel: 1 for a Linear, the kernel
+                // area for a convolution.
+                let k = m.tensors[*weight as usize].shape[2..]
+                    .iter()
+                    .product::<u32>() as usize;
                 let x = node.inputs[0];
-                for j in 0..channels(m, x) {
+                for c in 0..channels(m, x) {
                     members.push((
-                        slot(x, j),
+                        slot(x, c),
                         Member::Consumer {
                             node: ni,
-                            slot: j,
-                            cols: j..j + 1,
+                            slot: c,
+                            cols: c * k..(c + 1) * k,
                         },
                     ));
                 }
@@ -181,26 +187,10 @@ pub fn analyze(m: &HostModel) -> Result<Groups> {
                     members.push((slot(out, r), Member::Producer { node: ni, row: r }));
                 }
             }
-            Op::Conv2d { weight, groups, .. } => {
+            Op::Conv2d { groups, .. } => {
                 let x = node.inputs[0];
-                let w = &m.tensors[*weight as usize].shape;
                 let (cin, cout) = (channels(m, x), channels(m, out));
-                if *groups == 1 {
-                    let k = (w[2] * w[3]) as usize;
-                    for c in 0..cin {
-                        members.push((
-                            slot(x, c),
-                            Member::Consumer {
-                                node: ni,
-                                slot: c,
-                                cols: c * k..(c + 1) * k,
-                            },
-                        ));
-                    }
-                    for r in 0..cout {
-                        members.push((slot(out, r), Member::Producer { node: ni, row: r }));
-                    }
-                } else if *groups as usize == cin && cin == cout {
+                if *groups as usize == cin && cin == cout {
                     pass(&mut uf, x);
                     for c in 0..cout {
                         members.push((slot(out, c), Member::Depthwise { node: ni, ch: c }));
@@ -266,7 +256,6 @@ pub fn analyze(m: &HostModel) -> Result<Groups> {
                 .entry(r)
                 .or_insert_with(|| Group {
                     members: Vec::new(),
-                    slots: Vec::new(),
                 })
                 .members
                 .push(mb);
@@ -274,19 +263,15 @@ pub fn analyze(m: &HostModel) -> Result<Groups> {
     }
     by_root.retain(|_, gr| gr.producers().next().is_some());
     let index: BTreeMap<usize, usize> = by_root.keys().enumerate().map(|(i, &r)| (r, i)).collect();
-    let mut slot_group: Vec<Vec<Option<usize>>> = Vec::with_capacity(g.values.len());
-    let mut groups: Vec<Group> = by_root.into_values().collect();
-    for v in 0..g.values.len() {
-        let mut row = Vec::with_capacity(offset[v + 1] - offset[v]);
-        for c in 0..offset[v + 1] - offset[v] {
-            let r = uf.find(offset[v] + c);
-            let gi = index.get(&r).copied();
-            if let Some(gi) = gi {
-                groups[gi].slots.push((v as ValueId, c));
-            }
-            row.push(gi);
-        }
-        slot_group.push(row);
-    }
-    Ok(Groups { groups, slot_group })
+    let slot_group: Vec<Vec<Option<usize>>> = (0..g.values.len())
+        .map(|v| {
+            (offset[v]..offset[v + 1])
+                .map(|s| index.get(&uf.find(s)).copied())
+                .collect()
+        })
+        .collect();
+    Ok(Groups {
+        groups: by_root.into_values().collect(),
+        slot_group,
+    })
 }

@@ -61,10 +61,7 @@ impl HostModel {
             .nodes
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| match n.op {
-                Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => Some((i, weight)),
-                _ => None,
-            })
+            .filter_map(|(i, n)| Some((i, n.op.weight_bias()?.0)))
             .collect()
     }
 

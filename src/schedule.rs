@@ -589,10 +589,11 @@ pub fn run(
     let n_layers = st.dense.layers.len();
     while st.stopped.is_none() {
         let k = st.steps.len() + 1;
-        let alive = if channels {
-            groups::analyze(&best)?.groups.len()
-        } else {
-            masks.alive()
+        // Channel mode: the current model's groups, for the count, the statistics and the step.
+        let best_groups = channels.then(|| groups::analyze(&best)).transpose()?;
+        let alive = match &best_groups {
+            Some(g) => g.groups.len(),
+            None => masks.alive(),
         };
         let macs_now = channel::macs(&best);
         st.stopped_by_budget = k > settings.max_steps;
@@ -651,9 +652,7 @@ pub fn run(
                 max_examples: None,
                 seed: settings.seed.wrapping_add(1000 + generation),
                 progress: opts.progress,
-                nodes: channels
-                    .then(|| groups::analyze(&best).map(|g| channel::curvature_nodes(&g)))
-                    .transpose()?,
+                nodes: best_groups.as_ref().map(channel::curvature_nodes),
                 ..Default::default()
             };
             factors = Some(kfac::collect(&best, &subset, &cfg, &dev)?);
@@ -663,55 +662,57 @@ pub fn run(
         let t1 = Instant::now();
         let mut trial = best.clone();
         let mut trial_masks = masks.clone();
-        let (removed, removed_per_layer, predicted_dl, predicted_per_layer) = if channels {
-            let (t, r) = channel::channel_step(
-                &best,
-                factors.as_deref().unwrap_or(&[]),
-                &channel::ChannelStepConfig {
-                    criterion: settings.criterion,
-                    cost: settings.channel_cost,
-                    fraction,
-                    layer_cap: settings.layer_cap,
-                    flops_weight: settings.flops_weight,
-                    damping: settings.damping,
-                    compensate: settings.obs_update != ObsUpdate::None,
-                    max_macs: settings.target_flops.map(|t| macs_now - st.dense.macs / t),
-                },
-            )?;
-            trial = t;
-            // Removing channels and compensating shifts the statistics every later BatchNorm
-            // normalises with: recompute them (no-op without BatchNorm).
-            let idx = permutation(train_set.n, settings.seed.wrapping_add(7000 + k as u64));
-            let calib = train_set.subset(&idx[..train_set.n.min(256)]);
-            reference::recalibrate_batchnorm(&mut trial, &calib.images)?;
-            trial_masks = Masks::from_model(&trial);
-            (
-                r.removed,
-                r.removed_per_layer,
-                r.predicted_loss_increase,
-                r.predicted_per_layer,
-            )
-        } else {
-            let r = prune::prune_step(
-                &mut trial,
-                &mut trial_masks,
-                factors.as_deref().unwrap_or(&[]),
-                &StepConfig {
-                    criterion: settings.criterion,
-                    fraction,
-                    layer_cap: settings.layer_cap,
-                    update: settings.obs_update,
-                    damping: settings.damping,
-                    block_rows: settings.block_rows,
-                },
-            )?;
-            (
-                r.removed.iter().sum(),
-                r.removed,
-                r.predicted_loss_increase,
-                r.predicted_per_layer,
-            )
-        };
+        let (removed, removed_per_layer, predicted_dl, predicted_per_layer) =
+            if let Some(bg) = &best_groups {
+                let (t, r) = channel::channel_step(
+                    &best,
+                    bg,
+                    factors.as_deref().unwrap_or(&[]),
+                    &channel::ChannelStepConfig {
+                        criterion: settings.criterion,
+                        cost: settings.channel_cost,
+                        fraction,
+                        layer_cap: settings.layer_cap,
+                        flops_weight: settings.flops_weight,
+                        damping: settings.damping,
+                        compensate: settings.obs_update != ObsUpdate::None,
+                        max_macs: settings.target_flops.map(|t| macs_now - st.dense.macs / t),
+                    },
+                )?;
+                trial = t;
+                // Removing channels and compensating shifts the statistics every later BatchNorm
+                // normalises with: recompute them (no-op without BatchNorm).
+                let idx = permutation(train_set.n, settings.seed.wrapping_add(7000 + k as u64));
+                let calib = train_set.subset(&idx[..train_set.n.min(256)]);
+                reference::recalibrate_batchnorm(&mut trial, &calib.images)?;
+                trial_masks = Masks::from_model(&trial);
+                (
+                    r.removed,
+                    r.removed_per_layer,
+                    r.predicted_loss_increase,
+                    r.predicted_per_layer,
+                )
+            } else {
+                let r = prune::prune_step(
+                    &mut trial,
+                    &mut trial_masks,
+                    factors.as_deref().unwrap_or(&[]),
+                    &StepConfig {
+                        criterion: settings.criterion,
+                        fraction,
+                        layer_cap: settings.layer_cap,
+                        update: settings.obs_update,
+                        damping: settings.damping,
+                        block_rows: settings.block_rows,
+                    },
+                )?;
+                (
+                    r.removed.iter().sum(),
+                    r.removed,
+                    r.predicted_loss_increase,
+                    r.predicted_per_layer,
+                )
+            };
         let pruned = score(&trial, val, &dev)?;
         let prune_s = t1.elapsed().as_secs_f64();
         if removed == 0 {

@@ -225,6 +225,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The weight and bias of a Linear or Conv2d; `None` for every other op.
+    pub fn weight_bias(&self) -> Option<(TensorId, Option<TensorId>)> {
+        match *self {
+            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
+                Some((weight, bias))
+            }
+            _ => None,
+        }
+    }
+
     /// Replaces every tensor id the op refers to by `f(id)`.
     pub fn map_tensors(&mut self, mut f: impl FnMut(TensorId) -> TensorId) {
         match self {
