@@ -393,74 +393,27 @@ pub fn from_checkpoint(arch: &str, tensors: Vec<NamedTensor>) -> Result<HostMode
 /// shapes gives the same model as [`from_checkpoint`].
 pub fn from_slimmed_checkpoint(arch: &str, tensors: Vec<NamedTensor>) -> Result<HostModel> {
     let mut m = random(arch, 0)?;
-    let mut by_name: std::collections::BTreeMap<String, NamedTensor> =
-        tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+    let mut sd = StateDict::new(tensors);
     for t in &mut m.tensors {
-        let Some(src) = by_name.remove(&t.name) else {
-            bail!("checkpoint has no tensor {:?} (wrong --arch?)", t.name);
-        };
-        if let Some(i) = src.data.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "checkpoint tensor {:?} holds a non-finite value at index {i}",
-                t.name
-            );
-        }
-        if src.shape.len() != t.shape.len() {
-            bail!(
-                "checkpoint tensor {:?} has shape {:?}, the architecture expects rank {} (wrong --arch?)",
-                t.name,
-                src.shape,
-                t.shape.len()
-            );
-        }
-        t.shape = src
-            .shape
-            .iter()
-            .map(|&d| u32::try_from(d))
-            .collect::<Result<_, _>>()?;
-        t.data = src.data;
+        *t = sd.take_rank(&t.name, t.shape.len())?;
     }
     for ni in 0..m.graph.nodes.len() {
-        let key = format!("{}.bias", m.graph.nodes[ni].name);
-        let has_bias = matches!(
-            m.graph.nodes[ni].op,
-            Op::Linear { bias: Some(_), .. } | Op::Conv2d { bias: Some(_), .. }
-        );
-        if has_bias || !matches!(m.graph.nodes[ni].op, Op::Linear { .. } | Op::Conv2d { .. }) {
+        if !matches!(m.graph.nodes[ni].op.weight_bias(), Some((_, None))) {
             continue;
         }
-        if let Some(src) = by_name.remove(&key) {
-            m.tensors.push(HostTensor {
-                name: key,
-                shape: src.shape.iter().map(|&d| d as u32).collect(),
-                data: src.data,
-            });
+        if let Some(b) = sd.take_optional(&format!("{}.bias", m.graph.nodes[ni].name)) {
+            m.tensors.push(b?);
             let id = (m.tensors.len() - 1) as u32;
             if let Op::Linear { bias, .. } | Op::Conv2d { bias, .. } = &mut m.graph.nodes[ni].op {
                 *bias = Some(id);
             }
         }
     }
-    let left: Vec<&String> = by_name
-        .keys()
-        .filter(|n| !n.ends_with("num_batches_tracked"))
-        .collect();
-    if !left.is_empty() {
-        bail!(
-            "checkpoint has {} tensors this architecture does not use, e.g. {:?} (wrong --arch?)",
-            left.len(),
-            &left[..left.len().min(3)]
-        );
-    }
-    for ni in 0..m.graph.nodes.len() {
-        let wshape = match m.graph.nodes[ni].op {
-            Op::Conv2d { weight, groups, .. } if groups != 1 => {
-                Some(m.tensors[weight as usize].shape.clone())
-            }
-            _ => None,
-        };
-        if let (Some(w), Op::Conv2d { groups, .. }) = (wshape, &mut m.graph.nodes[ni].op) {
-            if w[1] == 1 {
+    sd.finish()?;
+    for node in &mut m.graph.nodes {
+        if let Op::Conv2d { weight, groups, .. } = &mut node.op {
+            let w = &m.tensors[*weight as usize].shape;
+            if *groups != 1 && w[1] == 1 {
                 *groups = w[0];
             }
         }

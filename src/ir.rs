@@ -65,20 +65,21 @@ impl HostModel {
             .collect()
     }
 
+    /// Weights in each prunable layer ([`HostModel::prunable`] order).
+    pub fn prunable_sizes(&self) -> Vec<usize> {
+        self.prunable()
+            .iter()
+            .map(|&(_, w)| self.tensors[w as usize].numel())
+            .collect()
+    }
+
     /// Recomputes every value's shape from the inputs and the tensors (after tensors changed
     /// shape), and validates the graph.
     pub fn reinfer_shapes(&mut self) -> Result<()> {
         for i in 0..self.graph.nodes.len() {
             let node = &self.graph.nodes[i];
-            let shapes: Vec<&[u32]> = node
-                .inputs
-                .iter()
-                .map(|&v| self.graph.values[v as usize].shape.as_slice())
-                .collect();
-            let shape =
-                graph::infer(&Shapes(&self.tensors), node, &shapes).map_err(|e| anyhow!("{e}"))?;
-            let out = node.output as usize;
-            self.graph.values[out].shape = shape;
+            let shape = infer_output(&self.tensors, &self.graph.values, node)?;
+            self.graph.values[node.output as usize].shape = shape;
         }
         self.validate()
     }
@@ -86,6 +87,16 @@ impl HostModel {
     pub fn param_count(&self) -> usize {
         self.tensors.iter().map(|t| t.numel()).sum()
     }
+}
+
+/// The output shape of `node` from its inputs' shapes in `values` and the tensors.
+fn infer_output(tensors: &[HostTensor], values: &[ValueInfo], node: &Node) -> Result<Vec<u32>> {
+    let shapes: Vec<&[u32]> = node
+        .inputs
+        .iter()
+        .map(|&v| values[v as usize].shape.as_slice())
+        .collect();
+    graph::infer(&Shapes(tensors), node, &shapes).map_err(|e| anyhow!("{e}"))
 }
 
 /// Builds a [`HostModel`] node by node, inferring every value's shape.
@@ -134,12 +145,7 @@ impl GraphBuilder {
             inputs: inputs.to_vec(),
             output: self.graph.values.len() as ValueId,
         };
-        let shapes: Vec<&[u32]> = inputs
-            .iter()
-            .map(|&v| self.graph.values[v as usize].shape.as_slice())
-            .collect();
-        let shape =
-            graph::infer(&Shapes(&self.tensors), &node, &shapes).map_err(|e| anyhow!("{e}"))?;
+        let shape = infer_output(&self.tensors, &self.graph.values, &node)?;
         self.graph.values.push(ValueInfo {
             name: name.to_string(),
             shape,
@@ -181,12 +187,7 @@ impl StateDict {
 
     /// Removes `key`, checking its shape.
     pub fn take(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor> {
-        let slot = self
-            .entries
-            .iter_mut()
-            .find(|e| e.as_ref().is_some_and(|t| t.name == key))
-            .ok_or_else(|| anyhow!("checkpoint has no tensor {key:?} (wrong --arch?)"))?;
-        let t = slot.take().expect("found above");
+        let t = self.remove(key)?;
         if t.shape != shape {
             bail!(
                 "checkpoint tensor {key:?} has shape {:?}, the architecture expects {:?} (wrong --arch?)",
@@ -194,19 +195,33 @@ impl StateDict {
                 shape
             );
         }
-        if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-            bail!("checkpoint tensor {key:?} holds a non-finite value at index {i}");
+        checked(t)
+    }
+
+    /// Removes `key`, of any shape of rank `rank` (a channel-pruned checkpoint).
+    pub fn take_rank(&mut self, key: &str, rank: usize) -> Result<HostTensor> {
+        let t = self.remove(key)?;
+        if t.shape.len() != rank {
+            bail!(
+                "checkpoint tensor {key:?} has shape {:?}, the architecture expects rank {rank} (wrong --arch?)",
+                t.shape
+            );
         }
-        let shape = shape
-            .iter()
-            .map(|&d| u32::try_from(d))
-            .collect::<Result<Vec<_>, _>>()
-            .context("dimension too large")?;
-        Ok(HostTensor {
-            name: t.name,
-            shape,
-            data: t.data,
-        })
+        checked(t)
+    }
+
+    /// Removes `key` if the checkpoint has it.
+    pub fn take_optional(&mut self, key: &str) -> Option<Result<HostTensor>> {
+        self.remove(key).ok().map(checked)
+    }
+
+    fn remove(&mut self, key: &str) -> Result<NamedTensor> {
+        let slot = self
+            .entries
+            .iter_mut()
+            .find(|e| e.as_ref().is_some_and(|t| t.name == key))
+            .ok_or_else(|| anyhow!("checkpoint has no tensor {key:?} (wrong --arch?)"))?;
+        Ok(slot.take().expect("found above"))
     }
 
     /// Fails if tensors remain unused (the checkpoint is not of this architecture).
@@ -227,6 +242,27 @@ impl StateDict {
         }
         Ok(())
     }
+}
+
+/// `t` as a host tensor, refusing non-finite values.
+fn checked(t: NamedTensor) -> Result<HostTensor> {
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "checkpoint tensor {:?} holds a non-finite value at index {i}",
+            t.name
+        );
+    }
+    let shape = t
+        .shape
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .context("dimension too large")?;
+    Ok(HostTensor {
+        name: t.name,
+        shape,
+        data: t.data,
+    })
 }
 
 /// The model's tensors under their checkpoint names, for writing back to safetensors.

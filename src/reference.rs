@@ -224,7 +224,8 @@ pub fn recalibrate_batchnorm(m: &mut HostModel, data: &[f32]) -> Result<()> {
     }
     let dev = Device::Cpu;
     let mut params = params(m, &dev)?;
-    let g = m.graph.clone();
+    let x0 = input(m, data, &dev)?;
+    let (g, tensors) = (&m.graph, &mut m.tensors);
     let mut last_use = vec![usize::MAX; g.values.len()];
     for (ni, node) in g.nodes.iter().enumerate() {
         for &v in &node.inputs {
@@ -235,12 +236,11 @@ pub fn recalibrate_batchnorm(m: &mut HostModel, data: &[f32]) -> Result<()> {
         last_use[v as usize] = usize::MAX;
     }
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
-    vals[g.inputs[0] as usize] = Some(input(m, data, &dev)?);
+    vals[g.inputs[0] as usize] = Some(x0);
     for (ni, node) in g.nodes.iter().enumerate() {
+        let ins = inputs_of(node, &vals)?;
         if let Op::BatchNorm { mean, var, .. } = node.op {
-            let x = vals[node.inputs[0] as usize]
-                .as_ref()
-                .context("value used before definition")?;
+            let x = ins[0];
             let c = x.dim(1)?;
             // [N, C, ...] -> [C, N * positions]
             let flat = x.transpose(0, 1)?.contiguous()?.reshape((c, ()))?;
@@ -249,11 +249,10 @@ pub fn recalibrate_batchnorm(m: &mut HostModel, data: &[f32]) -> Result<()> {
             let centred = flat.broadcast_sub(&mu.reshape((c, 1))?)?;
             let v = (centred.sqr()?.sum(1)? / (n - 1.0).max(1.0))?;
             for (id, t) in [(mean, mu), (var, v)] {
-                m.tensors[id as usize].data = t.to_dtype(DType::F32)?.to_vec1()?;
+                tensors[id as usize].data = t.to_dtype(DType::F32)?.to_vec1()?;
                 params[id as usize] = t;
             }
         }
-        let ins = inputs_of(node, &vals)?;
         let y = eval_node(node, &ins, &params, None)?;
         vals[node.output as usize] = Some(y);
         for &v in &node.inputs {

@@ -79,11 +79,7 @@ fn score_model(
 ) -> Result<ModelScore> {
     let alive = Masks::from_model(m).alive();
     let params = m.param_count();
-    let own_prunable: usize = m
-        .prunable()
-        .iter()
-        .map(|&(_, w)| m.tensors[w as usize].numel())
-        .sum();
+    let own_prunable: usize = m.prunable_sizes().iter().sum();
     let classes = m.output_shape().iter().product::<u32>() as usize;
     let (test_accuracy, runtime_test_accuracy, runtime_agreement) = match test {
         Some(t) => {
@@ -149,17 +145,13 @@ pub fn finish(
     let dense_nap = export::to_nap_bytes(dense, export_opts)?;
     // The input model's prunable layers (the same layers in the same order as the pruned
     // model's, also after a channel phase).
-    let dense_layers: Vec<usize> = dense
-        .prunable()
-        .iter()
-        .map(|&(_, w)| dense.tensors[w as usize].numel())
-        .collect();
+    let dense_layers = dense.prunable_sizes();
     let prunable: usize = dense_layers.iter().sum();
     let pruned_val = st.best_val().accuracy;
     let dense_score = score_model(
         dense,
         &dense_nap,
-        st.dense.reference_val.unwrap_or(st.dense.val).accuracy,
+        st.dense.reference().accuracy,
         test,
         prunable,
         dense.param_count(),
@@ -262,7 +254,7 @@ fn accuracy_plot(st: &RunState) -> String {
     let limit = st
         .settings
         .max_drop
-        .map(|d| 100.0 * (st.dense.reference_val.unwrap_or(st.dense.val).accuracy as f64 - d));
+        .map(|d| 100.0 * (st.dense.reference().accuracy as f64 - d));
     plot::line_chart(
         &format!(
             "{} {:?}: validation accuracy against compression",

@@ -338,6 +338,13 @@ pub struct DenseInfo {
     pub reference_val: Option<ValScore>,
 }
 
+impl DenseInfo {
+    /// The validation score the tolerance is measured from.
+    pub fn reference(&self) -> ValScore {
+        self.reference_val.unwrap_or(self.val)
+    }
+}
+
 /// The run folder's `state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
@@ -429,13 +436,6 @@ pub fn compression(prunable: usize, alive: usize) -> f64 {
 /// Alive weights at sparsity `target` (rounded so the sparsity is at least the target).
 fn keep_for(target: f64, prunable: usize) -> usize {
     ((1.0 - target) * prunable as f64).floor() as usize
-}
-
-fn prunable_count(m: &HostModel) -> usize {
-    m.prunable()
-        .iter()
-        .map(|&(_, w)| m.tensors[w as usize].numel())
-        .sum()
 }
 
 fn save_state(dir: &Path, st: &RunState) -> Result<()> {
@@ -540,17 +540,14 @@ pub fn run(
                 settings: settings.clone(),
                 dense: DenseInfo {
                     val: val_score,
-                    prunable: prunable_count(dense),
+                    prunable: dense.prunable_sizes().iter().sum(),
                     alive: masks.alive(),
                     params: dense.param_count(),
                     layers: layers
                         .iter()
                         .map(|&(n, _)| dense.graph.nodes[n].name.clone())
                         .collect(),
-                    layer_params: layers
-                        .iter()
-                        .map(|&(_, w)| dense.tensors[w as usize].numel())
-                        .collect(),
+                    layer_params: dense.prunable_sizes(),
                     macs: channel::macs(dense),
                     reference_val: opts.reference_val,
                 },
@@ -581,7 +578,7 @@ pub fn run(
     if settings.mode == Mode::ChannelFine {
         bail!("--mode channel-fine runs as two phases (schedule::run_phases)");
     }
-    let reference = st.dense.reference_val.unwrap_or(st.dense.val);
+    let reference = st.dense.reference();
     let mut masks = Masks::from_model(&best);
     let mut best_val = st.best_val();
     // K-FAC factors of the current best model, reused after a rollback.
@@ -900,11 +897,7 @@ pub fn run_phases(
             reference_val,
         },
     )?;
-    let reference = first
-        .state
-        .dense
-        .reference_val
-        .unwrap_or(first.state.dense.val);
+    let reference = first.state.dense.reference();
     log("phase 2: single weights of the remaining channels");
     run(
         &first.model,

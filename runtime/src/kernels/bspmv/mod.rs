@@ -6,7 +6,7 @@
 
 use core::ops::Range;
 
-use super::{act_scalar, Activation, Dtype, Isa};
+use super::{apply_act, Activation, Dtype, Isa};
 use crate::format::IndexWidth;
 use crate::model::BlockCsrView;
 
@@ -220,9 +220,7 @@ impl BspmvKernel {
         // SAFETY: block size, storage types, lengths and ISA were checked above; the blocked
         // CSR invariants hold for every `BlockCsrView`.
         unsafe { (self.run)(w, brows, x, bias, y) };
-        if act != Activation::None {
-            y[..n].iter_mut().for_each(|v| *v = act_scalar(act, *v));
-        }
+        apply_act(act, &mut y[..n]);
     }
 }
 

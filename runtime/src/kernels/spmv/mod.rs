@@ -11,7 +11,7 @@
 
 use core::ops::Range;
 
-use super::{act_scalar, Activation, Dtype, Isa};
+use super::{apply_act, Activation, Dtype, Isa};
 use crate::format::IndexWidth;
 use crate::model::CsrView;
 
@@ -222,8 +222,6 @@ impl SpmvKernel {
         // SAFETY: storage types, lengths and ISA were checked above; the CSR invariants hold for
         // every `CsrView`.
         unsafe { (self.run)(w, rows, x, bias, y) };
-        if act != Activation::None {
-            y[..n].iter_mut().for_each(|v| *v = act_scalar(act, *v));
-        }
+        apply_act(act, &mut y[..n]);
     }
 }
