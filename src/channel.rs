@@ -24,7 +24,7 @@ use nap_runtime::format::{Op, TensorId};
 use nap_runtime::kernels::act_scalar;
 
 use crate::curvature::{damped, spd_inverse};
-use crate::groups::{Groups, Member};
+use crate::groups::{Group, Groups, Member};
 use crate::ir::{HostModel, HostTensor};
 use crate::kfac::LayerFactors;
 use crate::prune::Criterion;
@@ -327,38 +327,59 @@ pub fn group_costs(
         .collect()
 }
 
-/// Multiply-accumulates per example that removing each group saves (its producers' rows, its
-/// consumers' columns, its depthwise channels, over their output positions).
+/// Multiply-accumulates per example that removing each group alone saves (its producers' rows,
+/// its consumers' columns, its depthwise channels, over their output positions).
 pub fn group_flops(m: &HostModel, groups: &Groups) -> Vec<f64> {
-    let positions = |node: usize| -> f64 {
-        let s = &m.graph.values[m.graph.nodes[node].output as usize].shape;
-        s[1..].iter().map(|&d| d as f64).product()
-    };
-    let weight_shape = |node: usize| weight_of(m, node).shape.as_slice();
     groups
         .groups
         .iter()
-        .map(|g| {
-            g.members
-                .iter()
-                .map(|mb| match mb {
-                    Member::Producer { node, .. } => {
-                        let s = weight_shape(*node);
-                        s[1..].iter().map(|&d| d as f64).product::<f64>() * positions(*node)
-                    }
-                    Member::Consumer { node, cols, .. } => {
-                        let rows = weight_shape(*node)[0] as f64;
-                        cols.len() as f64 * rows * positions(*node)
-                    }
-                    Member::Depthwise { node, .. } => {
-                        let s = weight_shape(*node);
-                        (s[2] * s[3]) as f64 * positions(*node)
-                    }
-                    Member::Norm { .. } => 0.0,
-                })
-                .sum()
-        })
+        .map(|g| MacCut::new(m).add(g))
         .collect()
+}
+
+/// Multiply-accumulates per example that removing a set of groups saves, counted exactly: a
+/// weight whose row and column both go is counted once.
+pub struct MacCut<'a> {
+    m: &'a HostModel,
+    /// Rows and columns removed so far, per Linear or Conv2d node.
+    cut: BTreeMap<usize, (usize, usize)>,
+    /// Saved so far.
+    pub saved: f64,
+}
+
+impl<'a> MacCut<'a> {
+    pub fn new(m: &'a HostModel) -> Self {
+        MacCut {
+            m,
+            cut: BTreeMap::new(),
+            saved: 0.0,
+        }
+    }
+
+    /// What `rows` removed rows and `cols` removed columns of `node` save.
+    fn node_saved(&self, node: usize, rows: usize, cols: usize) -> f64 {
+        let s = &weight_of(self.m, node).shape;
+        let k: usize = s[1..].iter().map(|&d| d as usize).product();
+        let out = &self.m.graph.values[self.m.graph.nodes[node].output as usize].shape;
+        let positions: f64 = out[1..].iter().map(|&d| d as f64).product();
+        (rows * k + cols * s[0] as usize - rows * cols) as f64 * positions
+    }
+
+    /// Adds group `g` to the removed set; returns what it saves on top of those already added.
+    pub fn add(&mut self, g: &Group) -> f64 {
+        let before = self.saved;
+        for mb in &g.members {
+            let (node, dr, dc) = match mb {
+                Member::Producer { node, .. } | Member::Depthwise { node, .. } => (*node, 1, 0),
+                Member::Consumer { node, cols, .. } => (*node, 0, cols.len()),
+                Member::Norm { .. } => continue,
+            };
+            let (r, c) = self.cut.get(&node).copied().unwrap_or((0, 0));
+            self.saved += self.node_saved(node, r + dr, c + dc) - self.node_saved(node, r, c);
+            self.cut.insert(node, (r + dr, c + dc));
+        }
+        self.saved - before
+    }
 }
 
 /// Applies the OBS compensation for removing the groups flagged in `remove` under `cost`: the
@@ -731,9 +752,10 @@ pub fn channel_step(
     let want = ((groups.groups.len() as f64 * cfg.fraction).round() as usize).max(1);
     let mut taken: BTreeMap<usize, usize> = BTreeMap::new();
     let mut remove = vec![false; groups.groups.len()];
-    let (mut n, mut saved) = (0, 0.0);
+    let mut n = 0;
+    let mut saved = MacCut::new(m);
     for gi in order {
-        if n >= want || cfg.max_macs.is_some_and(|t| saved >= t) {
+        if n >= want || cfg.max_macs.is_some_and(|t| saved.saved >= t) {
             break;
         }
         let producers: Vec<usize> = groups.groups[gi].producers().map(|p| p.0).collect();
@@ -750,7 +772,7 @@ pub fn channel_step(
         }
         remove[gi] = true;
         n += 1;
-        saved += flops[gi];
+        saved.add(&groups.groups[gi]);
     }
     let mut report = ChannelReport {
         removed: n,

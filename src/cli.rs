@@ -229,6 +229,10 @@ struct PruneArgs {
     /// fine phase then goes on to --max-drop [default: half of --max-drop].
     #[arg(long)]
     channel_drop: Option<String>,
+    /// --mode channel-fine: the fraction of the channels the channel phase's first step
+    /// removes (--step is the fine phase's) [default: 0.1].
+    #[arg(long)]
+    channel_step: Option<f64>,
     /// OBS compensation of the remaining weights (nap only).
     #[arg(long, value_enum, default_value = "row")]
     obs_update: crate::prune::ObsUpdate,
@@ -243,7 +247,7 @@ struct PruneArgs {
     #[arg(long)]
     target_size: Option<String>,
     /// Fraction of the alive weights (channels) the first step removes [default: 0.2 for
-    /// weights, 0.1 for channels].
+    /// weights (also the fine phase of channel-fine), 0.1 for channels].
     #[arg(long)]
     step: Option<f64>,
     /// Stop when rollbacks halve the step below this (default: step / 8).
@@ -960,8 +964,8 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         None => None,
     };
     let step = a.step.unwrap_or(match a.mode {
-        crate::schedule::Mode::Fine => 0.2,
-        _ => 0.1,
+        crate::schedule::Mode::Channel => 0.1,
+        _ => 0.2,
     });
     Ok(crate::schedule::Settings {
         mode: a.mode,
@@ -974,6 +978,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
             .as_deref()
             .map(|s| parse_points(s, "--channel-drop"))
             .transpose()?,
+        channel_step: a.channel_step,
         obs_update: a.obs_update,
         damping: a.damping,
         step,

@@ -82,6 +82,10 @@ pub struct Settings {
     /// `max_drop`, both measured from the input model); `None`: half of `max_drop`.
     #[serde(default)]
     pub channel_drop: Option<f64>,
+    /// `channel-fine`: the first step of the channel phase (`step` is the fine phase's);
+    /// `None`: 0.1.
+    #[serde(default)]
+    pub channel_step: Option<f64>,
     /// Steps (accepted or not) before the run stops; may change on `--resume`.
     pub max_steps: usize,
     pub fisher: Fisher,
@@ -128,6 +132,7 @@ impl Default for Settings {
             channel_cost: ChannelCost::Producer,
             flops_weight: 0.0,
             channel_drop: None,
+            channel_step: None,
             max_steps: 100,
             fisher: Fisher::True,
             stats_examples: 10_000,
@@ -206,6 +211,14 @@ impl Settings {
                 bail!("--target-sparsity counts single weights; with --mode channel give --target-flops or --target-size");
             }
         }
+        if let Some(c) = self.channel_step {
+            if self.mode != Mode::ChannelFine {
+                bail!("--channel-step applies to --mode channel-fine (elsewhere give --step)");
+            }
+            if !(c > 0.0 && c < 1.0) {
+                bail!("--channel-step must be in (0, 1), got {c}");
+            }
+        }
         if let Some(c) = self.channel_drop {
             if self.mode != Mode::ChannelFine {
                 bail!("--channel-drop applies to --mode channel-fine");
@@ -258,6 +271,7 @@ impl Settings {
         let mut s = self.clone();
         s.mode = mode;
         s.channel_drop = None;
+        s.channel_step = None;
         if mode == Mode::Fine {
             s.target_flops = None;
         } else {
@@ -266,6 +280,9 @@ impl Settings {
             s.target_size = None;
             if self.mode == Mode::ChannelFine {
                 s.max_drop = self.channel_drop.or(self.max_drop.map(|d| d / 2.0));
+                // The same rollback depth below the first step as the fine phase.
+                s.step = self.channel_step.unwrap_or(0.1);
+                s.min_step = self.min_step * s.step / self.step;
             }
         }
         s
@@ -852,7 +869,7 @@ pub fn run(
 }
 
 /// Runs `settings.mode`: one schedule, or for `channel-fine` a channel phase in `DIR/channel`
-/// (tolerance `channel_drop`, default half of `max_drop`) and then a fine-grained phase in
+/// (tolerance `channel_drop`, default half of `max_drop`; first step `channel_step`) and then a fine-grained phase in
 /// `DIR/fine` on its result (tolerance `max_drop`), both measured from the input model.
 /// `--resume` resumes whichever phase was interrupted.
 pub fn run_phases(

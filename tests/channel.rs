@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use candle_core::Device;
 use nap::channel::{
-    compensate, curvature_nodes, curvatures, group_costs, group_flops, remove_channels, wbar,
-    ChannelCost, LayerCurvature,
+    compensate, curvature_nodes, curvatures, group_costs, group_flops, macs, remove_channels, wbar,
+    ChannelCost, LayerCurvature, MacCut,
 };
 use nap::data::Dataset;
 use nap::groups::{analyze, Member};
@@ -241,13 +241,13 @@ fn issue5_groups_tie_residual_concat_depthwise_and_flatten() {
     assert!(gs.slot_group[m.graph.nodes[fc2].output as usize]
         .iter()
         .all(Option::is_none));
-    // FLOPs saved by residual channel 5: c1 row 27·36, c2 row and column 8·36 each, depthwise
-    // 9·16, c3 column block 9·4·16, c4 column 6·16.
+    // FLOPs saved by residual channel 5: c1 row 27·36, c2 row and column 8·36 each less their
+    // shared weight, depthwise 9·16, c3 column block 9·4·16, c4 column 6·16.
     let fl = group_flops(&m, &gs);
     let gi = gs.slot_group[m.graph.nodes[c1].output as usize][5].unwrap();
     assert_eq!(
         fl[gi],
-        (27 * 36 + 8 * 36 + 8 * 36 + 9 * 16 + 9 * 4 * 16 + 6 * 16) as f64
+        (27 * 36 + (8 + 8 - 1) * 36 + 9 * 16 + 9 * 4 * 16 + 6 * 16) as f64
     );
 }
 
@@ -286,6 +286,12 @@ fn issue5_removal_matches_the_masked_model_exactly() {
         assert_eq!(dw, kept_res);
         let removed = remove.iter().filter(|r| **r).count();
         assert_eq!(analyze(&pruned).unwrap().groups.len(), 28 - removed);
+        // The MACs the removal saves, as counted before removing, are what the smaller model lost.
+        let mut cut = MacCut::new(&m);
+        for (g, _) in gs.groups.iter().zip(&remove).filter(|(_, r)| **r) {
+            cut.add(g);
+        }
+        assert_eq!(cut.saved, macs(&m) - macs(&pruned), "seed {seed}");
         // Without folding the constants the outputs differ (the BatchNorms' constants matter).
         let unfolded = remove_channels(&m, &gs, &remove, false).unwrap();
         let u = reference::logits(&unfolded, &x.images).unwrap();

@@ -668,10 +668,16 @@ fn issue5_channel_pruning_slims_resumes_and_converts() {
     assert_eq!(r["state"]["steps"].as_array().unwrap().len(), 3);
     // Channels, then single weights, in one command.
     let both = dir.path().join("both");
-    let o = run_nap(args("channel-fine", &both, "2", &[]));
+    let o = run_nap(args("channel-fine", &both, "2", &["--channel-step", "0.3"]));
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(both.join("channel/state.json").exists() && both.join("fine/state.json").exists());
+    // Each phase starts from its own step.
+    for (phase, step) in [("channel", 0.3), ("fine", 0.2)] {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(both.join(phase).join("state.json")).unwrap())
+                .unwrap();
+        assert_eq!(st["steps"][0]["fraction"].as_f64(), Some(step), "{phase}");
+    }
     assert!(r["pruned"]["nonzero_macs"].as_f64() < r["pruned"]["macs"].as_f64());
     assert!(r["pruned"]["macs"].as_f64() < r["dense"]["macs"].as_f64());
     // Bad input.
@@ -681,6 +687,7 @@ fn issue5_channel_pruning_slims_resumes_and_converts() {
         ("channel", vec!["--target-flops", "lots"], "--target-flops"),
         ("channel", vec!["--criterion", "obd"], "magnitude"),
         ("channel", vec!["--flops-weight=-1"], "--flops-weight"),
+        ("channel", vec!["--channel-step", "0.3"], "channel-fine"),
         (
             "channel",
             vec!["--target-sparsity", "0.5"],
