@@ -19,11 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 use faer::linalg::solvers::Solve;
-use faer::{Mat, Side};
+use faer::Mat;
 use nap_runtime::format::{Op, TensorId};
 use nap_runtime::kernels::act_scalar;
 
-use crate::curvature::{damped, spd_inverse};
+use crate::curvature::{damped, spd_inverse, sub_llt};
 use crate::groups::{Group, Groups, Member};
 use crate::ir::{HostModel, HostTensor};
 use crate::kfac::LayerFactors;
@@ -199,13 +199,7 @@ impl LayerCurvature {
         let wj = Mat::from_fn(rows, cols.len(), |i, a| w[i * d + cols[a]]);
         let gw = &self.g * &wj;
         let m = wj.transpose() * &gw;
-        let ajj = Mat::from_fn(cols.len(), cols.len(), |a, b| {
-            self.a_inv[(cols[a], cols[b])]
-        });
-        let llt = ajj
-            .llt(Side::Lower)
-            .map_err(|e| anyhow::anyhow!("[A⁻¹]_JJ is not positive definite: {e:?}"))?;
-        let x = llt.solve(&m);
+        let x = sub_llt(&self.a_inv, cols, "[A⁻¹]_JJ")?.solve(&m);
         Ok(0.5 * (0..cols.len()).map(|a| x[(a, a)]).sum::<f64>())
     }
 
@@ -216,12 +210,8 @@ impl LayerCurvature {
             return Ok(());
         }
         let (rows, d) = (self.g.nrows(), self.a.nrows());
-        let grr = Mat::from_fn(rs.len(), rs.len(), |a, b| self.g_inv[(rs[a], rs[b])]);
         let wr = Mat::from_fn(rs.len(), d, |a, j| w[rs[a] * d + j]);
-        let llt = grr
-            .llt(Side::Lower)
-            .map_err(|e| anyhow::anyhow!("[G⁻¹]_RR is not positive definite: {e:?}"))?;
-        let coef = llt.solve(&wr);
+        let coef = sub_llt(&self.g_inv, rs, "[G⁻¹]_RR")?.solve(&wr);
         let gcols = Mat::from_fn(rows, rs.len(), |i, a| self.g_inv[(i, rs[a])]);
         let delta = &gcols * &coef;
         for i in 0..rows {
@@ -242,14 +232,8 @@ impl LayerCurvature {
             return Ok(());
         }
         let (rows, d) = (self.g.nrows(), self.a.nrows());
-        let ajj = Mat::from_fn(cols.len(), cols.len(), |a, b| {
-            self.a_inv[(cols[a], cols[b])]
-        });
         let arows = Mat::from_fn(cols.len(), d, |a, j| self.a_inv[(cols[a], j)]);
-        let llt = ajj
-            .llt(Side::Lower)
-            .map_err(|e| anyhow::anyhow!("[A⁻¹]_JJ is not positive definite: {e:?}"))?;
-        let coef = llt.solve(&arows);
+        let coef = sub_llt(&self.a_inv, cols, "[A⁻¹]_JJ")?.solve(&arows);
         let wj = Mat::from_fn(rows, cols.len(), |i, a| w[i * d + cols[a]]);
         let delta = &wj * &coef;
         for i in 0..rows {

@@ -1,7 +1,7 @@
 //! Factor algebra on K-FAC statistics: relative damping, inverses and the OBS/OBD saliencies.
 
 use anyhow::{anyhow, Result};
-use faer::linalg::solvers::{DenseSolveCore, Solve};
+use faer::linalg::solvers::{DenseSolveCore, Llt, Solve};
 use faer::{Mat, Side};
 
 use crate::kfac::LayerFactors;
@@ -19,6 +19,14 @@ pub fn damped(m: &[f64], dim: usize, eps: f64) -> Mat<f64> {
     Mat::from_fn(dim, dim, |i, j| {
         m[i * dim + j] + if i == j { lambda } else { 0.0 }
     })
+}
+
+/// Cholesky factor of the principal submatrix `m[idx, idx]` (the system every OBS removal of
+/// the set `idx` solves); `what` names the submatrix in the error.
+pub fn sub_llt(m: &Mat<f64>, idx: &[usize], what: &str) -> Result<Llt<f64>> {
+    Mat::from_fn(idx.len(), idx.len(), |a, b| m[(idx[a], idx[b])])
+        .llt(Side::Lower)
+        .map_err(|e| anyhow!("{what} is not positive definite: {e:?}"))
 }
 
 /// Inverse of a symmetric positive definite matrix through Cholesky.
@@ -90,12 +98,9 @@ impl Inverses {
             if s.is_empty() {
                 continue;
             }
-            let ass = Mat::from_fn(s.len(), s.len(), |a, b| self.a_inv[(s[a], s[b])]);
             let ws = Mat::from_fn(s.len(), 1, |a, _| row[s[a]]);
-            let llt = ass
-                .llt(Side::Lower)
-                .map_err(|e| anyhow!("A⁻¹ restricted to a row's removed set is singular: {e:?}"))?;
-            let coef = llt.solve(&ws);
+            let coef =
+                sub_llt(&self.a_inv, &s, "A⁻¹ restricted to a row's removed set")?.solve(&ws);
             for j in 0..cols {
                 r[(i, j)] = s
                     .iter()

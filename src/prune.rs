@@ -2,7 +2,6 @@
 //! together in loss units, remove the cheapest, compensate the rest (OBS) and keep masks.
 
 use anyhow::{bail, Result};
-use nap_runtime::format::Op;
 
 use crate::curvature::{obd_score, Inverses};
 use crate::ir::HostModel;
@@ -250,37 +249,22 @@ pub fn prune_step(
             if removed[l] == 0 {
                 continue;
             }
-            let bias = match m.graph.nodes[node].op {
-                Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => bias,
-                _ => None,
-            };
-            let t = &m.tensors[w as usize];
-            let rows = t.shape[0] as usize;
-            let cols = t.numel() / rows;
-            let prev_alive: Vec<bool> = {
-                // Newly removed = alive before this step and dead now; those get the OBS removal.
-                let old = &m.tensors[w as usize].data;
-                old.iter()
-                    .zip(&masks.0[l])
-                    .map(|(v, a)| *v != 0.0 && !a)
-                    .collect()
-            };
-            let mut wb = vec![0f64; rows * (cols + 1)];
-            let mut remove = vec![false; rows * (cols + 1)];
-            for i in 0..rows {
-                for j in 0..cols {
-                    wb[i * (cols + 1) + j] = t.data[i * cols + j] as f64;
-                    remove[i * (cols + 1) + j] = prev_alive[i * cols + j];
-                }
-                wb[i * (cols + 1) + cols] =
-                    bias.map_or(0.0, |b| m.tensors[b as usize].data[i] as f64);
-            }
+            let (rows, cols, mut wb) = crate::channel::wbar(m, node)?;
+            // Newly removed = alive before this step and dead now; those get the OBS removal.
+            let old = &m.tensors[w as usize].data;
+            let remove: Vec<bool> = (0..rows * (cols + 1))
+                .map(|k| {
+                    let (i, j) = (k / (cols + 1), k % (cols + 1));
+                    j < cols && old[i * cols + j] != 0.0 && !masks.0[l][i * cols + j]
+                })
+                .collect();
             let inv = inverses[l].as_ref().expect("built above");
             if cfg.update == ObsUpdate::Row || cfg.update == ObsUpdate::RowLocal {
                 inv.obs_update_rows(&mut wb, &remove, cfg.update == ObsUpdate::Row)?;
             } else {
                 inv.obs_update(&mut wb, &remove);
             }
+            let bias = m.graph.nodes[node].op.weight_bias().and_then(|(_, b)| b);
             for i in 0..rows {
                 for j in 0..cols {
                     m.tensors[w as usize].data[i * cols + j] = wb[i * (cols + 1) + j] as f32;

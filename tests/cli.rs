@@ -31,6 +31,26 @@ fn write_checkpoint(
     p
 }
 
+/// A digits CNN trained for six epochs on the digits' training split, in `dir`.
+fn train_digits(dir: &Path) -> std::path::PathBuf {
+    let ckpt = dir.join("dense.safetensors");
+    let o = nap(&[
+        "train",
+        "--arch",
+        "digits-cnn",
+        "--data",
+        "digits",
+        "--split",
+        "train",
+        "--epochs",
+        "6",
+        "-o",
+        ckpt.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    ckpt
+}
+
 /// `nap convert CKPT --arch ARCH -o OUT EXTRA...`, which must succeed.
 fn convert(ckpt: &Path, arch: &str, out: &Path, extra: &[&str]) {
     let mut args = vec![
@@ -87,21 +107,7 @@ fn demo_trains_exports_and_agrees() {
 #[test]
 fn prune_reports_resumes_and_rejects_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("dense.safetensors");
-    let o = nap(&[
-        "train",
-        "--arch",
-        "digits-cnn",
-        "--data",
-        "digits",
-        "--split",
-        "train",
-        "--epochs",
-        "6",
-        "-o",
-        ckpt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = train_digits(dir.path());
     let run = dir.path().join("run");
     let args = |steps: &'static str| -> Vec<String> {
         [
@@ -566,21 +572,7 @@ fn issue4_block_pruned_weights_are_written_blocked() {
 #[test]
 fn issue5_channel_pruning_slims_resumes_and_converts() {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("dense.safetensors");
-    let o = nap(&[
-        "train",
-        "--arch",
-        "digits-cnn",
-        "--data",
-        "digits",
-        "--split",
-        "train",
-        "--epochs",
-        "6",
-        "-o",
-        ckpt.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = train_digits(dir.path());
     let run = dir.path().join("run");
     let args = |mode: &str, out: &Path, steps: &str, extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
