@@ -253,6 +253,10 @@ struct PruneArgs {
     /// Stop when rollbacks halve the step below this (default: step / 8).
     #[arg(long)]
     min_step: Option<f64>,
+    /// After an accepted step, multiply the step by this, up to --step (1: a step halved by a
+    /// rollback stays halved).
+    #[arg(long, default_value_t = 1.0)]
+    step_growth: f64,
     /// At most this fraction of a layer's alive weights per step.
     #[arg(long, default_value_t = 0.5)]
     layer_cap: f64,
@@ -983,6 +987,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         damping: a.damping,
         step,
         min_step: a.min_step.unwrap_or(step / 8.0),
+        step_growth: a.step_growth,
         layer_cap: a.layer_cap,
         block_rows: parse_block(&a.block)?,
         max_drop,

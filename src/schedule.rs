@@ -55,6 +55,10 @@ pub struct Settings {
     pub step: f64,
     /// Stop when a rolled-back step would go below this fraction.
     pub min_step: f64,
+    /// After an accepted step the step grows by this factor, up to `step` (1: a step halved by
+    /// a rollback stays halved).
+    #[serde(default = "unit")]
+    pub step_growth: f64,
     /// At most this fraction of one layer's alive weights per step.
     pub layer_cap: f64,
     /// Rows per pruning block (`--block 4x1` is 4): whole `r × 1` blocks are scored by their
@@ -123,6 +127,7 @@ impl Default for Settings {
             damping: 1e-1,
             step: 0.2,
             min_step: 0.025,
+            step_growth: 1.0,
             layer_cap: 0.5,
             block_rows: 1,
             max_drop: Some(0.001),
@@ -162,6 +167,9 @@ impl Settings {
                 self.step,
                 self.min_step
             );
+        }
+        if !(self.step_growth >= 1.0 && self.step_growth.is_finite()) {
+            bail!("--step-growth must be at least 1, got {}", self.step_growth);
         }
         if !(1..=64).contains(&self.block_rows) {
             bail!("--block must have 1 to 64 rows, got {}", self.block_rows);
@@ -291,6 +299,10 @@ impl Settings {
 
 fn one() -> usize {
     1
+}
+
+fn unit() -> f64 {
+    1.0
 }
 
 /// Accuracy and loss of one model on the validation split.
@@ -814,6 +826,7 @@ pub fn run(
             masks = trial_masks;
             best_val = tuned;
             factors = None;
+            st.fraction = (st.fraction * settings.step_growth).min(settings.step);
             st.steps.push(rec);
             st.seconds = seconds_before + t_start.elapsed().as_secs_f64();
             save_state(dir, &st)?;

@@ -83,10 +83,29 @@ fn weights(m: &HostModel) -> Vec<Vec<f32>> {
 fn schedule_respects_tolerance_and_checkpoints() {
     let s = setup();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = settings();
+    let cfg = Settings {
+        step: 0.5,
+        step_growth: 1.5,
+        max_steps: 6,
+        ..settings()
+    };
     let out = go(&s, &cfg, dir.path(), false).unwrap();
     let st = &out.state;
     assert!(!st.steps.is_empty());
+    // A rollback halves the step, an accepted step grows it back towards the first.
+    for w in st.steps.windows(2) {
+        let want = if w[0].accepted {
+            (w[0].fraction * 1.5).min(cfg.step)
+        } else {
+            w[0].fraction / 2.0
+        };
+        assert_eq!(w[1].fraction, want, "{:?}", st.steps);
+    }
+    assert!(
+        st.steps.windows(3).any(|w| !w[0].accepted && w[1].accepted),
+        "no step grew after a rollback: {:?}",
+        st.steps
+    );
     assert!(st.stopped.is_some());
     let acc0 = st.dense.val.accuracy as f64;
     let mut alive = st.dense.alive;
