@@ -6,9 +6,10 @@
 #   scripts/acceptance.sh [MODELS...]     MODELS from: lenet300 lenet5 m1 (default: all)
 #
 # Environment: NAP_FIXTURES (default fixtures), RUNS (default runs), MAX_DROP (default 0.1%),
-# CRITERIA (default "nap magnitude obd"), EXTRA (more `nap prune` flags). Channel pruning
-# (BENCHMARKS.md §7): RUNS=runs/channel MAX_DROP=0.5% CRITERIA="nap magnitude"
-# EXTRA="--mode channel" scripts/acceptance.sh m1 lenet5
+# CRITERIA (default "nap magnitude obd"), EXTRA (more `nap prune` flags), FT_EXAMPLES
+# (training examples per fine-tune of LeNet-5 and M1, default 12000; empty: all). Channel
+# pruning (BENCHMARKS.md §7): RUNS=runs/channel MAX_DROP=0.5% CRITERIA="nap magnitude"
+# FT_EXAMPLES= EXTRA="--mode channel" scripts/acceptance.sh m1 lenet5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIX=${NAP_FIXTURES:-fixtures}
@@ -16,6 +17,8 @@ RUNS=${RUNS:-runs}
 MAX_DROP=${MAX_DROP:-0.1%}
 CRITERIA=${CRITERIA:-nap magnitude obd}
 MODELS=${*:-lenet300 lenet5 m1}
+FT_EXAMPLES=${FT_EXAMPLES-12000}
+FT=${FT_EXAMPLES:+--ft-examples $FT_EXAMPLES}
 mkdir -p "$RUNS"
 cargo build --release --quiet
 NAP=${CARGO_TARGET_DIR:-target}/release/nap
@@ -30,10 +33,10 @@ dense() { # model -> "checkpoint arch extra-prune-flags"
     lenet5)
         [ -f "$RUNS/lenet5.safetensors" ] || "$NAP" train --arch lenet5-caffe --data-dir "$FIX/mnist" \
             --split train --epochs 12 --lr 2e-3 --seed 0 -o "$RUNS/lenet5.safetensors"
-        echo "$RUNS/lenet5.safetensors lenet5-caffe --ft-examples 12000 --stats-examples 4000"
+        echo "$RUNS/lenet5.safetensors lenet5-caffe $FT --stats-examples 4000"
         ;;
     m1)
-        echo "$FIX/m1.pth mnist-cnn --ft-examples 12000 --stats-examples 4000"
+        echo "$FIX/m1.pth mnist-cnn $FT --stats-examples 4000"
         ;;
     *)
         echo "unknown model $1" >&2
