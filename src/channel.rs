@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context, Result};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
-use nap_runtime::format::{Op, TensorId};
+use nap_runtime::format::{Node, Op, TensorId};
 use nap_runtime::kernels::act_scalar;
 
 use crate::curvature::{damped, spd_inverse, sub_llt};
@@ -344,9 +344,8 @@ impl<'a> MacCut<'a> {
     fn node_saved(&self, node: usize, rows: usize, cols: usize) -> f64 {
         let s = &weight_of(self.m, node).shape;
         let k: usize = s[1..].iter().map(|&d| d as usize).product();
-        let out = &self.m.graph.values[self.m.graph.nodes[node].output as usize].shape;
-        let positions: f64 = out[1..].iter().map(|&d| d as f64).product();
-        (rows * k + cols * s[0] as usize - rows * cols) as f64 * positions
+        (rows * k + cols * s[0] as usize - rows * cols) as f64
+            * positions(self.m, &self.m.graph.nodes[node])
     }
 
     /// Adds group `g` to the removed set; returns what it saves on top of those already added.
@@ -677,11 +676,15 @@ fn layer_macs(m: &HostModel, weights: impl Fn(&HostTensor) -> usize) -> f64 {
         .iter()
         .filter_map(|n| {
             let (weight, _) = n.op.weight_bias()?;
-            let s = &m.graph.values[n.output as usize].shape;
-            let pos: f64 = s[1..].iter().map(|&d| d as f64).product();
-            Some(weights(&m.tensors[weight as usize]) as f64 * pos)
+            Some(weights(&m.tensors[weight as usize]) as f64 * positions(m, n))
         })
         .sum()
+}
+
+/// Output positions per example of a node (each weight is used once per position).
+fn positions(m: &HostModel, n: &Node) -> f64 {
+    let s = &m.graph.values[n.output as usize].shape;
+    s[1..].iter().map(|&d| d as f64).product()
 }
 
 /// One step of structured pruning: scores every group of `groups` (`m`'s, from

@@ -968,7 +968,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         None => None,
     };
     let step = a.step.unwrap_or(match a.mode {
-        crate::schedule::Mode::Channel => 0.1,
+        crate::schedule::Mode::Channel => crate::schedule::CHANNEL_STEP,
         _ => 0.2,
     });
     Ok(crate::schedule::Settings {

@@ -251,11 +251,10 @@ pub fn prune_step(
             }
             let (rows, cols, mut wb) = crate::channel::wbar(m, node)?;
             // Newly removed = alive before this step and dead now; those get the OBS removal.
-            let old = &m.tensors[w as usize].data;
             let remove: Vec<bool> = (0..rows * (cols + 1))
                 .map(|k| {
                     let (i, j) = (k / (cols + 1), k % (cols + 1));
-                    j < cols && old[i * cols + j] != 0.0 && !masks.0[l][i * cols + j]
+                    j < cols && wb[k] != 0.0 && !masks.0[l][i * cols + j]
                 })
                 .collect();
             let inv = inverses[l].as_ref().expect("built above");

@@ -42,6 +42,9 @@ pub enum Mode {
     ChannelFine,
 }
 
+/// The first step of channel pruning when none is given: this fraction of the alive channels.
+pub const CHANNEL_STEP: f64 = 0.1;
+
 /// Everything that determines a run (saved with it; a resumed run must use the same).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
@@ -87,7 +90,7 @@ pub struct Settings {
     #[serde(default)]
     pub channel_drop: Option<f64>,
     /// `channel-fine`: the first step of the channel phase (`step` is the fine phase's);
-    /// `None`: 0.1.
+    /// `None`: [`CHANNEL_STEP`].
     #[serde(default)]
     pub channel_step: Option<f64>,
     /// Steps (accepted or not) before the run stops; may change on `--resume`.
@@ -289,7 +292,7 @@ impl Settings {
             if self.mode == Mode::ChannelFine {
                 s.max_drop = self.channel_drop.or(self.max_drop.map(|d| d / 2.0));
                 // The same rollback depth below the first step as the fine phase.
-                s.step = self.channel_step.unwrap_or(0.1);
+                s.step = self.channel_step.unwrap_or(CHANNEL_STEP);
                 s.min_step = self.min_step * s.step / self.step;
             }
         }
@@ -882,9 +885,9 @@ pub fn run(
 }
 
 /// Runs `settings.mode`: one schedule, or for `channel-fine` a channel phase in `DIR/channel`
-/// (tolerance `channel_drop`, default half of `max_drop`; first step `channel_step`) and then a fine-grained phase in
-/// `DIR/fine` on its result (tolerance `max_drop`), both measured from the input model.
-/// `--resume` resumes whichever phase was interrupted.
+/// (tolerance `channel_drop`, default half of `max_drop`; first step `channel_step`) and then
+/// a fine-grained phase in `DIR/fine` on its result (tolerance `max_drop`), both measured from
+/// the input model. `--resume` resumes whichever phase was interrupted.
 pub fn run_phases(
     dense: &HostModel,
     arch: &str,
