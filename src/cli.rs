@@ -234,7 +234,7 @@ struct PruneArgs {
     #[arg(long)]
     channel_step: Option<f64>,
     /// OBS compensation of the remaining weights (nap only).
-    #[arg(long, value_enum, default_value = "row")]
+    #[arg(long, value_enum, default_value = "masked")]
     obs_update: crate::prune::ObsUpdate,
     /// Tolerated drop of validation accuracy, in percentage points ("0.1%" or "0.1").
     /// Without a target this defaults to 0.1%.
@@ -267,8 +267,19 @@ struct PruneArgs {
     /// Relative damping of the K-FAC factors (times the mean diagonal).
     #[arg(long, default_value_t = 1e-1)]
     damping: f64,
+    /// Which Fisher the K-FAC factors estimate: labels sampled from the model (true), the
+    /// data's labels (empirical), or the exact expectation over the model's classes (exact).
     #[arg(long, value_enum, default_value = "true")]
     fisher: crate::kfac::Fisher,
+    /// Temperature T of the model's label distribution softmax(z / T) (true, exact).
+    #[arg(long, default_value_t = 1.0)]
+    fisher_temperature: f64,
+    /// Labels sampled per example (--fisher true).
+    #[arg(long, default_value_t = 1)]
+    fisher_samples: usize,
+    /// Label smoothing of --fisher empirical.
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
     /// Examples per K-FAC statistics pass.
     #[arg(long, default_value_t = 10_000)]
     stats_examples: usize,
@@ -995,6 +1006,9 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         target_size,
         max_steps: a.max_steps,
         fisher: a.fisher,
+        fisher_temperature: a.fisher_temperature,
+        fisher_samples: a.fisher_samples,
+        label_smoothing: a.label_smoothing,
         stats_examples: a.stats_examples,
         ft_epochs: a.ft_epochs,
         ft_examples: a.ft_examples,

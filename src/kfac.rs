@@ -27,12 +27,14 @@ use crate::reference;
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Fisher {
-    /// Labels sampled from the model's own predictive distribution (the default).
+    /// Labels sampled from the model's own predictive distribution (`softmax(z / T)`),
+    /// `samples` per example.
     True,
-    /// The data set's labels.
+    /// The data set's labels (smoothed by `label_smoothing`).
     Empirical,
-    /// The expectation over the model's predictive distribution, computed exactly with one
-    /// backward pass per output (C times the cost of `True`, no sampling noise).
+    /// The expectation over the model's predictive distribution `softmax(z / T)`, computed
+    /// exactly with one backward pass per output (C times the cost of `True`, no sampling
+    /// noise).
     Exact,
 }
 
@@ -56,6 +58,14 @@ pub struct StatsConfig {
     pub max_examples: Option<usize>,
     /// Seed of the label sampling (true Fisher).
     pub seed: u64,
+    /// Temperature of the label distribution of `True` and `Exact`: labels `y ~ softmax(z / T)`,
+    /// gradients of the model's own loss `−log softmax(z)_y`. `T > 1` spreads the curvature of a
+    /// model that is near-certain on its training data over all classes.
+    pub temperature: f64,
+    /// Labels drawn per example (`True`).
+    pub samples: usize,
+    /// Label smoothing of `Empirical`: the target is `(1 − ε) onehot(y) + ε / C`.
+    pub label_smoothing: f64,
     /// Show a progress bar.
     pub progress: bool,
     /// Collect only these nodes (graph indices of Linear/Conv2d layers); every Linear and
@@ -71,6 +81,9 @@ impl Default for StatsConfig {
             batch: 64,
             max_examples: None,
             seed: 0,
+            temperature: 1.0,
+            samples: 1,
+            label_smoothing: 0.0,
             progress: false,
             nodes: None,
         }
@@ -140,10 +153,13 @@ fn backward_passes(
         Ok(Tensor::from_vec(v, (n, classes), dev)?)
     };
     let data_labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    let t = cfg.temperature;
     Ok(match (cfg.loss, cfg.fisher) {
         (Loss::CrossEntropy, Fisher::Exact) => {
             let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-            let sqrt_p = logp.exp()?.sqrt()?.detach();
+            let sqrt_p = candle_nn::ops::softmax(&(logits / t)?, D::Minus1)?
+                .sqrt()?
+                .detach();
             (0..classes)
                 .map(|c| {
                     let col = |t: &Tensor| t.narrow(1, c, 1);
@@ -151,13 +167,22 @@ fn backward_passes(
                 })
                 .collect::<Result<_>>()?
         }
-        (Loss::CrossEntropy, fisher) => {
-            let ys = match fisher {
-                Fisher::True => sample_labels(logits, rng)?,
-                _ => data_labels,
-            };
+        (Loss::CrossEntropy, Fisher::True) => {
             let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-            vec![(logp * onehot(&ys)?)?.neg()?.sum_all()?]
+            let scaled = (logits / t)?.detach();
+            let k = cfg.samples.max(1);
+            (0..k)
+                .map(|_| {
+                    let ys = sample_labels(&scaled, rng)?;
+                    Ok(((&logp * onehot(&ys)?)?.neg()?.sum_all()? / (k as f64).sqrt())?)
+                })
+                .collect::<Result<_>>()?
+        }
+        (Loss::CrossEntropy, Fisher::Empirical) => {
+            let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let e = cfg.label_smoothing;
+            let target = ((onehot(&data_labels)? * (1.0 - e))? + e / classes as f64)?;
+            vec![(logp * target)?.neg()?.sum_all()?]
         }
         (Loss::Mse, Fisher::Exact) => (0..classes)
             .map(|c| Ok(logits.narrow(1, c, 1)?.sum_all()?))

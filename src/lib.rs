@@ -13,6 +13,7 @@ pub mod groups;
 pub mod import;
 pub mod ir;
 pub mod kfac;
+pub mod obs;
 pub mod plot;
 pub mod prune;
 pub mod refdump;

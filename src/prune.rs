@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use crate::curvature::{obd_score, Inverses};
 use crate::ir::HostModel;
 use crate::kfac::LayerFactors;
+use crate::obs;
 
 /// How weights are scored.
 #[derive(
@@ -29,9 +30,13 @@ pub enum Criterion {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum ObsUpdate {
+    /// Exact OBS inside each row's alive weights (`(A[M,M])⁻¹`, [`crate::obs`]), weights removed
+    /// greedily per row and ranked by their joint cost; the default.
+    Masked,
     /// No compensation.
     None,
-    /// The sum of the single-weight OBS updates (`δW̄ = −G⁻¹ C A⁻¹`), NAP only.
+    /// The sum of the single-weight OBS updates (`δW̄ = −G⁻¹ C A⁻¹`) on the unmasked `A⁻¹`
+    /// (the textbook K-FAC form; dead weights take part and are zeroed again).
     Independent,
     /// The joint OBS update of the weights removed from each row, spread over the other rows
     /// through `G⁻¹`; rows are treated independently.
@@ -63,8 +68,8 @@ impl Default for StepConfig {
             criterion: Criterion::Nap,
             fraction: 0.2,
             layer_cap: 0.9,
-            update: ObsUpdate::Independent,
-            damping: 1e-2,
+            update: ObsUpdate::Masked,
+            damping: 1e-1,
             block_rows: 1,
         }
     }
@@ -137,6 +142,9 @@ pub fn prune_step(
             factors.len(),
             layers.len()
         );
+    }
+    if cfg.criterion == Criterion::Nap && cfg.update == ObsUpdate::Masked {
+        return masked(m, masks, factors, cfg);
     }
     let inverses: Vec<Option<Inverses>> = if cfg.criterion == Criterion::Nap {
         factors
@@ -279,5 +287,73 @@ pub fn prune_step(
         removed,
         predicted_loss_increase: predicted.iter().sum(),
         predicted_per_layer: predicted,
+    })
+}
+
+/// [`prune_step`] with [`ObsUpdate::Masked`].
+fn masked(
+    m: &mut HostModel,
+    masks: &mut Masks,
+    factors: &[LayerFactors],
+    cfg: &StepConfig,
+) -> Result<StepReport> {
+    let layers = m.prunable();
+    let mut wbars = Vec::with_capacity(layers.len());
+    let mut has_bias = Vec::with_capacity(layers.len());
+    for &(node, _) in &layers {
+        wbars.push(crate::channel::wbar(m, node)?);
+        has_bias.push(
+            m.graph.nodes[node]
+                .op
+                .weight_bias()
+                .and_then(|(_, b)| b)
+                .is_some(),
+        );
+    }
+    let alive_per: Vec<usize> = masks
+        .0
+        .iter()
+        .map(|l| l.iter().filter(|a| **a).count())
+        .collect();
+    let inputs: Vec<obs::LayerInput<'_>> = wbars
+        .iter()
+        .enumerate()
+        .map(|(l, (rows, cols, wb))| obs::LayerInput {
+            factors: &factors[l],
+            rows: *rows,
+            cols: *cols,
+            wbar: wb,
+            alive: &masks.0[l],
+            has_bias: has_bias[l],
+            cap: (alive_per[l] as f64 * cfg.layer_cap).floor() as usize,
+        })
+        .collect();
+    let plan = obs::masked_step(
+        &inputs,
+        &obs::MaskedConfig {
+            damping: cfg.damping,
+            total: (alive_per.iter().sum::<usize>() as f64 * cfg.fraction).round() as usize,
+            block_rows: cfg.block_rows.max(1),
+            trace_fraction: cfg.layer_cap.max(2.0 * cfg.fraction).min(1.0),
+            max_block: obs::MAX_BLOCK,
+        },
+    )?;
+    let mut removed = vec![0usize; layers.len()];
+    for (l, &(node, _)) in layers.iter().enumerate() {
+        for (k, r) in plan.removed[l].iter().enumerate() {
+            if *r {
+                masks.0[l][k] = false;
+                removed[l] += 1;
+            }
+        }
+        if removed[l] > 0 {
+            crate::channel::set_wbar(m, node, &plan.wbar[l])?;
+        }
+    }
+    masks.apply(m);
+    Ok(StepReport {
+        removed,
+        predicted_loss_increase: plan.predicted.iter().sum(),
+        predicted_per_layer: plan.predicted,
     })
 }

@@ -96,6 +96,15 @@ pub struct Settings {
     /// Steps (accepted or not) before the run stops; may change on `--resume`.
     pub max_steps: usize,
     pub fisher: Fisher,
+    /// Temperature of the Fisher's label distribution (`true`, `exact`).
+    #[serde(default = "unit")]
+    pub fisher_temperature: f64,
+    /// Labels sampled per example (`--fisher true`).
+    #[serde(default = "one")]
+    pub fisher_samples: usize,
+    /// Label smoothing of `--fisher empirical`.
+    #[serde(default)]
+    pub label_smoothing: f64,
     /// Examples per K-FAC statistics pass.
     pub stats_examples: usize,
     pub stats_batch: usize,
@@ -126,7 +135,7 @@ impl Default for Settings {
         Settings {
             mode: Mode::Fine,
             criterion: Criterion::Nap,
-            obs_update: ObsUpdate::Row,
+            obs_update: ObsUpdate::Masked,
             damping: 1e-1,
             step: 0.2,
             min_step: 0.025,
@@ -143,6 +152,9 @@ impl Default for Settings {
             channel_step: None,
             max_steps: 100,
             fisher: Fisher::True,
+            fisher_temperature: 1.0,
+            fisher_samples: 1,
+            label_smoothing: 0.0,
             stats_examples: 10_000,
             stats_batch: 128,
             ft_epochs: 1,
@@ -677,6 +689,9 @@ pub fn run(
             let subset = train_set.subset(&idx[..settings.stats_examples.min(train_set.n)]);
             let cfg = StatsConfig {
                 fisher: settings.fisher,
+                temperature: settings.fisher_temperature,
+                samples: settings.fisher_samples,
+                label_smoothing: settings.label_smoothing,
                 batch: settings.stats_batch,
                 max_examples: None,
                 seed: settings.seed.wrapping_add(1000 + generation),
