@@ -163,6 +163,10 @@ enum Cmd {
         /// on with the same --val-fraction and --val-seed); 0 trains on everything.
         #[arg(long, default_value_t = 0.1)]
         val_fraction: f32,
+        /// Hold out this fraction next to it (the examples `nap prune` confirms on with the same
+        /// --confirm-fraction).
+        #[arg(long, default_value_t = 0.05)]
+        confirm_fraction: f32,
         #[arg(long, default_value_t = 0)]
         val_seed: u64,
         /// Output: .safetensors (weights) and/or .nap (by extension).
@@ -210,6 +214,20 @@ struct PruneArgs {
     /// dense model), or channels first and then single weights of what remains.
     #[arg(long, value_enum, default_value = "fine")]
     mode: crate::schedule::Mode,
+    /// How pruning and fine-tuning interleave: iterative (prune, then fine-tune from a fresh
+    /// optimizer) or gradual (--prune-events removals on a cubic ramp during each step's
+    /// fine-tuning, optimizer state kept) [default: gradual for --criterion gmp, else
+    /// iterative].
+    #[arg(long, value_enum)]
+    schedule: Option<crate::schedule::Schedule>,
+    /// Prune events per step of the gradual schedule.
+    #[arg(long, default_value_t = 4)]
+    prune_events: usize,
+    /// Stop after this much fine-tuning: epochs ("20" or "20ep") or wall time ("15m", "2h").
+    /// With --schedule gradual and a target but no tolerance, the one ramp to the target
+    /// takes this many epochs.
+    #[arg(long)]
+    budget: Option<String>,
     /// Ranking criterion. With --mode channel: nap (group cost in loss units) or magnitude
     /// (L1-norm filter pruning).
     #[arg(long, value_enum, default_value = "nap")]
@@ -236,10 +254,18 @@ struct PruneArgs {
     /// OBS compensation of the remaining weights (nap only).
     #[arg(long, value_enum, default_value = "masked")]
     obs_update: crate::prune::ObsUpdate,
-    /// Tolerated drop of validation accuracy, in percentage points ("0.1%" or "0.1").
-    /// Without a target this defaults to 0.1%.
+    /// Tolerated drop of accuracy, in percentage points ("0.1%" or "0.1"). A step is accepted
+    /// when the one-sided --confidence upper bound of its paired accuracy drop against the dense
+    /// model on the validation split is at most this. Without a target this defaults to 0.1%.
     #[arg(long)]
     max_drop: Option<String>,
+    /// Confidence of the stop rule's one-sided bounds (0.5 decides on the point estimate).
+    #[arg(long, default_value_t = 0.95)]
+    confidence: f64,
+    /// Also require the mean KL divergence (nats) from the dense model's predictions on the
+    /// validation split to stay below this (needs no labels).
+    #[arg(long)]
+    max_kl: Option<f64>,
     /// Stop at this fraction of zero weights ("0.98" or "98%").
     #[arg(long)]
     target_sparsity: Option<String>,
@@ -299,13 +325,26 @@ struct PruneArgs {
     /// Weight decay (AdamW) during fine-tuning.
     #[arg(long, default_value_t = 0.0)]
     ft_weight_decay: f64,
-    /// Epochs of one last fine-tune of the final model.
+    /// Epochs of one last fine-tune of the final model (kept if it lowers the validation loss
+    /// and still passes the stop rule).
     #[arg(long, default_value_t = 0)]
     final_epochs: usize,
+    /// Weight of distillation from the dense model in fine-tuning: the loss is (1 - W) x
+    /// cross-entropy + W x T^2 x KL(dense || pruned) at temperature T (1: no labels needed).
+    #[arg(long, default_value_t = 0.0)]
+    distill: f64,
+    /// Temperature T of the distillation.
+    #[arg(long, default_value_t = 2.0)]
+    distill_temperature: f64,
     #[arg(long, default_value_t = 100)]
     max_steps: usize,
+    /// Fraction of the training data held out for validation (the stop rule decides on it).
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f32,
+    /// Fraction held out next to it for confirmation: nothing selects on it, and the report
+    /// gives the final model's accuracy drop on it with a 95% interval (0: none).
+    #[arg(long, default_value_t = 0.05)]
+    confirm_fraction: f32,
     #[arg(long, default_value_t = 0)]
     val_seed: u64,
     #[arg(long, default_value_t = 0)]
@@ -338,6 +377,32 @@ fn parse_block(s: &str) -> Result<usize> {
         bail!("--block {s}: only blocks one column wide (R x 1) are supported");
     }
     Ok(r)
+}
+
+/// Parses `--budget`: epochs ("20", "20ep") or minutes ("15m", "2h", "90s").
+fn parse_budget(s: &str) -> Result<(Option<f64>, Option<f64>)> {
+    let t = s.trim().to_ascii_lowercase();
+    let bad = || {
+        anyhow!(
+            "--budget: expected epochs (\"20\" or \"20ep\") or a time (\"15m\", \"2h\"), got {s:?}"
+        )
+    };
+    let num = |x: &str| x.trim().parse::<f64>().map_err(|_| bad());
+    let v = if let Some(x) = t.strip_suffix("ep") {
+        (Some(num(x)?), None)
+    } else if let Some(x) = t.strip_suffix('h') {
+        (None, Some(60.0 * num(x)?))
+    } else if let Some(x) = t.strip_suffix("min").or_else(|| t.strip_suffix('m')) {
+        (None, Some(num(x)?))
+    } else if let Some(x) = t.strip_suffix('s') {
+        (None, Some(num(x)? / 60.0))
+    } else {
+        (Some(num(&t)?), None)
+    };
+    if v.0.or(v.1).is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+        return Err(bad());
+    }
+    Ok(v)
 }
 
 /// Parses "0.1%" / "0.1" (percentage points) into a fraction.
@@ -446,6 +511,7 @@ pub fn main() -> Result<()> {
             batch,
             seed,
             val_fraction,
+            confirm_fraction,
             val_seed,
             output,
         } => train_cmd(
@@ -458,7 +524,7 @@ pub fn main() -> Result<()> {
                 seed,
                 ..Default::default()
             },
-            (val_fraction, val_seed),
+            (val_fraction, confirm_fraction, val_seed),
             &output,
         ),
         Cmd::Prune(a) => prune_cmd(&a),
@@ -903,7 +969,7 @@ fn train_cmd(
     arch: &str,
     a: &DataArgs,
     cfg: TrainConfig,
-    (val_fraction, val_seed): (f32, u64),
+    (val_fraction, confirm_fraction, val_seed): (f32, f32, u64),
     output: &Path,
 ) -> Result<()> {
     let all = load_data(&DataArgs {
@@ -912,7 +978,7 @@ fn train_cmd(
         split: SplitArg::Train,
         limit: a.limit,
     })?;
-    let (train_set, val) = all.split(val_fraction, val_seed);
+    let (train_set, val, _confirm) = all.split3(val_fraction, confirm_fraction, val_seed);
     let test = load_data(&DataArgs {
         data: a.data,
         data_dir: a.data_dir.clone(),
@@ -921,7 +987,7 @@ fn train_cmd(
     })?;
     let mut m = archs::random(arch, cfg.seed)?;
     m.meta.source = format!(
-        "nap train --arch {arch} --epochs {} --lr {} --batch {} --seed {} --val-fraction {val_fraction} --val-seed {val_seed}",
+        "nap train --arch {arch} --epochs {} --lr {} --batch {} --seed {} --val-fraction {val_fraction} --confirm-fraction {confirm_fraction} --val-seed {val_seed}",
         cfg.epochs, cfg.lr, cfg.batch, cfg.seed
     );
     let t0 = Instant::now();
@@ -973,7 +1039,11 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         .transpose()?;
     let max_drop = match &a.max_drop {
         Some(s) => Some(parse_points(s, "--max-drop")?),
-        None if target_sparsity.is_none() && target_size.is_none() && target_flops.is_none() => {
+        None if target_sparsity.is_none()
+            && target_size.is_none()
+            && target_flops.is_none()
+            && a.max_kl.is_none() =>
+        {
             Some(0.001)
         }
         None => None,
@@ -982,8 +1052,22 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         crate::schedule::Mode::Channel => crate::schedule::CHANNEL_STEP,
         _ => 0.2,
     });
+    let (budget_epochs, budget_minutes) = match a.budget.as_deref() {
+        None => (None, None),
+        Some(b) => parse_budget(b)?,
+    };
     Ok(crate::schedule::Settings {
         mode: a.mode,
+        schedule: a
+            .schedule
+            .unwrap_or(if a.criterion == crate::prune::Criterion::Gmp {
+                crate::schedule::Schedule::Gradual
+            } else {
+                crate::schedule::Schedule::Iterative
+            }),
+        prune_events: a.prune_events,
+        budget_epochs,
+        budget_minutes,
         criterion: a.criterion,
         channel_cost: a.channel_cost,
         flops_weight: a.flops_weight,
@@ -1002,6 +1086,8 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         layer_cap: a.layer_cap,
         block_rows: parse_block(&a.block)?,
         max_drop,
+        confidence: a.confidence,
+        max_kl: a.max_kl,
         target_sparsity,
         target_size,
         max_steps: a.max_steps,
@@ -1016,7 +1102,10 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         ft_warmup: a.ft_warmup,
         ft_weight_decay: a.ft_weight_decay,
         final_epochs: a.final_epochs,
+        distill: a.distill,
+        distill_temperature: a.distill_temperature,
         val_fraction: a.val_fraction,
+        confirm_fraction: a.confirm_fraction,
         val_seed: a.val_seed,
         seed: a.seed,
         ..Default::default()
@@ -1037,7 +1126,11 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
     };
     let all = load_data(&data_args(SplitArg::Train))?;
     let test = load_data(&data_args(SplitArg::Test))?;
-    let (train_set, val) = all.split(settings.val_fraction, settings.val_seed);
+    let (train_set, val, confirm) = all.split3(
+        settings.val_fraction,
+        settings.confirm_fraction,
+        settings.val_seed,
+    );
     let mut log = |line: &str| eprintln!("{line}");
     let outcome = crate::schedule::run_phases(
         &dense,
@@ -1051,12 +1144,13 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
             device,
             progress: !a.json,
             log: &mut log,
-            reference_val: None,
+            reference: None,
         },
     )?;
     let report = crate::report::finish(
         &dense,
         &outcome,
+        (confirm.n > 0).then_some(&confirm),
         Some(&test),
         &a.out,
         ExportOptions {
@@ -1190,12 +1284,13 @@ fn demo(out: &Path, epochs: usize, seed: u64, json: bool) -> Result<()> {
             device: candle_core::Device::Cpu,
             progress: false,
             log: &mut log,
-            reference_val: None,
+            reference: None,
         },
     )?;
     let pr = crate::report::finish(
         &m,
         &outcome,
+        None,
         Some(&test_set),
         &run_dir,
         ExportOptions::default(),

@@ -20,5 +20,6 @@ pub mod refdump;
 pub mod reference;
 pub mod report;
 pub mod schedule;
+pub mod stop;
 pub mod train;
 pub mod util;

@@ -22,6 +22,8 @@ pub enum Criterion {
     Magnitude,
     /// `|w|`, the same fraction removed from every layer.
     MagnitudeUniform,
+    /// Gradual magnitude pruning (Zhu & Gupta): `|w|` ranked globally, in the gradual schedule.
+    Gmp,
 }
 
 /// Compensation of the remaining weights.
@@ -175,7 +177,9 @@ pub fn prune_step(
                             .expect("built above")
                             .obs_score(v as f64, i, j),
                         Criterion::Obd => obd_score(&factors[l], v as f64, i, j),
-                        Criterion::Magnitude | Criterion::MagnitudeUniform => (v as f64).abs(),
+                        Criterion::Magnitude | Criterion::MagnitudeUniform | Criterion::Gmp => {
+                            (v as f64).abs()
+                        }
                     }
                 })
                 .collect(),

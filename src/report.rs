@@ -14,6 +14,7 @@ use crate::ir::{self, HostModel};
 use crate::plot::{self, Series};
 use crate::prune::Masks;
 use crate::schedule::{compression, Outcome, RunState, StepRecord};
+use crate::stop::Paired;
 use crate::util::atomic_write;
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,6 +51,37 @@ pub struct ModelScore {
     pub nap_bytes: u64,
 }
 
+/// The final model against the dense one on one split, example by example.
+#[derive(Clone, Debug, Serialize)]
+pub struct SplitComparison {
+    pub split: String,
+    pub examples: usize,
+    pub dense_accuracy: f32,
+    pub accuracy: f32,
+    /// Accuracy drop (dense − pruned, fraction) and its 95 % interval.
+    pub drop: f64,
+    pub interval95: (f64, f64),
+    pub paired: Paired,
+}
+
+impl SplitComparison {
+    fn new(split: &str, dense: &HostModel, pruned: &HostModel, data: &Dataset) -> Result<Self> {
+        let classes = dense.output_shape().iter().product::<u32>() as usize;
+        let d = eval::reference_logits(dense, &data.images, 512, false)?;
+        let p = eval::reference_logits(pruned, &data.images, 512, false)?;
+        let paired = Paired::compare(&p, &d, Some(&data.labels), classes);
+        Ok(SplitComparison {
+            split: split.to_string(),
+            examples: data.n,
+            dense_accuracy: eval::accuracy(&d, &data.labels, classes),
+            accuracy: eval::accuracy(&p, &data.labels, classes),
+            drop: paired.drop,
+            interval95: paired.interval(0.95),
+            paired,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub arch: String,
@@ -57,6 +89,9 @@ pub struct Report {
     pub dense: ModelScore,
     pub pruned: ModelScore,
     pub layers: Vec<LayerRow>,
+    /// The final model's accuracy drop on the confirmation split (nothing selected on it) and
+    /// the test set, with 95 % intervals.
+    pub comparisons: Vec<SplitComparison>,
     pub peak_rss_mib: Option<f64>,
     pub files: Vec<PathBuf>,
 }
@@ -114,6 +149,7 @@ fn score_model(
 pub fn finish(
     dense: &HostModel,
     outcome: &Outcome,
+    confirm: Option<&Dataset>,
     test: Option<&Dataset>,
     dir: &Path,
     export_opts: ExportOptions,
@@ -194,8 +230,15 @@ pub fn finish(
         )
         .as_bytes(),
     )?;
+    let mut comparisons = Vec::new();
+    for (name, data) in [("confirmation", confirm), ("test", test)] {
+        if let Some(d) = data {
+            comparisons.push(SplitComparison::new(name, dense, m, d)?);
+        }
+    }
     let report_path = dir.join("report.json");
     let report = Report {
+        comparisons,
         arch: st.arch.clone(),
         state: st.clone(),
         dense: dense_score,
@@ -325,6 +368,33 @@ pub fn print_summary(r: &Report) {
             100.0 * p,
             100.0 * rt
         );
+    }
+    let interval = |drop: f64, (lo, hi): (f64, f64)| {
+        format!(
+            "{:+.2} points (95% interval {:+.2} to {:+.2})",
+            100.0 * drop,
+            100.0 * lo,
+            100.0 * hi
+        )
+    };
+    if let Some(p) = &r.state.final_paired {
+        println!(
+            "accuracy drop on the validation split (decided on): {}",
+            interval(p.drop, p.interval(0.95))
+        );
+    }
+    for c in &r.comparisons {
+        println!(
+            "accuracy drop on the {} split ({} examples, {:.2}% -> {:.2}%): {}",
+            c.split,
+            c.examples,
+            100.0 * c.dense_accuracy,
+            100.0 * c.accuracy,
+            interval(c.drop, c.interval95)
+        );
+    }
+    for w in &r.state.warnings {
+        println!("warning: {w}");
     }
     let st = &r.state;
     println!(

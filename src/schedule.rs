@@ -25,7 +25,8 @@ use crate::export::{self, ExportOptions};
 use crate::ir::{self, HostModel};
 use crate::kfac::{self, Fisher, LayerFactors, StatsConfig};
 use crate::prune::{self, Criterion, Masks, ObsUpdate, StepConfig};
-use crate::train::{self, TrainConfig};
+use crate::stop::{self, Paired, StopRule};
+use crate::train::{self, OptState, Teacher, TrainConfig};
 use crate::util::atomic_write;
 use crate::{archs, groups, import, reference};
 
@@ -42,6 +43,23 @@ pub enum Mode {
     ChannelFine,
 }
 
+/// How pruning and fine-tuning interleave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// Each step prunes once, then fine-tunes from a fresh optimizer.
+    #[default]
+    Iterative,
+    /// Each step prunes during its fine-tuning: `--prune-events` removals on a cubic ramp over
+    /// the first three quarters of the step's batches (Zhu & Gupta), the optimizer's state kept
+    /// from step to step.
+    Gradual,
+}
+
+/// The share of a gradual step's batches over which its prune events are spread (the rest
+/// recovers).
+pub const RAMP: f64 = 0.75;
+
 /// The first step of channel pruning when none is given: this fraction of the alive channels.
 pub const CHANNEL_STEP: f64 = 0.1;
 
@@ -50,6 +68,17 @@ pub const CHANNEL_STEP: f64 = 0.1;
 pub struct Settings {
     #[serde(default)]
     pub mode: Mode,
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Prune events per step of the gradual schedule.
+    #[serde(default = "four")]
+    pub prune_events: usize,
+    /// Stop once the fine-tuning epochs of all steps reach this many.
+    #[serde(default)]
+    pub budget_epochs: Option<f64>,
+    /// Stop once the run has taken this many minutes.
+    #[serde(default)]
+    pub budget_minutes: Option<f64>,
     pub criterion: Criterion,
     pub obs_update: ObsUpdate,
     /// Relative damping of both K-FAC factors.
@@ -69,8 +98,15 @@ pub struct Settings {
     #[serde(default = "one")]
     pub block_rows: usize,
     /// Tolerated drop of validation accuracy below the dense model's, as a fraction (0.001 =
-    /// 0.1 points). `None`: every step is accepted (a target must then be given).
+    /// 0.1 points), judged by [`crate::stop`]. `None`: no accuracy condition.
     pub max_drop: Option<f64>,
+    /// Tolerated mean KL divergence (nats) of the pruned model's predictions from the dense
+    /// model's on the validation split (needs no labels).
+    #[serde(default)]
+    pub max_kl: Option<f64>,
+    /// One-sided confidence of the stop rule's upper bounds (0.5: the point estimates).
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
     /// Stop once this fraction of the prunable weights is zero.
     pub target_sparsity: Option<f64>,
     /// Stop once the exported `.nap` (f32, CSR where smaller) is at most this many bytes.
@@ -123,8 +159,18 @@ pub struct Settings {
     /// One longer fine-tune of the final model (kept only if validation accuracy does not
     /// drop).
     pub final_epochs: usize,
+    /// Weight of distillation from the dense model in every fine-tune (0: labels only, 1: the
+    /// dense model's predictions only).
+    #[serde(default)]
+    pub distill: f64,
+    /// Temperature of the distillation.
+    #[serde(default = "two")]
+    pub distill_temperature: f64,
     /// Validation split carved from the training data (same split as `nap train`).
     pub val_fraction: f32,
+    /// Confirmation split carved next to it, which nothing selects on.
+    #[serde(default)]
+    pub confirm_fraction: f32,
     pub val_seed: u64,
     /// Seed of statistics sampling and fine-tuning order.
     pub seed: u64,
@@ -134,6 +180,10 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             mode: Mode::Fine,
+            schedule: Schedule::Iterative,
+            prune_events: 4,
+            budget_epochs: None,
+            budget_minutes: None,
             criterion: Criterion::Nap,
             obs_update: ObsUpdate::Masked,
             damping: 1e-1,
@@ -143,6 +193,8 @@ impl Default for Settings {
             layer_cap: 0.5,
             block_rows: 1,
             max_drop: Some(0.001),
+            max_kl: None,
+            confidence: 0.95,
             target_sparsity: None,
             target_size: None,
             target_flops: None,
@@ -164,7 +216,10 @@ impl Default for Settings {
             ft_weight_decay: 0.0,
             ft_warmup: 0.1,
             final_epochs: 0,
+            distill: 0.0,
+            distill_temperature: 2.0,
             val_fraction: 0.1,
+            confirm_fraction: 0.05,
             val_seed: 0,
             seed: 0,
         }
@@ -202,7 +257,32 @@ impl Settings {
                 bail!("--target-sparsity must be in (0, 1), got {s}");
             }
         }
+        if !(self.confidence >= 0.5 && self.confidence < 1.0) {
+            bail!("--confidence must be in [0.5, 1), got {}", self.confidence);
+        }
+        if let Some(k) = self.max_kl {
+            if !(k > 0.0 && k.is_finite()) {
+                bail!("--max-kl must be positive, got {k}");
+            }
+        }
+        if !(0.0..=1.0).contains(&self.distill) {
+            bail!("--distill must be in [0, 1], got {}", self.distill);
+        }
+        if !(self.distill_temperature > 0.0 && self.distill_temperature.is_finite()) {
+            bail!(
+                "--distill-temperature must be positive, got {}",
+                self.distill_temperature
+            );
+        }
+        if !(self.confirm_fraction >= 0.0 && self.val_fraction + self.confirm_fraction < 1.0) {
+            bail!(
+                "--confirm-fraction must be at least 0 and leave training data (validation {} + confirmation {})",
+                self.val_fraction,
+                self.confirm_fraction
+            );
+        }
         if self.max_drop.is_none()
+            && self.max_kl.is_none()
             && self.target_sparsity.is_none()
             && self.target_size.is_none()
             && self.target_flops.is_none()
@@ -217,6 +297,32 @@ impl Settings {
             }
             if self.mode == Mode::Fine {
                 bail!("--target-flops needs --mode channel or channel-fine");
+            }
+        }
+        if self.criterion == Criterion::Gmp && self.schedule != Schedule::Gradual {
+            bail!("--criterion gmp is magnitude pruning in --schedule gradual");
+        }
+        if self.schedule == Schedule::Gradual {
+            if self.mode != Mode::Fine {
+                bail!("--schedule gradual prunes single weights (--mode fine)");
+            }
+            if self.ft_epochs == 0 {
+                bail!(
+                    "--schedule gradual prunes during fine-tuning: --ft-epochs must be at least 1"
+                );
+            }
+            if self.prune_events == 0 {
+                bail!("--prune-events must be at least 1");
+            }
+        }
+        for (b, what) in [
+            (self.budget_epochs, "--budget"),
+            (self.budget_minutes, "--budget"),
+        ] {
+            if let Some(b) = b {
+                if !(b > 0.0 && b.is_finite()) {
+                    bail!("{what} must be positive, got {b}");
+                }
             }
         }
         if self.mode != Mode::Fine {
@@ -285,6 +391,15 @@ impl Settings {
         }
     }
 
+    /// The stop rule these settings describe.
+    pub fn rule(&self) -> StopRule {
+        StopRule {
+            max_drop: self.max_drop,
+            max_kl: self.max_kl,
+            confidence: self.confidence,
+        }
+    }
+
     fn needs_curvature(&self) -> bool {
         matches!(self.criterion, Criterion::Nap | Criterion::Obd)
     }
@@ -310,6 +425,18 @@ impl Settings {
         }
         s
     }
+}
+
+fn default_confidence() -> f64 {
+    0.95
+}
+
+fn two() -> f64 {
+    2.0
+}
+
+fn four() -> usize {
+    4
 }
 
 fn one() -> usize {
@@ -350,10 +477,13 @@ pub struct StepRecord {
     pub pruned_accuracy: f32,
     /// Validation of the step's result.
     pub val: ValScore,
-    /// Whether the result is the fine-tuned model (false: fine-tuning lost validation
-    /// accuracy and the model right after pruning was kept).
+    /// The step's result against the dense model on the validation split, example by example.
     #[serde(default)]
-    pub finetune_kept: bool,
+    pub paired: Option<Paired>,
+    /// The upper confidence bound of the accuracy drop the decision compared with the
+    /// tolerance.
+    #[serde(default)]
+    pub drop_bound: Option<f64>,
     pub removed_per_layer: Vec<usize>,
     pub predicted_per_layer: Vec<f64>,
     pub stats_s: f64,
@@ -411,6 +541,18 @@ pub struct RunState {
     /// Validation after the final fine-tune, if it was kept.
     #[serde(default)]
     pub final_val: Option<ValScore>,
+    /// The final model against the dense one on the validation split.
+    #[serde(default)]
+    pub final_paired: Option<Paired>,
+    /// Warnings the run gave (each once).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Fine-tuning epochs run so far (all steps, accepted or not).
+    #[serde(default)]
+    pub ft_epochs_done: f64,
+    /// File (in the run folder) holding the optimizer state of the best model (gradual).
+    #[serde(default)]
+    pub best_opt: Option<String>,
     /// Wall time spent so far, over all sessions.
     pub seconds: f64,
     /// Seconds per phase over the whole run.
@@ -456,20 +598,37 @@ pub struct RunOptions<'a> {
     pub progress: bool,
     /// One line per event (steps, stops).
     pub log: &'a mut dyn FnMut(&str),
-    /// Measure the tolerance from this score instead of the input model's.
-    pub reference_val: Option<ValScore>,
+    /// Measure the tolerance from (and distil from) this model instead of the input.
+    pub reference: Option<&'a HostModel>,
 }
 
 const STATE: &str = "state.json";
 
+/// Logits of `m` on `data`, in candle.
+pub fn logits(m: &HostModel, data: &Dataset, dev: &Device) -> Result<Vec<f32>> {
+    eval::reference_logits_on(m, &data.images, 512, false, dev)
+}
+
+impl ValScore {
+    pub fn of(logits: &[f32], data: &Dataset) -> ValScore {
+        let classes = logits.len() / data.n.max(1);
+        ValScore {
+            accuracy: eval::accuracy(logits, &data.labels, classes),
+            loss: eval::cross_entropy(logits, &data.labels, classes),
+        }
+    }
+}
+
 /// Validation accuracy and loss of `m` on `val`.
 pub fn score(m: &HostModel, val: &Dataset, dev: &Device) -> Result<ValScore> {
-    let logits = eval::reference_logits_on(m, &val.images, 512, false, dev)?;
-    let classes = m.output_shape().iter().product::<u32>() as usize;
-    Ok(ValScore {
-        accuracy: eval::accuracy(&logits, &val.labels, classes),
-        loss: eval::cross_entropy(&logits, &val.labels, classes),
-    })
+    Ok(ValScore::of(&logits(m, val, dev)?, val))
+}
+
+/// The rows of `logits` (`classes` each) at `idx`.
+fn gather(logits: &[f32], idx: &[usize], classes: usize) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| logits[i * classes..(i + 1) * classes].iter().copied())
+        .collect()
 }
 
 /// Prunable weights / alive weights.
@@ -527,8 +686,11 @@ pub fn run(
     let dir = opts.dir;
     let dev = opts.device.clone();
     let log = opts.log;
+    let reference_model = opts.reference.unwrap_or(dense);
+    let classes = dense.output_shape().iter().product::<u32>() as usize;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let t_start = Instant::now();
+    let ref_logits = logits(reference_model, val, &dev)?;
     let (mut st, mut best) = match load_state(dir)? {
         Some(st) if opts.resume => {
             if st.arch != arch {
@@ -560,6 +722,7 @@ pub fn run(
                 st.stopped = None;
                 st.final_done = false;
                 st.final_val = None;
+                st.final_paired = None;
             }
             st.settings.max_steps = settings.max_steps;
             log(&format!(
@@ -579,7 +742,7 @@ pub fn run(
             let val_score = score(dense, val, &dev)?;
             let masks = Masks::from_model(dense);
             let layers = dense.prunable();
-            let st = RunState {
+            let mut st = RunState {
                 arch: arch.to_string(),
                 settings: settings.clone(),
                 dense: DenseInfo {
@@ -593,7 +756,7 @@ pub fn run(
                         .collect(),
                     layer_params: dense.prunable_sizes(),
                     macs: channel::macs(dense),
-                    reference_val: opts.reference_val,
+                    reference_val: opts.reference.map(|_| ValScore::of(&ref_logits, val)),
                 },
                 steps: Vec::new(),
                 fraction: settings.step,
@@ -601,6 +764,10 @@ pub fn run(
                 stopped: None,
                 final_done: false,
                 final_val: None,
+                final_paired: None,
+                warnings: Vec::new(),
+                ft_epochs_done: 0.0,
+                best_opt: None,
                 stopped_by_budget: false,
                 seconds: 0.0,
                 stats_s: 0.0,
@@ -613,6 +780,17 @@ pub fn run(
                 val.n,
                 st.dense.prunable
             ));
+            if let Some(t) = settings.max_drop {
+                log(&format!(
+                    "stop rule: a step is accepted when the {:.0}% upper bound of its paired accuracy drop on the validation split is at most {:.3}%",
+                    100.0 * settings.confidence,
+                    100.0 * t
+                ));
+                if let Some(w) = stop::resolution_warning(t, val.n, 0, settings.confidence) {
+                    log(&format!("warning: {w}"));
+                    st.warnings.push(w);
+                }
+            }
             save_state(dir, &st)?;
             (st, dense.clone())
         }
@@ -622,7 +800,34 @@ pub fn run(
     if settings.mode == Mode::ChannelFine {
         bail!("--mode channel-fine runs as two phases (schedule::run_phases)");
     }
-    let reference = st.dense.reference();
+    let rule = settings.rule();
+    let judge_on = |logits: &[f32]| -> (ValScore, Paired) {
+        (
+            ValScore::of(logits, val),
+            Paired::compare(logits, &ref_logits, Some(&val.labels), classes),
+        )
+    };
+    let teacher_logits =
+        if settings.distill > 0.0 && (settings.ft_epochs > 0 || settings.final_epochs > 0) {
+            Some(logits(reference_model, train_set, &dev)?)
+        } else {
+            None
+        };
+    let teacher_for = |idx: Option<&[usize]>| -> Option<Vec<f32>> {
+        teacher_logits.as_ref().map(|t| match idx {
+            Some(i) => gather(t, i, classes),
+            None => t.clone(),
+        })
+    };
+    let gradual = settings.schedule == Schedule::Gradual;
+    let target_only = settings.max_drop.is_none() && settings.max_kl.is_none();
+    let mut opt_state: Option<OptState> = match (&st.best_opt, gradual) {
+        (Some(f), true) => Some(OptState::from_named(import::read_checkpoint(
+            &dir.join(f),
+        )?)?),
+        (None, true) => Some(OptState::default()),
+        _ => None,
+    };
     let mut masks = Masks::from_model(&best);
     let mut best_val = st.best_val();
     // K-FAC factors of the current best model, reused after a rollback.
@@ -645,6 +850,16 @@ pub fn run(
                 "the step fell below --min-step {} after rollbacks",
                 settings.min_step
             ))
+        } else if let Some(b) = settings
+            .budget_epochs
+            .filter(|&b| st.ft_epochs_done >= b - 1e-9)
+        {
+            Some(format!("reached --budget {b} epochs"))
+        } else if let Some(b) = settings
+            .budget_minutes
+            .filter(|&b| seconds_before + t_start.elapsed().as_secs_f64() >= 60.0 * b)
+        {
+            Some(format!("reached --budget {b} minutes"))
         } else if !channels && alive <= n_layers {
             Some("only one weight per layer is left".to_string())
         } else if channels && alive == 0 {
@@ -677,37 +892,174 @@ pub fn run(
         let mut fraction = st.fraction;
         if let (Some(t), false) = (settings.target_sparsity, channels) {
             let keep = keep_for(t, st.dense.prunable);
-            fraction = fraction.min(alive.saturating_sub(keep) as f64 / alive as f64);
+            let needed = alive.saturating_sub(keep) as f64 / alive as f64;
+            // Gradual pruning to a target is one ramp over the whole budget.
+            fraction = if gradual && target_only {
+                needed
+            } else {
+                fraction.min(needed)
+            };
         }
+        let step_epochs = if gradual && target_only {
+            settings
+                .budget_epochs
+                .map_or(settings.ft_epochs, |b| (b.ceil() as usize).max(1))
+        } else {
+            settings.ft_epochs
+        };
         // Statistics.
         let t0 = Instant::now();
-        if settings.needs_curvature() && factors.is_none() {
-            // Seeded by the model's generation, so a resumed run draws what an uninterrupted
-            // one reuses after a rollback.
-            let generation = st.accepted().count() as u64;
+        // Seeded by the model's generation, so a resumed run draws what an uninterrupted one
+        // reuses after a rollback.
+        let generation = st.accepted().count() as u64;
+        let stats_set = || {
             let idx = permutation(train_set.n, settings.seed.wrapping_add(generation));
-            let subset = train_set.subset(&idx[..settings.stats_examples.min(train_set.n)]);
-            let cfg = StatsConfig {
-                fisher: settings.fisher,
-                temperature: settings.fisher_temperature,
-                samples: settings.fisher_samples,
-                label_smoothing: settings.label_smoothing,
-                batch: settings.stats_batch,
-                max_examples: None,
-                seed: settings.seed.wrapping_add(1000 + generation),
-                progress: opts.progress,
-                nodes: best_groups.as_ref().map(channel::curvature_nodes),
-                ..Default::default()
-            };
-            factors = Some(kfac::collect(&best, &subset, &cfg, &dev)?);
+            train_set.subset(&idx[..settings.stats_examples.min(train_set.n)])
+        };
+        let stats_cfg = |nodes| StatsConfig {
+            fisher: settings.fisher,
+            temperature: settings.fisher_temperature,
+            samples: settings.fisher_samples,
+            label_smoothing: settings.label_smoothing,
+            batch: settings.stats_batch,
+            max_examples: None,
+            seed: settings.seed.wrapping_add(1000 + generation),
+            progress: opts.progress,
+            nodes,
+            ..Default::default()
+        };
+        if settings.needs_curvature() && factors.is_none() {
+            let cfg = stats_cfg(best_groups.as_ref().map(channel::curvature_nodes));
+            factors = Some(kfac::collect(&best, &stats_set(), &cfg, &dev)?);
         }
-        let stats_s = t0.elapsed().as_secs_f64();
-        // Prune a copy.
-        let t1 = Instant::now();
+        let mut stats_s = t0.elapsed().as_secs_f64();
+        let step_cfg = |fraction: f64| StepConfig {
+            criterion: settings.criterion,
+            fraction,
+            layer_cap: settings.layer_cap,
+            update: settings.obs_update,
+            damping: settings.damping,
+            block_rows: settings.block_rows,
+        };
+        // The fine-tuning data of this step and the teacher's logits on it.
+        let ft_idx = settings.ft_examples.filter(|&n| n < train_set.n).map(|n| {
+            permutation(train_set.n, settings.seed.wrapping_add(5000 + k as u64))[..n].to_vec()
+        });
+        let ft_subset = ft_idx.as_ref().map(|i| train_set.subset(i));
+        let ft_data = ft_subset.as_ref().unwrap_or(train_set);
+        let ft_teacher = teacher_for(ft_idx.as_deref());
+        let teacher = ft_teacher.as_ref().map(|l| Teacher {
+            logits: l,
+            weight: settings.distill,
+            temperature: settings.distill_temperature,
+        });
+        let ft_cfg = settings.finetune(
+            step_epochs,
+            settings.seed.wrapping_add(k as u64),
+            opts.progress,
+            &dev,
+        );
         let mut trial = best.clone();
         let mut trial_masks = masks.clone();
-        let (removed, removed_per_layer, predicted_dl, predicted_per_layer) =
-            if let Some(bg) = &best_groups {
+        let mut trial_opt = opt_state.clone();
+        let (
+            removed,
+            removed_per_layer,
+            predicted_dl,
+            predicted_per_layer,
+            pruned,
+            prune_s,
+            finetune_s,
+        );
+        if gradual {
+            // Prune events on a cubic ramp from `alive` to `alive_end` during fine-tuning.
+            let alive_end = alive - (fraction * alive as f64).round() as usize;
+            let ev = settings.prune_events;
+            let targets: Vec<usize> = (1..=ev)
+                .map(|e| {
+                    let f = 1.0 - e as f64 / ev as f64;
+                    alive_end + ((alive - alive_end) as f64 * f * f * f).round() as usize
+                })
+                .collect();
+            let total = (step_epochs * ft_data.n.div_ceil(settings.ft_batch)).max(1);
+            let ramp = ((RAMP * total as f64) as usize).max(1);
+            let events: Vec<usize> = (0..ev).map(|e| e * ramp / ev).collect();
+            let mut per_layer = vec![0usize; n_layers];
+            let mut pred_layer = vec![0f64; n_layers];
+            let mut first: Option<(f64, ValScore)> = None;
+            let mut event_stats_s = 0.0;
+            let mut hook_s = 0.0;
+            let cached = factors.clone();
+            let mut hook = |m: &mut HostModel, mk: &mut Masks, e: usize| -> Result<()> {
+                let t_hook = Instant::now();
+                let now = mk.alive();
+                if now <= targets[e] {
+                    return Ok(());
+                }
+                let f = match (e, &cached) {
+                    (0, Some(f)) => f.clone(),
+                    _ if settings.needs_curvature() => {
+                        let t = Instant::now();
+                        let f = kfac::collect(m, &stats_set(), &stats_cfg(None), &dev)?;
+                        event_stats_s += t.elapsed().as_secs_f64();
+                        f
+                    }
+                    _ => Vec::new(),
+                };
+                let r = prune::prune_step(
+                    m,
+                    mk,
+                    &f,
+                    &step_cfg((now - targets[e]) as f64 / now as f64),
+                )?;
+                for (a, b) in per_layer.iter_mut().zip(&r.removed) {
+                    *a += b;
+                }
+                for (a, b) in pred_layer.iter_mut().zip(&r.predicted_per_layer) {
+                    *a += b;
+                }
+                if first.is_none() {
+                    first = Some((r.predicted_loss_increase, score(m, val, &dev)?));
+                }
+                hook_s += t_hook.elapsed().as_secs_f64();
+                Ok(())
+            };
+            let t_train = Instant::now();
+            train::train_with_events(
+                &mut trial,
+                ft_data,
+                &ft_cfg,
+                Some(&mut trial_masks),
+                teacher.as_ref(),
+                trial_opt.as_mut(),
+                &events,
+                &mut hook,
+            )?;
+            drop(hook);
+            let (p0, s0) = first.unwrap_or((0.0, best_val));
+            removed = per_layer.iter().sum::<usize>();
+            removed_per_layer = per_layer;
+            predicted_dl = p0;
+            predicted_per_layer = pred_layer;
+            pruned = s0;
+            prune_s = hook_s - event_stats_s;
+            stats_s += event_stats_s;
+            finetune_s = t_train.elapsed().as_secs_f64() - hook_s;
+            if removed == 0 {
+                let reason = "the per-layer caps allow no further removal".to_string();
+                log(&format!("stop: {reason}"));
+                st.stopped = Some(reason);
+                break;
+            }
+        } else {
+            // Prune a copy.
+            let t1 = Instant::now();
+            (
+                removed,
+                removed_per_layer,
+                predicted_dl,
+                predicted_per_layer,
+            ) = if let Some(bg) = &best_groups {
                 let (t, r) = channel::channel_step(
                     &best,
                     bg,
@@ -741,14 +1093,7 @@ pub fn run(
                     &mut trial,
                     &mut trial_masks,
                     factors.as_deref().unwrap_or(&[]),
-                    &StepConfig {
-                        criterion: settings.criterion,
-                        fraction,
-                        layer_cap: settings.layer_cap,
-                        update: settings.obs_update,
-                        damping: settings.damping,
-                        block_rows: settings.block_rows,
-                    },
+                    &step_cfg(fraction),
                 )?;
                 (
                     r.removed.iter().sum(),
@@ -757,48 +1102,48 @@ pub fn run(
                     r.predicted_per_layer,
                 )
             };
-        let pruned = score(&trial, val, &dev)?;
-        let prune_s = t1.elapsed().as_secs_f64();
-        if removed == 0 {
-            let reason = "the per-layer caps allow no further removal".to_string();
-            log(&format!("stop: {reason}"));
-            st.stopped = Some(reason);
-            break;
-        }
-        // Fine-tune with the pruned weights held at zero.
-        let t2 = Instant::now();
-        let untuned = (settings.ft_epochs > 0).then(|| trial.clone());
-        if settings.ft_epochs > 0 {
-            let subset = settings.ft_examples.filter(|&n| n < train_set.n).map(|n| {
-                let idx = permutation(train_set.n, settings.seed.wrapping_add(5000 + k as u64));
-                train_set.subset(&idx[..n])
-            });
-            train::train_masked(
-                &mut trial,
-                subset.as_ref().unwrap_or(train_set),
-                &settings.finetune(
-                    settings.ft_epochs,
-                    settings.seed.wrapping_add(k as u64),
-                    opts.progress,
-                    &dev,
-                ),
-                (!channels).then_some(&trial_masks),
-            )?;
-        }
-        let finetune_s = t2.elapsed().as_secs_f64();
-        let mut tuned = score(&trial, val, &dev)?;
-        // Fine-tuning a converged model can also lose accuracy; keep the better of the two.
-        let finetune_kept = match untuned {
-            Some(u) if pruned.accuracy > tuned.accuracy => {
-                trial = u;
-                tuned = pruned;
-                false
+            pruned = score(&trial, val, &dev)?;
+            prune_s = t1.elapsed().as_secs_f64();
+            if removed == 0 {
+                let reason = "the per-layer caps allow no further removal".to_string();
+                log(&format!("stop: {reason}"));
+                st.stopped = Some(reason);
+                break;
             }
-            _ => true,
-        };
-        let accepted = settings
-            .max_drop
-            .is_none_or(|d| tuned.accuracy as f64 >= reference.accuracy as f64 - d - 1e-9);
+            // Fine-tune with the pruned weights held at zero.
+            let t2 = Instant::now();
+            if settings.ft_epochs > 0 {
+                train::train_masked(
+                    &mut trial,
+                    ft_data,
+                    &ft_cfg,
+                    (!channels).then_some(&trial_masks),
+                    teacher.as_ref(),
+                )?;
+            }
+            finetune_s = t2.elapsed().as_secs_f64();
+        }
+        let (tuned, paired) = judge_on(&logits(&trial, val, &dev)?);
+        let verdict = rule.judge(&paired);
+        let accepted = verdict.accept;
+        if let Some(t) = settings.max_drop {
+            let unresolved = !accepted
+                && paired.drop <= t
+                && stop::resolution(paired.n, paired.lost + paired.gained, settings.confidence) > t;
+            if unresolved && !st.warnings.iter().any(|w| w.contains("cannot certify")) {
+                let w = format!(
+                    "step {k} was rolled back although its estimated drop ({:.3}%) is within --max-drop: with {} examples on which the models differ, {} validation examples cannot certify {:.3}% at {:.0}% confidence (the bound is {:.3}%); more validation data or a larger tolerance would let the run go further",
+                    100.0 * paired.drop,
+                    paired.lost + paired.gained,
+                    paired.n,
+                    100.0 * t,
+                    100.0 * settings.confidence,
+                    100.0 * verdict.drop_bound.unwrap_or(f64::NAN)
+                );
+                log(&format!("warning: {w}"));
+                st.warnings.push(w);
+            }
+        }
         let alive_after = if channels {
             alive - removed
         } else {
@@ -817,28 +1162,46 @@ pub fn run(
             measured_dl: pruned.loss - best_val.loss,
             pruned_accuracy: pruned.accuracy,
             val: tuned,
-            finetune_kept,
+            paired: Some(paired),
+            drop_bound: verdict.drop_bound,
             removed_per_layer,
             predicted_per_layer,
             stats_s,
             prune_s,
             finetune_s,
         };
+        let (lo, hi) = paired.interval(0.95);
         log(&format!(
-            "step {k:>3}: remove {:>5.1}% ({removed} {}) -> {:>6.1}x{}, validation {:.2}% after pruning, {:.2}% after fine-tuning: {}",
+            "step {k:>3}: remove {:>5.1}% ({removed} {}) -> {:>6.1}x{}, validation {:.2}% after pruning, {:.2}% after fine-tuning (drop {:+.3}%, 95% interval [{:+.3}, {:+.3}]{}): {}",
             100.0 * fraction,
             if channels { "channels" } else { "weights" },
             rec.compression,
             if channels { format!(" params, {flops_reduction:.2}x FLOPs") } else { String::new() },
             100.0 * pruned.accuracy,
             100.0 * tuned.accuracy,
+            100.0 * paired.drop,
+            100.0 * lo,
+            100.0 * hi,
+            verdict
+                .drop_bound
+                .map(|b| format!(", bound {:.3}%", 100.0 * b))
+                .unwrap_or_default(),
             if accepted { "accepted".to_string() } else { format!("rolled back, step -> {:.2}%", 50.0 * st.fraction) }
         ));
         st.stats_s += stats_s;
         st.finetune_s += finetune_s;
+        st.ft_epochs_done += step_epochs as f64;
         if accepted {
             let file = format!("best-{k:04}.safetensors");
             import::write_safetensors(&dir.join(&file), &ir::to_named(&trial))?;
+            if let Some(o) = &trial_opt {
+                let f = format!("opt-{k:04}.safetensors");
+                import::write_safetensors(&dir.join(&f), &o.to_named())?;
+                if let Some(old) = st.best_opt.replace(f) {
+                    let _ = std::fs::remove_file(dir.join(old));
+                }
+                opt_state = trial_opt;
+            }
             let old = st.best.replace(file);
             best = trial;
             masks = trial_masks;
@@ -861,6 +1224,7 @@ pub fn run(
     if settings.final_epochs > 0 && !st.final_done {
         let t = Instant::now();
         let mut trial = best.clone();
+        let tl = teacher_for(None);
         train::train_masked(
             &mut trial,
             train_set,
@@ -871,12 +1235,23 @@ pub fn run(
                 &dev,
             ),
             (!channels).then_some(&masks),
+            tl.as_ref()
+                .map(|l| Teacher {
+                    logits: l,
+                    weight: settings.distill,
+                    temperature: settings.distill_temperature,
+                })
+                .as_ref(),
         )?;
-        let tuned = score(&trial, val, &dev)?;
-        let keep = tuned.accuracy >= best_val.accuracy;
+        let (tuned, paired) = judge_on(&logits(&trial, val, &dev)?);
+        // Decided on validation loss (a far less noisy signal than accuracy), and only if the
+        // result still passes the stop rule.
+        let keep = tuned.loss < best_val.loss && rule.judge(&paired).accept;
         log(&format!(
-            "final fine-tune ({} epochs): validation {:.2}% -> {:.2}%: {}",
+            "final fine-tune ({} epochs): validation loss {:.4} -> {:.4}, accuracy {:.2}% -> {:.2}%: {}",
             settings.final_epochs,
+            best_val.loss,
+            tuned.loss,
             100.0 * best_val.accuracy,
             100.0 * tuned.accuracy,
             if keep { "kept" } else { "discarded" }
@@ -891,6 +1266,7 @@ pub fn run(
         }
         st.final_done = true;
     }
+    st.final_paired = Some(judge_on(&logits(&best, val, &dev)?).1);
     st.seconds = seconds_before + t_start.elapsed().as_secs_f64();
     save_state(dir, &st)?;
     Ok(Outcome {
@@ -921,7 +1297,7 @@ pub fn run_phases(
         device,
         progress,
         log,
-        reference_val,
+        reference,
     } = opts;
     if !resume && dir.join("channel").exists() {
         bail!(
@@ -942,10 +1318,9 @@ pub fn run_phases(
             device: device.clone(),
             progress,
             log: &mut *log,
-            reference_val,
+            reference,
         },
     )?;
-    let reference = first.state.dense.reference();
     log("phase 2: single weights of the remaining channels");
     run(
         &first.model,
@@ -959,7 +1334,7 @@ pub fn run_phases(
             device,
             progress,
             log,
-            reference_val: Some(reference),
+            reference: Some(reference.unwrap_or(dense)),
         },
     )
 }

@@ -101,7 +101,7 @@ fn masked_fine_tuning_keeps_pruned_weights_dead() {
     };
     prune_step(&mut m, &mut masks, &[], &step).unwrap();
     let acc_pruned = nap::train::reference_accuracy(&m, &train_set, 512).unwrap();
-    train_masked(&mut m, &train_set, &cfg, Some(&masks)).unwrap();
+    train_masked(&mut m, &train_set, &cfg, Some(&masks), None).unwrap();
     for (&(_, w), mask) in m.prunable().iter().zip(&masks.0) {
         for (&v, &alive) in m.tensors[w as usize].data.iter().zip(mask) {
             assert!(alive || v == 0.0, "a pruned weight moved to {v}");

@@ -85,6 +85,32 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// Splits into `(train, validation, confirmation)` after the shuffle of [`Dataset::split`]:
+    /// the first `round(n · val)` shuffled examples validate, the next `round(n · (val +
+    /// confirm)) − round(n · val)` confirm, the rest train. The validation examples are exactly
+    /// those `split(val, seed)` holds out, so models trained with either hold-out never saw
+    /// them.
+    pub fn split3(&self, val: f32, confirm: f32, seed: u64) -> (Dataset, Dataset, Dataset) {
+        let clamp = |f: f32| {
+            if f.is_nan() {
+                0.0
+            } else {
+                f.clamp(0.0, 1.0) as f64
+            }
+        };
+        let n_val = ((self.n as f64) * clamp(val)).round() as usize;
+        let n_held =
+            (((self.n as f64) * clamp(val + confirm)).round() as usize).clamp(n_val, self.n);
+        let perm = permutation(self.n, seed);
+        (
+            self.subset(&perm[n_held..]),
+            self.subset(&perm[..n_val.min(self.n)]),
+            self.subset(&perm[n_val.min(self.n)..n_held]),
+        )
+    }
+}
+
 /// A permutation of `0..n` by Fisher–Yates driven by SplitMix64 (stable by construction).
 pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     let mut state = seed;
