@@ -473,6 +473,15 @@ pub struct StepRecord {
     pub predicted_dl: f64,
     /// Validation loss right after pruning (before fine-tuning) minus before.
     pub measured_dl: f64,
+    /// The same change of the loss on the statistics examples (training data, where the
+    /// curvature was estimated).
+    #[serde(default)]
+    pub measured_dl_train: Option<f64>,
+    /// The symmetric second difference of the validation loss along the step `δ`,
+    /// `½ (L(θ + δ) + L(θ − δ)) − L(θ)`: the step's second-order increase on validation data,
+    /// with the first-order term (which no curvature predicts) cancelled.
+    #[serde(default)]
+    pub measured_d2_val: Option<f64>,
     /// Validation accuracy right after pruning, before fine-tuning.
     pub pruned_accuracy: f32,
     /// Validation of the step's result.
@@ -971,6 +980,7 @@ pub fn run(
             prune_s,
             finetune_s,
         );
+        let (mut measured_dl_train, mut measured_d2_val) = (None, None);
         if gradual {
             // Prune events on a cubic ramp from `alive` to `alive_end` during fine-tuning.
             let alive_end = alive - (fraction * alive as f64).round() as usize;
@@ -1103,6 +1113,25 @@ pub fn run(
                 )
             };
             pruned = score(&trial, val, &dev)?;
+            if settings.needs_curvature() && !channels {
+                let train_loss = |m: &HostModel| -> Result<f64> {
+                    let d = stats_set();
+                    Ok(ValScore::of(&logits(m, &d, &dev)?, &d).loss)
+                };
+                measured_dl_train = Some(train_loss(&trial)? - train_loss(&best)?);
+                let mut mirror = best.clone();
+                for (t, (b, p)) in mirror
+                    .tensors
+                    .iter_mut()
+                    .zip(best.tensors.iter().zip(&trial.tensors))
+                {
+                    for (x, (xb, xp)) in t.data.iter_mut().zip(b.data.iter().zip(&p.data)) {
+                        *x = 2.0 * xb - xp;
+                    }
+                }
+                let back = score(&mirror, val, &dev)?;
+                measured_d2_val = Some(0.5 * (pruned.loss + back.loss) - best_val.loss);
+            }
             prune_s = t1.elapsed().as_secs_f64();
             if removed == 0 {
                 let reason = "the per-layer caps allow no further removal".to_string();
@@ -1160,6 +1189,8 @@ pub fn run(
             flops_reduction: Some(flops_reduction),
             predicted_dl,
             measured_dl: pruned.loss - best_val.loss,
+            measured_dl_train,
+            measured_d2_val,
             pruned_accuracy: pruned.accuracy,
             val: tuned,
             paired: Some(paired),

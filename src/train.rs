@@ -230,8 +230,9 @@ impl AdamW {
             let step = ((&m * scale_m)? / ((&v * scale_v)?.sqrt()? + Self::EPS)?)?;
             let theta = ((var.as_tensor() * (1.0 - lr * self.weight_decay))? - (step * lr)?)?;
             var.set(&theta)?;
-            self.m[k] = m;
-            self.v[k] = v;
+            // Detached, or each moment would keep the autograd graph of every earlier step.
+            self.m[k] = m.detach();
+            self.v[k] = v.detach();
         }
         Ok(())
     }
@@ -350,8 +351,8 @@ pub fn train_with_events(
                 }
                 mask_t = mask_tensors(m, Some(mk), &dev)?;
                 for (w, mask) in &mask_t {
-                    opt.m[*w] = opt.m[*w].mul(mask)?;
-                    opt.v[*w] = opt.v[*w].mul(mask)?;
+                    opt.m[*w] = opt.m[*w].mul(mask)?.detach();
+                    opt.v[*w] = opt.v[*w].mul(mask)?.detach();
                 }
                 next_event += 1;
             }
