@@ -24,6 +24,7 @@ use nap_runtime::format::{Node, Op, TensorId};
 use nap_runtime::kernels::act_scalar;
 
 use crate::curvature::{damped, spd_inverse, sub_llt};
+use rayon::prelude::*;
 use crate::groups::{Group, Groups, Member};
 use crate::ir::{HostModel, HostTensor};
 use crate::kfac::LayerFactors;
@@ -193,6 +194,58 @@ impl LayerCurvature {
             .collect()
     }
 
+    /// Which entries of `w` (`rows × a_dim`) are alive: the non-zero weights and every bias;
+    /// `None` when no weight is zero (the layer is dense and the unmasked formulas hold).
+    fn alive(&self, w: &[f64]) -> Option<Vec<bool>> {
+        let d = self.a.nrows();
+        let alive: Vec<bool> = w
+            .iter()
+            .enumerate()
+            .map(|(k, v)| k % d == d - 1 || *v != 0.0)
+            .collect();
+        alive.contains(&false).then_some(alive)
+    }
+
+    /// Row `i`'s alive columns `M` and `(A[M, M])⁻¹` (see [`crate::obs`]).
+    fn row_inverse(&self, alive: &[bool], i: usize) -> Result<(Vec<usize>, Mat<f64>)> {
+        let d = self.a.nrows();
+        let m: Vec<usize> = (0..d).filter(|&j| alive[i * d + j]).collect();
+        let inv = crate::obs::masked_inverse_of(&self.a, &self.a_inv, &m)?;
+        Ok((m, inv))
+    }
+
+    /// [`LayerCurvature::column_cost`] of each column set in `sets`. In a layer with dead
+    /// weights each row is compensated inside its own alive weights:
+    /// `Σ_i ½ G_ii w_iJᵀ ([(A[M_i, M_i])⁻¹]_JJ)⁻¹ w_iJ` over the alive part of `J`.
+    pub fn column_costs(&self, w: &[f64], sets: &[Vec<usize>]) -> Result<Vec<f64>> {
+        let Some(alive) = self.alive(w) else {
+            return sets.iter().map(|c| self.column_cost(w, c)).collect();
+        };
+        let (rows, d) = (self.g.nrows(), self.a.nrows());
+        let per_row: Vec<Vec<f64>> = (0..rows)
+            .into_par_iter()
+            .map(|i| -> Result<Vec<f64>> {
+                let (m, inv) = self.row_inverse(&alive, i)?;
+                let pos: BTreeMap<usize, usize> = m.iter().enumerate().map(|(p, &j)| (j, p)).collect();
+                sets.iter()
+                    .map(|cols| {
+                        let jj: Vec<usize> = cols.iter().filter_map(|c| pos.get(c).copied()).collect();
+                        if jj.is_empty() {
+                            return Ok(0.0);
+                        }
+                        let wj = Mat::from_fn(jj.len(), 1, |a, _| w[i * d + m[jj[a]]]);
+                        let x = sub_llt(&inv, &jj, "[(A[M,M])⁻¹]_JJ")?.solve(&wj);
+                        let q: f64 = (0..jj.len()).map(|a| wj[(a, 0)] * x[(a, 0)]).sum();
+                        Ok(0.5 * self.g[(i, i)] * q)
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        Ok((0..sets.len())
+            .map(|k| per_row.iter().map(|r| r[k]).sum())
+            .collect())
+    }
+
     /// `½ tr(W̄_Jᵀ G W̄_J ([A⁻¹]_JJ)⁻¹)` for the column set `cols` of `w`.
     pub fn column_cost(&self, w: &[f64], cols: &[usize]) -> Result<f64> {
         let (rows, d) = (self.g.nrows(), self.a.nrows());
@@ -214,9 +267,13 @@ impl LayerCurvature {
         let coef = sub_llt(&self.g_inv, rs, "[G⁻¹]_RR")?.solve(&wr);
         let gcols = Mat::from_fn(rows, rs.len(), |i, a| self.g_inv[(i, rs[a])]);
         let delta = &gcols * &coef;
+        // Dead weights of the other rows stay dead.
+        let alive = self.alive(w);
         for i in 0..rows {
             for j in 0..d {
-                w[i * d + j] -= delta[(i, j)];
+                if alive.as_ref().is_none_or(|a| a[i * d + j]) {
+                    w[i * d + j] -= delta[(i, j)];
+                }
             }
         }
         for &r in rs {
@@ -232,6 +289,34 @@ impl LayerCurvature {
             return Ok(());
         }
         let (rows, d) = (self.g.nrows(), self.a.nrows());
+        if let Some(alive) = self.alive(w) {
+            // Each row is compensated inside its own alive weights (exact OBS of the row).
+            let updates: Vec<(Vec<usize>, Mat<f64>)> = (0..rows)
+                .into_par_iter()
+                .map(|i| -> Result<(Vec<usize>, Mat<f64>)> {
+                    let (m, inv) = self.row_inverse(&alive, i)?;
+                    let jj: Vec<usize> = (0..m.len()).filter(|&p| cols.contains(&m[p])).collect();
+                    if jj.is_empty() {
+                        return Ok((m, Mat::zeros(0, 1)));
+                    }
+                    let wj = Mat::from_fn(jj.len(), 1, |a, _| w[i * d + m[jj[a]]]);
+                    let coef = sub_llt(&inv, &jj, "[(A[M,M])⁻¹]_JJ")?.solve(&wj);
+                    let hcols = Mat::from_fn(m.len(), jj.len(), |p, a| inv[(p, jj[a])]);
+                    Ok((m, &hcols * &coef))
+                })
+                .collect::<Result<_>>()?;
+            for (i, (m, delta)) in updates.into_iter().enumerate() {
+                if delta.nrows() == m.len() {
+                    for (p, &j) in m.iter().enumerate() {
+                        w[i * d + j] -= delta[(p, 0)];
+                    }
+                }
+                for &c in cols {
+                    w[i * d + c] = 0.0;
+                }
+            }
+            return Ok(());
+        }
         let arows = Mat::from_fn(cols.len(), d, |a, j| self.a_inv[(cols[a], j)]);
         let coef = sub_llt(&self.a_inv, cols, "[A⁻¹]_JJ")?.solve(&arows);
         let wj = Mat::from_fn(rows, cols.len(), |i, a| w[i * d + cols[a]]);
@@ -286,29 +371,34 @@ pub fn group_costs(
         curv.get(&node)
             .with_context(|| format!("no curvature for node {:?}", m.graph.nodes[node].name))
     };
-    groups
-        .groups
-        .iter()
-        .map(|g| {
-            let mut s = 0.0;
-            if cost != ChannelCost::Consumer {
-                for (node, row) in g.producers() {
-                    layer(node)?;
-                    s += row_costs[&node][row];
-                }
+    let mut costs = vec![0.0; groups.groups.len()];
+    // Consumer column sets, by node: (group, columns).
+    let mut sets: BTreeMap<usize, Vec<(usize, Vec<usize>)>> = BTreeMap::new();
+    for (gi, g) in groups.groups.iter().enumerate() {
+        if cost != ChannelCost::Consumer {
+            for (node, row) in g.producers() {
+                layer(node)?;
+                costs[gi] += row_costs[&node][row];
             }
-            if cost != ChannelCost::Producer {
-                let mut by_node: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-                for (node, cols) in g.consumers() {
-                    by_node.entry(node).or_default().extend(cols);
-                }
-                for (node, cols) in by_node {
-                    s += layer(node)?.column_cost(&wbars[&node], &cols)?;
-                }
+        }
+        if cost != ChannelCost::Producer {
+            let mut by_node: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for (node, cols) in g.consumers() {
+                by_node.entry(node).or_default().extend(cols);
             }
-            Ok(s)
-        })
-        .collect()
+            for (node, cols) in by_node {
+                sets.entry(node).or_default().push((gi, cols));
+            }
+        }
+    }
+    for (node, list) in sets {
+        let cols: Vec<Vec<usize>> = list.iter().map(|(_, c)| c.clone()).collect();
+        let c = layer(node)?.column_costs(&wbars[&node], &cols)?;
+        for ((gi, _), v) in list.iter().zip(c) {
+            costs[*gi] += v;
+        }
+    }
+    Ok(costs)
 }
 
 /// Multiply-accumulates per example that removing each group alone saves (its producers' rows,

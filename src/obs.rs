@@ -150,10 +150,21 @@ fn layer_system(inp: &LayerInput<'_>, damping: f64, max_block: usize) -> Result<
     Ok(LayerSys { blocks, scale })
 }
 
-/// `(A[M, M])⁻¹` for the block's local column indices `m`: the block inverse itself when
-/// nothing is dead, a Schur-complement downdate of it when few are, else a fresh Cholesky.
+/// `(A[M, M])⁻¹` for the block's local column indices `m`.
 fn masked_inverse(b: &Block, m: &[usize]) -> Result<Mat<f64>> {
-    let n = b.end - b.start;
+    masked_inverse_of(&b.a_d, &b.a_inv, m)
+}
+
+/// `(A[M, M])⁻¹` of a positive definite `a` with inverse `a_inv`, for the sorted indices `m`:
+/// `a_inv` itself when `m` is everything, a Schur-complement downdate of it when few indices
+/// are missing, else a fresh Cholesky factor of `A[M, M]`.
+pub fn masked_inverse_of(a: &Mat<f64>, a_inv: &Mat<f64>, m: &[usize]) -> Result<Mat<f64>> {
+    struct View<'a> {
+        a_d: &'a Mat<f64>,
+        a_inv: &'a Mat<f64>,
+    }
+    let b = View { a_d: a, a_inv };
+    let n = a.nrows();
     if m.len() == n {
         return Ok(b.a_inv.clone());
     }

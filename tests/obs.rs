@@ -368,3 +368,48 @@ fn layer_caps_and_totals_are_respected() {
     assert!(n[0] <= 10, "layer cap: {n:?}");
     assert_eq!(n[0] + n[1], 21.min(25), "total: {n:?}");
 }
+
+/// Channel mode on a layer with dead weights: removing input columns costs and compensates
+/// each row inside its own alive weights (the same masked OBS), and removing output rows never
+/// revives a dead weight of the rows that compensate.
+#[test]
+fn issue12_channel_costs_and_compensation_respect_masks() {
+    use nap::channel::LayerCurvature;
+    let l = layer(4, 8, &[1, 8 + 2, 8 + 5, 16 + 2, 24, 24 + 7], 64, 7);
+    let lc = LayerCurvature::new(&l.f, DAMPING).unwrap();
+    let dim = l.cols + 1;
+    let sets = vec![vec![2, 3], vec![5], vec![0, 1, 7]];
+    let costs = lc.column_costs(&l.wbar, &sets).unwrap();
+    for (set, cost) in sets.iter().zip(&costs) {
+        let mut want = 0.0;
+        let mut w = l.wbar.clone();
+        lc.remove_columns(&mut w, set).unwrap();
+        for i in 0..l.rows {
+            let gone: Vec<usize> = set
+                .iter()
+                .copied()
+                .filter(|&j| l.alive[i * l.cols + j])
+                .collect();
+            let (row, c) = l.brute_row(i, &gone);
+            want += l.c[i] * c;
+            for j in 0..dim {
+                let got = w[i * dim + j];
+                if set.contains(&j) || (j < l.cols && !l.alive[i * l.cols + j]) {
+                    assert_eq!(got, 0.0, "({i}, {j}) removed or dead but {got}");
+                } else {
+                    close(got, row[j], 1e-7, &format!("w[{i},{j}] after removing {set:?}"));
+                }
+            }
+        }
+        close(*cost, want, 1e-7, &format!("cost of {set:?}"));
+    }
+    let mut w = l.wbar.clone();
+    lc.remove_rows(&mut w, &[1]).unwrap();
+    for i in 0..l.rows {
+        for j in 0..l.cols {
+            if i == 1 || !l.alive[i * l.cols + j] {
+                assert_eq!(w[i * dim + j], 0.0, "({i}, {j})");
+            }
+        }
+    }
+}
