@@ -24,11 +24,11 @@ use nap_runtime::format::{Node, Op, TensorId};
 use nap_runtime::kernels::act_scalar;
 
 use crate::curvature::{damped, spd_inverse, sub_llt};
-use rayon::prelude::*;
 use crate::groups::{Group, Groups, Member};
 use crate::ir::{HostModel, HostTensor};
 use crate::kfac::LayerFactors;
 use crate::prune::Criterion;
+use rayon::prelude::*;
 
 /// Which members' costs a group's cost sums.
 #[derive(
@@ -226,10 +226,12 @@ impl LayerCurvature {
             .into_par_iter()
             .map(|i| -> Result<Vec<f64>> {
                 let (m, inv) = self.row_inverse(&alive, i)?;
-                let pos: BTreeMap<usize, usize> = m.iter().enumerate().map(|(p, &j)| (j, p)).collect();
+                let pos: BTreeMap<usize, usize> =
+                    m.iter().enumerate().map(|(p, &j)| (j, p)).collect();
                 sets.iter()
                     .map(|cols| {
-                        let jj: Vec<usize> = cols.iter().filter_map(|c| pos.get(c).copied()).collect();
+                        let jj: Vec<usize> =
+                            cols.iter().filter_map(|c| pos.get(c).copied()).collect();
                         if jj.is_empty() {
                             return Ok(0.0);
                         }

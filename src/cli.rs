@@ -216,13 +216,18 @@ struct PruneArgs {
     mode: crate::schedule::Mode,
     /// How pruning and fine-tuning interleave: iterative (prune, then fine-tune from a fresh
     /// optimizer) or gradual (--prune-events removals on a cubic ramp during each step's
-    /// fine-tuning, optimizer state kept) [default: gradual for --criterion gmp, else
-    /// iterative].
+    /// fine-tuning, optimizer state kept) [default: gradual for nap and gmp; iterative for
+    /// the classic baselines magnitude, magnitude-uniform and obd, and for the channel steps
+    /// of --mode channel and channel-fine].
     #[arg(long, value_enum)]
     schedule: Option<crate::schedule::Schedule>,
     /// Prune events per step of the gradual schedule.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().prune_events)]
     prune_events: usize,
+    /// Gradual schedule: fresh K-FAC statistics at every prune event (true), or the step's
+    /// statistics for all its events (false; cheaper).
+    #[arg(long, default_value_t = crate::schedule::Settings::default().event_stats, action = clap::ArgAction::Set)]
+    event_stats: bool,
     /// Stop after this much fine-tuning: epochs ("20" or "20ep") or wall time ("15m", "2h").
     /// With --schedule gradual and a target but no tolerance, the one ramp to the target
     /// takes this many epochs.
@@ -252,7 +257,7 @@ struct PruneArgs {
     #[arg(long)]
     channel_step: Option<f64>,
     /// OBS compensation of the remaining weights (nap only).
-    #[arg(long, value_enum, default_value = "masked")]
+    #[arg(long, value_enum, default_value_t = crate::schedule::Settings::default().obs_update)]
     obs_update: crate::prune::ObsUpdate,
     /// Tolerated drop of accuracy, in percentage points ("0.1%" or "0.1"). A step is accepted
     /// when the one-sided --confidence upper bound of its paired accuracy drop against the dense
@@ -260,7 +265,7 @@ struct PruneArgs {
     #[arg(long)]
     max_drop: Option<String>,
     /// Confidence of the stop rule's one-sided bounds (0.5 decides on the point estimate).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().confidence)]
     confidence: f64,
     /// Also require the mean KL divergence (nats) from the dense model's predictions on the
     /// validation split to stay below this (needs no labels).
@@ -281,69 +286,74 @@ struct PruneArgs {
     min_step: Option<f64>,
     /// After an accepted step, multiply the step by this, up to --step (1: a step halved by a
     /// rollback stays halved).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().step_growth)]
     step_growth: f64,
     /// At most this fraction of a layer's alive weights per step.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().layer_cap)]
     layer_cap: f64,
     /// Prune whole blocks of R consecutive output rows at one input column ("4x1"), scored by
     /// their summed cost, instead of single weights ("1x1").
     #[arg(long, default_value = "1x1")]
     block: String,
     /// Relative damping of the K-FAC factors (times the mean diagonal).
-    #[arg(long, default_value_t = 1e-1)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().damping)]
     damping: f64,
     /// Which Fisher the K-FAC factors estimate: labels sampled from the model (true), the
     /// data's labels (empirical), or the exact expectation over the model's classes (exact).
-    #[arg(long, value_enum, default_value = "true")]
+    #[arg(long, value_enum, default_value_t = crate::schedule::Settings::default().fisher)]
     fisher: crate::kfac::Fisher,
     /// Temperature T of the model's label distribution softmax(z / T) (true, exact).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().fisher_temperature)]
     fisher_temperature: f64,
     /// Labels sampled per example (--fisher true).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().fisher_samples)]
     fisher_samples: usize,
+    /// --fisher exact with K backward passes instead of one per class: each example's K-1 most
+    /// likely classes exactly and one more drawn from the rest (an unbiased estimate); 0: one
+    /// pass per class.
+    #[arg(long, default_value_t = crate::schedule::Settings::default().fisher_classes.unwrap_or(0))]
+    fisher_classes: usize,
     /// Label smoothing of --fisher empirical.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().label_smoothing)]
     label_smoothing: f64,
     /// Examples per K-FAC statistics pass.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().stats_examples)]
     stats_examples: usize,
     /// Fine-tuning epochs after every step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().ft_epochs)]
     ft_epochs: usize,
     /// Fine-tune each step on this many training examples, drawn afresh per step (default:
     /// the whole training split).
     #[arg(long)]
     ft_examples: Option<usize>,
     /// Peak learning rate of the fine-tuning (AdamW, cosine decay to 0).
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().ft_lr)]
     ft_lr: f64,
     /// Fraction of each fine-tune over which the learning rate warms up.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().ft_warmup)]
     ft_warmup: f64,
     /// Weight decay (AdamW) during fine-tuning.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().ft_weight_decay)]
     ft_weight_decay: f64,
     /// Epochs of one last fine-tune of the final model (kept if it lowers the validation loss
     /// and still passes the stop rule).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().final_epochs)]
     final_epochs: usize,
     /// Weight of distillation from the dense model in fine-tuning: the loss is (1 - W) x
     /// cross-entropy + W x T^2 x KL(dense || pruned) at temperature T (1: no labels needed).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().distill)]
     distill: f64,
     /// Temperature T of the distillation.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().distill_temperature)]
     distill_temperature: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().max_steps)]
     max_steps: usize,
     /// Fraction of the training data held out for validation (the stop rule decides on it).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().val_fraction)]
     val_fraction: f32,
     /// Fraction held out next to it for confirmation: nothing selects on it, and the report
     /// gives the final model's accuracy drop on it with a 95% interval (0: none).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = crate::schedule::Settings::default().confirm_fraction)]
     confirm_fraction: f32,
     #[arg(long, default_value_t = 0)]
     val_seed: u64,
@@ -1058,14 +1068,12 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
     };
     Ok(crate::schedule::Settings {
         mode: a.mode,
-        schedule: a
-            .schedule
-            .unwrap_or(if a.criterion == crate::prune::Criterion::Gmp {
-                crate::schedule::Schedule::Gradual
-            } else {
-                crate::schedule::Schedule::Iterative
-            }),
+        schedule: a.schedule.unwrap_or(match a.mode {
+            crate::schedule::Mode::Channel => crate::schedule::Schedule::Iterative,
+            _ => crate::schedule::Schedule::default_for(a.criterion),
+        }),
         prune_events: a.prune_events,
+        event_stats: a.event_stats,
         budget_epochs,
         budget_minutes,
         criterion: a.criterion,
@@ -1094,6 +1102,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         fisher: a.fisher,
         fisher_temperature: a.fisher_temperature,
         fisher_samples: a.fisher_samples,
+        fisher_classes: (a.fisher_classes > 0).then_some(a.fisher_classes),
         label_smoothing: a.label_smoothing,
         stats_examples: a.stats_examples,
         ft_epochs: a.ft_epochs,

@@ -64,6 +64,9 @@ pub struct StatsConfig {
     pub temperature: f64,
     /// Labels drawn per example (`True`).
     pub samples: usize,
+    /// `Exact` with `k` backward passes instead of one per class: each example's `k − 1` most
+    /// likely classes exactly and one more drawn from the rest (`None`: every class).
+    pub top_classes: Option<usize>,
     /// Label smoothing of `Empirical`: the target is `(1 − ε) onehot(y) + ε / C`.
     pub label_smoothing: f64,
     /// Show a progress bar.
@@ -83,6 +86,7 @@ impl Default for StatsConfig {
             seed: 0,
             temperature: 1.0,
             samples: 1,
+            top_classes: None,
             label_smoothing: 0.0,
             progress: false,
             nodes: None,
@@ -155,6 +159,43 @@ fn backward_passes(
     let data_labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
     let t = cfg.temperature;
     Ok(match (cfg.loss, cfg.fisher) {
+        (Loss::CrossEntropy, Fisher::Exact) if cfg.top_classes.is_some_and(|k| k < classes) => {
+            // The k − 1 most likely classes of each example exactly, the rest by one class drawn
+            // in proportion to its probability and weighted by their total mass: an unbiased
+            // estimate of the same expectation with k backward passes.
+            let k = cfg.top_classes.unwrap_or(classes).max(1);
+            let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            let pt = candle_nn::ops::softmax(&(logits / t)?, D::Minus1)?
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
+            let mut weights = vec![vec![0f64; n * classes]; k];
+            for (i, p) in pt.iter().enumerate() {
+                let mut order: Vec<usize> = (0..classes).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+                for (j, &c) in order[..k - 1].iter().enumerate() {
+                    weights[j][i * classes + c] = p[c].sqrt();
+                }
+                let rest = &order[k - 1..];
+                let mass: f64 = rest.iter().map(|&c| p[c]).sum();
+                let mut u = rng.gen::<f64>() * mass;
+                let mut pick = *rest.last().expect("k <= classes");
+                for &c in rest {
+                    if u < p[c] {
+                        pick = c;
+                        break;
+                    }
+                    u -= p[c];
+                }
+                weights[k - 1][i * classes + pick] = mass.sqrt();
+            }
+            weights
+                .into_iter()
+                .map(|w| {
+                    let w = Tensor::from_vec(w, (n, classes), dev)?.to_dtype(logp.dtype())?;
+                    Ok((w * logp.neg()?)?.sum_all()?)
+                })
+                .collect::<Result<_>>()?
+        }
         (Loss::CrossEntropy, Fisher::Exact) => {
             let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
             let sqrt_p = candle_nn::ops::softmax(&(logits / t)?, D::Minus1)?

@@ -56,6 +56,17 @@ pub enum Schedule {
     Gradual,
 }
 
+impl Schedule {
+    /// The schedule a criterion runs in unless one is given: gradual for NAP and gmp,
+    /// iterative for the classic baselines.
+    pub fn default_for(c: Criterion) -> Schedule {
+        match c {
+            Criterion::Nap | Criterion::Gmp => Schedule::Gradual,
+            _ => Schedule::Iterative,
+        }
+    }
+}
+
 /// The share of a gradual step's batches over which its prune events are spread (the rest
 /// recovers).
 pub const RAMP: f64 = 0.75;
@@ -73,6 +84,10 @@ pub struct Settings {
     /// Prune events per step of the gradual schedule.
     #[serde(default = "four")]
     pub prune_events: usize,
+    /// Gradual schedule: collect fresh K-FAC statistics at every prune event (else the
+    /// step's statistics serve all its events, with each event's own masks and weights).
+    #[serde(default = "yes")]
+    pub event_stats: bool,
     /// Stop once the fine-tuning epochs of all steps reach this many.
     #[serde(default)]
     pub budget_epochs: Option<f64>,
@@ -138,6 +153,10 @@ pub struct Settings {
     /// Labels sampled per example (`--fisher true`).
     #[serde(default = "one")]
     pub fisher_samples: usize,
+    /// `--fisher exact` with this many backward passes (the most likely classes exactly, one
+    /// more drawn from the rest); `None`: one per class.
+    #[serde(default)]
+    pub fisher_classes: Option<usize>,
     /// Label smoothing of `--fisher empirical`.
     #[serde(default)]
     pub label_smoothing: f64,
@@ -180,8 +199,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             mode: Mode::Fine,
-            schedule: Schedule::Iterative,
+            schedule: Schedule::Gradual,
             prune_events: 4,
+            event_stats: true,
             budget_epochs: None,
             budget_minutes: None,
             criterion: Criterion::Nap,
@@ -194,7 +214,7 @@ impl Default for Settings {
             block_rows: 1,
             max_drop: Some(0.001),
             max_kl: None,
-            confidence: 0.95,
+            confidence: DEFAULT_CONFIDENCE,
             target_sparsity: None,
             target_size: None,
             target_flops: None,
@@ -203,20 +223,21 @@ impl Default for Settings {
             channel_drop: None,
             channel_step: None,
             max_steps: 100,
-            fisher: Fisher::True,
-            fisher_temperature: 1.0,
+            fisher: Fisher::Exact,
+            fisher_temperature: 2.0,
             fisher_samples: 1,
+            fisher_classes: None,
             label_smoothing: 0.0,
-            stats_examples: 10_000,
+            stats_examples: 4000,
             stats_batch: 128,
-            ft_epochs: 1,
+            ft_epochs: 2,
             ft_examples: None,
             ft_lr: 3e-4,
             ft_batch: 64,
             ft_weight_decay: 0.0,
             ft_warmup: 0.1,
             final_epochs: 0,
-            distill: 0.0,
+            distill: 1.0,
             distill_temperature: 2.0,
             val_fraction: 0.1,
             confirm_fraction: 0.05,
@@ -303,8 +324,8 @@ impl Settings {
             bail!("--criterion gmp is magnitude pruning in --schedule gradual");
         }
         if self.schedule == Schedule::Gradual {
-            if self.mode != Mode::Fine {
-                bail!("--schedule gradual prunes single weights (--mode fine)");
+            if self.mode == Mode::Channel {
+                bail!("--schedule gradual prunes single weights (--mode fine, or the fine phase of channel-fine)");
             }
             if self.ft_epochs == 0 {
                 bail!(
@@ -413,6 +434,7 @@ impl Settings {
         if mode == Mode::Fine {
             s.target_flops = None;
         } else {
+            s.schedule = Schedule::Iterative;
             s.block_rows = 1;
             s.target_sparsity = None;
             s.target_size = None;
@@ -428,11 +450,18 @@ impl Settings {
 }
 
 fn default_confidence() -> f64 {
-    0.95
+    DEFAULT_CONFIDENCE
 }
+
+/// The stop rule's default one-sided confidence.
+pub const DEFAULT_CONFIDENCE: f64 = 0.8;
 
 fn two() -> f64 {
     2.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn four() -> usize {
@@ -929,6 +958,7 @@ pub fn run(
             fisher: settings.fisher,
             temperature: settings.fisher_temperature,
             samples: settings.fisher_samples,
+            top_classes: settings.fisher_classes,
             label_smoothing: settings.label_smoothing,
             batch: settings.stats_batch,
             max_examples: None,
@@ -1008,6 +1038,7 @@ pub fn run(
                 }
                 let f = match (e, &cached) {
                     (0, Some(f)) => f.clone(),
+                    (_, Some(f)) if !settings.event_stats => f.clone(),
                     _ if settings.needs_curvature() => {
                         let t = Instant::now();
                         let f = kfac::collect(m, &stats_set(), &stats_cfg(None), &dev)?;

@@ -137,6 +137,23 @@ fn prune_reports_resumes_and_rejects_bad_input() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["state"]["steps"].as_array().unwrap().len(), 2);
     assert_eq!(r["layers"].as_array().unwrap().len(), 3);
+    // The final model against the dense one on the confirmation split and the test set, with
+    // 95 % intervals around the drop.
+    let splits: Vec<&str> = r["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["split"].as_str().unwrap())
+        .collect();
+    assert_eq!(splits, ["confirmation", "test"]);
+    for c in r["comparisons"].as_array().unwrap() {
+        let (lo, hi) = (
+            c["interval95"][0].as_f64().unwrap(),
+            c["interval95"][1].as_f64().unwrap(),
+        );
+        assert!(lo <= c["drop"].as_f64().unwrap() + 1e-9 && hi >= lo, "{c}");
+    }
+    assert!(r["state"]["final_paired"]["n"].as_u64().unwrap() > 0);
     assert_eq!(
         r["pruned"]["test_accuracy"], r["pruned"]["runtime_test_accuracy"],
         "{}",
@@ -172,6 +189,19 @@ fn prune_reports_resumes_and_rejects_bad_input() {
         (vec!["--block", "four"], "--block"),
         (vec!["--block", "0x1"], "--block"),
         (vec!["--policy", "/nonexistent/device.json"], "device.json"),
+        (vec!["--confidence", "1.5"], "--confidence"),
+        (vec!["--budget", "soon"], "--budget"),
+        (vec!["--budget", "-3"], "--budget"),
+        (vec!["--distill", "2"], "--distill"),
+        (
+            vec!["--criterion", "gmp", "--schedule", "iterative"],
+            "gradual",
+        ),
+        (
+            vec!["--schedule", "gradual", "--ft-epochs", "0"],
+            "--ft-epochs",
+        ),
+        (vec!["--confirm-fraction", "0.95"], "--confirm-fraction"),
     ] {
         let mut a = args("1");
         a[7] = dir.path().join("other").to_str().unwrap().to_string();

@@ -599,3 +599,98 @@ fn exact_fisher_of_softmax_regression() {
         );
     }
 }
+
+/// The Fisher variants issue 12 chose among, on softmax regression (G is then the output
+/// curvature itself): labels from `softmax(z / T)` with the model's own loss, the top-k
+/// estimator of the exact expectation, and label-smoothed empirical labels.
+#[test]
+fn issue12_fisher_temperature_top_classes_and_label_smoothing() {
+    let c = 5;
+    let m = archs::random("mlp-5-5", 4).unwrap();
+    let d = dataset([5, 1, 1], 40, c as u8, 6);
+    let logits = reference::logits(&m, &d.images).unwrap();
+    let g_of = |cfg: StatsConfig, data: &Dataset| {
+        collect(&m, data, &cfg, &Device::Cpu).unwrap()[0].g.clone()
+    };
+    let t = 2.0;
+    let mut tempered = vec![0f64; c * c];
+    let mut smoothed = vec![0f64; c * c];
+    for (row, &y) in logits.chunks(c).zip(&d.labels) {
+        let p: Vec<f64> = nap::util::softmax(row).iter().map(|&v| v as f64).collect();
+        let scaled: Vec<f32> = row.iter().map(|v| v / t as f32).collect();
+        let pt: Vec<f64> = nap::util::softmax(&scaled)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        for k in 0..c {
+            let g: Vec<f64> = (0..c).map(|i| p[i] - (i == k) as u8 as f64).collect();
+            for i in 0..c {
+                for j in 0..c {
+                    tempered[i * c + j] += pt[k] * g[i] * g[j] / 40.0;
+                }
+            }
+        }
+        let target: Vec<f64> = (0..c)
+            .map(|i| 0.9 * (i == y as usize) as u8 as f64 + 0.1 / c as f64)
+            .collect();
+        for i in 0..c {
+            for j in 0..c {
+                smoothed[i * c + j] += (p[i] - target[i]) * (p[j] - target[j]) / 40.0;
+            }
+        }
+    }
+    let exact_t = g_of(
+        StatsConfig {
+            fisher: Fisher::Exact,
+            temperature: t,
+            batch: 16,
+            ..Default::default()
+        },
+        &d,
+    );
+    let scale = tempered.iter().fold(0f64, |a, v| a.max(v.abs()));
+    for k in 0..c * c {
+        assert!((exact_t[k] - tempered[k]).abs() < 1e-6 * scale, "G[{k}]");
+    }
+    let ls = g_of(
+        StatsConfig {
+            fisher: Fisher::Empirical,
+            label_smoothing: 0.1,
+            batch: 16,
+            ..Default::default()
+        },
+        &d,
+    );
+    for k in 0..c * c {
+        assert!(
+            (ls[k] - smoothed[k]).abs() < 1e-6 * scale,
+            "smoothed G[{k}]"
+        );
+    }
+    // Two passes (the top class exactly, one more drawn from the rest) average to the exact
+    // matrix over many draws.
+    let many = Dataset {
+        images: d.images.repeat(300),
+        labels: d.labels.repeat(300),
+        n: 12_000,
+        shape: d.shape,
+    };
+    let top = g_of(
+        StatsConfig {
+            fisher: Fisher::Exact,
+            temperature: t,
+            top_classes: Some(2),
+            batch: 500,
+            ..Default::default()
+        },
+        &many,
+    );
+    for k in 0..c * c {
+        assert!(
+            (top[k] - tempered[k]).abs() < 0.05 * scale,
+            "top-2 G[{k}] = {} vs {}",
+            top[k],
+            tempered[k]
+        );
+    }
+}

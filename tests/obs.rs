@@ -397,7 +397,12 @@ fn issue12_channel_costs_and_compensation_respect_masks() {
                 if set.contains(&j) || (j < l.cols && !l.alive[i * l.cols + j]) {
                     assert_eq!(got, 0.0, "({i}, {j}) removed or dead but {got}");
                 } else {
-                    close(got, row[j], 1e-7, &format!("w[{i},{j}] after removing {set:?}"));
+                    close(
+                        got,
+                        row[j],
+                        1e-7,
+                        &format!("w[{i},{j}] after removing {set:?}"),
+                    );
                 }
             }
         }

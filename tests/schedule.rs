@@ -215,6 +215,7 @@ fn target_sparsity_is_reached_exactly() {
         max_drop: None,
         target_sparsity: Some(0.6),
         criterion: Criterion::Magnitude,
+        schedule: Schedule::Iterative,
         ft_epochs: 0,
         max_steps: 20,
         ..settings()
