@@ -1030,53 +1030,55 @@ pub fn run(
             let mut event_stats_s = 0.0;
             let mut hook_s = 0.0;
             let cached = factors.clone();
-            let mut hook = |m: &mut HostModel, mk: &mut Masks, e: usize| -> Result<()> {
-                let t_hook = Instant::now();
-                let now = mk.alive();
-                if now <= targets[e] {
-                    return Ok(());
-                }
-                let f = match (e, &cached) {
-                    (0, Some(f)) => f.clone(),
-                    (_, Some(f)) if !settings.event_stats => f.clone(),
-                    _ if settings.needs_curvature() => {
-                        let t = Instant::now();
-                        let f = kfac::collect(m, &stats_set(), &stats_cfg(None), &dev)?;
-                        event_stats_s += t.elapsed().as_secs_f64();
-                        f
+            let t_train;
+            {
+                let mut hook = |m: &mut HostModel, mk: &mut Masks, e: usize| -> Result<()> {
+                    let t_hook = Instant::now();
+                    let now = mk.alive();
+                    if now <= targets[e] {
+                        return Ok(());
                     }
-                    _ => Vec::new(),
+                    let f = match (e, &cached) {
+                        (0, Some(f)) => f.clone(),
+                        (_, Some(f)) if !settings.event_stats => f.clone(),
+                        _ if settings.needs_curvature() => {
+                            let t = Instant::now();
+                            let f = kfac::collect(m, &stats_set(), &stats_cfg(None), &dev)?;
+                            event_stats_s += t.elapsed().as_secs_f64();
+                            f
+                        }
+                        _ => Vec::new(),
+                    };
+                    let r = prune::prune_step(
+                        m,
+                        mk,
+                        &f,
+                        &step_cfg((now - targets[e]) as f64 / now as f64),
+                    )?;
+                    for (a, b) in per_layer.iter_mut().zip(&r.removed) {
+                        *a += b;
+                    }
+                    for (a, b) in pred_layer.iter_mut().zip(&r.predicted_per_layer) {
+                        *a += b;
+                    }
+                    if first.is_none() {
+                        first = Some((r.predicted_loss_increase, score(m, val, &dev)?));
+                    }
+                    hook_s += t_hook.elapsed().as_secs_f64();
+                    Ok(())
                 };
-                let r = prune::prune_step(
-                    m,
-                    mk,
-                    &f,
-                    &step_cfg((now - targets[e]) as f64 / now as f64),
+                t_train = Instant::now();
+                train::train_with_events(
+                    &mut trial,
+                    ft_data,
+                    &ft_cfg,
+                    Some(&mut trial_masks),
+                    teacher.as_ref(),
+                    trial_opt.as_mut(),
+                    &events,
+                    &mut hook,
                 )?;
-                for (a, b) in per_layer.iter_mut().zip(&r.removed) {
-                    *a += b;
-                }
-                for (a, b) in pred_layer.iter_mut().zip(&r.predicted_per_layer) {
-                    *a += b;
-                }
-                if first.is_none() {
-                    first = Some((r.predicted_loss_increase, score(m, val, &dev)?));
-                }
-                hook_s += t_hook.elapsed().as_secs_f64();
-                Ok(())
-            };
-            let t_train = Instant::now();
-            train::train_with_events(
-                &mut trial,
-                ft_data,
-                &ft_cfg,
-                Some(&mut trial_masks),
-                teacher.as_ref(),
-                trial_opt.as_mut(),
-                &events,
-                &mut hook,
-            )?;
-            drop(hook);
+            }
             let (p0, s0) = first.unwrap_or((0.0, best_val));
             removed = per_layer.iter().sum::<usize>();
             removed_per_layer = per_layer;

@@ -48,6 +48,7 @@ pub struct Paired {
     pub dloss_se: f64,
 }
 
+#[allow(clippy::excessive_precision)] // the published coefficients
 fn z_of(confidence: f64) -> f64 {
     // Acklam's rational approximation of the standard normal quantile (|error| < 1.2e-9).
     let p = confidence.clamp(1e-12, 1.0 - 1e-12);

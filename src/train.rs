@@ -290,7 +290,7 @@ pub fn train_with_events(
     cfg: &TrainConfig,
     mut masks: Option<&mut Masks>,
     teacher: Option<&Teacher<'_>>,
-    mut state: Option<&mut OptState>,
+    state: Option<&mut OptState>,
     events: &[usize],
     hook: &mut PruneHook<'_>,
 ) -> Result<f32> {
@@ -414,7 +414,7 @@ pub fn train_with_events(
     for (t, v) in m.tensors.iter_mut().zip(&vars) {
         t.data = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
     }
-    if let Some(s) = state.as_deref_mut() {
+    if let Some(s) = state {
         *s = opt.state()?;
     }
     Ok(last)

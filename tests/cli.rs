@@ -191,7 +191,7 @@ fn prune_reports_resumes_and_rejects_bad_input() {
         (vec!["--policy", "/nonexistent/device.json"], "device.json"),
         (vec!["--confidence", "1.5"], "--confidence"),
         (vec!["--budget", "soon"], "--budget"),
-        (vec!["--budget", "-3"], "--budget"),
+        (vec!["--budget=-3"], "--budget"),
         (vec!["--distill", "2"], "--distill"),
         (
             vec!["--criterion", "gmp", "--schedule", "iterative"],

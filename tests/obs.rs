@@ -2,6 +2,8 @@
 //! removal's cost and the compensated row come from the reduced normal equations of the row's
 //! alive weights, `w'_K = w_K + H_KK⁻¹ H_KS w_S`, solved by Gaussian elimination.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas they check
+
 use nap::curvature::damped;
 use nap::kfac::LayerFactors;
 use nap::obs::{masked_step, LayerInput, MaskedConfig};
@@ -366,7 +368,8 @@ fn layer_caps_and_totals_are_respected() {
         .map(|r| r.iter().filter(|x| **x).count())
         .collect();
     assert!(n[0] <= 10, "layer cap: {n:?}");
-    assert_eq!(n[0] + n[1], 21.min(25), "total: {n:?}");
+    // 10 (the cap) + 11 (all alive) is below the 25 asked for.
+    assert_eq!(n[0] + n[1], 21, "total: {n:?}");
 }
 
 /// Channel mode on a layer with dead weights: removing input columns costs and compensates

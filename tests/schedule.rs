@@ -361,6 +361,7 @@ fn issue12_gradual_target_is_one_ramp_and_gmp_needs_it() {
         &s,
         &Settings {
             criterion: Criterion::Gmp,
+            schedule: Schedule::Iterative,
             ..settings()
         },
         dir.path(),
