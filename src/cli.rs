@@ -313,6 +313,10 @@ struct PruneArgs {
     /// pass per class.
     #[arg(long, default_value_t = crate::schedule::Settings::default().fisher_classes.unwrap_or(0))]
     fisher_classes: usize,
+    /// --fisher exact estimated with K Gaussian probes per example (one backward pass each,
+    /// unbiased) instead of one pass per class; 0: off.
+    #[arg(long, default_value_t = crate::schedule::Settings::default().fisher_probes.unwrap_or(0))]
+    fisher_probes: usize,
     /// Label smoothing of --fisher empirical.
     #[arg(long, default_value_t = crate::schedule::Settings::default().label_smoothing)]
     label_smoothing: f64,
@@ -1103,6 +1107,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         fisher_temperature: a.fisher_temperature,
         fisher_samples: a.fisher_samples,
         fisher_classes: (a.fisher_classes > 0).then_some(a.fisher_classes),
+        fisher_probes: (a.fisher_probes > 0).then_some(a.fisher_probes),
         label_smoothing: a.label_smoothing,
         stats_examples: a.stats_examples,
         ft_epochs: a.ft_epochs,

@@ -67,6 +67,9 @@ pub struct StatsConfig {
     /// `Exact` with `k` backward passes instead of one per class: each example's `k − 1` most
     /// likely classes exactly and one more drawn from the rest (`None`: every class).
     pub top_classes: Option<usize>,
+    /// `Exact` estimated with this many Gaussian probes (one backward pass each) instead of
+    /// one pass per class; takes precedence over `top_classes`.
+    pub probes: Option<usize>,
     /// Label smoothing of `Empirical`: the target is `(1 − ε) onehot(y) + ε / C`.
     pub label_smoothing: f64,
     /// Show a progress bar.
@@ -87,6 +90,7 @@ impl Default for StatsConfig {
             temperature: 1.0,
             samples: 1,
             top_classes: None,
+            probes: None,
             label_smoothing: 0.0,
             progress: false,
             nodes: None,
@@ -159,6 +163,40 @@ fn backward_passes(
     let data_labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
     let t = cfg.temperature;
     Ok(match (cfg.loss, cfg.fisher) {
+        (Loss::CrossEntropy, Fisher::Exact) if cfg.probes.is_some() => {
+            // Gaussian probes ε ~ N(0, Σ_c p_c (p − e_c)(p − e_c)ᵀ), ε = Σ_c √p_c ξ_c (p − e_c) with
+            // ξ_c ~ N(0, 1): the gradient of εᵀ z is Jᵀ ε, whose outer product has the exact
+            // expectation, from one backward pass per probe whatever the number of classes.
+            let k = cfg.probes.unwrap_or(1).max(1);
+            let p = candle_nn::ops::softmax(logits, D::Minus1)?
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
+            let pt = candle_nn::ops::softmax(&(logits / t)?, D::Minus1)?
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
+            (0..k)
+                .map(|_| {
+                    let mut eps = vec![0f64; n * classes];
+                    for i in 0..n {
+                        let mut total = 0.0;
+                        for c in 0..classes {
+                            let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-300), rng.gen());
+                            let xi = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                            let a = pt[i][c].sqrt() * xi;
+                            total += a;
+                            eps[i * classes + c] -= a;
+                        }
+                        for c in 0..classes {
+                            eps[i * classes + c] += total * p[i][c];
+                        }
+                    }
+                    let eps = (Tensor::from_vec(eps, (n, classes), dev)?
+                        .to_dtype(logits.dtype())?
+                        / (k as f64).sqrt())?;
+                    Ok((logits * eps)?.sum_all()?)
+                })
+                .collect::<Result<_>>()?
+        }
         (Loss::CrossEntropy, Fisher::Exact) if cfg.top_classes.is_some_and(|k| k < classes) => {
             // The k − 1 most likely classes of each example exactly, the rest by one class drawn
             // in proportion to its probability and weighted by their total mass: an unbiased

@@ -98,6 +98,14 @@ impl Masks {
         )
     }
 
+    /// Alive weights of each layer.
+    pub fn alive_per_layer(&self) -> Vec<usize> {
+        self.0
+            .iter()
+            .map(|l| l.iter().filter(|a| **a).count())
+            .collect()
+    }
+
     pub fn alive(&self) -> usize {
         self.0
             .iter()
@@ -208,11 +216,7 @@ pub fn prune_step(
             }
         }
     }
-    let alive_per: Vec<usize> = masks
-        .0
-        .iter()
-        .map(|l| l.iter().filter(|a| **a).count())
-        .collect();
+    let alive_per = masks.alive_per_layer();
     let mut removed = vec![0usize; layers.len()];
     let mut predicted = vec![0.0; layers.len()];
     cands.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -314,11 +318,7 @@ fn masked(
                 .is_some(),
         );
     }
-    let alive_per: Vec<usize> = masks
-        .0
-        .iter()
-        .map(|l| l.iter().filter(|a| **a).count())
-        .collect();
+    let alive_per = masks.alive_per_layer();
     let inputs: Vec<obs::LayerInput<'_>> = wbars
         .iter()
         .enumerate()

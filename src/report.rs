@@ -89,8 +89,8 @@ pub struct Report {
     pub dense: ModelScore,
     pub pruned: ModelScore,
     pub layers: Vec<LayerRow>,
-    /// The final model's accuracy drop on the confirmation split (nothing selected on it) and
-    /// the test set, with 95 % intervals.
+    /// The final model's accuracy drop on the validation split (decided on), the confirmation
+    /// split (nothing selected on it) and the test set, with 95 % intervals.
     pub comparisons: Vec<SplitComparison>,
     pub peak_rss_mib: Option<f64>,
     pub files: Vec<PathBuf>,
@@ -231,6 +231,17 @@ pub fn finish(
         .as_bytes(),
     )?;
     let mut comparisons = Vec::new();
+    if let Some(p) = st.final_paired {
+        comparisons.push(SplitComparison {
+            split: "validation".into(),
+            examples: p.n,
+            dense_accuracy: st.dense.reference().accuracy,
+            accuracy: st.best_val().accuracy,
+            drop: p.drop,
+            interval95: p.interval(0.95),
+            paired: p,
+        });
+    }
     for (name, data) in [("confirmation", confirm), ("test", test)] {
         if let Some(d) = data {
             comparisons.push(SplitComparison::new(name, dense, m, d)?);
@@ -377,16 +388,15 @@ pub fn print_summary(r: &Report) {
             100.0 * hi
         )
     };
-    if let Some(p) = &r.state.final_paired {
-        println!(
-            "accuracy drop on the validation split (decided on): {}",
-            interval(p.drop, p.interval(0.95))
-        );
-    }
     for c in &r.comparisons {
         println!(
-            "accuracy drop on the {} split ({} examples, {:.2}% -> {:.2}%): {}",
+            "accuracy drop on the {} split{} ({} examples, {:.2}% -> {:.2}%): {}",
             c.split,
+            if c.split == "validation" {
+                " (decided on)"
+            } else {
+                ""
+            },
             c.examples,
             100.0 * c.dense_accuracy,
             100.0 * c.accuracy,
@@ -395,6 +405,9 @@ pub fn print_summary(r: &Report) {
     }
     for w in &r.state.warnings {
         println!("warning: {w}");
+    }
+    if let Some(mib) = r.peak_rss_mib {
+        println!("peak memory {mib:.0} MiB");
     }
     let st = &r.state;
     println!(

@@ -157,6 +157,9 @@ pub struct Settings {
     /// more drawn from the rest); `None`: one per class.
     #[serde(default)]
     pub fisher_classes: Option<usize>,
+    /// `--fisher exact` estimated with this many Gaussian probes (one backward pass each).
+    #[serde(default)]
+    pub fisher_probes: Option<usize>,
     /// Label smoothing of `--fisher empirical`.
     #[serde(default)]
     pub label_smoothing: f64,
@@ -227,6 +230,7 @@ impl Default for Settings {
             fisher_temperature: 2.0,
             fisher_samples: 1,
             fisher_classes: None,
+            fisher_probes: Some(2),
             label_smoothing: 0.0,
             stats_examples: 4000,
             stats_batch: 128,
@@ -959,6 +963,7 @@ pub fn run(
             temperature: settings.fisher_temperature,
             samples: settings.fisher_samples,
             top_classes: settings.fisher_classes,
+            probes: settings.fisher_probes,
             label_smoothing: settings.label_smoothing,
             batch: settings.stats_batch,
             max_examples: None,

@@ -145,7 +145,7 @@ fn prune_reports_resumes_and_rejects_bad_input() {
         .iter()
         .map(|c| c["split"].as_str().unwrap())
         .collect();
-    assert_eq!(splits, ["confirmation", "test"]);
+    assert_eq!(splits, ["validation", "confirmation", "test"]);
     for c in r["comparisons"].as_array().unwrap() {
         let (lo, hi) = (
             c["interval95"][0].as_f64().unwrap(),

@@ -4,6 +4,9 @@ use nap::curvature::{damped, obd_score, spd_inverse, Inverses};
 use nap::kfac::LayerFactors;
 use rand::{Rng, SeedableRng};
 
+mod common;
+use common::solve;
+
 fn rng(s: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(s)
 }
@@ -18,32 +21,6 @@ fn gram(dim: usize, n: usize, scale: f64, r: &mut impl Rng) -> Vec<f64> {
         }
     }
     m
-}
-
-/// Solves `m x = b` by Gaussian elimination with partial pivoting (independent of faer).
-fn solve(mut m: Vec<f64>, mut b: Vec<f64>) -> Vec<f64> {
-    let n = b.len();
-    for c in 0..n {
-        let p = (c..n)
-            .max_by(|&i, &j| m[i * n + c].abs().total_cmp(&m[j * n + c].abs()))
-            .unwrap();
-        for k in 0..n {
-            m.swap(c * n + k, p * n + k);
-        }
-        b.swap(c, p);
-        for r in c + 1..n {
-            let f = m[r * n + c] / m[c * n + c];
-            for k in c..n {
-                m[r * n + k] -= f * m[c * n + k];
-            }
-            b[r] -= f * b[c];
-        }
-    }
-    let mut x = vec![0.0; n];
-    for r in (0..n).rev() {
-        x[r] = (b[r] - (r + 1..n).map(|k| m[r * n + k] * x[k]).sum::<f64>()) / m[r * n + r];
-    }
-    x
 }
 
 fn factors(a: Vec<f64>, a_dim: usize, g: Vec<f64>, g_dim: usize) -> LayerFactors {

@@ -693,4 +693,23 @@ fn issue12_fisher_temperature_top_classes_and_label_smoothing() {
             tempered[k]
         );
     }
+    // One Gaussian probe per example, ε ~ N(0, Σ_c p_c (p − e_c)(p − e_c)ᵀ), too.
+    let probed = g_of(
+        StatsConfig {
+            fisher: Fisher::Exact,
+            temperature: t,
+            probes: Some(1),
+            batch: 500,
+            ..Default::default()
+        },
+        &many,
+    );
+    for k in 0..c * c {
+        assert!(
+            (probed[k] - tempered[k]).abs() < 0.05 * scale,
+            "probed G[{k}] = {} vs {}",
+            probed[k],
+            tempered[k]
+        );
+    }
 }

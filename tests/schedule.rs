@@ -172,19 +172,13 @@ fn schedule_respects_tolerance_and_checkpoints() {
     assert!(err.contains("damping"), "{err}");
 }
 
-/// An interrupted run resumed from its checkpoint ends exactly where an uninterrupted run ends.
-#[test]
-fn issue3_resume_matches_uninterrupted_run() {
-    let s = setup();
-    let full = tempfile::tempdir().unwrap();
-    let cfg = Settings {
-        max_steps: 4,
-        ..settings()
-    };
-    let a = go(&s, &cfg, full.path(), false).unwrap();
+/// Runs `cfg` once without a break (into `full`) and once stopped after two steps and resumed:
+/// both end with the same steps and weights. Returns the uninterrupted run.
+fn resume_matches_uninterrupted(s: &Setup, cfg: &Settings, full: &std::path::Path) -> Outcome {
+    let a = go(s, cfg, full, false).unwrap();
     let part = tempfile::tempdir().unwrap();
     let first = go(
-        &s,
+        s,
         &Settings {
             max_steps: 2,
             ..cfg.clone()
@@ -194,7 +188,7 @@ fn issue3_resume_matches_uninterrupted_run() {
     )
     .unwrap();
     assert_eq!(first.state.steps.len(), 2);
-    let b = go(&s, &cfg, part.path(), true).unwrap();
+    let b = go(s, cfg, part.path(), true).unwrap();
     assert_eq!(b.state.steps.len(), a.state.steps.len());
     for (x, y) in a.state.steps.iter().zip(&b.state.steps) {
         assert_eq!(
@@ -204,6 +198,23 @@ fn issue3_resume_matches_uninterrupted_run() {
         assert_eq!(x.val.accuracy, y.val.accuracy);
     }
     assert_eq!(weights(&a.model), weights(&b.model));
+    a
+}
+
+/// An interrupted run resumed from its checkpoint ends exactly where an uninterrupted run ends.
+#[test]
+fn issue3_resume_matches_uninterrupted_run() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    resume_matches_uninterrupted(
+        &s,
+        &Settings {
+            schedule: Schedule::Iterative,
+            max_steps: 4,
+            ..settings()
+        },
+        dir.path(),
+    );
 }
 
 /// `--target-sparsity` without a tolerance prunes exactly to the target and stops there.
@@ -301,35 +312,13 @@ fn issue12_gradual_resume_matches_uninterrupted_run() {
         step: 0.4,
         ..settings()
     };
-    let full = tempfile::tempdir().unwrap();
-    let a = go(&s, &cfg, full.path(), false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = resume_matches_uninterrupted(&s, &cfg, dir.path());
     assert!(a.state.accepted().count() > 0, "{:?}", a.state.steps);
     let opt = a.state.best_opt.as_ref().expect("optimizer state saved");
     let state =
-        nap::train::OptState::from_named(read_checkpoint(&full.path().join(opt)).unwrap()).unwrap();
+        nap::train::OptState::from_named(read_checkpoint(&dir.path().join(opt)).unwrap()).unwrap();
     assert!(state.t > 0 && state.m.len() == a.model.tensors.len());
-    let part = tempfile::tempdir().unwrap();
-    let first = go(
-        &s,
-        &Settings {
-            max_steps: 2,
-            ..cfg.clone()
-        },
-        part.path(),
-        false,
-    )
-    .unwrap();
-    assert_eq!(first.state.steps.len(), 2);
-    let b = go(&s, &cfg, part.path(), true).unwrap();
-    assert_eq!(b.state.steps.len(), a.state.steps.len());
-    for (x, y) in a.state.steps.iter().zip(&b.state.steps) {
-        assert_eq!(
-            (x.accepted, x.removed, x.alive),
-            (y.accepted, y.removed, y.alive)
-        );
-        assert_eq!(x.val.accuracy, y.val.accuracy);
-    }
-    assert_eq!(weights(&a.model), weights(&b.model));
 }
 
 /// Gradual pruning to a target is one cubic ramp over the budget; `gmp` is magnitude pruning
