@@ -458,7 +458,7 @@ fn default_confidence() -> f64 {
 }
 
 /// The stop rule's default one-sided confidence.
-pub const DEFAULT_CONFIDENCE: f64 = 0.8;
+pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 
 fn two() -> f64 {
     2.0
