@@ -24,7 +24,7 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/nap-calibration.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 for s in ${STEPS:-0.01 0.02 0.05 0.1 0.2}; do
     "$NAP" prune "$ckpt" --arch "$arch" --data-dir "$FIX/mnist" -o "$TMP/$s" --step "$s" \
-        --max-steps 1 --ft-epochs 0 --max-drop 99 --layer-cap 1 "$@" --json >"$TMP/$s.json" 2>"$TMP/$s.log" ||
+        --max-steps 1 --schedule iterative --ft-epochs 0 --max-drop 99 --layer-cap 1 "$@" --json >"$TMP/$s.json" 2>"$TMP/$s.log" ||
         {
             tail -5 "$TMP/$s.log"
             exit 1

@@ -35,7 +35,11 @@ pub enum ObsUpdate {
     /// Exact OBS inside each row's alive weights (`(A[M,M])⁻¹`, [`crate::obs`]), weights removed
     /// greedily per row and ranked by their joint cost; the default.
     Masked,
-    /// No compensation.
+    /// The masked OBS's choice of weights ([`ObsUpdate::Masked`]) without its compensation: the
+    /// removed weights are zeroed and the others keep their values (an ablation).
+    MaskedSelect,
+    /// No compensation; weights ranked one by one by their OBS cost on the layer's unmasked
+    /// `A⁻¹` (an ablation).
     None,
     /// The sum of the single-weight OBS updates (`δW̄ = −G⁻¹ C A⁻¹`) on the unmasked `A⁻¹`
     /// (the textbook K-FAC form; dead weights take part and are zeroed again).
@@ -153,7 +157,9 @@ pub fn prune_step(
             layers.len()
         );
     }
-    if cfg.criterion == Criterion::Nap && cfg.update == ObsUpdate::Masked {
+    if cfg.criterion == Criterion::Nap
+        && matches!(cfg.update, ObsUpdate::Masked | ObsUpdate::MaskedSelect)
+    {
         return masked(m, masks, factors, cfg);
     }
     let inverses: Vec<Option<Inverses>> = if cfg.criterion == Criterion::Nap {
@@ -298,7 +304,7 @@ pub fn prune_step(
     })
 }
 
-/// [`prune_step`] with [`ObsUpdate::Masked`].
+/// [`prune_step`] with [`ObsUpdate::Masked`] or [`ObsUpdate::MaskedSelect`].
 fn masked(
     m: &mut HostModel,
     masks: &mut Masks,
@@ -350,7 +356,7 @@ fn masked(
                 removed[l] += 1;
             }
         }
-        if removed[l] > 0 {
+        if removed[l] > 0 && cfg.update == ObsUpdate::Masked {
             crate::channel::set_wbar(m, node, &plan.wbar[l])?;
         }
     }

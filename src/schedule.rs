@@ -1119,7 +1119,10 @@ pub fn run(
                         layer_cap: settings.layer_cap,
                         flops_weight: settings.flops_weight,
                         damping: settings.damping,
-                        compensate: settings.obs_update != ObsUpdate::None,
+                        compensate: !matches!(
+                            settings.obs_update,
+                            ObsUpdate::None | ObsUpdate::MaskedSelect
+                        ),
                         max_macs: settings.target_flops.map(|t| macs_now - st.dense.macs / t),
                     },
                 )?;

@@ -6,19 +6,30 @@ use nap::data::Dataset;
 use nap::kfac::{collect, StatsConfig};
 use nap::prune::{prune_step, Criterion, Masks, StepConfig};
 
+/// `n` deterministic 28×28 images (pixel `i` is `(i · prime) mod 255`, scaled to [0, 1]) with
+/// labels 0..9 in turn.
+fn toy_mnist(n: usize, prime: usize) -> Dataset {
+    Dataset {
+        images: (0..n * 784)
+            .map(|i| ((i * prime) % 255) as f32 / 255.0)
+            .collect(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        n,
+        shape: [1, 28, 28],
+    }
+}
+
 /// Every criterion removes the requested share, keeps masks applied and never revives a weight.
 #[test]
 fn masks_stay_applied_and_counts_are_exact() {
     let m = archs::random("lenet5-caffe", 1).unwrap();
-    let d = Dataset {
-        images: (0..16 * 784)
-            .map(|i| ((i * 7919) % 255) as f32 / 255.0)
-            .collect(),
-        labels: (0..16).map(|i| (i % 10) as u8).collect(),
-        n: 16,
-        shape: [1, 28, 28],
-    };
-    let f = collect(&m, &d, &StatsConfig::default(), &Device::Cpu).unwrap();
+    let f = collect(
+        &m,
+        &toy_mnist(16, 7919),
+        &StatsConfig::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
     for criterion in [
         Criterion::Nap,
         Criterion::Obd,
@@ -57,14 +68,7 @@ fn masks_stay_applied_and_counts_are_exact() {
 #[test]
 fn loss_rescaling_leaves_the_ranking_unchanged() {
     let m = archs::random("lenet-300-100", 2).unwrap();
-    let d = Dataset {
-        images: (0..32 * 784)
-            .map(|i| ((i * 104729) % 255) as f32 / 255.0)
-            .collect(),
-        labels: (0..32).map(|i| (i % 10) as u8).collect(),
-        n: 32,
-        shape: [1, 28, 28],
-    };
+    let d = toy_mnist(32, 104729);
     let f = collect(&m, &d, &StatsConfig::default(), &Device::Cpu).unwrap();
     let mut f7 = f.clone();
     f7.iter_mut()
@@ -232,14 +236,7 @@ fn issue4_block_pruning_removes_whole_blocks_by_summed_cost() {
     use nap::curvature::Inverses;
     use nap::prune::ObsUpdate;
     let m = archs::random("lenet-300-100", 3).unwrap();
-    let d = Dataset {
-        images: (0..32 * 784)
-            .map(|i| ((i * 7907) % 255) as f32 / 255.0)
-            .collect(),
-        labels: (0..32).map(|i| (i % 10) as u8).collect(),
-        n: 32,
-        shape: [1, 28, 28],
-    };
+    let d = toy_mnist(32, 7907);
     let f = collect(&m, &d, &StatsConfig::default(), &Device::Cpu).unwrap();
     for criterion in [Criterion::Nap, Criterion::Magnitude] {
         let cfg = StepConfig {
@@ -295,4 +292,60 @@ fn issue4_block_pruning_removes_whole_blocks_by_summed_cost() {
             "{criterion:?}: removed a block of cost {gone} over a kept one of {kept}"
         );
     }
+}
+
+/// `--obs-update masked-select` removes exactly the weights the masked OBS removes and leaves
+/// every surviving weight (and bias) at its value; the masked OBS moves the survivors.
+#[test]
+fn issue12_masked_select_is_the_masked_choice_without_compensation() {
+    use nap::prune::ObsUpdate;
+    let m = archs::random("lenet-300-100", 3).unwrap();
+    let f = collect(
+        &m,
+        &toy_mnist(64, 7919),
+        &StatsConfig::default(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let run = |update| {
+        let mut p = m.clone();
+        let mut masks = Masks::from_model(&p);
+        let cfg = StepConfig {
+            criterion: Criterion::Nap,
+            fraction: 0.3,
+            update,
+            ..Default::default()
+        };
+        prune_step(&mut p, &mut masks, &f, &cfg).unwrap();
+        (p, masks)
+    };
+    let (compensated, mc) = run(ObsUpdate::Masked);
+    let (selected, ms) = run(ObsUpdate::MaskedSelect);
+    assert_eq!(mc.0, ms.0, "the same weights go");
+    let mut moved = 0usize;
+    for (t, ((orig, s), c)) in m
+        .tensors
+        .iter()
+        .zip(&selected.tensors)
+        .zip(&compensated.tensors)
+        .enumerate()
+    {
+        let weight = selected
+            .prunable()
+            .iter()
+            .position(|&(_, w)| w as usize == t);
+        for (k, ((&o, &sv), &cv)) in orig.data.iter().zip(&s.data).zip(&c.data).enumerate() {
+            let alive = weight.is_none_or(|l| ms.0[l][k]);
+            if alive {
+                assert_eq!(
+                    sv, o,
+                    "tensor {t}[{k}]: a survivor moved without compensation"
+                );
+                moved += usize::from(cv != o);
+            } else {
+                assert_eq!(sv, 0.0);
+            }
+        }
+    }
+    assert!(moved > 0, "the masked OBS compensates");
 }
