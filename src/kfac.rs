@@ -180,9 +180,7 @@ fn backward_passes(
                     for i in 0..n {
                         let mut total = 0.0;
                         for c in 0..classes {
-                            let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-300), rng.gen());
-                            let xi = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-                            let a = pt[i][c].sqrt() * xi;
+                            let a = pt[i][c].sqrt() * standard_normal(rng);
                             total += a;
                             eps[i * classes + c] -= a;
                         }
@@ -268,12 +266,7 @@ fn backward_passes(
             .collect::<Result<_>>()?,
         (Loss::Mse, Fisher::True) => {
             // y = f + ε with ε ~ N(0, I): the gradient of ½‖f − y‖² is −ε through Jᵀ.
-            let eps: Vec<f64> = (0..n * classes)
-                .map(|_| {
-                    let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-300), rng.gen());
-                    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-                })
-                .collect();
+            let eps: Vec<f64> = (0..n * classes).map(|_| standard_normal(rng)).collect();
             let eps = Tensor::from_vec(eps, (n, classes), dev)?;
             vec![(logits * eps)?.sum_all()?]
         }
@@ -282,6 +275,12 @@ fn backward_passes(
             vec![(r.sqr()?.sum_all()? * 0.5)?]
         }
     })
+}
+
+/// One draw from N(0, 1) (Box–Muller).
+fn standard_normal(rng: &mut impl Rng) -> f64 {
+    let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-300), rng.gen());
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 /// Samples one label per row from `softmax(logits)`.

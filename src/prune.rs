@@ -51,6 +51,13 @@ pub enum ObsUpdate {
     RowLocal,
 }
 
+impl ObsUpdate {
+    /// Whether the remaining weights are moved to compensate for the removed ones.
+    pub fn compensates(self) -> bool {
+        !matches!(self, ObsUpdate::None | ObsUpdate::MaskedSelect)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct StepConfig {
     pub criterion: Criterion,
@@ -266,7 +273,7 @@ pub fn prune_step(
             }
         }
     }
-    if cfg.update != ObsUpdate::None && cfg.criterion == Criterion::Nap {
+    if cfg.update.compensates() && cfg.criterion == Criterion::Nap {
         for (l, &(node, w)) in layers.iter().enumerate() {
             if removed[l] == 0 {
                 continue;
@@ -356,7 +363,7 @@ fn masked(
                 removed[l] += 1;
             }
         }
-        if removed[l] > 0 && cfg.update == ObsUpdate::Masked {
+        if removed[l] > 0 && cfg.update.compensates() {
             crate::channel::set_wbar(m, node, &plan.wbar[l])?;
         }
     }

@@ -1119,10 +1119,7 @@ pub fn run(
                         layer_cap: settings.layer_cap,
                         flops_weight: settings.flops_weight,
                         damping: settings.damping,
-                        compensate: !matches!(
-                            settings.obs_update,
-                            ObsUpdate::None | ObsUpdate::MaskedSelect
-                        ),
+                        compensate: settings.obs_update.compensates(),
                         max_macs: settings.target_flops.map(|t| macs_now - st.dense.macs / t),
                     },
                 )?;
