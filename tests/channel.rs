@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+mod common;
+use common::solve;
+
 use candle_core::Device;
 use nap::channel::{
     compensate, curvature_nodes, curvatures, group_costs, group_flops, macs, remove_channels, wbar,
@@ -307,38 +310,17 @@ fn issue5_removal_matches_the_masked_model_exactly() {
     );
 }
 
-/// Dense inverse by Gauss-Jordan with partial pivoting.
+/// Dense inverse, column by column through the shared Gaussian elimination.
 fn inverse(a: &[f64], n: usize) -> Vec<f64> {
-    let mut m = a.to_vec();
-    let mut inv: Vec<f64> = (0..n * n)
-        .map(|k| if k / n == k % n { 1.0 } else { 0.0 })
+    let cols: Vec<Vec<f64>> = (0..n)
+        .map(|j| {
+            solve(
+                a.to_vec(),
+                (0..n).map(|i| f64::from(u8::from(i == j))).collect(),
+            )
+        })
         .collect();
-    for col in 0..n {
-        let p = (col..n)
-            .max_by(|&i, &j| m[i * n + col].abs().total_cmp(&m[j * n + col].abs()))
-            .unwrap();
-        for k in 0..n {
-            m.swap(col * n + k, p * n + k);
-            inv.swap(col * n + k, p * n + k);
-        }
-        let d = m[col * n + col];
-        for k in 0..n {
-            m[col * n + k] /= d;
-            inv[col * n + k] /= d;
-        }
-        for i in 0..n {
-            if i != col {
-                let f = m[i * n + col];
-                if f != 0.0 {
-                    for k in 0..n {
-                        m[i * n + k] -= f * m[col * n + k];
-                        inv[i * n + k] -= f * inv[col * n + k];
-                    }
-                }
-            }
-        }
-    }
-    inv
+    (0..n * n).map(|k| cols[k % n][k / n]).collect()
 }
 
 /// Brute-force OBS for removing the entries `s` (row-major indices of `W̄`) under the explicit

@@ -137,8 +137,8 @@ fn prune_reports_resumes_and_rejects_bad_input() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["state"]["steps"].as_array().unwrap().len(), 2);
     assert_eq!(r["layers"].as_array().unwrap().len(), 3);
-    // The final model against the dense one on the confirmation split and the test set, with
-    // 95 % intervals around the drop.
+    // The final model against the dense one on the validation split (decided on), the
+    // confirmation split and the test set, with 95 % intervals around the drop.
     let splits: Vec<&str> = r["comparisons"]
         .as_array()
         .unwrap()

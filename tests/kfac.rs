@@ -667,49 +667,34 @@ fn issue12_fisher_temperature_top_classes_and_label_smoothing() {
             "smoothed G[{k}]"
         );
     }
-    // Two passes (the top class exactly, one more drawn from the rest) average to the exact
-    // matrix over many draws.
+    // Two passes (the top class exactly, one more drawn from the rest), and one Gaussian probe
+    // per example (ε ~ N(0, Σ_c p_c (p − e_c)(p − e_c)ᵀ)), each average to the exact matrix
+    // over many draws.
     let many = Dataset {
         images: d.images.repeat(300),
         labels: d.labels.repeat(300),
         n: 12_000,
         shape: d.shape,
     };
-    let top = g_of(
-        StatsConfig {
-            fisher: Fisher::Exact,
-            temperature: t,
-            top_classes: Some(2),
-            batch: 500,
-            ..Default::default()
-        },
-        &many,
-    );
-    for k in 0..c * c {
-        assert!(
-            (top[k] - tempered[k]).abs() < 0.05 * scale,
-            "top-2 G[{k}] = {} vs {}",
-            top[k],
-            tempered[k]
+    for (name, top_classes, probes) in [("top-2", Some(2), None), ("probed", None, Some(1))] {
+        let g = g_of(
+            StatsConfig {
+                fisher: Fisher::Exact,
+                temperature: t,
+                top_classes,
+                probes,
+                batch: 500,
+                ..Default::default()
+            },
+            &many,
         );
-    }
-    // One Gaussian probe per example, ε ~ N(0, Σ_c p_c (p − e_c)(p − e_c)ᵀ), too.
-    let probed = g_of(
-        StatsConfig {
-            fisher: Fisher::Exact,
-            temperature: t,
-            probes: Some(1),
-            batch: 500,
-            ..Default::default()
-        },
-        &many,
-    );
-    for k in 0..c * c {
-        assert!(
-            (probed[k] - tempered[k]).abs() < 0.05 * scale,
-            "probed G[{k}] = {} vs {}",
-            probed[k],
-            tempered[k]
-        );
+        for k in 0..c * c {
+            assert!(
+                (g[k] - tempered[k]).abs() < 0.05 * scale,
+                "{name} G[{k}] = {} vs {}",
+                g[k],
+                tempered[k]
+            );
+        }
     }
 }
