@@ -74,8 +74,8 @@ def ci(c):
         return "-"
     lo, hi = c["interval95"]
     return f"{100*c['drop']:+.2f} [{100*lo:+.2f}, {100*hi:+.2f}]"
-print("| model | schedule | criterion | compression (weights) | total | val drop [95 %] | confirmation drop [95 %] | test err dense → pruned | in nap-runtime | test drop [95 %] | steps (acc.) | run time | peak RSS |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| model | schedule | criterion | compression (weights) | total | FLOP reduction | val drop [95 %] | confirmation drop [95 %] | test err dense → pruned | in nap-runtime | test drop [95 %] | steps (acc.) | run time | peak RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in models:
     for f in sorted(os.listdir(runs)):
         if not (f.startswith(m + "-") and f.endswith("-" + tag + ".json")):
@@ -87,8 +87,9 @@ for m in models:
         s = st["settings"]
         comps = {c["split"]: c for c in r.get("comparisons", [])}
         val = ci(comps.get("validation"))
+        fl = f"{d['macs']/p['macs']:.2f}x" if "macs" in p else "-"
         print(f"| {r['arch']} | {s.get('schedule', 'iterative')} | {s['criterion']} | {p['compression']:.1f}x | {p['total_compression']:.1f}x "
-              f"| {val} | {ci(comps.get('confirmation'))} | {100-100*d['test_accuracy']:.2f} → {100-100*p['test_accuracy']:.2f} % "
+              f"| {fl} | {val} | {ci(comps.get('confirmation'))} | {100-100*d['test_accuracy']:.2f} → {100-100*p['test_accuracy']:.2f} % "
               f"| {100-100*p['runtime_test_accuracy']:.2f} % | {ci(comps.get('test'))} | {len(steps)} ({acc}) | {st['seconds']:.0f} s "
               f"| {r.get('peak_rss_mib') or 0:.0f} MiB |")
 PY
