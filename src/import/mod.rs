@@ -1,6 +1,8 @@
 //! Importing trained networks: PyTorch checkpoints (`.pth`/`.pt`, zip and legacy formats,
 //! read without Python) and safetensors files.
 
+pub mod npy;
+pub mod onnx;
 pub mod pickle;
 pub mod pth;
 pub mod safetensors;

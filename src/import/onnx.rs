@@ -1,0 +1,1014 @@
+//! ONNX models in: parsed by `onnx-ir` (Burn's ONNX front end: typed nodes, constant folding,
+//! external data), mapped here onto the pruner's IR.
+//!
+//! The IR works per example: the ONNX batch dimension (the first of every activation) is
+//! dropped, so an ONNX value `[N, C, H, W]` becomes `[C, H, W]` and a Gemm input `[N, K]`
+//! becomes `[K]`. Weights must be constants (initializers or `Constant` nodes).
+//!
+//! Every node is mapped before anything is returned; the nodes that cannot be mapped are all
+//! reported in one [`Unsupported`] error, with their names and the reason.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nap_runtime::format::{Activation, Metadata, Op, ValueId};
+use onnx_ir::{ArgType, Argument, Node, OnnxGraph, OnnxGraphBuilder, TensorDataExt};
+
+use crate::ir::{GraphBuilder, HostModel, HostTensor};
+
+/// How to read an ONNX file.
+#[derive(Clone, Debug, Default)]
+pub struct OnnxOptions {
+    /// The per-example input shape (without the batch dimension), for graphs whose input has
+    /// dynamic dimensions besides the batch.
+    pub input_shape: Option<Vec<u32>>,
+}
+
+/// One node the importer cannot map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsupportedNode {
+    pub node: String,
+    pub op: String,
+    pub reason: String,
+}
+
+/// Every node of a graph the importer cannot map.
+#[derive(Clone, Debug)]
+pub struct Unsupported {
+    pub file: String,
+    pub nodes: Vec<UnsupportedNode>,
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ops: Vec<&str> = self.nodes.iter().map(|n| n.op.as_str()).collect();
+        ops.sort_unstable();
+        ops.dedup();
+        writeln!(
+            f,
+            "{}: {} node(s) cannot be imported (op types: {}):",
+            self.file,
+            self.nodes.len(),
+            ops.join(", ")
+        )?;
+        for n in &self.nodes {
+            writeln!(f, "  {} ({}): {}", n.node, n.op, n.reason)?;
+        }
+        write!(f, "nothing was written")
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// One op type of a graph, for `nap inspect`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpCount {
+    pub op: String,
+    pub count: usize,
+    /// Names of the nodes of this type that cannot be imported, with the reason.
+    pub unsupported: Vec<(String, String)>,
+}
+
+/// The graph's ops as `onnx-ir` parsed them, with the ones the importer rejects marked.
+pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Option<HostModel>)> {
+    let g = parse(path)?;
+    let mut counts: Vec<OpCount> = Vec::new();
+    for n in &g.nodes {
+        let op = op_name(n);
+        match counts.iter_mut().find(|c| c.op == op) {
+            Some(c) => c.count += 1,
+            None => counts.push(OpCount {
+                op,
+                count: 1,
+                unsupported: Vec::new(),
+            }),
+        }
+    }
+    let model = match map_graph(&g, path, opts) {
+        Ok(m) => Some(m),
+        Err(e) => match e.downcast::<Unsupported>() {
+            Ok(u) => {
+                for n in u.nodes {
+                    if let Some(c) = counts.iter_mut().find(|c| c.op == n.op) {
+                        c.unsupported.push((n.node, n.reason));
+                    } else {
+                        counts.push(OpCount {
+                            op: n.op,
+                            count: 0,
+                            unsupported: vec![(n.node, n.reason)],
+                        });
+                    }
+                }
+                None
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    Ok((counts, model))
+}
+
+/// Reads an ONNX file into a [`HostModel`] (unfused: BatchNorm and activations stay nodes).
+pub fn read_onnx(path: &Path, opts: &OnnxOptions) -> Result<HostModel> {
+    let g = parse(path)?;
+    map_graph(&g, path, opts)
+}
+
+fn parse(path: &Path) -> Result<OnnxGraph> {
+    if !path.is_file() {
+        bail!("{}: no such file", path.display());
+    }
+    // onnx-ir panics on some malformed protobufs instead of returning an error.
+    let p = path.to_path_buf();
+    let parsed = std::panic::catch_unwind(move || OnnxGraphBuilder::new().parse_file(&p));
+    match parsed {
+        Ok(Ok(g)) => Ok(g),
+        Ok(Err(e)) => Err(anyhow!(
+            "{}: not a readable ONNX model: {e}",
+            path.display()
+        )),
+        Err(_) => Err(anyhow!(
+            "{}: not a readable ONNX model (the parser gave up)",
+            path.display()
+        )),
+    }
+}
+
+/// The ONNX op type of a node (onnx-ir's own names, e.g. `Conv2d` for a 2-D `Conv`).
+fn op_name(n: &Node) -> String {
+    match n {
+        Node::Custom(c) => format!("{}::{}", c.domain, c.op_type),
+        _ => format!("{:?}", n.node_type()),
+    }
+}
+
+/// A value during mapping.
+#[derive(Clone, Debug)]
+enum Val {
+    /// A runtime value of the IR; `shape` is its ONNX shape without the batch dimension (it may
+    /// differ from the IR value's shape in layout only, e.g. `[C, 1, 1]` for a `[C]` pooled
+    /// vector).
+    Rt { id: ValueId, shape: Vec<u32> },
+    /// Produced by a node that could not be mapped.
+    Failed,
+}
+
+/// A constant tensor (weights, shapes, scalars), in f32.
+#[derive(Clone, Debug)]
+struct Const {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+struct Mapper {
+    b: GraphBuilder,
+    vals: HashMap<String, Val>,
+    /// `Sigmoid` outputs and their inputs, to recognise `x * sigmoid(x)` as SiLU.
+    sigmoid_of: HashMap<String, String>,
+}
+
+/// Why one node cannot be mapped; the caller attaches the node.
+type NodeResult = std::result::Result<(), String>;
+
+fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel> {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if g.inputs.len() != 1 {
+        let names: Vec<&str> = g.inputs.iter().map(|a| a.name.as_str()).collect();
+        bail!(
+            "{file}: the graph has {} inputs ({names:?}); nap imports single-input models",
+            g.inputs.len()
+        );
+    }
+    let input = &g.inputs[0];
+    let shape =
+        input_shape(input, opts).with_context(|| format!("{file}: input {:?}", input.name))?;
+    let mut m = Mapper {
+        b: GraphBuilder::new(),
+        vals: HashMap::new(),
+        sigmoid_of: HashMap::new(),
+    };
+    let id = m.b.input(&input.name, &shape);
+    m.vals.insert(input.name.clone(), Val::Rt { id, shape });
+
+    let mut bad = Vec::new();
+    for n in &g.nodes {
+        let failed_input = n
+            .inputs()
+            .iter()
+            .any(|a| matches!(m.vals.get(&a.name), Some(Val::Failed)));
+        let r = if failed_input {
+            Err(String::new())
+        } else {
+            m.node(n)
+        };
+        if let Err(reason) = r {
+            for o in n.outputs() {
+                m.vals.insert(o.name.clone(), Val::Failed);
+            }
+            // A node downstream of an unsupported one is not reported itself.
+            if !reason.is_empty() {
+                bad.push(UnsupportedNode {
+                    node: n.name().to_string(),
+                    op: op_name(n),
+                    reason,
+                });
+            }
+        }
+    }
+    if !bad.is_empty() {
+        return Err(Unsupported { file, nodes: bad }.into());
+    }
+
+    let mut outputs = Vec::new();
+    for o in &g.outputs {
+        let (id, shape) = match m.vals.get(&o.name) {
+            Some(Val::Rt { id, shape }) => (*id, shape.clone()),
+            _ => bail!(
+                "{file}: graph output {:?} is not computed from the input",
+                o.name
+            ),
+        };
+        let id = m
+            .as_shape(id, &shape, &o.name)
+            .map_err(|e| anyhow!("{file}: output {:?}: {e}", o.name))?;
+        outputs.push(id);
+    }
+    let stem = path
+        .file_stem()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "onnx".into());
+    let meta = Metadata {
+        source: file.clone(),
+        arch: stem,
+        method: "dense".into(),
+        preprocess: "none".into(),
+        labels: String::new(),
+        layers: Vec::new(),
+        extra: vec![("format".into(), "onnx".into())],
+    };
+    let mut model = m.b.finish(&outputs, meta)?;
+    for (o, &id) in g.outputs.iter().zip(&outputs) {
+        model.graph.values[id as usize].name = o.name.clone();
+    }
+    remove_dead_nodes(&mut model);
+    model.validate()?;
+    Ok(model)
+}
+
+/// The per-example input shape: the ONNX shape without its first (batch) dimension.
+fn input_shape(input: &Argument, opts: &OnnxOptions) -> Result<Vec<u32>> {
+    let ArgType::Tensor(t) = &input.ty else {
+        bail!("is not a tensor");
+    };
+    if let Some(s) = &opts.input_shape {
+        if t.rank != s.len() + 1 {
+            bail!(
+                "--input-shape {s:?} has rank {}, the model's input (with its batch dimension) rank {}",
+                s.len(),
+                t.rank
+            );
+        }
+        if let Some(st) = &t.static_shape {
+            for (i, (&want, &have)) in s.iter().zip(&st[1..]).enumerate() {
+                if let Some(h) = have {
+                    if h as u32 != want {
+                        bail!(
+                            "--input-shape {s:?} disagrees with the model's dimension {} = {h}",
+                            i + 1
+                        );
+                    }
+                }
+            }
+        }
+        return Ok(s.clone());
+    }
+    if t.rank < 2 {
+        bail!("has rank {}; nap expects a batch dimension first", t.rank);
+    }
+    let dims = t.static_shape.clone().unwrap_or_else(|| vec![None; t.rank]);
+    let per: Option<Vec<u32>> = dims[1..].iter().map(|d| d.map(|d| d as u32)).collect();
+    per.ok_or_else(|| {
+        let shown: Vec<String> = dims
+            .iter()
+            .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+            .collect();
+        anyhow!(
+            "has dynamic dimensions [{}]; give the per-example shape with --input-shape (e.g. --input-shape {})",
+            shown.join(", "),
+            dims[1..]
+                .iter()
+                .map(|d| d.map_or("H".to_string(), |d| d.to_string()))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    })
+}
+
+/// Removes nodes whose output nothing reads (e.g. the `Sigmoid` of a fused SiLU).
+fn remove_dead_nodes(m: &mut HostModel) {
+    loop {
+        let mut used = vec![false; m.graph.values.len()];
+        for &o in &m.graph.outputs {
+            used[o as usize] = true;
+        }
+        for n in &m.graph.nodes {
+            for &i in &n.inputs {
+                used[i as usize] = true;
+            }
+        }
+        let before = m.graph.nodes.len();
+        m.graph.nodes.retain(|n| used[n.output as usize]);
+        if m.graph.nodes.len() == before {
+            break;
+        }
+    }
+}
+
+fn constant(a: &Argument) -> Option<Const> {
+    let d = a.value()?;
+    let data = d.to_f32_vec().ok()?;
+    let shape = d.shape().to_vec();
+    Some(Const { shape, data })
+}
+
+impl Mapper {
+    fn rt(&self, a: &Argument) -> std::result::Result<(ValueId, Vec<u32>), String> {
+        match self.vals.get(&a.name) {
+            Some(Val::Rt { id, shape }) => Ok((*id, shape.clone())),
+            Some(Val::Failed) => Err(String::new()),
+            None => Err(format!(
+                "input {:?} is not computed from the model input",
+                a.name
+            )),
+        }
+    }
+
+    fn weight(
+        &mut self,
+        a: &Argument,
+        name: String,
+    ) -> std::result::Result<(HostTensor, Const), String> {
+        let c = constant(a).ok_or_else(|| format!("{name} is not a constant"))?;
+        if let Some(i) = c.data.iter().position(|v| !v.is_finite()) {
+            return Err(format!("{name} holds a non-finite value at index {i}"));
+        }
+        let t = HostTensor {
+            name,
+            shape: c.shape.iter().map(|&d| d as u32).collect(),
+            data: c.data.clone(),
+        };
+        Ok((t, c))
+    }
+
+    fn set(&mut self, n: &Node, id: ValueId, shape: Vec<u32>) {
+        self.vals
+            .insert(n.outputs()[0].name.clone(), Val::Rt { id, shape });
+    }
+
+    fn alias(&mut self, n: &Node, from: &Argument) -> NodeResult {
+        let v = self
+            .vals
+            .get(&from.name)
+            .cloned()
+            .ok_or("input is not computed")?;
+        self.vals.insert(n.outputs()[0].name.clone(), v);
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        n: &Node,
+        op: Op,
+        inputs: &[ValueId],
+    ) -> std::result::Result<ValueId, String> {
+        self.b
+            .node(n.name(), op, inputs)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// `id` with the IR shape `shape` (a Reshape when the IR value has another layout).
+    fn as_shape(
+        &mut self,
+        id: ValueId,
+        shape: &[u32],
+        name: &str,
+    ) -> std::result::Result<ValueId, String> {
+        if self.b.value_shape(id) == shape {
+            return Ok(id);
+        }
+        self.b
+            .node(
+                &format!("{name}.reshape"),
+                Op::Reshape {
+                    shape: shape.to_vec(),
+                },
+                &[id],
+            )
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// The node's first input as an IR value of exactly its ONNX shape.
+    fn input(&mut self, n: &Node, i: usize) -> std::result::Result<(ValueId, Vec<u32>), String> {
+        let a = n.inputs().get(i).ok_or("missing input")?;
+        let (id, shape) = self.rt(a)?;
+        let id = self.as_shape(id, &shape, n.name())?;
+        Ok((id, shape))
+    }
+
+    fn act(&mut self, n: &Node, a: Activation) -> NodeResult {
+        let (x, shape) = self.input(n, 0)?;
+        let y = self.emit(n, Op::Act(a), &[x])?;
+        self.set(n, y, shape);
+        Ok(())
+    }
+
+    fn node(&mut self, n: &Node) -> NodeResult {
+        match n {
+            Node::Constant(_) => Ok(()),
+            Node::Identity(x) => self.alias(n, &x.inputs[0]),
+            Node::Dropout(x) => self.alias(n, &x.inputs[0]),
+            Node::Relu(_) => self.act(n, Activation::Relu),
+            Node::Tanh(_) => self.act(n, Activation::Tanh),
+            Node::HardSwish(_) => self.act(n, Activation::HardSwish),
+            Node::Sigmoid(s) => {
+                self.sigmoid_of
+                    .insert(s.outputs[0].name.clone(), s.inputs[0].name.clone());
+                self.act(n, Activation::Sigmoid)
+            }
+            Node::Gelu(g) => {
+                if g.config.approximate != onnx_ir::node::gelu::GeluApproximate::Exact {
+                    return Err("only the exact (erf) GELU is supported".into());
+                }
+                self.act(n, Activation::Gelu)
+            }
+            Node::Clip(c) => {
+                let bound = |b: &Option<onnx_ir::node::clip::ClipInput>| match b {
+                    None => Ok(None),
+                    Some(onnx_ir::node::clip::ClipInput::Static(v)) => Ok(Some(*v)),
+                    Some(_) => Err("Clip bounds must be constants".to_string()),
+                };
+                match (bound(&c.config.min)?, bound(&c.config.max)?) {
+                    (Some(lo), Some(hi)) if lo == 0.0 && hi == 6.0 => {
+                        self.act(n, Activation::Relu6)
+                    }
+                    (Some(0.0), None) => self.act(n, Activation::Relu),
+                    (lo, hi) => Err(format!(
+                        "Clip to [{lo:?}, {hi:?}] is not supported (only [0, 6] and [0, inf))"
+                    )),
+                }
+            }
+            Node::Conv2d(c) => self.conv(n, &c.inputs, &c.config),
+            Node::Linear(l) => {
+                let w = &l.inputs[1];
+                self.linear(n, w, !l.config.transpose_weight, 1.0, l.inputs.get(2), 1.0)
+            }
+            Node::Gemm(g) => {
+                if g.config.trans_a != 0 {
+                    return Err("Gemm with transA = 1 is not supported".into());
+                }
+                self.linear(
+                    n,
+                    &g.inputs[1],
+                    g.config.trans_b == 0,
+                    g.config.alpha,
+                    g.inputs.get(2),
+                    g.config.beta,
+                )
+            }
+            Node::MatMul(mm) => {
+                if constant(&mm.inputs[1]).is_none() {
+                    return Err("MatMul of two computed tensors is not supported".into());
+                }
+                self.linear(n, &mm.inputs[1], true, 1.0, None, 1.0)
+            }
+            Node::BatchNormalization(bn) => {
+                let onnx_ir::node::batch_norm::BatchNormConfig::Static(cfg) = &bn.config else {
+                    return Err("BatchNormalization parameters must be constants".into());
+                };
+                let (x, shape) = self.input(n, 0)?;
+                let mut ids = [0u32; 4];
+                for (k, what) in ["gamma", "beta", "mean", "var"].iter().enumerate() {
+                    let (t, _) = self.weight(&bn.inputs[k + 1], format!("{}.{what}", n.name()))?;
+                    ids[k] = self.b.tensor(t);
+                }
+                let op = Op::BatchNorm {
+                    gamma: ids[0],
+                    beta: ids[1],
+                    mean: ids[2],
+                    var: ids[3],
+                    eps: cfg.epsilon as f32,
+                };
+                let y = self.emit(n, op, &[x])?;
+                self.set(n, y, shape);
+                Ok(())
+            }
+            Node::MaxPool2d(p) => {
+                let c = &p.config;
+                if c.dilation != [1, 1] {
+                    return Err("dilated pooling is not supported".into());
+                }
+                self.pool(
+                    n,
+                    c.kernel_size,
+                    c.strides,
+                    &c.padding,
+                    &c.auto_pad,
+                    c.ceil_mode,
+                    None,
+                )
+            }
+            Node::AveragePool2d(p) => {
+                let c = &p.config;
+                if c.dilation != [1, 1] {
+                    return Err("dilated pooling is not supported".into());
+                }
+                self.pool(
+                    n,
+                    c.kernel_size,
+                    c.strides,
+                    &c.padding,
+                    &c.auto_pad,
+                    c.ceil_mode,
+                    Some(c.count_include_pad),
+                )
+            }
+            Node::GlobalAveragePool(_) => {
+                let (x, shape) = self.input(n, 0)?;
+                if shape.len() != 3 {
+                    return Err(format!(
+                        "GlobalAveragePool of a rank-{} value",
+                        shape.len() + 1
+                    ));
+                }
+                let y = self.emit(n, Op::GlobalAvgPool, &[x])?;
+                self.set(n, y, vec![shape[0], 1, 1]);
+                Ok(())
+            }
+            Node::Flatten(f) => {
+                if f.config.axis != 1 {
+                    return Err(format!(
+                        "Flatten on axis {} (only axis 1, which keeps the batch, is supported)",
+                        f.config.axis
+                    ));
+                }
+                let (x, shape) = self.rt(&f.inputs[0])?;
+                let numel: u32 = shape.iter().product();
+                let y = if self.b.value_shape(x).len() == 1 {
+                    x
+                } else {
+                    self.emit(n, Op::Flatten, &[x])?
+                };
+                self.set(n, y, vec![numel]);
+                Ok(())
+            }
+            Node::Reshape(r) => {
+                let target = match &r.config.shape {
+                    onnx_ir::node::reshape::ReshapeInput::Static(s) => s.clone(),
+                    _ => match r.inputs.get(1).and_then(constant) {
+                        Some(c) => c.data.iter().map(|&v| v as i64).collect(),
+                        None => return Err("Reshape to a computed shape is not supported".into()),
+                    },
+                };
+                let (x, shape) = self.rt(&r.inputs[0])?;
+                let to = reshape_target(&shape, &target)?;
+                let y = self.as_shape(x, &to, n.name())?;
+                self.set(n, y, to);
+                Ok(())
+            }
+            Node::Softmax(s) => {
+                // Over the features of [N, F], or of [N, C, 1, 1] (a pooled map), where the
+                // softmax of every opset's convention is over the C values.
+                let (x, shape) = self.rt(&s.inputs[0])?;
+                if s.config.axis != 1 || shape[1..].iter().any(|&d| d != 1) {
+                    return Err(format!(
+                        "Softmax over axis {} of a value of shape [N, {}] (only over the features of [N, F] or [N, C, 1, 1])",
+                        s.config.axis,
+                        shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                let x = self.as_shape(x, &shape[..1], n.name())?;
+                let y = self.emit(n, Op::Softmax, &[x])?;
+                self.set(n, y, shape);
+                Ok(())
+            }
+            Node::Concat(c) => {
+                if c.config.axis != 1 {
+                    return Err(format!(
+                        "Concat on axis {} (only channels, axis 1)",
+                        c.config.axis
+                    ));
+                }
+                let mut ids = Vec::new();
+                let mut shape = Vec::new();
+                for i in 0..c.inputs.len() {
+                    let (id, s) = self.input(n, i)?;
+                    if shape.is_empty() {
+                        shape = s;
+                    } else {
+                        shape[0] += s[0];
+                    }
+                    ids.push(id);
+                }
+                let y = self.emit(n, Op::Concat, &ids)?;
+                self.set(n, y, shape);
+                Ok(())
+            }
+            Node::Sum(s) => {
+                if s.inputs.len() == 1 {
+                    return self.alias(n, &s.inputs[0]);
+                }
+                let (mut acc, shape) = self.input(n, 0)?;
+                for i in 1..s.inputs.len() {
+                    let (b, _) = self.input(n, i)?;
+                    acc = self
+                        .b
+                        .node(
+                            &format!("{}.{i}", n.name()),
+                            Op::Add {
+                                act: Activation::None,
+                            },
+                            &[acc, b],
+                        )
+                        .map_err(|e| format!("{e:#}"))?;
+                }
+                self.set(n, acc, shape);
+                Ok(())
+            }
+            Node::Add(x) => self.binary(n, &x.inputs, Binary::Add),
+            Node::Sub(x) => self.binary(n, &x.inputs, Binary::Sub),
+            Node::Mul(x) => self.binary(n, &x.inputs, Binary::Mul),
+            Node::Div(x) => self.binary(n, &x.inputs, Binary::Div),
+            _ => Err("op not supported".into()),
+        }
+    }
+
+    fn conv(
+        &mut self,
+        n: &Node,
+        inputs: &[Argument],
+        c: &onnx_ir::node::conv2d::Conv2dConfig,
+    ) -> NodeResult {
+        let (x, shape) = self.input(n, 0)?;
+        if shape.len() != 3 {
+            return Err(format!("Conv of a rank-{} value", shape.len() + 1));
+        }
+        let padding = symmetric_padding(&c.padding, &c.auto_pad)?;
+        let (w, _) = self.weight(&inputs[1], format!("{}.weight", n.name()))?;
+        let out = w.shape[0];
+        let wid = self.b.tensor(w);
+        let bias = match inputs.get(2).filter(|a| !a.is_optional()) {
+            Some(a) => {
+                let (t, _) = self.weight(a, format!("{}.bias", n.name()))?;
+                Some(self.b.tensor(t))
+            }
+            None => None,
+        };
+        let op = Op::Conv2d {
+            weight: wid,
+            bias,
+            stride: c.stride.map(|s| s as u32),
+            padding,
+            dilation: c.dilation.map(|d| d as u32),
+            groups: c.groups as u32,
+            act: Activation::None,
+        };
+        let y = self.emit(n, op, &[x])?;
+        let oshape = self.b.value_shape(y).to_vec();
+        debug_assert_eq!(oshape[0], out);
+        self.set(n, y, oshape);
+        Ok(())
+    }
+
+    /// `y = alpha * x W' + beta * c`, with `W'` the weight as given (`[out, in]`) or transposed
+    /// (`transposed`: stored `[in, out]`).
+    fn linear(
+        &mut self,
+        n: &Node,
+        w: &Argument,
+        transposed: bool,
+        alpha: f32,
+        bias: Option<&Argument>,
+        beta: f32,
+    ) -> NodeResult {
+        let (x, shape) = self.input(n, 0)?;
+        if shape.len() != 1 {
+            return Err(format!(
+                "a matrix product of a rank-{} value (only [N, features] inputs)",
+                shape.len() + 1
+            ));
+        }
+        let (mut wt, c) = self.weight(w, format!("{}.weight", n.name()))?;
+        if c.shape.len() != 2 {
+            return Err(format!("weight of shape {:?} is not a matrix", c.shape));
+        }
+        if transposed {
+            let (i, o) = (c.shape[0], c.shape[1]);
+            wt.data = (0..o * i).map(|k| c.data[(k % i) * o + k / i]).collect();
+            wt.shape = vec![o as u32, i as u32];
+        }
+        if alpha != 1.0 {
+            wt.data.iter_mut().for_each(|v| *v *= alpha);
+        }
+        let out = wt.shape[0] as usize;
+        let wid = self.b.tensor(wt);
+        let bias = match bias.filter(|a| !a.is_optional()) {
+            Some(a) => {
+                let (mut t, c) = self.weight(a, format!("{}.bias", n.name()))?;
+                if c.data.len() == 1 && out > 1 {
+                    t.data = vec![c.data[0]; out];
+                } else if c.data.len() != out {
+                    return Err(format!("bias of shape {:?} for {out} outputs", c.shape));
+                }
+                t.shape = vec![out as u32];
+                t.data.iter_mut().for_each(|v| *v *= beta);
+                Some(self.b.tensor(t))
+            }
+            None => None,
+        };
+        let op = Op::Linear {
+            weight: wid,
+            bias,
+            act: Activation::None,
+        };
+        let y = self.emit(n, op, &[x])?;
+        self.set(n, y, vec![out as u32]);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pool(
+        &mut self,
+        n: &Node,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: &onnx_ir::node::padding::PaddingConfig2d,
+        auto_pad: &onnx_ir::node::padding::AutoPad,
+        ceil_mode: bool,
+        avg_count_pad: Option<bool>,
+    ) -> NodeResult {
+        let (x, shape) = self.input(n, 0)?;
+        if shape.len() != 3 {
+            return Err(format!("pooling of a rank-{} value", shape.len() + 1));
+        }
+        let padding = symmetric_padding(pad, auto_pad)?;
+        let kernel = kernel.map(|k| k as u32);
+        let stride = stride.map(|s| s as u32);
+        if ceil_mode {
+            for a in 0..2 {
+                let span = shape[1 + a] + 2 * padding[a];
+                if span < kernel[a] || (span - kernel[a]) % stride[a] != 0 {
+                    return Err("ceil_mode = 1 changes the output size here (not supported)".into());
+                }
+            }
+        }
+        let op = match avg_count_pad {
+            None => Op::MaxPool2d {
+                kernel,
+                stride,
+                padding,
+            },
+            Some(count_include_pad) => Op::AvgPool2d {
+                kernel,
+                stride,
+                padding,
+                count_include_pad,
+            },
+        };
+        let y = self.emit(n, op, &[x])?;
+        let s = self.b.value_shape(y).to_vec();
+        self.set(n, y, s);
+        Ok(())
+    }
+
+    /// Add/Sub/Mul/Div: of two computed values of one shape (Add only), `x * sigmoid(x)`
+    /// (SiLU), or of a computed value and a per-channel (or scalar) constant, which becomes a
+    /// per-channel affine map (an inference BatchNorm with mean 0 and variance 1).
+    fn binary(&mut self, n: &Node, ins: &[Argument], kind: Binary) -> NodeResult {
+        let (ca, cb) = (constant(&ins[0]), constant(&ins[1]));
+        match (ca, cb) {
+            (None, None) => {
+                if kind == Binary::Mul {
+                    let (a, b) = (&ins[0].name, &ins[1].name);
+                    let x = if self.sigmoid_of.get(b) == Some(a) {
+                        Some(0)
+                    } else if self.sigmoid_of.get(a) == Some(b) {
+                        Some(1)
+                    } else {
+                        None
+                    };
+                    if let Some(i) = x {
+                        let (x, shape) = self.input(n, i)?;
+                        let y = self.emit(n, Op::Act(Activation::Silu), &[x])?;
+                        self.set(n, y, shape);
+                        return Ok(());
+                    }
+                }
+                if kind != Binary::Add {
+                    return Err(format!(
+                        "{kind:?} of two computed tensors is not supported (only Add, and x * sigmoid(x))"
+                    ));
+                }
+                let (a, sa) = self.input(n, 0)?;
+                let (b, sb) = self.input(n, 1)?;
+                if sa != sb {
+                    return Err(format!(
+                        "Add with broadcasting ({sa:?} + {sb:?}) is not supported"
+                    ));
+                }
+                let op = Op::Add {
+                    act: Activation::None,
+                };
+                let y = self.emit(n, op, &[a, b])?;
+                self.set(n, y, sa);
+                Ok(())
+            }
+            (Some(c), None) | (None, Some(c)) => {
+                let const_first = constant(&ins[0]).is_some();
+                if const_first && matches!(kind, Binary::Sub | Binary::Div) {
+                    return Err(format!(
+                        "{kind:?} of a constant by a computed tensor is not supported"
+                    ));
+                }
+                let (x, shape) = self.input(n, if const_first { 1 } else { 0 })?;
+                let per = per_channel(&c, &shape)
+                    .ok_or_else(|| format!("{kind:?} by a constant of shape {:?} (only per-channel or scalar constants broadcast to {shape:?})", c.shape))?;
+                let (gamma, beta): (Vec<f32>, Vec<f32>) = match kind {
+                    Binary::Add => (vec![1.0; per.len()], per),
+                    Binary::Sub => (vec![1.0; per.len()], per.iter().map(|v| -v).collect()),
+                    Binary::Mul => (per.clone(), vec![0.0; per.len()]),
+                    Binary::Div => (per.iter().map(|v| 1.0 / v).collect(), vec![0.0; per.len()]),
+                };
+                if gamma.iter().chain(&beta).any(|v| !v.is_finite()) {
+                    return Err("the constant holds a non-finite value (or a zero divisor)".into());
+                }
+                let ch = gamma.len() as u32;
+                let mut t = |what: &str, data: Vec<f32>| {
+                    self.b.tensor(HostTensor {
+                        name: format!("{}.{what}", n.name()),
+                        shape: vec![ch],
+                        data,
+                    })
+                };
+                let op = Op::BatchNorm {
+                    gamma: t("gamma", gamma),
+                    beta: t("beta", beta),
+                    mean: t("mean", vec![0.0; ch as usize]),
+                    var: t("var", vec![1.0; ch as usize]),
+                    eps: 0.0,
+                };
+                let y = self.emit(n, op, &[x])?;
+                self.set(n, y, shape);
+                Ok(())
+            }
+            (Some(_), Some(_)) => Err("an op of two constants (not folded)".into()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// A constant that broadcasts against the per-example shape `x` as one value per channel
+/// (the first per-example dimension): its values, one per channel.
+fn per_channel(c: &Const, x: &[u32]) -> Option<Vec<f32>> {
+    let channels = *x.first()? as usize;
+    if c.data.len() == 1 {
+        return Some(vec![c.data[0]; channels]);
+    }
+    // Right-aligned broadcasting against [N, x...]: drop leading ones, then the constant must
+    // be [C, 1, ..., 1] spanning exactly the per-example rank.
+    let mut s: &[usize] = &c.shape;
+    while s.len() > x.len() && s[0] == 1 {
+        s = &s[1..];
+    }
+    if s.len() != x.len() || s[0] != channels || s[1..].iter().any(|&d| d != 1) {
+        return None;
+    }
+    Some(c.data.clone())
+}
+
+fn symmetric_padding(
+    p: &onnx_ir::node::padding::PaddingConfig2d,
+    auto: &onnx_ir::node::padding::AutoPad,
+) -> std::result::Result<[u32; 2], String> {
+    use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
+    match auto {
+        AutoPad::NotSet | AutoPad::Valid => {}
+        other => {
+            return Err(format!(
+                "auto_pad {other:?} is not supported; export with explicit pads"
+            ))
+        }
+    }
+    match *p {
+        PaddingConfig2d::Valid => Ok([0, 0]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => {
+            if top != bottom || left != right {
+                return Err(format!(
+                    "asymmetric padding (top {top}, left {left}, bottom {bottom}, right {right}) is not supported"
+                ));
+            }
+            Ok([top as u32, left as u32])
+        }
+    }
+}
+
+/// The per-example shape of `Reshape(x, target)`, `x` of per-example shape `shape` and
+/// `target` the ONNX shape with its batch entry first (`0`: copy, `-1`: infer).
+fn reshape_target(shape: &[u32], target: &[i64]) -> std::result::Result<Vec<u32>, String> {
+    let numel: i64 = shape.iter().map(|&d| d as i64).product();
+    let Some((&first, rest)) = target.split_first() else {
+        return Err("Reshape to a scalar".into());
+    };
+    let mut out = Vec::with_capacity(rest.len());
+    let mut infer = None;
+    for (i, &d) in rest.iter().enumerate() {
+        match d {
+            0 => {
+                out.push(*shape.get(i).ok_or_else(|| {
+                    format!("Reshape copies dimension {} that the input lacks", i + 1)
+                })? as i64)
+            }
+            -1 => {
+                if infer.is_some() || first == -1 {
+                    return Err(format!("Reshape to {target:?} leaves the batch ambiguous"));
+                }
+                infer = Some(i);
+                out.push(1);
+            }
+            d if d > 0 => out.push(d),
+            d => return Err(format!("Reshape to {target:?}: bad dimension {d}")),
+        }
+    }
+    if !(first == 0 || first == -1 || first == 1) {
+        return Err(format!(
+            "Reshape to {target:?} changes the batch dimension (first entry must be 0, -1 or the batch size 1)"
+        ));
+    }
+    let known: i64 = out.iter().product();
+    if let Some(i) = infer {
+        if known == 0 || numel % known != 0 {
+            return Err(format!("cannot reshape {shape:?} to {target:?}"));
+        }
+        out[i] = numel / known;
+    }
+    if out.iter().product::<i64>() != numel {
+        return Err(format!(
+            "cannot reshape per-example {shape:?} to {target:?}"
+        ));
+    }
+    Ok(out.into_iter().map(|d| d as u32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_target_handles_batch_conventions() {
+        assert_eq!(reshape_target(&[64, 2, 2], &[0, -1]).unwrap(), vec![256]);
+        assert_eq!(reshape_target(&[64, 2, 2], &[-1, 256]).unwrap(), vec![256]);
+        assert_eq!(reshape_target(&[64, 2, 2], &[1, 256]).unwrap(), vec![256]);
+        assert_eq!(
+            reshape_target(&[64, 2, 2], &[0, 0, 4]).unwrap(),
+            vec![64, 4]
+        );
+        assert!(reshape_target(&[64, 2, 2], &[2, 128]).is_err());
+        assert!(reshape_target(&[64, 2, 2], &[-1, -1]).is_err());
+        assert!(reshape_target(&[64, 2, 2], &[0, 100]).is_err());
+    }
+
+    #[test]
+    fn per_channel_broadcasts() {
+        let c = |shape: Vec<usize>, n: usize| Const {
+            shape,
+            data: (0..n).map(|v| v as f32).collect(),
+        };
+        assert_eq!(
+            per_channel(&c(vec![3, 1, 1], 3), &[3, 5, 5]).unwrap().len(),
+            3
+        );
+        assert_eq!(
+            per_channel(&c(vec![1, 3, 1, 1], 3), &[3, 5, 5])
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            per_channel(&c(vec![1], 1), &[3, 5, 5]).unwrap(),
+            vec![0.0; 3]
+        );
+        assert!(per_channel(&c(vec![5], 5), &[3, 5, 5]).is_none());
+        assert!(per_channel(&c(vec![3, 5, 5], 75), &[3, 5, 5]).is_none());
+        assert_eq!(per_channel(&c(vec![1, 4], 4), &[4]).unwrap().len(), 4);
+    }
+}
