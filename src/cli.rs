@@ -64,14 +64,57 @@ struct DataArgs {
     limit: Option<usize>,
 }
 
+/// Where a model comes from: an .onnx file (no --arch), a checkpoint nap wrote (no --arch), or
+/// a checkpoint of a built-in architecture (--arch).
+#[derive(clap::Args, Clone, Default)]
+struct SourceArgs {
+    /// Built-in architecture whose state_dict keys a .pth/.safetensors checkpoint holds (not
+    /// for .onnx files, nor for checkpoints nap wrote: those carry their graph).
+    #[arg(long)]
+    arch: Option<String>,
+    /// ONNX models with dynamic dimensions: the per-example input shape, without the batch
+    /// dimension, e.g. 3,224,224.
+    #[arg(long, value_parser = parse_shape)]
+    input_shape: Option<ShapeArg>,
+}
+
+impl SourceArgs {
+    fn load(&self, path: &Path) -> Result<HostModel> {
+        import::load_model(
+            path,
+            self.arch.as_deref(),
+            &import::onnx::OnnxOptions {
+                input_shape: self.input_shape.clone().map(|s| s.0),
+            },
+        )
+    }
+}
+
+/// A shape given on the command line, e.g. `3,224,224`.
+#[derive(Clone, Debug)]
+struct ShapeArg(Vec<u32>);
+
+fn parse_shape(s: &str) -> std::result::Result<ShapeArg, String> {
+    s.split(',')
+        .map(|d| {
+            d.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&d| d > 0)
+                .ok_or_else(|| format!("{s:?} is not a shape like 3,224,224"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(ShapeArg)
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Convert a checkpoint (.pth zip or legacy, .safetensors) of a built-in architecture to .nap.
+    /// Convert a model (.onnx, or a .pth/.safetensors checkpoint) to .nap, or to .onnx (by the
+    /// output's extension; BatchNorm folded, zeros kept in place).
     Convert {
         checkpoint: PathBuf,
-        /// Architecture whose state_dict keys the checkpoint holds.
-        #[arg(long)]
-        arch: String,
+        #[command(flatten)]
+        source: SourceArgs,
         #[arg(short, long)]
         output: PathBuf,
         /// Storage type of the weights (computation is f32 either way).
@@ -91,8 +134,13 @@ enum Cmd {
     /// median latency, spread, speedup, FLOP reduction and a per-node breakdown.
     Bench(nap_runtime::bench::cli::BenchArgs),
     /// Show a .nap file's graph, per-layer shapes, parameters, density, bytes and FLOPs.
+    /// For an .onnx file: its op types, with every node nap cannot import named (the exit
+    /// status is non-zero if there is one), and what the imported model holds.
     Inspect {
         model: PathBuf,
+        /// ONNX models with dynamic dimensions: the per-example input shape (e.g. 3,224,224).
+        #[arg(long, value_parser = parse_shape)]
+        input_shape: Option<ShapeArg>,
         #[arg(long)]
         json: bool,
     },
@@ -113,11 +161,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Accuracy of a .nap (runtime) or a checkpoint (candle reference, needs --arch).
+    /// Accuracy of a .nap (runtime), or of an .onnx model or a checkpoint (candle reference).
     Eval {
         model: PathBuf,
-        #[arg(long)]
-        arch: Option<String>,
+        #[command(flatten)]
+        source: SourceArgs,
         #[command(flatten)]
         data: DataArgs,
         #[arg(long, default_value_t = 64)]
@@ -129,8 +177,8 @@ enum Cmd {
     /// top-1 agreement and accuracy on a data set or on images.
     Check {
         checkpoint: PathBuf,
-        #[arg(long)]
-        arch: String,
+        #[command(flatten)]
+        source: SourceArgs,
         #[command(flatten)]
         data: DataArgs,
         /// Images to classify instead of a data set.
@@ -175,8 +223,9 @@ enum Cmd {
     },
     /// Prune a trained checkpoint with NAP (or a baseline criterion) until the validation
     /// accuracy would drop by more than --max-drop, or a target is reached. Writes the pruned
-    /// model (.nap and .safetensors with the checkpoint's key names), report.json and SVG plots
-    /// into --out; every step is checkpointed there and --resume continues an interrupted run.
+    /// model (.nap; .safetensors with the checkpoint's key names and the graph; .onnx with the
+    /// input's names), report.json and SVG plots into --out; every step is checkpointed there
+    /// and --resume continues an interrupted run.
     Prune(Box<PruneArgs>),
     /// The end-to-end demo on the embedded digits: train a small CNN, export it, run it in the
     /// runtime and check it agrees with the reference.
@@ -195,10 +244,10 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct PruneArgs {
-    /// Trained weights (.pth or .safetensors) of --arch.
+    /// The trained model: .onnx, or a .pth/.safetensors checkpoint.
     checkpoint: PathBuf,
-    #[arg(long)]
-    arch: String,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Training data (the validation split is carved from its training split).
     #[arg(long, value_enum, default_value = "mnist")]
     data: DataSet,
@@ -467,7 +516,7 @@ pub fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Convert {
             checkpoint,
-            arch,
+            source,
             output,
             dtype,
             dense,
@@ -475,13 +524,25 @@ pub fn main() -> Result<()> {
             json,
         } => convert(
             &checkpoint,
-            &arch,
+            &source,
             &output,
             dtype,
             storage(dense, policy.as_deref())?,
             json,
         ),
-        Cmd::Inspect { model, json } => inspect(&model, json),
+        Cmd::Inspect {
+            model,
+            input_shape,
+            json,
+        } => {
+            if import::is_onnx(&model) {
+                inspect_onnx(&model, input_shape.map(|s| s.0), json)
+            } else if input_shape.is_some() {
+                bail!("--input-shape applies to ONNX models only")
+            } else {
+                inspect(&model, json)
+            }
+        }
         Cmd::Bench(a) => nap_runtime::bench::cli::run(&a)
             .map(|_| ())
             .map_err(anyhow::Error::msg),
@@ -495,14 +556,14 @@ pub fn main() -> Result<()> {
         } => run(&model, &input, &data_dir, labels.as_deref(), top, json),
         Cmd::Eval {
             model,
-            arch,
+            source,
             data,
             batch,
             json,
-        } => eval_cmd(&model, arch.as_deref(), &data, batch, json),
+        } => eval_cmd(&model, &source, &data, batch, json),
         Cmd::Check {
             checkpoint,
-            arch,
+            source,
             data,
             images,
             batch,
@@ -510,7 +571,7 @@ pub fn main() -> Result<()> {
             json,
         } => check(
             &checkpoint,
-            &arch,
+            &source,
             &data,
             &images,
             batch,
@@ -585,24 +646,6 @@ fn load_data(a: &DataArgs) -> Result<Dataset> {
     Ok(d)
 }
 
-fn load_host(checkpoint: &Path, arch: &str) -> Result<HostModel> {
-    let tensors = import::read_checkpoint(checkpoint)
-        .with_context(|| format!("reading {}", checkpoint.display()))?;
-    // A channel-pruned checkpoint has fewer channels than the architecture: if the exact
-    // mapping fails, try it as one, and report the exact mapping's error if that fails too.
-    let mut m = match archs::from_checkpoint(arch, tensors.clone()) {
-        Ok(m) => m,
-        Err(e) => archs::from_slimmed_checkpoint(arch, tensors)
-            .map_err(|_| e)
-            .with_context(|| format!("mapping {} onto {arch}", checkpoint.display()))?,
-    };
-    m.meta.source = checkpoint
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(m)
-}
-
 /// Prints `v` as pretty JSON; a closed pipe (`nap ... --json | head`) is not an error.
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
     use std::io::Write;
@@ -626,13 +669,14 @@ fn storage(dense: bool, policy: Option<&Path>) -> Result<Storage> {
 
 fn convert(
     checkpoint: &Path,
-    arch: &str,
+    source: &SourceArgs,
     output: &Path,
     dtype: StoreDtype,
     storage: Storage,
     json: bool,
 ) -> Result<()> {
-    let m = load_host(checkpoint, arch)?;
+    let m = source.load(checkpoint)?;
+    let arch = &m.meta.arch;
     let opts = ExportOptions {
         dtype: match dtype {
             StoreDtype::F32 => DType::F32,
@@ -640,7 +684,11 @@ fn convert(
         },
         storage,
     };
-    export::write_nap(&m, output, opts)?;
+    if import::is_onnx(output) {
+        crate::onnx_out::write_onnx(&export::fuse(&m)?, output)?;
+    } else {
+        export::write_nap(&m, output, opts)?;
+    }
     let bytes = std::fs::metadata(output)?.len();
     if json {
         print_json(&serde_json::json!({
@@ -655,6 +703,55 @@ fn convert(
         );
         Ok(())
     }
+}
+
+fn inspect_onnx(path: &Path, input_shape: Option<Vec<u32>>, json: bool) -> Result<()> {
+    let opts = import::onnx::OnnxOptions { input_shape };
+    let (ops, model) = import::onnx::inspect_onnx(path, &opts)?;
+    let summary = model.as_ref().map(|m| {
+        serde_json::json!({
+            "input_shape": m.input_shape(), "output_shape": m.output_shape(),
+            "params": m.param_count(), "prunable_layers": m.prunable().len(),
+            "macs": crate::channel::macs(m), "nodes": m.graph.nodes.len(),
+        })
+    });
+    if json {
+        print_json(&serde_json::json!({
+            "file": path, "importable": model.is_some(), "ops": ops, "model": summary,
+        }))?;
+    } else {
+        println!("{}: ONNX, {} op types", path.display(), ops.len());
+        println!("\n{:<22} {:>6}  status", "op", "nodes");
+        for o in &ops {
+            let status = if o.unsupported.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("NOT SUPPORTED at {} node(s)", o.unsupported.len())
+            };
+            println!("{:<22} {:>6}  {status}", o.op, o.count);
+            for (node, why) in &o.unsupported {
+                println!("{:<22} {:>6}    {node}: {why}", "", "");
+            }
+        }
+        if let Some(m) = &model {
+            println!(
+                "\nimportable: input {:?} (per example), output {:?}, {} nodes, {} parameters, {} prunable layers, {:.1} M multiply-accumulates per example",
+                m.input_shape(),
+                m.output_shape(),
+                m.graph.nodes.len(),
+                m.param_count(),
+                m.prunable().len(),
+                crate::channel::macs(m) / 1e6
+            );
+        }
+    }
+    if model.is_none() {
+        bail!(
+            "{}: the model cannot be imported (the unsupported nodes are listed above)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn inspect(path: &Path, json: bool) -> Result<()> {
@@ -843,7 +940,13 @@ fn run(
     Ok(())
 }
 
-fn eval_cmd(path: &Path, arch: Option<&str>, a: &DataArgs, batch: usize, json: bool) -> Result<()> {
+fn eval_cmd(
+    path: &Path,
+    source: &SourceArgs,
+    a: &DataArgs,
+    batch: usize,
+    json: bool,
+) -> Result<()> {
     let d = load_data(a)?;
     let is_nap = path.extension().is_some_and(|e| e == "nap");
     let t0 = Instant::now();
@@ -853,8 +956,7 @@ fn eval_cmd(path: &Path, arch: Option<&str>, a: &DataArgs, batch: usize, json: b
         let classes = logits.len() / d.n;
         (eval::accuracy(&logits, &d.labels, classes), "runtime")
     } else {
-        let arch = arch.context("evaluating a checkpoint needs --arch")?;
-        let m = load_host(path, arch)?;
+        let m = source.load(path)?;
         (
             train::reference_accuracy(&m, &d, batch)?,
             "candle reference",
@@ -889,14 +991,15 @@ struct CheckReport {
 #[allow(clippy::too_many_arguments)]
 fn check(
     checkpoint: &Path,
-    arch: &str,
+    source: &SourceArgs,
     a: &DataArgs,
     images: &[PathBuf],
     batch: usize,
     dump: Option<&Path>,
     json: bool,
 ) -> Result<()> {
-    let m = load_host(checkpoint, arch)?;
+    let m = source.load(checkpoint)?;
+    let arch = m.meta.arch.clone();
     let bytes = export::to_nap_bytes(&m, ExportOptions::default())?;
     let model = rt(Model::from_vec(&bytes))?;
     let (inputs, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if images.is_empty() {
@@ -918,7 +1021,7 @@ fn check(
     let classes = m.output_shape()[0] as usize;
     let ag = agreement(&ours, &reference, classes);
     let report = CheckReport {
-        arch: arch.to_string(),
+        arch: arch.clone(),
         examples: ag.examples,
         runtime_accuracy: labels.as_ref().map(|l| eval::accuracy(&ours, l, classes)),
         reference_accuracy: labels
@@ -1025,7 +1128,7 @@ fn train_cmd(
     );
     match output.extension().and_then(|e| e.to_str()) {
         Some("nap") => export::write_nap(&m, output, ExportOptions::default())?,
-        Some("safetensors") => import::write_safetensors(output, &crate::ir::to_named(&m))?,
+        Some("safetensors") => crate::ir::write_checkpoint(output, &m)?,
         _ => bail!("output must end in .nap or .safetensors"),
     }
     println!("wrote {}", output.display());
@@ -1131,7 +1234,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
     settings.check()?;
     let storage = storage(false, a.policy.as_deref())?;
     let device = crate::util::parse_device(&a.device)?;
-    let dense = load_host(&a.checkpoint, &a.arch)?;
+    let dense = a.source.load(&a.checkpoint)?;
     let data_args = |split| DataArgs {
         data: a.data,
         data_dir: a.data_dir.clone(),
@@ -1148,7 +1251,6 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
     let mut log = |line: &str| eprintln!("{line}");
     let outcome = crate::schedule::run_phases(
         &dense,
-        &a.arch,
         &train_set,
         &val,
         &settings,
@@ -1299,7 +1401,6 @@ fn demo(out: &Path, epochs: usize, seed: u64, json: bool) -> Result<()> {
     };
     let outcome = crate::schedule::run(
         &m,
-        "digits-cnn",
         &train_set,
         &val_set,
         &settings,

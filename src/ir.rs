@@ -265,6 +265,65 @@ fn checked(t: NamedTensor) -> Result<HostTensor> {
     })
 }
 
+/// Key of the model card in the metadata of the safetensors checkpoints nap writes.
+pub const MODEL_CARD_KEY: &str = "nap.model";
+
+/// A [`HostModel`] without its tensor data: the graph, every tensor's name and shape, and the
+/// metadata. Stored (as JSON) in every checkpoint nap writes, so that the checkpoint alone
+/// rebuilds the model, whatever its source (ONNX, a built-in architecture, a channel-slimmed
+/// run) and without an architecture name.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelCard {
+    graph: Graph,
+    tensors: Vec<(String, Vec<u32>)>,
+    meta: Metadata,
+}
+
+/// The model card of `m` (see [`MODEL_CARD_KEY`]).
+pub fn model_card(m: &HostModel) -> String {
+    let card = ModelCard {
+        graph: m.graph.clone(),
+        tensors: m
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect(),
+        meta: m.meta.clone(),
+    };
+    serde_json::to_string(&card).expect("the graph serialises")
+}
+
+/// Rebuilds a model from its card and the checkpoint's tensors (taken by name; each must have
+/// the card's shape and finite values; extra tensors are an error).
+pub fn from_model_card(card: &str, tensors: Vec<NamedTensor>) -> Result<HostModel> {
+    let card: ModelCard =
+        serde_json::from_str(card).context("the checkpoint's model card is not readable")?;
+    let mut sd = StateDict::new(tensors);
+    let mut out = Vec::with_capacity(card.tensors.len());
+    for (name, shape) in &card.tensors {
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        out.push(sd.take(name, &shape)?);
+    }
+    sd.finish()?;
+    let m = HostModel {
+        graph: card.graph,
+        tensors: out,
+        meta: card.meta,
+    };
+    m.validate()
+        .context("the checkpoint's model card does not describe a valid graph")?;
+    Ok(m)
+}
+
+/// Writes `m`'s tensors to a safetensors checkpoint with its model card (atomically).
+pub fn write_checkpoint(path: &std::path::Path, m: &HostModel) -> Result<()> {
+    crate::import::write_safetensors_with(
+        path,
+        &to_named(m),
+        Some((MODEL_CARD_KEY, &model_card(m))),
+    )
+}
+
 /// The model's tensors under their checkpoint names, for writing back to safetensors.
 pub fn to_named(m: &HostModel) -> Vec<NamedTensor> {
     m.tensors

@@ -1,6 +1,6 @@
-//! `nap`: the host-side pruner. Imports trained networks (PyTorch `.pth`, safetensors) into the
-//! runtime's graph IR, runs them with candle as the reference, trains, prunes and exports `.nap`
-//! files for `nap-runtime`.
+//! `nap`: the host-side pruner. Imports trained networks (ONNX, PyTorch `.pth`, safetensors) into
+//! the runtime's graph IR, runs them with candle as the reference, trains, prunes and exports
+//! `.nap` files for `nap-runtime` and ONNX files for any ONNX runtime.
 
 pub mod archs;
 pub mod channel;
@@ -14,6 +14,7 @@ pub mod import;
 pub mod ir;
 pub mod kfac;
 pub mod obs;
+pub mod onnx_out;
 pub mod plot;
 pub mod prune;
 pub mod refdump;

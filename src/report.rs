@@ -9,7 +9,6 @@ use serde::Serialize;
 use crate::data::Dataset;
 use crate::eval::{self, Agreement};
 use crate::export::{self, ExportOptions};
-use crate::import;
 use crate::ir::{self, HostModel};
 use crate::plot::{self, Series};
 use crate::prune::Masks;
@@ -175,9 +174,11 @@ pub fn finish(
     let m = &pruned;
     let nap_path = dir.join("pruned.nap");
     let st_path = dir.join("pruned.safetensors");
+    let onnx_path = dir.join("pruned.onnx");
     let nap = export::to_nap_bytes(m, export_opts)?;
     atomic_write(&nap_path, &nap)?;
-    import::write_safetensors(&st_path, &ir::to_named(m))?;
+    ir::write_checkpoint(&st_path, m)?;
+    crate::onnx_out::write_onnx(&export::fuse(m)?, &onnx_path)?;
     let dense_nap = export::to_nap_bytes(dense, export_opts)?;
     // The input model's prunable layers (the same layers in the same order as the pruned
     // model's, also after a channel phase).
@@ -256,7 +257,14 @@ pub fn finish(
         pruned: pruned_score,
         layers,
         peak_rss_mib: peak_rss_mib(),
-        files: vec![nap_path, st_path, report_path.clone(), acc_svg, dens_svg],
+        files: vec![
+            nap_path,
+            st_path,
+            onnx_path,
+            report_path.clone(),
+            acc_svg,
+            dens_svg,
+        ],
     };
     atomic_write(&report_path, &serde_json::to_vec_pretty(&report)?)?;
     Ok(report)

@@ -28,7 +28,7 @@ use crate::prune::{self, Criterion, Masks, ObsUpdate, StepConfig};
 use crate::stop::{self, Paired, StopRule};
 use crate::train::{self, OptState, Teacher, TrainConfig};
 use crate::util::atomic_write;
-use crate::{archs, groups, import, reference};
+use crate::{groups, import, reference};
 
 /// What a run removes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -716,7 +716,6 @@ fn settings_diff(a: &Settings, b: &Settings) -> Vec<String> {
 /// Runs (or resumes) the schedule on `dense`, checkpointing into `opts.dir`.
 pub fn run(
     dense: &HostModel,
-    arch: &str,
     train_set: &Dataset,
     val: &Dataset,
     settings: &Settings,
@@ -735,11 +734,12 @@ pub fn run(
     let ref_logits = logits(reference_model, val, &dev)?;
     let (mut st, mut best) = match load_state(dir)? {
         Some(st) if opts.resume => {
-            if st.arch != arch {
+            if st.arch != dense.meta.arch {
                 bail!(
-                    "{} holds a run of {} but --arch is {arch}",
+                    "{} holds a run of {}, not of {}",
                     dir.display(),
-                    st.arch
+                    st.arch,
+                    dense.meta.arch
                 );
             }
             let mut st = st;
@@ -754,7 +754,7 @@ pub fn run(
             let best = match &st.best {
                 Some(f) => {
                     let p = dir.join(f);
-                    archs::from_slimmed_checkpoint(arch, import::read_checkpoint(&p)?)
+                    import::load_model(&p, None, &Default::default())
                         .with_context(|| format!("loading {}", p.display()))?
                 }
                 None => dense.clone(),
@@ -785,7 +785,7 @@ pub fn run(
             let masks = Masks::from_model(dense);
             let layers = dense.prunable();
             let mut st = RunState {
-                arch: arch.to_string(),
+                arch: dense.meta.arch.clone(),
                 settings: settings.clone(),
                 dense: DenseInfo {
                     val: val_score,
@@ -1262,7 +1262,7 @@ pub fn run(
         st.ft_epochs_done += step_epochs as f64;
         if accepted {
             let file = format!("best-{k:04}.safetensors");
-            import::write_safetensors(&dir.join(&file), &ir::to_named(&trial))?;
+            ir::write_checkpoint(&dir.join(&file), &trial)?;
             if let Some(o) = &trial_opt {
                 let f = format!("opt-{k:04}.safetensors");
                 import::write_safetensors(&dir.join(&f), &o.to_named())?;
@@ -1328,7 +1328,7 @@ pub fn run(
         st.finetune_s += t.elapsed().as_secs_f64();
         if keep {
             let file = "best-final.safetensors".to_string();
-            import::write_safetensors(&dir.join(&file), &ir::to_named(&trial))?;
+            ir::write_checkpoint(&dir.join(&file), &trial)?;
             st.best = Some(file);
             st.final_val = Some(tuned);
             best = trial;
@@ -1350,14 +1350,13 @@ pub fn run(
 /// the input model. `--resume` resumes whichever phase was interrupted.
 pub fn run_phases(
     dense: &HostModel,
-    arch: &str,
     train_set: &Dataset,
     val: &Dataset,
     settings: &Settings,
     opts: RunOptions<'_>,
 ) -> Result<Outcome> {
     if settings.mode != Mode::ChannelFine {
-        return run(dense, arch, train_set, val, settings, opts);
+        return run(dense, train_set, val, settings, opts);
     }
     settings.check()?;
     let RunOptions {
@@ -1377,7 +1376,6 @@ pub fn run_phases(
     log("phase 1: channels");
     let first = run(
         dense,
-        arch,
         train_set,
         val,
         &settings.phase(Mode::Channel),
@@ -1393,7 +1391,6 @@ pub fn run_phases(
     log("phase 2: single weights of the remaining channels");
     run(
         &first.model,
-        arch,
         train_set,
         val,
         &settings.phase(Mode::Fine),

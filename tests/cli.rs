@@ -721,3 +721,149 @@ fn issue5_channel_pruning_slims_resumes_and_converts() {
         assert!(text(&o).contains(needle), "{bad:?}: {}", text(&o));
     }
 }
+
+/// An ONNX model goes through convert, inspect, prune, resume, eval and bench with no --arch;
+/// checkpoints nap wrote carry their graph; bad ONNX input is a clear error that writes nothing.
+#[test]
+fn issue13_onnx_model_prunes_resumes_evaluates_and_benches_without_arch() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = train_digits(dir.path());
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    // `nap train` wrote the graph into the checkpoint: no --arch to convert it, to ONNX here.
+    let o = nap(&["convert", ckpt.to_str().unwrap(), "-o", &p("model.onnx")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = nap(&["inspect", &p("model.onnx"), "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["importable"], true, "{r}");
+    assert_eq!(
+        r["model"]["input_shape"],
+        serde_json::json!([1, 8, 8]),
+        "{r}"
+    );
+
+    let args = |steps: &str, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "prune",
+            &p("model.onnx"),
+            "--data",
+            "digits",
+            "-o",
+            &p("run"),
+            "--max-drop",
+            "2%",
+            "--stats-examples",
+            "300",
+            "--max-steps",
+            steps,
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let run_nap = |a: Vec<String>| nap(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run_nap(args("1", false));
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "pruned.nap",
+        "pruned.safetensors",
+        "pruned.onnx",
+        "state.json",
+    ] {
+        assert!(dir.path().join("run").join(f).exists(), "{f} missing");
+    }
+    let o = run_nap(args("2", true));
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["state"]["steps"].as_array().unwrap().len(), 2);
+    let acc = r["pruned"]["test_accuracy"].as_f64().unwrap();
+
+    // The pruned checkpoint and the pruned ONNX file load without --arch and agree.
+    let eval = |model: &str| -> f64 {
+        let o = nap(&["eval", model, "--data", "digits", "--json"]);
+        assert!(o.status.success(), "{model}: {}", text(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        r["accuracy"].as_f64().unwrap()
+    };
+    let st = eval(&p("run/pruned.safetensors"));
+    let ox = eval(&p("run/pruned.onnx"));
+    assert!(
+        (st - acc).abs() < 1e-6 && (ox - acc).abs() < 1e-6,
+        "{st} {ox} {acc}"
+    );
+    let o = nap(&[
+        "convert",
+        &p("model.onnx"),
+        "-o",
+        &p("dense.nap"),
+        "--dense",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = nap(&[
+        "bench",
+        &p("run/pruned.nap"),
+        "--vs",
+        &p("dense.nap"),
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Bad input: a clear error, a non-zero exit, nothing written.
+    let o = nap(&[
+        "convert",
+        &p("model.onnx"),
+        "--arch",
+        "digits-cnn",
+        "-o",
+        &p("x.nap"),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("drop --arch"),
+        "{}",
+        text(&o)
+    );
+    let bytes = std::fs::read(p("model.onnx")).unwrap();
+    std::fs::write(p("trunc.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    let o = nap(&["convert", &p("trunc.onnx"), "-o", &p("x.nap")]);
+    assert!(
+        !o.status.success() && text(&o).contains("not a readable ONNX model"),
+        "{}",
+        text(&o)
+    );
+    let o = nap(&["prune", &p("trunc.onnx"), "--data", "digits", "-o", &p("x")]);
+    assert!(
+        !o.status.success() && text(&o).contains("not a readable ONNX model"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.path().join("x.nap").exists() && !dir.path().join("x").exists());
+    let o = nap(&[
+        "convert",
+        &p("model.onnx"),
+        "--input-shape",
+        "1,9,9",
+        "-o",
+        &p("x.nap"),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("disagrees"),
+        "{}",
+        text(&o)
+    );
+    // Weights without a graph still need --arch, and say so.
+    let plain = write_checkpoint(dir.path(), "digits-cnn", |_| {});
+    let o = nap(&["convert", plain.to_str().unwrap(), "-o", &p("x.nap")]);
+    assert!(
+        !o.status.success() && text(&o).contains("--arch"),
+        "{}",
+        text(&o)
+    );
+}

@@ -127,3 +127,131 @@ fn issue13_unsupported_ops_are_listed_by_node() {
         eprintln!("{u}");
     }
 }
+
+/// The Python of the fixture venv (numpy, onnxruntime), made by `fetch-fixtures.sh`.
+fn fixture_python(dir: &Path) -> PathBuf {
+    let py = dir.parent().unwrap().join(".venv-onnx/bin/python");
+    assert!(
+        py.is_file(),
+        "NAP_FIXTURES is set but {} is missing: run scripts/fetch-fixtures.sh",
+        py.display()
+    );
+    py
+}
+
+/// ONNX Runtime's output for `model` on `x` (through `scripts/ort-run.py`).
+fn ort_run(py: &Path, model: &Path, x: &nap::import::NamedTensor) -> nap::import::NamedTensor {
+    let dir = model.parent().unwrap();
+    let (xin, yout) = (dir.join("x.npy"), dir.join("y.npy"));
+    std::fs::write(&xin, nap::import::npy::npy_bytes(&x.shape, &x.data)).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ort-run.py");
+    let o = std::process::Command::new(py)
+        .arg(script)
+        .arg(model)
+        .arg(&xin)
+        .arg(&yout)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ort-run.py failed on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    read_npy(&yout).unwrap()
+}
+
+/// `m` written as ONNX (BatchNorm folded), run by ONNX Runtime, against nap-runtime on `x`.
+fn onnx_out_matches_runtime(
+    py: &Path,
+    tmp: &Path,
+    what: &str,
+    m: &nap::ir::HostModel,
+    x: &nap::import::NamedTensor,
+) {
+    let path = tmp.join(format!("{what}.onnx"));
+    nap::onnx_out::write_onnx(&nap::export::fuse(m).unwrap(), &path).unwrap();
+    let want = ort_run(py, &path, x);
+    let bytes = to_nap_bytes(m, ExportOptions::default()).unwrap();
+    let ours = runtime_logits(
+        &Model::from_vec(&bytes).unwrap(),
+        &x.data,
+        x.shape[0],
+        false,
+    )
+    .unwrap();
+    let classes: usize = want.shape[1..].iter().product();
+    let ag = agreement(&ours, &want.data, classes);
+    eprintln!(
+        "{what}: nap-runtime vs ONNX Runtime on nap's ONNX: max rel err {:.2e}, top-1 mismatches {}",
+        ag.max_rel_err, ag.top1_mismatches
+    );
+    assert!(
+        ag.max_rel_err <= TOL && ag.top1_mismatches == 0,
+        "{what}: {ag:?}"
+    );
+}
+
+/// Pruned (zeros in place) and channel-slimmed models written as ONNX run in ONNX Runtime with
+/// nap-runtime's outputs, under the original input and output names, with the slimmed shapes.
+#[test]
+fn issue13_pruned_and_slimmed_onnx_run_in_onnx_runtime() {
+    let Some(dir) = fixtures("issue13_pruned_and_slimmed_onnx_run_in_onnx_runtime") else {
+        return;
+    };
+    let py = fixture_python(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["m1", "m2"] {
+        let m = read_onnx(
+            &fixture(&dir, &format!("{name}.onnx")),
+            &OnnxOptions::default(),
+        )
+        .unwrap();
+        let x = read_npy(&fixture(&dir, &format!("{name}.input.npy"))).unwrap();
+        onnx_out_matches_runtime(&py, tmp.path(), name, &m, &x);
+
+        // Zeros in place: the smaller 70 % of every prunable weight tensor.
+        let mut sparse = m.clone();
+        for (_, w) in m.prunable() {
+            let t = &mut sparse.tensors[w as usize];
+            let mut mags: Vec<f32> = t.data.iter().map(|v| v.abs()).collect();
+            mags.sort_by(f32::total_cmp);
+            let cut = mags[mags.len() * 7 / 10];
+            t.data
+                .iter_mut()
+                .filter(|v| v.abs() < cut)
+                .for_each(|v| *v = 0.0);
+        }
+        onnx_out_matches_runtime(&py, tmp.path(), &format!("{name}-sparse"), &sparse, &x);
+
+        // A third of the channel groups removed.
+        let gs = nap::groups::analyze(&m).unwrap();
+        let remove: Vec<bool> = (0..gs.groups.len()).map(|i| i % 3 == 0).collect();
+        let slim = nap::channel::remove_channels(&m, &gs, &remove, true).unwrap();
+        assert!(
+            slim.param_count() < m.param_count() * 9 / 10,
+            "{name}: nothing removed"
+        );
+        onnx_out_matches_runtime(&py, tmp.path(), &format!("{name}-slim"), &slim, &x);
+        let bytes = std::fs::read(tmp.path().join(format!("{name}-slim.onnx"))).unwrap();
+        let back = read_onnx(
+            &tmp.path().join(format!("{name}-slim.onnx")),
+            &OnnxOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            back.graph.values[back.graph.inputs[0] as usize].name,
+            m.graph.values[m.graph.inputs[0] as usize].name
+        );
+        assert_eq!(
+            back.graph.values[back.graph.outputs[0] as usize].name,
+            m.graph.values[m.graph.outputs[0] as usize].name
+        );
+        assert_eq!(
+            back.param_count(),
+            nap::export::fuse(&slim).unwrap().param_count(),
+            "{name}: {} bytes",
+            bytes.len()
+        );
+    }
+}

@@ -58,7 +58,6 @@ fn go(
 ) -> anyhow::Result<Outcome> {
     run(
         &s.dense,
-        "digits-cnn",
         &s.train,
         &s.val,
         settings,
@@ -152,9 +151,11 @@ fn schedule_respects_tolerance_and_checkpoints() {
     // The state file and the best checkpoint on disk are this run.
     let saved = load_state(dir.path()).unwrap().unwrap();
     assert_eq!(saved.steps.len(), st.steps.len());
-    let best = archs::from_checkpoint(
-        "digits-cnn",
-        read_checkpoint(&dir.path().join(saved.best.as_ref().unwrap())).unwrap(),
+    // The checkpoint carries its graph: no architecture name is needed to load it.
+    let best = nap::import::load_model(
+        &dir.path().join(saved.best.as_ref().unwrap()),
+        None,
+        &Default::default(),
     )
     .unwrap();
     assert_eq!(weights(&best), weights(&out.model));

@@ -206,8 +206,17 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
             m.node(n)
         };
         if let Err(reason) = r {
+            // Where onnx-ir knows an output's shape, a stand-in value lets the nodes downstream
+            // be checked (and reported) too; the graph is discarded.
             for o in n.outputs() {
-                m.vals.insert(o.name.clone(), Val::Failed);
+                let v = match per_example_static(o) {
+                    Some(shape) if !reason.is_empty() => Val::Rt {
+                        id: m.b.input(&o.name, &shape),
+                        shape,
+                    },
+                    _ => Val::Failed,
+                };
+                m.vals.insert(o.name.clone(), v);
             }
             // A node downstream of an unsupported one is not reported itself.
             if !reason.is_empty() {
@@ -306,6 +315,18 @@ fn input_shape(input: &Argument, opts: &OnnxOptions) -> Result<Vec<u32>> {
                 .join(",")
         )
     })
+}
+
+/// The static shape of `a` without its batch dimension, if onnx-ir inferred it.
+fn per_example_static(a: &Argument) -> Option<Vec<u32>> {
+    let ArgType::Tensor(t) = &a.ty else {
+        return None;
+    };
+    let s = t.static_shape.as_ref()?;
+    if s.len() < 2 {
+        return None;
+    }
+    s[1..].iter().map(|d| d.map(|d| d as u32)).collect()
 }
 
 /// Removes nodes whose output nothing reads (e.g. the `Sigmoid` of a fused SiLU).

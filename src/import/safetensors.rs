@@ -1,4 +1,4 @@
-//! safetensors reading and writing, through `candle_core::safetensors`.
+//! safetensors reading and writing (the `safetensors` crate, through candle for reading).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,9 +12,19 @@ use super::NamedTensor;
 /// Reads every floating-point tensor (f32, f16, bf16, f64 → f32) of a `.safetensors` file, in
 /// the order of their data in the file. Integer and bool tensors are skipped.
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    Ok(read_safetensors_with_metadata(path)?.0)
+}
+
+/// [`read_safetensors`], and the file's `__metadata__` string map (empty if it has none).
+pub fn read_safetensors_with_metadata(
+    path: &Path,
+) -> Result<(Vec<NamedTensor>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    read_safetensors_bytes(&bytes)
-        .with_context(|| format!("reading safetensors {}", path.display()))
+    let tensors = read_safetensors_bytes(&bytes)
+        .with_context(|| format!("reading safetensors {}", path.display()))?;
+    let (_, meta) = ::safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("reading safetensors {}: {e}", path.display()))?;
+    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
 }
 
 /// Like [`read_safetensors`], from bytes in memory.
@@ -48,6 +58,15 @@ pub fn read_safetensors_bytes(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
 /// Writes f32 tensors to a `.safetensors` file atomically (a temporary file in the same
 /// folder, then a rename). Names must be unique and shapes must match the data lengths.
 pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    write_safetensors_with(path, tensors, None)
+}
+
+/// [`write_safetensors`] with one `__metadata__` entry.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: Option<(&str, &str)>,
+) -> Result<()> {
     let mut map: HashMap<&str, Tensor> = HashMap::with_capacity(tensors.len());
     for t in tensors {
         let numel = t
@@ -68,7 +87,7 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
             bail!("tensor name {:?} appears twice", t.name);
         }
     }
-    crate::util::atomic_write_with(path, |tmp| {
-        candle_core::safetensors::save(&map, tmp).map_err(|e| anyhow!("{e}"))
-    })
+    let info = metadata.map(|(k, v)| HashMap::from([(k.to_string(), v.to_string())]));
+    let bytes = ::safetensors::serialize(map, info).map_err(|e| anyhow!("{e}"))?;
+    crate::util::atomic_write(path, &bytes)
 }
