@@ -292,8 +292,12 @@ def conv_attrs(kernel, stride, group=1):
                 group=group)
 
 
-def build_m1(state):
-    """The MNIST CNN of m1.pth: 3 x (Conv3x3 + Relu + MaxPool2) + Flatten + 2 Gemm."""
+def build_m1(state, dynamic_hw=False):
+    """The MNIST CNN of m1.pth: 3 x (Conv3x3 + Relu + MaxPool2) + Flatten + 2 Gemm.
+
+    With dynamic_hw, the input is [N, 1, H, W] and the flatten is torch's
+    `x.view(x.size(0), -1)` export: Shape, Gather, Unsqueeze, Concat and Reshape.
+    """
     g = GraphBuilder()
     x = "input"
     in_ch = 1
@@ -307,7 +311,16 @@ def build_m1(state):
         x = g.node("Relu", [x], f"conv_layers.{i + 1}")
         x = g.node("MaxPool", [x], f"conv_layers.{i + 2}", kernel_shape=[2, 2], strides=[2, 2])
         in_ch = out_ch
-    x = g.node("Flatten", [x], "flatten", axis=1)
+    if dynamic_hw:
+        shape = g.node("Shape", [x], "view")
+        n = g.node("Gather", [shape, g.constant("view.zero", np.array(0, np.int64))], "view",
+                   axis=0)
+        n = g.node("Unsqueeze", [n, g.constant("view.axes", np.array([0], np.int64))], "view")
+        target = g.node("Concat", [n, g.constant("view.rest", np.array([-1], np.int64))],
+                        "view", axis=0)
+        x = g.node("Reshape", [x, target], "view")
+    else:
+        x = g.node("Flatten", [x], "flatten", axis=1)
     for i, (fan_in, fan_out) in zip((0, 2), ((1152, 256), (256, 10))):
         w, b = state[f"fc_layers.{i}.weight"], state[f"fc_layers.{i}.bias"]
         if w.shape != (fan_out, fan_in) or b.shape != (fan_out,):
@@ -317,7 +330,25 @@ def build_m1(state):
                    name, output="logits" if i == 2 else None, transB=1)
         if i == 0:
             x = g.node("Relu", [x], "fc_layers.1")
-    return g.model("mnist-cnn", "input", ["N", 1, 28, 28], "logits", ["N", 10], M1_OPSET)
+    hw = ["H", "W"] if dynamic_hw else [28, 28]
+    return g.model("mnist-cnn", "input", ["N", 1] + hw, "logits", ["N", 10], M1_OPSET)
+
+
+def write_external_variants(out_dir, m1):
+    """m1-external.onnx with its weights in m1-external.onnx.data, and m1-external-missing.onnx
+    whose weights point at a file that does not exist. Returns the first model."""
+    path = os.path.join(out_dir, "m1-external.onnx")
+    ext = onnx.ModelProto()
+    ext.CopyFrom(m1)
+    onnx.save(ext, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m1-external.onnx.data", size_threshold=0)
+    missing = onnx.load(path, load_external_data=False)
+    for t in missing.graph.initializer:
+        for kv in t.external_data:
+            if kv.key == "location":
+                kv.value = "m1-external-missing.onnx.data"
+    onnx.save(missing, os.path.join(out_dir, "m1-external-missing.onnx"))
+    return onnx.load(path)
 
 
 class MobileNetV2Writer:
@@ -590,9 +621,9 @@ def input_shape(model):
     return [d.dim_value if d.HasField("dim_value") else DYNAMIC_BATCH for d in dims]
 
 
-def reference_input(model):
+def reference_input(model, shape=None):
     rng = np.random.default_rng(REFERENCE_SEED)
-    return rng.standard_normal(input_shape(model)).astype(np.float32)
+    return rng.standard_normal(shape or input_shape(model)).astype(np.float32)
 
 
 def save_pair(out_dir, stem, x, y):
@@ -600,13 +631,14 @@ def save_pair(out_dir, stem, x, y):
     np.save(os.path.join(out_dir, f"{stem}.output.npy"), np.ascontiguousarray(y, np.float32))
 
 
-def write_model(out_dir, name, model):
-    """Checks, shape-infers and saves `model` and writes its seeded reference pair.
+def write_model(out_dir, name, model, shape=None):
+    """Checks, shape-infers and saves `model` and writes its seeded reference pair (of input
+    `shape`, by default the model's with batch DYNAMIC_BATCH where it is dynamic).
 
     Returns the shape-inferred model, the input and the output."""
     model = check_and_infer(model)
     onnx.save(model, os.path.join(out_dir, f"{name}.onnx"))
-    x = reference_input(model)
+    x = reference_input(model, shape)
     y = run_first_output(model, x)
     save_pair(out_dir, name, x, y)
     census = collections.Counter(n.op_type for n in model.graph.node)
@@ -755,6 +787,20 @@ def main():
          f"{M1_OPSET}")
     note_pair("m1", "m1")
     note_pair("m1.mnist64", "m1", f"first 64 MNIST t10k images, {mnist_label}")
+    _, xd, yd = write_model(out_dir, "m1-dynamic", build_m1(m1_state, dynamic_hw=True),
+                            shape=[DYNAMIC_BATCH, 1, 28, 28])
+    if not np.allclose(yd, run_first_output(m1, xd), rtol=1e-5, atol=1e-5):
+        raise ValueError("m1-dynamic disagrees with m1")
+    note("m1-dynamic.onnx", "as m1.onnx with input [N, 1, H, W] and the flatten exported as "
+         "torch's x.view(x.size(0), -1) (Shape, Gather, Unsqueeze, Concat, Reshape)")
+    note_pair("m1-dynamic", "m1-dynamic")
+    ext = write_external_variants(out_dir, m1)
+    if not np.array_equal(run_first_output(ext, xd), run_first_output(m1, xd)):
+        raise ValueError("m1-external disagrees with m1")
+    note("m1-external.onnx", "m1.onnx with every weight in m1-external.onnx.data (external "
+         "data); same outputs as m1.onnx")
+    note("m1-external-missing.onnx", "m1-external.onnx pointing at a data file that does not "
+         "exist (an error case)")
 
     m2_state = read_state_dict(os.path.join(fixtures, "m2.pth"))
     m2, x2, y2 = write_model(out_dir, "m2", MobileNetV2Writer(m2_state, fold_bn=True).build())

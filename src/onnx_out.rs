@@ -12,56 +12,13 @@ use anyhow::{bail, Result};
 use nap_runtime::format::{Activation, Op, ValueId};
 
 use crate::ir::HostModel;
+use crate::pb::Pb;
 
 /// The opset the writer targets.
 pub const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
 const FLOAT: i64 = 1;
 const INT64: i64 = 7;
-
-/// A protobuf message being encoded.
-#[derive(Default)]
-struct Pb(Vec<u8>);
-
-impl Pb {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
-    }
-
-    fn key(&mut self, field: u32, wire: u8) {
-        self.varint(((field as u64) << 3) | wire as u64);
-    }
-
-    fn int(&mut self, field: u32, v: i64) {
-        self.key(field, 0);
-        self.varint(v as u64);
-    }
-
-    fn float(&mut self, field: u32, v: f32) {
-        self.key(field, 5);
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-
-    fn bytes(&mut self, field: u32, b: &[u8]) {
-        self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-
-    fn str(&mut self, field: u32, s: &str) {
-        self.bytes(field, s.as_bytes());
-    }
-
-    fn msg(&mut self, field: u32, f: impl FnOnce(&mut Pb)) {
-        let mut m = Pb::default();
-        f(&mut m);
-        self.bytes(field, &m.0);
-    }
-}
 
 /// An attribute value of a node.
 enum Attr {

@@ -39,11 +39,12 @@ fn fixture(dir: &Path, rel: &str) -> PathBuf {
 /// Imports `name.onnx`, runs the candle reference and the runtime on `name[.case].input.npy`
 /// and compares both with ONNX Runtime's `name[.case].output.npy`.
 fn check_against_ort(dir: &Path, name: &str, case: &str, tol: f32) {
-    let m = read_onnx(
-        &fixture(dir, &format!("{name}.onnx")),
-        &OnnxOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    check_against_ort_with(dir, name, case, tol, &OnnxOptions::default())
+}
+
+fn check_against_ort_with(dir: &Path, name: &str, case: &str, tol: f32, opts: &OnnxOptions) {
+    let m = read_onnx(&fixture(dir, &format!("{name}.onnx")), opts)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     let x = read_npy(&fixture(dir, &format!("{name}{case}.input.npy"))).unwrap();
     let want = read_npy(&fixture(dir, &format!("{name}{case}.output.npy"))).unwrap();
     assert_eq!(
@@ -95,6 +96,47 @@ fn issue13_backend_test_graphs_match_onnx_runtime() {
     for name in ["vgg19", "resnet50", "squeezenet", "densenet121"] {
         check_against_ort(&dir, name, "", TOL);
     }
+}
+
+/// A dynamic-shaped export (input [N, 1, H, W], flatten as torch's `x.view(x.size(0), -1)`)
+/// needs --input-shape, says so, and with it folds the shape arithmetic and matches ORT.
+#[test]
+fn issue13_dynamic_input_needs_and_takes_input_shape() {
+    let Some(dir) = fixtures("issue13_dynamic_input_needs_and_takes_input_shape") else {
+        return;
+    };
+    let e = read_onnx(&fixture(&dir, "m1-dynamic.onnx"), &OnnxOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("--input-shape 1,H,W"), "{e:#}");
+    let opts = OnnxOptions {
+        input_shape: Some(vec![1, 28, 28]),
+    };
+    check_against_ort_with(&dir, "m1-dynamic", "", TOL, &opts);
+    let wrong = OnnxOptions {
+        input_shape: Some(vec![3, 28, 28]),
+    };
+    let e = read_onnx(&fixture(&dir, "m1-dynamic.onnx"), &wrong).unwrap_err();
+    assert!(format!("{e:#}").contains("disagrees"), "{e:#}");
+}
+
+/// Weights in an external data file are read; a missing data file is an error, not a panic.
+#[test]
+fn issue13_external_data_is_read_and_a_missing_file_is_an_error() {
+    let Some(dir) = fixtures("issue13_external_data_is_read_and_a_missing_file_is_an_error") else {
+        return;
+    };
+    let ext = read_onnx(&fixture(&dir, "m1-external.onnx"), &OnnxOptions::default()).unwrap();
+    let m1 = read_onnx(&fixture(&dir, "m1.onnx"), &OnnxOptions::default()).unwrap();
+    assert_eq!(ext.tensors, m1.tensors);
+    let e = read_onnx(
+        &fixture(&dir, "m1-external-missing.onnx"),
+        &OnnxOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("m1-external-missing.onnx"),
+        "{e:#}"
+    );
+    eprintln!("{e:#}");
 }
 
 /// The graphs with ops nap does not support yet: every offending node is named, nothing else.

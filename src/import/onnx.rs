@@ -73,7 +73,7 @@ pub struct OpCount {
 
 /// The graph's ops as `onnx-ir` parsed them, with the ones the importer rejects marked.
 pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Option<HostModel>)> {
-    let g = parse(path)?;
+    let g = parse(path, opts)?;
     let mut counts: Vec<OpCount> = Vec::new();
     for n in &g.nodes {
         let op = op_name(n);
@@ -111,17 +111,40 @@ pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Op
 
 /// Reads an ONNX file into a [`HostModel`] (unfused: BatchNorm and activations stay nodes).
 pub fn read_onnx(path: &Path, opts: &OnnxOptions) -> Result<HostModel> {
-    let g = parse(path)?;
+    let g = parse(path, opts)?;
     map_graph(&g, path, opts)
 }
 
-fn parse(path: &Path) -> Result<OnnxGraph> {
+fn parse(path: &Path, opts: &OnnxOptions) -> Result<OnnxGraph> {
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    // With a static input shape (batch 1), onnx-ir folds the shape arithmetic of dynamic
+    // exports (Shape, Gather, Concat into a Reshape) and infers every value's shape. The bytes
+    // are patched only without external data, whose files are found relative to the path.
+    let patched = match proto_input(&bytes) {
+        Some((input, external)) => {
+            let per = per_example_dims(&input, opts)
+                .with_context(|| format!("{}: input {:?}", path.display(), input.name))?;
+            match per {
+                Some(per) if !external => {
+                    let mut dims = vec![1u64];
+                    dims.extend(per.iter().map(|&d| d as u64));
+                    patch_input_shape(&bytes, &input.name, input.elem, &dims)
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    drop(bytes);
     // onnx-ir panics on some malformed protobufs instead of returning an error.
     let p = path.to_path_buf();
-    let parsed = std::panic::catch_unwind(move || OnnxGraphBuilder::new().parse_file(&p));
+    let parsed = std::panic::catch_unwind(move || match patched {
+        Some(b) => OnnxGraphBuilder::new().parse_bytes(&b),
+        None => OnnxGraphBuilder::new().parse_file(&p),
+    });
     match parsed {
         Ok(Ok(g)) => Ok(g),
         Ok(Err(e)) => Err(anyhow!(
@@ -133,6 +156,147 @@ fn parse(path: &Path) -> Result<OnnxGraph> {
             path.display()
         )),
     }
+}
+
+/// A graph input as the protobuf declares it.
+struct ProtoInput {
+    name: String,
+    /// ONNX element type (1 = float).
+    elem: u64,
+    /// Dimensions; `None` for a symbolic or missing one.
+    dims: Vec<Option<u64>>,
+}
+
+/// The model's input (its first graph input that is not an initializer), and whether any
+/// initializer keeps its data in an external file. `None` if the bytes are not a model.
+fn proto_input(model: &[u8]) -> Option<(ProtoInput, bool)> {
+    use crate::pb::fields;
+    let graph = fields(model)?
+        .into_iter()
+        .find(|f| f.num == 7 && f.wire == 2)?;
+    let gf = fields(graph.payload)?;
+    let mut inits = std::collections::HashSet::new();
+    let mut external = false;
+    for t in gf.iter().filter(|f| f.num == 5 && f.wire == 2) {
+        for f in fields(t.payload)? {
+            match (f.num, f.wire) {
+                (8, 2) => {
+                    inits.insert(f.payload);
+                }
+                (14, 0) if f.value == 1 => external = true,
+                _ => {}
+            }
+        }
+    }
+    for vi in gf.iter().filter(|f| f.num == 11 && f.wire == 2) {
+        let vf = fields(vi.payload)?;
+        let name = vf.iter().find(|f| f.num == 1 && f.wire == 2)?.payload;
+        if inits.contains(name) {
+            continue;
+        }
+        let mut input = ProtoInput {
+            name: String::from_utf8(name.to_vec()).ok()?,
+            elem: 0,
+            dims: Vec::new(),
+        };
+        let ty = vf.iter().find(|f| f.num == 2 && f.wire == 2)?;
+        let tensor = fields(ty.payload)?
+            .into_iter()
+            .find(|f| f.num == 1 && f.wire == 2)?;
+        for f in fields(tensor.payload)? {
+            match (f.num, f.wire) {
+                (1, 0) => input.elem = f.value,
+                (2, 2) => {
+                    for d in fields(f.payload)?
+                        .iter()
+                        .filter(|d| d.num == 1 && d.wire == 2)
+                    {
+                        let v = fields(d.payload)?
+                            .iter()
+                            .find(|x| x.num == 1 && x.wire == 0)
+                            .map(|x| x.value as i64)
+                            .filter(|&v| v > 0)
+                            .map(|v| v as u64);
+                        input.dims.push(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        return Some((input, external));
+    }
+    None
+}
+
+/// The per-example input shape from `--input-shape` (checked against the model's static
+/// dimensions) or from the model (`None` if it has dynamic dimensions besides the batch).
+fn per_example_dims(input: &ProtoInput, opts: &OnnxOptions) -> Result<Option<Vec<u32>>> {
+    if input.dims.len() < 2 {
+        return Ok(opts.input_shape.clone());
+    }
+    let Some(s) = &opts.input_shape else {
+        return Ok(input.dims[1..]
+            .iter()
+            .map(|d| d.and_then(|d| u32::try_from(d).ok()))
+            .collect());
+    };
+    if input.dims.len() != s.len() + 1 {
+        bail!(
+            "--input-shape {s:?} has rank {}, the model's input (with its batch dimension) rank {}",
+            s.len(),
+            input.dims.len()
+        );
+    }
+    for (i, (&want, have)) in s.iter().zip(&input.dims[1..]).enumerate() {
+        if let Some(h) = *have {
+            if h != want as u64 {
+                bail!(
+                    "--input-shape {s:?} disagrees with the model's dimension {} = {h}",
+                    i + 1
+                );
+            }
+        }
+    }
+    Ok(Some(s.clone()))
+}
+
+/// `model` with the type of graph input `name` replaced by a tensor of `elem` and `dims`.
+fn patch_input_shape(model: &[u8], name: &str, elem: u64, dims: &[u64]) -> Option<Vec<u8>> {
+    use crate::pb::{fields, Pb};
+    let mut out = Pb::default();
+    for f in fields(model)? {
+        if !(f.num == 7 && f.wire == 2) {
+            out.0.extend_from_slice(f.raw);
+            continue;
+        }
+        let mut g = Pb::default();
+        for gf in fields(f.payload)? {
+            let is_input = gf.num == 11
+                && gf.wire == 2
+                && fields(gf.payload)?
+                    .iter()
+                    .any(|x| x.num == 1 && x.wire == 2 && x.payload == name.as_bytes());
+            if !is_input {
+                g.0.extend_from_slice(gf.raw);
+                continue;
+            }
+            g.msg(11, |vi| {
+                vi.str(1, name);
+                vi.msg(2, |t| {
+                    t.msg(1, |tt| {
+                        tt.int(1, elem as i64);
+                        tt.msg(2, |sh| {
+                            for &d in dims {
+                                sh.msg(1, |dm| dm.int(1, d as i64));
+                            }
+                        });
+                    });
+                });
+            });
+        }
+        out.bytes(7, &g.0);
+    }
+    Some(out.0)
 }
 
 /// The ONNX op type of a node (onnx-ir's own names, e.g. `Conv2d` for a 2-D `Conv`).
@@ -298,21 +462,33 @@ fn input_shape(input: &Argument, opts: &OnnxOptions) -> Result<Vec<u32>> {
     if t.rank < 2 {
         bail!("has rank {}; nap expects a batch dimension first", t.rank);
     }
-    let dims = t.static_shape.clone().unwrap_or_else(|| vec![None; t.rank]);
-    let per: Option<Vec<u32>> = dims[1..].iter().map(|d| d.map(|d| d as u32)).collect();
+    let dims: Vec<Option<u32>> = match &t.static_shape {
+        Some(s) => s
+            .iter()
+            .map(|d| d.and_then(|d| u32::try_from(d).ok()))
+            .collect(),
+        None => vec![None; t.rank],
+    };
+    let per: Option<Vec<u32>> = dims[1..].iter().copied().collect();
     per.ok_or_else(|| {
+        let names = ["C", "H", "W"];
         let shown: Vec<String> = dims
             .iter()
             .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
             .collect();
+        let example: Vec<String> = dims[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Some(d) => d.to_string(),
+                None if dims.len() == 4 => names[i].to_string(),
+                None => format!("D{}", i + 1),
+            })
+            .collect();
         anyhow!(
-            "has dynamic dimensions [{}]; give the per-example shape with --input-shape (e.g. --input-shape {})",
+            "has dynamic dimensions [{}]; give the per-example shape with --input-shape {}",
             shown.join(", "),
-            dims[1..]
-                .iter()
-                .map(|d| d.map_or("H".to_string(), |d| d.to_string()))
-                .collect::<Vec<_>>()
-                .join(",")
+            example.join(",")
         )
     })
 }
