@@ -34,28 +34,108 @@ enum StoreDtype {
     F16,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+/// A data source (`--data`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum DataSet {
-    /// The embedded 8x8 digits (no download).
+    /// `digits`: the embedded 8x8 digits (no download).
     Digits,
-    /// MNIST from --data-dir (scripts/fetch-fixtures.sh).
+    /// `mnist`: MNIST from --data-dir (scripts/fetch-fixtures.sh).
     Mnist,
+    /// `images:DIR`: one subfolder per class, or a flat folder of unlabelled images.
+    Images(PathBuf),
+    /// `tensors:FILE`: .npy inputs, or .safetensors with `inputs` and optional `labels`.
+    Tensors(PathBuf),
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+impl DataSet {
+    /// The user's own data (no built-in train/test split).
+    fn is_user(&self) -> bool {
+        matches!(self, DataSet::Images(_) | DataSet::Tensors(_))
+    }
+}
+
+fn parse_data(s: &str) -> std::result::Result<DataSet, String> {
+    match s.split_once(':') {
+        None if s == "digits" => Ok(DataSet::Digits),
+        None if s == "mnist" => Ok(DataSet::Mnist),
+        Some(("images", d)) if !d.is_empty() => Ok(DataSet::Images(d.into())),
+        Some(("tensors", f)) if !f.is_empty() => Ok(DataSet::Tensors(f.into())),
+        _ => Err(format!(
+            "{s:?}: expected mnist, digits, images:DIR or tensors:FILE"
+        )),
+    }
+}
+
+fn parse_floats(s: &str) -> std::result::Result<Floats, String> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{s:?} is not a list of numbers like 0.485,0.456,0.406"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Floats)
+}
+
+/// Numbers given on the command line, e.g. `0.485,0.456,0.406`.
+#[derive(Clone, Debug)]
+struct Floats(Vec<f32>);
+
+/// How `images:DIR` becomes inputs.
+#[derive(clap::Args, Clone)]
+struct ImageArgs {
+    /// images:DIR: the shorter side after resizing, before the centre crop to the model's
+    /// input [default: the input's shorter side].
+    #[arg(long)]
+    resize: Option<u32>,
+    /// images:DIR: per-channel mean of x/255 (one value or one per channel), e.g.
+    /// 0.485,0.456,0.406 for ImageNet models.
+    #[arg(long, value_parser = parse_floats, default_value = "0")]
+    mean: Floats,
+    /// images:DIR: per-channel standard deviation of x/255, e.g. 0.229,0.224,0.225.
+    #[arg(long, value_parser = parse_floats, default_value = "1")]
+    std: Floats,
+    /// images:DIR: channels in BGR order (models trained with OpenCV) instead of RGB.
+    #[arg(long)]
+    bgr: bool,
+    /// images:DIR: views per image (1: the centre crop; more add mirror images and corner
+    /// crops, then the same at 15 % larger resizes).
+    #[arg(long, default_value_t = 1)]
+    views: usize,
+}
+
+impl ImageArgs {
+    fn preprocess(&self) -> data::user::ImagePreprocess {
+        data::user::ImagePreprocess {
+            resize: self.resize,
+            mean: self.mean.0.clone(),
+            std: self.std.0.clone(),
+            bgr: self.bgr,
+            views: self.views,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum SplitArg {
     Train,
     Test,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct DataArgs {
-    /// Data set.
-    #[arg(long, value_enum, default_value = "mnist")]
+    /// Data: mnist (from --data-dir), digits (embedded), images:DIR (one subfolder per class,
+    /// or a flat folder of unlabelled images), or tensors:FILE (.npy inputs, or .safetensors
+    /// with `inputs` and optional `labels`).
+    #[arg(long, default_value = "mnist", value_parser = parse_data)]
     data: DataSet,
     /// Folder with the MNIST IDX files.
     #[arg(long, default_value = "fixtures/mnist")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    image: ImageArgs,
     /// Which split.
     #[arg(long, value_enum, default_value = "test")]
     split: SplitArg,
@@ -166,6 +246,11 @@ enum Cmd {
         model: PathBuf,
         #[command(flatten)]
         source: SourceArgs,
+        /// Also compare with this model (typically the dense original; .nap, .onnx or a
+        /// checkpoint nap wrote): top-1 agreement and the mean KL divergence from its
+        /// predictions. Needs no labels.
+        #[arg(long)]
+        vs: Option<PathBuf>,
         #[command(flatten)]
         data: DataArgs,
         #[arg(long, default_value_t = 64)]
@@ -248,11 +333,18 @@ struct PruneArgs {
     checkpoint: PathBuf,
     #[command(flatten)]
     source: SourceArgs,
-    /// Training data (the validation split is carved from its training split).
-    #[arg(long, value_enum, default_value = "mnist")]
+    /// Training data: mnist (from --data-dir), digits (embedded), images:DIR (one subfolder
+    /// per class, or a flat folder of unlabelled images: then the dense model's top-1 class is
+    /// the label, so accuracy means agreement with it, and fine-tuning distils from it), or
+    /// tensors:FILE (.npy inputs, or .safetensors with `inputs` and optional `labels`). The
+    /// validation and confirmation splits are carved from it; only mnist and digits have a
+    /// test split.
+    #[arg(long, default_value = "mnist", value_parser = parse_data)]
     data: DataSet,
     #[arg(long, default_value = "fixtures/mnist")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    image: ImageArgs,
     /// Run folder: state, checkpoints, pruned model, report and plots.
     #[arg(short, long)]
     out: PathBuf,
@@ -557,10 +649,11 @@ pub fn main() -> Result<()> {
         Cmd::Eval {
             model,
             source,
+            vs,
             data,
             batch,
             json,
-        } => eval_cmd(&model, &source, &data, batch, json),
+        } => eval_cmd(&model, &source, vs.as_deref(), &data, batch, json),
         Cmd::Check {
             checkpoint,
             source,
@@ -616,15 +709,20 @@ fn rt<T>(r: nap_runtime::Result<T>) -> Result<T> {
     r.map_err(|e| anyhow!("{e}"))
 }
 
-fn load_data(a: &DataArgs) -> Result<Dataset> {
-    let mut d = match a.data {
+/// The data of `a` for a model of per-example input `input`, and whether it is labelled.
+/// The user's own data has no split: `--split` does not apply to it.
+fn load_data(a: &DataArgs, input: &[u32]) -> Result<(Dataset, bool)> {
+    let (mut d, labelled) = match &a.data {
         DataSet::Digits => {
             let (train, test) = data::digits::load_digits().split(0.2, 0);
-            if a.split == SplitArg::Train {
-                train
-            } else {
-                test
-            }
+            (
+                if a.split == SplitArg::Train {
+                    train
+                } else {
+                    test
+                },
+                true,
+            )
         }
         DataSet::Mnist => {
             let split = if a.split == SplitArg::Train {
@@ -632,18 +730,21 @@ fn load_data(a: &DataArgs) -> Result<Dataset> {
             } else {
                 data::mnist::Split::Test
             };
-            data::mnist::load_mnist(&a.data_dir, split).with_context(|| {
+            let d = data::mnist::load_mnist(&a.data_dir, split).with_context(|| {
                 format!(
                     "loading MNIST from {} (run scripts/fetch-fixtures.sh)",
                     a.data_dir.display()
                 )
-            })?
+            })?;
+            (d, true)
         }
+        DataSet::Images(dir) => data::user::load_images(dir, input, &a.image.preprocess())?,
+        DataSet::Tensors(f) => data::user::load_tensors(f, input)?,
     };
     if let Some(l) = a.limit {
         d = d.take(l);
     }
-    Ok(d)
+    Ok((d, labelled))
 }
 
 /// Prints `v` as pretty JSON; a closed pipe (`nap ... --json | head`) is not an error.
@@ -940,41 +1041,121 @@ fn run(
     Ok(())
 }
 
+/// A model evaluated by the runtime (a .nap file) or by the candle reference (anything else).
+enum Evaluated {
+    Runtime(Box<Model<'static>>),
+    Reference(Box<HostModel>),
+}
+
+impl Evaluated {
+    fn open(path: &Path, source: &SourceArgs) -> Result<Self> {
+        Ok(if path.extension().is_some_and(|e| e == "nap") {
+            Evaluated::Runtime(Box::new(rt(Model::open(path))?))
+        } else {
+            Evaluated::Reference(Box::new(source.load(path)?))
+        })
+    }
+
+    fn input_shape(&self) -> Vec<u32> {
+        match self {
+            Evaluated::Runtime(m) => m.graph().values[m.graph().inputs[0] as usize].shape.clone(),
+            Evaluated::Reference(m) => m.input_shape().to_vec(),
+        }
+    }
+
+    fn engine(&self) -> &'static str {
+        match self {
+            Evaluated::Runtime(_) => "runtime",
+            Evaluated::Reference(_) => "candle reference",
+        }
+    }
+
+    fn logits(&self, d: &Dataset, batch: usize, progress: bool) -> Result<Vec<f32>> {
+        match self {
+            Evaluated::Runtime(m) => eval::runtime_logits(m, &d.images, batch, progress),
+            Evaluated::Reference(m) => {
+                train::check_data(m, d)?;
+                eval::reference_logits(m, &d.images, batch, progress)
+            }
+        }
+    }
+}
+
 fn eval_cmd(
     path: &Path,
     source: &SourceArgs,
+    vs: Option<&Path>,
     a: &DataArgs,
     batch: usize,
     json: bool,
 ) -> Result<()> {
-    let d = load_data(a)?;
-    let is_nap = path.extension().is_some_and(|e| e == "nap");
+    let model = Evaluated::open(path, source)?;
+    let (d, labelled) = load_data(a, &model.input_shape())?;
+    if !labelled && vs.is_none() {
+        bail!("--data holds no labels, so there is no accuracy to measure: give images:DIR one subfolder per class or tensors:FILE a labels tensor, or compare with the dense model (--vs)");
+    }
     let t0 = Instant::now();
-    let (acc, engine) = if is_nap {
-        let model = rt(Model::open(path))?;
-        let logits = eval::runtime_logits(&model, &d.images, batch, !json)?;
-        let classes = logits.len() / d.n;
-        (eval::accuracy(&logits, &d.labels, classes), "runtime")
-    } else {
-        let m = source.load(path)?;
-        (
-            train::reference_accuracy(&m, &d, batch)?,
-            "candle reference",
-        )
+    let logits = model.logits(&d, batch, !json)?;
+    let classes = logits.len() / d.n;
+    let acc = labelled.then(|| eval::accuracy(&logits, &d.labels, classes));
+    let versus = match vs {
+        Some(r) => {
+            let reference = Evaluated::open(r, &SourceArgs::default())?;
+            if reference.input_shape() != model.input_shape() {
+                bail!(
+                    "{} takes {:?} but {} takes {:?}",
+                    r.display(),
+                    reference.input_shape(),
+                    path.display(),
+                    model.input_shape()
+                );
+            }
+            let rl = reference.logits(&d, batch, !json)?;
+            if rl.len() != logits.len() {
+                bail!(
+                    "{} has {} outputs, {} has {classes}",
+                    r.display(),
+                    rl.len() / d.n,
+                    path.display()
+                );
+            }
+            let ag = agreement(&logits, &rl, classes);
+            Some(serde_json::json!({
+                "model": r,
+                "top1_agreement": 1.0 - ag.top1_mismatches as f64 / d.n as f64,
+                "kl": eval::kl_divergence(&logits, &rl, classes),
+                "accuracy": labelled.then(|| eval::accuracy(&rl, &d.labels, classes)),
+            }))
+        }
+        None => None,
     };
     let secs = t0.elapsed().as_secs_f64();
     if json {
-        return print_json(
-            &serde_json::json!({"model": path, "engine": engine, "examples": d.n, "accuracy": acc, "seconds": secs}),
+        return print_json(&serde_json::json!({
+            "model": path, "engine": model.engine(), "examples": d.n, "accuracy": acc,
+            "vs": versus, "seconds": secs,
+        }));
+    }
+    if let Some(acc) = acc {
+        println!(
+            "{}: accuracy {:.2}% on {} examples ({}, {:.1} s)",
+            path.display(),
+            100.0 * acc,
+            d.n,
+            model.engine(),
+            secs
         );
     }
-    println!(
-        "{}: accuracy {:.2}% on {} examples ({engine}, {:.1} s)",
-        path.display(),
-        100.0 * acc,
-        d.n,
-        secs
-    );
+    if let Some(v) = versus {
+        println!(
+            "{} against {}: top-1 agreement {:.2}%, KL divergence {:.4} nats (mean over {} examples)",
+            path.display(),
+            vs.unwrap_or(Path::new("")).display(),
+            100.0 * v["top1_agreement"].as_f64().unwrap_or(0.0),
+            v["kl"].as_f64().unwrap_or(f64::NAN),
+            d.n
+        );
+    }
     Ok(())
 }
 
@@ -1002,20 +1183,22 @@ fn check(
     let arch = m.meta.arch.clone();
     let bytes = export::to_nap_bytes(&m, ExportOptions::default())?;
     let model = rt(Model::from_vec(&bytes))?;
-    let (inputs, labels, names): (Vec<f32>, Option<Vec<u8>>, Vec<String>) = if images.is_empty() {
-        let d = load_data(a)?;
-        (d.images, Some(d.labels), Vec::new())
-    } else {
-        let mut xs = Vec::new();
-        for p in images {
-            xs.extend(parse_input(&model, &p.to_string_lossy(), &a.data_dir)?);
-        }
-        (
-            xs,
-            None,
-            images.iter().map(|p| p.display().to_string()).collect(),
-        )
-    };
+    let (inputs, labels, names): (Vec<f32>, Option<Vec<data::Label>>, Vec<String>) =
+        if images.is_empty() {
+            let (d, labelled) = load_data(a, m.input_shape())?;
+            train::check_data(&m, &d)?;
+            (d.images, labelled.then_some(d.labels), Vec::new())
+        } else {
+            let mut xs = Vec::new();
+            for p in images {
+                xs.extend(parse_input(&model, &p.to_string_lossy(), &a.data_dir)?);
+            }
+            (
+                xs,
+                None,
+                images.iter().map(|p| p.display().to_string()).collect(),
+            )
+        };
     let ours = eval::runtime_logits(&model, &inputs, batch, !json)?;
     let reference = eval::reference_logits(&m, &inputs, batch, !json)?;
     let classes = m.output_shape()[0] as usize;
@@ -1089,20 +1272,26 @@ fn train_cmd(
     (val_fraction, confirm_fraction, val_seed): (f32, f32, u64),
     output: &Path,
 ) -> Result<()> {
-    let all = load_data(&DataArgs {
-        data: a.data,
-        data_dir: a.data_dir.clone(),
-        split: SplitArg::Train,
-        limit: a.limit,
-    })?;
-    let (train_set, val, _confirm) = all.split3(val_fraction, confirm_fraction, val_seed);
-    let test = load_data(&DataArgs {
-        data: a.data,
-        data_dir: a.data_dir.clone(),
-        split: SplitArg::Test,
-        limit: None,
-    })?;
     let mut m = archs::random(arch, cfg.seed)?;
+    if a.data.is_user() {
+        bail!("nap train trains the built-in architectures on mnist or digits");
+    }
+    let (all, _) = load_data(
+        &DataArgs {
+            split: SplitArg::Train,
+            ..a.clone()
+        },
+        m.input_shape(),
+    )?;
+    let (train_set, val, _confirm) = all.split3(val_fraction, confirm_fraction, val_seed);
+    let (test, _) = load_data(
+        &DataArgs {
+            split: SplitArg::Test,
+            limit: None,
+            ..a.clone()
+        },
+        m.input_shape(),
+    )?;
     m.meta.source = format!(
         "nap train --arch {arch} --epochs {} --lr {} --batch {} --seed {} --val-fraction {val_fraction} --confirm-fraction {confirm_fraction} --val-seed {val_seed}",
         cfg.epochs, cfg.lr, cfg.batch, cfg.seed
@@ -1236,13 +1425,28 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
     let device = crate::util::parse_device(&a.device)?;
     let dense = a.source.load(&a.checkpoint)?;
     let data_args = |split| DataArgs {
-        data: a.data,
+        data: a.data.clone(),
         data_dir: a.data_dir.clone(),
+        image: a.image.clone(),
         split,
         limit: None,
     };
-    let all = load_data(&data_args(SplitArg::Train))?;
-    let test = load_data(&data_args(SplitArg::Test))?;
+    let (mut all, labelled) = load_data(&data_args(SplitArg::Train), dense.input_shape())?;
+    train::check_data(&dense, &all).context("--data does not fit the model")?;
+    if !labelled {
+        let logits = eval::reference_logits(&dense, &all.images, 64, !a.json)?;
+        let classes = dense.output_shape().iter().product::<u32>() as usize;
+        data::user::pseudo_label(&mut all, &logits, classes);
+        eprintln!(
+            "{} unlabelled examples: their label is the dense model's top-1 class, so accuracy below means top-1 agreement with the dense model",
+            all.n
+        );
+    }
+    let test = if a.data.is_user() {
+        None
+    } else {
+        Some(load_data(&data_args(SplitArg::Test), dense.input_shape())?.0)
+    };
     let (train_set, val, confirm) = all.split3(
         settings.val_fraction,
         settings.confirm_fraction,
@@ -1267,7 +1471,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
         &dense,
         &outcome,
         (confirm.n > 0).then_some(&confirm),
-        Some(&test),
+        test.as_ref(),
         &a.out,
         ExportOptions {
             dtype: match a.dtype {

@@ -91,7 +91,7 @@ pub fn reference_logits_on(
 }
 
 /// Fraction of rows whose argmax equals the label.
-pub fn accuracy(logits: &[f32], labels: &[u8], classes: usize) -> f32 {
+pub fn accuracy(logits: &[f32], labels: &[crate::data::Label], classes: usize) -> f32 {
     let correct = logits
         .chunks(classes)
         .zip(labels)
@@ -111,7 +111,7 @@ fn log_sum_exp(row: &[f32]) -> f64 {
 }
 
 /// Mean cross-entropy (natural log) of `logits` against `labels`.
-pub fn cross_entropy(logits: &[f32], labels: &[u8], classes: usize) -> f64 {
+pub fn cross_entropy(logits: &[f32], labels: &[crate::data::Label], classes: usize) -> f64 {
     let mut sum = 0f64;
     for (row, &l) in logits.chunks(classes).zip(labels) {
         sum += log_sum_exp(row) - row[l as usize] as f64;

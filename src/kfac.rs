@@ -148,7 +148,7 @@ fn add_gram(acc: &mut [f64], x: &Tensor, scale: f64) -> Result<()> {
 fn backward_passes(
     logits: &Tensor,
     cfg: &StatsConfig,
-    labels: &[u8],
+    labels: &[crate::data::Label],
     rng: &mut impl Rng,
 ) -> Result<Vec<Tensor>> {
     let (n, classes) = logits.dims2()?;
@@ -160,7 +160,7 @@ fn backward_passes(
         }
         Ok(Tensor::from_vec(v, (n, classes), dev)?)
     };
-    let data_labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    let data_labels: Vec<u32> = labels.to_vec();
     let t = cfg.temperature;
     Ok(match (cfg.loss, cfg.fisher) {
         (Loss::CrossEntropy, Fisher::Exact) if cfg.probes.is_some() => {

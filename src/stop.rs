@@ -127,7 +127,7 @@ impl Paired {
     pub fn compare(
         model: &[f32],
         reference: &[f32],
-        labels: Option<&[u8]>,
+        labels: Option<&[crate::data::Label]>,
         classes: usize,
     ) -> Self {
         let rows: Vec<(&[f32], &[f32])> = model

@@ -369,7 +369,7 @@ pub fn train_with_events(
             tb.clear();
             for &i in chunk {
                 xb.extend_from_slice(&data.images[i * per..(i + 1) * per]);
-                yb.push(data.labels[i] as u32);
+                yb.push(data.labels[i]);
                 if let Some(t) = teacher {
                     tb.extend_from_slice(&t.logits[i * classes..(i + 1) * classes]);
                 }

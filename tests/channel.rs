@@ -148,7 +148,7 @@ fn data(n: usize, seed: u64) -> Dataset {
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     Dataset {
         images: (0..n * 192).map(|_| r.gen_range(-1.0..1.0)).collect(),
-        labels: (0..n).map(|i| (i % 3) as u8).collect(),
+        labels: (0..n).map(|i| (i % 3) as u32).collect(),
         n,
         shape: [3, 8, 8],
     }

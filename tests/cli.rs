@@ -867,3 +867,163 @@ fn issue13_onnx_model_prunes_resumes_evaluates_and_benches_without_arch() {
         text(&o)
     );
 }
+
+/// The user's own data: a folder of class subfolders, a flat (unlabelled) folder and tensor
+/// files give the same examples as the built-in digits; unlabelled data prunes against the
+/// dense model's own predictions.
+#[test]
+fn issue13_user_data_images_and_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = train_digits(dir.path());
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let o = nap(&["convert", ckpt.to_str().unwrap(), "-o", &p("model.onnx")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, test) = nap::data::load_digits().split(0.2, 0);
+    // Pixels v/16 (v in 0..=16) as v * 15 / 255, so --std 16/17 gives back v/16.
+    for i in 0..test.n {
+        let px: Vec<u8> = test
+            .image(i)
+            .iter()
+            .map(|v| (v * 16.0).round() as u8 * 15)
+            .collect();
+        let img = image::GrayImage::from_raw(8, 8, px).unwrap();
+        let class = dir.path().join(format!("labelled/c{}", test.labels[i]));
+        std::fs::create_dir_all(&class).unwrap();
+        img.save(class.join(format!("{i:04}.png"))).unwrap();
+        std::fs::create_dir_all(dir.path().join("flat")).unwrap();
+        img.save(dir.path().join(format!("flat/{i:04}.png")))
+            .unwrap();
+    }
+    let inputs = nap::import::NamedTensor {
+        name: "inputs".into(),
+        shape: vec![test.n, 1, 8, 8],
+        data: test.images.clone(),
+    };
+    let labels = nap::import::NamedTensor {
+        name: "labels".into(),
+        shape: vec![test.n],
+        data: test.labels.iter().map(|&l| l as f32).collect(),
+    };
+    nap::import::write_safetensors(&dir.path().join("t.safetensors"), &[inputs.clone(), labels])
+        .unwrap();
+    std::fs::write(
+        p("t.npy"),
+        nap::import::npy::npy_bytes(&inputs.shape, &inputs.data),
+    )
+    .unwrap();
+
+    let model = p("model.onnx");
+    let eval = |extra: &[&str]| -> f64 {
+        let mut a = vec!["eval", model.as_str(), "--json"];
+        a.extend_from_slice(extra);
+        let o = nap(&a);
+        assert!(o.status.success(), "{extra:?}: {}", text(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        r["accuracy"].as_f64().unwrap()
+    };
+    let digits = eval(&["--data", "digits"]);
+    let st = format!("tensors:{}", p("t.safetensors"));
+    assert_eq!(eval(&["--data", &st]), digits);
+    let folder = format!("images:{}", p("labelled"));
+    // Class folders are numbered in sorted order: c0..c9 are the digits' own labels.
+    let from_png = eval(&["--data", &folder, "--std", "0.94117647"]);
+    assert!((from_png - digits).abs() < 0.01, "{from_png} vs {digits}");
+
+    // No labels: eval refuses, prune measures agreement with the dense model.
+    let flat = format!("images:{}", p("flat"));
+    let npy = format!("tensors:{}", p("t.npy"));
+    for data in [&flat, &npy] {
+        let o = nap(&["eval", &p("model.onnx"), "--data", data]);
+        assert!(
+            !o.status.success() && text(&o).contains("no labels"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = nap(&[
+        "prune",
+        &p("model.onnx"),
+        "--data",
+        &flat,
+        "--std",
+        "0.94117647",
+        "-o",
+        &p("run"),
+        "--max-drop",
+        "2%",
+        "--stats-examples",
+        "200",
+        "--max-steps",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("top-1 agreement with the dense model"),
+        "{}",
+        text(&o)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        r["state"]["dense"]["val"]["accuracy"].as_f64().unwrap(),
+        1.0,
+        "{}",
+        r["state"]["dense"]
+    );
+    // Fidelity to the dense model needs no labels: against itself perfect, the pruned model
+    // in [0, 1] with a non-negative KL divergence.
+    for (m, same) in [(p("model.onnx"), true), (p("run/pruned.onnx"), false)] {
+        let o = nap(&[
+            "eval",
+            &m,
+            "--data",
+            &flat,
+            "--std",
+            "0.94117647",
+            "--vs",
+            &p("model.onnx"),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let (ag, kl) = (
+            r["vs"]["top1_agreement"].as_f64().unwrap(),
+            r["vs"]["kl"].as_f64().unwrap(),
+        );
+        assert!(r["accuracy"].is_null(), "{r}");
+        if same {
+            assert!(ag == 1.0 && kl.abs() < 1e-9, "{r}");
+        } else {
+            assert!((0.0..=1.0).contains(&ag) && kl >= 0.0, "{r}");
+        }
+    }
+
+    // Bad data: named, non-zero exit.
+    for (data, needle) in [
+        ("images:/nonexistent/folder", "/nonexistent/folder"),
+        ("pictures:x", "images:DIR"),
+        ("tensors:/nonexistent.npy", "/nonexistent.npy"),
+    ] {
+        let o = nap(&["eval", &p("model.onnx"), "--data", data]);
+        assert!(
+            !o.status.success() && text(&o).contains(needle),
+            "{data}: {}",
+            text(&o)
+        );
+    }
+    let wrong = nap::import::npy::npy_bytes(&[3, 1, 9, 9], &[0.0; 243]);
+    std::fs::write(p("w.npy"), wrong).unwrap();
+    let o = nap(&[
+        "prune",
+        &p("model.onnx"),
+        "--data",
+        &format!("tensors:{}", p("w.npy")),
+        "-o",
+        &p("x"),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("[N, 1, 8, 8]"),
+        "{}",
+        text(&o)
+    );
+}

@@ -862,7 +862,7 @@ fn digits_embedded() {
     assert_eq!(train.images.len(), train.n * 64);
     assert_eq!(d.split(0.2, 42), (train.clone(), test.clone()));
     assert_ne!(d.split(0.2, 43).1, test);
-    let mut all: Vec<u8> = train.labels.iter().chain(&test.labels).copied().collect();
+    let mut all: Vec<u32> = train.labels.iter().chain(&test.labels).copied().collect();
     let mut orig = d.labels.clone();
     all.sort();
     orig.sort();

@@ -14,7 +14,7 @@ fn dataset(shape: [usize; 3], n: usize, classes: u8, seed: u64) -> Dataset {
     let per: usize = shape.iter().product();
     Dataset {
         images: (0..n * per).map(|_| r.gen_range(-1.0..1.0)).collect(),
-        labels: (0..n).map(|_| r.gen_range(0..classes)).collect(),
+        labels: (0..n).map(|_| r.gen_range(0..classes) as u32).collect(),
         n,
         shape,
     }
@@ -55,7 +55,7 @@ fn single_linear_layer_batch_of_one_is_the_exact_fisher() {
         .to_dtype(DType::F64)
         .unwrap();
     let logits = reference::forward(&m.graph, &ts, &x).unwrap();
-    let y = Tensor::from_slice(&[d.labels[0] as u32], 1, &dev).unwrap();
+    let y = Tensor::from_slice(&[d.labels[0]], 1, &dev).unwrap();
     let grads = candle_nn::loss::cross_entropy(&logits, &y)
         .unwrap()
         .backward()
@@ -303,7 +303,7 @@ fn deep_linear() -> (HostModel, Dataset, [usize; 4]) {
     let n = 32;
     let d = Dataset {
         images: (0..n * dims[0]).map(|_| rnd()).collect(),
-        labels: (0..n).map(|i| (i % dims[3]) as u8).collect(),
+        labels: (0..n).map(|i| (i % dims[3]) as u32).collect(),
         n,
         shape: [dims[0], 1, 1],
     };

@@ -13,7 +13,7 @@ fn toy_mnist(n: usize, prime: usize) -> Dataset {
         images: (0..n * 784)
             .map(|i| ((i * prime) % 255) as f32 / 255.0)
             .collect(),
-        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        labels: (0..n).map(|i| (i % 10) as u32).collect(),
         n,
         shape: [1, 28, 28],
     }
@@ -184,7 +184,7 @@ fn ranking_is_invariant_to_layer_order() {
         images: (0..64 * 8)
             .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.3)
             .collect(),
-        labels: (0..64).map(|i| (i % 3) as u8).collect(),
+        labels: (0..64).map(|i| (i % 3) as u32).collect(),
         n: 64,
         shape: [8, 1, 1],
     };

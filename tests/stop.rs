@@ -13,7 +13,7 @@ fn outcomes(
     ref_wrong: usize,
     lost: usize,
     gained: usize,
-) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
+) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
     let right = [3.0f32, 0.0, 0.0];
     let wrong = [0.0f32, 3.0, 0.0];
     let (mut model, mut reference) = (Vec::new(), Vec::new());

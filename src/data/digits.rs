@@ -44,7 +44,7 @@ fn parse_digits(gz: &[u8]) -> anyhow::Result<Dataset> {
             ln + 1
         );
         images.extend(vals[..64].iter().map(|v| v / 16.0));
-        labels.push(label as u8);
+        labels.push(label as super::Label);
     }
     let n = labels.len();
     anyhow::ensure!(n == DIGITS_N, "{n} samples, expected {DIGITS_N}");

@@ -62,7 +62,7 @@ pub fn load_mnist(dir: &Path, split: Split) -> Result<Dataset> {
             .iter()
             .map(|&x| (x as f32 / 255.0 - MNIST_MEAN) / MNIST_STD)
             .collect(),
-        labels: labels.to_vec(),
+        labels: labels.iter().map(|&l| l as super::Label).collect(),
         n,
         shape: [1, h, w],
     })

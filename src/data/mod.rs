@@ -3,20 +3,25 @@
 //! * [`mnist`]: the IDX files of MNIST (fetched by `scripts/fetch-fixtures.sh`).
 //! * [`digits`]: the 8×8 UCI digits (1797 samples), embedded in the binary.
 //! * [`image`]: PNG/JPEG files preprocessed as the imported models expect.
+//! * [`user`]: the user's own data: a folder of images or a tensor file.
 
 pub mod digits;
 pub mod image;
 pub mod mnist;
+pub mod user;
 
 pub use digits::load_digits;
 pub use mnist::{load_mnist, Split};
+
+/// A class label.
+pub type Label = u32;
 
 /// A labelled image dataset held in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// `n * C * H * W` values, sample after sample, already normalised for the model.
     pub images: Vec<f32>,
-    pub labels: Vec<u8>,
+    pub labels: Vec<Label>,
     pub n: usize,
     /// `[C, H, W]` of one sample.
     pub shape: [usize; 3],
