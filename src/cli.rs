@@ -464,6 +464,13 @@ struct PruneArgs {
     /// Examples per K-FAC statistics pass.
     #[arg(long, default_value_t = crate::schedule::Settings::default().stats_examples)]
     stats_examples: usize,
+    /// Examples per batch of the statistics passes (memory grows with it: lower it for large
+    /// models and images).
+    #[arg(long, default_value_t = crate::schedule::Settings::default().stats_batch)]
+    stats_batch: usize,
+    /// Examples per fine-tuning batch.
+    #[arg(long, default_value_t = crate::schedule::Settings::default().ft_batch)]
+    ft_batch: usize,
     /// Fine-tuning epochs after every step.
     #[arg(long, default_value_t = crate::schedule::Settings::default().ft_epochs)]
     ft_epochs: usize,
@@ -1402,6 +1409,8 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         fisher_probes: (a.fisher_probes > 0).then_some(a.fisher_probes),
         label_smoothing: a.label_smoothing,
         stats_examples: a.stats_examples,
+        stats_batch: a.stats_batch,
+        ft_batch: a.ft_batch,
         ft_epochs: a.ft_epochs,
         ft_examples: a.ft_examples,
         ft_lr: a.ft_lr,
@@ -1414,7 +1423,6 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         confirm_fraction: a.confirm_fraction,
         val_seed: a.val_seed,
         seed: a.seed,
-        ..Default::default()
     })
 }
 
