@@ -66,17 +66,25 @@ fn parse_data(s: &str) -> std::result::Result<DataSet, String> {
     }
 }
 
-fn parse_floats(s: &str) -> std::result::Result<Floats, String> {
+/// A comma-separated list of values that pass `ok`, e.g. `3,224,224`.
+fn parse_list<T: std::str::FromStr>(
+    s: &str,
+    ok: impl Fn(&T) -> bool,
+    example: &str,
+) -> std::result::Result<Vec<T>, String> {
     s.split(',')
         .map(|v| {
             v.trim()
-                .parse::<f32>()
+                .parse::<T>()
                 .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| format!("{s:?} is not a list of numbers like 0.485,0.456,0.406"))
+                .filter(&ok)
+                .ok_or_else(|| format!("{s:?} is not a list like {example}"))
         })
-        .collect::<std::result::Result<_, _>>()
-        .map(Floats)
+        .collect()
+}
+
+fn parse_floats(s: &str) -> std::result::Result<Floats, String> {
+    parse_list(s, |v: &f32| v.is_finite(), "0.485,0.456,0.406").map(Floats)
 }
 
 /// Numbers given on the command line, e.g. `0.485,0.456,0.406`.
@@ -175,16 +183,7 @@ impl SourceArgs {
 struct ShapeArg(Vec<u32>);
 
 fn parse_shape(s: &str) -> std::result::Result<ShapeArg, String> {
-    s.split(',')
-        .map(|d| {
-            d.trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|&d| d > 0)
-                .ok_or_else(|| format!("{s:?} is not a shape like 3,224,224"))
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map(ShapeArg)
+    parse_list(s, |&d: &u32| d > 0, "3,224,224").map(ShapeArg)
 }
 
 #[derive(Subcommand)]

@@ -4,9 +4,12 @@
 //! need `NAP_FIXTURES` to name the folder filled by `scripts/fetch-fixtures.sh`; without it they
 //! print a notice and pass, with it a missing file is a failure.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::io::Write;
+use std::path::Path;
+
+use common::{fixture, fixtures};
 use nap::data::image::{
     gray_input, imagenet_input, load_gray_input, load_imagenet_input, read_class_names,
     GrayPreprocess, IMAGENET_MEAN, IMAGENET_STD,
@@ -1020,31 +1023,6 @@ fn image_preprocessing() {
 
 // ---------------------------------------------------------------------------------------------
 // Real models and data (NAP_FIXTURES)
-
-fn fixtures(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("NAP_FIXTURES") {
-        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
-        _ => {
-            eprintln!(
-                "NOTE: NAP_FIXTURES is not set, skipping {test}; run \
-                 `scripts/fetch-fixtures.sh fixtures` and set NAP_FIXTURES=fixtures to run it"
-            );
-            None
-        }
-    }
-}
-
-fn fixture(dir: &Path, rel: &str) -> PathBuf {
-    let p = dir.join(rel);
-    assert!(
-        p.is_file(),
-        "NAP_FIXTURES={} is set but {} is missing: run scripts/fetch-fixtures.sh {}",
-        dir.display(),
-        p.display(),
-        dir.display()
-    );
-    p
-}
 
 #[test]
 fn fixture_m1_zip_checkpoint() {

@@ -5,7 +5,11 @@
 //! folder filled by `scripts/fetch-fixtures.sh` (which runs `onnx-fixtures.py`); without it they
 //! print a notice and pass, with it a missing file is a failure.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::fixture;
 
 use nap::eval::{agreement, reference_logits, runtime_logits};
 use nap::export::{to_nap_bytes, ExportOptions};
@@ -13,27 +17,9 @@ use nap::import::npy::read_npy;
 use nap::import::onnx::{read_onnx, OnnxOptions, Unsupported};
 use nap_runtime::Model;
 
+/// The ONNX fixtures' folder (`NAP_FIXTURES/onnx`).
 fn fixtures(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("NAP_FIXTURES") {
-        Some(d) if !d.is_empty() => Some(PathBuf::from(d).join("onnx")),
-        _ => {
-            eprintln!(
-                "NOTE: NAP_FIXTURES is not set, skipping {test}; run \
-                 `scripts/fetch-fixtures.sh fixtures` and set NAP_FIXTURES=fixtures to run it"
-            );
-            None
-        }
-    }
-}
-
-fn fixture(dir: &Path, rel: &str) -> PathBuf {
-    let p = dir.join(rel);
-    assert!(
-        p.is_file(),
-        "NAP_FIXTURES is set but {} is missing: run scripts/fetch-fixtures.sh",
-        p.display()
-    );
-    p
+    common::fixtures(test).map(|d| d.join("onnx"))
 }
 
 /// Imports `name.onnx`, runs the candle reference and the runtime on `name[.case].input.npy`

@@ -50,31 +50,27 @@ pub fn parse_npy(bytes: &[u8], name: String) -> Result<NamedTensor> {
         .context("shape overflows")?;
     let body = &bytes[start + hlen..];
     let quoted = descr.trim_start_matches(['\'', '"']);
-    let data: Vec<f32> = if quoted.starts_with("<f4") {
-        let need = numel.checked_mul(4).context("shape overflows")?;
-        if body.len() != need {
-            bail!(
-                "holds {} data bytes, shape {shape:?} needs {need}",
-                body.len()
-            );
-        }
-        body.chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+    let width = if quoted.starts_with("<f4") {
+        4
     } else if quoted.starts_with("<f8") {
-        let need = numel.checked_mul(8).context("shape overflows")?;
-        if body.len() != need {
-            bail!(
-                "holds {} data bytes, shape {shape:?} needs {need}",
-                body.len()
-            );
-        }
-        body.chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect()
+        8
     } else {
         bail!("element type {descr} (only little-endian float32 and float64)");
     };
+    let need = numel.checked_mul(width).context("shape overflows")?;
+    if body.len() != need {
+        bail!(
+            "holds {} data bytes, shape {shape:?} needs {need}",
+            body.len()
+        );
+    }
+    let data: Vec<f32> = body
+        .chunks_exact(width)
+        .map(|c| match *c {
+            [a, b, c, d] => f32::from_le_bytes([a, b, c, d]),
+            _ => f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
+        })
+        .collect();
     Ok(NamedTensor { name, shape, data })
 }
 

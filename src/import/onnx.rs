@@ -705,33 +705,29 @@ impl Mapper {
             }
             Node::MaxPool2d(p) => {
                 let c = &p.config;
-                if c.dilation != [1, 1] {
-                    return Err("dilated pooling is not supported".into());
-                }
-                self.pool(
-                    n,
-                    c.kernel_size,
-                    c.strides,
-                    &c.padding,
-                    &c.auto_pad,
-                    c.ceil_mode,
-                    None,
-                )
+                let pool = Pool {
+                    kernel: c.kernel_size,
+                    stride: c.strides,
+                    dilation: c.dilation,
+                    padding: &c.padding,
+                    auto_pad: &c.auto_pad,
+                    ceil_mode: c.ceil_mode,
+                    avg_count_pad: None,
+                };
+                self.pool(n, pool)
             }
             Node::AveragePool2d(p) => {
                 let c = &p.config;
-                if c.dilation != [1, 1] {
-                    return Err("dilated pooling is not supported".into());
-                }
-                self.pool(
-                    n,
-                    c.kernel_size,
-                    c.strides,
-                    &c.padding,
-                    &c.auto_pad,
-                    c.ceil_mode,
-                    Some(c.count_include_pad),
-                )
+                let pool = Pool {
+                    kernel: c.kernel_size,
+                    stride: c.strides,
+                    dilation: c.dilation,
+                    padding: &c.padding,
+                    auto_pad: &c.auto_pad,
+                    ceil_mode: c.ceil_mode,
+                    avg_count_pad: Some(c.count_include_pad),
+                };
+                self.pool(n, pool)
             }
             Node::GlobalAveragePool(_) => {
                 let (x, shape) = self.input(n, 0)?;
@@ -936,17 +932,19 @@ impl Mapper {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn pool(
-        &mut self,
-        n: &Node,
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        pad: &onnx_ir::node::padding::PaddingConfig2d,
-        auto_pad: &onnx_ir::node::padding::AutoPad,
-        ceil_mode: bool,
-        avg_count_pad: Option<bool>,
-    ) -> NodeResult {
+    fn pool(&mut self, n: &Node, p: Pool<'_>) -> NodeResult {
+        if p.dilation != [1, 1] {
+            return Err("dilated pooling is not supported".into());
+        }
+        let Pool {
+            kernel,
+            stride,
+            padding: pad,
+            auto_pad,
+            ceil_mode,
+            avg_count_pad,
+            ..
+        } = p;
         let (x, shape) = self.input(n, 0)?;
         if shape.len() != 3 {
             return Err(format!("pooling of a rank-{} value", shape.len() + 1));
@@ -1064,6 +1062,18 @@ impl Mapper {
             (Some(_), Some(_)) => Err("an op of two constants (not folded)".into()),
         }
     }
+}
+
+/// A MaxPool or AveragePool as onnx-ir parsed it (`avg_count_pad`: `None` for max pooling,
+/// else AveragePool's `count_include_pad`).
+struct Pool<'a> {
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    padding: &'a onnx_ir::node::padding::PaddingConfig2d,
+    auto_pad: &'a onnx_ir::node::padding::AutoPad,
+    ceil_mode: bool,
+    avg_count_pad: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,33 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (each test file uses some of them).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The folder `NAP_FIXTURES` names (filled by `scripts/fetch-fixtures.sh`), or `None` with a
+/// notice when it is not set (CI sets it, so there a missing file is a failure).
+pub fn fixtures(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("NAP_FIXTURES") {
+        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
+        _ => {
+            eprintln!(
+                "NOTE: NAP_FIXTURES is not set, skipping {test}; run \
+                 `scripts/fetch-fixtures.sh fixtures` and set NAP_FIXTURES=fixtures to run it"
+            );
+            None
+        }
+    }
+}
+
+/// `dir/rel`, which must exist.
+pub fn fixture(dir: &Path, rel: &str) -> PathBuf {
+    let p = dir.join(rel);
+    assert!(
+        p.is_file(),
+        "NAP_FIXTURES is set but {} is missing: run scripts/fetch-fixtures.sh",
+        p.display()
+    );
+    p
+}
 
 /// Solves `m x = b` by Gaussian elimination with partial pivoting (independent of faer).
 pub fn solve(mut m: Vec<f64>, mut b: Vec<f64>) -> Vec<f64> {
