@@ -227,9 +227,13 @@ enum Cmd {
     Run {
         model: PathBuf,
         /// An image (png/jpg), `digits:N` (embedded digits example N), `mnist:N` (MNIST test
-        /// example N from --data-dir) or a raw little-endian f32 file.
+        /// example N from --data-dir), a .npy array (one example, or `[N, ...]` for N) or a raw
+        /// little-endian f32 file.
         #[arg(long)]
         input: String,
+        /// Also write the whole output (`[N, ...]`, f32) to this .npy file.
+        #[arg(long)]
+        save: Option<PathBuf>,
         #[arg(long, default_value = "fixtures/mnist")]
         data_dir: PathBuf,
         /// Class names, one per line (default: digits, or fixtures/imagenet_classes.txt).
@@ -647,11 +651,20 @@ pub fn main() -> Result<()> {
         Cmd::Run {
             model,
             input,
+            save,
             data_dir,
             labels,
             top,
             json,
-        } => run(&model, &input, &data_dir, labels.as_deref(), top, json),
+        } => run(
+            &model,
+            &input,
+            save.as_deref(),
+            &data_dir,
+            labels.as_deref(),
+            top,
+            json,
+        ),
         Cmd::Eval {
             model,
             source,
@@ -940,7 +953,8 @@ fn class_names(meta_labels: &str, explicit: Option<&Path>) -> Result<Option<Vec<
     }
 }
 
-fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<Vec<f32>> {
+/// The examples `input` names for `model`: their values back to back, and how many.
+fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<(Vec<f32>, usize)> {
     let meta = model.metadata();
     let shape = &model.graph().values[model.graph().inputs[0] as usize].shape;
     let per: usize = shape.iter().map(|&d| d as usize).product();
@@ -951,6 +965,7 @@ fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<Vec<f3
         let p = d.images.len() / d.n;
         Ok(d.images[i * p..(i + 1) * p].to_vec())
     };
+    let mut n = 1;
     let x = if let Some(i) = input.strip_prefix("digits:") {
         pick(
             data::digits::load_digits(),
@@ -980,6 +995,19 @@ fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<Vec<f3
                 }
                 p => bail!("no image preprocessing known for this model (preprocess {p:?})"),
             }
+        } else if ext == "npy" {
+            let t = import::npy::read_npy(path)?;
+            let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            if t.shape.len() == want.len() + 1 && t.shape[1..] == want[..] {
+                n = t.shape[0];
+            } else if t.shape != want {
+                bail!(
+                    "{}: array of shape {:?}, the model takes {want:?} (or [N, ...] for N examples)",
+                    path.display(),
+                    t.shape
+                );
+            }
+            t.data
         } else {
             let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             if b.len() % 4 != 0 {
@@ -994,7 +1022,7 @@ fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<Vec<f3
                 .collect()
         }
     };
-    if x.len() != per {
+    if n == 0 || x.len() != per * n {
         bail!(
             "input has {} values, the model takes {:?} = {per}",
             x.len(),
@@ -1004,26 +1032,32 @@ fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<Vec<f3
     if x.iter().any(|v| !v.is_finite()) {
         bail!("input holds non-finite values");
     }
-    Ok(x)
+    Ok((x, n))
 }
 
 fn run(
     path: &Path,
     input: &str,
+    save: Option<&Path>,
     data_dir: &Path,
     labels: Option<&Path>,
     top: usize,
     json: bool,
 ) -> Result<()> {
     let model = rt(Model::open(path))?;
-    let x = parse_input(&model, input, data_dir)?;
+    let (x, n) = parse_input(&model, input, data_dir)?;
     let names = class_names(&model.metadata().labels, labels)?;
-    let mut s = rt(Session::new(&model, 1))?;
+    let mut s = rt(Session::new(&model, n))?;
     let t0 = Instant::now();
-    let logits = rt(s.run(&x))?.to_vec();
+    let out = rt(s.run(&x))?.to_vec();
     let dt = t0.elapsed();
-    let probs = softmax(&logits);
-    let best = top_k(&probs, top);
+    let per = out.len() / n;
+    let out_shape = &model.graph().values[model.graph().outputs[0] as usize].shape;
+    if let Some(p) = save {
+        let mut dims = vec![n];
+        dims.extend(out_shape.iter().map(|&d| d as usize));
+        crate::util::atomic_write(p, &import::npy::npy_bytes(&dims, &out))?;
+    }
     let name = |i: usize| {
         names
             .as_ref()
@@ -1031,18 +1065,36 @@ fn run(
             .cloned()
             .unwrap_or_else(|| format!("class {i}"))
     };
+    let tops: Vec<Vec<(usize, f32)>> = out
+        .chunks(per)
+        .map(|row| top_k(&softmax(row), top))
+        .collect();
     if json {
-        let rows: Vec<_> = best
-            .iter()
-            .map(|&(i, p)| serde_json::json!({"class": i, "name": name(i), "prob": p, "logit": logits[i]}))
-            .collect();
-        return print_json(
-            &serde_json::json!({"input": input, "top": rows, "seconds": dt.as_secs_f64()}),
-        );
+        let rows = |e: usize| -> Vec<serde_json::Value> {
+            tops[e]
+                .iter()
+                .map(|&(i, p)| serde_json::json!({"class": i, "name": name(i), "prob": p, "logit": out[e * per + i]}))
+                .collect()
+        };
+        let mut shape = vec![n as u32];
+        shape.extend_from_slice(out_shape);
+        return print_json(&serde_json::json!({
+            "input": input, "examples": n, "top": rows(0),
+            "tops": (0..n).map(rows).collect::<Vec<_>>(),
+            "output_shape": shape, "output": out, "seconds": dt.as_secs_f64(),
+        }));
     }
-    println!("{input}: ({:.3} ms, first run)", dt.as_secs_f64() * 1e3);
-    for (i, p) in best {
-        println!("  {:>6.2}%  {:>4}  {}", 100.0 * p, i, name(i));
+    println!(
+        "{input}: {n} example(s) ({:.3} ms, first run)",
+        dt.as_secs_f64() * 1e3
+    );
+    for (e, best) in tops.iter().enumerate() {
+        if n > 1 {
+            println!(" example {e}:");
+        }
+        for &(i, p) in best {
+            println!("  {:>6.2}%  {:>4}  {}", 100.0 * p, i, name(i));
+        }
     }
     Ok(())
 }
@@ -1197,7 +1249,7 @@ fn check(
         } else {
             let mut xs = Vec::new();
             for p in images {
-                xs.extend(parse_input(&model, &p.to_string_lossy(), &a.data_dir)?);
+                xs.extend(parse_input(&model, &p.to_string_lossy(), &a.data_dir)?.0);
             }
             (
                 xs,

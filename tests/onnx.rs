@@ -283,3 +283,54 @@ fn issue13_pruned_and_slimmed_onnx_run_in_onnx_runtime() {
         );
     }
 }
+
+/// `nap run` takes a .npy batch and prints (and saves) the whole output, which matches ONNX
+/// Runtime's on the same file.
+#[test]
+fn issue13_run_takes_npy_and_prints_the_whole_output() {
+    let Some(dir) = fixtures("issue13_run_takes_npy_and_prints_the_whole_output") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let nap_file = tmp.path().join("m1.nap");
+    let nap = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nap"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = nap(&[
+        "convert".as_ref(),
+        fixture(&dir, "m1.onnx").as_os_str(),
+        "-o".as_ref(),
+        nap_file.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let saved = tmp.path().join("y.npy");
+    let x = fixture(&dir, "m1.input.npy");
+    let o = nap(&[
+        "run".as_ref(),
+        nap_file.as_os_str(),
+        "--input".as_ref(),
+        x.as_os_str(),
+        "--save".as_ref(),
+        saved.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = read_npy(&fixture(&dir, "m1.output.npy")).unwrap();
+    assert_eq!(r["output_shape"], serde_json::json!([2, 10]));
+    let printed: Vec<f32> = r["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let saved = read_npy(&saved).unwrap();
+    assert_eq!(saved.shape, vec![2, 10]);
+    assert_eq!(saved.data, printed);
+    let ag = agreement(&printed, &want.data, 10);
+    assert!(ag.max_rel_err <= TOL && ag.top1_mismatches == 0, "{ag:?}");
+    assert_eq!(r["tops"].as_array().unwrap().len(), 2);
+}
