@@ -887,6 +887,8 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
             "file": path, "bytes": file_bytes, "version": [model.preamble().major, model.preamble().minor],
             "producer": model.header().producer, "arch": meta.arch, "source": meta.source, "method": meta.method,
             "params": params, "nonzero": nonzero, "flops": flops, "layers": rows,
+            "input_shape": model.graph().values[model.graph().inputs[0] as usize].shape,
+            "output_shape": model.graph().values[model.graph().outputs[0] as usize].shape,
         }));
     }
     println!(
