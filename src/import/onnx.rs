@@ -332,8 +332,41 @@ struct Mapper {
     sigmoid_of: HashMap<String, String>,
 }
 
+/// The reason given for an op type the importer has no mapping for.
+const UNSUPPORTED_OP: &str = "op not supported";
+
 /// Why one node cannot be mapped; the caller attaches the node.
-type NodeResult = std::result::Result<(), String>;
+type NodeResult = std::result::Result<(), NodeError>;
+
+/// Why one node cannot be mapped. `shape`: the reason depends on the input shapes, which are
+/// guesses downstream of an unsupported node (so such a reason is not reported there).
+struct NodeError {
+    reason: String,
+    shape: bool,
+}
+
+impl From<String> for NodeError {
+    fn from(reason: String) -> Self {
+        NodeError {
+            reason,
+            shape: false,
+        }
+    }
+}
+
+impl From<&str> for NodeError {
+    fn from(reason: &str) -> Self {
+        reason.to_string().into()
+    }
+}
+
+/// A reason that depends on the input shapes.
+fn shape_err(reason: impl Into<String>) -> NodeError {
+    NodeError {
+        reason: reason.into(),
+        shape: true,
+    }
+}
 
 fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel> {
     let file = path
@@ -359,17 +392,23 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
     m.vals.insert(input.name.clone(), Val::Rt { id, shape });
 
     let mut bad = Vec::new();
+    // Values computed from a stand-in (below): their shapes are onnx-ir's guesses.
+    let mut guessed = std::collections::HashSet::new();
     for n in &g.nodes {
         let failed_input = n
             .inputs()
             .iter()
             .any(|a| matches!(m.vals.get(&a.name), Some(Val::Failed)));
+        let from_guess = n.inputs().iter().any(|a| guessed.contains(&a.name));
         let r = if failed_input {
-            Err(String::new())
+            Err(NodeError::from(String::new()))
         } else {
             m.node(n)
         };
-        if let Err(reason) = r {
+        if from_guess {
+            guessed.extend(n.outputs().iter().map(|o| o.name.clone()));
+        }
+        if let Err(NodeError { reason, shape }) = r {
             // Where onnx-ir knows an output's shape, a stand-in value lets the nodes downstream
             // be checked (and reported) too; the graph is discarded.
             for o in n.outputs() {
@@ -381,9 +420,11 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
                     _ => Val::Failed,
                 };
                 m.vals.insert(o.name.clone(), v);
+                guessed.insert(o.name.clone());
             }
-            // A node downstream of an unsupported one is not reported itself.
-            if !reason.is_empty() {
+            // Downstream of an unsupported node, a reason that depends on shapes may come from
+            // the stand-in's guessed shape: it is not reported.
+            if !(reason.is_empty() || from_guess && shape) {
                 bad.push(UnsupportedNode {
                     node: n.name().to_string(),
                     op: op_name(n),
@@ -407,7 +448,7 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
         };
         let id = m
             .as_shape(id, &shape, &o.name)
-            .map_err(|e| anyhow!("{file}: output {:?}: {e}", o.name))?;
+            .map_err(|e| anyhow!("{file}: output {:?}: {}", o.name, e.reason))?;
         outputs.push(id);
     }
     let stem = path
@@ -581,10 +622,10 @@ impl Mapper {
         n: &Node,
         op: Op,
         inputs: &[ValueId],
-    ) -> std::result::Result<ValueId, String> {
+    ) -> std::result::Result<ValueId, NodeError> {
         self.b
             .node(n.name(), op, inputs)
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| shape_err(format!("{e:#}")))
     }
 
     /// `id` with the IR shape `shape` (a Reshape when the IR value has another layout).
@@ -593,7 +634,7 @@ impl Mapper {
         id: ValueId,
         shape: &[u32],
         name: &str,
-    ) -> std::result::Result<ValueId, String> {
+    ) -> std::result::Result<ValueId, NodeError> {
         if self.b.value_shape(id) == shape {
             return Ok(id);
         }
@@ -605,11 +646,11 @@ impl Mapper {
                 },
                 &[id],
             )
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| shape_err(format!("{e:#}")))
     }
 
     /// The node's first input as an IR value of exactly its ONNX shape.
-    fn input(&mut self, n: &Node, i: usize) -> std::result::Result<(ValueId, Vec<u32>), String> {
+    fn input(&mut self, n: &Node, i: usize) -> std::result::Result<(ValueId, Vec<u32>), NodeError> {
         let a = n.inputs().get(i).ok_or("missing input")?;
         let (id, shape) = self.rt(a)?;
         let id = self.as_shape(id, &shape, n.name())?;
@@ -653,9 +694,9 @@ impl Mapper {
                         self.act(n, Activation::Relu6)
                     }
                     (Some(0.0), None) => self.act(n, Activation::Relu),
-                    (lo, hi) => Err(format!(
+                    (lo, hi) => Err(NodeError::from(format!(
                         "Clip to [{lo:?}, {hi:?}] is not supported (only [0, 6] and [0, inf))"
-                    )),
+                    ))),
                 }
             }
             Node::Conv2d(c) => self.conv(n, &c.inputs, &c.config),
@@ -732,10 +773,10 @@ impl Mapper {
             Node::GlobalAveragePool(_) => {
                 let (x, shape) = self.input(n, 0)?;
                 if shape.len() != 3 {
-                    return Err(format!(
+                    return Err(shape_err(format!(
                         "GlobalAveragePool of a rank-{} value",
                         shape.len() + 1
-                    ));
+                    )));
                 }
                 let y = self.emit(n, Op::GlobalAvgPool, &[x])?;
                 self.set(n, y, vec![shape[0], 1, 1]);
@@ -743,10 +784,10 @@ impl Mapper {
             }
             Node::Flatten(f) => {
                 if f.config.axis != 1 {
-                    return Err(format!(
+                    return Err(NodeError::from(format!(
                         "Flatten on axis {} (only axis 1, which keeps the batch, is supported)",
                         f.config.axis
-                    ));
+                    )));
                 }
                 let (x, shape) = self.rt(&f.inputs[0])?;
                 let numel: u32 = shape.iter().product();
@@ -767,7 +808,7 @@ impl Mapper {
                     },
                 };
                 let (x, shape) = self.rt(&r.inputs[0])?;
-                let to = reshape_target(&shape, &target)?;
+                let to = reshape_target(&shape, &target).map_err(shape_err)?;
                 let y = self.as_shape(x, &to, n.name())?;
                 self.set(n, y, to);
                 Ok(())
@@ -777,11 +818,11 @@ impl Mapper {
                 // softmax of every opset's convention is over the C values.
                 let (x, shape) = self.rt(&s.inputs[0])?;
                 if s.config.axis != 1 || shape[1..].iter().any(|&d| d != 1) {
-                    return Err(format!(
+                    return Err(shape_err(format!(
                         "Softmax over axis {} of a value of shape [N, {}] (only over the features of [N, F] or [N, C, 1, 1])",
                         s.config.axis,
                         shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                    ));
+                    )));
                 }
                 let x = self.as_shape(x, &shape[..1], n.name())?;
                 let y = self.emit(n, Op::Softmax, &[x])?;
@@ -790,10 +831,10 @@ impl Mapper {
             }
             Node::Concat(c) => {
                 if c.config.axis != 1 {
-                    return Err(format!(
+                    return Err(NodeError::from(format!(
                         "Concat on axis {} (only channels, axis 1)",
                         c.config.axis
-                    ));
+                    )));
                 }
                 let mut ids = Vec::new();
                 let mut shape = Vec::new();
@@ -835,7 +876,7 @@ impl Mapper {
             Node::Sub(x) => self.binary(n, &x.inputs, Binary::Sub),
             Node::Mul(x) => self.binary(n, &x.inputs, Binary::Mul),
             Node::Div(x) => self.binary(n, &x.inputs, Binary::Div),
-            _ => Err("op not supported".into()),
+            _ => Err(UNSUPPORTED_OP.into()),
         }
     }
 
@@ -847,7 +888,10 @@ impl Mapper {
     ) -> NodeResult {
         let (x, shape) = self.input(n, 0)?;
         if shape.len() != 3 {
-            return Err(format!("Conv of a rank-{} value", shape.len() + 1));
+            return Err(shape_err(format!(
+                "Conv of a rank-{} value",
+                shape.len() + 1
+            )));
         }
         let padding = symmetric_padding(&c.padding, &c.auto_pad)?;
         let (w, _) = self.weight(&inputs[1], format!("{}.weight", n.name()))?;
@@ -889,14 +933,17 @@ impl Mapper {
     ) -> NodeResult {
         let (x, shape) = self.input(n, 0)?;
         if shape.len() != 1 {
-            return Err(format!(
+            return Err(shape_err(format!(
                 "a matrix product of a rank-{} value (only [N, features] inputs)",
                 shape.len() + 1
-            ));
+            )));
         }
         let (mut wt, c) = self.weight(w, format!("{}.weight", n.name()))?;
         if c.shape.len() != 2 {
-            return Err(format!("weight of shape {:?} is not a matrix", c.shape));
+            return Err(NodeError::from(format!(
+                "weight of shape {:?} is not a matrix",
+                c.shape
+            )));
         }
         if transposed {
             let (i, o) = (c.shape[0], c.shape[1]);
@@ -914,7 +961,10 @@ impl Mapper {
                 if c.data.len() == 1 && out > 1 {
                     t.data = vec![c.data[0]; out];
                 } else if c.data.len() != out {
-                    return Err(format!("bias of shape {:?} for {out} outputs", c.shape));
+                    return Err(NodeError::from(format!(
+                        "bias of shape {:?} for {out} outputs",
+                        c.shape
+                    )));
                 }
                 t.shape = vec![out as u32];
                 t.data.iter_mut().for_each(|v| *v *= beta);
@@ -947,7 +997,10 @@ impl Mapper {
         } = p;
         let (x, shape) = self.input(n, 0)?;
         if shape.len() != 3 {
-            return Err(format!("pooling of a rank-{} value", shape.len() + 1));
+            return Err(shape_err(format!(
+                "pooling of a rank-{} value",
+                shape.len() + 1
+            )));
         }
         let padding = symmetric_padding(pad, auto_pad)?;
         let kernel = kernel.map(|k| k as u32);
@@ -956,7 +1009,9 @@ impl Mapper {
             for a in 0..2 {
                 let span = shape[1 + a] + 2 * padding[a];
                 if span < kernel[a] || (span - kernel[a]) % stride[a] != 0 {
-                    return Err("ceil_mode = 1 changes the output size here (not supported)".into());
+                    return Err(shape_err(
+                        "ceil_mode = 1 changes the output size here (not supported)",
+                    ));
                 }
             }
         }
@@ -1003,16 +1058,16 @@ impl Mapper {
                     }
                 }
                 if kind != Binary::Add {
-                    return Err(format!(
+                    return Err(NodeError::from(format!(
                         "{kind:?} of two computed tensors is not supported (only Add, and x * sigmoid(x))"
-                    ));
+                    )));
                 }
                 let (a, sa) = self.input(n, 0)?;
                 let (b, sb) = self.input(n, 1)?;
                 if sa != sb {
-                    return Err(format!(
+                    return Err(shape_err(format!(
                         "Add with broadcasting ({sa:?} + {sb:?}) is not supported"
-                    ));
+                    )));
                 }
                 let op = Op::Add {
                     act: Activation::None,
@@ -1024,13 +1079,13 @@ impl Mapper {
             (Some(c), None) | (None, Some(c)) => {
                 let const_first = constant(&ins[0]).is_some();
                 if const_first && matches!(kind, Binary::Sub | Binary::Div) {
-                    return Err(format!(
+                    return Err(NodeError::from(format!(
                         "{kind:?} of a constant by a computed tensor is not supported"
-                    ));
+                    )));
                 }
                 let (x, shape) = self.input(n, if const_first { 1 } else { 0 })?;
                 let per = per_channel(&c, &shape)
-                    .ok_or_else(|| format!("{kind:?} by a constant of shape {:?} (only per-channel or scalar constants broadcast to {shape:?})", c.shape))?;
+                    .ok_or_else(|| shape_err(format!("{kind:?} by a constant of shape {:?} (only per-channel or scalar constants broadcast to {shape:?})", c.shape)))?;
                 let (gamma, beta): (Vec<f32>, Vec<f32>) = match kind {
                     Binary::Add => (vec![1.0; per.len()], per),
                     Binary::Sub => (vec![1.0; per.len()], per.iter().map(|v| -v).collect()),
