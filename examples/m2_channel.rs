@@ -172,6 +172,7 @@ fn main() -> Result<()> {
                         damping: 0.1,
                         compensate: true,
                         max_macs: Some(macs(&m) - dense_macs / target),
+                        channel_multiple: 1,
                     },
                 )?;
                 if rep.removed == 0 {

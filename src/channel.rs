@@ -737,6 +737,10 @@ pub struct ChannelStepConfig {
     pub compensate: bool,
     /// Stop selecting once the selected groups save this many multiply-accumulates.
     pub max_macs: Option<f64>,
+    /// Every channel space (the groups of one set of producers) keeps a multiple of this many
+    /// channels, at least one multiple: the selection in it is rounded to the cheapest groups
+    /// that leave the largest multiple not above what the selection left (1: no rounding).
+    pub channel_multiple: usize,
 }
 
 /// What a step removed.
@@ -777,6 +781,36 @@ fn layer_macs(m: &HostModel, weights: impl Fn(&HostTensor) -> usize) -> f64 {
 fn positions(m: &HostModel, n: &Node) -> f64 {
     let s = &m.graph.values[n.output as usize].shape;
     s[1..].iter().map(|&d| d as f64).product()
+}
+
+/// Rounds a selection so that every channel space (the groups sharing one set of producers)
+/// keeps a multiple of `mult` groups, at least `mult`: where the selection touches a space, it
+/// becomes the space's cheapest groups (by `key`) down to that multiple; a space of at most
+/// `mult` groups keeps all of them.
+fn round_to_multiple(remove: &mut [bool], key: &[f64], groups: &Groups, mult: usize) {
+    let mut spaces: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+    for (gi, g) in groups.groups.iter().enumerate() {
+        let mut p: Vec<usize> = g.producers().map(|p| p.0).collect();
+        p.sort_unstable();
+        p.dedup();
+        spaces.entry(p).or_default().push(gi);
+    }
+    for members in spaces.values_mut() {
+        let total = members.len();
+        let removed = members.iter().filter(|&&g| remove[g]).count();
+        if removed == 0 {
+            continue;
+        }
+        let keep = if total <= mult {
+            total
+        } else {
+            ((total - removed) / mult * mult).max(mult)
+        };
+        members.sort_by(|&a, &b| key[a].total_cmp(&key[b]));
+        for (i, &g) in members.iter().enumerate() {
+            remove[g] = i < total - keep;
+        }
+    }
 }
 
 /// One step of structured pruning: scores every group of `groups` (`m`'s, from
@@ -852,6 +886,10 @@ pub fn channel_step(
         remove[gi] = true;
         n += 1;
         saved.add(&groups.groups[gi]);
+    }
+    if cfg.channel_multiple > 1 {
+        round_to_multiple(&mut remove, &key, groups, cfg.channel_multiple);
+        n = remove.iter().filter(|&&r| r).count();
     }
     let mut report = ChannelReport {
         removed: n,

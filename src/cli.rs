@@ -435,6 +435,11 @@ struct PruneArgs {
     /// At most this fraction of a layer's alive weights per step.
     #[arg(long, default_value_t = crate::schedule::Settings::default().layer_cap)]
     layer_cap: f64,
+    /// Channel mode: every layer keeps a multiple of N channels (a step rounds each layer's
+    /// removal so; it may pass --layer-cap by fewer than N). 8 (AVX2) or 16 (AVX-512) lets
+    /// ONNX Runtime's blocked x86 convolutions run the slimmed model.
+    #[arg(long, default_value_t = crate::schedule::Settings::default().channel_multiple)]
+    channel_multiple: usize,
     /// Prune whole blocks of R consecutive output rows at one input column ("4x1"), scored by
     /// their summed cost, instead of single weights ("1x1").
     #[arg(long, default_value = "1x1")]
@@ -1448,6 +1453,7 @@ fn prune_settings(a: &PruneArgs) -> Result<crate::schedule::Settings> {
         min_step: a.min_step.unwrap_or(step / 8.0),
         step_growth: a.step_growth,
         layer_cap: a.layer_cap,
+        channel_multiple: a.channel_multiple,
         block_rows: parse_block(&a.block)?,
         max_drop,
         confidence: a.confidence,

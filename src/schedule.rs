@@ -136,6 +136,9 @@ pub struct Settings {
     /// Channel mode: rank groups by `cost / flops^β` with this β (0: loss only).
     #[serde(default)]
     pub flops_weight: f64,
+    /// Channel mode: every layer keeps a multiple of this many channels (1: any number).
+    #[serde(default = "one")]
+    pub channel_multiple: usize,
     /// `channel-fine`: tolerated drop of the channel phase (the fine phase then goes on to
     /// `max_drop`, both measured from the input model); `None`: half of `max_drop`.
     #[serde(default)]
@@ -214,6 +217,7 @@ impl Default for Settings {
             min_step: 0.025,
             step_growth: 1.0,
             layer_cap: 0.5,
+            channel_multiple: 1,
             block_rows: 1,
             max_drop: Some(0.001),
             max_kl: None,
@@ -268,6 +272,12 @@ impl Settings {
         }
         if !(1..=64).contains(&self.block_rows) {
             bail!("--block must have 1 to 64 rows, got {}", self.block_rows);
+        }
+        if self.channel_multiple == 0 {
+            bail!("--channel-multiple must be at least 1");
+        }
+        if self.channel_multiple > 1 && self.mode == Mode::Fine {
+            bail!("--channel-multiple applies to --mode channel and channel-fine");
         }
         if !(self.layer_cap > 0.0 && self.layer_cap <= 1.0) {
             bail!("--layer-cap must be in (0, 1], got {}", self.layer_cap);
@@ -437,6 +447,7 @@ impl Settings {
         s.channel_step = None;
         if mode == Mode::Fine {
             s.target_flops = None;
+            s.channel_multiple = 1;
         } else {
             s.schedule = Schedule::Iterative;
             s.block_rows = 1;
@@ -1121,6 +1132,7 @@ pub fn run(
                         damping: settings.damping,
                         compensate: settings.obs_update.compensates(),
                         max_macs: settings.target_flops.map(|t| macs_now - st.dense.macs / t),
+                        channel_multiple: settings.channel_multiple,
                     },
                 )?;
                 trial = t;

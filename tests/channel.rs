@@ -8,8 +8,8 @@ use common::solve;
 
 use candle_core::Device;
 use nap::channel::{
-    compensate, curvature_nodes, curvatures, group_costs, group_flops, macs, remove_channels, wbar,
-    ChannelCost, LayerCurvature, MacCut,
+    channel_step, compensate, curvature_nodes, curvatures, group_costs, group_flops, macs,
+    remove_channels, wbar, ChannelCost, ChannelStepConfig, LayerCurvature, MacCut,
 };
 use nap::data::Dataset;
 use nap::groups::{analyze, Member};
@@ -596,4 +596,54 @@ fn issue5_batchnorm_recalibration_matches_input_statistics() {
         checked += 1;
     }
     assert_eq!(checked, 3);
+}
+
+/// Issue 13: `channel_multiple` keeps every layer's channel count a multiple (ONNX Runtime's
+/// blocked x86 convolutions need multiples of 8 or 16), where the plain step does not.
+#[test]
+fn issue13_channel_multiple_rounds_every_layer() {
+    let m = tiny(3);
+    let gs = analyze(&m).unwrap();
+    let rows = |m: &HostModel| -> Vec<(String, u32)> {
+        m.prunable()
+            .iter()
+            .map(|&(n, w)| {
+                (
+                    m.graph.nodes[n].name.clone(),
+                    m.tensors[w as usize].shape[0],
+                )
+            })
+            .collect()
+    };
+    let cfg = |mult: usize| ChannelStepConfig {
+        criterion: nap::prune::Criterion::Magnitude,
+        cost: ChannelCost::Producer,
+        fraction: 0.4,
+        layer_cap: 0.9,
+        flops_weight: 0.0,
+        damping: 0.1,
+        compensate: false,
+        max_macs: None,
+        channel_multiple: mult,
+    };
+    let before = rows(&m);
+    let (plain, _) = channel_step(&m, &gs, &[], &cfg(1)).unwrap();
+    let (rounded, rep) = channel_step(&m, &gs, &[], &cfg(4)).unwrap();
+    assert!(rep.removed > 0);
+    let off = |r: &[(String, u32)]| {
+        r.iter()
+            .zip(&before)
+            .filter(|((name, k), (_, k0))| name != "fc2" && k != k0 && k % 4 != 0)
+            .count()
+    };
+    assert!(
+        off(&rows(&plain)) > 0,
+        "the plain step already rounds: {:?}",
+        rows(&plain)
+    );
+    assert_eq!(off(&rows(&rounded)), 0, "{:?}", rows(&rounded));
+    for ((name, k), (_, k0)) in rows(&rounded).iter().zip(&before) {
+        assert!(*k >= 4.min(*k0), "{name}: {k} of {k0}");
+    }
+    rounded.validate().unwrap();
 }
