@@ -119,10 +119,17 @@ fn parse(path: &Path, opts: &OnnxOptions) -> Result<OnnxGraph> {
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a read-only map, dropped before this function returns. It relies, as onnx-ir's
+    // own map of the same file does, on no other process writing the file meanwhile; every
+    // read of it is a bounds-checked protobuf walk.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("reading {}", path.display()))?;
     // With a static input shape (batch 1), onnx-ir folds the shape arithmetic of dynamic
     // exports (Shape, Gather, Concat into a Reshape) and infers every value's shape. The bytes
-    // are patched only without external data, whose files are found relative to the path.
+    // are patched only where the declared shape differs (a patched model is copied whole, the
+    // file itself is mapped), and only without external data, whose files are found relative to
+    // the path.
     let patched = match proto_input(&bytes) {
         Some((input, external)) => {
             let per = per_example_dims(&input, opts)
@@ -131,7 +138,10 @@ fn parse(path: &Path, opts: &OnnxOptions) -> Result<OnnxGraph> {
                 Some(per) if !external => {
                     let mut dims = vec![1u64];
                     dims.extend(per.iter().map(|&d| d as u64));
-                    patch_input_shape(&bytes, &input.name, input.elem, &dims)
+                    let declared: Vec<Option<u64>> = dims.iter().map(|&d| Some(d)).collect();
+                    (input.dims != declared)
+                        .then(|| patch_input_shape(&bytes, &input.name, input.elem, &dims))
+                        .flatten()
                 }
                 _ => None,
             }
