@@ -62,35 +62,92 @@ impl ImagenetView {
 
 /// The view `v` of `img`, normalised like [`load_imagenet_input`]: `3 * 224 * 224` values, CHW.
 pub fn imagenet_view(img: &DynamicImage, v: &ImagenetView) -> Result<Vec<f32>> {
-    let rgb: RgbImage = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
-    ensure!(w > 0 && h > 0, "empty image");
+    let c = IMAGENET_CROP as usize;
+    view_input(
+        img,
+        [3, c, c],
+        &ViewSpec {
+            resize: v.resize,
+            x: v.x,
+            y: v.y,
+            flip: v.flip,
+            mean: &IMAGENET_MEAN,
+            std: &IMAGENET_STD,
+            bgr: false,
+        },
+    )
+}
+
+/// How one view of an image becomes an input: the shorter side resized to `resize` (an
+/// antialiased bilinear filter), a crop at relative position (`x`, `y`) in `[0, 1]` of the room
+/// left (0.5: centred, rounded as torchvision's centre crop), mirrored left to right if `flip`,
+/// then `(x/255 − mean[c]) / std[c]` (one value: every channel), channels RGB or BGR.
+#[derive(Clone, Copy, Debug)]
+pub struct ViewSpec<'a> {
+    pub resize: u32,
+    pub x: f64,
+    pub y: f64,
+    pub flip: bool,
+    pub mean: &'a [f32],
+    pub std: &'a [f32],
+    pub bgr: bool,
+}
+
+/// The view `v` of `img` as a `[C, H, W]` input (`shape`; `C` is 3, or 1 for grayscale with
+/// PIL's "L" weights).
+pub fn view_input(img: &DynamicImage, shape: [usize; 3], v: &ViewSpec) -> Result<Vec<f32>> {
+    let [c, h, w] = shape;
+    ensure!(
+        c == 1 || c == 3,
+        "images give 1 or 3 channels, the model takes {c}"
+    );
+    for (what, vals) in [("mean", v.mean), ("std", v.std)] {
+        ensure!(
+            vals.len() == 1 || vals.len() == c,
+            "--{what} has {} values for {c} channels",
+            vals.len()
+        );
+    }
+    ensure!(
+        v.std.iter().all(|s| *s != 0.0 && s.is_finite()),
+        "--std must be non-zero"
+    );
     ensure!(
         (0.0..=1.0).contains(&v.x) && (0.0..=1.0).contains(&v.y),
         "crop position outside [0, 1]"
     );
-    let (nw, nh) = resized_short_side(w, h, v.resize);
-    let resized = if (nw, nh) == (w, h) {
+    let rgb: RgbImage = img.to_rgb8();
+    let (iw, ih) = rgb.dimensions();
+    ensure!(iw > 0 && ih > 0, "empty image");
+    let (nw, nh) = resized_short_side(iw, ih, v.resize);
+    ensure!(
+        nw as usize >= w && nh as usize >= h,
+        "image of {iw}x{ih} is too small to crop {w}x{h} after resizing to {nw}x{nh}"
+    );
+    let resized = if (nw, nh) == (iw, ih) {
         rgb
     } else {
         image::imageops::resize(&rgb, nw, nh, FilterType::Triangle)
     };
-    let c = IMAGENET_CROP;
-    ensure!(
-        nw >= c && nh >= c,
-        "image of {w}x{h} is too small to crop {c}x{c} after resizing"
-    );
-    let top = round_half_even((nh - c) as f64 * v.y) as u32;
-    let left = round_half_even((nw - c) as f64 * v.x) as u32;
-    let plane = (c * c) as usize;
-    let mut out = vec![0f32; 3 * plane];
-    for y in 0..c {
-        for x in 0..c {
-            let sx = if v.flip { c - 1 - x } else { x };
-            let p = resized.get_pixel(left + sx, top + y).0;
-            let i = (y * c + x) as usize;
-            for ch in 0..3 {
-                out[ch * plane + i] = (p[ch] as f32 / 255.0 - IMAGENET_MEAN[ch]) / IMAGENET_STD[ch];
+    let top = round_half_even((nh as usize - h) as f64 * v.y) as u32;
+    let left = round_half_even((nw as usize - w) as f64 * v.x) as u32;
+    let at = |vals: &[f32], ch: usize| vals[if vals.len() == 1 { 0 } else { ch }];
+    let plane = h * w;
+    let mut out = vec![0f32; c * plane];
+    for y in 0..h {
+        for x in 0..w {
+            let sx = if v.flip { w - 1 - x } else { x };
+            let p = resized.get_pixel(left + sx as u32, top + y as u32).0;
+            let px = [p[0] as f32, p[1] as f32, p[2] as f32];
+            for ch in 0..c {
+                let raw = if c == 1 {
+                    0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2]
+                } else if v.bgr {
+                    px[2 - ch]
+                } else {
+                    px[ch]
+                };
+                out[ch * plane + y * w + x] = (raw / 255.0 - at(v.mean, ch)) / at(v.std, ch);
             }
         }
     }

@@ -16,10 +16,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use image::imageops::FilterType;
 use image::DynamicImage;
 
-use super::image::{open_image, resized_short_side};
+use super::image::{open_image, view_input, ViewSpec};
 use super::{Dataset, Label};
 
 /// How images become inputs.
@@ -92,61 +91,17 @@ fn image_input(
     pre: &ImagePreprocess,
     v: View,
 ) -> Result<Vec<f32>> {
-    let [c, h, w] = shape;
-    ensure!(
-        c == 1 || c == 3,
-        "images give 1 or 3 channels, the model takes {c}"
-    );
-    for (what, vals) in [("mean", &pre.mean), ("std", &pre.std)] {
-        ensure!(
-            vals.len() == 1 || vals.len() == c,
-            "--{what} has {} values for {c} channels",
-            vals.len()
-        );
-    }
-    ensure!(
-        pre.std.iter().all(|s| *s != 0.0 && s.is_finite()),
-        "--std must be non-zero"
-    );
-    let base = pre.resize.unwrap_or(h.min(w) as u32);
-    let short = ((base as f64) * v.scale).round() as u32;
-    let rgb = img.to_rgb8();
-    let (iw, ih) = rgb.dimensions();
-    ensure!(iw > 0 && ih > 0, "empty image");
-    let (nw, nh) = resized_short_side(iw, ih, short);
-    ensure!(
-        nw as usize >= w && nh as usize >= h,
-        "{iw}x{ih} resized to {nw}x{nh} is smaller than the {w}x{h} input (raise --resize)"
-    );
-    let resized = if (nw, nh) == (iw, ih) {
-        rgb
-    } else {
-        image::imageops::resize(&rgb, nw, nh, FilterType::Triangle)
+    let base = pre.resize.unwrap_or(shape[1].min(shape[2]) as u32);
+    let spec = ViewSpec {
+        resize: ((base as f64) * v.scale).round() as u32,
+        x: v.x,
+        y: v.y,
+        flip: v.flip,
+        mean: &pre.mean,
+        std: &pre.std,
+        bgr: pre.bgr,
     };
-    let top = ((nh as usize - h) as f64 * v.y).round() as u32;
-    let left = ((nw as usize - w) as f64 * v.x).round() as u32;
-    let plane = h * w;
-    let mut out = vec![0f32; c * plane];
-    let at = |vals: &[f32], ch: usize| vals[if vals.len() == 1 { 0 } else { ch }];
-    for y in 0..h {
-        for x in 0..w {
-            let sx = if v.flip { w - 1 - x } else { x };
-            let p = resized.get_pixel(left + sx as u32, top + y as u32).0;
-            let px = [p[0] as f32, p[1] as f32, p[2] as f32];
-            for ch in 0..c {
-                let raw = if c == 1 {
-                    // PIL's "L" conversion weights.
-                    0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2]
-                } else if pre.bgr {
-                    px[2 - ch]
-                } else {
-                    px[ch]
-                };
-                out[ch * plane + y * w + x] = (raw / 255.0 - at(&pre.mean, ch)) / at(&pre.std, ch);
-            }
-        }
-    }
-    Ok(out)
+    view_input(img, shape, &spec)
 }
 
 /// The images of a folder.
