@@ -10,6 +10,15 @@ fn nap(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Asserts that `o` failed and said `needle`.
+fn fails_with(o: &Output, needle: &str) {
+    assert!(
+        !o.status.success() && text(o).contains(needle),
+        "{}",
+        text(o)
+    );
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -417,25 +426,13 @@ fn bench_times_pruned_against_dense() {
 
     let missing = dir.path().join("nope.nap");
     let o = nap(&["bench", p, "--vs", missing.to_str().unwrap()]);
-    assert!(
-        !o.status.success() && text(&o).contains("nope.nap"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "nope.nap");
     let o = nap(&["bench", p, "--batch", "0"]);
-    assert!(
-        !o.status.success() && text(&o).contains("--batch"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "--batch");
     let short = dir.path().join("short.f32");
     std::fs::write(&short, [0u8; 40]).unwrap();
     let o = nap(&["bench", p, "--input", short.to_str().unwrap()]);
-    assert!(
-        !o.status.success() && text(&o).contains("bench input"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "bench input");
 }
 
 /// `nap bench --calibrate -o` measures and saves a policy that `nap bench --policy` and
@@ -526,11 +523,7 @@ fn calibrate_saves_a_policy_that_bench_and_convert_use() {
         "--policy",
         bad.to_str().unwrap(),
     ]);
-    assert!(
-        !o.status.success() && text(&o).contains("bad.json"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "bad.json");
 }
 
 /// A Linear weight whose non-zeros fill 4×1 blocks (what `nap prune --block 4x1` leaves) is
@@ -825,25 +818,13 @@ fn issue13_onnx_model_prunes_resumes_evaluates_and_benches_without_arch() {
         "-o",
         &p("x.nap"),
     ]);
-    assert!(
-        !o.status.success() && text(&o).contains("drop --arch"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "drop --arch");
     let bytes = std::fs::read(p("model.onnx")).unwrap();
     std::fs::write(p("trunc.onnx"), &bytes[..bytes.len() / 2]).unwrap();
     let o = nap(&["convert", &p("trunc.onnx"), "-o", &p("x.nap")]);
-    assert!(
-        !o.status.success() && text(&o).contains("not a readable ONNX model"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "not a readable ONNX model");
     let o = nap(&["prune", &p("trunc.onnx"), "--data", "digits", "-o", &p("x")]);
-    assert!(
-        !o.status.success() && text(&o).contains("not a readable ONNX model"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "not a readable ONNX model");
     assert!(!dir.path().join("x.nap").exists() && !dir.path().join("x").exists());
     let o = nap(&[
         "convert",
@@ -853,19 +834,11 @@ fn issue13_onnx_model_prunes_resumes_evaluates_and_benches_without_arch() {
         "-o",
         &p("x.nap"),
     ]);
-    assert!(
-        !o.status.success() && text(&o).contains("disagrees"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "disagrees");
     // Weights without a graph still need --arch, and say so.
     let plain = write_checkpoint(dir.path(), "digits-cnn", |_| {});
     let o = nap(&["convert", plain.to_str().unwrap(), "-o", &p("x.nap")]);
-    assert!(
-        !o.status.success() && text(&o).contains("--arch"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "--arch");
 }
 
 /// The user's own data: a folder of class subfolders, a flat (unlabelled) folder and tensor
@@ -934,11 +907,7 @@ fn issue13_user_data_images_and_tensors() {
     let npy = format!("tensors:{}", p("t.npy"));
     for data in [&flat, &npy] {
         let o = nap(&["eval", &p("model.onnx"), "--data", data]);
-        assert!(
-            !o.status.success() && text(&o).contains("no labels"),
-            "{}",
-            text(&o)
-        );
+        fails_with(&o, "no labels");
     }
     let o = nap(&[
         "prune",
@@ -1021,9 +990,5 @@ fn issue13_user_data_images_and_tensors() {
         "-o",
         &p("x"),
     ]);
-    assert!(
-        !o.status.success() && text(&o).contains("[N, 1, 8, 8]"),
-        "{}",
-        text(&o)
-    );
+    fails_with(&o, "[N, 1, 8, 8]");
 }
