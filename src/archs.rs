@@ -2,7 +2,9 @@
 //! fresh weights for training.
 
 use anyhow::{bail, Result};
-use nap_runtime::format::{Activation, Metadata, Op, ValueId};
+use nap_runtime::format::{
+    Activation, Add, BatchNorm, Conv2d, Linear, MaxPool2d, Metadata, Op, ValueId,
+};
 use rand::{Rng, SeedableRng};
 
 use crate::import::NamedTensor;
@@ -118,7 +120,7 @@ impl Net<'_> {
         };
         self.b.node(
             prefix,
-            Op::Conv2d {
+            Op::Conv2d(Conv2d {
                 weight,
                 bias,
                 stride: [stride; 2],
@@ -126,7 +128,7 @@ impl Net<'_> {
                 dilation: [1, 1],
                 groups: groups as u32,
                 act: Activation::None,
-            },
+            }),
             &[x],
         )
     }
@@ -139,13 +141,13 @@ impl Net<'_> {
         let var = self.param(&format!("{prefix}.running_var"), &[c], Role::BnVar)?;
         self.b.node(
             prefix,
-            Op::BatchNorm {
+            Op::BatchNorm(BatchNorm {
                 gamma,
                 beta,
                 mean,
                 var,
                 eps: 1e-5,
-            },
+            }),
             &[x],
         )
     }
@@ -160,11 +162,11 @@ impl Net<'_> {
         let bias = Some(self.param(&format!("{prefix}.bias"), &[out], Role::Bias { fan_in })?);
         self.b.node(
             prefix,
-            Op::Linear {
+            Op::Linear(Linear {
                 weight,
                 bias,
                 act: Activation::None,
-            },
+            }),
             &[x],
         )
     }
@@ -176,11 +178,11 @@ impl Net<'_> {
     fn maxpool(&mut self, name: &str, x: ValueId, k: u32) -> Result<ValueId> {
         self.b.node(
             name,
-            Op::MaxPool2d {
+            Op::MaxPool2d(MaxPool2d {
                 kernel: [k; 2],
                 stride: [k; 2],
                 padding: [0; 2],
-            },
+            }),
             &[x],
         )
     }
@@ -359,9 +361,9 @@ fn mobilenet_v2(mut n: Net) -> Result<HostModel> {
             if stride == 1 && cin == c {
                 y = n.b.node(
                     &format!("features.{idx}.add"),
-                    Op::Add {
+                    Op::Add(Add {
                         act: Activation::None,
-                    },
+                    }),
                     &[input, y],
                 )?;
             }
@@ -404,14 +406,16 @@ pub fn from_slimmed_checkpoint(arch: &str, tensors: Vec<NamedTensor>) -> Result<
         if let Some(b) = sd.take_optional(&format!("{}.bias", m.graph.nodes[ni].name)) {
             m.tensors.push(b?);
             let id = (m.tensors.len() - 1) as u32;
-            if let Op::Linear { bias, .. } | Op::Conv2d { bias, .. } = &mut m.graph.nodes[ni].op {
+            if let Op::Linear(Linear { bias, .. }) | Op::Conv2d(Conv2d { bias, .. }) =
+                &mut m.graph.nodes[ni].op
+            {
                 *bias = Some(id);
             }
         }
     }
     sd.finish()?;
     for node in &mut m.graph.nodes {
-        if let Op::Conv2d { weight, groups, .. } = &mut node.op {
+        if let Op::Conv2d(Conv2d { weight, groups, .. }) = &mut node.op {
             let w = &m.tensors[*weight as usize].shape;
             if *groups != 1 && w[1] == 1 {
                 *groups = w[0];

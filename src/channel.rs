@@ -20,13 +20,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context, Result};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
-use nap_runtime::format::{Node, Op, TensorId};
-use nap_runtime::kernels::act_scalar;
+use nap_runtime::format::{BatchNorm, Conv2d, Linear, Node, Op, TensorId};
 
 use crate::curvature::{damped, spd_inverse, sub_llt};
 use crate::groups::{Group, Groups, Member};
 use crate::ir::{HostModel, HostTensor};
 use crate::kfac::LayerFactors;
+use crate::ops::{host, Constants};
 use crate::prune::Criterion;
 use rayon::prelude::*;
 
@@ -118,7 +118,7 @@ pub fn set_wbar(m: &mut HostModel, node: usize, w: &[f64]) -> Result<()> {
 /// keys; otherwise a new bias tensor `<node>.bias`.
 pub fn add_bias(m: &mut HostModel, node: usize, delta: &[f64]) -> Result<()> {
     let (bias, act) = match m.graph.nodes[node].op {
-        Op::Linear { bias, act, .. } | Op::Conv2d { bias, act, .. } => (bias, act),
+        Op::Linear(Linear { bias, act, .. }) | Op::Conv2d(Conv2d { bias, act, .. }) => (bias, act),
         _ => bail!("node {:?} has no bias", m.graph.nodes[node].name),
     };
     if let Some(b) = bias {
@@ -132,7 +132,7 @@ pub fn add_bias(m: &mut HostModel, node: usize, delta: &[f64]) -> Result<()> {
         .filter(|&i| m.graph.nodes[i].inputs.contains(&out))
         .collect();
     if act == nap_runtime::format::Activation::None && readers.len() == 1 {
-        if let Op::BatchNorm { mean, .. } = m.graph.nodes[readers[0]].op {
+        if let Op::BatchNorm(BatchNorm { mean, .. }) = m.graph.nodes[readers[0]].op {
             if !m.graph.outputs.contains(&out) {
                 for (d, v) in m.tensors[mean as usize].data.iter_mut().zip(delta) {
                     *d -= *v as f32;
@@ -149,7 +149,7 @@ pub fn add_bias(m: &mut HostModel, node: usize, delta: &[f64]) -> Result<()> {
     });
     let id = (m.tensors.len() - 1) as TensorId;
     match &mut m.graph.nodes[node].op {
-        Op::Linear { bias, .. } | Op::Conv2d { bias, .. } => *bias = Some(id),
+        Op::Linear(Linear { bias, .. }) | Op::Conv2d(Conv2d { bias, .. }) => *bias = Some(id),
         _ => unreachable!("checked above"),
     }
     Ok(())
@@ -514,70 +514,14 @@ pub fn removed_constants(
         .map(|row| vec![None; row.len()])
         .collect();
     for node in &g.nodes {
-        let out = node.output as usize;
-        let n = k[out].len();
-        let x = node
-            .inputs
-            .first()
-            .map_or(&[][..], |&v| k[v as usize].as_slice());
-        let o: Vec<Option<f32>> = match &node.op {
-            Op::Linear { act, .. } | Op::Conv2d { act, groups: 1, .. } => (0..n)
-                .map(|r| removed(node.output, r).then(|| act_scalar(*act, 0.0)))
-                .collect(),
-            Op::Conv2d {
-                weight, bias, act, ..
-            } => {
-                let w = &m.tensors[*weight as usize];
-                let per = w.numel() / n.max(1);
-                (0..n)
-                    .map(|c| {
-                        x[c].map(|v| {
-                            let s: f32 = w.data[c * per..(c + 1) * per].iter().sum();
-                            let b = bias.map_or(0.0, |b| m.tensors[b as usize].data[c]);
-                            act_scalar(*act, v * s + b)
-                        })
-                    })
-                    .collect()
-            }
-            Op::BatchNorm {
-                gamma,
-                beta,
-                mean,
-                var,
-                eps,
-            } => {
-                let t = |id: &TensorId| &m.tensors[*id as usize].data;
-                (0..n)
-                    .map(|c| {
-                        x[c].map(|v| {
-                            (v - t(mean)[c]) / (t(var)[c] + eps).sqrt() * t(gamma)[c] + t(beta)[c]
-                        })
-                    })
-                    .collect()
-            }
-            Op::Act(a) => x.iter().map(|v| v.map(|v| act_scalar(*a, v))).collect(),
-            Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool => x.to_vec(),
-            Op::Add { act } => (0..n)
-                .map(|c| {
-                    let vs: Option<Vec<f32>> =
-                        node.inputs.iter().map(|&i| k[i as usize][c]).collect();
-                    vs.map(|vs| act_scalar(*act, vs.iter().sum()))
-                })
-                .collect(),
-            Op::Concat => node
-                .inputs
-                .iter()
-                .flat_map(|&i| k[i as usize].iter().copied())
-                .collect(),
-            Op::Flatten => {
-                let per = n / x.len().max(1);
-                x.iter()
-                    .flat_map(|&v| std::iter::repeat_n(v, per))
-                    .collect()
-            }
-            Op::Reshape { .. } | Op::Softmax => vec![None; n],
-        };
-        k[out] = o;
+        let removed = |c: usize| removed(node.output, c);
+        let o = host(&node.op).constants(&Constants {
+            m,
+            node,
+            known: &k,
+            removed: &removed,
+        });
+        k[node.output as usize] = o;
     }
     Ok(k)
 }
@@ -654,7 +598,7 @@ pub fn remove_channels(
         let cols = drop_cols.get(&ni).cloned().unwrap_or_default();
         let name = out.graph.nodes[ni].name.clone();
         match &mut out.graph.nodes[ni].op {
-            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
+            Op::Linear(Linear { weight, bias, .. }) | Op::Conv2d(Conv2d { weight, bias, .. }) => {
                 let (weight, bias) = (*weight, *bias);
                 let t = &out.tensors[weight as usize];
                 let (r, c) = (t.shape[0] as usize, t.numel() / t.shape[0].max(1) as usize);
@@ -687,19 +631,19 @@ pub fn remove_channels(
                 if let Some(b) = bias {
                     keep_entries(&mut out.tensors[b as usize], &keep_r);
                 }
-                if let Op::Conv2d { groups, .. } = &mut out.graph.nodes[ni].op {
+                if let Op::Conv2d(Conv2d { groups, .. }) = &mut out.graph.nodes[ni].op {
                     if *groups != 1 {
                         *groups = keep_r.len() as u32;
                     }
                 }
             }
-            Op::BatchNorm {
+            Op::BatchNorm(BatchNorm {
                 gamma,
                 beta,
                 mean,
                 var,
                 ..
-            } => {
+            }) => {
                 let ids = [*gamma, *beta, *mean, *var];
                 let n = out.tensors[ids[0] as usize].numel();
                 let keep: Vec<usize> = (0..n).filter(|i| !rows.contains(i)).collect();

@@ -10,7 +10,8 @@ use nap_runtime::format::{
     TensorEntry, ValueId,
 };
 
-use crate::ir::{HostModel, HostTensor};
+use crate::ir::HostModel;
+use crate::ops::fold_batchnorm;
 use crate::util::atomic_write;
 use nap_runtime::kernels::{Dtype, Elems, BSPMV_BLOCK as BLOCK};
 use nap_runtime::model::{BlockCsrBuf, CsrBuf, Indices};
@@ -82,95 +83,14 @@ pub fn fuse(m: &HostModel) -> Result<HostModel> {
             }
             let out = node.output;
             match (node.op.clone(), m.graph.nodes[i].op.clone()) {
-                (
-                    Op::BatchNorm {
-                        gamma,
-                        beta,
-                        mean,
-                        var,
-                        eps,
-                    },
-                    Op::Conv2d {
-                        weight,
-                        bias,
-                        stride,
-                        padding,
-                        dilation,
-                        groups,
-                        act: Activation::None,
-                    },
-                ) => {
-                    let t = &m.tensors;
-                    let scale: Vec<f32> = t[gamma as usize]
-                        .data
-                        .iter()
-                        .zip(&t[var as usize].data)
-                        .map(|(g, v)| g / (v + eps).sqrt())
-                        .collect();
-                    let w = &t[weight as usize];
-                    let per = w.numel() / scale.len();
-                    let wdata: Vec<f32> = w
-                        .data
-                        .iter()
-                        .enumerate()
-                        .map(|(k, v)| v * scale[k / per])
-                        .collect();
-                    let b0 = bias
-                        .map(|b| t[b as usize].data.clone())
-                        .unwrap_or(vec![0.0; scale.len()]);
-                    let bdata: Vec<f32> = (0..scale.len())
-                        .map(|o| {
-                            (b0[o] - t[mean as usize].data[o]) * scale[o] + t[beta as usize].data[o]
-                        })
-                        .collect();
-                    let wname = w.name.clone();
-                    let wshape = w.shape.clone();
-                    let bname = t[beta as usize].name.clone();
-                    m.tensors.push(HostTensor {
-                        name: wname,
-                        shape: wshape,
-                        data: wdata,
-                    });
-                    let new_w = (m.tensors.len() - 1) as u32;
-                    m.tensors.push(HostTensor {
-                        name: bname,
-                        shape: vec![scale.len() as u32],
-                        data: bdata,
-                    });
-                    let new_b = (m.tensors.len() - 1) as u32;
-                    m.graph.nodes[i].op = Op::Conv2d {
-                        weight: new_w,
-                        bias: Some(new_b),
-                        stride,
-                        padding,
-                        dilation,
-                        groups,
-                        act: Activation::None,
-                    };
+                (Op::BatchNorm(bn), Op::Conv2d(conv)) if conv.act == Activation::None => {
+                    m.graph.nodes[i].op = Op::Conv2d(fold_batchnorm(&mut m, &conv, &bn)?);
                 }
-                (
-                    Op::Act(a),
-                    Op::Linear {
-                        act: Activation::None,
-                        ..
-                    },
-                )
-                | (
-                    Op::Act(a),
-                    Op::Conv2d {
-                        act: Activation::None,
-                        ..
-                    },
-                )
-                | (
-                    Op::Act(a),
-                    Op::Add {
-                        act: Activation::None,
-                    },
-                ) => match &mut m.graph.nodes[i].op {
-                    Op::Linear { act, .. } | Op::Conv2d { act, .. } | Op::Add { act } => *act = a,
-                    _ => unreachable!(),
-                },
+                (Op::Act(a), producer) if producer.fused_act() == Some(Activation::None) => {
+                    if let Some(act) = m.graph.nodes[i].op.act_mut() {
+                        *act = a;
+                    }
+                }
                 _ => continue,
             }
             m.graph.nodes[i].output = out;
@@ -290,7 +210,7 @@ pub fn to_nap_bytes(m: &HostModel, opts: ExportOptions) -> Result<Vec<u8>> {
         let csr_bytes = (rows + 1) * 4 + nnz * (index.size() + dtype.size());
         let linear = prunable
             .iter()
-            .any(|&(i, w)| w == id as u32 && matches!(m.graph.nodes[i].op, Op::Linear { .. }));
+            .any(|&(i, w)| w == id as u32 && matches!(m.graph.nodes[i].op, Op::Linear(_)));
         // A Linear weight whose non-zeros fill 4×1 blocks (what `nap prune --block 4x1` leaves)
         // is stored blocked: one column index per four weights, run by the blocked kernel.
         let blocked = (is_weight && linear && opts.storage != Storage::Dense && nnz > 0)

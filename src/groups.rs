@@ -2,7 +2,7 @@
 //! the graph IR, so that a channel is removed from all of them together.
 //!
 //! Each value `[C, ...]` (or `[F]`) has one *slot* per channel (feature). Ops tie slots together
-//! (union-find):
+//! (union-find), each in its `couple` ([`crate::ops::HostOp::couple`]):
 //!
 //! * Linear and Conv2d with `groups == 1` end a channel (their input columns are *consumers*) and
 //!   start new ones (their output rows are *producers*);
@@ -13,17 +13,18 @@
 //! * Flatten ties channel `c` of `[C, H, W]` to the `H·W` features `c·H·W + k` it becomes, so a
 //!   Linear that reads a flattened map consumes `H·W` columns per channel.
 //!
-//! Slots of the network's inputs and outputs, and of anything the analysis does not model
-//! (Reshape, Softmax, grouped convolutions other than depthwise), are *pinned*: their groups are
+//! Slots of the network's inputs and outputs, and of anything an op does not model (the default:
+//! Reshape, Softmax, grouped convolutions other than depthwise), are *pinned*: their groups are
 //! never pruned. Every other class of slots with at least one producer is a [`Group`].
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::{bail, Result};
-use nap_runtime::format::{Op, ValueId};
+use nap_runtime::format::ValueId;
 
 use crate::ir::HostModel;
+use crate::ops::{host, Coupling};
 
 /// One tensor slice that belongs to a channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,24 +97,12 @@ pub struct Groups {
     pub slot_group: Vec<Vec<Option<usize>>>,
 }
 
-struct UnionFind(Vec<usize>);
-
-impl UnionFind {
-    fn find(&mut self, mut x: usize) -> usize {
-        while self.0[x] != x {
-            self.0[x] = self.0[self.0[x]];
-            x = self.0[x];
-        }
-        x
+fn find(parent: &mut [usize], mut x: usize) -> usize {
+    while parent[x] != x {
+        parent[x] = parent[parent[x]];
+        x = parent[x];
     }
-
-    fn union(&mut self, a: usize, b: usize) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            let (lo, hi) = (ra.min(rb), ra.max(rb));
-            self.0[hi] = lo;
-        }
-    }
+    x
 }
 
 /// Channels per example of a value: the first dimension.
@@ -135,15 +124,11 @@ pub fn analyze(m: &HostModel) -> Result<Groups> {
         total += channels(m, v as ValueId);
     }
     offset.push(total);
-    let slot = |v: ValueId, c: usize| offset[v as usize] + c;
-    let mut uf = UnionFind((0..total).collect());
+    let mut parent: Vec<usize> = (0..total).collect();
     let mut pinned = vec![false; total];
     let mut members: Vec<(usize, Member)> = Vec::new();
-    let pin_value = |pinned: &mut Vec<bool>, v: ValueId| {
-        pinned[offset[v as usize]..offset[v as usize + 1]].fill(true);
-    };
     for &v in g.inputs.iter().chain(&g.outputs) {
-        pin_value(&mut pinned, v);
+        pinned[offset[v as usize]..offset[v as usize + 1]].fill(true);
     }
     let mut users = vec![0usize; m.tensors.len()];
     for node in &g.nodes {
@@ -155,102 +140,27 @@ pub fn analyze(m: &HostModel) -> Result<Groups> {
             m.tensors[t].name
         );
     }
-    for (ni, node) in g.nodes.iter().enumerate() {
-        let out = node.output;
-        let pass = |uf: &mut UnionFind, input: ValueId| {
-            for c in 0..channels(m, out) {
-                uf.union(slot(input, c), slot(out, c));
-            }
-        };
-        match &node.op {
-            Op::Linear { weight, .. }
-            | Op::Conv2d {
-                weight, groups: 1, ..
-            } => {
-                // Columns of the flattened weight per input channel: 1 for a Linear, the kernel
-                // area for a convolution.
-                let k = m.tensors[*weight as usize].shape[2..]
-                    .iter()
-                    .product::<u32>() as usize;
-                let x = node.inputs[0];
-                for c in 0..channels(m, x) {
-                    members.push((
-                        slot(x, c),
-                        Member::Consumer {
-                            node: ni,
-                            slot: c,
-                            cols: c * k..(c + 1) * k,
-                        },
-                    ));
-                }
-                for r in 0..channels(m, out) {
-                    members.push((slot(out, r), Member::Producer { node: ni, row: r }));
-                }
-            }
-            Op::Conv2d { groups, .. } => {
-                let x = node.inputs[0];
-                let (cin, cout) = (channels(m, x), channels(m, out));
-                if *groups as usize == cin && cin == cout {
-                    pass(&mut uf, x);
-                    for c in 0..cout {
-                        members.push((slot(out, c), Member::Depthwise { node: ni, ch: c }));
-                    }
-                } else {
-                    pin_value(&mut pinned, x);
-                    pin_value(&mut pinned, out);
-                }
-            }
-            Op::BatchNorm { .. } => {
-                pass(&mut uf, node.inputs[0]);
-                for c in 0..channels(m, out) {
-                    members.push((slot(out, c), Member::Norm { node: ni, ch: c }));
-                }
-            }
-            Op::Act(_) | Op::MaxPool2d { .. } | Op::AvgPool2d { .. } | Op::GlobalAvgPool => {
-                pass(&mut uf, node.inputs[0])
-            }
-            Op::Add { .. } => {
-                for &x in &node.inputs {
-                    pass(&mut uf, x);
-                }
-            }
-            Op::Concat => {
-                let mut at = 0;
-                for &x in &node.inputs {
-                    for c in 0..channels(m, x) {
-                        uf.union(slot(x, c), slot(out, at + c));
-                    }
-                    at += channels(m, x);
-                }
-            }
-            Op::Flatten => {
-                let x = node.inputs[0];
-                let cin = channels(m, x);
-                let per = channels(m, out) / cin.max(1);
-                for c in 0..cin {
-                    for k in 0..per {
-                        uf.union(slot(x, c), slot(out, c * per + k));
-                    }
-                }
-            }
-            Op::Reshape { .. } | Op::Softmax => {
-                for &x in &node.inputs {
-                    pin_value(&mut pinned, x);
-                }
-                pin_value(&mut pinned, out);
-            }
-        }
+    for (index, node) in g.nodes.iter().enumerate() {
+        host(&node.op).couple(&mut Coupling {
+            m,
+            index,
+            node,
+            offset: &offset,
+            parent: &mut parent,
+            pinned: &mut pinned,
+            members: &mut members,
+        });
     }
     let mut root_pinned = vec![false; total];
     for (s, &p) in pinned.iter().enumerate() {
         if p {
-            let r = uf.find(s);
+            let r = find(&mut parent, s);
             root_pinned[r] = true;
         }
     }
     let mut by_root: BTreeMap<usize, Group> = BTreeMap::new();
     for (s, mb) in members {
-        let r = uf.find(s);
+        let r = find(&mut parent, s);
         if !root_pinned[r] {
             by_root
                 .entry(r)
@@ -266,7 +176,7 @@ pub fn analyze(m: &HostModel) -> Result<Groups> {
     let slot_group: Vec<Vec<Option<usize>>> = (0..g.values.len())
         .map(|v| {
             (offset[v]..offset[v + 1])
-                .map(|s| index.get(&uf.find(s)).copied())
+                .map(|s| index.get(&find(&mut parent, s)).copied())
                 .collect()
         })
         .collect();

@@ -14,7 +14,7 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
-use nap_runtime::format::Op;
+use nap_runtime::format::{Conv2d, Linear, Op};
 use rand::{Rng, SeedableRng};
 
 use crate::data::Dataset;
@@ -320,13 +320,15 @@ pub fn collect(
         }
         let out = &g.values[node.output as usize].shape;
         let (a_dim, positions) = match &node.op {
-            Op::Linear { weight, .. } => (m.tensors[*weight as usize].shape[1] as usize + 1, 1),
-            Op::Conv2d {
+            Op::Linear(Linear { weight, .. }) => {
+                (m.tensors[*weight as usize].shape[1] as usize + 1, 1)
+            }
+            Op::Conv2d(Conv2d {
                 weight,
                 groups,
                 dilation,
                 ..
-            } => {
+            }) => {
                 if *groups != 1 || *dilation != [1, 1] {
                     bail!(
                         "K-FAC statistics of node {:?}: grouped or dilated convolutions are not supported yet",
@@ -406,18 +408,18 @@ pub fn collect(
                 .context("layer input")?
                 .detach();
             match &node.op {
-                Op::Linear { .. } => {
+                Op::Linear(Linear { .. }) => {
                     add_gram(&mut l.a, &with_ones(&input)?, 1.0)?;
                     for gp in &grads {
                         add_gram(&mut l.g, &gp[li], 1.0)?;
                     }
                 }
-                Op::Conv2d {
+                Op::Conv2d(Conv2d {
                     weight,
                     stride,
                     padding,
                     ..
-                } => {
+                }) => {
                     let w = &m.tensors[*weight as usize].shape;
                     let k = [w[2] as usize, w[3] as usize];
                     let s = [stride[0] as usize, stride[1] as usize];

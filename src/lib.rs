@@ -15,6 +15,7 @@ pub mod ir;
 pub mod kfac;
 pub mod obs;
 pub mod onnx_out;
+pub mod ops;
 pub mod pb;
 pub mod plot;
 pub mod prune;

@@ -9,9 +9,10 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use nap_runtime::format::{Activation, Op, ValueId};
+use nap_runtime::format::{Activation, TensorId, ValueId};
 
-use crate::ir::HostModel;
+use crate::ir::{HostModel, HostTensor};
+use crate::ops::{host, OnnxNode};
 use crate::pb::Pb;
 
 /// The opset the writer targets.
@@ -21,22 +22,37 @@ const FLOAT: i64 = 1;
 const INT64: i64 = 7;
 
 /// An attribute value of a node.
-enum Attr {
+pub enum Attr {
     Int(i64),
     Float(f32),
     Ints(Vec<i64>),
 }
 
 /// The graph being written: nodes, initializers, fresh names.
-struct Writer {
+pub struct Writer<'m> {
+    tensors: &'m [HostTensor],
+    /// Which tensors some node refers to (they become initializers).
+    used: Vec<bool>,
     nodes: Pb,
     inits: Pb,
     fresh: usize,
     scalars: std::collections::HashSet<String>,
 }
 
-impl Writer {
-    fn node(
+impl Writer<'_> {
+    /// The ONNX name of tensor `id`, which becomes an initializer.
+    pub fn tensor(&mut self, id: TensorId) -> String {
+        self.used[id as usize] = true;
+        self.tensors[id as usize].name.clone()
+    }
+
+    /// The shape of tensor `id`.
+    pub fn tensor_shape(&self, id: TensorId) -> &[u32] {
+        &self.tensors[id as usize].shape
+    }
+
+    /// Appends node `op` (an ONNX op type).
+    pub fn node(
         &mut self,
         op: &str,
         name: &str,
@@ -87,7 +103,7 @@ impl Writer {
         });
     }
 
-    fn init_i64(&mut self, name: &str, data: &[i64]) {
+    pub fn init_i64(&mut self, name: &str, data: &[i64]) {
         self.inits.msg(5, |t| {
             t.int(1, data.len() as i64);
             t.int(2, INT64);
@@ -98,13 +114,13 @@ impl Writer {
     }
 
     /// A fresh value name derived from `base`.
-    fn tmp(&mut self, base: &str) -> String {
+    pub fn tmp(&mut self, base: &str) -> String {
         self.fresh += 1;
         format!("{base}/{}", self.fresh)
     }
 
     /// A scalar f32 constant (shared by name).
-    fn scalar(&mut self, v: f32) -> String {
+    pub fn scalar(&mut self, v: f32) -> String {
         let name = format!("const/{v:e}");
         if self.scalars.insert(name.clone()) {
             self.init_f32(&name, &[], &[v]);
@@ -113,7 +129,7 @@ impl Writer {
     }
 
     /// `act(x)` into `out` (an Identity for no activation).
-    fn act(&mut self, a: Activation, name: &str, x: &str, out: &str) {
+    pub fn act(&mut self, a: Activation, name: &str, x: &str, out: &str) {
         match a {
             Activation::None => self.node("Identity", name, &[x], out, &[]),
             Activation::Relu => self.node("Relu", name, &[x], out, &[]),
@@ -153,7 +169,7 @@ impl Writer {
 
     /// A node whose output is followed by `act`: writes `op` into `out` directly when there is
     /// no activation, else into a temporary and then the activation.
-    fn with_act(
+    pub fn with_act(
         &mut self,
         a: Activation,
         op: &str,
@@ -214,167 +230,30 @@ pub fn to_onnx_bytes(m: &HostModel) -> Result<Vec<u8>> {
         }
     }
     let mut w = Writer {
+        tensors: &m.tensors,
+        used: vec![false; m.tensors.len()],
         nodes: Pb::default(),
         inits: Pb::default(),
         fresh: 0,
         scalars: Default::default(),
     };
-    let tname = |id: u32| m.tensors[id as usize].name.clone();
-    let mut used = vec![false; m.tensors.len()];
     for n in &g.nodes {
-        let ins: Vec<&str> = n
+        let inputs: Vec<&str> = n
             .inputs
             .iter()
             .map(|&v| names[v as usize].as_str())
             .collect();
-        let out = names[n.output as usize].as_str();
-        let name = n.name.as_str();
-        let mut tensor = |id: u32| {
-            used[id as usize] = true;
-            tname(id)
+        let node = OnnxNode {
+            name: &n.name,
+            inputs: &inputs,
+            output: &names[n.output as usize],
         };
-        match &n.op {
-            Op::Linear { weight, bias, act } => {
-                let mut inputs = vec![ins[0].to_string(), tensor(*weight)];
-                if let Some(b) = bias {
-                    inputs.push(tensor(*b));
-                }
-                let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                w.with_act(
-                    *act,
-                    "Gemm",
-                    name,
-                    &inputs,
-                    out,
-                    &[("transB", Attr::Int(1))],
-                );
-            }
-            Op::Conv2d {
-                weight,
-                bias,
-                stride,
-                padding,
-                dilation,
-                groups,
-                act,
-            } => {
-                let ks = &m.tensors[*weight as usize].shape;
-                let mut inputs = vec![ins[0].to_string(), tensor(*weight)];
-                if let Some(b) = bias {
-                    inputs.push(tensor(*b));
-                }
-                let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                let pair = |p: [u32; 2]| Attr::Ints(vec![p[0] as i64, p[1] as i64]);
-                w.with_act(
-                    *act,
-                    "Conv",
-                    name,
-                    &inputs,
-                    out,
-                    &[
-                        ("kernel_shape", Attr::Ints(vec![ks[2] as i64, ks[3] as i64])),
-                        ("strides", pair(*stride)),
-                        ("dilations", pair(*dilation)),
-                        (
-                            "pads",
-                            Attr::Ints(
-                                [padding[0], padding[1], padding[0], padding[1]]
-                                    .map(|p| p as i64)
-                                    .to_vec(),
-                            ),
-                        ),
-                        ("group", Attr::Int(*groups as i64)),
-                    ],
-                );
-            }
-            Op::BatchNorm {
-                gamma,
-                beta,
-                mean,
-                var,
-                eps,
-            } => {
-                let inputs = [
-                    ins[0].to_string(),
-                    tensor(*gamma),
-                    tensor(*beta),
-                    tensor(*mean),
-                    tensor(*var),
-                ];
-                let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                w.node(
-                    "BatchNormalization",
-                    name,
-                    &inputs,
-                    out,
-                    &[("epsilon", Attr::Float(*eps))],
-                );
-            }
-            Op::Act(a) => w.act(*a, name, ins[0], out),
-            Op::MaxPool2d {
-                kernel,
-                stride,
-                padding,
-            }
-            | Op::AvgPool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                let pair = |p: [u32; 2]| Attr::Ints(vec![p[0] as i64, p[1] as i64]);
-                let mut attrs = vec![
-                    ("kernel_shape", pair(*kernel)),
-                    ("strides", pair(*stride)),
-                    (
-                        "pads",
-                        Attr::Ints(
-                            [padding[0], padding[1], padding[0], padding[1]]
-                                .map(|p| p as i64)
-                                .to_vec(),
-                        ),
-                    ),
-                ];
-                let op = match n.op {
-                    Op::AvgPool2d {
-                        count_include_pad, ..
-                    } => {
-                        attrs.push(("count_include_pad", Attr::Int(count_include_pad as i64)));
-                        "AveragePool"
-                    }
-                    _ => "MaxPool",
-                };
-                w.node(op, name, &ins, out, &attrs);
-            }
-            Op::GlobalAvgPool => {
-                let t = w.tmp(name);
-                w.node("GlobalAveragePool", name, &ins, &t, &[]);
-                w.node(
-                    "Flatten",
-                    &format!("{name}/flatten"),
-                    &[&t],
-                    out,
-                    &[("axis", Attr::Int(1))],
-                );
-            }
-            Op::Add { act } => w.with_act(*act, "Add", name, &ins, out, &[]),
-            Op::Concat => w.node("Concat", name, &ins, out, &[("axis", Attr::Int(1))]),
-            Op::Flatten => w.node("Flatten", name, &ins, out, &[("axis", Attr::Int(1))]),
-            Op::Reshape { shape } => {
-                let s = w.tmp(&format!("{name}/shape"));
-                let mut dims = vec![-1i64];
-                dims.extend(shape.iter().map(|&d| d as i64));
-                w.init_i64(&s, &dims);
-                w.node("Reshape", name, &[ins[0], &s], out, &[]);
-            }
-            Op::Softmax => w.node("Softmax", name, &ins, out, &[("axis", Attr::Int(-1))]),
-        }
+        host(&n.op).to_onnx(&mut w, &node);
     }
-    for (i, t) in m.tensors.iter().enumerate() {
-        if used[i] {
-            let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-            w.init_f32(&t.name, &dims, &t.data);
-        }
+    let used: Vec<usize> = (0..m.tensors.len()).filter(|&i| w.used[i]).collect();
+    for t in used.into_iter().map(|i| &m.tensors[i]) {
+        let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        w.init_f32(&t.name, &dims, &t.data);
     }
     let mut graph = Pb::default();
     graph.0.extend_from_slice(&w.nodes.0);

@@ -3,10 +3,11 @@
 //! kernels, which tests compare against it.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
-use nap_runtime::format::{Activation, Graph, Node, Op};
+use candle_core::{DType, Device, Tensor};
+use nap_runtime::format::{BatchNorm, Graph, Node, Op};
 
 use crate::ir::HostModel;
+use crate::ops::host;
 
 /// Uploads every tensor of `m` to `dev`, in tensor-id order.
 pub fn params(m: &HostModel, dev: &Device) -> Result<Vec<Tensor>> {
@@ -34,40 +35,7 @@ pub fn input(m: &HostModel, data: &[f32], dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(data, shape, dev)?)
 }
 
-pub fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
-    Ok(match a {
-        Activation::None => x.clone(),
-        Activation::Relu => x.relu()?,
-        Activation::Relu6 => x.clamp(0f32, 6f32)?,
-        Activation::Sigmoid => candle_nn::ops::sigmoid(x)?,
-        Activation::Tanh => x.tanh()?,
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::Silu => x.silu()?,
-        Activation::HardSwish => (x * ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)?,
-    })
-}
-
-/// Pads the two last dimensions of `x` by `p` on each side with `value`.
-fn pad2d(x: &Tensor, p: [u32; 2], value: f32) -> Result<Tensor> {
-    let mut x = x.clone();
-    for (dim, &pad) in [(2usize, &p[0]), (3, &p[1])] {
-        if pad == 0 {
-            continue;
-        }
-        let mut shape = x.dims().to_vec();
-        shape[dim] = pad as usize;
-        let side = Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())?;
-        x = Tensor::cat(&[&side, &x, &side], dim)?;
-    }
-    Ok(x)
-}
-
-fn square(a: [u32; 2], what: &str) -> Result<usize> {
-    if a[0] != a[1] {
-        bail!("the candle reference supports only equal {what} along height and width, got {a:?}");
-    }
-    Ok(a[0] as usize)
-}
+pub use crate::ops::activation;
 
 /// Runs the graph on `x` (`[n, ...]`) and returns every value; `params[i]` is tensor `i`.
 pub fn forward_all(g: &Graph, params: &[Tensor], x: &Tensor) -> Result<Vec<Option<Tensor>>> {
@@ -112,100 +80,7 @@ fn eval_node(
     params: &[Tensor],
     probe: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let probe = |y: Tensor| -> Result<Tensor> {
-        match probe {
-            Some(p) => Ok((y + p)?),
-            None => Ok(y),
-        }
-    };
-    let x = ins[0];
-    let p = |id: u32| &params[id as usize];
-    Ok(match &node.op {
-        Op::Linear { weight, bias, act } => {
-            let mut y = x.matmul(&p(*weight).t()?)?;
-            if let Some(b) = bias {
-                y = y.broadcast_add(p(*b))?;
-            }
-            activation(&probe(y)?, *act)?
-        }
-        Op::Conv2d {
-            weight,
-            bias,
-            stride,
-            padding,
-            dilation,
-            groups,
-            act,
-        } => {
-            let mut y = x.conv2d(
-                p(*weight),
-                square(*padding, "padding")?,
-                square(*stride, "stride")?,
-                square(*dilation, "dilation")?,
-                *groups as usize,
-            )?;
-            if let Some(b) = bias {
-                y = y.broadcast_add(&p(*b).reshape((1, (), 1, 1))?)?;
-            }
-            activation(&probe(y)?, *act)?
-        }
-        Op::BatchNorm {
-            gamma,
-            beta,
-            mean,
-            var,
-            eps,
-        } => {
-            let shape: Vec<usize> = (0..x.rank())
-                .map(|i| if i == 1 { x.dim(1).unwrap_or(1) } else { 1 })
-                .collect();
-            let r = |t: &Tensor| t.reshape(shape.clone());
-            let inv = (r(p(*var))? + *eps as f64)?.sqrt()?.recip()?;
-            let scale = r(p(*gamma))?.mul(&inv)?;
-            x.broadcast_sub(&r(p(*mean))?)?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&r(p(*beta))?)?
-        }
-        Op::Act(a) => activation(x, *a)?,
-        Op::MaxPool2d {
-            kernel,
-            stride,
-            padding,
-        } => {
-            let xp = pad2d(x, *padding, f32::NEG_INFINITY)?;
-            xp.max_pool2d_with_stride(
-                (kernel[0] as usize, kernel[1] as usize),
-                (stride[0] as usize, stride[1] as usize),
-            )?
-        }
-        Op::AvgPool2d {
-            kernel,
-            stride,
-            padding,
-            count_include_pad,
-        } => {
-            let k = (kernel[0] as usize, kernel[1] as usize);
-            let s = (stride[0] as usize, stride[1] as usize);
-            let sum = pad2d(x, *padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
-            if *count_include_pad || padding == &[0, 0] {
-                sum
-            } else {
-                let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
-                let frac = pad2d(&ones, *padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
-                sum.broadcast_div(&frac)?
-            }
-        }
-        Op::GlobalAvgPool => x.mean(D::Minus1)?.mean(D::Minus1)?,
-        Op::Add { act } => activation(&(x + ins[1])?, *act)?,
-        Op::Concat => Tensor::cat(ins, 1)?,
-        Op::Flatten => x.flatten_from(1)?,
-        Op::Reshape { shape } => {
-            let mut s = vec![x.dim(0)?];
-            s.extend(shape.iter().map(|&d| d as usize));
-            x.reshape(s)?
-        }
-        Op::Softmax => candle_nn::ops::softmax(x, 1)?,
-    })
+    host(&node.op).eval(ins, params, probe)
 }
 
 /// Recomputes the running statistics of every BatchNorm from `data` (inputs of `m`, all in one
@@ -218,7 +93,7 @@ pub fn recalibrate_batchnorm(m: &mut HostModel, data: &[f32]) -> Result<()> {
         .graph
         .nodes
         .iter()
-        .any(|n| matches!(n.op, Op::BatchNorm { .. }))
+        .any(|n| matches!(n.op, Op::BatchNorm(BatchNorm { .. })))
     {
         return Ok(());
     }
@@ -239,7 +114,7 @@ pub fn recalibrate_batchnorm(m: &mut HostModel, data: &[f32]) -> Result<()> {
     vals[g.inputs[0] as usize] = Some(x0);
     for (ni, node) in g.nodes.iter().enumerate() {
         let ins = inputs_of(node, &vals)?;
-        if let Op::BatchNorm { mean, var, .. } = node.op {
+        if let Op::BatchNorm(BatchNorm { mean, var, .. }) = node.op {
             let x = ins[0];
             let c = x.dim(1)?;
             // [N, C, ...] -> [C, N * positions]

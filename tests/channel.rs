@@ -16,7 +16,9 @@ use nap::groups::{analyze, Member};
 use nap::ir::{GraphBuilder, HostModel, HostTensor};
 use nap::kfac::{collect, StatsConfig};
 use nap::{archs, reference};
-use nap_runtime::format::{Activation, Metadata, Op, TensorId, ValueId};
+use nap_runtime::format::{
+    Activation, Add, BatchNorm, Conv2d, Linear, MaxPool2d, Metadata, Op, TensorId, ValueId,
+};
 use rand::{Rng, SeedableRng};
 
 struct Tiny {
@@ -53,7 +55,7 @@ impl Tiny {
         self.b
             .node(
                 name,
-                Op::Conv2d {
+                Op::Conv2d(Conv2d {
                     weight,
                     bias,
                     stride: [1, 1],
@@ -61,7 +63,7 @@ impl Tiny {
                     dilation: [1, 1],
                     groups,
                     act,
-                },
+                }),
                 &[x],
             )
             .unwrap()
@@ -76,13 +78,13 @@ impl Tiny {
         self.b
             .node(
                 name,
-                Op::BatchNorm {
+                Op::BatchNorm(BatchNorm {
                     gamma,
                     beta,
                     mean,
                     var,
                     eps: 1e-5,
-                },
+                }),
                 &[x],
             )
             .unwrap()
@@ -94,7 +96,7 @@ impl Tiny {
         let weight = self.t(&format!("{name}.weight"), &[out, i], -s, s);
         let bias = Some(self.t(&format!("{name}.bias"), &[out], -0.3, 0.3));
         self.b
-            .node(name, Op::Linear { weight, bias, act }, &[x])
+            .node(name, Op::Linear(Linear { weight, bias, act }), &[x])
             .unwrap()
     }
 
@@ -118,7 +120,7 @@ fn tiny(seed: u64) -> HostModel {
     let r1 = n.op("relu1", Op::Act(relu), &[b1]);
     let c2 = n.conv("c2", r1, 8, 1, 1, false, Activation::None);
     let b2 = n.bn("bn2", c2);
-    let a = n.op("add", Op::Add { act: relu }, &[r1, b2]);
+    let a = n.op("add", Op::Add(Add { act: relu }), &[r1, b2]);
     let dw = n.conv("dw", a, 8, 3, 8, false, Activation::None);
     let b3 = n.bn("bn3", dw);
     let r3 = n.op("relu3", Op::Act(Activation::Relu6), &[b3]);
@@ -127,11 +129,11 @@ fn tiny(seed: u64) -> HostModel {
     let c4 = n.conv("c4", cat, 6, 1, 1, true, relu);
     let p = n.op(
         "pool",
-        Op::MaxPool2d {
+        Op::MaxPool2d(MaxPool2d {
             kernel: [2, 2],
             stride: [2, 2],
             padding: [0, 0],
-        },
+        }),
         &[c4],
     );
     let f = n.op("flatten", Op::Flatten, &[p]);
@@ -160,7 +162,8 @@ fn masked(m: &HostModel, groups: &nap::groups::Groups, remove: &[bool]) -> HostM
     for (g, _) in groups.groups.iter().zip(remove).filter(|(_, r)| **r) {
         for (ni, row) in g.producers() {
             let (w, b) = match out.graph.nodes[ni].op {
-                Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => (weight, bias),
+                Op::Linear(Linear { weight, bias, .. })
+                | Op::Conv2d(Conv2d { weight, bias, .. }) => (weight, bias),
                 _ => unreachable!(),
             };
             let t = &mut out.tensors[w as usize];
@@ -283,7 +286,7 @@ fn issue5_removal_matches_the_masked_model_exactly() {
             assert_eq!(pruned.graph.values[v as usize].shape[0], kept_res);
         }
         let dw = match pruned.graph.nodes[node(&m, "dw")].op {
-            Op::Conv2d { groups, .. } => groups,
+            Op::Conv2d(Conv2d { groups, .. }) => groups,
             _ => unreachable!(),
         };
         assert_eq!(dw, kept_res);
@@ -563,7 +566,7 @@ fn issue5_batchnorm_recalibration_matches_input_statistics() {
     .unwrap();
     let mut checked = 0;
     for node in &m.graph.nodes {
-        let Op::BatchNorm { mean, var, .. } = node.op else {
+        let Op::BatchNorm(BatchNorm { mean, var, .. }) = node.op else {
             continue;
         };
         // The BatchNorm's input, [n, C, H, W], recomputed with every earlier BatchNorm

@@ -6,7 +6,7 @@ use nap::data::Dataset;
 use nap::ir::{GraphBuilder, HostModel, HostTensor};
 use nap::kfac::{collect, Fisher, StatsConfig};
 use nap::{archs, reference};
-use nap_runtime::format::{Activation, Metadata, Op};
+use nap_runtime::format::{Activation, Conv2d, Linear, Metadata, Op};
 use rand::{Rng, SeedableRng};
 
 fn dataset(shape: [usize; 3], n: usize, classes: u8, seed: u64) -> Dataset {
@@ -107,7 +107,7 @@ fn conv_statistics_equal_explicit_patches() {
     let s = b
         .node(
             "conv",
-            Op::Conv2d {
+            Op::Conv2d(Conv2d {
                 weight: w1,
                 bias: Some(b1),
                 stride: [stride as u32; 2],
@@ -115,7 +115,7 @@ fn conv_statistics_equal_explicit_patches() {
                 dilation: [1, 1],
                 groups: 1,
                 act: Activation::None,
-            },
+            }),
             &[x],
         )
         .unwrap();
@@ -125,11 +125,11 @@ fn conv_statistics_equal_explicit_patches() {
     let y = b
         .node(
             "fc",
-            Op::Linear {
+            Op::Linear(Linear {
                 weight: w2,
                 bias: Some(b2),
                 act: Activation::None,
-            },
+            }),
             &[f],
         )
         .unwrap();
@@ -290,11 +290,11 @@ fn deep_linear() -> (HostModel, Dataset, [usize; 4]) {
         x = b
             .node(
                 &format!("l{l}"),
-                Op::Linear {
+                Op::Linear(Linear {
                     weight: w,
                     bias: Some(bias),
                     act: Activation::None,
-                },
+                }),
                 &[x],
             )
             .unwrap();

@@ -4,7 +4,7 @@
 use nap::export::{fuse, to_nap_bytes, ExportOptions, Storage};
 use nap::ir::HostModel;
 use nap::{archs, eval, reference};
-use nap_runtime::format::{DType, Op};
+use nap_runtime::format::{BatchNorm, Conv2d, DType, Linear, Op};
 use nap_runtime::{Model, TensorView};
 use rand::{Rng, SeedableRng};
 
@@ -17,13 +17,13 @@ fn model(arch: &str, seed: u64) -> HostModel {
     let mut m = archs::random(arch, seed).unwrap();
     let mut r = rng(seed + 1);
     for n in m.graph.nodes.clone() {
-        if let Op::BatchNorm {
+        if let Op::BatchNorm(BatchNorm {
             gamma,
             beta,
             mean,
             var,
             ..
-        } = n.op
+        }) = n.op
         {
             for (t, lo, hi) in [
                 (gamma, 0.5, 1.5),
@@ -93,7 +93,7 @@ fn fusion_preserves_the_function_and_removes_nodes() {
         .graph
         .nodes
         .iter()
-        .all(|n| !matches!(n.op, Op::BatchNorm { .. } | Op::Act(_))));
+        .all(|n| !matches!(n.op, Op::BatchNorm(BatchNorm { .. }) | Op::Act(_))));
     assert!(f.graph.nodes.len() < m.graph.nodes.len() / 2);
     let x = inputs(&m, 2, 8);
     let a = eval::reference_logits(&m, &x, 2, false).unwrap();
@@ -165,7 +165,7 @@ fn sparse_weights_are_stored_csr_and_match_reference() {
             .graph()
             .nodes
             .iter()
-            .filter(|n| matches!(n.op, Op::Linear { weight, .. } | Op::Conv2d { weight, .. } if matches!(nap.tensor(weight), TensorView::Csr(_))))
+            .filter(|n| matches!(n.op, Op::Linear(Linear { weight, .. }) | Op::Conv2d(Conv2d { weight, .. }) if matches!(nap.tensor(weight), TensorView::Csr(_))))
             .count();
         assert!(csr > 0, "{arch}: no layer stored as CSR");
         let x = inputs(&m, 3, 13);

@@ -126,7 +126,7 @@ fn ranking_is_invariant_to_layer_order() {
     use nap::ir::{GraphBuilder, HostModel, HostTensor};
     use nap::kfac::Fisher;
     use nap::prune::ObsUpdate;
-    use nap_runtime::format::{Activation, Metadata, Op};
+    use nap_runtime::format::{Activation, Linear, Metadata, Op};
 
     fn tensor(name: &str, shape: &[u32], seed: u32) -> HostTensor {
         let n: u32 = shape.iter().product();
@@ -148,11 +148,11 @@ fn ranking_is_invariant_to_layer_order() {
             let bias = b.tensor(tensor(&format!("{name}.bias"), &[4], seed + 1));
             b.node(
                 name,
-                Op::Linear {
+                Op::Linear(Linear {
                     weight: w,
                     bias: Some(bias),
                     act: Activation::Relu,
-                },
+                }),
                 &[x],
             )
             .unwrap()
@@ -170,11 +170,11 @@ fn ranking_is_invariant_to_layer_order() {
         let r = b
             .node(
                 "r",
-                Op::Linear {
+                Op::Linear(Linear {
                     weight: w,
                     bias: Some(bias),
                     act: Activation::None,
-                },
+                }),
                 &[cat],
             )
             .unwrap();

@@ -1,6 +1,6 @@
 //! Shared by the fuzz targets: load with and without blob verification, then plan and run.
 
-use nap_runtime::format::Op;
+use nap_runtime::format::{AvgPool2d, Conv2d, Linear, MaxPool2d, Op};
 use nap_runtime::{AlignedBytes, LoadOptions, Model, Session};
 
 /// Whether a loaded model is small enough to plan and run inside the fuzzer's memory and time
@@ -24,9 +24,9 @@ fn cheap_to_run(m: &Model<'_>) -> bool {
             .unwrap_or(u64::MAX)
             .max(1);
         let per_out = match &n.op {
-            Op::Conv2d { weight, .. } => numel(&m.tensor_entry(*weight).shape[1..]),
-            Op::MaxPool2d { kernel, .. } | Op::AvgPool2d { kernel, .. } => numel(kernel),
-            Op::Linear { weight, .. } => numel(&m.tensor_entry(*weight).shape[1..]),
+            Op::Conv2d(Conv2d { weight, .. }) => numel(&m.tensor_entry(*weight).shape[1..]),
+            Op::MaxPool2d(MaxPool2d { kernel, .. }) | Op::AvgPool2d(AvgPool2d { kernel, .. }) => numel(kernel),
+            Op::Linear(Linear { weight, .. }) => numel(&m.tensor_entry(*weight).shape[1..]),
             _ => Some(1),
         };
         per_out

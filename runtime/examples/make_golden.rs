@@ -126,7 +126,7 @@ fn main() {
         nodes: vec![
             node(
                 "conv",
-                Op::Conv2d {
+                Op::Conv2d(Conv2d {
                     weight: 0,
                     bias: Some(1),
                     stride: [1, 1],
@@ -134,41 +134,41 @@ fn main() {
                     dilation: [1, 1],
                     groups: 1,
                     act: Activation::None,
-                },
+                }),
                 0,
                 1,
             ),
             node(
                 "bn",
-                Op::BatchNorm {
+                Op::BatchNorm(BatchNorm {
                     gamma: 2,
                     beta: 3,
                     mean: 4,
                     var: 5,
                     eps: 1e-5,
-                },
+                }),
                 1,
                 2,
             ),
             node("relu", Op::Act(Activation::Relu), 2, 3),
             node(
                 "pool",
-                Op::MaxPool2d {
+                Op::MaxPool2d(MaxPool2d {
                     kernel: [3, 3],
                     stride: [3, 3],
                     padding: [0, 0],
-                },
+                }),
                 3,
                 4,
             ),
             node("flatten", Op::Flatten, 4, 5),
             node(
                 "fc",
-                Op::Linear {
+                Op::Linear(Linear {
                     weight: 6,
                     bias: Some(7),
                     act: Activation::None,
-                },
+                }),
                 5,
                 6,
             ),

@@ -11,7 +11,7 @@ use std::vec::Vec;
 
 use serde::Serialize;
 
-use crate::format::{IndexWidth, Op};
+use crate::format::IndexWidth;
 use crate::kernels::{
     bspmv, gemm, gemm_workspace, gemv, spmm, spmv, Activation, Bias, Dtype, Elems, Isa, MatRef,
 };
@@ -230,15 +230,13 @@ pub fn bench(
             .zip(expanded)
             .zip(&graph.nodes)
             .map(|(((stats, d), exp), node)| NodeTime {
-                ran: match (&node.op, exp) {
+                ran: match (node.op.weight_bias(), exp) {
                     (_, true) => "expanded",
-                    (Op::Linear { weight, .. } | Op::Conv2d { weight, .. }, false) => {
-                        match t.model.tensor(*weight) {
-                            TensorView::Dense(_) => "dense",
-                            _ => "sparse",
-                        }
-                    }
-                    _ => "",
+                    (Some((weight, _)), false) => match t.model.tensor(weight) {
+                        TensorView::Dense(_) => "dense",
+                        _ => "sparse",
+                    },
+                    (None, false) => "",
                 },
                 stats,
                 mean_us: d.as_secs_f64() * 1e6 / profile_runs as f64,

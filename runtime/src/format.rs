@@ -45,6 +45,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
+pub use crate::ops::{
+    Add, AvgPool2d, BatchNorm, Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, Reshape,
+    Softmax,
+};
+
 /// First eight bytes of every `.nap` file (PNG-style: catches text-mode transfers).
 pub const MAGIC: [u8; 8] = *b"\x89NAP\r\n\x1a\n";
 /// Major version written and read by this crate.
@@ -166,71 +171,46 @@ pub type TensorId = u32;
 /// Index into [`Graph::values`].
 pub type ValueId = u32;
 
-/// Graph operations. Attributes are `[height, width]` pairs; padding is symmetric.
+/// Graph operations, the compile-time list; each variant's attributes and behaviour live in its
+/// module of [`crate::ops`]. New variants go at the end: the variant index is the encoding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
-    /// `y = act(W x + b)`, `W` of shape `[out, in]`, input `[in]`.
-    Linear {
-        weight: TensorId,
-        bias: Option<TensorId>,
-        act: Activation,
-    },
-    /// PyTorch `Conv2d` followed by `act`; weight `[out, in/groups, kh, kw]`.
-    Conv2d {
-        weight: TensorId,
-        bias: Option<TensorId>,
-        stride: [u32; 2],
-        padding: [u32; 2],
-        dilation: [u32; 2],
-        groups: u32,
-        act: Activation,
-    },
-    /// Inference BatchNorm over channels: `(x - mean) / sqrt(var + eps) * gamma + beta`.
-    BatchNorm {
-        gamma: TensorId,
-        beta: TensorId,
-        mean: TensorId,
-        var: TensorId,
-        eps: f32,
-    },
+    Linear(Linear),
+    Conv2d(Conv2d),
+    BatchNorm(BatchNorm),
     Act(Activation),
-    /// Padding cells never win (they count as minus infinity).
-    MaxPool2d {
-        kernel: [u32; 2],
-        stride: [u32; 2],
-        padding: [u32; 2],
-    },
-    AvgPool2d {
-        kernel: [u32; 2],
-        stride: [u32; 2],
-        padding: [u32; 2],
-        count_include_pad: bool,
-    },
-    /// `[C, H, W] -> [C]`.
+    MaxPool2d(MaxPool2d),
+    AvgPool2d(AvgPool2d),
     GlobalAvgPool,
-    /// Element-wise sum of two values of one shape, then `act`.
-    Add {
-        act: Activation,
-    },
-    /// Concatenation along channels (the first per-example dimension) of two or more inputs.
+    Add(Add),
     Concat,
-    /// Any shape to `[numel]`.
     Flatten,
-    /// Any shape to `shape` of the same number of elements.
-    Reshape {
-        shape: Vec<u32>,
-    },
-    /// Softmax over a `[features]` vector.
+    Reshape(Reshape),
     Softmax,
 }
 
 impl Op {
     /// The weight and bias of a Linear or Conv2d; `None` for every other op.
     pub fn weight_bias(&self) -> Option<(TensorId, Option<TensorId>)> {
-        match *self {
-            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
-                Some((weight, bias))
+        match self {
+            Op::Linear(Linear { weight, bias, .. }) | Op::Conv2d(Conv2d { weight, bias, .. }) => {
+                Some((*weight, *bias))
             }
+            _ => None,
+        }
+    }
+
+    /// The activation fused into a Linear, Conv2d or Add; `None` for every other op.
+    pub fn fused_act(&self) -> Option<Activation> {
+        self.clone().act_mut().copied()
+    }
+
+    /// [`Op::fused_act`], to change it.
+    pub fn act_mut(&mut self) -> Option<&mut Activation> {
+        match self {
+            Op::Linear(Linear { act, .. })
+            | Op::Conv2d(Conv2d { act, .. })
+            | Op::Add(Add { act }) => Some(act),
             _ => None,
         }
     }
@@ -238,19 +218,19 @@ impl Op {
     /// Replaces every tensor id the op refers to by `f(id)`.
     pub fn map_tensors(&mut self, mut f: impl FnMut(TensorId) -> TensorId) {
         match self {
-            Op::Linear { weight, bias, .. } | Op::Conv2d { weight, bias, .. } => {
+            Op::Linear(Linear { weight, bias, .. }) | Op::Conv2d(Conv2d { weight, bias, .. }) => {
                 *weight = f(*weight);
                 if let Some(b) = bias {
                     *b = f(*b);
                 }
             }
-            Op::BatchNorm {
+            Op::BatchNorm(BatchNorm {
                 gamma,
                 beta,
                 mean,
                 var,
                 ..
-            } => {
+            }) => {
                 for t in [gamma, beta, mean, var] {
                     *t = f(*t);
                 }

@@ -22,6 +22,8 @@ pub mod format;
 pub mod graph;
 pub mod kernels;
 pub mod model;
+pub mod ops;
+mod par;
 mod pool;
 pub mod stats;
 

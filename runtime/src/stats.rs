@@ -35,17 +35,7 @@ pub struct LayerStats {
 
 /// Short operator name with its fused activation, e.g. `Conv2d(g1)+Relu`.
 pub fn op_name(op: &Op) -> String {
-    match op {
-        Op::Linear { act, .. } => format!("Linear+{act:?}"),
-        Op::Conv2d { groups, act, .. } => format!("Conv2d(g{groups})+{act:?}"),
-        Op::Add { act } => format!("Add+{act:?}"),
-        Op::Act(a) => format!("{a:?}"),
-        other => format!("{other:?}")
-            .split([' ', '{'])
-            .next()
-            .unwrap_or("?")
-            .to_string(),
-    }
+    op.def().label()
 }
 
 fn layout_bytes(l: &Layout) -> u64 {
@@ -72,7 +62,6 @@ pub fn layer_stats(model: &Model<'_>) -> Vec<LayerStats> {
     let mut rows = Vec::with_capacity(g.nodes.len());
     for n in &g.nodes {
         let out = g.values[n.output as usize].shape.clone();
-        let out_elems: u64 = out.iter().map(|&d| d as u64).product();
         let (mut params, mut nonzero, mut bytes) = (0usize, 0usize, 0u64);
         n.op.for_each_tensor(|t| {
             let (p, nz) = model.tensor_density(t);
@@ -80,37 +69,25 @@ pub fn layer_stats(model: &Model<'_>) -> Vec<LayerStats> {
             nonzero += nz;
             bytes += layout_bytes(&model.tensor_entry(t).layout);
         });
-        let (mut flops, mut dense_flops, mut storage) = (0u64, 0u64, String::new());
-        match &n.op {
-            Op::Linear { weight, .. } | Op::Conv2d { weight, .. } => {
-                let e = model.tensor_entry(*weight);
-                let view = model.tensor(*weight);
-                let positions = match n.op {
-                    Op::Conv2d { .. } => out.iter().skip(1).map(|&d| d as u64).product(),
-                    _ => 1,
-                };
-                let all: u64 = e.shape.iter().map(|&d| d as u64).product();
-                flops = 2 * view.stored() as u64 * positions;
-                dense_flops = 2 * all * positions;
-                storage = format!(
+        let (flops, dense_flops) = n.op.def().flops(model, &out);
+        let storage = match n.op.weight_bias() {
+            Some((weight, _)) => {
+                let view = model.tensor(weight);
+                format!(
                     "{} {}",
                     match view {
                         TensorView::Dense(_) => "dense".to_string(),
                         TensorView::Csr(_) => "csr".to_string(),
                         TensorView::BlockCsr(b) => format!("bcsr{}x1", b.block()),
                     },
-                    match e.dtype {
+                    match model.tensor_entry(weight).dtype {
                         DType::F32 => "f32",
                         DType::F16 => "f16",
                     }
-                );
+                )
             }
-            Op::BatchNorm { .. } | Op::Add { .. } | Op::Act(_) => {
-                flops = out_elems * 2;
-                dense_flops = flops;
-            }
-            _ => {}
-        }
+            None => String::new(),
+        };
         rows.push(LayerStats {
             name: n.name.clone(),
             op: op_name(&n.op),

@@ -171,7 +171,11 @@ fn linear(
             Store::F32,
         )
     });
-    net.node(&format!("fc{i}"), Op::Linear { weight, bias, act }, &[x])
+    net.node(
+        &format!("fc{i}"),
+        Op::Linear(Linear { weight, bias, act }),
+        &[x],
+    )
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -207,7 +211,7 @@ fn conv(net: &mut Net, rng: &mut Rng, x: ValueId, cc: &ConvCase, store: Store) -
             Store::F32,
         )
     });
-    let op = Op::Conv2d {
+    let op = Op::Conv2d(Conv2d {
         weight,
         bias,
         stride: cc.s,
@@ -215,7 +219,7 @@ fn conv(net: &mut Net, rng: &mut Rng, x: ValueId, cc: &ConvCase, store: Store) -
         dilation: cc.d,
         groups: cc.g,
         act: cc.act,
-    };
+    });
     net.node(&format!("conv{i}"), op, &[x])
 }
 
@@ -532,13 +536,13 @@ fn batchnorm_on_maps_and_vectors() {
         let var = net.tensor("var", &[c as u32], &var, store);
         let y = net.node(
             "bn",
-            Op::BatchNorm {
+            Op::BatchNorm(BatchNorm {
                 gamma,
                 beta,
                 mean,
                 var,
                 eps: 1e-3,
-            },
+            }),
             &[x],
         );
         let b = net.finish(&[y]);
@@ -581,11 +585,11 @@ fn maxpool_with_padding() {
         let x = net.input(&[2, 5, 6]);
         let y = net.node(
             "pool",
-            Op::MaxPool2d {
+            Op::MaxPool2d(MaxPool2d {
                 kernel,
                 stride,
                 padding,
-            },
+            }),
             &[x],
         );
         let b = net.finish(&[y]);
@@ -601,11 +605,11 @@ fn maxpool_padding_never_wins() {
     let x = net.input(&[1, 3, 3]);
     let y = net.node(
         "pool",
-        Op::MaxPool2d {
+        Op::MaxPool2d(MaxPool2d {
             kernel: [3, 3],
             stride: [2, 2],
             padding: [1, 1],
-        },
+        }),
         &[x],
     );
     let b = net.finish(&[y]);
@@ -626,12 +630,12 @@ fn avgpool_count_include_pad_both_ways() {
             let x = net.input(&[2, 5, 6]);
             let y = net.node(
                 "pool",
-                Op::AvgPool2d {
+                Op::AvgPool2d(AvgPool2d {
                     kernel,
                     stride,
                     padding,
                     count_include_pad,
-                },
+                }),
                 &[x],
             );
             let b = net.finish(&[y]);
@@ -650,12 +654,12 @@ fn avgpool_corner_divisors() {
         let x = net.input(&[1, 4, 4]);
         let y = net.node(
             "pool",
-            Op::AvgPool2d {
+            Op::AvgPool2d(AvgPool2d {
                 kernel: [3, 3],
                 stride: [1, 1],
                 padding: [1, 1],
                 count_include_pad: cip,
-            },
+            }),
             &[x],
         );
         let b = net.finish(&[y]);
@@ -693,7 +697,7 @@ fn add_with_activation() {
         let mut net = Net::new();
         let x = net.input(&[2, 3, 3]);
         let t = net.node("tanh", Op::Act(Activation::Tanh), &[x]);
-        let y = net.node("add", Op::Add { act }, &[x, t]);
+        let y = net.node("add", Op::Add(Add { act }), &[x, t]);
         let b = net.finish(&[y]);
         for batch in [1, 3] {
             check(&b, batch, &what);
@@ -701,7 +705,7 @@ fn add_with_activation() {
         // Both operands the same value.
         let mut net = Net::new();
         let x = net.input(&[5]);
-        let y = net.node("double", Op::Add { act }, &[x, x]);
+        let y = net.node("double", Op::Add(Add { act }), &[x, x]);
         let b = net.finish(&[y]);
         for batch in [1, 2] {
             check(&b, batch, &format!("{what} x + x"));
@@ -764,9 +768,9 @@ fn flatten_reshape_and_softmax() {
     let x = net.input(&[2, 3, 4]);
     let r = net.node(
         "reshape",
-        Op::Reshape {
+        Op::Reshape(Reshape {
             shape: vec![6, 2, 2],
-        },
+        }),
         &[x],
     );
     let c = conv(
@@ -836,13 +840,13 @@ fn mixed_graph() -> Built {
     let var = net.tensor("var", &[4], &[0.5, 1.0, 2.0, 0.25], Store::F32);
     let bn = net.node(
         "bn",
-        Op::BatchNorm {
+        Op::BatchNorm(BatchNorm {
             gamma,
             beta,
             mean,
             var,
             eps: 1e-5,
-        },
+        }),
         &[c1],
     );
     let r = net.node("relu", Op::Act(A::Relu), &[bn]);
@@ -865,7 +869,7 @@ fn mixed_graph() -> Built {
         ),
         Store::F16,
     );
-    let res = net.node("residual", Op::Add { act: A::Relu }, &[x, c2]);
+    let res = net.node("residual", Op::Add(Add { act: A::Relu }), &[x, c2]);
     let dw = conv(
         &mut net,
         &mut rng,
@@ -907,21 +911,21 @@ fn mixed_graph() -> Built {
     let cat = net.node("cat", Op::Concat, &[dw, pw, res]);
     let mp = net.node(
         "maxpool",
-        Op::MaxPool2d {
+        Op::MaxPool2d(MaxPool2d {
             kernel: [3, 3],
             stride: [2, 2],
             padding: [1, 1],
-        },
+        }),
         &[cat],
     );
     let ap = net.node(
         "avgpool",
-        Op::AvgPool2d {
+        Op::AvgPool2d(AvgPool2d {
             kernel: [2, 2],
             stride: [1, 1],
             padding: [0, 0],
             count_include_pad: false,
-        },
+        }),
         &[mp],
     );
     let gap = net.node("gap", Op::GlobalAvgPool, &[ap]);
@@ -936,7 +940,7 @@ fn mixed_graph() -> Built {
         A::Gelu,
     );
     let g1 = linear(&mut net, &mut rng, gap, 8, Store::F32, false, A::None);
-    let sum = net.node("sum", Op::Add { act: A::None }, &[f1, g1]);
+    let sum = net.node("sum", Op::Add(Add { act: A::None }), &[f1, g1]);
     let logits = linear(&mut net, &mut rng, sum, 5, Store::F16, true, A::None);
     let y = net.node("softmax", Op::Softmax, &[logits]);
     net.finish(&[y])
@@ -999,12 +1003,12 @@ fn run_allocates_nothing() {
             let y = conv(&mut net, &mut rng, x, c, store);
             let p = net.node(
                 "pool",
-                Op::AvgPool2d {
+                Op::AvgPool2d(AvgPool2d {
                     kernel: [1, 1],
                     stride: [1, 1],
                     padding: [0, 0],
                     count_include_pad: true,
-                },
+                }),
                 &[y],
             );
             let f = net.node("flatten", Op::Flatten, &[p]);
@@ -1043,13 +1047,13 @@ fn zero_sized_values_do_not_panic() {
             .iter()
             .map(|n| net.tensor(n, &[c], &vec![1.0; c as usize], Store::F32))
             .collect();
-        let bn = Op::BatchNorm {
+        let bn = Op::BatchNorm(BatchNorm {
             gamma: p[0],
             beta: p[1],
             mean: p[2],
             var: p[3],
             eps: 1e-5,
-        };
+        });
         let y = net.node("bn", bn, &[x]);
         let z = net.node("act", Op::Act(A::Gelu), &[y]);
         cases.push((
@@ -1088,11 +1092,11 @@ fn sparse_policy_densifies_only_above_the_limit() {
     );
     let h = net.node(
         "fc1",
-        Op::Linear {
+        Op::Linear(Linear {
             weight: w1,
             bias: None,
             act: Activation::Relu,
-        },
+        }),
         &[x],
     );
     let w2 = net.tensor(
@@ -1103,11 +1107,11 @@ fn sparse_policy_densifies_only_above_the_limit() {
     );
     let y = net.node(
         "fc2",
-        Op::Linear {
+        Op::Linear(Linear {
             weight: w2,
             bias: None,
             act: Activation::None,
-        },
+        }),
         &[h],
     );
     let b = net.finish(&[y]);
@@ -1237,11 +1241,11 @@ fn blocked_weights_follow_the_blocked_limit() {
     );
     let y = net.node(
         "fc",
-        Op::Linear {
+        Op::Linear(Linear {
             weight: wt,
             bias: None,
             act: Activation::None,
-        },
+        }),
         &[x],
     );
     let b = net.finish(&[y]);

@@ -24,11 +24,11 @@ fn linear_model(inputs: u32, outputs: u32) -> Vec<u8> {
             outputs: vec![1],
             nodes: vec![Node {
                 name: "fc".into(),
-                op: Op::Linear {
+                op: Op::Linear(Linear {
                     weight: 0,
                     bias: None,
                     act: Activation::None,
-                },
+                }),
                 inputs: vec![0],
                 output: 1,
             }],

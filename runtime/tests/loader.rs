@@ -106,7 +106,7 @@ fn build(spec: &Spec) -> Built {
                 Store::F32,
             )
         });
-        let op = Op::Conv2d {
+        let op = Op::Conv2d(Conv2d {
             weight,
             bias,
             stride: [cs.stride; 2],
@@ -114,7 +114,7 @@ fn build(spec: &Spec) -> Built {
             dilation: [1, 1],
             groups: 1,
             act: Activation::Relu,
-        };
+        });
         x = net.node(&format!("conv{i}"), op, &[x]);
     }
     x = net.node("flatten", Op::Flatten, &[x]);
@@ -135,11 +135,11 @@ fn build(spec: &Spec) -> Built {
                 Store::F16,
             )
         });
-        let op = Op::Linear {
+        let op = Op::Linear(Linear {
             weight,
             bias,
             act: Activation::None,
-        };
+        });
         x = net.node(&format!("fc{i}"), op, &[x]);
     }
     net.finish(&[x])
@@ -326,44 +326,44 @@ fn blob_mut(l: &mut Layout, which: usize) -> &mut BlobRef {
 /// Attribute `k` (axis `j`) of `op`, if it has integer attributes.
 fn attr_mut(op: &mut Op, k: usize, j: usize) -> Option<&mut u32> {
     Some(match op {
-        Op::Conv2d {
+        Op::Conv2d(Conv2d {
             stride,
             padding,
             dilation,
             groups,
             weight,
             ..
-        } => match k % 5 {
+        }) => match k % 5 {
             0 => &mut stride[j],
             1 => &mut padding[j],
             2 => &mut dilation[j],
             3 => groups,
             _ => weight,
         },
-        Op::MaxPool2d {
+        Op::MaxPool2d(MaxPool2d {
             kernel,
             stride,
             padding,
-        }
-        | Op::AvgPool2d {
+        })
+        | Op::AvgPool2d(AvgPool2d {
             kernel,
             stride,
             padding,
             ..
-        } => match k % 3 {
+        }) => match k % 3 {
             0 => &mut kernel[j],
             1 => &mut stride[j],
             _ => &mut padding[j],
         },
-        Op::Linear { weight, .. } => weight,
-        Op::BatchNorm { gamma, var, .. } => {
+        Op::Linear(Linear { weight, .. }) => weight,
+        Op::BatchNorm(BatchNorm { gamma, var, .. }) => {
             if k % 2 == 0 {
                 gamma
             } else {
                 var
             }
         }
-        Op::Reshape { shape } if !shape.is_empty() => {
+        Op::Reshape(Reshape { shape }) if !shape.is_empty() => {
             let i = k % shape.len();
             &mut shape[i]
         }
@@ -494,17 +494,17 @@ fn mutate_header(h: &mut Header, rng: &mut Rng) {
                 Op::GlobalAvgPool,
                 Op::Flatten,
                 Op::Concat,
-                Op::Add {
+                Op::Add(Add {
                     act: Activation::Relu,
-                },
-                Op::MaxPool2d {
+                }),
+                Op::MaxPool2d(MaxPool2d {
                     kernel: [2, 2],
                     stride: [1, 1],
                     padding: [1, 1],
-                },
-                Op::Reshape {
+                }),
+                Op::Reshape(Reshape {
                     shape: vec![rng.below(5) as u32, 1],
-                },
+                }),
             ];
             if nn > 0 {
                 let i = rng.below(nn);
@@ -647,7 +647,7 @@ fn base_model() -> Built {
     let b = net.tensor("conv.b", &[3], &rng.vec(3), Store::F32);
     let x = net.node(
         "conv",
-        Op::Conv2d {
+        Op::Conv2d(Conv2d {
             weight: w,
             bias: Some(b),
             stride: [1, 1],
@@ -655,7 +655,7 @@ fn base_model() -> Built {
             dilation: [1, 1],
             groups: 1,
             act: Activation::None,
-        },
+        }),
         &[x],
     );
     let gamma = net.tensor("bn.gamma", &[3], &[1.0, 0.5, 2.0], Store::F16);
@@ -664,23 +664,23 @@ fn base_model() -> Built {
     let var = net.tensor("bn.var", &[3], &[0.5, 1.0, 2.0], Store::F32);
     let x = net.node(
         "bn",
-        Op::BatchNorm {
+        Op::BatchNorm(BatchNorm {
             gamma,
             beta,
             mean,
             var,
             eps: 1e-5,
-        },
+        }),
         &[x],
     );
     let x = net.node("relu", Op::Act(Activation::Relu), &[x]);
     let x = net.node(
         "pool",
-        Op::MaxPool2d {
+        Op::MaxPool2d(MaxPool2d {
             kernel: [2, 2],
             stride: [2, 2],
             padding: [0, 0],
-        },
+        }),
         &[x],
     );
     let x = net.node("flatten", Op::Flatten, &[x]);
@@ -693,11 +693,11 @@ fn base_model() -> Built {
     let b1 = net.tensor("fc1.b", &[6], &rng.vec(6), Store::F32);
     let x = net.node(
         "fc1",
-        Op::Linear {
+        Op::Linear(Linear {
             weight: w1,
             bias: Some(b1),
             act: Activation::Relu,
-        },
+        }),
         &[x],
     );
     let w2 = net.tensor(
@@ -708,11 +708,11 @@ fn base_model() -> Built {
     );
     let x = net.node(
         "fc2",
-        Op::Linear {
+        Op::Linear(Linear {
             weight: w2,
             bias: None,
             act: Activation::None,
-        },
+        }),
         &[x],
     );
     let x = net.node("softmax", Op::Softmax, &[x]);
@@ -958,7 +958,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "node refers to a missing tensor",
             |h, _| {
-                if let Op::Linear { weight, .. } = &mut h.graph.nodes[5].op {
+                if let Op::Linear(Linear { weight, .. }) = &mut h.graph.nodes[5].op {
                     *weight = 999;
                 }
             },
@@ -1009,7 +1009,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "bias stored as CSR",
             |h, _| {
-                if let Op::Linear { bias, .. } = &mut h.graph.nodes[5].op {
+                if let Op::Linear(Linear { bias, .. }) = &mut h.graph.nodes[5].op {
                     *bias = Some(9);
                 }
             },
@@ -1018,7 +1018,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "Linear with a conv weight",
             |h, _| {
-                if let Op::Linear { weight, .. } = &mut h.graph.nodes[5].op {
+                if let Op::Linear(Linear { weight, .. }) = &mut h.graph.nodes[5].op {
                     *weight = 0;
                 }
             },
@@ -1027,7 +1027,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "conv groups do not divide channels",
             |h, _| {
-                if let Op::Conv2d { groups, .. } = &mut h.graph.nodes[0].op {
+                if let Op::Conv2d(Conv2d { groups, .. }) = &mut h.graph.nodes[0].op {
                     *groups = 0;
                 }
             },
@@ -1036,7 +1036,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "conv stride 0",
             |h, _| {
-                if let Op::Conv2d { stride, .. } = &mut h.graph.nodes[0].op {
+                if let Op::Conv2d(Conv2d { stride, .. }) = &mut h.graph.nodes[0].op {
                     stride[1] = 0;
                 }
             },
@@ -1045,7 +1045,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "conv window larger than the padded input",
             |h, _| {
-                if let Op::Conv2d { dilation, .. } = &mut h.graph.nodes[0].op {
+                if let Op::Conv2d(Conv2d { dilation, .. }) = &mut h.graph.nodes[0].op {
                     *dilation = [u32::MAX, 1];
                 }
             },
@@ -1054,7 +1054,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "pool padding larger than half the window",
             |h, _| {
-                if let Op::MaxPool2d { padding, .. } = &mut h.graph.nodes[3].op {
+                if let Op::MaxPool2d(MaxPool2d { padding, .. }) = &mut h.graph.nodes[3].op {
                     *padding = [2, 0];
                 }
             },
@@ -1063,7 +1063,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "pool padding so large that doubling it overflows u32",
             |h, _| {
-                if let Op::MaxPool2d { padding, .. } = &mut h.graph.nodes[3].op {
+                if let Op::MaxPool2d(MaxPool2d { padding, .. }) = &mut h.graph.nodes[3].op {
                     *padding = [1 << 31, 0];
                 }
             },
@@ -1072,7 +1072,7 @@ fn header_corruptions_give_typed_errors() {
         (
             "reshape to another element count",
             |h, _| {
-                h.graph.nodes[4].op = Op::Reshape { shape: vec![13] };
+                h.graph.nodes[4].op = Op::Reshape(Reshape { shape: vec![13] });
             },
             |e| matches!(e, Error::BadGraph { node, .. } if node == "flatten"),
         ),
@@ -1087,9 +1087,9 @@ fn header_corruptions_give_typed_errors() {
         (
             "add with one input",
             |h, _| {
-                h.graph.nodes[2].op = Op::Add {
+                h.graph.nodes[2].op = Op::Add(Add {
                     act: Activation::None,
-                };
+                });
             },
             |e| matches!(e, Error::BadGraph { node, .. } if node == "relu"),
         ),
@@ -1466,11 +1466,11 @@ fn misaligned_input_is_an_error_not_ub() {
     let w = net.tensor("w", &[2, 4], &[1.0; 8], Store::F16);
     let y = net.node(
         "fc",
-        Op::Linear {
+        Op::Linear(Linear {
             weight: w,
             bias: None,
             act: Activation::None,
-        },
+        }),
         &[x],
     );
     let f16_only = net.finish(&[y]).bytes;

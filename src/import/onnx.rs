@@ -13,7 +13,10 @@ use std::fmt;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use nap_runtime::format::{Activation, Metadata, Op, ValueId};
+use nap_runtime::format::{
+    Activation, Add, AvgPool2d, BatchNorm, Conv2d, Linear, MaxPool2d, Metadata, Op, Reshape,
+    ValueId,
+};
 use onnx_ir::{ArgType, Argument, Node, OnnxGraph, OnnxGraphBuilder, TensorDataExt};
 
 use crate::ir::{GraphBuilder, HostModel, HostTensor};
@@ -651,9 +654,9 @@ impl Mapper {
         self.b
             .node(
                 &format!("{name}.reshape"),
-                Op::Reshape {
+                Op::Reshape(Reshape {
                     shape: shape.to_vec(),
-                },
+                }),
                 &[id],
             )
             .map_err(|e| shape_err(format!("{e:#}")))
@@ -743,13 +746,13 @@ impl Mapper {
                     let (t, _) = self.weight(&bn.inputs[k + 1], format!("{}.{what}", n.name()))?;
                     ids[k] = self.b.tensor(t);
                 }
-                let op = Op::BatchNorm {
+                let op = Op::BatchNorm(BatchNorm {
                     gamma: ids[0],
                     beta: ids[1],
                     mean: ids[2],
                     var: ids[3],
                     eps: cfg.epsilon as f32,
-                };
+                });
                 let y = self.emit(n, op, &[x])?;
                 self.set(n, y, shape);
                 Ok(())
@@ -872,9 +875,9 @@ impl Mapper {
                         .b
                         .node(
                             &format!("{}.{i}", n.name()),
-                            Op::Add {
+                            Op::Add(Add {
                                 act: Activation::None,
-                            },
+                            }),
                             &[acc, b],
                         )
                         .map_err(|e| format!("{e:#}"))?;
@@ -914,7 +917,7 @@ impl Mapper {
             }
             None => None,
         };
-        let op = Op::Conv2d {
+        let op = Op::Conv2d(Conv2d {
             weight: wid,
             bias,
             stride: c.stride.map(|s| s as u32),
@@ -922,7 +925,7 @@ impl Mapper {
             dilation: c.dilation.map(|d| d as u32),
             groups: c.groups as u32,
             act: Activation::None,
-        };
+        });
         let y = self.emit(n, op, &[x])?;
         let oshape = self.b.value_shape(y).to_vec();
         debug_assert_eq!(oshape[0], out);
@@ -982,11 +985,11 @@ impl Mapper {
             }
             None => None,
         };
-        let op = Op::Linear {
+        let op = Op::Linear(Linear {
             weight: wid,
             bias,
             act: Activation::None,
-        };
+        });
         let y = self.emit(n, op, &[x])?;
         self.set(n, y, vec![out as u32]);
         Ok(())
@@ -1026,17 +1029,17 @@ impl Mapper {
             }
         }
         let op = match avg_count_pad {
-            None => Op::MaxPool2d {
+            None => Op::MaxPool2d(MaxPool2d {
                 kernel,
                 stride,
                 padding,
-            },
-            Some(count_include_pad) => Op::AvgPool2d {
+            }),
+            Some(count_include_pad) => Op::AvgPool2d(AvgPool2d {
                 kernel,
                 stride,
                 padding,
                 count_include_pad,
-            },
+            }),
         };
         let y = self.emit(n, op, &[x])?;
         let s = self.b.value_shape(y).to_vec();
@@ -1079,9 +1082,9 @@ impl Mapper {
                         "Add with broadcasting ({sa:?} + {sb:?}) is not supported"
                     )));
                 }
-                let op = Op::Add {
+                let op = Op::Add(Add {
                     act: Activation::None,
-                };
+                });
                 let y = self.emit(n, op, &[a, b])?;
                 self.set(n, y, sa);
                 Ok(())
@@ -1113,13 +1116,13 @@ impl Mapper {
                         data,
                     })
                 };
-                let op = Op::BatchNorm {
+                let op = Op::BatchNorm(BatchNorm {
                     gamma: t("gamma", gamma),
                     beta: t("beta", beta),
                     mean: t("mean", vec![0.0; ch as usize]),
                     var: t("var", vec![1.0; ch as usize]),
                     eps: 0.0,
-                };
+                });
                 let y = self.emit(n, op, &[x])?;
                 self.set(n, y, shape);
                 Ok(())

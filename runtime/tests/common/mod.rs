@@ -386,16 +386,18 @@ pub fn cheap_to_run(m: &Model<'_>) -> bool {
         let out = &g.values[n.output as usize].shape;
         let out_n = mul(&out.iter().map(|&d| d as u64).collect::<Vec<_>>()).unwrap_or(u64::MAX);
         let work = match &n.op {
-            Op::Conv2d { weight, .. } => {
+            Op::Conv2d(Conv2d { weight, .. }) => {
                 let ws = &m.tensor_entry(*weight).shape;
                 let in_c = g.values[n.inputs[0] as usize].shape[0] as u64;
                 let taps = mul(&[ws[1] as u64, ws[2] as u64, ws[3] as u64, in_c.max(1)]);
                 taps.and_then(|t| t.checked_mul(out_n.max(1)))
             }
-            Op::MaxPool2d { kernel, .. } | Op::AvgPool2d { kernel, .. } => {
+            Op::MaxPool2d(MaxPool2d { kernel, .. }) | Op::AvgPool2d(AvgPool2d { kernel, .. }) => {
                 mul(&[kernel[0] as u64, kernel[1] as u64, out_n.max(1)])
             }
-            Op::Linear { weight, .. } => mul(&[m.tensor_entry(*weight).shape[1] as u64, out_n]),
+            Op::Linear(Linear { weight, .. }) => {
+                mul(&[m.tensor_entry(*weight).shape[1] as u64, out_n])
+            }
             _ => Some(out_n),
         };
         if work.is_none_or(|w| w > 1 << 22) {
@@ -428,7 +430,7 @@ fn out_len(input: usize, k: usize, s: usize, p: usize, d: usize) -> usize {
 type Val = (Vec<u32>, Vec<f64>);
 
 fn conv_ref(h: &Header, w: &[Vec<f64>], op: &Op, x: &Val) -> Val {
-    let Op::Conv2d {
+    let Op::Conv2d(Conv2d {
         weight,
         bias,
         stride,
@@ -436,7 +438,7 @@ fn conv_ref(h: &Header, w: &[Vec<f64>], op: &Op, x: &Val) -> Val {
         dilation,
         groups,
         act,
-    } = op
+    }) = op
     else {
         unreachable!()
     };
@@ -540,7 +542,7 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
             .collect();
         let x = ins[0];
         let out: Val = match &node.op {
-            Op::Linear { weight, bias, act } => {
+            Op::Linear(Linear { weight, bias, act }) => {
                 let ws = &h.tensors[*weight as usize].shape;
                 let (o, n) = (ws[0] as usize, ws[1] as usize);
                 assert_eq!(x.1.len(), n);
@@ -553,14 +555,14 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                     .collect();
                 (vec![o as u32], y)
             }
-            op @ Op::Conv2d { .. } => conv_ref(h, w, op, x),
-            Op::BatchNorm {
+            op @ Op::Conv2d(Conv2d { .. }) => conv_ref(h, w, op, x),
+            Op::BatchNorm(BatchNorm {
                 gamma,
                 beta,
                 mean,
                 var,
                 eps,
-            } => {
+            }) => {
                 let c = x.0[0] as usize;
                 let plane = x.1.len() / c;
                 let p = |t: &TensorId, ch: usize| w[*t as usize][ch];
@@ -576,17 +578,17 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                 (x.0.clone(), y)
             }
             Op::Act(a) => (x.0.clone(), x.1.iter().map(|&v| act_ref(*a, v)).collect()),
-            Op::MaxPool2d {
+            Op::MaxPool2d(MaxPool2d {
                 kernel,
                 stride,
                 padding,
-            } => pool_ref(x, *kernel, *stride, *padding, None),
-            Op::AvgPool2d {
+            }) => pool_ref(x, *kernel, *stride, *padding, None),
+            Op::AvgPool2d(AvgPool2d {
                 kernel,
                 stride,
                 padding,
                 count_include_pad,
-            } => pool_ref(x, *kernel, *stride, *padding, Some(*count_include_pad)),
+            }) => pool_ref(x, *kernel, *stride, *padding, Some(*count_include_pad)),
             Op::GlobalAvgPool => {
                 let c = x.0[0] as usize;
                 let plane = x.1.len() / c;
@@ -596,7 +598,7 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                         .collect();
                 (vec![c as u32], y)
             }
-            Op::Add { act } => {
+            Op::Add(Add { act }) => {
                 assert_eq!(x.0, ins[1].0);
                 let y =
                     x.1.iter()
@@ -614,7 +616,7 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                 )
             }
             Op::Flatten => (vec![x.1.len() as u32], x.1.clone()),
-            Op::Reshape { shape } => (shape.clone(), x.1.clone()),
+            Op::Reshape(Reshape { shape }) => (shape.clone(), x.1.clone()),
             Op::Softmax => {
                 let m = x.1.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = x.1.iter().map(|v| (v - m).exp()).collect();

@@ -1,0 +1,142 @@
+//! Fully connected layer: `y = act(W x + b)`.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use super::{weight_flops, InferCx, Inputs, Kernel, OpDef, PlanCx, Range, RunCx};
+use crate::error::Result;
+use crate::format::{Activation, TensorId};
+use crate::kernels::{self, Bias, Elems, MatRef};
+use crate::model::{Model, TensorView};
+use crate::par::{par_gemm, par_gemv, par_spmm, par_spmv};
+
+/// `y = act(W x + b)`, `W` of shape `[out, in]`, input `[in]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Linear {
+    pub weight: TensorId,
+    pub bias: Option<TensorId>,
+    pub act: Activation,
+}
+
+impl OpDef for Linear {
+    fn infer(&self, cx: &InferCx<'_>, ins: &[&[u32]]) -> Result<Vec<u32>> {
+        cx.arity(ins, 1)?;
+        let w = cx.tensor(self.weight)?;
+        let [out, inp] = match w[..] {
+            [o, i] => [o, i],
+            _ => return Err(cx.bad("Linear weight must be [out, in]")),
+        };
+        if ins[0] != [inp] {
+            return Err(cx.bad(format!(
+                "input {:?} does not match weight [{out}, {inp}]",
+                ins[0]
+            )));
+        }
+        if let Some(b) = self.bias {
+            cx.dense_vector(b, &[out], "bias")?;
+        }
+        Ok(vec![out])
+    }
+
+    fn label(&self) -> String {
+        format!("Linear+{:?}", self.act)
+    }
+
+    fn flops(&self, model: &Model<'_>, _out: &[u32]) -> (u64, u64) {
+        weight_flops(model, self.weight, 1)
+    }
+
+    fn plan(&self, cx: &mut PlanCx<'_, '_>) -> Result<Box<dyn Kernel>> {
+        let (out, inp, batch) = (cx.out[0] as usize, cx.ins[0][0] as usize, cx.batch);
+        cx.need_gemm_ws(kernels::gemm_workspace(batch, out, inp));
+        let policy = cx.policy;
+        let limit = if batch == 1 {
+            policy.max_density_gemv
+        } else {
+            policy.max_density_gemm
+        };
+        let dense = cx.densify(
+            self.weight,
+            limit,
+            (batch == 1).then_some(policy.max_density_blocked),
+        )?;
+        if batch > 1
+            && dense.is_none()
+            && matches!(cx.model.tensor(self.weight), TensorView::Csr(_))
+        {
+            // Transposed input and output of the batched sparse product.
+            cx.need_scratch(inp.saturating_add(out).saturating_mul(batch));
+        }
+        Ok(Box::new(LinearKernel {
+            weight: self.weight,
+            dense,
+            bias: self.bias.map(|b| cx.dense_f32(b)),
+            act: self.act,
+            inp,
+            out,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct LinearKernel {
+    weight: TensorId,
+    /// The sparse weight expanded into the parameters by the [`crate::SparsePolicy`].
+    dense: Option<Range>,
+    bias: Option<Range>,
+    act: Activation,
+    inp: usize,
+    out: usize,
+}
+
+impl Kernel for LinearKernel {
+    fn expanded(&self) -> bool {
+        self.dense.is_some()
+    }
+
+    fn run(&self, cx: &mut RunCx<'_>, ins: &Inputs<'_>, y: &mut [f32]) {
+        let (n, inp, outf, act) = (cx.n, self.inp, self.out, self.act);
+        let x = ins.get(0);
+        let bias = self.bias.map(|b| b.of(cx.params));
+        let wv = match self.dense {
+            Some(r) => TensorView::Dense(Elems::F32(r.of(cx.params))),
+            None => cx.model.tensor(self.weight),
+        };
+        match wv {
+            TensorView::Dense(w) => {
+                if n == 1 {
+                    par_gemv(cx.pool, w, inp, outf, x, bias, act, y);
+                } else {
+                    let a = MatRef::row_major(Elems::F32(x), n, inp);
+                    let bm = MatRef::row_major(w, outf, inp).t();
+                    let bias = bias.map_or(Bias::None, Bias::Col);
+                    par_gemm(cx.pool, a, bm, y, outf, bias, act, cx.gemm_ws, cx.ws_len);
+                }
+            }
+            TensorView::Csr(w) if n == 1 => par_spmv(cx.pool, &w, x, bias, act, y),
+            // Planning expands blocked weights unless the batch is 1.
+            TensorView::BlockCsr(w) => kernels::bspmv(&w, x, bias, act, y),
+            TensorView::Csr(w) => {
+                // One sparse × dense product for the whole batch (the weights are read once,
+                // not once per example): examples become columns.
+                let (xt, yt) = cx.scratch[..(inp + outf) * n].split_at_mut(inp * n);
+                for (e, xe) in x.chunks_exact(inp).enumerate() {
+                    for (i, &v) in xe.iter().enumerate() {
+                        xt[i * n + e] = v;
+                    }
+                }
+                par_spmm(cx.pool, &w, 0..outf, xt, n, bias, act, yt);
+                for (e, ye) in y.chunks_exact_mut(outf).enumerate() {
+                    for (o, v) in ye.iter_mut().enumerate() {
+                        *v = yt[o * n + e];
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Splitting one kernel call across the session's pool: each part takes a disjoint range of
+//! output rows (or channels), sized so small operations stay on one thread.
+
+use crate::format::Activation;
+use crate::kernels::{self, Bias, ConvGeom, Elems, MatRef};
+use crate::model::CsrView;
+use crate::pool::Pool;
+
+/// Below this many multiply-adds an operation runs on one thread.
+const PAR_MIN_MACS: usize = 1 << 18;
+
+/// The part of `0..len` that part `part` of `parts` handles, in multiples of `align`.
+fn part_range(len: usize, parts: usize, align: usize, part: usize) -> (usize, usize) {
+    let step = len.div_ceil(parts).div_ceil(align) * align;
+    let r0 = (part * step).min(len);
+    (r0, (r0 + step).min(len))
+}
+
+/// A mutable base pointer handed to the pool's parts, each of which touches a disjoint range.
+#[derive(Clone, Copy)]
+struct Parts(*mut f32);
+
+// SAFETY: every user derives disjoint ranges per part from `part_range` (see the call sites).
+unsafe impl Sync for Parts {}
+
+impl Parts {
+    /// # Safety
+    /// `start..start + len` lies inside the allocation and no other part uses it concurrently.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { core::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+pub(crate) fn slice_elems(e: Elems<'_>, from: usize) -> Elems<'_> {
+    match e {
+        Elems::F32(v) => Elems::F32(&v[from..]),
+        Elems::F16(v) => Elems::F16(&v[from..]),
+    }
+}
+
+/// [`kernels::gemm`], with the rows of `a` (and `c`) split across the pool when it pays.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_gemm(
+    pool: &Pool,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    bias: Bias<'_>,
+    act: Activation,
+    ws: &mut [f32],
+    ws_len: usize,
+) {
+    let parts = pool.threads();
+    if parts == 1 || a.rows < 16 || a.rows * a.cols * b.cols < PAR_MIN_MACS {
+        kernels::gemm(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
+        return;
+    }
+    let (c_len, cp, wp) = (c.len(), Parts(c.as_mut_ptr()), Parts(ws.as_mut_ptr()));
+    pool.run(&|part| {
+        let (r0, r1) = part_range(a.rows, parts, 8, part);
+        if r0 == r1 {
+            return;
+        }
+        let end = if r1 == a.rows { c_len } else { r1 * ldc };
+        // SAFETY: parts own disjoint row ranges, so `r0 * ldc..end` are disjoint ranges of `c`
+        // (inside it: `end <= c_len`), and each part has its own `ws_len` block of the
+        // workspace, which holds `threads * ws_len` floats.
+        let (cc, w) = unsafe {
+            (
+                cp.slice(r0 * ldc, end - r0 * ldc),
+                wp.slice(part * ws_len, ws_len),
+            )
+        };
+        let sub = MatRef {
+            data: slice_elems(a.data, r0 * a.rs),
+            rows: r1 - r0,
+            ..a
+        };
+        let bias = match bias {
+            Bias::Row(v) => Bias::Row(&v[r0..r1]),
+            other => other,
+        };
+        kernels::gemm(sub, b, cc, ldc, bias, act, w);
+    });
+}
+
+/// [`kernels::gemv`] over a row-major `m × k` matrix, rows split across the pool when it pays.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_gemv(
+    pool: &Pool,
+    w: Elems<'_>,
+    k: usize,
+    m: usize,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let parts = pool.threads();
+    if parts == 1 || m < 32 || m * k < PAR_MIN_MACS {
+        kernels::gemv(w, k, m, k, x, bias, act, y);
+        return;
+    }
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (r0, r1) = part_range(m, parts, 8, part);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: parts own disjoint row ranges `r0..r1` of `y`, which has `m >= r1` elements.
+        let yy = unsafe { yp.slice(r0, r1 - r0) };
+        kernels::gemv(
+            slice_elems(w, r0 * k),
+            k,
+            r1 - r0,
+            k,
+            x,
+            bias.map(|b| &b[r0..r1]),
+            act,
+            yy,
+        );
+    });
+}
+
+/// Rows `rows` of `w` split into `parts` ranges of about equal non-zero counts; part `part`'s.
+fn nnz_range(
+    w: &CsrView<'_>,
+    rows: core::ops::Range<usize>,
+    parts: usize,
+    part: usize,
+) -> (usize, usize) {
+    let rp = w.row_ptr();
+    let (n0, n1) = (rp[rows.start] as usize, rp[rows.end] as usize);
+    let at = |q: usize| {
+        let target = n0 + (n1 - n0) * q / parts;
+        let i = rp[rows.start..=rows.end].partition_point(|&v| (v as usize) < target);
+        (rows.start + i).min(rows.end)
+    };
+    let r0 = if part == 0 { rows.start } else { at(part) };
+    let r1 = if part + 1 == parts {
+        rows.end
+    } else {
+        at(part + 1)
+    };
+    (r0, r1.max(r0))
+}
+
+/// [`kernels::spmv`] with rows split across the pool by non-zeros when it pays.
+pub(crate) fn par_spmv(
+    pool: &Pool,
+    w: &CsrView<'_>,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let parts = pool.threads();
+    if parts == 1 || w.rows() < 32 || w.nnz() < PAR_MIN_MACS {
+        kernels::spmv(w, x, bias, act, y);
+        return;
+    }
+    let ker = kernels::spmv_kernel(w.values().dtype(), w.col_idx().width());
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (r0, r1) = nnz_range(w, 0..w.rows(), parts, part);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: parts own disjoint row ranges `r0..r1` of `y`, which has `w.rows() >= r1`
+        // elements.
+        let yy = unsafe { yp.slice(r0, r1 - r0) };
+        ker.run(w, r0..r1, x, bias, act, yy);
+    });
+}
+
+/// [`kernels::spmm`] over rows `rows` of `w` (output `y`: `rows.len() × p`) with the rows split
+/// across the pool by non-zeros when it pays.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_spmm(
+    pool: &Pool,
+    w: &CsrView<'_>,
+    rows: core::ops::Range<usize>,
+    b: &[f32],
+    p: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let parts = pool.threads();
+    let nnz = (w.row_ptr()[rows.end] - w.row_ptr()[rows.start]) as usize;
+    if parts == 1 || rows.len() < 16 || nnz * p < PAR_MIN_MACS {
+        kernels::spmm(w, rows, b, p, bias, act, y);
+        return;
+    }
+    let ker = kernels::spmm_kernel(w.values().dtype(), w.col_idx().width());
+    let (g0, yp) = (rows.start, Parts(y.as_mut_ptr()));
+    pool.run(&|part| {
+        let (r0, r1) = nnz_range(w, rows.clone(), parts, part);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: parts own disjoint row ranges, so `(r0 - g0) * p..(r1 - g0) * p` are disjoint
+        // ranges of `y`, which holds `rows.len() * p` elements.
+        let yy = unsafe { yp.slice((r0 - g0) * p, (r1 - r0) * p) };
+        ker.run(w, r0..r1, b, p, bias, act, yy);
+    });
+}
+
+/// [`kernels::depthwise_conv2d`] with channels split across the pool when it pays.
+pub(crate) fn par_depthwise(
+    pool: &Pool,
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    let parts = pool.threads();
+    if parts == 1 || g.c < 2 || g.c * g.oh * g.ow * g.kh * g.kw < PAR_MIN_MACS {
+        kernels::depthwise_conv2d(g, x, w, bias, act, y);
+        return;
+    }
+    let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (c0, c1) = part_range(g.c, parts, 1, part);
+        if c0 == c1 {
+            return;
+        }
+        // SAFETY: parts own disjoint channel ranges, i.e. disjoint planes of `y` (`c * oh * ow`
+        // elements).
+        let yy = unsafe { yp.slice(c0 * plane_out, (c1 - c0) * plane_out) };
+        let gg = ConvGeom { c: c1 - c0, ..*g };
+        kernels::depthwise_conv2d(
+            &gg,
+            &x[c0 * plane_in..c1 * plane_in],
+            slice_elems(w, c0 * taps),
+            bias.map(|b| &b[c0..c1]),
+            act,
+            yy,
+        );
+    });
+}

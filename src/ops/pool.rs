@@ -1,0 +1,72 @@
+//! Max and average pooling: channel by channel, so they carry channels and constants through
+//! (a constant map pools to itself where no padding enters the window).
+
+use anyhow::Result;
+use candle_core::Tensor;
+use nap_runtime::format::{AvgPool2d, MaxPool2d};
+
+use super::{onnx_pads, onnx_pair, pad2d, Constants, Coupling, HostOp, OnnxNode};
+use crate::onnx_out::{Attr, Writer};
+
+fn pair(p: [u32; 2]) -> (usize, usize) {
+    (p[0] as usize, p[1] as usize)
+}
+
+impl HostOp for MaxPool2d {
+    fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
+        let xp = pad2d(ins[0], self.padding, f32::NEG_INFINITY)?;
+        Ok(xp.max_pool2d_with_stride(pair(self.kernel), pair(self.stride))?)
+    }
+
+    fn couple(&self, cx: &mut Coupling<'_>) {
+        cx.pass(cx.input(0));
+    }
+
+    fn constants(&self, cx: &Constants<'_>) -> Vec<Option<f32>> {
+        cx.input(0).to_vec()
+    }
+
+    fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
+        let attrs = [
+            ("kernel_shape", Attr::Ints(onnx_pair(self.kernel))),
+            ("strides", Attr::Ints(onnx_pair(self.stride))),
+            ("pads", Attr::Ints(onnx_pads(self.padding))),
+        ];
+        w.node("MaxPool", n.name, n.inputs, n.output, &attrs);
+    }
+}
+
+impl HostOp for AvgPool2d {
+    fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
+        let x = ins[0];
+        let (k, s) = (pair(self.kernel), pair(self.stride));
+        let sum = pad2d(x, self.padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
+        if self.count_include_pad || self.padding == [0, 0] {
+            return Ok(sum);
+        }
+        let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
+        let frac = pad2d(&ones, self.padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
+        Ok(sum.broadcast_div(&frac)?)
+    }
+
+    fn couple(&self, cx: &mut Coupling<'_>) {
+        cx.pass(cx.input(0));
+    }
+
+    fn constants(&self, cx: &Constants<'_>) -> Vec<Option<f32>> {
+        cx.input(0).to_vec()
+    }
+
+    fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
+        let attrs = [
+            ("kernel_shape", Attr::Ints(onnx_pair(self.kernel))),
+            ("strides", Attr::Ints(onnx_pair(self.stride))),
+            ("pads", Attr::Ints(onnx_pads(self.padding))),
+            (
+                "count_include_pad",
+                Attr::Int(self.count_include_pad as i64),
+            ),
+        ];
+        w.node("AveragePool", n.name, n.inputs, n.output, &attrs);
+    }
+}
