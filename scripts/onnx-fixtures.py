@@ -17,6 +17,8 @@ photos/, imagenet_classes.txt). Everything is written to FIXTURES_DIR/onnx/:
   where the batch dimension is dynamic) and the first output of ONNX Runtime (CPU, graph
   optimisations disabled). Also m1.mnist64.* (the first 64 MNIST test images) and m2.photos.*
   (FIXTURES_DIR/photos/*.png).
+* ppocr-{cls,det,rec}.input.npy / .output.npy: the same for FIXTURES_DIR/ppocr/*.onnx (real
+  PP-OCR exports, fetched before this script runs) at the input shapes of PPOCR_INPUTS.
 * README.txt: one line per file saying where it comes from.
 
 Needs numpy, onnx (1.23.2), onnxruntime (1.32.0) and Pillow (photo references). The
@@ -749,6 +751,11 @@ def photo_sanity(out_dir, fixtures, model):
 # --------------------------------------------------------------------------------------------
 
 
+# Per PP-OCR model: the input shape of its reference pair (batch, 3, H, W); H and W are the
+# sizes rapidocr feeds (the detector at a small multiple of 32 to keep the reference quick).
+PPOCR_INPUTS = {"cls": [2, 3, 48, 192], "det": [1, 3, 96, 128], "rec": [2, 3, 48, 320]}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("fixtures",
@@ -820,6 +827,14 @@ def main():
     note("m2-bn.onnx", "as m2.onnx but with unfolded BatchNormalization nodes after bias-free "
          "Conv")
     note_pair("m2-bn", "m2-bn")
+
+    for name, shape in PPOCR_INPUTS.items():
+        stem = f"ppocr-{name}"
+        model = onnx.load(os.path.join(fixtures, "ppocr", f"{name}.onnx"))
+        x = reference_input(model, shape)
+        save_pair(out_dir, stem, x, run_first_output(model, x))
+        note_pair(stem, f"../ppocr/{name}", f"seeded N(0,1) input of shape {shape}, numpy "
+                  f"default_rng({REFERENCE_SEED}).standard_normal")
 
     with open(os.path.join(out_dir, "README.txt"), "w") as f:
         f.write("Made by scripts/onnx-fixtures.py; do not edit (rerun the script instead).\n")

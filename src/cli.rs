@@ -848,10 +848,24 @@ fn inspect_onnx(path: &Path, input_shape: Option<Vec<u32>>, json: bool) -> Resul
         println!("{}: ONNX, {} op types", path.display(), ops.len());
         println!("\n{:<22} {:>6}  status", "op", "nodes");
         for o in &ops {
-            let status = if o.unsupported.is_empty() {
+            let ok = o.count - o.unsupported.len().min(o.count) - o.unchecked.min(o.count);
+            let status = if ok == o.count {
                 "ok".to_string()
             } else {
-                format!("NOT SUPPORTED at {} node(s)", o.unsupported.len())
+                let mut parts = Vec::new();
+                if ok > 0 {
+                    parts.push(format!("ok at {ok}"));
+                }
+                if !o.unsupported.is_empty() {
+                    parts.push(format!("NOT SUPPORTED at {}", o.unsupported.len()));
+                }
+                if o.unchecked > 0 {
+                    parts.push(format!(
+                        "not checked at {} (they follow an unsupported node)",
+                        o.unchecked
+                    ));
+                }
+                parts.join("; ")
             };
             println!("{:<22} {:>6}  {status}", o.op, o.count);
             for (node, why) in &o.unsupported {

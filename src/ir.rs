@@ -5,6 +5,7 @@ use nap_runtime::format::{Graph, Metadata, Node, Op, TensorId, ValueId, ValueInf
 use nap_runtime::graph::{self, TensorTable};
 
 use crate::import::NamedTensor;
+use crate::ops::host;
 
 /// A model the pruner works on: graph (same types as the `.nap` file), tensors indexed by
 /// [`TensorId`], metadata.
@@ -77,6 +78,15 @@ impl HostModel {
     /// shape), and validates the graph.
     pub fn reinfer_shapes(&mut self) -> Result<()> {
         for i in 0..self.graph.nodes.len() {
+            let node = &self.graph.nodes[i];
+            let ins: Vec<&[u32]> = node
+                .inputs
+                .iter()
+                .map(|&v| self.graph.values[v as usize].shape.as_slice())
+                .collect();
+            if let Some(op) = host(&node.op).refit(&ins) {
+                self.graph.nodes[i].op = op;
+            }
             let node = &self.graph.nodes[i];
             let shape = infer_output(&self.tensors, &self.graph.values, node)?;
             self.graph.values[node.output as usize].shape = shape;

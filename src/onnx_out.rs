@@ -140,6 +140,13 @@ impl Writer<'_> {
             Activation::Sigmoid => self.node("Sigmoid", name, &[x], out, &[]),
             Activation::Tanh => self.node("Tanh", name, &[x], out, &[]),
             Activation::HardSwish => self.node("HardSwish", name, &[x], out, &[]),
+            Activation::HardSigmoid { alpha, beta } => self.node(
+                "HardSigmoid",
+                name,
+                &[x],
+                out,
+                &[("alpha", Attr::Float(alpha)), ("beta", Attr::Float(beta))],
+            ),
             Activation::Silu => {
                 let s = self.tmp(name);
                 self.node("Sigmoid", &format!("{name}/sigmoid"), &[x], &s, &[]);

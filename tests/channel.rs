@@ -17,7 +17,7 @@ use nap::ir::{GraphBuilder, HostModel, HostTensor};
 use nap::kfac::{collect, StatsConfig};
 use nap::{archs, reference};
 use nap_runtime::format::{
-    Activation, Add, BatchNorm, Conv2d, Linear, MaxPool2d, Metadata, Op, TensorId, ValueId,
+    Activation, Add, BatchNorm, Conv2d, Linear, MaxPool2d, Metadata, Op, Reshape, TensorId, ValueId,
 };
 use rand::{Rng, SeedableRng};
 
@@ -649,4 +649,58 @@ fn issue13_channel_multiple_rounds_every_layer() {
         assert!(*k >= 4.min(*k0), "{name}: {k} of {k0}");
     }
     rounded.validate().unwrap();
+}
+
+/// A squeeze-and-excitation block (PP-OCR's MobileNetV3): the gate's rows and the channels they
+/// scale are one group, and removing channels folds the gated constant exactly.
+#[test]
+fn issue13_squeeze_excite_gate_is_pruned_with_its_channel() {
+    let relu = Activation::Relu;
+    let mut n = Tiny {
+        b: GraphBuilder::new(),
+        r: rand::rngs::StdRng::seed_from_u64(13),
+    };
+    let x = n.b.input("input", &[3, 8, 8]);
+    let c1 = n.conv("c1", x, 8, 3, 1, true, relu);
+    let gap = n.op("gap", Op::GlobalAvgPool, &[c1]);
+    let col = n.op(
+        "col",
+        Op::Reshape(Reshape {
+            shape: vec![8, 1, 1],
+        }),
+        &[gap],
+    );
+    let sq = n.conv("sq", col, 4, 1, 1, true, relu);
+    let hard_sigmoid = Activation::HardSigmoid {
+        alpha: 0.2,
+        beta: 0.5,
+    };
+    let ex = n.conv("ex", sq, 8, 1, 1, true, hard_sigmoid);
+    let gated = n.op("gate", Op::Mul, &[c1, ex]);
+    let c2 = n.conv("c2", gated, 6, 1, 1, true, relu);
+    let f = n.op("flatten", Op::Flatten, &[c2]);
+    let fc = n.linear("fc", f, 3, Activation::None);
+    let m = n.b.finish(&[fc], Metadata::default()).unwrap();
+
+    let gs = analyze(&m).unwrap();
+    let (c1, ex) = (node(&m, "c1"), node(&m, "ex"));
+    for c in 0..8 {
+        let g = gs.slot_group[m.graph.nodes[c1].output as usize][c].expect("c1 channel pinned");
+        let producers: Vec<(usize, usize)> = gs.groups[g].producers().collect();
+        assert_eq!(producers, vec![(c1, c), (ex, c)], "channel {c}");
+    }
+    let x = data(4, 5);
+    for seed in 0..3u64 {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let remove: Vec<bool> = (0..gs.groups.len()).map(|_| r.gen_bool(0.4)).collect();
+        let pruned = remove_channels(&m, &gs, &remove, true).unwrap();
+        let want = reference::logits(&masked(&m, &gs, &remove), &x.images).unwrap();
+        let got = reference::logits(&pruned, &x.images).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "seed {seed}: {a} vs masked {b}"
+            );
+        }
+    }
 }

@@ -25,7 +25,9 @@ fn cheap_to_run(m: &Model<'_>) -> bool {
             .max(1);
         let per_out = match &n.op {
             Op::Conv2d(Conv2d { weight, .. }) => numel(&m.tensor_entry(*weight).shape[1..]),
-            Op::MaxPool2d(MaxPool2d { kernel, .. }) | Op::AvgPool2d(AvgPool2d { kernel, .. }) => numel(kernel),
+            Op::MaxPool2d(MaxPool2d { kernel, .. }) | Op::AvgPool2d(AvgPool2d { kernel, .. }) => {
+                numel(kernel)
+            }
             Op::Linear(Linear { weight, .. }) => numel(&m.tensor_entry(*weight).shape[1..]),
             _ => Some(1),
         };

@@ -46,8 +46,8 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::{
-    Add, AvgPool2d, BatchNorm, Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, Reshape,
-    Softmax,
+    Add, AvgPool2d, BatchNorm, Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, Mul,
+    Reshape, Softmax,
 };
 
 /// First eight bytes of every `.nap` file (PNG-style: catches text-mode transfers).
@@ -153,7 +153,7 @@ pub struct TensorEntry {
 }
 
 /// Element-wise activation, standalone or fused into the producing op.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Activation {
     None,
     Relu,
@@ -164,6 +164,11 @@ pub enum Activation {
     Gelu,
     Silu,
     HardSwish,
+    /// `clamp(alpha * x + beta, 0, 1)` (ONNX `HardSigmoid`; PyTorch's is alpha 1/6, beta 0.5).
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
 }
 
 /// Index into [`Header::tensors`].
@@ -187,6 +192,7 @@ pub enum Op {
     Flatten,
     Reshape(Reshape),
     Softmax,
+    Mul,
 }
 
 impl Op {

@@ -73,7 +73,7 @@ fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-const ACTS: [Activation; 8] = [
+const ACTS: [Activation; 9] = [
     Activation::None,
     Activation::Relu,
     Activation::Relu6,
@@ -82,6 +82,10 @@ const ACTS: [Activation; 8] = [
     Activation::Gelu,
     Activation::Silu,
     Activation::HardSwish,
+    Activation::HardSigmoid {
+        alpha: 0.2,
+        beta: 0.5,
+    },
 ];
 
 const WEIGHT_STORES: [Store; 6] = [
@@ -951,6 +955,110 @@ fn mixed_graph_matches_reference() {
     let b = mixed_graph();
     for batch in [1, 2, 5] {
         check(&b, batch, "mixed graph");
+    }
+}
+
+/// A squeeze-and-excitation block as PP-OCR's MobileNetV3 has it: a map scaled per channel by
+/// a gate (global pooling, 1×1 convolutions, HardSigmoid), then multiplied by itself.
+#[test]
+fn issue13_mul_by_gate_and_by_itself_matches_reference() {
+    use Activation as A;
+    let mut rng = Rng::new(13);
+    let mut net = Net::new();
+    let x = net.input(&[4, 6, 5]);
+    let map = conv(
+        &mut net,
+        &mut rng,
+        x,
+        &cc(
+            "map",
+            4,
+            4,
+            [6, 5],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            true,
+            A::None,
+        ),
+        Store::F32,
+    );
+    let gap = net.node("gap", Op::GlobalAvgPool, &[map]);
+    let col = net.node(
+        "col",
+        Op::Reshape(Reshape {
+            shape: vec![4, 1, 1],
+        }),
+        &[gap],
+    );
+    let squeeze = conv(
+        &mut net,
+        &mut rng,
+        col,
+        &cc(
+            "sq",
+            4,
+            2,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            true,
+            A::Relu,
+        ),
+        Store::F32,
+    );
+    let hard_sigmoid = A::HardSigmoid {
+        alpha: 0.2,
+        beta: 0.5,
+    };
+    let gate = conv(
+        &mut net,
+        &mut rng,
+        squeeze,
+        &cc(
+            "ex",
+            2,
+            4,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            true,
+            hard_sigmoid,
+        ),
+        Store::Csr(DType::F32, IndexWidth::U16),
+    );
+    let scaled = net.node("scale", Op::Mul, &[map, gate]);
+    let squared = net.node("square", Op::Mul, &[scaled, scaled]);
+    let flat = net.node("flatten", Op::Flatten, &[squared]);
+    let y = linear(&mut net, &mut rng, flat, 3, Store::F32, true, A::None);
+    let b = net.finish(&[y]);
+    for batch in [1, 3] {
+        check(&b, batch, "squeeze-excite");
+    }
+    let node = Node {
+        name: "scale".to_string(),
+        op: Op::Mul,
+        inputs: vec![0, 1],
+        output: 2,
+    };
+    for (a, g) in [
+        (&[4, 6, 5][..], &[2, 1, 1][..]),
+        (&[4, 1, 1], &[4, 6, 5]),
+        (&[4, 6, 5], &[4, 6, 1]),
+    ] {
+        let e = nap_runtime::graph::infer(&b.header, &node, &[a, g]).unwrap_err();
+        assert!(
+            e.to_string().contains("one value per channel"),
+            "{a:?} * {g:?}: {e}"
+        );
     }
 }
 

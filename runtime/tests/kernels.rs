@@ -40,7 +40,7 @@ fn allocs() -> usize {
     ALLOCS.with(|c| c.get())
 }
 
-const ACTS: [Activation; 8] = [
+const ACTS: [Activation; 9] = [
     Activation::None,
     Activation::Relu,
     Activation::Relu6,
@@ -49,6 +49,10 @@ const ACTS: [Activation; 8] = [
     Activation::Gelu,
     Activation::Silu,
     Activation::HardSwish,
+    Activation::HardSigmoid {
+        alpha: 0.2,
+        beta: 0.5,
+    },
 ];
 
 /// SplitMix64.

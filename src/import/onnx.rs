@@ -42,6 +42,9 @@ pub struct UnsupportedNode {
 pub struct Unsupported {
     pub file: String,
     pub nodes: Vec<UnsupportedNode>,
+    /// `(node, op)` of the nodes that read the output of an unsupported node whose shape is
+    /// unknown, so they could not be checked.
+    pub unchecked: Vec<(String, String)>,
 }
 
 impl fmt::Display for Unsupported {
@@ -59,6 +62,13 @@ impl fmt::Display for Unsupported {
         for n in &self.nodes {
             writeln!(f, "  {} ({}): {}", n.node, n.op, n.reason)?;
         }
+        if !self.unchecked.is_empty() {
+            writeln!(
+                f,
+                "{} node(s) after these could not be checked (their input shapes are unknown)",
+                self.unchecked.len()
+            )?;
+        }
         write!(f, "nothing was written")
     }
 }
@@ -72,6 +82,9 @@ pub struct OpCount {
     pub count: usize,
     /// Names of the nodes of this type that cannot be imported, with the reason.
     pub unsupported: Vec<(String, String)>,
+    /// Nodes of this type that could not be checked: they read the output of an unsupported
+    /// node whose shape is unknown.
+    pub unchecked: usize,
 }
 
 /// The graph's ops as `onnx-ir` parsed them, with the ones the importer rejects marked.
@@ -86,6 +99,7 @@ pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Op
                 op,
                 count: 1,
                 unsupported: Vec::new(),
+                unchecked: 0,
             }),
         }
     }
@@ -93,6 +107,11 @@ pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Op
         Ok(m) => Some(m),
         Err(e) => match e.downcast::<Unsupported>() {
             Ok(u) => {
+                for (_, op) in &u.unchecked {
+                    if let Some(c) = counts.iter_mut().find(|c| &c.op == op) {
+                        c.unchecked += 1;
+                    }
+                }
                 for n in u.nodes {
                     if let Some(c) = counts.iter_mut().find(|c| c.op == n.op) {
                         c.unsupported.push((n.node, n.reason));
@@ -101,6 +120,7 @@ pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Op
                             op: n.op,
                             count: 0,
                             unsupported: vec![(n.node, n.reason)],
+                            unchecked: 0,
                         });
                     }
                 }
@@ -253,13 +273,7 @@ fn per_example_dims(input: &ProtoInput, opts: &OnnxOptions) -> Result<Option<Vec
             .map(|d| d.and_then(|d| u32::try_from(d).ok()))
             .collect());
     };
-    if input.dims.len() != s.len() + 1 {
-        bail!(
-            "--input-shape {s:?} has rank {}, the model's input (with its batch dimension) rank {}",
-            s.len(),
-            input.dims.len()
-        );
-    }
+    check_rank(s, input.dims.len())?;
     for (i, (&want, have)) in s.iter().zip(&input.dims[1..]).enumerate() {
         if let Some(h) = *have {
             if h != want as u64 {
@@ -327,6 +341,8 @@ enum Val {
     /// differ from the IR value's shape in layout only, e.g. `[C, 1, 1]` for a `[C]` pooled
     /// vector).
     Rt { id: ValueId, shape: Vec<u32> },
+    /// Computed from constants only (e.g. a Cast of a constant that onnx-ir leaves in place).
+    Const(Const),
     /// Produced by a node that could not be mapped.
     Failed,
 }
@@ -405,6 +421,7 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
     m.vals.insert(input.name.clone(), Val::Rt { id, shape });
 
     let mut bad = Vec::new();
+    let mut unchecked = Vec::new();
     // Values computed from a stand-in (below): their shapes are onnx-ir's guesses.
     let mut guessed = std::collections::HashSet::new();
     for n in &g.nodes {
@@ -414,6 +431,7 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
             .any(|a| matches!(m.vals.get(&a.name), Some(Val::Failed)));
         let from_guess = n.inputs().iter().any(|a| guessed.contains(&a.name));
         let r = if failed_input {
+            unchecked.push((n.name().to_string(), op_name(n)));
             Err(NodeError::from(String::new()))
         } else {
             m.node(n)
@@ -447,7 +465,12 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
         }
     }
     if !bad.is_empty() {
-        return Err(Unsupported { file, nodes: bad }.into());
+        return Err(Unsupported {
+            file,
+            nodes: bad,
+            unchecked,
+        }
+        .into());
     }
 
     let mut outputs = Vec::new();
@@ -486,19 +509,30 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
     Ok(model)
 }
 
+/// Checks that `--input-shape` (per example) fits an ONNX input of rank `rank` (with its batch
+/// dimension).
+fn check_rank(s: &[u32], rank: usize) -> Result<()> {
+    if rank != s.len() + 1 {
+        let example = if rank >= 2 {
+            format!("{} numbers", rank - 1)
+        } else {
+            "a shape of rank 0".to_string()
+        };
+        bail!(
+            "--input-shape {s:?} does not fit the model's input of rank {rank}: --input-shape is \
+             per example, without the batch dimension, so give {example}"
+        );
+    }
+    Ok(())
+}
+
 /// The per-example input shape: the ONNX shape without its first (batch) dimension.
 fn input_shape(input: &Argument, opts: &OnnxOptions) -> Result<Vec<u32>> {
     let ArgType::Tensor(t) = &input.ty else {
         bail!("is not a tensor");
     };
     if let Some(s) = &opts.input_shape {
-        if t.rank != s.len() + 1 {
-            bail!(
-                "--input-shape {s:?} has rank {}, the model's input (with its batch dimension) rank {}",
-                s.len(),
-                t.rank
-            );
-        }
+        check_rank(s, t.rank)?;
         if let Some(st) = &t.static_shape {
             for (i, (&want, &have)) in s.iter().zip(&st[1..]).enumerate() {
                 if let Some(h) = have {
@@ -579,7 +613,7 @@ fn remove_dead_nodes(m: &mut HostModel) {
     }
 }
 
-fn constant(a: &Argument) -> Option<Const> {
+fn static_value(a: &Argument) -> Option<Const> {
     let d = a.value()?;
     let data = d.to_f32_vec().ok()?;
     let shape = d.shape().to_vec();
@@ -587,10 +621,22 @@ fn constant(a: &Argument) -> Option<Const> {
 }
 
 impl Mapper {
+    /// The value of `a` if it is a constant: onnx-ir's, or one computed here.
+    fn constant(&self, a: &Argument) -> Option<Const> {
+        static_value(a).or_else(|| match self.vals.get(&a.name) {
+            Some(Val::Const(c)) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
     fn rt(&self, a: &Argument) -> std::result::Result<(ValueId, Vec<u32>), String> {
         match self.vals.get(&a.name) {
             Some(Val::Rt { id, shape }) => Ok((*id, shape.clone())),
             Some(Val::Failed) => Err(String::new()),
+            Some(Val::Const(_)) => Err(format!(
+                "input {:?} is a constant where a computed value is expected",
+                a.name
+            )),
             None => Err(format!(
                 "input {:?} is not computed from the model input",
                 a.name
@@ -603,7 +649,9 @@ impl Mapper {
         a: &Argument,
         name: String,
     ) -> std::result::Result<(HostTensor, Const), String> {
-        let c = constant(a).ok_or_else(|| format!("{name} is not a constant"))?;
+        let c = self
+            .constant(a)
+            .ok_or_else(|| format!("{name} is not a constant"))?;
         if let Some(i) = c.data.iter().position(|v| !v.is_finite()) {
             return Err(format!("{name} holds a non-finite value at index {i}"));
         }
@@ -685,6 +733,30 @@ impl Mapper {
             Node::Relu(_) => self.act(n, Activation::Relu),
             Node::Tanh(_) => self.act(n, Activation::Tanh),
             Node::HardSwish(_) => self.act(n, Activation::HardSwish),
+            Node::HardSigmoid(h) => self.act(
+                n,
+                Activation::HardSigmoid {
+                    alpha: h.config.alpha as f32,
+                    beta: h.config.beta as f32,
+                },
+            ),
+            Node::Cast(c) => {
+                let to = c.config.to;
+                if let Some(k) = self.constant(&c.inputs[0]) {
+                    let data = if to.is_float() {
+                        k.data
+                    } else {
+                        k.data.iter().map(|v| v.trunc()).collect()
+                    };
+                    let k = Const { data, ..k };
+                    self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                    return Ok(());
+                }
+                if !to.is_float() {
+                    return Err(format!("Cast of a computed tensor to {to:?}").into());
+                }
+                self.alias(n, &c.inputs[0])
+            }
             Node::Sigmoid(s) => {
                 self.sigmoid_of
                     .insert(s.outputs[0].name.clone(), s.inputs[0].name.clone());
@@ -731,7 +803,7 @@ impl Mapper {
                 )
             }
             Node::MatMul(mm) => {
-                if constant(&mm.inputs[1]).is_none() {
+                if self.constant(&mm.inputs[1]).is_none() {
                     return Err("MatMul of two computed tensors is not supported".into());
                 }
                 self.linear(n, &mm.inputs[1], true, 1.0, None, 1.0)
@@ -815,7 +887,7 @@ impl Mapper {
             Node::Reshape(r) => {
                 let target = match &r.config.shape {
                     onnx_ir::node::reshape::ReshapeInput::Static(s) => s.clone(),
-                    _ => match r.inputs.get(1).and_then(constant) {
+                    _ => match r.inputs.get(1).and_then(|a| self.constant(a)) {
                         Some(c) => c.data.iter().map(|&v| v as i64).collect(),
                         None => return Err("Reshape to a computed shape is not supported".into()),
                     },
@@ -843,6 +915,17 @@ impl Mapper {
                 Ok(())
             }
             Node::Concat(c) => {
+                let consts: Option<Vec<Const>> =
+                    c.inputs.iter().map(|a| self.constant(a)).collect();
+                if let Some(ks) = consts.filter(|ks| ks.iter().all(|k| k.shape.len() == 1)) {
+                    let data: Vec<f32> = ks.into_iter().flat_map(|k| k.data).collect();
+                    let k = Const {
+                        shape: vec![data.len()],
+                        data,
+                    };
+                    self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                    return Ok(());
+                }
                 if c.config.axis != 1 {
                     return Err(NodeError::from(format!(
                         "Concat on axis {} (only channels, axis 1)",
@@ -1051,7 +1134,7 @@ impl Mapper {
     /// (SiLU), or of a computed value and a per-channel (or scalar) constant, which becomes a
     /// per-channel affine map (an inference BatchNorm with mean 0 and variance 1).
     fn binary(&mut self, n: &Node, ins: &[Argument], kind: Binary) -> NodeResult {
-        let (ca, cb) = (constant(&ins[0]), constant(&ins[1]));
+        let (ca, cb) = (self.constant(&ins[0]), self.constant(&ins[1]));
         match (ca, cb) {
             (None, None) => {
                 if kind == Binary::Mul {
@@ -1070,13 +1153,31 @@ impl Mapper {
                         return Ok(());
                     }
                 }
-                if kind != Binary::Add {
-                    return Err(NodeError::from(format!(
-                        "{kind:?} of two computed tensors is not supported (only Add, and x * sigmoid(x))"
-                    )));
-                }
                 let (a, sa) = self.input(n, 0)?;
                 let (b, sb) = self.input(n, 1)?;
+                if kind == Binary::Mul {
+                    // The map first, the per-channel gate second.
+                    let gate_of = |x: &[u32], g: &[u32]| {
+                        x != g && g.first() == x.first() && g[1..].iter().all(|&d| d == 1)
+                    };
+                    let (a, b, shape) = if sa == sb || gate_of(&sa, &sb) {
+                        (a, b, sa)
+                    } else if gate_of(&sb, &sa) {
+                        (b, a, sb)
+                    } else {
+                        return Err(shape_err(format!(
+                            "Mul with broadcasting other than a per-channel gate ({sa:?} * {sb:?}) is not supported"
+                        )));
+                    };
+                    let y = self.emit(n, Op::Mul, &[a, b])?;
+                    self.set(n, y, shape);
+                    return Ok(());
+                }
+                if kind != Binary::Add {
+                    return Err(NodeError::from(format!(
+                        "{kind:?} of two computed tensors is not supported (only Add and Mul)"
+                    )));
+                }
                 if sa != sb {
                     return Err(shape_err(format!(
                         "Add with broadcasting ({sa:?} + {sb:?}) is not supported"
@@ -1090,7 +1191,7 @@ impl Mapper {
                 Ok(())
             }
             (Some(c), None) | (None, Some(c)) => {
-                let const_first = constant(&ins[0]).is_some();
+                let const_first = self.constant(&ins[0]).is_some();
                 if const_first && matches!(kind, Binary::Sub | Binary::Div) {
                     return Err(NodeError::from(format!(
                         "{kind:?} of a constant by a computed tensor is not supported"

@@ -19,6 +19,9 @@ pub fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
         Activation::Gelu => x.gelu_erf()?,
         Activation::Silu => x.silu()?,
         Activation::HardSwish => (x * ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)?,
+        Activation::HardSigmoid { alpha, beta } => {
+            x.affine(alpha as f64, beta as f64)?.clamp(0f32, 1f32)?
+        }
     })
 }
 

@@ -8,7 +8,7 @@ use nap_runtime::kernels::act_scalar;
 
 use super::linear::{produce_and_consume, removed_rows_constant};
 use super::{
-    activation, onnx_pads, onnx_pair, probed, square, Constants, Coupling, HostOp, OnnxNode,
+    activation, onnx_pads, onnx_pair, pad2d, probed, square, Constants, Coupling, HostOp, OnnxNode,
 };
 use crate::groups::Member;
 use crate::ir::{HostModel, HostTensor};
@@ -16,13 +16,29 @@ use crate::onnx_out::{Attr, Writer};
 
 impl HostOp for Conv2d {
     fn eval(&self, ins: &[&Tensor], params: &[Tensor], probe: Option<&Tensor>) -> Result<Tensor> {
-        let mut y = ins[0].conv2d(
+        // candle takes one stride and one padding for both axes: unequal padding is applied
+        // beforehand, unequal strides by keeping every `stride`-th output of a stride-1 pass.
+        let (s, p) = (self.stride, self.padding);
+        let (x, pad) = match p {
+            [a, b] if a == b => (ins[0].clone(), a as usize),
+            _ => (pad2d(ins[0], p, 0.0)?, 0),
+        };
+        let step = if s[0] == s[1] { s[0] as usize } else { 1 };
+        let mut y = x.conv2d(
             &params[self.weight as usize],
-            square(self.padding, "padding")?,
-            square(self.stride, "stride")?,
+            pad,
+            step,
             square(self.dilation, "dilation")?,
             self.groups as usize,
         )?;
+        if step == 1 {
+            for (dim, stride) in [(2, s[0] as usize), (3, s[1] as usize)] {
+                if stride > 1 {
+                    let keep: Vec<u32> = (0..y.dim(dim)? as u32).step_by(stride).collect();
+                    y = y.index_select(&Tensor::new(keep, y.device())?, dim)?;
+                }
+            }
+        }
         if let Some(b) = self.bias {
             y = y.broadcast_add(&params[b as usize].reshape((1, (), 1, 1))?)?;
         }

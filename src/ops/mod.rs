@@ -7,7 +7,9 @@
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use nap_runtime::format::{Concat, Flatten, GlobalAvgPool, Node, Op, Softmax, TensorId, ValueId};
+use nap_runtime::format::{
+    Concat, Flatten, GlobalAvgPool, Mul, Node, Op, Softmax, TensorId, ValueId,
+};
 
 use crate::groups::Member;
 use crate::ir::{HostModel, HostTensor};
@@ -20,6 +22,7 @@ mod concat;
 mod conv2d;
 mod global_avg_pool;
 mod linear;
+mod mul;
 mod pool;
 mod reshape;
 mod softmax;
@@ -45,6 +48,12 @@ pub trait HostOp {
         vec![None; cx.out_channels()]
     }
 
+    /// The op to use once its inputs have the shapes `ins` (after channels were removed), where
+    /// its attributes depend on them; `None` keeps it as it is.
+    fn refit(&self, _ins: &[&[u32]]) -> Option<Op> {
+        None
+    }
+
     /// Writes the node as ONNX nodes into `w`.
     fn to_onnx(&self, w: &mut Writer<'_>, node: &OnnxNode<'_>);
 }
@@ -64,6 +73,7 @@ pub fn host(op: &Op) -> &dyn HostOp {
         Op::Flatten => &Flatten,
         Op::Reshape(o) => o,
         Op::Softmax => &Softmax,
+        Op::Mul => &Mul,
     }
 }
 

@@ -12,6 +12,7 @@ pub fn act_scalar(act: Activation, x: f32) -> f32 {
         Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2)),
         Activation::Silu => x / (1.0 + libm::expf(-x)),
         Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
     }
 }
 

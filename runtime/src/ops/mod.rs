@@ -26,6 +26,7 @@ mod concat;
 mod conv2d;
 mod global_avg_pool;
 mod linear;
+mod mul;
 mod pool;
 mod reshape;
 mod softmax;
@@ -36,6 +37,7 @@ pub use concat::Concat;
 pub use conv2d::Conv2d;
 pub use global_avg_pool::GlobalAvgPool;
 pub use linear::Linear;
+pub use mul::Mul;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use reshape::{Flatten, Reshape};
 pub use softmax::Softmax;
@@ -88,6 +90,7 @@ impl Op {
             Op::Flatten => &Flatten,
             Op::Reshape(o) => o,
             Op::Softmax => &Softmax,
+            Op::Mul => &Mul,
         }
     }
 }

@@ -420,6 +420,7 @@ pub fn act_ref(a: Activation, x: f64) -> f64 {
         Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
     }
 }
 
@@ -604,6 +605,16 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                     x.1.iter()
                         .zip(&ins[1].1)
                         .map(|(a, b)| act_ref(*act, a + b))
+                        .collect();
+                (x.0.clone(), y)
+            }
+            Op::Mul => {
+                let g = ins[1];
+                let per = if g.0 == x.0 { 1 } else { x.1.len() / g.1.len() };
+                let y =
+                    x.1.iter()
+                        .enumerate()
+                        .map(|(i, v)| v * g.1[i / per])
                         .collect();
                 (x.0.clone(), y)
             }
