@@ -472,8 +472,8 @@ struct PruneArgs {
     /// Examples per K-FAC statistics pass.
     #[arg(long, default_value_t = crate::schedule::Settings::default().stats_examples)]
     stats_examples: usize,
-    /// Examples per batch of the statistics passes (memory grows with it: lower it for large
-    /// models and images).
+    /// Examples per batch of the statistics passes, at most; memory grows with it, so fewer are
+    /// taken where they would not fit in half the available memory (Linux).
     #[arg(long, default_value_t = crate::schedule::Settings::default().stats_batch)]
     stats_batch: usize,
     /// Examples per fine-tuning batch.

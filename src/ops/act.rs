@@ -5,11 +5,18 @@ use candle_core::Tensor;
 use nap_runtime::format::Activation;
 use nap_runtime::kernels::act_scalar;
 
-use super::{Constants, Coupling, HostOp, OnnxNode};
+use super::{constant_maps, Constants, Coupling, HostOp, OnnxNode};
 use crate::onnx_out::Writer;
 
 /// `a(x)` in candle.
 pub fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
+    let clamps = matches!(
+        a,
+        Activation::Relu6 | Activation::HardSwish | Activation::HardSigmoid { .. }
+    );
+    if clamps && constant_maps::applies(x) {
+        return constant_maps::clamp_act(x, a);
+    }
     Ok(match a {
         Activation::None => x.clone(),
         Activation::Relu => x.relu()?,

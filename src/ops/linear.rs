@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use nap_runtime::format::Linear;
 use nap_runtime::kernels::act_scalar;
 
-use super::{activation, probed, Constants, Coupling, HostOp, OnnxNode};
+use super::{activation, add_channel_bias, probed, Constants, Coupling, HostOp, OnnxNode};
 use crate::groups::Member;
 use crate::onnx_out::{Attr, Writer};
 
@@ -13,7 +13,7 @@ impl HostOp for Linear {
     fn eval(&self, ins: &[&Tensor], params: &[Tensor], probe: Option<&Tensor>) -> Result<Tensor> {
         let mut y = ins[0].matmul(&params[self.weight as usize].t()?)?;
         if let Some(b) = self.bias {
-            y = y.broadcast_add(&params[b as usize])?;
+            y = add_channel_bias(y, &params[b as usize])?;
         }
         activation(&probed(y, probe)?, self.act)
     }

@@ -19,6 +19,7 @@ mod act;
 mod add;
 mod batchnorm;
 mod concat;
+mod constant_maps;
 mod conv2d;
 mod global_avg_pool;
 mod linear;
@@ -224,6 +225,17 @@ pub(crate) fn square(a: [u32; 2], what: &str) -> Result<usize> {
         bail!("the candle reference supports only equal {what} along height and width, got {a:?}");
     }
     Ok(a[0] as usize)
+}
+
+/// `y + b` with `b` one value per channel (dimension 1 of `y`).
+pub(crate) fn add_channel_bias(y: Tensor, b: &Tensor) -> Result<Tensor> {
+    if constant_maps::applies(&y) && !b.track_op() {
+        let shift = b.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+        return constant_maps::channel_affine(&y, vec![1.0; shift.len()], shift);
+    }
+    let mut shape = vec![1; y.rank()];
+    shape[1] = b.elem_count();
+    Ok(y.broadcast_add(&b.reshape(shape)?)?)
 }
 
 /// `y + probe` where a probe is given.
