@@ -38,7 +38,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 LIGHT_MODELS = (
     "resnet50",
@@ -756,6 +756,21 @@ def photo_sanity(out_dir, fixtures, model):
 PPOCR_INPUTS = {"cls": [2, 3, 48, 192], "det": [1, 3, 96, 128], "rec": [2, 3, 48, 320]}
 
 
+def text_image(shape):
+    """Two lines of black text on white (Pillow's default font), ImageNet mean/std: the
+    detector's probability map on noise is ~1e-6 everywhere, on text it spans [0, 1]."""
+    _, _, h, w = shape
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((8, h // 5), "nap 13 ONNX", fill="black")
+    draw.text((8, h // 2), "PP-OCR det", fill="black")
+    x = np.asarray(img, np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    x = np.ascontiguousarray(x.transpose(2, 0, 1)[None], np.float32)
+    return x, (f"{w}x{h} image of two lines of black text on white (Pillow's default font), "
+               "ImageNet mean/std")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("fixtures",
@@ -831,10 +846,23 @@ def main():
     for name, shape in PPOCR_INPUTS.items():
         stem = f"ppocr-{name}"
         model = onnx.load(os.path.join(fixtures, "ppocr", f"{name}.onnx"))
-        x = reference_input(model, shape)
+        if name == "det":
+            x, text = text_image(shape)
+        else:
+            x = reference_input(model, shape)
+            text = (f"seeded N(0,1) input of shape {shape}, numpy default_rng({REFERENCE_SEED})"
+                    ".standard_normal")
         save_pair(out_dir, stem, x, run_first_output(model, x))
-        note_pair(stem, f"../ppocr/{name}", f"seeded N(0,1) input of shape {shape}, numpy "
-                  f"default_rng({REFERENCE_SEED}).standard_normal")
+        note_pair(stem, f"../ppocr/{name}", text)
+        if name == "det":
+            # The map before its final Sigmoid: a relative error is measured against the
+            # largest logit, which the saturated map (max 1.0) hides.
+            last = [n for n in model.graph.node if n.op_type == "Sigmoid"][-1]
+            logits = prefix_model(model, last.input[0])
+            onnx.save(logits, os.path.join(out_dir, "ppocr-det-logits.onnx"))
+            save_pair(out_dir, "ppocr-det-logits", x, run_first_output(logits, x))
+            note("ppocr-det-logits.onnx", "ppocr/det.onnx up to the input of its last Sigmoid")
+            note_pair("ppocr-det-logits", "ppocr-det-logits", text)
 
     with open(os.path.join(out_dir, "README.txt"), "w") as f:
         f.write("Made by scripts/onnx-fixtures.py; do not edit (rerun the script instead).\n")

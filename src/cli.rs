@@ -1280,7 +1280,7 @@ fn check(
         };
     let ours = eval::runtime_logits(&model, &inputs, batch, !json)?;
     let reference = eval::reference_logits(&m, &inputs, batch, !json)?;
-    let classes = m.output_shape()[0] as usize;
+    let classes = m.output_shape().iter().product::<u32>() as usize;
     let ag = agreement(&ours, &reference, classes);
     let report = CheckReport {
         arch: arch.clone(),

@@ -24,6 +24,7 @@ const INT64: i64 = 7;
 /// An attribute value of a node.
 pub enum Attr {
     Int(i64),
+    Str(String),
     Float(f32),
     Ints(Vec<i64>),
 }
@@ -79,6 +80,10 @@ impl Writer<'_> {
                             a.int(3, *i);
                             a.int(20, 2);
                         }
+                        Attr::Str(v) => {
+                            a.bytes(4, v.as_bytes());
+                            a.int(20, 3);
+                        }
                         Attr::Ints(is) => {
                             for &i in is {
                                 a.int(8, i);
@@ -91,7 +96,7 @@ impl Writer<'_> {
         });
     }
 
-    fn init_f32(&mut self, name: &str, dims: &[i64], data: &[f32]) {
+    pub fn init_f32(&mut self, name: &str, dims: &[i64], data: &[f32]) {
         self.inits.msg(5, |t| {
             for &d in dims {
                 t.int(1, d);

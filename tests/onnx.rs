@@ -33,8 +33,22 @@ fn check_against_ort_with(dir: &Path, name: &str, case: &str, tol: f32, opts: &O
     check_model_against_ort(&model, dir, &format!("{name}{case}"), tol, opts)
 }
 
-/// Imports `model`, runs it on `dir/stem.input.npy` and compares with `dir/stem.output.npy`.
+/// Imports `model`, runs it on `dir/stem.input.npy` and compares with `dir/stem.output.npy`:
+/// the relative error, and the top-1 class of each example.
 fn check_model_against_ort(model: &Path, dir: &Path, stem: &str, tol: f32, opts: &OnnxOptions) {
+    check_outputs_against_ort(model, dir, stem, tol, opts, true)
+}
+
+/// [`check_model_against_ort`], with the top-1 comparison only where `top1` (a probability
+/// map has many equal maxima, so its arg-max is no class).
+fn check_outputs_against_ort(
+    model: &Path,
+    dir: &Path,
+    stem: &str,
+    tol: f32,
+    opts: &OnnxOptions,
+    top1: bool,
+) {
     let (name, case) = (stem, "");
     let m = read_onnx(model, opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     let x = read_npy(&fixture(dir, &format!("{name}{case}.input.npy"))).unwrap();
@@ -60,7 +74,7 @@ fn check_model_against_ort(model: &Path, dir: &Path, stem: &str, tol: f32, opts:
             ag.examples, ag.max_rel_err, ag.top1_mismatches
         );
         assert!(
-            ag.max_rel_err <= tol && ag.top1_mismatches == 0,
+            ag.max_rel_err <= tol && (!top1 || ag.top1_mismatches == 0),
             "{name}{case}: {engine} disagrees with ONNX Runtime: {ag:?}"
         );
     }
@@ -356,17 +370,34 @@ fn issue13_ppocr_classifier_matches_onnx_runtime() {
     check_model_against_ort(&model, &root.join("onnx"), "ppocr-cls", TOL, &opts);
 }
 
-/// PP-OCR's detector and recogniser cannot be imported yet: every node in the way is named,
-/// with no complaint that only follows from an earlier one.
+/// PP-OCR's text detector (feature pyramid: nearest Resize by 2, 4 and 8, ConvTranspose 2×2
+/// stride 2 heads, a sigmoid probability map) against ONNX Runtime on an image of text.
+#[test]
+fn issue13_ppocr_detector_matches_onnx_runtime() {
+    let Some(root) = common::fixtures("issue13_ppocr_detector_matches_onnx_runtime") else {
+        return;
+    };
+    let opts = OnnxOptions {
+        input_shape: Some(vec![3, 96, 128]),
+    };
+    let dir = root.join("onnx");
+    // Relative to the largest logit, before the final Sigmoid.
+    let logits = fixture(&dir, "ppocr-det-logits.onnx");
+    check_outputs_against_ort(&logits, &dir, "ppocr-det-logits", TOL, &opts, false);
+    // The probability map itself, within ONNX Runtime's own spread on this model: its
+    // optimised and unoptimised runs differ by 2.1e-5.
+    let model = fixture(&root, "ppocr/det.onnx");
+    check_outputs_against_ort(&model, &dir, "ppocr-det", 5e-5, &opts, false);
+}
+
+/// PP-OCR's recogniser cannot be imported yet: every node in the way is named, with no
+/// complaint that only follows from an earlier one.
 #[test]
 fn issue13_ppocr_lists_every_unsupported_node() {
     let Some(root) = common::fixtures("issue13_ppocr_lists_every_unsupported_node") else {
         return;
     };
-    for (name, shape, want) in [
-        ("det", [3, 640, 640], &[("Resize", 2)][..]),
-        ("rec", [3, 48, 320], &[("Shape", 1)][..]),
-    ] {
+    for (name, shape, want) in [("rec", [3, 48, 320], &[("Shape", 1)][..])] {
         let path = fixture(&root, &format!("ppocr/{name}.onnx"));
         let e = read_onnx(&path, &OnnxOptions::default()).unwrap_err();
         assert!(

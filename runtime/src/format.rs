@@ -46,8 +46,8 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::{
-    Add, AvgPool2d, BatchNorm, Concat, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, Mul,
-    Reshape, Softmax,
+    Add, AvgPool2d, BatchNorm, Concat, Conv2d, ConvTranspose2d, Flatten, GlobalAvgPool, Linear,
+    MaxPool2d, Mul, Reshape, Softmax, Upsample,
 };
 
 /// First eight bytes of every `.nap` file (PNG-style: catches text-mode transfers).
@@ -193,6 +193,8 @@ pub enum Op {
     Reshape(Reshape),
     Softmax,
     Mul,
+    Upsample(Upsample),
+    ConvTranspose2d(ConvTranspose2d),
 }
 
 impl Op {
@@ -224,7 +226,9 @@ impl Op {
     /// Replaces every tensor id the op refers to by `f(id)`.
     pub fn map_tensors(&mut self, mut f: impl FnMut(TensorId) -> TensorId) {
         match self {
-            Op::Linear(Linear { weight, bias, .. }) | Op::Conv2d(Conv2d { weight, bias, .. }) => {
+            Op::Linear(Linear { weight, bias, .. })
+            | Op::Conv2d(Conv2d { weight, bias, .. })
+            | Op::ConvTranspose2d(ConvTranspose2d { weight, bias, .. }) => {
                 *weight = f(*weight);
                 if let Some(b) = bias {
                     *b = f(*b);

@@ -69,7 +69,12 @@ pub fn layer_stats(model: &Model<'_>) -> Vec<LayerStats> {
             nonzero += nz;
             bytes += layout_bytes(&model.tensor_entry(t).layout);
         });
-        let (flops, dense_flops) = n.op.def().flops(model, &out);
+        let ins: Vec<&[u32]> = n
+            .inputs
+            .iter()
+            .map(|&v| g.values[v as usize].shape.as_slice())
+            .collect();
+        let (flops, dense_flops) = n.op.def().flops(model, &ins, &out);
         let storage = match n.op.weight_bias() {
             Some((weight, _)) => {
                 let view = model.tensor(weight);

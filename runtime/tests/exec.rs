@@ -1062,6 +1062,61 @@ fn issue13_mul_by_gate_and_by_itself_matches_reference() {
     }
 }
 
+/// A detector's upsampling path: a transposed convolution (stride 2, and stride 2 with padding,
+/// output padding and dilation) and nearest upsampling by 2×3, against the reference.
+#[test]
+fn issue13_conv_transpose_and_upsample_match_reference() {
+    use Activation as A;
+    let mut rng = Rng::new(31);
+    let mut net = Net::new();
+    let x = net.input(&[3, 5, 4]);
+    let mut ct = |net: &mut Net, x, name: &str, cin, cout, k: u32, op: ConvTranspose2d| {
+        let n = (cin * cout * k * k) as usize;
+        let weight = net.tensor(
+            &format!("{name}.w"),
+            &[cin, cout, k, k],
+            &rng.vec(n),
+            Store::F32,
+        );
+        let bias = net.tensor(
+            &format!("{name}.b"),
+            &[cout],
+            &rng.vec(cout as usize),
+            Store::F32,
+        );
+        let op = Op::ConvTranspose2d(ConvTranspose2d {
+            weight,
+            bias: Some(bias),
+            ..op
+        });
+        net.node(name, op, &[x])
+    };
+    let plain = ConvTranspose2d {
+        weight: 0,
+        bias: None,
+        stride: [2, 2],
+        padding: [0, 0],
+        output_padding: [0, 0],
+        dilation: [1, 1],
+    };
+    let up1 = ct(&mut net, x, "up1", 3, 4, 2, plain.clone());
+    let odd = ConvTranspose2d {
+        stride: [2, 3],
+        padding: [1, 0],
+        output_padding: [1, 2],
+        dilation: [2, 1],
+        ..plain
+    };
+    let up2 = ct(&mut net, up1, "up2", 4, 2, 3, odd);
+    let up3 = net.node("up3", Op::Upsample(Upsample { scale: [2, 3] }), &[up2]);
+    let flat = net.node("flatten", Op::Flatten, &[up3]);
+    let y = linear(&mut net, &mut rng, flat, 3, Store::F32, true, A::None);
+    let b = net.finish(&[y]);
+    for batch in [1, 2] {
+        check(&b, batch, "conv-transpose and upsample");
+    }
+}
+
 #[test]
 fn input_length_is_checked() {
     let b = mixed_graph();

@@ -119,3 +119,15 @@ fn real_model_onnx_densenet121() {
 fn real_model_onnx_m2() {
     check("m2", 1e-5);
 }
+
+/// PP-OCR's text-direction classifier (squeeze-excite gates, HardSigmoid, hard-swish as Mul).
+#[test]
+fn real_model_ppocr_classifier() {
+    check("cls", 1e-5);
+}
+
+/// PP-OCR's text detector up to its final Sigmoid (nearest upsampling, ConvTranspose heads).
+#[test]
+fn real_model_ppocr_detector_logits() {
+    check("ppocr-det-logits", 1e-5);
+}

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nap_runtime::format::{
-    Activation, Add, AvgPool2d, BatchNorm, Conv2d, Linear, MaxPool2d, Metadata, Op, Reshape,
-    ValueId,
+    Activation, Add, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Linear, MaxPool2d, Metadata,
+    Op, Reshape, Upsample, ValueId,
 };
 use onnx_ir::{ArgType, Argument, Node, OnnxGraph, OnnxGraphBuilder, TensorDataExt};
 
@@ -785,6 +785,8 @@ impl Mapper {
                 }
             }
             Node::Conv2d(c) => self.conv(n, &c.inputs, &c.config),
+            Node::ConvTranspose2d(c) => self.conv_transpose(n, &c.inputs, &c.config),
+            Node::Resize(r) => self.resize(n, &r.config),
             Node::Linear(l) => {
                 let w = &l.inputs[1];
                 self.linear(n, w, !l.config.transpose_weight, 1.0, l.inputs.get(2), 1.0)
@@ -1013,6 +1015,118 @@ impl Mapper {
         let oshape = self.b.value_shape(y).to_vec();
         debug_assert_eq!(oshape[0], out);
         self.set(n, y, oshape);
+        Ok(())
+    }
+
+    fn conv_transpose(
+        &mut self,
+        n: &Node,
+        inputs: &[Argument],
+        c: &onnx_ir::node::conv_transpose2d::ConvTranspose2dConfig,
+    ) -> NodeResult {
+        use onnx_ir::node::padding::AutoPad;
+        let (x, shape) = self.input(n, 0)?;
+        if shape.len() != 3 {
+            return Err(shape_err(format!(
+                "ConvTranspose of a rank-{} value",
+                shape.len() + 1
+            )));
+        }
+        if c.groups != 1 {
+            return Err(format!("ConvTranspose with {} groups (only 1)", c.groups).into());
+        }
+        if c.output_shape.is_some() || !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
+            return Err("ConvTranspose with output_shape or SAME auto_pad".into());
+        }
+        let (w, _) = self.weight(&inputs[1], format!("{}.weight", n.name()))?;
+        let wid = self.b.tensor(w);
+        let bias = match inputs.get(2).filter(|a| !a.is_optional()) {
+            Some(a) => {
+                let (t, _) = self.weight(a, format!("{}.bias", n.name()))?;
+                Some(self.b.tensor(t))
+            }
+            None => None,
+        };
+        let u = |p: [usize; 2]| p.map(|v| v as u32);
+        let op = Op::ConvTranspose2d(ConvTranspose2d {
+            weight: wid,
+            bias,
+            stride: u(c.stride),
+            padding: if matches!(c.auto_pad, AutoPad::Valid) {
+                [0, 0]
+            } else {
+                u(c.padding)
+            },
+            output_padding: u(c.padding_out),
+            dilation: u(c.dilation),
+        });
+        let y = self.emit(n, op, &[x])?;
+        let oshape = self.b.value_shape(y).to_vec();
+        self.set(n, y, oshape);
+        Ok(())
+    }
+
+    /// Resize in nearest mode by integer factors on H and W whose coordinate rule makes it a
+    /// plain replication: `asymmetric` with `floor`, or the half-pixel modes with rounding.
+    fn resize(&mut self, n: &Node, c: &onnx_ir::node::resize::ResizeConfig) -> NodeResult {
+        use onnx_ir::node::resize::{
+            CoordinateTransformMode as Ct, NearestMode as Nm, ResizeMode, ResizeScales, ResizeSizes,
+        };
+        let (x, shape) = self.input(n, 0)?;
+        if shape.len() != 3 {
+            return Err(shape_err(format!(
+                "Resize of a rank-{} value",
+                shape.len() + 1
+            )));
+        }
+        if c.mode != ResizeMode::Nearest {
+            return Err(format!("Resize in {:?} mode (only nearest)", c.mode).into());
+        }
+        let replicates = matches!(
+            (&c.coordinate_transformation_mode, &c.nearest_mode),
+            (Ct::Asymmetric, Nm::Floor)
+                | (
+                    Ct::HalfPixel | Ct::PytorchHalfPixel,
+                    Nm::RoundPreferFloor | Nm::RoundPreferCeil
+                )
+        );
+        if !replicates {
+            return Err(format!(
+                "Resize with {:?} coordinates and {:?} rounding (only asymmetric with floor, or half_pixel with rounding)",
+                c.coordinate_transformation_mode, c.nearest_mode
+            )
+            .into());
+        }
+        let factors: Vec<f64> = match (&c.scales, &c.sizes) {
+            (Some(ResizeScales::Static(s)), _) if !s.is_empty() => {
+                s.iter().map(|&v| v as f64).collect()
+            }
+            (_, Some(ResizeSizes::Static(s))) if !s.is_empty() => {
+                let spatial = &s[s.len().saturating_sub(2)..];
+                spatial
+                    .iter()
+                    .zip(&shape[1..])
+                    .map(|(&o, &i)| o as f64 / i as f64)
+                    .collect()
+            }
+            _ => return Err("Resize to a computed size or scale is not supported".into()),
+        };
+        let spatial = &factors[factors.len().saturating_sub(2)..];
+        let lead_ok = factors[..factors.len() - spatial.len()]
+            .iter()
+            .all(|&f| f == 1.0);
+        let scale: Vec<u32> = spatial
+            .iter()
+            .filter(|f| f.fract() == 0.0 && **f >= 1.0)
+            .map(|&f| f as u32)
+            .collect();
+        let (true, &[sh, sw]) = (lead_ok, &scale[..]) else {
+            return Err(shape_err(format!(
+                "Resize by {factors:?} (only whole factors on height and width)"
+            )));
+        };
+        let y = self.emit(n, Op::Upsample(Upsample { scale: [sh, sw] }), &[x])?;
+        self.set(n, y, vec![shape[0], shape[1] * sh, shape[2] * sw]);
         Ok(())
     }
 

@@ -21,12 +21,14 @@ mod batchnorm;
 mod concat;
 mod constant_maps;
 mod conv2d;
+mod conv_transpose2d;
 mod global_avg_pool;
 mod linear;
 mod mul;
 mod pool;
 mod reshape;
 mod softmax;
+mod upsample;
 
 pub use act::activation;
 pub use conv2d::fold_batchnorm;
@@ -75,6 +77,8 @@ pub fn host(op: &Op) -> &dyn HostOp {
         Op::Reshape(o) => o,
         Op::Softmax => &Softmax,
         Op::Mul => &Mul,
+        Op::Upsample(o) => o,
+        Op::ConvTranspose2d(o) => o,
     }
 }
 

@@ -21,7 +21,7 @@ impl OpDef for Activation {
         format!("{self:?}")
     }
 
-    fn flops(&self, _: &Model<'_>, out: &[u32]) -> (u64, u64) {
+    fn flops(&self, _: &Model<'_>, _ins: &[&[u32]], out: &[u32]) -> (u64, u64) {
         elementwise_flops(out)
     }
 

@@ -32,7 +32,7 @@ impl OpDef for Add {
         format!("Add+{:?}", self.act)
     }
 
-    fn flops(&self, _: &Model<'_>, out: &[u32]) -> (u64, u64) {
+    fn flops(&self, _: &Model<'_>, _ins: &[&[u32]], out: &[u32]) -> (u64, u64) {
         elementwise_flops(out)
     }
 

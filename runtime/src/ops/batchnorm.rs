@@ -43,7 +43,7 @@ impl OpDef for BatchNorm {
         "BatchNorm".to_string()
     }
 
-    fn flops(&self, _: &Model<'_>, out: &[u32]) -> (u64, u64) {
+    fn flops(&self, _: &Model<'_>, _ins: &[&[u32]], out: &[u32]) -> (u64, u64) {
         elementwise_flops(out)
     }
 

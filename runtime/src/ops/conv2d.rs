@@ -59,7 +59,7 @@ impl OpDef for Conv2d {
         format!("Conv2d(g{})+{:?}", self.groups, self.act)
     }
 
-    fn flops(&self, model: &Model<'_>, out: &[u32]) -> (u64, u64) {
+    fn flops(&self, model: &Model<'_>, _ins: &[&[u32]], out: &[u32]) -> (u64, u64) {
         weight_flops(
             model,
             self.weight,

@@ -47,7 +47,7 @@ impl OpDef for Linear {
         format!("Linear+{:?}", self.act)
     }
 
-    fn flops(&self, model: &Model<'_>, _out: &[u32]) -> (u64, u64) {
+    fn flops(&self, model: &Model<'_>, _ins: &[&[u32]], _out: &[u32]) -> (u64, u64) {
         weight_flops(model, self.weight, 1)
     }
 

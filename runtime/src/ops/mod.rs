@@ -24,23 +24,27 @@ mod add;
 mod batchnorm;
 mod concat;
 mod conv2d;
+mod conv_transpose2d;
 mod global_avg_pool;
 mod linear;
 mod mul;
 mod pool;
 mod reshape;
 mod softmax;
+mod upsample;
 
 pub use add::Add;
 pub use batchnorm::BatchNorm;
 pub use concat::Concat;
 pub use conv2d::Conv2d;
+pub use conv_transpose2d::ConvTranspose2d;
 pub use global_avg_pool::GlobalAvgPool;
 pub use linear::Linear;
 pub use mul::Mul;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use reshape::{Flatten, Reshape};
 pub use softmax::Softmax;
+pub use upsample::Upsample;
 
 /// What every graph operation provides.
 pub trait OpDef: Debug + Sync {
@@ -52,9 +56,10 @@ pub trait OpDef: Debug + Sync {
 
     /// Floating-point operations per example: 2 per multiply-add of a stored weight (all of a
     /// dense tensor, the non-zeros of a CSR one, every block entry of a blocked one) and 2 per
-    /// output element for element-wise arithmetic; 0 for data movement. Returns
+    /// output element for element-wise arithmetic; 0 for data movement. `ins` and `out` are the
+    /// node's input and output shapes. Returns
     /// `(as stored, with every weight counted)`.
-    fn flops(&self, _model: &Model<'_>, _out: &[u32]) -> (u64, u64) {
+    fn flops(&self, _model: &Model<'_>, _ins: &[&[u32]], _out: &[u32]) -> (u64, u64) {
         (0, 0)
     }
 
@@ -91,6 +96,8 @@ impl Op {
             Op::Reshape(o) => o,
             Op::Softmax => &Softmax,
             Op::Mul => &Mul,
+            Op::Upsample(o) => o,
+            Op::ConvTranspose2d(o) => o,
         }
     }
 }

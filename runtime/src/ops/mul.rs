@@ -37,7 +37,7 @@ impl OpDef for Mul {
         "Mul".to_string()
     }
 
-    fn flops(&self, _: &Model<'_>, out: &[u32]) -> (u64, u64) {
+    fn flops(&self, _: &Model<'_>, _ins: &[&[u32]], out: &[u32]) -> (u64, u64) {
         let (f, _) = elementwise_flops(out);
         (f / 2, f / 2)
     }

@@ -608,6 +608,67 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                         .collect();
                 (x.0.clone(), y)
             }
+            Op::Upsample(Upsample { scale }) => {
+                let (c, h, wd) = (x.0[0] as usize, x.0[1] as usize, x.0[2] as usize);
+                let [sh, sw] = scale.map(|v| v as usize);
+                let (oh, ow) = (h * sh, wd * sw);
+                let y = (0..c * oh * ow)
+                    .map(|i| {
+                        let (ch, oy, ox) = (i / (oh * ow), i / ow % oh, i % ow);
+                        x.1[(ch * h + oy / sh) * wd + ox / sw]
+                    })
+                    .collect();
+                (vec![c as u32, oh as u32, ow as u32], y)
+            }
+            Op::ConvTranspose2d(ConvTranspose2d {
+                weight,
+                bias,
+                stride,
+                padding,
+                output_padding,
+                dilation,
+            }) => {
+                let ws = &h.tensors[*weight as usize].shape;
+                let [ci, co, kh, kw] = [ws[0], ws[1], ws[2], ws[3]].map(|v| v as usize);
+                let (ih, iw) = (x.0[1] as usize, x.0[2] as usize);
+                let [s0, s1, p0, p1, o0, o1, d0, d1] = [stride, padding, output_padding, dilation]
+                    .map(|a| a.map(|v| v as i64))
+                    .concat()[..]
+                else {
+                    unreachable!()
+                };
+                let oh = ((ih as i64 - 1) * s0 - 2 * p0 + d0 * (kh as i64 - 1) + 1 + o0) as usize;
+                let ow = ((iw as i64 - 1) * s1 - 2 * p1 + d1 * (kw as i64 - 1) + 1 + o1) as usize;
+                let wt = &w[*weight as usize];
+                let mut y = vec![0f64; co * oh * ow];
+                for o in 0..co {
+                    for v in &mut y[o * oh * ow..(o + 1) * oh * ow] {
+                        *v = bias.map_or(0.0, |b| w[b as usize][o]);
+                    }
+                }
+                for i in 0..ci {
+                    for o in 0..co {
+                        for iy in 0..ih {
+                            for ix in 0..iw {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let oy = iy as i64 * s0 - p0 + ky as i64 * d0;
+                                        let ox = ix as i64 * s1 - p1 + kx as i64 * d1;
+                                        if (0..oh as i64).contains(&oy)
+                                            && (0..ow as i64).contains(&ox)
+                                        {
+                                            y[(o * oh + oy as usize) * ow + ox as usize] += x.1
+                                                [(i * ih + iy) * iw + ix]
+                                                * wt[((i * co + o) * kh + ky) * kw + kx];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                (vec![co as u32, oh as u32, ow as u32], y)
+            }
             Op::Mul => {
                 let g = ins[1];
                 let per = if g.0 == x.0 { 1 } else { x.1.len() / g.1.len() };
