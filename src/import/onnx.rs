@@ -740,6 +740,54 @@ impl Mapper {
                     beta: h.config.beta as f32,
                 },
             ),
+            Node::Shape(sh) => {
+                // The batch is 1 here (see `patch_input_shape`), every other dimension static.
+                let (_, shape) = self.rt(&sh.inputs[0])?;
+                let full: Vec<f32> = std::iter::once(1.0)
+                    .chain(shape.iter().map(|&d| d as f32))
+                    .collect();
+                let (start, end) = (
+                    sh.config.start.min(full.len()),
+                    sh.config.end.min(full.len()),
+                );
+                let data = full[start..end.max(start)].to_vec();
+                let k = Const {
+                    shape: vec![data.len()],
+                    data,
+                };
+                self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                Ok(())
+            }
+            Node::Slice(sl) => {
+                use onnx_ir::node::slice::SliceInput;
+                let Some(k) = self.constant(&sl.inputs[0]).filter(|k| k.shape.len() == 1) else {
+                    return Err("Slice of a computed tensor is not supported".into());
+                };
+                let values = |i: &SliceInput| match i {
+                    SliceInput::Static(v) => v.first().copied(),
+                    SliceInput::Runtime(r) => self
+                        .constant(&sl.inputs[r.input_index])
+                        .and_then(|c| c.data.first().map(|&v| v as i64)),
+                };
+                let (Some(start), Some(end)) = (values(&sl.config.starts), values(&sl.config.ends))
+                else {
+                    return Err("Slice with computed bounds is not supported".into());
+                };
+                let step = sl.config.steps.as_ref().map_or(Some(1), values);
+                if step != Some(1) {
+                    return Err("Slice of a constant with a step other than 1".into());
+                }
+                let len = k.data.len() as i64;
+                let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
+                let (a, b) = (clamp(start), clamp(end));
+                let data = k.data[a..b.max(a)].to_vec();
+                let k = Const {
+                    shape: vec![data.len()],
+                    data,
+                };
+                self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                Ok(())
+            }
             Node::Cast(c) => {
                 let to = c.config.to;
                 if let Some(k) = self.constant(&c.inputs[0]) {
