@@ -47,6 +47,18 @@ impl Writer<'_> {
         self.tensors[id as usize].name.clone()
     }
 
+    /// A weight layer's ONNX inputs: `x`, the weight and the bias if there is one.
+    pub fn weighted_inputs(
+        &mut self,
+        x: &str,
+        weight: TensorId,
+        bias: Option<TensorId>,
+    ) -> Vec<String> {
+        let mut inputs = vec![x.to_string(), self.tensor(weight)];
+        inputs.extend(bias.map(|b| self.tensor(b)));
+        inputs
+    }
+
     /// The shape of tensor `id`.
     pub fn tensor_shape(&self, id: TensorId) -> &[u32] {
         &self.tensors[id as usize].shape

@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use nap_runtime::format::{
     Activation, Add, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Linear, MaxPool2d, Metadata,
-    Op, Reshape, Upsample, ValueId,
+    Op, Reshape, TensorId, Upsample, ValueId,
 };
 use onnx_ir::{ArgType, Argument, Node, OnnxGraph, OnnxGraphBuilder, TensorDataExt};
 
@@ -1040,16 +1040,7 @@ impl Mapper {
             )));
         }
         let padding = symmetric_padding(&c.padding, &c.auto_pad)?;
-        let (w, _) = self.weight(&inputs[1], format!("{}.weight", n.name()))?;
-        let out = w.shape[0];
-        let wid = self.b.tensor(w);
-        let bias = match inputs.get(2).filter(|a| !a.is_optional()) {
-            Some(a) => {
-                let (t, _) = self.weight(a, format!("{}.bias", n.name()))?;
-                Some(self.b.tensor(t))
-            }
-            None => None,
-        };
+        let (wid, bias) = self.weight_and_bias(n, inputs)?;
         let op = Op::Conv2d(Conv2d {
             weight: wid,
             bias,
@@ -1061,9 +1052,26 @@ impl Mapper {
         });
         let y = self.emit(n, op, &[x])?;
         let oshape = self.b.value_shape(y).to_vec();
-        debug_assert_eq!(oshape[0], out);
         self.set(n, y, oshape);
         Ok(())
+    }
+
+    /// A convolution's weight (input 1) and optional bias (input 2) as model tensors.
+    fn weight_and_bias(
+        &mut self,
+        n: &Node,
+        inputs: &[Argument],
+    ) -> std::result::Result<(TensorId, Option<TensorId>), NodeError> {
+        let (w, _) = self.weight(&inputs[1], format!("{}.weight", n.name()))?;
+        let wid = self.b.tensor(w);
+        let bias = match inputs.get(2).filter(|a| !a.is_optional()) {
+            Some(a) => {
+                let (t, _) = self.weight(a, format!("{}.bias", n.name()))?;
+                Some(self.b.tensor(t))
+            }
+            None => None,
+        };
+        Ok((wid, bias))
     }
 
     fn conv_transpose(
@@ -1086,15 +1094,7 @@ impl Mapper {
         if c.output_shape.is_some() || !matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid) {
             return Err("ConvTranspose with output_shape or SAME auto_pad".into());
         }
-        let (w, _) = self.weight(&inputs[1], format!("{}.weight", n.name()))?;
-        let wid = self.b.tensor(w);
-        let bias = match inputs.get(2).filter(|a| !a.is_optional()) {
-            Some(a) => {
-                let (t, _) = self.weight(a, format!("{}.bias", n.name()))?;
-                Some(self.b.tensor(t))
-            }
-            None => None,
-        };
+        let (wid, bias) = self.weight_and_bias(n, inputs)?;
         let u = |p: [usize; 2]| p.map(|v| v as u32);
         let op = Op::ConvTranspose2d(ConvTranspose2d {
             weight: wid,

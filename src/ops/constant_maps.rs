@@ -318,25 +318,11 @@ impl CustomOp1 for DepthwiseBack<'_> {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor, Var};
+    use candle_core::{Device, Tensor, Var};
     use nap_runtime::format::Activation;
 
     use super::{channel_affine, clamp_act};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use crate::ops::tests::max_diff;
 
     /// Output and input gradient of `f` and of `reference` (candle's own ops) agree.
     fn same(f: impl Fn(&Tensor) -> Tensor, reference: impl Fn(&Tensor) -> Tensor, what: &str) {

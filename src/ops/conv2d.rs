@@ -94,10 +94,7 @@ impl HostOp for Conv2d {
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
         let ks = w.tensor_shape(self.weight).to_vec();
-        let mut inputs = vec![n.inputs[0].to_string(), w.tensor(self.weight)];
-        if let Some(b) = self.bias {
-            inputs.push(w.tensor(b));
-        }
+        let inputs = w.weighted_inputs(n.inputs[0], self.weight, self.bias);
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         w.with_act(
             self.act,
@@ -243,9 +240,10 @@ pub fn fold_batchnorm(m: &mut HostModel, conv: &Conv2d, bn: &BatchNorm) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Tensor, Var};
+    use candle_core::{Device, Tensor, Var};
 
     use super::depthwise;
+    use crate::ops::tests::max_diff;
 
     /// Both depthwise forms (a constant kernel's custom op, a trained kernel's taps) against
     /// candle's grouped convolution (the stride-1 pass subsampled, for unequal strides), and
@@ -291,20 +289,5 @@ mod tests {
             let err = max_diff(&got, &want);
             assert!(err < 1e-5, "k {k} s {s:?} p {p:?} d {d:?}: {err}");
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 }

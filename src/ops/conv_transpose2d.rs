@@ -29,10 +29,7 @@ impl HostOp for ConvTranspose2d {
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
         let ks = w.tensor_shape(self.weight).to_vec();
-        let mut inputs = vec![n.inputs[0].to_string(), w.tensor(self.weight)];
-        if let Some(b) = self.bias {
-            inputs.push(w.tensor(b));
-        }
+        let inputs = w.weighted_inputs(n.inputs[0], self.weight, self.bias);
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         w.node(
             "ConvTranspose",

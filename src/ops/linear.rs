@@ -27,10 +27,7 @@ impl HostOp for Linear {
     }
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
-        let mut inputs = vec![n.inputs[0].to_string(), w.tensor(self.weight)];
-        if let Some(b) = self.bias {
-            inputs.push(w.tensor(b));
-        }
+        let inputs = w.weighted_inputs(n.inputs[0], self.weight, self.bias);
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         w.with_act(
             self.act,

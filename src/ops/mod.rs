@@ -259,3 +259,16 @@ pub(crate) fn onnx_pads(p: [u32; 2]) -> Vec<i64> {
 pub(crate) fn onnx_pair(p: [u32; 2]) -> Vec<i64> {
     vec![p[0] as i64, p[1] as i64]
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use candle_core::{DType, Tensor};
+
+    /// The largest absolute difference of two tensors of one shape.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64))
+            .and_then(|d| d.to_scalar::<f64>())
+            .expect("tensors of one shape")
+    }
+}

@@ -8,6 +8,19 @@ use nap_runtime::format::{AvgPool2d, MaxPool2d};
 use super::{onnx_pads, onnx_pair, pad2d, Constants, Coupling, HostOp, OnnxNode};
 use crate::onnx_out::{Attr, Writer};
 
+/// A pooling window's ONNX attributes.
+fn window_attrs(
+    kernel: [u32; 2],
+    stride: [u32; 2],
+    padding: [u32; 2],
+) -> Vec<(&'static str, Attr)> {
+    vec![
+        ("kernel_shape", Attr::Ints(onnx_pair(kernel))),
+        ("strides", Attr::Ints(onnx_pair(stride))),
+        ("pads", Attr::Ints(onnx_pads(padding))),
+    ]
+}
+
 fn pair(p: [u32; 2]) -> (usize, usize) {
     (p[0] as usize, p[1] as usize)
 }
@@ -27,11 +40,7 @@ impl HostOp for MaxPool2d {
     }
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
-        let attrs = [
-            ("kernel_shape", Attr::Ints(onnx_pair(self.kernel))),
-            ("strides", Attr::Ints(onnx_pair(self.stride))),
-            ("pads", Attr::Ints(onnx_pads(self.padding))),
-        ];
+        let attrs = window_attrs(self.kernel, self.stride, self.padding);
         w.node("MaxPool", n.name, n.inputs, n.output, &attrs);
     }
 }
@@ -58,15 +67,11 @@ impl HostOp for AvgPool2d {
     }
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
-        let attrs = [
-            ("kernel_shape", Attr::Ints(onnx_pair(self.kernel))),
-            ("strides", Attr::Ints(onnx_pair(self.stride))),
-            ("pads", Attr::Ints(onnx_pads(self.padding))),
-            (
-                "count_include_pad",
-                Attr::Int(self.count_include_pad as i64),
-            ),
-        ];
+        let mut attrs = window_attrs(self.kernel, self.stride, self.padding);
+        attrs.push((
+            "count_include_pad",
+            Attr::Int(self.count_include_pad as i64),
+        ));
         w.node("AveragePool", n.name, n.inputs, n.output, &attrs);
     }
 }
