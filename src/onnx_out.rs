@@ -157,6 +157,13 @@ impl Writer<'_> {
             Activation::Sigmoid => self.node("Sigmoid", name, &[x], out, &[]),
             Activation::Tanh => self.node("Tanh", name, &[x], out, &[]),
             Activation::HardSwish => self.node("HardSwish", name, &[x], out, &[]),
+            Activation::LeakyRelu { alpha } => self.node(
+                "LeakyRelu",
+                name,
+                &[x],
+                out,
+                &[("alpha", Attr::Float(alpha))],
+            ),
             Activation::HardSigmoid { alpha, beta } => self.node(
                 "HardSigmoid",
                 name,

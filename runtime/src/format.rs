@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::ops::{
     Add, AvgPool2d, BatchNorm, Concat, Conv2d, ConvTranspose2d, Flatten, GlobalAvgPool, Linear,
-    MaxPool2d, Mul, Reshape, Softmax, Upsample,
+    MaxPool2d, Mul, Pad, Reshape, Softmax, Upsample,
 };
 
 /// First eight bytes of every `.nap` file (PNG-style: catches text-mode transfers).
@@ -169,6 +169,10 @@ pub enum Activation {
         alpha: f32,
         beta: f32,
     },
+    /// `x` for `x ≥ 0`, else `alpha · x`.
+    LeakyRelu {
+        alpha: f32,
+    },
 }
 
 /// Index into [`Header::tensors`].
@@ -195,6 +199,7 @@ pub enum Op {
     Mul,
     Upsample(Upsample),
     ConvTranspose2d(ConvTranspose2d),
+    Pad(Pad),
 }
 
 impl Op {

@@ -73,7 +73,7 @@ fn count_allocs<R>(f: impl FnOnce() -> R) -> (R, usize) {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-const ACTS: [Activation; 9] = [
+const ACTS: [Activation; 10] = [
     Activation::None,
     Activation::Relu,
     Activation::Relu6,
@@ -86,6 +86,7 @@ const ACTS: [Activation; 9] = [
         alpha: 0.2,
         beta: 0.5,
     },
+    Activation::LeakyRelu { alpha: 0.1 },
 ];
 
 const WEIGHT_STORES: [Store; 6] = [
@@ -1063,9 +1064,10 @@ fn issue13_mul_by_gate_and_by_itself_matches_reference() {
 }
 
 /// A detector's upsampling path: a transposed convolution (stride 2, and stride 2 with padding,
-/// output padding and dilation) and nearest upsampling by 2×3, against the reference.
+/// output padding and dilation) and nearest upsampling by 2×3, then uneven padding (minus
+/// infinity before a max pooling, and a constant), against the reference.
 #[test]
-fn issue13_conv_transpose_and_upsample_match_reference() {
+fn issue13_conv_transpose_upsample_and_pad_match_reference() {
     use Activation as A;
     let mut rng = Rng::new(31);
     let mut net = Net::new();
@@ -1109,7 +1111,24 @@ fn issue13_conv_transpose_and_upsample_match_reference() {
     };
     let up2 = ct(&mut net, up1, "up2", 4, 2, 3, odd);
     let up3 = net.node("up3", Op::Upsample(Upsample { scale: [2, 3] }), &[up2]);
-    let flat = net.node("flatten", Op::Flatten, &[up3]);
+    // Inception's uneven pooling padding: minus infinity on two sides, then a max pooling.
+    let pad = Pad {
+        pads: [0, 1, 2, 0],
+        value: f32::NEG_INFINITY,
+    };
+    let padded = net.node("pad", Op::Pad(pad), &[up3]);
+    let pool = Op::MaxPool2d(MaxPool2d {
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [0, 0],
+    });
+    let pooled = net.node("pool", pool, &[padded]);
+    let zeros = Pad {
+        pads: [1, 0, 0, 2],
+        value: 0.5,
+    };
+    let up4 = net.node("pad2", Op::Pad(zeros), &[pooled]);
+    let flat = net.node("flatten", Op::Flatten, &[up4]);
     let y = linear(&mut net, &mut rng, flat, 3, Store::F32, true, A::None);
     let b = net.finish(&[y]);
     for batch in [1, 2] {

@@ -40,7 +40,7 @@ fn allocs() -> usize {
     ALLOCS.with(|c| c.get())
 }
 
-const ACTS: [Activation; 9] = [
+const ACTS: [Activation; 10] = [
     Activation::None,
     Activation::Relu,
     Activation::Relu6,
@@ -53,6 +53,7 @@ const ACTS: [Activation; 9] = [
         alpha: 0.2,
         beta: 0.5,
     },
+    Activation::LeakyRelu { alpha: 0.1 },
 ];
 
 /// SplitMix64.

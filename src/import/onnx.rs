@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use nap_runtime::format::{
     Activation, Add, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Linear, MaxPool2d, Metadata,
-    Op, Reshape, TensorId, Upsample, ValueId,
+    Op, Pad, Reshape, TensorId, Upsample, ValueId,
 };
 use onnx_ir::{ArgType, Argument, Node, OnnxGraph, OnnxGraphBuilder, TensorDataExt};
 
@@ -733,6 +733,12 @@ impl Mapper {
             Node::Relu(_) => self.act(n, Activation::Relu),
             Node::Tanh(_) => self.act(n, Activation::Tanh),
             Node::HardSwish(_) => self.act(n, Activation::HardSwish),
+            Node::LeakyRelu(l) => self.act(
+                n,
+                Activation::LeakyRelu {
+                    alpha: l.config.alpha as f32,
+                },
+            ),
             Node::HardSigmoid(h) => self.act(
                 n,
                 Activation::HardSigmoid {
@@ -835,6 +841,35 @@ impl Mapper {
             Node::Conv2d(c) => self.conv(n, &c.inputs, &c.config),
             Node::ConvTranspose2d(c) => self.conv_transpose(n, &c.inputs, &c.config),
             Node::Resize(r) => self.resize(n, &r.config),
+            Node::Pad(p) => {
+                use onnx_ir::node::pad::{ConstantValueInput, PadInput, PadMode};
+                if p.config.mode != PadMode::Constant {
+                    return Err(format!("Pad in {:?} mode (only constant)", p.config.mode).into());
+                }
+                let value = match &p.config.constant_value {
+                    ConstantValueInput::Static(v) => *v,
+                    ConstantValueInput::Runtime(r) => self
+                        .constant(&p.inputs[r.input_index])
+                        .and_then(|c| c.data.first().copied())
+                        .ok_or("Pad with a computed value is not supported")?,
+                };
+                let PadInput::Static(pads) = &p.config.pads else {
+                    return Err("Pad with computed pads is not supported".into());
+                };
+                let (x, shape) = self.input(n, 0)?;
+                match pads[..] {
+                    [(0, 0), (0, 0), (t, b), (l, r)] if shape.len() == 3 => {
+                        let pads = [t, l, b, r].map(|v| v as u32);
+                        let y = self.emit(n, Op::Pad(Pad { pads, value }), &[x])?;
+                        let s = self.b.value_shape(y).to_vec();
+                        self.set(n, y, s);
+                        Ok(())
+                    }
+                    _ => Err(shape_err(format!(
+                        "Pad by {pads:?} (only the height and width of an [N, C, H, W] value)"
+                    ))),
+                }
+            }
             Node::Linear(l) => {
                 let w = &l.inputs[1];
                 self.linear(n, w, !l.config.transpose_weight, 1.0, l.inputs.get(2), 1.0)
@@ -1039,7 +1074,8 @@ impl Mapper {
                 shape.len() + 1
             )));
         }
-        let padding = symmetric_padding(&c.padding, &c.auto_pad)?;
+        let (padding, uneven) = split_padding(&c.padding, &c.auto_pad)?;
+        let x = self.pad_first(n, x, uneven, 0.0)?;
         let (wid, bias) = self.weight_and_bias(n, inputs)?;
         let op = Op::Conv2d(Conv2d {
             weight: wid,
@@ -1054,6 +1090,27 @@ impl Mapper {
         let oshape = self.b.value_shape(y).to_vec();
         self.set(n, y, oshape);
         Ok(())
+    }
+
+    /// `x` padded by `uneven` (`[top, left, bottom, right]`) with `value`, for a convolution or
+    /// pooling whose own padding is the symmetric part.
+    fn pad_first(
+        &mut self,
+        n: &Node,
+        x: ValueId,
+        uneven: Option<[u32; 4]>,
+        value: f32,
+    ) -> std::result::Result<ValueId, NodeError> {
+        let Some(pads) = uneven else {
+            return Ok(x);
+        };
+        self.b
+            .node(
+                &format!("{}.pad", n.name()),
+                Op::Pad(Pad { pads, value }),
+                &[x],
+            )
+            .map_err(|e| shape_err(format!("{e:#}")))
     }
 
     /// A convolution's weight (input 1) and optional bias (input 2) as model tensors.
@@ -1260,7 +1317,26 @@ impl Mapper {
                 shape.len() + 1
             )));
         }
-        let padding = symmetric_padding(pad, auto_pad)?;
+        let (padding, uneven) = split_padding(pad, auto_pad)?;
+        let (x, shape) =
+            match (uneven, avg_count_pad) {
+                (None, _) => (x, shape),
+                (Some(_), Some(false)) => return Err(
+                    "AveragePool with uneven padding and count_include_pad = 0 is not supported"
+                        .into(),
+                ),
+                (Some(_), avg) => {
+                    // Max pooling never picks a padding cell; an average that counts them adds 0.
+                    let fill = if avg.is_none() {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    };
+                    let x = self.pad_first(n, x, uneven, fill)?;
+                    let shape = self.b.value_shape(x).to_vec();
+                    (x, shape)
+                }
+            };
         let kernel = kernel.map(|k| k as u32);
         let stride = stride.map(|s| s as u32);
         if ceil_mode {
@@ -1434,10 +1510,12 @@ fn per_channel(c: &Const, x: &[u32]) -> Option<Vec<f32>> {
     Some(c.data.clone())
 }
 
-fn symmetric_padding(
+/// The padding `[top, left, bottom, right]` split into its symmetric part (which the op
+/// itself applies) and the rest, `None` where the padding is symmetric.
+fn split_padding(
     p: &onnx_ir::node::padding::PaddingConfig2d,
     auto: &onnx_ir::node::padding::AutoPad,
-) -> std::result::Result<[u32; 2], String> {
+) -> std::result::Result<([u32; 2], Option<[u32; 4]>), String> {
     use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
     match auto {
         AutoPad::NotSet | AutoPad::Valid => {}
@@ -1448,14 +1526,12 @@ fn symmetric_padding(
         }
     }
     match *p {
-        PaddingConfig2d::Valid => Ok([0, 0]),
+        PaddingConfig2d::Valid => Ok(([0, 0], None)),
         PaddingConfig2d::Explicit(top, left, bottom, right) => {
-            if top != bottom || left != right {
-                return Err(format!(
-                    "asymmetric padding (top {top}, left {left}, bottom {bottom}, right {right}) is not supported"
-                ));
-            }
-            Ok([top as u32, left as u32])
+            let [t, l, b, r] = [top, left, bottom, right].map(|v| v as u32);
+            let sym = [t.min(b), l.min(r)];
+            let rest = [t - sym[0], l - sym[1], b - sym[0], r - sym[1]];
+            Ok((sym, (rest != [0; 4]).then_some(rest)))
         }
     }
 }

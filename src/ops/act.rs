@@ -12,7 +12,10 @@ use crate::onnx_out::Writer;
 pub fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
     let clamps = matches!(
         a,
-        Activation::Relu6 | Activation::HardSwish | Activation::HardSigmoid { .. }
+        Activation::Relu6
+            | Activation::HardSwish
+            | Activation::HardSigmoid { .. }
+            | Activation::LeakyRelu { .. }
     );
     if clamps && constant_maps::applies(x) {
         return constant_maps::clamp_act(x, a);
@@ -28,6 +31,9 @@ pub fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
         Activation::HardSwish => (x * ((x + 3.0)?.clamp(0f32, 6f32)? / 6.0)?)?,
         Activation::HardSigmoid { alpha, beta } => {
             x.affine(alpha as f64, beta as f64)?.clamp(0f32, 1f32)?
+        }
+        Activation::LeakyRelu { alpha } => {
+            (x.relu()? - x.neg()?.relu()?.affine(alpha as f64, 0.0)?)?
         }
     })
 }

@@ -21,7 +21,7 @@ pub(crate) fn channel_affine(x: &Tensor, scale: Vec<f64>, shift: Vec<f64>) -> Re
     Ok(x.contiguous()?.apply_op1(ChannelAffine { scale, shift })?)
 }
 
-/// `act(x)` for Relu6, HardSwish and HardSigmoid.
+/// `act(x)` for Relu6, HardSwish, HardSigmoid and LeakyRelu.
 pub(crate) fn clamp_act(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(ClampAct(act))?)
 }
@@ -113,6 +113,14 @@ impl ClampAct {
                     z.clamp(0.0, 1.0),
                     (z > 0.0 && z < 1.0) as u8 as f64 * alpha as f64,
                 )
+            }
+            Activation::LeakyRelu { alpha } => {
+                let a = alpha as f64;
+                if x >= 0.0 {
+                    (x, 1.0)
+                } else {
+                    (a * x, a)
+                }
             }
             other => unreachable!("{other:?} is not a clamping activation"),
         }
@@ -360,6 +368,11 @@ mod tests {
             |x| clamp_act(x, hard_sigmoid).unwrap(),
             |x| x.affine(0.25, 0.5).unwrap().clamp(0f64, 1f64).unwrap(),
             "hardsigmoid",
+        );
+        same(
+            |x| clamp_act(x, Activation::LeakyRelu { alpha: 0.25 }).unwrap(),
+            |x| x.maximum(&x.affine(0.25, 0.0).unwrap()).unwrap(),
+            "leaky relu",
         );
     }
 

@@ -25,6 +25,7 @@ mod conv_transpose2d;
 mod global_avg_pool;
 mod linear;
 mod mul;
+mod pad;
 mod pool;
 mod reshape;
 mod softmax;
@@ -79,6 +80,7 @@ pub fn host(op: &Op) -> &dyn HostOp {
         Op::Mul => &Mul,
         Op::Upsample(o) => o,
         Op::ConvTranspose2d(o) => o,
+        Op::Pad(o) => o,
     }
 }
 

@@ -13,6 +13,13 @@ pub fn act_scalar(act: Activation, x: f32) -> f32 {
         Activation::Silu => x / (1.0 + libm::expf(-x)),
         Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
         Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+        Activation::LeakyRelu { alpha } => {
+            if x >= 0.0 {
+                x
+            } else {
+                alpha * x
+            }
+        }
     }
 }
 

@@ -28,6 +28,7 @@ mod conv_transpose2d;
 mod global_avg_pool;
 mod linear;
 mod mul;
+mod pad;
 mod pool;
 mod reshape;
 mod softmax;
@@ -41,6 +42,7 @@ pub use conv_transpose2d::ConvTranspose2d;
 pub use global_avg_pool::GlobalAvgPool;
 pub use linear::Linear;
 pub use mul::Mul;
+pub use pad::Pad;
 pub use pool::{AvgPool2d, MaxPool2d};
 pub use reshape::{Flatten, Reshape};
 pub use softmax::Softmax;
@@ -98,6 +100,7 @@ impl Op {
             Op::Mul => &Mul,
             Op::Upsample(o) => o,
             Op::ConvTranspose2d(o) => o,
+            Op::Pad(o) => o,
         }
     }
 }

@@ -421,6 +421,13 @@ pub fn act_ref(a: Activation, x: f64) -> f64 {
         Activation::Silu => x / (1.0 + (-x).exp()),
         Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
         Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
+        Activation::LeakyRelu { alpha } => {
+            if x >= 0.0 {
+                x
+            } else {
+                alpha as f64 * x
+            }
+        }
     }
 }
 
@@ -668,6 +675,23 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                     }
                 }
                 (vec![co as u32, oh as u32, ow as u32], y)
+            }
+            Op::Pad(Pad { pads, value }) => {
+                let (c, h, wd) = (x.0[0] as usize, x.0[1] as usize, x.0[2] as usize);
+                let [t, l, b, r] = pads.map(|v| v as usize);
+                let (oh, ow) = (t + h + b, l + wd + r);
+                let y = (0..c * oh * ow)
+                    .map(|i| {
+                        let (ch, oy, ox) = (i / (oh * ow), i / ow % oh, i % ow);
+                        match (oy.checked_sub(t), ox.checked_sub(l)) {
+                            (Some(iy), Some(ix)) if iy < h && ix < wd => {
+                                x.1[(ch * h + iy) * wd + ix]
+                            }
+                            _ => *value as f64,
+                        }
+                    })
+                    .collect();
+                (vec![c as u32, oh as u32, ow as u32], y)
             }
             Op::Mul => {
                 let g = ins[1];
