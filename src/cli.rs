@@ -1505,6 +1505,7 @@ fn prune_cmd(a: &PruneArgs) -> Result<()> {
     let storage = storage(false, a.policy.as_deref())?;
     let device = crate::util::parse_device(&a.device)?;
     let dense = a.source.load(&a.checkpoint)?;
+    train::check_classifier(&dense)?;
     let data_args = |split| DataArgs {
         data: a.data.clone(),
         data_dir: a.data_dir.clone(),

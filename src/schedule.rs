@@ -733,6 +733,7 @@ pub fn run(
     opts: RunOptions<'_>,
 ) -> Result<Outcome> {
     settings.check()?;
+    train::check_classifier(dense)?;
     train::check_data(dense, train_set)?;
     train::check_data(dense, val).context("validation split")?;
     let dir = opts.dir;

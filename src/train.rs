@@ -79,6 +79,20 @@ pub fn check_data(m: &HostModel, data: &Dataset) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `m` is a classifier: its output is one vector of class scores per example, which
+/// cross-entropy, the Fisher of the K-FAC statistics and top-1 accuracy all assume.
+pub fn check_classifier(m: &HostModel) -> Result<()> {
+    let out = m.output_shape();
+    if out.len() != 1 || out[0] < 2 {
+        bail!(
+            "training and pruning need a classifier, whose output is one vector of class scores \
+             per example; this model's output is {out:?} per example (a map or a regression \
+             output: not supported yet)"
+        );
+    }
+    Ok(())
+}
+
 /// Trains all parameters of `m` in place with AdamW on cross-entropy; returns the last epoch's
 /// mean training loss.
 pub fn train(m: &mut HostModel, data: &Dataset, cfg: &TrainConfig) -> Result<f32> {
@@ -294,6 +308,7 @@ pub fn train_with_events(
     events: &[usize],
     hook: &mut PruneHook<'_>,
 ) -> Result<f32> {
+    check_classifier(m)?;
     check_data(m, data)?;
     let classes = m.output_shape().iter().product::<u32>() as usize;
     if let Some(t) = teacher {

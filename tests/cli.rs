@@ -1,5 +1,7 @@
 //! The `nap` binary: the demo, conversions, and clear non-zero exits on bad input.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -991,4 +993,31 @@ fn issue13_user_data_images_and_tensors() {
         &p("x"),
     ]);
     fails_with(&o, "[N, 1, 8, 8]");
+}
+
+/// A model whose output is a map (PP-OCR's text detector) is refused by `prune` before any
+/// work, with the reason, and nothing is written.
+#[test]
+fn issue13_prune_refuses_a_model_that_is_not_a_classifier() {
+    let Some(root) = common::fixtures("issue13_prune_refuses_a_model_that_is_not_a_classifier")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let model = root.join("ppocr/det.onnx");
+    let data = format!("tensors:{}", root.join("onnx/ppocr-det.input.npy").display());
+    let o = nap(&[
+        "prune",
+        model.to_str().unwrap(),
+        "--input-shape",
+        "3,96,128",
+        "--data",
+        &data,
+        "-o",
+        run.to_str().unwrap(),
+    ]);
+    fails_with(&o, "need a classifier");
+    fails_with(&o, "[1, 96, 128]");
+    assert!(!run.exists(), "the run folder was written");
 }
