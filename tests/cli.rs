@@ -1006,7 +1006,10 @@ fn issue13_prune_refuses_a_model_that_is_not_a_classifier() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let model = root.join("ppocr/det.onnx");
-    let data = format!("tensors:{}", root.join("onnx/ppocr-det.input.npy").display());
+    let data = format!(
+        "tensors:{}",
+        root.join("onnx/ppocr-det.input.npy").display()
+    );
     let o = nap(&[
         "prune",
         model.to_str().unwrap(),
