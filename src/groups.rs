@@ -97,7 +97,8 @@ pub struct Groups {
     pub slot_group: Vec<Vec<Option<usize>>>,
 }
 
-fn find(parent: &mut [usize], mut x: usize) -> usize {
+/// The root of `x`'s class in the union-find forest `parent` (halving the path on the way).
+pub(crate) fn find(parent: &mut [usize], mut x: usize) -> usize {
     while parent[x] != x {
         parent[x] = parent[parent[x]];
         x = parent[x];

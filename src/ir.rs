@@ -84,19 +84,20 @@ impl HostModel {
     /// Recomputes every value's shape from the inputs and the tensors (after tensors changed
     /// shape), and validates the graph.
     pub fn reinfer_shapes(&mut self) -> Result<()> {
-        for i in 0..self.graph.nodes.len() {
-            let node = &self.graph.nodes[i];
-            let ins: Vec<&[u32]> = node
+        let g = &mut self.graph;
+        for i in 0..g.nodes.len() {
+            let ins: Vec<&[u32]> = g.nodes[i]
                 .inputs
                 .iter()
-                .map(|&v| self.graph.values[v as usize].shape.as_slice())
+                .map(|&v| g.values[v as usize].shape.as_slice())
                 .collect();
-            if let Some(op) = host(&node.op).refit(&ins) {
-                self.graph.nodes[i].op = op;
+            if let Some(op) = host(&g.nodes[i].op).refit(&ins) {
+                g.nodes[i].op = op;
             }
-            let node = &self.graph.nodes[i];
-            let shape = infer_output(&self.tensors, &self.graph.values, node)?;
-            self.graph.values[node.output as usize].shape = shape;
+            let shape = graph::infer(&Shapes(&self.tensors), &g.nodes[i], &ins)
+                .map_err(|e| anyhow!("{e}"))?;
+            let out = g.nodes[i].output as usize;
+            g.values[out].shape = shape;
         }
         self.validate()
     }

@@ -678,6 +678,11 @@ impl Mapper {
         Ok(())
     }
 
+    /// Records `k` as the value of `n`'s (first) output: computed from constants only.
+    fn set_const(&mut self, n: &Node, k: Const) {
+        self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+    }
+
     fn emit(
         &mut self,
         n: &Node,
@@ -761,7 +766,7 @@ impl Mapper {
                     shape: vec![data.len()],
                     data,
                 };
-                self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                self.set_const(n, k);
                 Ok(())
             }
             Node::Slice(sl) => {
@@ -791,7 +796,7 @@ impl Mapper {
                     shape: vec![data.len()],
                     data,
                 };
-                self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                self.set_const(n, k);
                 Ok(())
             }
             Node::Cast(c) => {
@@ -803,7 +808,7 @@ impl Mapper {
                         k.data.iter().map(|v| v.trunc()).collect()
                     };
                     let k = Const { data, ..k };
-                    self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                    self.set_const(n, k);
                     return Ok(());
                 }
                 if !to.is_float() {
@@ -1008,7 +1013,7 @@ impl Mapper {
                         shape: vec![data.len()],
                         data,
                     };
-                    self.vals.insert(n.outputs()[0].name.clone(), Val::Const(k));
+                    self.set_const(n, k);
                     return Ok(());
                 }
                 if c.config.axis != 1 {
@@ -1395,9 +1400,7 @@ impl Mapper {
                 let (b, sb) = self.input(n, 1)?;
                 if kind == Binary::Mul {
                     // The map first, the per-channel gate second.
-                    let gate_of = |x: &[u32], g: &[u32]| {
-                        x != g && g.first() == x.first() && g[1..].iter().all(|&d| d == 1)
-                    };
+                    let gate_of = nap_runtime::ops::Mul::is_gate;
                     let (a, b, shape) = if sa == sb || gate_of(&sa, &sb) {
                         (a, b, sa)
                     } else if gate_of(&sb, &sa) {

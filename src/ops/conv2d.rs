@@ -9,8 +9,8 @@ use nap_runtime::kernels::act_scalar;
 use super::constant_maps;
 use super::linear::{produce_and_consume, removed_rows_constant};
 use super::{
-    activation, add_channel_bias, onnx_pads, onnx_pair, pad2d, probed, square, Constants, Coupling,
-    HostOp, OnnxNode,
+    activation, add_channel_bias, onnx_pair, pad2d, probed, square, window_attrs, Constants,
+    Coupling, HostOp, OnnxNode,
 };
 use crate::groups::Member;
 use crate::ir::{HostModel, HostTensor};
@@ -93,23 +93,13 @@ impl HostOp for Conv2d {
     }
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
-        let ks = w.tensor_shape(self.weight).to_vec();
+        let ks = w.tensor_shape(self.weight);
+        let mut attrs = window_attrs([ks[2], ks[3]], self.stride, self.padding);
+        attrs.push(("dilations", Attr::Ints(onnx_pair(self.dilation))));
+        attrs.push(("group", Attr::Int(self.groups as i64)));
         let inputs = w.weighted_inputs(n.inputs[0], self.weight, self.bias);
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        w.with_act(
-            self.act,
-            "Conv",
-            n.name,
-            &inputs,
-            n.output,
-            &[
-                ("kernel_shape", Attr::Ints(vec![ks[2] as i64, ks[3] as i64])),
-                ("strides", Attr::Ints(onnx_pair(self.stride))),
-                ("dilations", Attr::Ints(onnx_pair(self.dilation))),
-                ("pads", Attr::Ints(onnx_pads(self.padding))),
-                ("group", Attr::Int(self.groups as i64)),
-            ],
-        );
+        w.with_act(self.act, "Conv", n.name, &inputs, n.output, &attrs);
     }
 }
 
@@ -126,27 +116,28 @@ fn depthwise(
     dilation: [u32; 2],
 ) -> Result<Tensor> {
     let (c, _, kh, kw) = w.dims4()?;
+    let (h, wd) = (x.dim(2)?, x.dim(3)?);
+    let [s0, s1, p0, p1, d0, d1] = [stride, padding, dilation]
+        .concat()
+        .try_into()
+        .map(|a: [u32; 6]| a.map(|v| v as usize))
+        .expect("three pairs");
+    let span = |k: usize, d: usize| d * (k - 1) + 1;
+    ensure!(
+        h + 2 * p0 >= span(kh, d0) && wd + 2 * p1 >= span(kw, d1),
+        "the depthwise window does not fit the input"
+    );
+    let (oh, ow) = (
+        (h + 2 * p0 - span(kh, d0)) / s0 + 1,
+        (wd + 2 * p1 - span(kw, d1)) / s1 + 1,
+    );
     if constant_maps::applies(x) && !w.track_op() {
-        let (h, wd) = (x.dim(2)?, x.dim(3)?);
-        let [s0, s1, p0, p1, d0, d1] = [stride, padding, dilation]
-            .concat()
-            .try_into()
-            .map(|a: [u32; 6]| a.map(|v| v as usize))
-            .expect("three pairs");
-        let span = |k: usize, d: usize| d * (k - 1) + 1;
-        ensure!(
-            h + 2 * p0 >= span(kh, d0) && wd + 2 * p1 >= span(kw, d1),
-            "the depthwise window does not fit the input"
-        );
         let geom = constant_maps::DepthwiseGeom {
             kernel: [kh, kw],
             stride: [s0, s1],
             pad: [p0, p1],
             dilation: [d0, d1],
-            out: [
-                (h + 2 * p0 - span(kh, d0)) / s0 + 1,
-                (wd + 2 * p1 - span(kw, d1)) / s1 + 1,
-            ],
+            out: [oh, ow],
         };
         let w = w
             .to_dtype(candle_core::DType::F64)?
@@ -155,14 +146,6 @@ fn depthwise(
         return constant_maps::depthwise(x, w, geom);
     }
     let xp = pad2d(x, padding, 0.0)?;
-    let (hp, wp) = (xp.dim(2)?, xp.dim(3)?);
-    let [s0, s1, d0, d1] = [stride[0], stride[1], dilation[0], dilation[1]].map(|v| v as usize);
-    let span = |k: usize, d: usize| d * (k - 1) + 1;
-    ensure!(
-        hp >= span(kh, d0) && wp >= span(kw, d1),
-        "the depthwise window does not fit the input"
-    );
-    let (oh, ow) = ((hp - span(kh, d0)) / s0 + 1, (wp - span(kw, d1)) / s1 + 1);
     // The input rows (columns) that tap `i` reads, one per output row (column).
     let window = |t: &Tensor, dim: usize, first: usize, step: usize, n: usize| -> Result<Tensor> {
         Ok(if step == 1 {

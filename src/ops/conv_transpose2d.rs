@@ -5,7 +5,7 @@ use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use nap_runtime::format::ConvTranspose2d;
 
-use super::{add_channel_bias, onnx_pads, onnx_pair, square, HostOp, OnnxNode};
+use super::{add_channel_bias, onnx_pair, square, window_attrs, HostOp, OnnxNode};
 use crate::onnx_out::{Attr, Writer};
 
 impl HostOp for ConvTranspose2d {
@@ -28,22 +28,13 @@ impl HostOp for ConvTranspose2d {
     }
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
-        let ks = w.tensor_shape(self.weight).to_vec();
+        let ks = w.tensor_shape(self.weight);
+        let mut attrs = window_attrs([ks[2], ks[3]], self.stride, self.padding);
+        attrs.push(("dilations", Attr::Ints(onnx_pair(self.dilation))));
+        attrs.push(("output_padding", Attr::Ints(onnx_pair(self.output_padding))));
+        attrs.push(("group", Attr::Int(1)));
         let inputs = w.weighted_inputs(n.inputs[0], self.weight, self.bias);
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        w.node(
-            "ConvTranspose",
-            n.name,
-            &inputs,
-            n.output,
-            &[
-                ("kernel_shape", Attr::Ints(vec![ks[2] as i64, ks[3] as i64])),
-                ("strides", Attr::Ints(onnx_pair(self.stride))),
-                ("dilations", Attr::Ints(onnx_pair(self.dilation))),
-                ("pads", Attr::Ints(onnx_pads(self.padding))),
-                ("output_padding", Attr::Ints(onnx_pair(self.output_padding))),
-                ("group", Attr::Int(1)),
-            ],
-        );
+        w.node("ConvTranspose", n.name, &inputs, n.output, &attrs);
     }
 }

@@ -11,9 +11,9 @@ use nap_runtime::format::{
     Concat, Flatten, GlobalAvgPool, Mul, Node, Op, Softmax, TensorId, ValueId,
 };
 
-use crate::groups::Member;
+use crate::groups::{find, Member};
 use crate::ir::{HostModel, HostTensor};
-use crate::onnx_out::Writer;
+use crate::onnx_out::{Attr, Writer};
 
 mod act;
 mod add;
@@ -127,18 +127,10 @@ impl Coupling<'_> {
         self.offset[v as usize] + c
     }
 
-    fn find(&mut self, mut x: usize) -> usize {
-        while self.parent[x] != x {
-            self.parent[x] = self.parent[self.parent[x]];
-            x = self.parent[x];
-        }
-        x
-    }
-
     /// Channel `ca` of `a` and channel `cb` of `b` are one channel.
     pub fn tie(&mut self, a: ValueId, ca: usize, b: ValueId, cb: usize) {
         let (ra, rb) = (self.slot(a, ca), self.slot(b, cb));
-        let (ra, rb) = (self.find(ra), self.find(rb));
+        let (ra, rb) = (find(self.parent, ra), find(self.parent, rb));
         if ra != rb {
             let (lo, hi) = (ra.min(rb), ra.max(rb));
             self.parent[hi] = lo;
@@ -212,15 +204,30 @@ pub struct OnnxNode<'a> {
 
 /// Pads the two last dimensions of `x` by `p` on each side with `value`.
 pub(crate) fn pad2d(x: &Tensor, p: [u32; 2], value: f32) -> Result<Tensor> {
+    pad_sides(x, [p[0], p[1], p[0], p[1]], value)
+}
+
+/// Pads the two last dimensions of `x` by `[top, left, bottom, right]` with `value`.
+pub(crate) fn pad_sides(x: &Tensor, pads: [u32; 4], value: f32) -> Result<Tensor> {
     let mut x = x.clone();
-    for (dim, &pad) in [(2usize, &p[0]), (3, &p[1])] {
-        if pad == 0 {
-            continue;
+    let [t, l, b, r] = pads.map(|v| v as usize);
+    for (dim, before, after) in [(2usize, t, b), (3, l, r)] {
+        let side = |n: usize| -> Result<Tensor> {
+            let mut shape = x.dims().to_vec();
+            shape[dim] = n;
+            Ok(Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())?)
+        };
+        let mut parts = Vec::with_capacity(3);
+        if before > 0 {
+            parts.push(side(before)?);
         }
-        let mut shape = x.dims().to_vec();
-        shape[dim] = pad as usize;
-        let side = Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())?;
-        x = Tensor::cat(&[&side, &x, &side], dim)?;
+        parts.push(x.clone());
+        if after > 0 {
+            parts.push(side(after)?);
+        }
+        if parts.len() > 1 {
+            x = Tensor::cat(&parts, dim)?;
+        }
     }
     Ok(x)
 }
@@ -250,6 +257,19 @@ pub(crate) fn probed(y: Tensor, probe: Option<&Tensor>) -> Result<Tensor> {
         Some(p) => (y + p)?,
         None => y,
     })
+}
+
+/// The ONNX attributes of a sliding window (convolution or pooling) with symmetric padding.
+pub(crate) fn window_attrs(
+    kernel: [u32; 2],
+    stride: [u32; 2],
+    padding: [u32; 2],
+) -> Vec<(&'static str, Attr)> {
+    vec![
+        ("kernel_shape", Attr::Ints(onnx_pair(kernel))),
+        ("strides", Attr::Ints(onnx_pair(stride))),
+        ("pads", Attr::Ints(onnx_pads(padding))),
+    ]
 }
 
 /// An ONNX `pads` attribute for symmetric padding.

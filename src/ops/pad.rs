@@ -5,34 +5,12 @@ use anyhow::Result;
 use candle_core::Tensor;
 use nap_runtime::format::Pad;
 
-use super::{Constants, Coupling, HostOp, OnnxNode};
+use super::{pad_sides, Constants, Coupling, HostOp, OnnxNode};
 use crate::onnx_out::Writer;
 
 impl HostOp for Pad {
     fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
-        let mut x = ins[0].clone();
-        let [t, l, b, r] = self.pads.map(|v| v as usize);
-        for (dim, before, after) in [(2usize, t, b), (3, l, r)] {
-            let mut parts = Vec::with_capacity(3);
-            for n in [before, after] {
-                let mut shape = x.dims().to_vec();
-                shape[dim] = n;
-                parts.push((n > 0).then(|| Tensor::full(self.value, shape, x.device())));
-            }
-            let (lo, hi) = (parts.remove(0), parts.remove(0));
-            let mut all = Vec::new();
-            if let Some(lo) = lo {
-                all.push(lo?.to_dtype(x.dtype())?);
-            }
-            all.push(x.clone());
-            if let Some(hi) = hi {
-                all.push(hi?.to_dtype(x.dtype())?);
-            }
-            if all.len() > 1 {
-                x = Tensor::cat(&all, dim)?;
-            }
-        }
-        Ok(x)
+        pad_sides(ins[0], self.pads, self.value)
     }
 
     fn couple(&self, cx: &mut Coupling<'_>) {

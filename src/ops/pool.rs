@@ -5,21 +5,8 @@ use anyhow::Result;
 use candle_core::Tensor;
 use nap_runtime::format::{AvgPool2d, MaxPool2d};
 
-use super::{onnx_pads, onnx_pair, pad2d, Constants, Coupling, HostOp, OnnxNode};
+use super::{pad2d, window_attrs, Constants, Coupling, HostOp, OnnxNode};
 use crate::onnx_out::{Attr, Writer};
-
-/// A pooling window's ONNX attributes.
-fn window_attrs(
-    kernel: [u32; 2],
-    stride: [u32; 2],
-    padding: [u32; 2],
-) -> Vec<(&'static str, Attr)> {
-    vec![
-        ("kernel_shape", Attr::Ints(onnx_pair(kernel))),
-        ("strides", Attr::Ints(onnx_pair(stride))),
-        ("pads", Attr::Ints(onnx_pads(padding))),
-    ]
-}
 
 fn pair(p: [u32; 2]) -> (usize, usize) {
     (p[0] as usize, p[1] as usize)

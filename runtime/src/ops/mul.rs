@@ -15,15 +15,17 @@ use crate::model::Model;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mul;
 
-/// Whether `b` holds one factor per channel of `a` (and not `a`'s own shape).
-fn per_channel(a: &[u32], b: &[u32]) -> bool {
-    a != b && !a.is_empty() && b.first() == a.first() && b[1..].iter().all(|&d| d == 1)
+impl Mul {
+    /// Whether `b` holds one factor per channel of `a` (and not `a`'s own shape).
+    pub fn is_gate(a: &[u32], b: &[u32]) -> bool {
+        a != b && !a.is_empty() && b.first() == a.first() && b[1..].iter().all(|&d| d == 1)
+    }
 }
 
 impl OpDef for Mul {
     fn infer(&self, cx: &InferCx<'_>, ins: &[&[u32]]) -> Result<Vec<u32>> {
         cx.arity(ins, 2)?;
-        if ins[0] != ins[1] && !per_channel(ins[0], ins[1]) {
+        if ins[0] != ins[1] && !Mul::is_gate(ins[0], ins[1]) {
             return Err(cx.bad(format!(
                 "multiplies {:?} by {:?}: the second factor must have the first's shape or one \
                  value per channel",
@@ -45,7 +47,7 @@ impl OpDef for Mul {
     fn plan(&self, cx: &mut PlanCx<'_, '_>) -> Result<Box<dyn Kernel>> {
         let (a, b) = (cx.ins[0], cx.ins[1]);
         Ok(Box::new(MulKernel {
-            channels: per_channel(a, b).then(|| a[0] as usize),
+            channels: Mul::is_gate(a, b).then(|| a[0] as usize),
         }))
     }
 }
