@@ -336,6 +336,20 @@ def build_m1(state, dynamic_hw=False):
     return g.model("mnist-cnn", "input", ["N", 1] + hw, "logits", ["N", 10], M1_OPSET)
 
 
+def build_unsupported():
+    """A small CNN with two op types nap has no mapping for (Celu, Hardmax), each after a
+    supported Conv, so that both are found and named."""
+    g = GraphBuilder()
+    rng = np.random.default_rng(REFERENCE_SEED)
+    w1 = g.constant("c1.weight", rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    w2 = g.constant("c2.weight", rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
+    x = g.node("Conv", ["input", w1], "c1", **conv_attrs(3, 1))
+    x = g.node("Celu", [x], "celu")
+    x = g.node("Conv", [x, w2], "c2", **conv_attrs(3, 1))
+    x = g.node("Hardmax", [x], "hardmax", axis=1)
+    return g.model("unsupported", "input", [1, 3, 8, 8], x, [1, 5, 8, 8], 13)
+
+
 def write_external_variants(out_dir, m1):
     """m1-external.onnx with its weights in m1-external.onnx.data, and m1-external-missing.onnx
     whose weights point at a file that does not exist. Returns the first model."""
@@ -823,6 +837,10 @@ def main():
          "data); same outputs as m1.onnx")
     note("m1-external-missing.onnx", "m1-external.onnx pointing at a data file that does not "
          "exist (an error case)")
+
+    write_model(out_dir, "unsupported", build_unsupported())
+    note("unsupported.onnx", "a small CNN with a Celu and a Hardmax node (ops nap does not "
+         "import: an error case)")
 
     m2_state = read_state_dict(os.path.join(fixtures, "m2.pth"))
     m2, x2, y2 = write_model(out_dir, "m2", MobileNetV2Writer(m2_state, fold_bn=True).build())

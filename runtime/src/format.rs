@@ -46,8 +46,8 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::{
-    Add, AvgPool2d, BatchNorm, Concat, Conv2d, ConvTranspose2d, Flatten, GlobalAvgPool, Linear,
-    MaxPool2d, Mul, Pad, Reshape, Softmax, Upsample,
+    Add, AvgPool2d, AvgPool2dUneven, BatchNorm, Concat, Conv2d, ConvTranspose2d, Flatten,
+    GlobalAvgPool, Linear, Lrn, MaxPool2d, Mul, Pad, Reshape, Softmax, Transpose, Upsample,
 };
 
 /// First eight bytes of every `.nap` file (PNG-style: catches text-mode transfers).
@@ -200,6 +200,9 @@ pub enum Op {
     Upsample(Upsample),
     ConvTranspose2d(ConvTranspose2d),
     Pad(Pad),
+    Transpose(Transpose),
+    Lrn(Lrn),
+    AvgPool2dUneven(AvgPool2dUneven),
 }
 
 impl Op {

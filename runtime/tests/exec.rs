@@ -1136,6 +1136,111 @@ fn issue13_conv_transpose_upsample_and_pad_match_reference() {
     }
 }
 
+/// A channel shuffle (Reshape, Transpose, Reshape), a head split's transpose of three axes,
+/// LRN, and an average pool with uneven padding that counts only the map's cells.
+#[test]
+fn issue13_transpose_lrn_and_uneven_average_pool_match_reference() {
+    let mut rng = Rng::new(37);
+    let mut net = Net::new();
+    let x = net.input(&[6, 5, 7]);
+    let split = net.node(
+        "split",
+        Op::Reshape(Reshape {
+            shape: vec![2, 3, 5, 7],
+        }),
+        &[x],
+    );
+    let shuffled = net.node(
+        "shuffle",
+        Op::Transpose(Transpose {
+            perm: vec![1, 0, 2, 3],
+        }),
+        &[split],
+    );
+    let merged = net.node(
+        "merge",
+        Op::Reshape(Reshape {
+            shape: vec![6, 5, 7],
+        }),
+        &[shuffled],
+    );
+    let lrn = Lrn {
+        size: 4,
+        alpha: 0.3,
+        beta: 0.75,
+        bias: 1.5,
+    };
+    let normed = net.node("lrn", Op::Lrn(lrn), &[merged]);
+    let pool = AvgPool2dUneven {
+        kernel: [3, 4],
+        stride: [2, 1],
+        pads: [0, 2, 2, 1],
+    };
+    let pooled = net.node("pool", Op::AvgPool2dUneven(pool), &[normed]);
+    let rotated = net.node(
+        "rotate",
+        Op::Transpose(Transpose {
+            perm: vec![2, 0, 1],
+        }),
+        &[pooled],
+    );
+    let flat = net.node("flatten", Op::Flatten, &[rotated]);
+    let y = linear(
+        &mut net,
+        &mut rng,
+        flat,
+        3,
+        Store::F32,
+        true,
+        Activation::None,
+    );
+    let b = net.finish(&[y]);
+    for batch in [1, 3] {
+        check(&b, batch, "transpose, LRN and uneven average pool");
+    }
+}
+
+#[test]
+fn issue13_new_ops_reject_bad_attributes() {
+    let cases: [(Op, &str); 4] = [
+        (
+            Op::Transpose(Transpose {
+                perm: vec![0, 0, 1],
+            }),
+            "not a permutation",
+        ),
+        (Op::Transpose(Transpose { perm: vec![1, 0] }), "rank-3"),
+        (
+            Op::Lrn(Lrn {
+                size: 0,
+                alpha: 1.0,
+                beta: 1.0,
+                bias: 1.0,
+            }),
+            "0 channels",
+        ),
+        (
+            Op::AvgPool2dUneven(AvgPool2dUneven {
+                kernel: [2, 2],
+                stride: [1, 1],
+                pads: [0, 0, 2, 0],
+            }),
+            "as large as the pooling window",
+        ),
+    ];
+    let b = Net::new().finish(&[]);
+    for (op, want) in cases {
+        let node = Node {
+            name: "bad".to_string(),
+            op,
+            inputs: vec![0],
+            output: 1,
+        };
+        let e = nap_runtime::graph::infer(&b.header, &node, &[&[2, 4, 4]]).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}
+
 #[test]
 fn input_length_is_checked() {
     let b = mixed_graph();

@@ -115,6 +115,18 @@ fn real_model_onnx_densenet121() {
     check("densenet121", 1e-5);
 }
 
+/// LRN and an average pool with uneven padding.
+#[test]
+fn real_model_onnx_inception_v1() {
+    check("inception_v1", 1e-5);
+}
+
+/// Grouped 1×1 convolutions and channel shuffles (Reshape, Transpose, Reshape).
+#[test]
+fn real_model_onnx_shufflenet() {
+    check("shufflenet", 1e-5);
+}
+
 #[test]
 fn real_model_onnx_m2() {
     check("m2", 1e-5);

@@ -14,8 +14,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nap_runtime::format::{
-    Activation, Add, AvgPool2d, BatchNorm, Conv2d, ConvTranspose2d, Linear, MaxPool2d, Metadata,
-    Op, Pad, Reshape, TensorId, Upsample, ValueId,
+    Activation, Add, AvgPool2d, AvgPool2dUneven, BatchNorm, Conv2d, ConvTranspose2d, Linear, Lrn,
+    MaxPool2d, Metadata, Op, Pad, Reshape, TensorId, Transpose, Upsample, ValueId,
 };
 use onnx_ir::{ArgType, Argument, Node, OnnxGraph, OnnxGraphBuilder, TensorDataExt};
 
@@ -89,7 +89,7 @@ pub struct OpCount {
 
 /// The graph's ops as `onnx-ir` parsed them, with the ones the importer rejects marked.
 pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Option<HostModel>)> {
-    let g = parse(path, opts)?;
+    let (g, quirks) = parse(path, opts)?;
     let mut counts: Vec<OpCount> = Vec::new();
     for n in &g.nodes {
         let op = op_name(n);
@@ -103,7 +103,7 @@ pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Op
             }),
         }
     }
-    let model = match map_graph(&g, path, opts) {
+    let model = match map_graph(&g, &quirks, path, opts) {
         Ok(m) => Some(m),
         Err(e) => match e.downcast::<Unsupported>() {
             Ok(u) => {
@@ -134,11 +134,55 @@ pub fn inspect_onnx(path: &Path, opts: &OnnxOptions) -> Result<(Vec<OpCount>, Op
 
 /// Reads an ONNX file into a [`HostModel`] (unfused: BatchNorm and activations stay nodes).
 pub fn read_onnx(path: &Path, opts: &OnnxOptions) -> Result<HostModel> {
-    let g = parse(path, opts)?;
-    map_graph(&g, path, opts)
+    let (g, quirks) = parse(path, opts)?;
+    map_graph(&g, &quirks, path, opts)
 }
 
-fn parse(path: &Path, opts: &OnnxOptions) -> Result<OnnxGraph> {
+/// What onnx-ir reads differently from the ONNX specification, found in the protobuf.
+#[derive(Default)]
+struct Quirks {
+    /// For each BatchNormalization node, in file order: whether it has no `epsilon` attribute.
+    /// The specification's default is 1e-5; onnx-ir takes 0. (onnx-ir renames nodes and values,
+    /// so they are matched by order.)
+    bn_default_epsilon: Vec<bool>,
+}
+
+/// The specification's default BatchNormalization epsilon.
+const BN_DEFAULT_EPSILON: f32 = 1e-5;
+
+fn quirks(model: &[u8]) -> Quirks {
+    use crate::pb::fields;
+    let mut q = Quirks::default();
+    let nodes = || -> Option<Vec<Vec<crate::pb::Field<'_>>>> {
+        let graph = fields(model)?
+            .into_iter()
+            .find(|f| f.num == 7 && f.wire == 2)?;
+        fields(graph.payload)?
+            .into_iter()
+            .filter(|f| f.num == 1 && f.wire == 2)
+            .map(|n| fields(n.payload))
+            .collect()
+    };
+    for n in nodes().unwrap_or_default() {
+        let is = |num: u32, want: &[u8]| {
+            n.iter()
+                .any(|f| f.num == num && f.wire == 2 && f.payload == want)
+        };
+        if !is(4, b"BatchNormalization") {
+            continue;
+        }
+        let has_eps = n.iter().filter(|f| f.num == 5 && f.wire == 2).any(|a| {
+            fields(a.payload).is_some_and(|af| {
+                af.iter()
+                    .any(|f| f.num == 1 && f.wire == 2 && f.payload == b"epsilon")
+            })
+        });
+        q.bn_default_epsilon.push(!has_eps);
+    }
+    q
+}
+
+fn parse(path: &Path, opts: &OnnxOptions) -> Result<(OnnxGraph, Quirks)> {
     if !path.is_file() {
         bail!("{}: no such file", path.display());
     }
@@ -171,6 +215,7 @@ fn parse(path: &Path, opts: &OnnxOptions) -> Result<OnnxGraph> {
         }
         None => None,
     };
+    let quirks = quirks(&bytes);
     drop(bytes);
     // onnx-ir panics on some malformed protobufs instead of returning an error.
     let p = path.to_path_buf();
@@ -179,7 +224,7 @@ fn parse(path: &Path, opts: &OnnxOptions) -> Result<OnnxGraph> {
         None => OnnxGraphBuilder::new().parse_file(&p),
     });
     match parsed {
-        Ok(Ok(g)) => Ok(g),
+        Ok(Ok(g)) => Ok((g, quirks)),
         Ok(Err(e)) => Err(anyhow!(
             "{}: not a readable ONNX model: {e}",
             path.display()
@@ -354,8 +399,12 @@ struct Const {
     data: Vec<f32>,
 }
 
-struct Mapper {
+struct Mapper<'q> {
     b: GraphBuilder,
+    quirks: &'q Quirks,
+    /// BatchNormalization nodes in onnx-ir's graph, and how many were mapped so far.
+    bn_total: usize,
+    bn_seen: usize,
     vals: HashMap<String, Val>,
     /// `Sigmoid` outputs and their inputs, to recognise `x * sigmoid(x)` as SiLU.
     sigmoid_of: HashMap<String, String>,
@@ -397,7 +446,7 @@ fn shape_err(reason: impl Into<String>) -> NodeError {
     }
 }
 
-fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel> {
+fn map_graph(g: &OnnxGraph, quirks: &Quirks, path: &Path, opts: &OnnxOptions) -> Result<HostModel> {
     let file = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
@@ -416,6 +465,13 @@ fn map_graph(g: &OnnxGraph, path: &Path, opts: &OnnxOptions) -> Result<HostModel
         b: GraphBuilder::new(),
         vals: HashMap::new(),
         sigmoid_of: HashMap::new(),
+        quirks,
+        bn_total: g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n, Node::BatchNormalization(_)))
+            .count(),
+        bn_seen: 0,
     };
     let id = m.b.input(&input.name, &shape);
     m.vals.insert(input.name.clone(), Val::Rt { id, shape });
@@ -620,13 +676,32 @@ fn static_value(a: &Argument) -> Option<Const> {
     Some(Const { shape, data })
 }
 
-impl Mapper {
+impl Mapper<'_> {
     /// The value of `a` if it is a constant: onnx-ir's, or one computed here.
     fn constant(&self, a: &Argument) -> Option<Const> {
         static_value(a).or_else(|| match self.vals.get(&a.name) {
             Some(Val::Const(c)) => Some(c.clone()),
             _ => None,
         })
+    }
+
+    /// The epsilon of the next BatchNormalization node, as onnx-ir read it (`read`), with the
+    /// specification's default where the file gives none.
+    fn bn_epsilon(&mut self, read: f32) -> std::result::Result<f32, NodeError> {
+        let lacks = &self.quirks.bn_default_epsilon;
+        let i = self.bn_seen;
+        self.bn_seen += 1;
+        let default = if self.bn_total == lacks.len() {
+            lacks[i]
+        } else if lacks.iter().all(|&l| l == lacks[0]) {
+            lacks.first().copied().unwrap_or(false)
+        } else {
+            return Err(
+                "cannot tell whether this BatchNormalization has an epsilon attribute (onnx-ir merged some); give every one an explicit epsilon"
+                    .into(),
+            );
+        };
+        Ok(if default { BN_DEFAULT_EPSILON } else { read })
     }
 
     fn rt(&self, a: &Argument) -> std::result::Result<(ValueId, Vec<u32>), String> {
@@ -875,6 +950,38 @@ impl Mapper {
                     ))),
                 }
             }
+            Node::Transpose(t) => {
+                let (x, shape) = self.input(n, 0)?;
+                let perm = &t.config.perm;
+                if perm.len() != shape.len() + 1 || perm[0] != 0 {
+                    return Err(shape_err(format!(
+                        "Transpose by {perm:?} of a rank-{} value (only permutations that keep the batch axis first)",
+                        shape.len() + 1
+                    )));
+                }
+                let perm = perm[1..]
+                    .iter()
+                    .map(|&p| u32::try_from(p - 1).map_err(|_| format!("perm {perm:?}")))
+                    .collect::<std::result::Result<Vec<u32>, _>>()?;
+                let y = self.emit(n, Op::Transpose(Transpose { perm }), &[x])?;
+                let s = self.b.value_shape(y).to_vec();
+                self.set(n, y, s);
+                Ok(())
+            }
+            Node::Lrn(l) => {
+                let c = &l.config;
+                let size = u32::try_from(c.size).map_err(|_| format!("LRN of size {}", c.size))?;
+                let (x, shape) = self.input(n, 0)?;
+                let op = Op::Lrn(Lrn {
+                    size,
+                    alpha: c.alpha,
+                    beta: c.beta,
+                    bias: c.bias,
+                });
+                let y = self.emit(n, op, &[x])?;
+                self.set(n, y, shape);
+                Ok(())
+            }
             Node::Linear(l) => {
                 let w = &l.inputs[1];
                 self.linear(n, w, !l.config.transpose_weight, 1.0, l.inputs.get(2), 1.0)
@@ -913,7 +1020,7 @@ impl Mapper {
                     beta: ids[1],
                     mean: ids[2],
                     var: ids[3],
-                    eps: cfg.epsilon as f32,
+                    eps: self.bn_epsilon(cfg.epsilon as f32)?,
                 });
                 let y = self.emit(n, op, &[x])?;
                 self.set(n, y, shape);
@@ -1323,11 +1430,29 @@ impl Mapper {
             )));
         }
         let (padding, uneven) = split_padding(pad, auto_pad)?;
+        let kernel = kernel.map(|k| k as u32);
+        let stride = stride.map(|s| s as u32);
+        if let (Some(_), Some(false), false) = (uneven, avg_count_pad, ceil_mode) {
+            // A Pad would be counted in the mean: the op takes the uneven padding itself.
+            let onnx_ir::node::padding::PaddingConfig2d::Explicit(t, l, b, r) = *pad else {
+                unreachable!("uneven padding is explicit")
+            };
+            let pads = [t, l, b, r].map(|v| v as u32);
+            let op = Op::AvgPool2dUneven(AvgPool2dUneven {
+                kernel,
+                stride,
+                pads,
+            });
+            let y = self.emit(n, op, &[x])?;
+            let s = self.b.value_shape(y).to_vec();
+            self.set(n, y, s);
+            return Ok(());
+        }
         let (x, shape) =
             match (uneven, avg_count_pad) {
                 (None, _) => (x, shape),
                 (Some(_), Some(false)) => return Err(
-                    "AveragePool with uneven padding and count_include_pad = 0 is not supported"
+                    "AveragePool with uneven padding, count_include_pad = 0 and ceil_mode = 1 is not supported"
                         .into(),
                 ),
                 (Some(_), avg) => {
@@ -1342,8 +1467,6 @@ impl Mapper {
                     (x, shape)
                 }
             };
-        let kernel = kernel.map(|k| k as u32);
-        let stride = stride.map(|s| s as u32);
         if ceil_mode {
             for a in 0..2 {
                 let span = shape[1 + a] + 2 * padding[a];

@@ -24,11 +24,13 @@ mod conv2d;
 mod conv_transpose2d;
 mod global_avg_pool;
 mod linear;
+mod lrn;
 mod mul;
 mod pad;
 mod pool;
 mod reshape;
 mod softmax;
+mod transpose;
 mod upsample;
 
 pub use act::activation;
@@ -81,6 +83,9 @@ pub fn host(op: &Op) -> &dyn HostOp {
         Op::Upsample(o) => o,
         Op::ConvTranspose2d(o) => o,
         Op::Pad(o) => o,
+        Op::Transpose(o) => o,
+        Op::Lrn(o) => o,
+        Op::AvgPool2dUneven(o) => o,
     }
 }
 

@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use nap_runtime::format::{AvgPool2d, MaxPool2d};
+use nap_runtime::format::{AvgPool2d, AvgPool2dUneven, MaxPool2d};
 
-use super::{pad2d, window_attrs, Constants, Coupling, HostOp, OnnxNode};
+use super::{onnx_pair, pad2d, pad_sides, window_attrs, Constants, Coupling, HostOp, OnnxNode};
 use crate::onnx_out::{Attr, Writer};
 
 fn pair(p: [u32; 2]) -> (usize, usize) {
@@ -59,6 +59,36 @@ impl HostOp for AvgPool2d {
             "count_include_pad",
             Attr::Int(self.count_include_pad as i64),
         ));
+        w.node("AveragePool", n.name, n.inputs, n.output, &attrs);
+    }
+}
+
+impl HostOp for AvgPool2dUneven {
+    fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
+        let x = ins[0];
+        let (k, s) = (pair(self.kernel), pair(self.stride));
+        let sum = pad_sides(x, self.pads, 0.0)?.avg_pool2d_with_stride(k, s)?;
+        let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
+        let frac = pad_sides(&ones, self.pads, 0.0)?.avg_pool2d_with_stride(k, s)?;
+        Ok(sum.broadcast_div(&frac)?)
+    }
+
+    fn couple(&self, cx: &mut Coupling<'_>) {
+        cx.pass(cx.input(0));
+    }
+
+    fn constants(&self, cx: &Constants<'_>) -> Vec<Option<f32>> {
+        cx.input(0).to_vec()
+    }
+
+    fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
+        let [t, l, b, r] = self.pads.map(|v| v as i64);
+        let attrs = [
+            ("kernel_shape", Attr::Ints(onnx_pair(self.kernel))),
+            ("strides", Attr::Ints(onnx_pair(self.stride))),
+            ("pads", Attr::Ints(vec![t, l, b, r])),
+            ("count_include_pad", Attr::Int(0)),
+        ];
         w.node("AveragePool", n.name, n.inputs, n.output, &attrs);
     }
 }

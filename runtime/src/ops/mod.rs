@@ -27,11 +27,13 @@ mod conv2d;
 mod conv_transpose2d;
 mod global_avg_pool;
 mod linear;
+mod lrn;
 mod mul;
 mod pad;
 mod pool;
 mod reshape;
 mod softmax;
+mod transpose;
 mod upsample;
 
 pub use add::Add;
@@ -41,11 +43,13 @@ pub use conv2d::Conv2d;
 pub use conv_transpose2d::ConvTranspose2d;
 pub use global_avg_pool::GlobalAvgPool;
 pub use linear::Linear;
+pub use lrn::Lrn;
 pub use mul::Mul;
 pub use pad::Pad;
-pub use pool::{AvgPool2d, MaxPool2d};
+pub use pool::{AvgPool2d, AvgPool2dUneven, MaxPool2d};
 pub use reshape::{Flatten, Reshape};
 pub use softmax::Softmax;
+pub use transpose::Transpose;
 pub use upsample::Upsample;
 
 /// What every graph operation provides.
@@ -101,6 +105,9 @@ impl Op {
             Op::Upsample(o) => o,
             Op::ConvTranspose2d(o) => o,
             Op::Pad(o) => o,
+            Op::Transpose(o) => o,
+            Op::Lrn(o) => o,
+            Op::AvgPool2dUneven(o) => o,
         }
     }
 }

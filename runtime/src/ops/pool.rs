@@ -1,6 +1,7 @@
 //! Max and average pooling over 2-D windows.
 
 use alloc::boxed::Box;
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -28,6 +29,16 @@ pub struct AvgPool2d {
     pub stride: [u32; 2],
     pub padding: [u32; 2],
     pub count_include_pad: bool,
+}
+
+/// Average pooling over the cells inside the map with uneven padding `[top, left, bottom,
+/// right]` (ONNX `AveragePool` with `count_include_pad = 0`): each window's mean is over the
+/// input cells it covers. Every pad is smaller than the window, so every window covers one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AvgPool2dUneven {
+    pub kernel: [u32; 2],
+    pub stride: [u32; 2],
+    pub pads: [u32; 4],
 }
 
 fn pool_out(
@@ -80,6 +91,41 @@ impl OpDef for AvgPool2d {
         Ok(Box::new(PoolKernel {
             g: cx.geom(self.kernel, self.stride, self.padding, [1, 1]),
             avg: Some(self.count_include_pad),
+        }))
+    }
+}
+
+impl OpDef for AvgPool2dUneven {
+    fn infer(&self, cx: &InferCx<'_>, ins: &[&[u32]]) -> Result<Vec<u32>> {
+        cx.arity(ins, 1)?;
+        let [c, hh, w] = cx.chw(ins[0])?;
+        let [t, l, b, r] = self.pads;
+        if t.max(b) >= self.kernel[0] || l.max(r) >= self.kernel[1] {
+            return Err(cx.bad("a pad as large as the pooling window"));
+        }
+        let out = |n: u32, before: u32, after: u32, a: usize| {
+            let padded = n as u64 + before as u64 + after as u64;
+            let (k, s) = (self.kernel[a] as u64, self.stride[a] as u64);
+            (s > 0 && padded >= k)
+                .then(|| u32::try_from((padded - k) / s + 1).ok())
+                .flatten()
+        };
+        match (out(hh, t, b, 0), out(w, l, r, 1)) {
+            (Some(oh), Some(ow)) => Ok(vec![c, oh, ow]),
+            _ => Err(cx.bad("pooling window does not fit the input")),
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("AvgPool2d{:?}", self.pads)
+    }
+
+    fn plan(&self, cx: &mut PlanCx<'_, '_>) -> Result<Box<dyn Kernel>> {
+        // The kernel clips windows at the map's far edges, so only the near pads matter.
+        let [t, l, _, _] = self.pads;
+        Ok(Box::new(PoolKernel {
+            g: cx.geom(self.kernel, self.stride, [t, l], [1, 1]),
+            avg: Some(false),
         }))
     }
 }

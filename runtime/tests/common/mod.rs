@@ -499,14 +499,14 @@ fn pool_ref(
     x: &Val,
     kernel: [u32; 2],
     stride: [u32; 2],
-    padding: [u32; 2],
+    pads: [u32; 4],
     mode: Option<bool>,
 ) -> Val {
     let (c, ih, iw) = (x.0[0] as usize, x.0[1] as usize, x.0[2] as usize);
     let [k0, k1] = kernel.map(|v| v as usize);
     let [s0, s1] = stride.map(|v| v as usize);
-    let [p0, p1] = padding.map(|v| v as usize);
-    let (oh, ow) = (out_len(ih, k0, s0, p0, 1), out_len(iw, k1, s1, p1, 1));
+    let [p0, p1, e0, e1] = pads.map(|v| v as usize);
+    let (oh, ow) = ((ih + p0 + e0 - k0) / s0 + 1, (iw + p1 + e1 - k1) / s1 + 1);
     let mut y = vec![0f64; c * oh * ow];
     for ch in 0..c {
         for oy in 0..oh {
@@ -534,6 +534,10 @@ fn pool_ref(
         }
     }
     (vec![c as u32, oh as u32, ow as u32], y)
+}
+
+fn sym(p: [u32; 2]) -> [u32; 4] {
+    [p[0], p[1], p[0], p[1]]
 }
 
 /// Runs graph `h` on one example with weights `w` (logical dense values per tensor).
@@ -590,13 +594,62 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
                 kernel,
                 stride,
                 padding,
-            }) => pool_ref(x, *kernel, *stride, *padding, None),
+            }) => pool_ref(x, *kernel, *stride, sym(*padding), None),
             Op::AvgPool2d(AvgPool2d {
                 kernel,
                 stride,
                 padding,
                 count_include_pad,
-            }) => pool_ref(x, *kernel, *stride, *padding, Some(*count_include_pad)),
+            }) => pool_ref(x, *kernel, *stride, sym(*padding), Some(*count_include_pad)),
+            Op::AvgPool2dUneven(AvgPool2dUneven {
+                kernel,
+                stride,
+                pads,
+            }) => pool_ref(x, *kernel, *stride, *pads, Some(false)),
+            Op::Transpose(Transpose { perm }) => {
+                let shape: Vec<u32> = perm.iter().map(|&p| x.0[p as usize]).collect();
+                let n = x.1.len();
+                let mut y = vec![0f64; n];
+                for (o, yv) in y.iter_mut().enumerate() {
+                    // Output multi-index, last axis fastest; input index through `perm`.
+                    let (mut rest, mut idx) = (o, vec![0usize; shape.len()]);
+                    for a in (0..shape.len()).rev() {
+                        idx[a] = rest % shape[a] as usize;
+                        rest /= shape[a] as usize;
+                    }
+                    let mut at = vec![0usize; shape.len()];
+                    for (a, &p) in perm.iter().enumerate() {
+                        at[p as usize] = idx[a];
+                    }
+                    let i = at
+                        .iter()
+                        .zip(&x.0)
+                        .fold(0usize, |acc, (&j, &d)| acc * d as usize + j);
+                    *yv = x.1[i];
+                }
+                (shape, y)
+            }
+            Op::Lrn(Lrn {
+                size,
+                alpha,
+                beta,
+                bias,
+            }) => {
+                let c = x.0[0] as usize;
+                let plane = x.1.len() / c;
+                let size = *size as usize;
+                let y = (0..x.1.len())
+                    .map(|i| {
+                        let (ch, p) = (i / plane, i % plane);
+                        let lo = ch.saturating_sub((size - 1) / 2);
+                        let hi = (ch + size / 2).min(c - 1);
+                        let sq: f64 = (lo..=hi).map(|j| x.1[j * plane + p].powi(2)).sum();
+                        let d = *bias as f64 + *alpha as f64 / size as f64 * sq;
+                        x.1[i] / d.powf(*beta as f64)
+                    })
+                    .collect();
+                (x.0.clone(), y)
+            }
             Op::GlobalAvgPool => {
                 let c = x.0[0] as usize;
                 let plane = x.1.len() / c;
