@@ -350,6 +350,54 @@ def build_unsupported():
     return g.model("unsupported", "input", [1, 3, 8, 8], x, [1, 5, 8, 8], 13)
 
 
+def build_attention_block():
+    """A small CNN with a transformer block as torch exports it at opset 17: Conv, Reshape and
+    Transpose to rows, LayerNormalization, MatMul + Add by constants, Split into query, key and
+    value, Reshape and Transpose into 2 heads, MatMul, Mul by a scale, Softmax, MatMul, back to
+    rows, a residual Add, Unsqueeze, and a class vector per row (Softmax over the last axis)."""
+    g = GraphBuilder()
+    rng = np.random.default_rng(REFERENCE_SEED)
+    c, t, heads = 8, 16, 2
+    dh = c // heads
+
+    def const(name, shape, scale=0.5):
+        return g.constant(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def i64(name, v):
+        return g.constant(name, np.array(v, dtype=np.int64))
+
+    x = g.node("Conv", ["input", const("conv.weight", (c, 3, 3, 3))], "conv", **conv_attrs(3, 2))
+    x = g.node("Reshape", [x, i64("rows.shape", [0, c, t])], "rows")
+    x = g.node("Transpose", [x], "to_rows", perm=[0, 2, 1])
+    h = g.node("LayerNormalization", [x, const("ln.g", (c,)), const("ln.b", (c,))], "ln",
+               axis=-1, epsilon=1e-5)
+    h = g.node("MatMul", [h, const("qkv.w", (c, 3 * c))], "qkv")
+    h = g.node("Add", [h, const("qkv.b", (3 * c,))], "qkv_bias")
+    q, k, v = (f"split/{n}" for n in "qkv")
+    g.nodes.append(helper.make_node("Split", [h, i64("split.sizes", [c, c, c])], [q, k, v],
+                                    name="split", axis=2))
+
+    def heads_of(y, name):
+        y = g.node("Reshape", [y, i64(f"{name}.shape", [0, t, heads, dh])], f"{name}_heads")
+        return g.node("Transpose", [y], f"{name}_t", perm=[0, 2, 1, 3])
+
+    q, k, v = heads_of(q, "q"), heads_of(k, "k"), heads_of(v, "v")
+    kt = g.node("Transpose", [k], "kt", perm=[0, 1, 3, 2])
+    s = g.node("MatMul", [q, kt], "scores")
+    s = g.node("Mul", [s, g.constant("scale", np.array(dh ** -0.5, dtype=np.float32))], "scaled")
+    s = g.node("Softmax", [s], "attn", axis=-1)
+    o = g.node("MatMul", [s, v], "context")
+    o = g.node("Transpose", [o], "merge_t", perm=[0, 2, 1, 3])
+    o = g.node("Reshape", [o, i64("merge.shape", [0, t, c])], "merge")
+    o = g.node("MatMul", [o, const("proj.w", (c, c))], "proj")
+    x = g.node("Add", [x, o], "residual")
+    x = g.node("Unsqueeze", [x, i64("unsq.axes", [1])], "unsq")
+    x = g.node("Squeeze", [x, i64("sq.axes", [1])], "sq")
+    x = g.node("MatMul", [x, const("cls.w", (c, 5))], "cls")
+    x = g.node("Softmax", [x], "probs", axis=-1)
+    return g.model("attention_block", "input", ["N", 3, 8, 8], x, ["N", t, 5], 17)
+
+
 def write_external_variants(out_dir, m1):
     """m1-external.onnx with its weights in m1-external.onnx.data, and m1-external-missing.onnx
     whose weights point at a file that does not exist. Returns the first model."""
@@ -839,6 +887,11 @@ def main():
          "exist (an error case)")
 
     write_model(out_dir, "unsupported", build_unsupported())
+    write_model(out_dir, "attention-block", build_attention_block())
+    note("attention-block.onnx", "a small CNN with a transformer block, as torch exports it at "
+         "opset 17 (LayerNormalization, Split, MatMul of two computed tensors, Softmax over the "
+         "last axis, Unsqueeze, Squeeze)")
+    note_pair("attention-block", "attention-block")
     note("unsupported.onnx", "a small CNN with a Celu and a Hardmax node (ops nap does not "
          "import: an error case)")
 
@@ -881,6 +934,14 @@ def main():
             save_pair(out_dir, "ppocr-det-logits", x, run_first_output(logits, x))
             note("ppocr-det-logits.onnx", "ppocr/det.onnx up to the input of its last Sigmoid")
             note_pair("ppocr-det-logits", "ppocr-det-logits", text)
+        if name == "rec":
+            # The class scores of each step before the final Softmax (see det above).
+            last = [n for n in model.graph.node if n.op_type == "Softmax"][-1]
+            logits = prefix_model(model, last.input[0])
+            onnx.save(logits, os.path.join(out_dir, "ppocr-rec-logits.onnx"))
+            save_pair(out_dir, "ppocr-rec-logits", x, run_first_output(logits, x))
+            note("ppocr-rec-logits.onnx", "ppocr/rec.onnx up to the input of its last Softmax")
+            note_pair("ppocr-rec-logits", "ppocr-rec-logits", text)
 
     with open(os.path.join(out_dir, "README.txt"), "w") as f:
         f.write("Made by scripts/onnx-fixtures.py; do not edit (rerun the script instead).\n")

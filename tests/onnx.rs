@@ -36,18 +36,41 @@ fn check_against_ort_with(dir: &Path, name: &str, case: &str, tol: f32, opts: &O
 /// Imports `model`, runs it on `dir/stem.input.npy` and compares with `dir/stem.output.npy`:
 /// the relative error, and the top-1 class of each example.
 fn check_model_against_ort(model: &Path, dir: &Path, stem: &str, tol: f32, opts: &OnnxOptions) {
-    check_outputs_against_ort(model, dir, stem, tol, opts, true)
+    check_outputs_against_ort(model, dir, stem, tol, opts, Compare::Classes)
 }
 
-/// [`check_model_against_ort`], with the top-1 comparison only where `top1` (a probability
-/// map has many equal maxima, so its arg-max is no class).
+/// A transformer block as torch exports it at opset 17 (LayerNormalization, Split, Unsqueeze,
+/// attention written as MatMul, Mul, Softmax, MatMul) after a convolution.
+#[test]
+fn issue13_attention_block_matches_onnx_runtime() {
+    let Some(dir) = fixtures("issue13_attention_block_matches_onnx_runtime") else {
+        return;
+    };
+    let model = fixture(&dir, "attention-block.onnx");
+    let opts = OnnxOptions::default();
+    check_outputs_against_ort(&model, &dir, "attention-block", TOL, &opts, Compare::Steps);
+}
+
+/// How an output is compared with ONNX Runtime's.
+#[derive(Clone, Copy, PartialEq)]
+enum Compare {
+    /// One vector of class scores per example: identical top-1.
+    Classes,
+    /// A map: its arg-max is no class (a probability map has many equal maxima).
+    Map,
+    /// A sequence of class-score vectors (the last axis): identical top-1 at every step.
+    Steps,
+}
+
+/// [`check_model_against_ort`] with the comparison `cmp`; the relative error is against the
+/// largest value of each example.
 fn check_outputs_against_ort(
     model: &Path,
     dir: &Path,
     stem: &str,
     tol: f32,
     opts: &OnnxOptions,
-    top1: bool,
+    cmp: Compare,
 ) {
     let (name, case) = (stem, "");
     let m = read_onnx(model, opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
@@ -69,13 +92,18 @@ fn check_outputs_against_ort(
     let ours = runtime_logits(&model, &x.data, batch, false).unwrap();
     for (engine, y) in [("candle", &reference), ("nap-runtime", &ours)] {
         let ag = agreement(y, &want.data, classes);
+        let top1 = match cmp {
+            Compare::Classes => ag.top1_mismatches,
+            Compare::Map => 0,
+            Compare::Steps => agreement(y, &want.data, *want.shape.last().unwrap()).top1_mismatches,
+        };
         eprintln!(
-            "{name}{case} {engine} vs ONNX Runtime: {} examples, max rel err {:.2e}, top-1 mismatches {}",
-            ag.examples, ag.max_rel_err, ag.top1_mismatches
+            "{name}{case} {engine} vs ONNX Runtime: {} examples, max rel err {:.2e}, top-1 mismatches {top1}",
+            ag.examples, ag.max_rel_err
         );
         assert!(
-            ag.max_rel_err <= tol && (!top1 || ag.top1_mismatches == 0),
-            "{name}{case}: {engine} disagrees with ONNX Runtime: {ag:?}"
+            ag.max_rel_err <= tol && top1 == 0,
+            "{name}{case}: {engine} disagrees with ONNX Runtime: {ag:?}, top-1 mismatches {top1}"
         );
     }
 }
@@ -302,17 +330,16 @@ fn issue13_pruned_and_slimmed_onnx_run_in_onnx_runtime() {
 }
 
 /// Transpose (ShuffleNet's channel shuffle), LRN and an average pool with uneven padding
-/// (Inception v1) written back as ONNX run in ONNX Runtime with nap-runtime's outputs.
+/// (Inception v1), LayerNorm, row-wise projections, slices and attention (a transformer block,
+/// PP-OCR's recogniser) written back as ONNX run in ONNX Runtime with nap-runtime's outputs.
 #[test]
-fn issue13_transpose_lrn_and_uneven_pool_written_as_onnx_run_in_onnx_runtime() {
-    let Some(dir) =
-        fixtures("issue13_transpose_lrn_and_uneven_pool_written_as_onnx_run_in_onnx_runtime")
-    else {
+fn issue13_new_ops_written_as_onnx_run_in_onnx_runtime() {
+    let Some(dir) = fixtures("issue13_new_ops_written_as_onnx_run_in_onnx_runtime") else {
         return;
     };
     let py = fixture_python(&dir);
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["shufflenet", "inception_v1"] {
+    for name in ["shufflenet", "inception_v1", "attention-block"] {
         let m = read_onnx(
             &fixture(&dir, &format!("{name}.onnx")),
             &OnnxOptions::default(),
@@ -321,6 +348,14 @@ fn issue13_transpose_lrn_and_uneven_pool_written_as_onnx_run_in_onnx_runtime() {
         let x = read_npy(&fixture(&dir, &format!("{name}.input.npy"))).unwrap();
         onnx_out_matches_runtime(&py, tmp.path(), name, &m, &x);
     }
+    // PP-OCR's recogniser: LayerNorm, row-wise projections, slices and attention.
+    let opts = OnnxOptions {
+        input_shape: Some(vec![3, 48, 320]),
+    };
+    let root = dir.parent().unwrap();
+    let m = read_onnx(&fixture(root, "ppocr/rec.onnx"), &opts).unwrap();
+    let x = read_npy(&fixture(&dir, "ppocr-rec.input.npy")).unwrap();
+    onnx_out_matches_runtime(&py, tmp.path(), "ppocr-rec", &m, &x);
 }
 
 /// `nap run` takes a .npy batch and prints (and saves) the whole output, which matches ONNX
@@ -402,44 +437,36 @@ fn issue13_ppocr_detector_matches_onnx_runtime() {
     let dir = root.join("onnx");
     // Relative to the largest logit, before the final Sigmoid.
     let logits = fixture(&dir, "ppocr-det-logits.onnx");
-    check_outputs_against_ort(&logits, &dir, "ppocr-det-logits", TOL, &opts, false);
+    check_outputs_against_ort(&logits, &dir, "ppocr-det-logits", TOL, &opts, Compare::Map);
     // The probability map itself, within ONNX Runtime's own spread on this model: its
     // optimised and unoptimised runs differ by 2.1e-5.
     let model = fixture(&root, "ppocr/det.onnx");
-    check_outputs_against_ort(&model, &dir, "ppocr-det", 5e-5, &opts, false);
+    check_outputs_against_ort(&model, &dir, "ppocr-det", 5e-5, &opts, Compare::Map);
 }
 
-/// PP-OCR's recogniser cannot be imported yet: every node in the way is named, with no
-/// complaint that only follows from an earlier one.
+/// PP-OCR's recogniser: a CNN, then two transformer blocks (LayerNorm written out in
+/// ReduceMean, Sub, Pow, Sqrt and Div; attention whose query, key and value are sliced from one
+/// projection after a Transpose that moves the batch axis), then a class vector per step.
 #[test]
-fn issue13_ppocr_lists_every_unsupported_node() {
-    let Some(root) = common::fixtures("issue13_ppocr_lists_every_unsupported_node") else {
+fn issue13_ppocr_recogniser_matches_onnx_runtime() {
+    let Some(root) = common::fixtures("issue13_ppocr_recogniser_matches_onnx_runtime") else {
         return;
     };
-    for (name, shape, want) in [("rec", [3, 48, 320], &[("ReduceMean", 1)][..])] {
-        let path = fixture(&root, &format!("ppocr/{name}.onnx"));
-        let e = read_onnx(&path, &OnnxOptions::default()).unwrap_err();
-        assert!(
-            format!("{e:#}").contains("--input-shape 3,H,W"),
-            "{name}: {e:#}"
-        );
-        let opts = OnnxOptions {
-            input_shape: Some(shape.to_vec()),
-        };
-        let e = read_onnx(&path, &opts).unwrap_err();
-        let u = e
-            .downcast_ref::<Unsupported>()
-            .unwrap_or_else(|| panic!("{name}: {e:#}"));
-        let mut got: Vec<(&str, usize)> = Vec::new();
-        for n in &u.nodes {
-            match got.iter_mut().find(|(op, _)| *op == n.op) {
-                Some((_, c)) => *c += 1,
-                None => got.push((&n.op, 1)),
-            }
-        }
-        got.sort();
-        let mut want = want.to_vec();
-        want.sort();
-        assert_eq!(got, want, "{name}: {u}");
-    }
+    let path = fixture(&root, "ppocr/rec.onnx");
+    let e = read_onnx(&path, &OnnxOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("--input-shape 3,H,W"), "{e:#}");
+    let opts = OnnxOptions {
+        input_shape: Some(vec![3, 48, 320]),
+    };
+    let dir = root.join("onnx");
+    let logits = fixture(&dir, "ppocr-rec-logits.onnx");
+    check_outputs_against_ort(
+        &logits,
+        &dir,
+        "ppocr-rec-logits",
+        TOL,
+        &opts,
+        Compare::Steps,
+    );
+    check_outputs_against_ort(&path, &dir, "ppocr-rec", TOL, &opts, Compare::Steps);
 }

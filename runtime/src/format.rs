@@ -46,8 +46,9 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops::{
-    Add, AvgPool2d, AvgPool2dUneven, BatchNorm, Concat, Conv2d, ConvTranspose2d, Flatten,
-    GlobalAvgPool, Linear, Lrn, MaxPool2d, Mul, Pad, Reshape, Softmax, Transpose, Upsample,
+    Add, Attention, AvgPool2d, AvgPool2dUneven, BatchNorm, Concat, Conv2d, ConvTranspose2d,
+    Flatten, GlobalAvgPool, LayerNorm, Linear, LinearRows, Lrn, MaxPool2d, Mul, Pad, Reshape,
+    Slice, Softmax, Transpose, Upsample,
 };
 
 /// First eight bytes of every `.nap` file (PNG-style: catches text-mode transfers).
@@ -203,6 +204,10 @@ pub enum Op {
     Transpose(Transpose),
     Lrn(Lrn),
     AvgPool2dUneven(AvgPool2dUneven),
+    LinearRows(LinearRows),
+    LayerNorm(LayerNorm),
+    Slice(Slice),
+    Attention(Attention),
 }
 
 impl Op {
@@ -216,7 +221,7 @@ impl Op {
         }
     }
 
-    /// The activation fused into a Linear, Conv2d or Add; `None` for every other op.
+    /// The activation fused into a Linear, LinearRows, Conv2d or Add; `None` for every other op.
     pub fn fused_act(&self) -> Option<Activation> {
         self.clone().act_mut().copied()
     }
@@ -225,6 +230,7 @@ impl Op {
     pub fn act_mut(&mut self) -> Option<&mut Activation> {
         match self {
             Op::Linear(Linear { act, .. })
+            | Op::LinearRows(LinearRows { act, .. })
             | Op::Conv2d(Conv2d { act, .. })
             | Op::Add(Add { act }) => Some(act),
             _ => None,
@@ -235,6 +241,7 @@ impl Op {
     pub fn map_tensors(&mut self, mut f: impl FnMut(TensorId) -> TensorId) {
         match self {
             Op::Linear(Linear { weight, bias, .. })
+            | Op::LinearRows(LinearRows { weight, bias, .. })
             | Op::Conv2d(Conv2d { weight, bias, .. })
             | Op::ConvTranspose2d(ConvTranspose2d { weight, bias, .. }) => {
                 *weight = f(*weight);
@@ -252,6 +259,10 @@ impl Op {
                 for t in [gamma, beta, mean, var] {
                     *t = f(*t);
                 }
+            }
+            Op::LayerNorm(LayerNorm { gamma, beta, .. }) => {
+                *gamma = f(*gamma);
+                *beta = f(*beta);
             }
             _ => {}
         }

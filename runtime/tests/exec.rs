@@ -1200,6 +1200,116 @@ fn issue13_transpose_lrn_and_uneven_average_pool_match_reference() {
     }
 }
 
+/// A transformer block as PP-OCR's recogniser runs it: LayerNorm, a projection of every row
+/// (dense and CSR weights), query, key and value sliced from it, attention of two heads, a
+/// softmax over the last axis of each row.
+#[test]
+fn issue13_transformer_ops_match_reference() {
+    let mut rng = Rng::new(41);
+    let mut net = Net::new();
+    let (t, dm, heads, dh) = (5u32, 8u32, 2u32, 3u32);
+    let x = net.input(&[t, dm]);
+    let vector = |net: &mut Net, name: &str, n: u32, rng: &mut Rng| {
+        net.tensor(name, &[n], &rng.vec(n as usize), Store::F32)
+    };
+    let gamma = vector(&mut net, "ln.g", dm, &mut rng);
+    let beta = vector(&mut net, "ln.b", dm, &mut rng);
+    let normed = net.node(
+        "ln",
+        Op::LayerNorm(LayerNorm {
+            gamma,
+            beta,
+            eps: 1e-5,
+        }),
+        &[x],
+    );
+    let qkv_out = 3 * heads * dh;
+    let wq = net.tensor(
+        "qkv.w",
+        &[qkv_out, dm],
+        &rng.sparse_vec((qkv_out * dm) as usize, 0.5),
+        Store::Csr(DType::F32, IndexWidth::U16),
+    );
+    let bq = vector(&mut net, "qkv.b", qkv_out, &mut rng);
+    let qkv = net.node(
+        "qkv",
+        Op::LinearRows(LinearRows {
+            weight: wq,
+            bias: Some(bq),
+            act: Activation::None,
+        }),
+        &[normed],
+    );
+    let split = net.node(
+        "split",
+        Op::Reshape(Reshape {
+            shape: vec![t, 3, heads, dh],
+        }),
+        &[qkv],
+    );
+    let heads_first = net.node(
+        "heads",
+        Op::Transpose(Transpose {
+            perm: vec![1, 2, 0, 3],
+        }),
+        &[split],
+    );
+    let part = |net: &mut Net, i: u32| {
+        let s = net.node(
+            &format!("part{i}"),
+            Op::Slice(Slice {
+                axis: 0,
+                start: i,
+                end: i + 1,
+            }),
+            &[heads_first],
+        );
+        net.node(
+            &format!("part{i}.r"),
+            Op::Reshape(Reshape {
+                shape: vec![heads, t, dh],
+            }),
+            &[s],
+        )
+    };
+    let (q, k, v) = (part(&mut net, 0), part(&mut net, 1), part(&mut net, 2));
+    let att = net.node("att", Op::Attention(Attention { scale: 0.7 }), &[q, k, v]);
+    let back = net.node(
+        "back",
+        Op::Transpose(Transpose {
+            perm: vec![1, 0, 2],
+        }),
+        &[att],
+    );
+    let rows = net.node(
+        "rows",
+        Op::Reshape(Reshape {
+            shape: vec![t, heads * dh],
+        }),
+        &[back],
+    );
+    let wo = net.tensor(
+        "out.w",
+        &[4, heads * dh],
+        &rng.vec((4 * heads * dh) as usize),
+        Store::F32,
+    );
+    let out = net.node(
+        "out",
+        Op::LinearRows(LinearRows {
+            weight: wo,
+            bias: None,
+            act: Activation::Relu,
+        }),
+        &[rows],
+    );
+    let y = net.node("softmax", Op::Softmax, &[out]);
+    let b = net.finish(&[y]);
+    for batch in [1, 3] {
+        check(&b, batch, "transformer block");
+    }
+}
+
 #[test]
 fn issue13_new_ops_reject_bad_attributes() {
     let cases: [(Op, &str); 4] = [

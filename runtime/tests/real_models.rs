@@ -143,3 +143,16 @@ fn real_model_ppocr_classifier() {
 fn real_model_ppocr_detector_logits() {
     check("ppocr-det-logits", 1e-5);
 }
+
+/// A transformer block after a convolution (LayerNorm, row-wise projections, slices,
+/// attention, softmax over the last axis).
+#[test]
+fn real_model_onnx_attention_block() {
+    check("attention-block", 1e-5);
+}
+
+/// PP-OCR's recogniser up to its final Softmax: a CNN and two transformer blocks.
+#[test]
+fn real_model_ppocr_recogniser_logits() {
+    check("ppocr-rec-logits", 1e-5);
+}

@@ -14,8 +14,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use nap_runtime::format::{
-    Activation, Add, AvgPool2d, AvgPool2dUneven, BatchNorm, Conv2d, ConvTranspose2d, Linear, Lrn,
-    MaxPool2d, Metadata, Op, Pad, Reshape, TensorId, Transpose, Upsample, ValueId,
+    Activation, Add, Attention, AvgPool2d, AvgPool2dUneven, BatchNorm, Conv2d, ConvTranspose2d,
+    LayerNorm, Linear, LinearRows, Lrn, MaxPool2d, Metadata, Op, Pad, Reshape, Slice, TensorId,
+    Transpose, Upsample, ValueId,
 };
 use onnx_ir::{ArgType, Argument, Node, OnnxGraph, OnnxGraphBuilder, TensorDataExt};
 
@@ -390,6 +391,40 @@ enum Val {
     Const(Const),
     /// Produced by a node that could not be mapped.
     Failed,
+    /// A value whose batch axis is not first (a Transpose moved it): the ONNX value is the IR
+    /// value `id` (per-example ONNX shape `shape`) with its batch axis put first, transposed
+    /// by `perm`. Only Slice and Squeeze take it, until the batch axis is first again.
+    Moved {
+        id: ValueId,
+        shape: Vec<u32>,
+        perm: Vec<usize>,
+    },
+    /// A step of a layer normalisation over the last axis of `x` (ONNX shape `shape`) written
+    /// out in primitive ops; it becomes one LayerNorm node named `name` where something else
+    /// takes it.
+    Ln {
+        x: ValueId,
+        shape: Vec<u32>,
+        step: LnStep,
+        name: String,
+    },
+}
+
+/// The steps of `(x − mean) / sqrt(mean((x − mean)²) + eps) · gamma + beta` as exports write
+/// them: ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, then Mul and Add by constants.
+#[derive(Clone, Debug)]
+enum LnStep {
+    Mean,
+    Centred,
+    Squared,
+    Var,
+    VarEps(f32),
+    Std(f32),
+    Normed {
+        eps: f32,
+        gamma: Option<Vec<f32>>,
+        beta: Option<Vec<f32>>,
+    },
 }
 
 /// A constant tensor (weights, shapes, scalars), in f32.
@@ -704,9 +739,44 @@ impl Mapper<'_> {
         Ok(if default { BN_DEFAULT_EPSILON } else { read })
     }
 
-    fn rt(&self, a: &Argument) -> std::result::Result<(ValueId, Vec<u32>), String> {
-        match self.vals.get(&a.name) {
-            Some(Val::Rt { id, shape }) => Ok((*id, shape.clone())),
+    fn rt(&mut self, a: &Argument) -> std::result::Result<(ValueId, Vec<u32>), String> {
+        match self.vals.get(&a.name).cloned() {
+            Some(Val::Rt { id, shape }) => Ok((id, shape)),
+            Some(Val::Ln {
+                x,
+                shape,
+                step: LnStep::Normed { eps, gamma, beta },
+                name,
+            }) => {
+                let d = *shape.last().ok_or("LayerNorm of a scalar")? as usize;
+                let mut t = |what: &str, v: Option<Vec<f32>>, fill: f32| {
+                    self.b.tensor(HostTensor {
+                        name: format!("{name}.{what}"),
+                        shape: vec![d as u32],
+                        data: v.unwrap_or_else(|| vec![fill; d]),
+                    })
+                };
+                let (gamma, beta) = (t("gamma", gamma, 1.0), t("beta", beta, 0.0));
+                let x = self.as_shape(x, &shape, &name).map_err(|e| e.reason)?;
+                let op = Op::LayerNorm(LayerNorm { gamma, beta, eps });
+                let id = self.b.node(&name, op, &[x]).map_err(|e| format!("{e:#}"))?;
+                self.vals.insert(
+                    a.name.clone(),
+                    Val::Rt {
+                        id,
+                        shape: shape.clone(),
+                    },
+                );
+                Ok((id, shape))
+            }
+            Some(Val::Ln { .. }) => Err(format!(
+                "input {:?} is part of a layer normalisation written out in ReduceMean, Sub, Pow, Sqrt and Div, used by another op (not supported)",
+                a.name
+            )),
+            Some(Val::Moved { perm, .. }) => Err(format!(
+                "input {:?} has its batch axis moved by a Transpose ({perm:?}); only Slice and Squeeze that bring it back first are supported",
+                a.name
+            )),
             Some(Val::Failed) => Err(String::new()),
             Some(Val::Const(_)) => Err(format!(
                 "input {:?} is a constant where a computed value is expected",
@@ -846,23 +916,28 @@ impl Mapper<'_> {
             }
             Node::Slice(sl) => {
                 use onnx_ir::node::slice::SliceInput;
-                let Some(k) = self.constant(&sl.inputs[0]).filter(|k| k.shape.len() == 1) else {
-                    return Err("Slice of a computed tensor is not supported".into());
-                };
                 let values = |i: &SliceInput| match i {
-                    SliceInput::Static(v) => v.first().copied(),
+                    SliceInput::Static(v) => (v.len() == 1).then(|| v[0]),
                     SliceInput::Runtime(r) => self
                         .constant(&sl.inputs[r.input_index])
-                        .and_then(|c| c.data.first().map(|&v| v as i64)),
+                        .filter(|c| c.data.len() == 1)
+                        .map(|c| c.data[0] as i64),
                 };
                 let (Some(start), Some(end)) = (values(&sl.config.starts), values(&sl.config.ends))
                 else {
-                    return Err("Slice with computed bounds is not supported".into());
+                    return Err(
+                        "Slice with computed bounds or of several axes is not supported".into(),
+                    );
                 };
                 let step = sl.config.steps.as_ref().map_or(Some(1), values);
                 if step != Some(1) {
-                    return Err("Slice of a constant with a step other than 1".into());
+                    return Err("Slice with a step other than 1".into());
                 }
+                let axis = sl.config.axes.as_ref().map_or(Some(0), values);
+                let Some(k) = self.constant(&sl.inputs[0]).filter(|k| k.shape.len() == 1) else {
+                    let axis = axis.ok_or("Slice along a computed axis")?;
+                    return self.slice(n, &sl.inputs[0], axis, start, end);
+                };
                 let len = k.data.len() as i64;
                 let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
                 let (a, b) = (clamp(start), clamp(end));
@@ -953,11 +1028,27 @@ impl Mapper<'_> {
             Node::Transpose(t) => {
                 let (x, shape) = self.input(n, 0)?;
                 let perm = &t.config.perm;
-                if perm.len() != shape.len() + 1 || perm[0] != 0 {
+                let mut seen = vec![false; shape.len() + 1];
+                let valid = perm.len() == seen.len()
+                    && perm.iter().all(|&p| {
+                        usize::try_from(p)
+                            .ok()
+                            .and_then(|p| seen.get_mut(p))
+                            .is_some_and(|s| !std::mem::replace(s, true))
+                    });
+                if !valid {
                     return Err(shape_err(format!(
-                        "Transpose by {perm:?} of a rank-{} value (only permutations that keep the batch axis first)",
+                        "Transpose by {perm:?} of a rank-{} value",
                         shape.len() + 1
                     )));
+                }
+                if perm[0] != 0 {
+                    let perm = perm.iter().map(|&p| p as usize).collect();
+                    self.vals.insert(
+                        n.outputs()[0].name.clone(),
+                        Val::Moved { id: x, shape, perm },
+                    );
+                    return Ok(());
                 }
                 let perm = perm[1..]
                     .iter()
@@ -982,6 +1073,196 @@ impl Mapper<'_> {
                 self.set(n, y, shape);
                 Ok(())
             }
+            Node::Squeeze(sq) => {
+                use onnx_ir::node::squeeze::SqueezeInput;
+                let axes = match &sq.config.axes {
+                    Some(SqueezeInput::Static(a)) => a.clone(),
+                    Some(SqueezeInput::Runtime(r)) => self
+                        .constant(&sq.inputs[r.input_index])
+                        .map(|c| c.data.iter().map(|&v| v as i64).collect())
+                        .ok_or("Squeeze of computed axes")?,
+                    None => return Err("Squeeze without axes (of every axis of size 1)".into()),
+                };
+                self.squeeze(n, &sq.inputs[0], &axes)
+            }
+            Node::Unsqueeze(u) => {
+                use onnx_ir::node::unsqueeze::UnsqueezeConfig;
+                let axes = match &u.config {
+                    UnsqueezeConfig::Static(a) => a.clone(),
+                    UnsqueezeConfig::Runtime(r) => self
+                        .constant(&u.inputs[r.input_index])
+                        .map(|c| c.data.iter().map(|&v| v as i64).collect())
+                        .ok_or("Unsqueeze of computed axes")?,
+                };
+                let (x, shape) = self.rt(&u.inputs[0])?;
+                let rank = (shape.len() + 1 + axes.len()) as i64;
+                let mut full: Vec<Option<u32>> = std::iter::once(None)
+                    .chain(shape.iter().map(|&d| Some(d)))
+                    .collect();
+                let mut axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + rank } else { a })
+                    .collect();
+                axes.sort();
+                for &a in &axes {
+                    if a < 1 || a as usize > full.len() {
+                        return Err(shape_err(format!(
+                            "Unsqueeze at axis {a} of a rank-{} value",
+                            shape.len() + 1
+                        )));
+                    }
+                    full.insert(a as usize, Some(1));
+                }
+                let shape: Vec<u32> = full[1..]
+                    .iter()
+                    .map(|d| d.expect("only the batch is None"))
+                    .collect();
+                self.set(n, x, shape);
+                Ok(())
+            }
+            Node::Split(sp) => {
+                use onnx_ir::node::split::SplitSizesInput;
+                let (_, shape) = self.rt(&sp.inputs[0])?;
+                let axis = sp.config.axis;
+                let len = *shape.get(axis.wrapping_sub(1)).ok_or_else(|| {
+                    shape_err(format!(
+                        "Split along axis {axis} of a rank-{} value",
+                        shape.len() + 1
+                    ))
+                })? as usize;
+                let outs = sp.outputs.len();
+                let sizes: Vec<usize> = match (&sp.config.split_sizes, sp.config.split_size) {
+                    (Some(SplitSizesInput::Static(v)), _) => v.clone(),
+                    (Some(SplitSizesInput::Runtime(r)), _) => self
+                        .constant(&sp.inputs[r.input_index])
+                        .map(|c| c.data.iter().map(|&v| v as usize).collect())
+                        .ok_or("Split by computed sizes")?,
+                    (None, Some(k)) => (0..outs)
+                        .map(|i| k.min(len.saturating_sub(i * k)))
+                        .collect(),
+                    (None, None) => vec![len.div_ceil(outs.max(1)); outs],
+                };
+                if sizes.len() != outs || sizes.iter().sum::<usize>() != len {
+                    return Err(shape_err(format!("Split of {len} into {sizes:?}")));
+                }
+                let mut start = 0i64;
+                for (o, &size) in sp.outputs.iter().zip(&sizes) {
+                    let name = format!("{}.{}", n.name(), o.name);
+                    let (id, s) = self.slice_value(
+                        &sp.inputs[0],
+                        axis as i64,
+                        start,
+                        start + size as i64,
+                        &name,
+                    )?;
+                    self.vals.insert(o.name.clone(), Val::Rt { id, shape: s });
+                    start += size as i64;
+                }
+                Ok(())
+            }
+            Node::Attention(at) => {
+                use onnx_ir::node::attention::AttentionQkMatmulOutputMode as Mode;
+                let c = &at.config;
+                if at.inputs.len() > 3 && at.inputs[3..].iter().any(|a| !a.is_optional()) {
+                    return Err("Attention with a mask or a cache is not supported".into());
+                }
+                if c.is_causal
+                    || c.softcap != 0.0
+                    || at.outputs.len() > 1 && c.qk_matmul_output_mode != Mode::Matmul
+                {
+                    return Err("Attention that is causal, soft-capped or returns its scores is not supported".into());
+                }
+                let (q, sq) = self.input(n, 0)?;
+                let (k, _) = self.input(n, 1)?;
+                let (v, sv) = self.input(n, 2)?;
+                if sq.len() != 3 {
+                    return Err(shape_err(format!(
+                        "Attention of rank-{} values (only [N, heads, T, d])",
+                        sq.len() + 1
+                    )));
+                }
+                let scale = c.scale.unwrap_or(1.0 / (sq[2] as f64).sqrt()) as f32;
+                let y = self.emit(n, Op::Attention(Attention { scale }), &[q, k, v])?;
+                self.set(n, y, vec![sq[0], sq[1], sv[2]]);
+                Ok(())
+            }
+            Node::LayerNormalization(ln) => {
+                let (x, shape) = self.input(n, 0)?;
+                let rank = shape.len() as i64 + 1;
+                let axis = if ln.config.axis < 0 {
+                    ln.config.axis + rank
+                } else {
+                    ln.config.axis
+                };
+                if axis != rank - 1 {
+                    return Err(shape_err(format!("LayerNormalization from axis {} of a rank-{rank} value (only the last axis)", ln.config.axis)));
+                }
+                let d = *shape.last().ok_or("LayerNormalization of a [N] value")? as usize;
+                let mut param = |i: usize,
+                                 what: &str,
+                                 fill: f32|
+                 -> std::result::Result<TensorId, NodeError> {
+                    let t = match ln.inputs.get(i).filter(|a| !a.is_optional()) {
+                        Some(a) => self.weight(a, format!("{}.{what}", n.name()))?.0,
+                        None => HostTensor {
+                            name: format!("{}.{what}", n.name()),
+                            shape: vec![d as u32],
+                            data: vec![fill; d],
+                        },
+                    };
+                    if t.data.len() != d {
+                        return Err(format!("{what} of shape {:?} for {d} values", t.shape).into());
+                    }
+                    Ok(self.b.tensor(HostTensor {
+                        shape: vec![d as u32],
+                        ..t
+                    }))
+                };
+                let gamma = param(1, "gamma", 1.0)?;
+                let beta = param(2, "beta", 0.0)?;
+                let op = Op::LayerNorm(LayerNorm {
+                    gamma,
+                    beta,
+                    eps: ln.config.epsilon as f32,
+                });
+                let y = self.emit(n, op, &[x])?;
+                self.set(n, y, shape);
+                Ok(())
+            }
+            Node::ReduceMean(r) => self.reduce_mean(n, &r.inputs[0], &r.config),
+            Node::Pow(p) => {
+                let e = self
+                    .constant(&p.inputs[1])
+                    .filter(|c| c.data.len() == 1)
+                    .map(|c| c.data[0]);
+                match (self.vals.get(&p.inputs[0].name).cloned(), e) {
+                    (
+                        Some(Val::Ln {
+                            x,
+                            shape,
+                            step: LnStep::Centred,
+                            name,
+                        }),
+                        Some(2.0),
+                    ) => {
+                        self.set_ln(n, x, shape, LnStep::Squared, name);
+                        Ok(())
+                    }
+                    _ => Err("Pow is supported only as the square in a layer normalisation".into()),
+                }
+            }
+            Node::Sqrt(q) => match self.vals.get(&q.inputs[0].name).cloned() {
+                Some(Val::Ln {
+                    x,
+                    shape,
+                    step: LnStep::VarEps(eps),
+                    name,
+                }) => {
+                    self.set_ln(n, x, shape, LnStep::Std(eps), name);
+                    Ok(())
+                }
+                _ => Err("Sqrt is supported only in a layer normalisation".into()),
+            },
             Node::Linear(l) => {
                 let w = &l.inputs[1];
                 self.linear(n, w, !l.config.transpose_weight, 1.0, l.inputs.get(2), 1.0)
@@ -1096,17 +1377,21 @@ impl Mapper<'_> {
                 Ok(())
             }
             Node::Softmax(s) => {
-                // Over the features of [N, F], or of [N, C, 1, 1] (a pooled map), where the
-                // softmax of every opset's convention is over the C values.
+                // Over the last axis, or over the C values of [N, C, 1, 1] (a pooled map), where
+                // every opset's convention agrees.
                 let (x, shape) = self.rt(&s.inputs[0])?;
-                if s.config.axis != 1 || shape[1..].iter().any(|&d| d != 1) {
+                let per = if s.config.axis == shape.len() {
+                    shape.clone()
+                } else if s.config.axis == 1 && shape[1..].iter().all(|&d| d == 1) {
+                    shape[..1].to_vec()
+                } else {
                     return Err(shape_err(format!(
-                        "Softmax over axis {} of a value of shape [N, {}] (only over the features of [N, F] or [N, C, 1, 1])",
+                        "Softmax over axis {} of a value of shape [N, {}] (only over the last axis, or the C of [N, C, 1, 1])",
                         s.config.axis,
                         shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
                     )));
-                }
-                let x = self.as_shape(x, &shape[..1], n.name())?;
+                };
+                let x = self.as_shape(x, &per, n.name())?;
                 let y = self.emit(n, Op::Softmax, &[x])?;
                 self.set(n, y, shape);
                 Ok(())
@@ -1171,6 +1456,298 @@ impl Mapper<'_> {
             Node::Div(x) => self.binary(n, &x.inputs, Binary::Div),
             _ => Err(UNSUPPORTED_OP.into()),
         }
+    }
+
+    /// Records the layer-normalisation step `step` as the value of `n`'s output.
+    fn set_ln(&mut self, n: &Node, x: ValueId, shape: Vec<u32>, step: LnStep, name: String) {
+        self.vals.insert(
+            n.outputs()[0].name.clone(),
+            Val::Ln {
+                x,
+                shape,
+                step,
+                name,
+            },
+        );
+    }
+
+    /// ReduceMean over the last axis, keeping it: the first or the second mean of a layer
+    /// normalisation.
+    fn reduce_mean(
+        &mut self,
+        n: &Node,
+        a: &Argument,
+        c: &onnx_ir::node::reduce::ReduceConfig,
+    ) -> NodeResult {
+        use onnx_ir::node::reduce::ReduceAxes;
+        let v = self.vals.get(&a.name).cloned();
+        let (x, shape, step, name) = match v {
+            Some(Val::Ln {
+                x,
+                shape,
+                step: LnStep::Squared,
+                name,
+            }) => (x, shape, LnStep::Var, name),
+            _ => {
+                let (x, shape) = self.input(n, 0)?;
+                (x, shape, LnStep::Mean, n.name().to_string())
+            }
+        };
+        let last = matches!(&c.axes, ReduceAxes::Static(v) if v[..] == [shape.len()]);
+        if !(last && c.keepdims) {
+            return Err(shape_err(
+                "ReduceMean is supported only over the last axis, keeping it, in a layer normalisation",
+            ));
+        }
+        self.set_ln(n, x, shape, step, name);
+        Ok(())
+    }
+
+    /// The steps of a layer normalisation that are binary ops: `x − mean`, `var + eps`,
+    /// `centred / std`, `normed · gamma` and `normed + beta`. `false` if `n` is not one.
+    fn ln_binary(
+        &mut self,
+        n: &Node,
+        ins: &[Argument],
+        kind: Binary,
+    ) -> std::result::Result<bool, NodeError> {
+        let get = |i: usize| self.vals.get(&ins[i].name).cloned();
+        let (a, b) = (get(0), get(1));
+        let scalar = |i: usize| {
+            self.constant(&ins[i])
+                .filter(|c| c.data.len() == 1)
+                .map(|c| c.data[0])
+        };
+        match (kind, a, b) {
+            (
+                Binary::Sub,
+                Some(Val::Rt { id, .. }),
+                Some(Val::Ln {
+                    x,
+                    shape,
+                    step: LnStep::Mean,
+                    name,
+                }),
+            ) => {
+                let (xa, _) = self.input(n, 0)?;
+                if xa != x && id != x {
+                    return Err("a difference with the mean of another value".into());
+                }
+                self.set_ln(n, x, shape, LnStep::Centred, name);
+            }
+            (
+                Binary::Add,
+                Some(Val::Ln {
+                    x,
+                    shape,
+                    step: LnStep::Var,
+                    name,
+                }),
+                _,
+            ) => {
+                let eps = scalar(1).ok_or("the variance plus a non-scalar")?;
+                self.set_ln(n, x, shape, LnStep::VarEps(eps), name);
+            }
+            (
+                Binary::Div,
+                Some(Val::Ln {
+                    x,
+                    shape,
+                    step: LnStep::Centred,
+                    name,
+                }),
+                Some(Val::Ln {
+                    x: x2,
+                    step: LnStep::Std(eps),
+                    ..
+                }),
+            ) if x == x2 => {
+                let step = LnStep::Normed {
+                    eps,
+                    gamma: None,
+                    beta: None,
+                };
+                self.set_ln(n, x, shape, step, name);
+            }
+            (
+                Binary::Mul | Binary::Add,
+                Some(Val::Ln {
+                    x,
+                    shape,
+                    step: LnStep::Normed { eps, gamma, beta },
+                    name,
+                }),
+                _,
+            ) => {
+                let d = *shape.last().expect("a normalised axis") as usize;
+                let Some(c) = self.constant(&ins[1]) else {
+                    return Ok(false);
+                };
+                let per = match c.data.len() {
+                    1 => vec![c.data[0]; d],
+                    l if l == d && c.shape.iter().rev().skip(1).all(|&s| s == 1) => c.data.clone(),
+                    _ => return Ok(false),
+                };
+                let step = match (kind, gamma, beta) {
+                    (Binary::Mul, None, None) => LnStep::Normed {
+                        eps,
+                        gamma: Some(per),
+                        beta: None,
+                    },
+                    (Binary::Add, gamma, None) => LnStep::Normed {
+                        eps,
+                        gamma,
+                        beta: Some(per),
+                    },
+                    _ => return Ok(false),
+                };
+                self.set_ln(n, x, shape, step, name);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// `start..end` (ONNX conventions: negative from the end, clamped) along ONNX axis `axis`
+    /// of the computed value `a`, as the output of `n`.
+    fn slice(&mut self, n: &Node, a: &Argument, axis: i64, start: i64, end: i64) -> NodeResult {
+        if let Some(Val::Moved {
+            id,
+            mut shape,
+            perm,
+        }) = self.vals.get(&a.name).cloned()
+        {
+            let axis = if axis < 0 {
+                axis + perm.len() as i64
+            } else {
+                axis
+            };
+            let src = usize::try_from(axis)
+                .ok()
+                .and_then(|a| perm.get(a))
+                .copied();
+            let Some(src) = src.filter(|&s| s > 0) else {
+                return Err(shape_err(format!(
+                    "Slice along the batch axis (axis {axis} after the Transpose by {perm:?})"
+                )));
+            };
+            let len = shape[src - 1] as i64;
+            let (s0, e0) = clamp_range(start, end, len);
+            let x = self.as_shape(id, &shape, n.name())?;
+            let op = Op::Slice(Slice {
+                axis: src as u32 - 1,
+                start: s0,
+                end: e0,
+            });
+            let y = self.emit(n, op, &[x])?;
+            shape[src - 1] = e0 - s0;
+            self.vals.insert(
+                n.outputs()[0].name.clone(),
+                Val::Moved { id: y, shape, perm },
+            );
+            return Ok(());
+        }
+        let (id, shape) = self.slice_value(a, axis, start, end, n.name())?;
+        self.set(n, id, shape);
+        Ok(())
+    }
+
+    /// A Slice node named `name` of the computed value `a`: its id and ONNX shape.
+    fn slice_value(
+        &mut self,
+        a: &Argument,
+        axis: i64,
+        start: i64,
+        end: i64,
+        name: &str,
+    ) -> std::result::Result<(ValueId, Vec<u32>), NodeError> {
+        let (x, mut shape) = self.rt(a)?;
+        let axis = if axis < 0 {
+            axis + shape.len() as i64 + 1
+        } else {
+            axis
+        };
+        if axis < 1 || axis as usize > shape.len() {
+            return Err(shape_err(format!(
+                "Slice along axis {axis} of a rank-{} value (not the batch)",
+                shape.len() + 1
+            )));
+        }
+        let ax = axis as usize - 1;
+        let (s0, e0) = clamp_range(start, end, shape[ax] as i64);
+        if (s0, e0) == (0, shape[ax]) {
+            return Ok((x, shape));
+        }
+        let x = self.as_shape(x, &shape, name)?;
+        let op = Op::Slice(Slice {
+            axis: ax as u32,
+            start: s0,
+            end: e0,
+        });
+        let y = self
+            .b
+            .node(name, op, &[x])
+            .map_err(|e| shape_err(format!("{e:#}")))?;
+        shape[ax] = e0 - s0;
+        Ok((y, shape))
+    }
+
+    /// Squeeze of ONNX `axes` (each of size 1) of `a`; a value whose batch axis was moved
+    /// becomes an ordinary one once the batch is first again.
+    fn squeeze(&mut self, n: &Node, a: &Argument, axes: &[i64]) -> NodeResult {
+        let norm = |rank: usize| -> Vec<i64> {
+            let mut v: Vec<i64> = axes
+                .iter()
+                .map(|&x| if x < 0 { x + rank as i64 } else { x })
+                .collect();
+            v.sort();
+            v.reverse();
+            v
+        };
+        if let Some(Val::Moved {
+            id,
+            mut shape,
+            mut perm,
+        }) = self.vals.get(&a.name).cloned()
+        {
+            for ax in norm(perm.len()) {
+                let src = usize::try_from(ax).ok().and_then(|x| perm.get(x)).copied();
+                match src {
+                    Some(s) if s > 0 && shape[s - 1] == 1 => {
+                        shape.remove(s - 1);
+                        perm.remove(ax as usize);
+                        perm.iter_mut().filter(|p| **p > s).for_each(|p| *p -= 1);
+                    }
+                    _ => return Err(shape_err(format!("Squeeze of axis {ax}, which is not of size 1 (after the Transpose by {perm:?})"))),
+                }
+            }
+            if perm[0] != 0 {
+                self.vals
+                    .insert(n.outputs()[0].name.clone(), Val::Moved { id, shape, perm });
+                return Ok(());
+            }
+            let x = self.as_shape(id, &shape, n.name())?;
+            let per: Vec<u32> = perm[1..].iter().map(|&p| p as u32 - 1).collect();
+            if per.iter().enumerate().all(|(i, &p)| p as usize == i) {
+                self.set(n, x, shape);
+                return Ok(());
+            }
+            let y = self.emit(n, Op::Transpose(Transpose { perm: per }), &[x])?;
+            let s = self.b.value_shape(y).to_vec();
+            self.set(n, y, s);
+            return Ok(());
+        }
+        let (x, mut shape) = self.rt(a)?;
+        for ax in norm(shape.len() + 1) {
+            if ax < 1 || ax as usize > shape.len() || shape[ax as usize - 1] != 1 {
+                return Err(shape_err(format!(
+                    "Squeeze of axis {ax} of a value of shape [N, {shape:?}]"
+                )));
+            }
+            shape.remove(ax as usize - 1);
+        }
+        self.set(n, x, shape);
+        Ok(())
     }
 
     fn conv(
@@ -1359,11 +1936,8 @@ impl Mapper<'_> {
         beta: f32,
     ) -> NodeResult {
         let (x, shape) = self.input(n, 0)?;
-        if shape.len() != 1 {
-            return Err(shape_err(format!(
-                "a matrix product of a rank-{} value (only [N, features] inputs)",
-                shape.len() + 1
-            )));
+        if shape.is_empty() {
+            return Err(shape_err("a matrix product of a [N] value"));
         }
         let (mut wt, c) = self.weight(w, format!("{}.weight", n.name()))?;
         if c.shape.len() != 2 {
@@ -1399,13 +1973,24 @@ impl Mapper<'_> {
             }
             None => None,
         };
-        let op = Op::Linear(Linear {
-            weight: wid,
-            bias,
-            act: Activation::None,
-        });
+        let act = Activation::None;
+        let op = if shape.len() == 1 {
+            Op::Linear(Linear {
+                weight: wid,
+                bias,
+                act,
+            })
+        } else {
+            Op::LinearRows(LinearRows {
+                weight: wid,
+                bias,
+                act,
+            })
+        };
         let y = self.emit(n, op, &[x])?;
-        self.set(n, y, vec![out as u32]);
+        let mut shape = shape;
+        *shape.last_mut().expect("checked above") = out as u32;
+        self.set(n, y, shape);
         Ok(())
     }
 
@@ -1500,6 +2085,9 @@ impl Mapper<'_> {
     /// (SiLU), or of a computed value and a per-channel (or scalar) constant, which becomes a
     /// per-channel affine map (an inference BatchNorm with mean 0 and variance 1).
     fn binary(&mut self, n: &Node, ins: &[Argument], kind: Binary) -> NodeResult {
+        if self.ln_binary(n, ins, kind)? {
+            return Ok(());
+        }
         let (ca, cb) = (self.constant(&ins[0]), self.constant(&ins[1]));
         match (ca, cb) {
             (None, None) => {
@@ -1595,6 +2183,13 @@ impl Mapper<'_> {
             (Some(_), Some(_)) => Err("an op of two constants (not folded)".into()),
         }
     }
+}
+
+/// `start..end` of an axis of `len` under ONNX's conventions (negative from the end, clamped).
+fn clamp_range(start: i64, end: i64, len: i64) -> (u32, u32) {
+    let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as u32;
+    let (a, b) = (clamp(start), clamp(end));
+    (a, b.max(a))
 }
 
 /// A MaxPool or AveragePool as onnx-ir parsed it (`avg_count_pad`: `None` for max pooling,

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use nap_runtime::format::Linear;
+use nap_runtime::format::{Linear, LinearRows};
 use nap_runtime::kernels::act_scalar;
 
 use super::{activation, add_channel_bias, probed, Constants, Coupling, HostOp, OnnxNode};
@@ -70,4 +70,42 @@ pub(super) fn removed_rows_constant(
     (0..cx.out_channels())
         .map(|r| cx.removed(r).then(|| act_scalar(act, 0.0)))
         .collect()
+}
+
+impl HostOp for LinearRows {
+    fn eval(&self, ins: &[&Tensor], params: &[Tensor], probe: Option<&Tensor>) -> Result<Tensor> {
+        let x = ins[0];
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().expect("a LinearRows input has axes");
+        let w = &params[self.weight as usize];
+        let mut y = x.reshape(((), inp))?.matmul(&w.t()?)?;
+        if let Some(b) = self.bias {
+            y = add_channel_bias(y, &params[b as usize])?;
+        }
+        let mut out = dims;
+        *out.last_mut().expect("checked above") = w.dim(0)?;
+        activation(&probed(y.reshape(out)?, probe)?, self.act)
+    }
+
+    /// `MatMul` by the transposed weight, then `Add` of the bias.
+    fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {
+        let weight = w.tensor(self.weight);
+        let wt = w.tmp(&format!("{}/weight_t", n.name));
+        w.node(
+            "Transpose",
+            &format!("{}/transpose", n.name),
+            &[&weight],
+            &wt,
+            &[("perm", Attr::Ints(vec![1, 0]))],
+        );
+        let inputs = [n.inputs[0], wt.as_str()];
+        match self.bias {
+            None => w.with_act(self.act, "MatMul", n.name, &inputs, n.output, &[]),
+            Some(b) => {
+                let (bias, mm) = (w.tensor(b), w.tmp(n.name));
+                w.node("MatMul", &format!("{}/matmul", n.name), &inputs, &mm, &[]);
+                w.with_act(self.act, "Add", n.name, &[&mm, &bias], n.output, &[]);
+            }
+        }
+    }
 }

@@ -17,18 +17,21 @@ use crate::onnx_out::{Attr, Writer};
 
 mod act;
 mod add;
+mod attention;
 mod batchnorm;
 mod concat;
 mod constant_maps;
 mod conv2d;
 mod conv_transpose2d;
 mod global_avg_pool;
+mod layer_norm;
 mod linear;
 mod lrn;
 mod mul;
 mod pad;
 mod pool;
 mod reshape;
+mod slice;
 mod softmax;
 mod transpose;
 mod upsample;
@@ -86,6 +89,10 @@ pub fn host(op: &Op) -> &dyn HostOp {
         Op::Transpose(o) => o,
         Op::Lrn(o) => o,
         Op::AvgPool2dUneven(o) => o,
+        Op::LinearRows(o) => o,
+        Op::LayerNorm(o) => o,
+        Op::Slice(o) => o,
+        Op::Attention(o) => o,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Softmax over features: mixes every channel, so its channels are pinned.
+//! Softmax over the last axis: mixes the values of a row, so its channels are pinned.
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -9,7 +9,7 @@ use crate::onnx_out::{Attr, Writer};
 
 impl HostOp for Softmax {
     fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
-        Ok(candle_nn::ops::softmax(ins[0], 1)?)
+        Ok(candle_nn::ops::softmax(ins[0], candle_core::D::Minus1)?)
     }
 
     fn to_onnx(&self, w: &mut Writer<'_>, n: &OnnxNode<'_>) {

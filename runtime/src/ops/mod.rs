@@ -21,33 +21,39 @@ use crate::pool::Pool;
 
 mod act;
 mod add;
+mod attention;
 mod batchnorm;
 mod concat;
 mod conv2d;
 mod conv_transpose2d;
 mod global_avg_pool;
+mod layer_norm;
 mod linear;
 mod lrn;
 mod mul;
 mod pad;
 mod pool;
 mod reshape;
+mod slice;
 mod softmax;
 mod transpose;
 mod upsample;
 
 pub use add::Add;
+pub use attention::Attention;
 pub use batchnorm::BatchNorm;
 pub use concat::Concat;
 pub use conv2d::Conv2d;
 pub use conv_transpose2d::ConvTranspose2d;
 pub use global_avg_pool::GlobalAvgPool;
-pub use linear::Linear;
+pub use layer_norm::LayerNorm;
+pub use linear::{Linear, LinearRows};
 pub use lrn::Lrn;
 pub use mul::Mul;
 pub use pad::Pad;
 pub use pool::{AvgPool2d, AvgPool2dUneven, MaxPool2d};
 pub use reshape::{Flatten, Reshape};
+pub use slice::Slice;
 pub use softmax::Softmax;
 pub use transpose::Transpose;
 pub use upsample::Upsample;
@@ -108,6 +114,10 @@ impl Op {
             Op::Transpose(o) => o,
             Op::Lrn(o) => o,
             Op::AvgPool2dUneven(o) => o,
+            Op::LinearRows(o) => o,
+            Op::LayerNorm(o) => o,
+            Op::Slice(o) => o,
+            Op::Attention(o) => o,
         }
     }
 }

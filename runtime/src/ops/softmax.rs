@@ -1,4 +1,4 @@
-//! Softmax over a feature vector.
+//! Softmax over the last axis (a classifier's features, a sequence model's classes per step).
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -7,15 +7,16 @@ use alloc::vec::Vec;
 use super::{InferCx, Inputs, Kernel, OpDef, PlanCx, RunCx};
 use crate::error::Result;
 
-/// Softmax over a `[features]` vector.
+/// Softmax over the last axis: of a `[features]` vector, or of each row of a `[rows, classes]`
+/// value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Softmax;
 
 impl OpDef for Softmax {
     fn infer(&self, cx: &InferCx<'_>, ins: &[&[u32]]) -> Result<Vec<u32>> {
         cx.arity(ins, 1)?;
-        if ins[0].len() != 1 {
-            return Err(cx.bad("Softmax expects a [features] vector"));
+        if ins[0].is_empty() {
+            return Err(cx.bad("Softmax of a value without axes"));
         }
         Ok(ins[0].to_vec())
     }
@@ -24,22 +25,31 @@ impl OpDef for Softmax {
         "Softmax".to_string()
     }
 
-    fn plan(&self, _: &mut PlanCx<'_, '_>) -> Result<Box<dyn Kernel>> {
-        Ok(Box::new(Softmax))
+    fn plan(&self, cx: &mut PlanCx<'_, '_>) -> Result<Box<dyn Kernel>> {
+        Ok(Box::new(SoftmaxKernel {
+            last: *cx.ins[0].last().expect("checked by infer") as usize,
+        }))
     }
 }
 
-impl Kernel for Softmax {
+#[derive(Debug)]
+struct SoftmaxKernel {
+    last: usize,
+}
+
+impl Kernel for SoftmaxKernel {
     fn run(&self, _: &mut RunCx<'_>, ins: &Inputs<'_>, y: &mut [f32]) {
-        let n = ins.elems(0).max(1); // zero-sized vectors: nothing to do
+        let n = self.last.max(1); // zero-sized rows: nothing to do
         for (yc, xc) in y.chunks_mut(n).zip(ins.get(0).chunks(n)) {
             let m = xc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut s = 0.0;
+            // An f32 running sum of thousands of terms (a recogniser's classes) drifts by 1e-5.
+            let mut s = 0f64;
             for (yv, xv) in yc.iter_mut().zip(xc) {
                 *yv = libm::expf(xv - m);
-                s += *yv;
+                s += *yv as f64;
             }
-            yc.iter_mut().for_each(|v| *v /= s);
+            let inv = (1.0 / s) as f32;
+            yc.iter_mut().for_each(|v| *v *= inv);
         }
     }
 }

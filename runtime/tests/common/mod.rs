@@ -767,10 +767,86 @@ pub fn reference(h: &Header, w: &[Vec<f64>], input: &[f64]) -> Vec<f64> {
             Op::Flatten => (vec![x.1.len() as u32], x.1.clone()),
             Op::Reshape(Reshape { shape }) => (shape.clone(), x.1.clone()),
             Op::Softmax => {
-                let m = x.1.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = x.1.iter().map(|v| (v - m).exp()).collect();
-                let s: f64 = e.iter().sum();
-                (x.0.clone(), e.iter().map(|v| v / s).collect())
+                let d = *x.0.last().unwrap() as usize;
+                let mut y = Vec::with_capacity(x.1.len());
+                for row in x.1.chunks(d) {
+                    let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = row.iter().map(|v| (v - m).exp()).collect();
+                    let s: f64 = e.iter().sum();
+                    y.extend(e.iter().map(|v| v / s));
+                }
+                (x.0.clone(), y)
+            }
+            Op::LinearRows(LinearRows { weight, bias, act }) => {
+                let ws = &h.tensors[*weight as usize].shape;
+                let (o, n) = (ws[0] as usize, ws[1] as usize);
+                let wt = &w[*weight as usize];
+                let mut y = Vec::new();
+                for row in x.1.chunks(n) {
+                    for r in 0..o {
+                        let dot: f64 = (0..n).map(|k| wt[r * n + k] * row[k]).sum();
+                        let b = bias.map_or(0.0, |b| w[b as usize][r]);
+                        y.push(act_ref(*act, dot + b));
+                    }
+                }
+                let mut shape = x.0.clone();
+                *shape.last_mut().unwrap() = o as u32;
+                (shape, y)
+            }
+            Op::LayerNorm(LayerNorm { gamma, beta, eps }) => {
+                let d = *x.0.last().unwrap() as usize;
+                let (g, b) = (&w[*gamma as usize], &w[*beta as usize]);
+                let mut y = Vec::with_capacity(x.1.len());
+                for row in x.1.chunks(d) {
+                    let mean = row.iter().sum::<f64>() / d as f64;
+                    let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+                    let sd = (var + *eps as f64).sqrt();
+                    y.extend(
+                        row.iter()
+                            .enumerate()
+                            .map(|(i, v)| (v - mean) / sd * g[i] + b[i]),
+                    );
+                }
+                (x.0.clone(), y)
+            }
+            Op::Slice(Slice { axis, start, end }) => {
+                let a = *axis as usize;
+                let inner: usize = x.0[a + 1..].iter().map(|&d| d as usize).product();
+                let len = x.0[a] as usize;
+                let mut y = Vec::new();
+                for block in x.1.chunks(len * inner) {
+                    y.extend_from_slice(&block[*start as usize * inner..*end as usize * inner]);
+                }
+                let mut shape = x.0.clone();
+                shape[a] = end - start;
+                (shape, y)
+            }
+            Op::Attention(Attention { scale }) => {
+                let (k, v) = (ins[1], ins[2]);
+                let (hh, t, d) = (x.0[0] as usize, x.0[1] as usize, x.0[2] as usize);
+                let (sl, dv) = (k.0[1] as usize, v.0[2] as usize);
+                let mut y = vec![0f64; hh * t * dv];
+                for h in 0..hh {
+                    for i in 0..t {
+                        let scores: Vec<f64> = (0..sl)
+                            .map(|j| {
+                                (0..d)
+                                    .map(|e| x.1[(h * t + i) * d + e] * k.1[(h * sl + j) * d + e])
+                                    .sum::<f64>()
+                                    * *scale as f64
+                            })
+                            .collect();
+                        let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                        for (j, sj) in scores.iter().enumerate() {
+                            let p = (sj - m).exp() / z;
+                            for e in 0..dv {
+                                y[(h * t + i) * dv + e] += p * v.1[(h * sl + j) * dv + e];
+                            }
+                        }
+                    }
+                }
+                (vec![hh as u32, t as u32, dv as u32], y)
             }
         };
         let declared = &g.values[node.output as usize].shape;
