@@ -398,6 +398,25 @@ def build_attention_block():
     return g.model("attention_block", "input", ["N", 3, 8, 8], x, ["N", t, 5], 17)
 
 
+def build_pool_ceil():
+    """Poolings with ceil_mode = 1 that add a last window (as torchvision's GoogLeNet and
+    SqueezeNet export them): MaxPool 3x3/2 on 8x8 (3 -> 4 outputs), AveragePool 3x3/2 with pads 1
+    and count_include_pad 0 on 4x4 (2 -> 3), then a classifier."""
+    g = GraphBuilder()
+    rng = np.random.default_rng(REFERENCE_SEED)
+    w = g.constant("conv.weight", rng.standard_normal((6, 3, 3, 3)).astype(np.float32))
+    x = g.node("Conv", ["input", w], "conv", **conv_attrs(3, 1))
+    x = g.node("Relu", [x], "relu")
+    x = g.node("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
+    x = g.node("AveragePool", [x], "avgpool", kernel_shape=[3, 3], strides=[2, 2],
+               pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0)
+    x = g.node("Flatten", [x], "flatten", axis=1)
+    fc = g.constant("fc.weight", (rng.standard_normal((4, 54)) * 0.2).astype(np.float32))
+    x = g.node("Gemm", [x, fc], "fc", transB=1)
+    # Opset 19: onnx-ir 0.22 refuses AveragePool ceil_mode below it (ONNX has it since 10).
+    return g.model("pool_ceil", "input", ["N", 3, 8, 8], x, ["N", 4], 19)
+
+
 def write_external_variants(out_dir, m1):
     """m1-external.onnx with its weights in m1-external.onnx.data, and m1-external-missing.onnx
     whose weights point at a file that does not exist. Returns the first model."""
@@ -887,6 +906,10 @@ def main():
          "exist (an error case)")
 
     write_model(out_dir, "unsupported", build_unsupported())
+    write_model(out_dir, "pool-ceil", build_pool_ceil())
+    note("pool-ceil.onnx", "MaxPool and AveragePool (count_include_pad 0) with ceil_mode 1 "
+         "adding a last window")
+    note_pair("pool-ceil", "pool-ceil")
     write_model(out_dir, "attention-block", build_attention_block())
     note("attention-block.onnx", "a small CNN with a transformer block, as torch exports it at "
          "opset 17 (LayerNormalization, Split, MatMul of two computed tensors, Softmax over the "

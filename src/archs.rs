@@ -7,7 +7,6 @@ use nap_runtime::format::{
 };
 use rand::{Rng, SeedableRng};
 
-use crate::import::NamedTensor;
 use crate::ir::{GraphBuilder, HostModel, HostTensor, StateDict};
 
 /// Architectures `--arch` accepts.
@@ -379,7 +378,7 @@ fn mobilenet_v2(mut n: Net) -> Result<HostModel> {
 }
 
 /// Builds `arch` from checkpoint tensors; every tensor must be used.
-pub fn from_checkpoint(arch: &str, tensors: Vec<NamedTensor>) -> Result<HostModel> {
+pub fn from_checkpoint(arch: &str, tensors: Vec<HostTensor>) -> Result<HostModel> {
     let mut sd = StateDict::new(tensors);
     let m = build(arch, &mut sd)?;
     sd.finish()?;
@@ -393,7 +392,7 @@ pub fn from_checkpoint(arch: &str, tensors: Vec<NamedTensor>) -> Result<HostMode
 /// their group count from their weight, and the value shapes are inferred anew. Shapes that do
 /// not fit together are an error naming the node. A checkpoint with the architecture's own
 /// shapes gives the same model as [`from_checkpoint`].
-pub fn from_slimmed_checkpoint(arch: &str, tensors: Vec<NamedTensor>) -> Result<HostModel> {
+pub fn from_slimmed_checkpoint(arch: &str, tensors: Vec<HostTensor>) -> Result<HostModel> {
     let mut m = random(arch, 0)?;
     let mut sd = StateDict::new(tensors);
     for t in &mut m.tensors {

@@ -1018,12 +1018,11 @@ fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<(Vec<f
             }
         } else if ext == "npy" {
             let t = import::npy::read_npy(path)?;
-            let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            if t.shape.len() == want.len() + 1 && t.shape[1..] == want[..] {
-                n = t.shape[0];
-            } else if t.shape != want {
+            if t.shape.len() == shape.len() + 1 && t.shape[1..] == shape[..] {
+                n = t.shape[0] as usize;
+            } else if t.shape[..] != shape[..] {
                 bail!(
-                    "{}: array of shape {:?}, the model takes {want:?} (or [N, ...] for N examples)",
+                    "{}: array of shape {:?}, the model takes {shape:?} (or [N, ...] for N examples)",
                     path.display(),
                     t.shape
                 );

@@ -4,7 +4,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use nap_runtime::format::{Graph, Metadata, Node, Op, TensorId, ValueId, ValueInfo};
 use nap_runtime::graph::{self, TensorTable};
 
-use crate::import::NamedTensor;
 use crate::ops::host;
 
 /// A model the pruner works on: graph (same types as the `.nap` file), tensors indexed by
@@ -35,6 +34,19 @@ impl HostTensor {
     pub fn numel(&self) -> usize {
         self.data.len()
     }
+
+    /// The shape as `usize`s.
+    pub fn dims(&self) -> Vec<usize> {
+        self.shape.iter().map(|&d| d as usize).collect()
+    }
+}
+
+/// `dims` as a tensor shape, or an error naming `what` if a dimension exceeds `u32`.
+pub fn shape_u32(dims: &[usize], what: &str) -> Result<Vec<u32>> {
+    dims.iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| anyhow!("{what}: dimension too large in {dims:?}"))
 }
 
 struct Shapes<'a>(&'a [HostTensor]);
@@ -193,11 +205,11 @@ impl Default for GraphBuilder {
 
 /// A state dict being consumed by an architecture builder: every key must be used exactly once.
 pub struct StateDict {
-    entries: Vec<Option<NamedTensor>>,
+    entries: Vec<Option<HostTensor>>,
 }
 
 impl StateDict {
-    pub fn new(tensors: Vec<NamedTensor>) -> Self {
+    pub fn new(tensors: Vec<HostTensor>) -> Self {
         StateDict {
             entries: tensors.into_iter().map(Some).collect(),
         }
@@ -206,7 +218,7 @@ impl StateDict {
     /// Removes `key`, checking its shape.
     pub fn take(&mut self, key: &str, shape: &[usize]) -> Result<HostTensor> {
         let t = self.remove(key)?;
-        if t.shape != shape {
+        if t.dims() != shape {
             bail!(
                 "checkpoint tensor {key:?} has shape {:?}, the architecture expects {:?} (wrong --arch?)",
                 t.shape,
@@ -233,7 +245,7 @@ impl StateDict {
         self.remove(key).ok().map(checked)
     }
 
-    fn remove(&mut self, key: &str) -> Result<NamedTensor> {
+    fn remove(&mut self, key: &str) -> Result<HostTensor> {
         let slot = self
             .entries
             .iter_mut()
@@ -262,25 +274,15 @@ impl StateDict {
     }
 }
 
-/// `t` as a host tensor, refusing non-finite values.
-fn checked(t: NamedTensor) -> Result<HostTensor> {
+/// `t`, refusing non-finite values.
+fn checked(t: HostTensor) -> Result<HostTensor> {
     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
         bail!(
             "checkpoint tensor {:?} holds a non-finite value at index {i}",
             t.name
         );
     }
-    let shape = t
-        .shape
-        .iter()
-        .map(|&d| u32::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .context("dimension too large")?;
-    Ok(HostTensor {
-        name: t.name,
-        shape,
-        data: t.data,
-    })
+    Ok(t)
 }
 
 /// Key of the model card in the metadata of the safetensors checkpoints nap writes.
@@ -313,7 +315,7 @@ pub fn model_card(m: &HostModel) -> String {
 
 /// Rebuilds a model from its card and the checkpoint's tensors (taken by name; each must have
 /// the card's shape and finite values; extra tensors are an error).
-pub fn from_model_card(card: &str, tensors: Vec<NamedTensor>) -> Result<HostModel> {
+pub fn from_model_card(card: &str, tensors: Vec<HostTensor>) -> Result<HostModel> {
     let card: ModelCard =
         serde_json::from_str(card).context("the checkpoint's model card is not readable")?;
     let mut sd = StateDict::new(tensors);
@@ -335,21 +337,5 @@ pub fn from_model_card(card: &str, tensors: Vec<NamedTensor>) -> Result<HostMode
 
 /// Writes `m`'s tensors to a safetensors checkpoint with its model card (atomically).
 pub fn write_checkpoint(path: &std::path::Path, m: &HostModel) -> Result<()> {
-    crate::import::write_safetensors_with(
-        path,
-        &to_named(m),
-        Some((MODEL_CARD_KEY, &model_card(m))),
-    )
-}
-
-/// The model's tensors under their checkpoint names, for writing back to safetensors.
-pub fn to_named(m: &HostModel) -> Vec<NamedTensor> {
-    m.tensors
-        .iter()
-        .map(|t| NamedTensor {
-            name: t.name.clone(),
-            shape: t.shape.iter().map(|&d| d as usize).collect(),
-            data: t.data.clone(),
-        })
-        .collect()
+    crate::import::write_safetensors_with(path, &m.tensors, Some((MODEL_CARD_KEY, &model_card(m))))
 }

@@ -1278,7 +1278,7 @@ pub fn run(
             ir::write_checkpoint(&dir.join(&file), &trial)?;
             if let Some(o) = &trial_opt {
                 let f = format!("opt-{k:04}.safetensors");
-                import::write_safetensors(&dir.join(&f), &o.to_named())?;
+                import::write_safetensors(&dir.join(&f), &o.to_named()?)?;
                 if let Some(old) = st.best_opt.replace(f) {
                     let _ = std::fs::remove_file(dir.join(old));
                 }

@@ -134,26 +134,26 @@ pub struct OptState {
 
 impl OptState {
     /// The state as tensors `t`, `m.K`, `v.K` (for a safetensors file).
-    pub fn to_named(&self) -> Vec<crate::import::NamedTensor> {
-        let mut out = vec![crate::import::NamedTensor {
+    pub fn to_named(&self) -> Result<Vec<crate::ir::HostTensor>> {
+        let mut out = vec![crate::ir::HostTensor {
             name: "t".into(),
             shape: vec![1],
             data: vec![self.t as f32],
         }];
         for (k, (m, v)) in self.m.iter().zip(&self.v).enumerate() {
             for (p, d) in [("m", m), ("v", v)] {
-                out.push(crate::import::NamedTensor {
+                out.push(crate::ir::HostTensor {
                     name: format!("{p}.{k}"),
-                    shape: vec![d.len()],
+                    shape: crate::ir::shape_u32(&[d.len()], "optimiser moment")?,
                     data: d.clone(),
                 });
             }
         }
-        out
+        Ok(out)
     }
 
     /// Reads what [`OptState::to_named`] wrote.
-    pub fn from_named(ts: Vec<crate::import::NamedTensor>) -> Result<Self> {
+    pub fn from_named(ts: Vec<crate::ir::HostTensor>) -> Result<Self> {
         let mut by: std::collections::HashMap<String, Vec<f32>> =
             ts.into_iter().map(|t| (t.name, t.data)).collect();
         let t = by

@@ -32,10 +32,10 @@ fn text(o: &Output) -> String {
 fn write_checkpoint(
     dir: &Path,
     arch: &str,
-    mutate: impl FnOnce(&mut Vec<nap::import::NamedTensor>),
+    mutate: impl FnOnce(&mut Vec<nap::ir::HostTensor>),
 ) -> std::path::PathBuf {
     let m = nap::archs::random(arch, 1).unwrap();
-    let mut named = nap::ir::to_named(&m);
+    let mut named = m.tensors.clone();
     mutate(&mut named);
     let p = dir.join(format!("{arch}.safetensors"));
     nap::import::write_safetensors(&p, &named).unwrap();
@@ -535,7 +535,7 @@ fn issue4_block_pruned_weights_are_written_blocked() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = write_checkpoint(dir.path(), "lenet-300-100", |named| {
         for t in named.iter_mut().filter(|t| t.name == "fc1.weight") {
-            let cols = t.shape[1];
+            let cols = t.shape[1] as usize;
             for (k, v) in t.data.iter_mut().enumerate() {
                 let (b, j) = (k / cols / 4, k % cols);
                 if (b + j) % 7 != 0 {
@@ -869,21 +869,21 @@ fn issue13_user_data_images_and_tensors() {
         img.save(dir.path().join(format!("flat/{i:04}.png")))
             .unwrap();
     }
-    let inputs = nap::import::NamedTensor {
+    let inputs = nap::ir::HostTensor {
         name: "inputs".into(),
-        shape: vec![test.n, 1, 8, 8],
+        shape: vec![test.n as u32, 1, 8, 8],
         data: test.images.clone(),
     };
-    let labels = nap::import::NamedTensor {
+    let labels = nap::ir::HostTensor {
         name: "labels".into(),
-        shape: vec![test.n],
+        shape: vec![test.n as u32],
         data: test.labels.iter().map(|&l| l as f32).collect(),
     };
     nap::import::write_safetensors(&dir.path().join("t.safetensors"), &[inputs.clone(), labels])
         .unwrap();
     std::fs::write(
         p("t.npy"),
-        nap::import::npy::npy_bytes(&inputs.shape, &inputs.data),
+        nap::import::npy::npy_bytes(&inputs.dims(), &inputs.data),
     )
     .unwrap();
 

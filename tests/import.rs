@@ -18,8 +18,9 @@ use nap::data::{load_digits, load_mnist, Dataset, Split};
 use nap::import::pickle::{self, PickleError, Value};
 use nap::import::{
     read_checkpoint, read_pth, read_pth_all, read_pth_all_bytes, read_pth_bytes, read_safetensors,
-    write_safetensors, DType, NamedTensor, TensorData,
+    write_safetensors, DType, TensorData,
 };
+use nap::ir::HostTensor;
 
 // ---------------------------------------------------------------------------------------------
 // A tiny pickle writer for hand-built test inputs.
@@ -762,17 +763,17 @@ fn safetensors_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     let tensors = vec![
-        NamedTensor {
+        HostTensor {
             name: "b.weight".into(),
             shape: vec![2, 3],
             data: vec![1., -2., 3.5, 0., f32::MIN_POSITIVE, 1e30],
         },
-        NamedTensor {
+        HostTensor {
             name: "a.bias".into(),
             shape: vec![3],
             data: vec![0.25, 0.5, 0.75],
         },
-        NamedTensor {
+        HostTensor {
             name: "scalar".into(),
             shape: vec![],
             data: vec![42.],
@@ -794,7 +795,7 @@ fn safetensors_round_trip() {
     // Overwriting works; bad inputs fail without leaving files behind.
     write_safetensors(&path, &tensors[1..]).unwrap();
     assert_eq!(read_safetensors(&path).unwrap().len(), 2);
-    let bad = NamedTensor {
+    let bad = HostTensor {
         name: "x".into(),
         shape: vec![2, 2],
         data: vec![1.],
@@ -1031,11 +1032,11 @@ fn fixture_m1_zip_checkpoint() {
     };
     let path = fixture(&dir, "m1.pth");
     let ts = read_pth(&path).unwrap();
-    let got: Vec<(&str, &[usize])> = ts
+    let got: Vec<(&str, &[u32])> = ts
         .iter()
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
         .collect();
-    let want: Vec<(&str, &[usize])> = vec![
+    let want: Vec<(&str, &[u32])> = vec![
         ("conv_layers.0.weight", &[32, 1, 3, 3]),
         ("conv_layers.0.bias", &[32]),
         ("conv_layers.3.weight", &[64, 32, 3, 3]),
@@ -1062,7 +1063,7 @@ fn fixture_m1_zip_checkpoint() {
     assert_eq!(theirs.len(), ts.len());
     for (name, t) in theirs {
         let mine = ts.iter().find(|m| m.name == name).unwrap();
-        assert_eq!(t.dims(), mine.shape.as_slice(), "{name}");
+        assert_eq!(t.dims(), mine.dims().as_slice(), "{name}");
         let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(v, mine.data, "{name}");
     }

@@ -39,6 +39,15 @@ fn check_model_against_ort(model: &Path, dir: &Path, stem: &str, tol: f32, opts:
     check_outputs_against_ort(model, dir, stem, tol, opts, Compare::Classes)
 }
 
+/// MaxPool and AveragePool (count_include_pad 0) whose ceil_mode adds a last window.
+#[test]
+fn issue13_ceil_mode_pooling_matches_onnx_runtime() {
+    let Some(dir) = fixtures("issue13_ceil_mode_pooling_matches_onnx_runtime") else {
+        return;
+    };
+    check_against_ort(&dir, "pool-ceil", "", TOL);
+}
+
 /// A transformer block as torch exports it at opset 17 (LayerNormalization, Split, Unsqueeze,
 /// attention written as MatMul, Mul, Softmax, MatMul) after a convolution.
 #[test]
@@ -76,16 +85,9 @@ fn check_outputs_against_ort(
     let m = read_onnx(model, opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     let x = read_npy(&fixture(dir, &format!("{name}{case}.input.npy"))).unwrap();
     let want = read_npy(&fixture(dir, &format!("{name}{case}.output.npy"))).unwrap();
-    assert_eq!(
-        &x.shape[1..],
-        m.input_shape()
-            .iter()
-            .map(|&d| d as usize)
-            .collect::<Vec<_>>(),
-        "{name}: input shape"
-    );
-    let classes: usize = want.shape[1..].iter().product();
-    let batch = x.shape[0];
+    assert_eq!(&x.shape[1..], m.input_shape(), "{name}: input shape");
+    let classes: usize = want.dims()[1..].iter().product();
+    let batch = x.dims()[0];
     let reference = reference_logits(&m, &x.data, batch, false).unwrap();
     let bytes = to_nap_bytes(&m, ExportOptions::default()).unwrap();
     let model = Model::from_vec(&bytes).unwrap();
@@ -95,7 +97,9 @@ fn check_outputs_against_ort(
         let top1 = match cmp {
             Compare::Classes => ag.top1_mismatches,
             Compare::Map => 0,
-            Compare::Steps => agreement(y, &want.data, *want.shape.last().unwrap()).top1_mismatches,
+            Compare::Steps => {
+                agreement(y, &want.data, *want.dims().last().unwrap()).top1_mismatches
+            }
         };
         eprintln!(
             "{name}{case} {engine} vs ONNX Runtime: {} examples, max rel err {:.2e}, top-1 mismatches {top1}",
@@ -213,10 +217,10 @@ fn fixture_python(dir: &Path) -> PathBuf {
 }
 
 /// ONNX Runtime's output for `model` on `x` (through `scripts/ort-run.py`).
-fn ort_run(py: &Path, model: &Path, x: &nap::import::NamedTensor) -> nap::import::NamedTensor {
+fn ort_run(py: &Path, model: &Path, x: &nap::ir::HostTensor) -> nap::ir::HostTensor {
     let dir = model.parent().unwrap();
     let (xin, yout) = (dir.join("x.npy"), dir.join("y.npy"));
-    std::fs::write(&xin, nap::import::npy::npy_bytes(&x.shape, &x.data)).unwrap();
+    std::fs::write(&xin, nap::import::npy::npy_bytes(&x.dims(), &x.data)).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ort-run.py");
     let o = std::process::Command::new(py)
         .arg(script)
@@ -240,7 +244,7 @@ fn onnx_out_matches_runtime(
     tmp: &Path,
     what: &str,
     m: &nap::ir::HostModel,
-    x: &nap::import::NamedTensor,
+    x: &nap::ir::HostTensor,
 ) {
     let path = tmp.join(format!("{what}.onnx"));
     nap::onnx_out::write_onnx(&nap::export::fuse(m).unwrap(), &path).unwrap();
@@ -249,11 +253,11 @@ fn onnx_out_matches_runtime(
     let ours = runtime_logits(
         &Model::from_vec(&bytes).unwrap(),
         &x.data,
-        x.shape[0],
+        x.dims()[0],
         false,
     )
     .unwrap();
-    let classes: usize = want.shape[1..].iter().product();
+    let classes: usize = want.dims()[1..].iter().product();
     let ag = agreement(&ours, &want.data, classes);
     eprintln!(
         "{what}: nap-runtime vs ONNX Runtime on nap's ONNX: max rel err {:.2e}, top-1 mismatches {}",
@@ -339,7 +343,7 @@ fn issue13_new_ops_written_as_onnx_run_in_onnx_runtime() {
     };
     let py = fixture_python(&dir);
     let tmp = tempfile::tempdir().unwrap();
-    for name in ["shufflenet", "inception_v1", "attention-block"] {
+    for name in ["shufflenet", "inception_v1", "attention-block", "pool-ceil"] {
         let m = read_onnx(
             &fixture(&dir, &format!("{name}.onnx")),
             &OnnxOptions::default(),

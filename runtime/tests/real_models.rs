@@ -101,6 +101,23 @@ fn real_model_mobilenet_v2() {
 // within 2.5e-6 of ONNX Runtime's.
 
 #[test]
+fn real_model_onnx_vgg19() {
+    check("vgg19", 1e-5);
+}
+
+/// MaxPool with uneven pads (a Pad of minus infinity, then the pooling).
+#[test]
+fn real_model_onnx_inception_v2() {
+    check("inception_v2", 1e-5);
+}
+
+/// MobileNetV2 with unfolded BatchNormalization nodes.
+#[test]
+fn real_model_onnx_m2_bn() {
+    check("m2-bn", 1e-5);
+}
+
+#[test]
 fn real_model_onnx_resnet50() {
     check("resnet50", 1e-5);
 }

@@ -221,7 +221,7 @@ pub fn load_tensors(file: &Path, shape: &[u32]) -> Result<(Dataset, bool)> {
         "npy" => (crate::import::npy::read_npy(file)?, None),
         "safetensors" => {
             let mut ts = crate::import::read_safetensors(file)?;
-            let take = |ts: &mut Vec<crate::import::NamedTensor>, names: &[&str]| {
+            let take = |ts: &mut Vec<crate::ir::HostTensor>, names: &[&str]| {
                 ts.iter()
                     .position(|t| names.contains(&t.name.as_str()))
                     .map(|i| ts.remove(i))
@@ -241,7 +241,7 @@ pub fn load_tensors(file: &Path, shape: &[u32]) -> Result<(Dataset, bool)> {
     };
     let want: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     ensure!(
-        inputs.shape.len() == want.len() + 1 && inputs.shape[1..] == want[..],
+        inputs.shape.len() == want.len() + 1 && inputs.dims()[1..] == want[..],
         "{}: inputs of shape {:?}, the model takes [N, {}]",
         file.display(),
         inputs.shape,
@@ -250,7 +250,7 @@ pub fn load_tensors(file: &Path, shape: &[u32]) -> Result<(Dataset, bool)> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let n = inputs.shape[0];
+    let n = inputs.shape[0] as usize;
     ensure!(n > 0, "{}: no examples", file.display());
     if let Some(i) = inputs.data.iter().position(|v| !v.is_finite()) {
         bail!("{}: input value {i} is not finite", file.display());

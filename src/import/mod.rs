@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::ir::HostModel;
+use crate::ir::{HostModel, HostTensor};
 
 pub use pth::{
     read_pth, read_pth_all, read_pth_all_bytes, read_pth_bytes, DType, PthTensor, TensorData,
@@ -21,21 +21,6 @@ pub use pth::{
 pub use safetensors::{
     read_safetensors, read_safetensors_with_metadata, write_safetensors, write_safetensors_with,
 };
-
-/// A named f32 tensor, contiguous in row-major order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NamedTensor {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-impl NamedTensor {
-    /// Number of elements (the product of the shape).
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
 
 /// The kind of checkpoint file, as recognised by [`detect_format`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +136,7 @@ pub fn load_model(path: &Path, arch: Option<&str>, onnx: &onnx::OnnxOptions) -> 
 }
 
 /// Reads the float tensors of a checkpoint of any supported format.
-pub fn read_checkpoint(path: &Path) -> Result<Vec<NamedTensor>> {
+pub fn read_checkpoint(path: &Path) -> Result<Vec<HostTensor>> {
     match detect_format(path)? {
         CheckpointFormat::PthZip | CheckpointFormat::PthLegacy => read_pth(path),
         CheckpointFormat::Safetensors => read_safetensors(path),

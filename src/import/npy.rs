@@ -5,12 +5,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::NamedTensor;
+use crate::ir::{shape_u32, HostTensor};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// Reads an `.npy` array as f32 (`<f4`, or `<f8` converted), named after the file.
-pub fn read_npy(path: &Path) -> Result<NamedTensor> {
+pub fn read_npy(path: &Path) -> Result<HostTensor> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let name = path
         .file_stem()
@@ -21,7 +21,7 @@ pub fn read_npy(path: &Path) -> Result<NamedTensor> {
 }
 
 /// [`read_npy`] from bytes.
-pub fn parse_npy(bytes: &[u8], name: String) -> Result<NamedTensor> {
+pub fn parse_npy(bytes: &[u8], name: String) -> Result<HostTensor> {
     if !bytes.starts_with(MAGIC) || bytes.len() < 10 {
         bail!("no .npy magic");
     }
@@ -71,7 +71,8 @@ pub fn parse_npy(bytes: &[u8], name: String) -> Result<NamedTensor> {
             _ => f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
         })
         .collect();
-    Ok(NamedTensor { name, shape, data })
+    let shape = shape_u32(&shape, &name)?;
+    Ok(HostTensor { name, shape, data })
 }
 
 /// Encodes an f32 array as `.npy` (version 1, `<f4`, C order).
@@ -133,7 +134,7 @@ mod tests {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
             let t = parse_npy(&npy_bytes(&shape, &data), "x".into()).unwrap();
-            assert_eq!((t.shape, t.data), (shape, data));
+            assert_eq!((t.dims(), t.data), (shape, data));
         }
     }
 

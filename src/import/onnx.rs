@@ -2014,15 +2014,48 @@ impl Mapper<'_> {
                 shape.len() + 1
             )));
         }
-        let (padding, uneven) = split_padding(pad, auto_pad)?;
+        let (sym, rest) = split_padding(pad, auto_pad)?;
         let kernel = kernel.map(|k| k as u32);
         let stride = stride.map(|s| s as u32);
-        if let (Some(_), Some(false), false) = (uneven, avg_count_pad, ceil_mode) {
+        // [top, left, bottom, right].
+        let mut pads = rest.unwrap_or([0; 4]);
+        for a in 0..2 {
+            pads[a] += sym[a];
+            pads[a + 2] += sym[a];
+        }
+        if ceil_mode {
+            // The windows that start inside the input or its leading padding, where the floor
+            // rule drops a last partial one (ONNX Runtime's and PyTorch's rule): extra cells at
+            // the end, which never win a maximum and never count in an average.
+            for a in 0..2 {
+                let (input, k, st) = (shape[1 + a], kernel[a], stride[a]);
+                let span = input + pads[a] + pads[a + 2];
+                if span < k || st == 0 {
+                    return Err(shape_err("the pooling window does not fit the input"));
+                }
+                let mut out = (span - k).div_ceil(st) + 1;
+                if (out - 1) * st >= input + pads[a] {
+                    out -= 1;
+                }
+                let extra = ((out - 1) * st + k).saturating_sub(span);
+                if extra > 0 && avg_count_pad == Some(true) {
+                    return Err(shape_err(
+                        "AveragePool with ceil_mode = 1 and count_include_pad = 1 where ceil_mode adds a window (not supported)",
+                    ));
+                }
+                pads[a + 2] += extra;
+            }
+        }
+        let padding = [pads[0].min(pads[2]), pads[1].min(pads[3])];
+        let uneven = [
+            pads[0] - padding[0],
+            pads[1] - padding[1],
+            pads[2] - padding[0],
+            pads[3] - padding[1],
+        ];
+        let uneven = (uneven != [0; 4]).then_some(uneven);
+        if let (Some(_), Some(false)) = (uneven, avg_count_pad) {
             // A Pad would be counted in the mean: the op takes the uneven padding itself.
-            let onnx_ir::node::padding::PaddingConfig2d::Explicit(t, l, b, r) = *pad else {
-                unreachable!("uneven padding is explicit")
-            };
-            let pads = [t, l, b, r].map(|v| v as u32);
             let op = Op::AvgPool2dUneven(AvgPool2dUneven {
                 kernel,
                 stride,
@@ -2033,35 +2066,13 @@ impl Mapper<'_> {
             self.set(n, y, s);
             return Ok(());
         }
-        let (x, shape) =
-            match (uneven, avg_count_pad) {
-                (None, _) => (x, shape),
-                (Some(_), Some(false)) => return Err(
-                    "AveragePool with uneven padding, count_include_pad = 0 and ceil_mode = 1 is not supported"
-                        .into(),
-                ),
-                (Some(_), avg) => {
-                    // Max pooling never picks a padding cell; an average that counts them adds 0.
-                    let fill = if avg.is_none() {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    };
-                    let x = self.pad_first(n, x, uneven, fill)?;
-                    let shape = self.b.value_shape(x).to_vec();
-                    (x, shape)
-                }
-            };
-        if ceil_mode {
-            for a in 0..2 {
-                let span = shape[1 + a] + 2 * padding[a];
-                if span < kernel[a] || (span - kernel[a]) % stride[a] != 0 {
-                    return Err(shape_err(
-                        "ceil_mode = 1 changes the output size here (not supported)",
-                    ));
-                }
-            }
-        }
+        // Max pooling never picks a padding cell; an average that counts them adds 0.
+        let fill = if avg_count_pad.is_none() {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        };
+        let x = self.pad_first(n, x, uneven, fill)?;
         let op = match avg_count_pad {
             None => Op::MaxPool2d(MaxPool2d {
                 kernel,

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::pickle::{self, Value};
-use super::NamedTensor;
+use crate::ir::{shape_u32, HostTensor};
 
 /// The element type of a torch storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,23 +112,23 @@ pub struct PthTensor {
 /// Reads every float tensor of a `.pth`/`.pt` checkpoint (zip or legacy format), in file
 /// order. Integer tensors (e.g. BatchNorm's `num_batches_tracked`) are skipped; use
 /// [`read_pth_all`] to get them too.
-pub fn read_pth(path: &Path) -> Result<Vec<NamedTensor>> {
-    Ok(float_only(read_pth_all(path)?))
+pub fn read_pth(path: &Path) -> Result<Vec<HostTensor>> {
+    float_only(read_pth_all(path)?)
 }
 
 /// Like [`read_pth`], from bytes in memory.
-pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<NamedTensor>> {
-    Ok(float_only(read_pth_all_bytes(bytes)?))
+pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<HostTensor>> {
+    float_only(read_pth_all_bytes(bytes)?)
 }
 
-fn float_only(ts: Vec<PthTensor>) -> Vec<NamedTensor> {
+fn float_only(ts: Vec<PthTensor>) -> Result<Vec<HostTensor>> {
     ts.into_iter()
         .filter_map(|t| match t.data {
-            TensorData::F32(data) => Some(NamedTensor {
+            TensorData::F32(data) => Some(shape_u32(&t.shape, &t.name).map(|shape| HostTensor {
                 name: t.name,
-                shape: t.shape,
+                shape,
                 data,
-            }),
+            })),
             TensorData::I64(_) => None,
         })
         .collect()
