@@ -948,23 +948,17 @@ def main():
                     ".standard_normal")
         save_pair(out_dir, stem, x, run_first_output(model, x))
         note_pair(stem, f"../ppocr/{name}", text)
-        if name == "det":
-            # The map before its final Sigmoid: a relative error is measured against the
-            # largest logit, which the saturated map (max 1.0) hides.
-            last = [n for n in model.graph.node if n.op_type == "Sigmoid"][-1]
+        # The output before the final Sigmoid (det: a relative error is measured against the
+        # largest value, which the saturated map, max 1.0, hides) or Softmax (rec: the class
+        # scores of each step).
+        last_op = {"det": "Sigmoid", "rec": "Softmax"}.get(name)
+        if last_op is not None:
+            last = [n for n in model.graph.node if n.op_type == last_op][-1]
             logits = prefix_model(model, last.input[0])
-            onnx.save(logits, os.path.join(out_dir, "ppocr-det-logits.onnx"))
-            save_pair(out_dir, "ppocr-det-logits", x, run_first_output(logits, x))
-            note("ppocr-det-logits.onnx", "ppocr/det.onnx up to the input of its last Sigmoid")
-            note_pair("ppocr-det-logits", "ppocr-det-logits", text)
-        if name == "rec":
-            # The class scores of each step before the final Softmax (see det above).
-            last = [n for n in model.graph.node if n.op_type == "Softmax"][-1]
-            logits = prefix_model(model, last.input[0])
-            onnx.save(logits, os.path.join(out_dir, "ppocr-rec-logits.onnx"))
-            save_pair(out_dir, "ppocr-rec-logits", x, run_first_output(logits, x))
-            note("ppocr-rec-logits.onnx", "ppocr/rec.onnx up to the input of its last Softmax")
-            note_pair("ppocr-rec-logits", "ppocr-rec-logits", text)
+            onnx.save(logits, os.path.join(out_dir, f"{stem}-logits.onnx"))
+            save_pair(out_dir, f"{stem}-logits", x, run_first_output(logits, x))
+            note(f"{stem}-logits.onnx", f"ppocr/{name}.onnx up to the input of its last {last_op}")
+            note_pair(f"{stem}-logits", f"{stem}-logits", text)
 
     with open(os.path.join(out_dir, "README.txt"), "w") as f:
         f.write("Made by scripts/onnx-fixtures.py; do not edit (rerun the script instead).\n")

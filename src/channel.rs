@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Context, Result};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
-use nap_runtime::format::{BatchNorm, Conv2d, Linear, Node, Op, TensorId};
+use nap_runtime::format::{BatchNorm, Conv2d, Linear, Node, Op, Slice, TensorId};
 
 use crate::curvature::{damped, spd_inverse, sub_llt};
 use crate::groups::{Group, Groups, Member};
@@ -447,7 +447,7 @@ impl<'a> MacCut<'a> {
             let (node, dr, dc) = match mb {
                 Member::Producer { node, .. } | Member::Depthwise { node, .. } => (*node, 1, 0),
                 Member::Consumer { node, cols, .. } => (*node, 0, cols.len()),
-                Member::Norm { .. } => continue,
+                Member::Norm { .. } | Member::Sliced { .. } => continue,
             };
             let (r, c) = self.cut.get(&node).copied().unwrap_or((0, 0));
             self.saved += self.node_saved(node, r + dr, c + dc) - self.node_saved(node, r, c);
@@ -583,7 +583,9 @@ pub fn remove_channels(
                 Member::Producer { node, row } => {
                     drop_rows.entry(*node).or_default().insert(*row);
                 }
-                Member::Norm { node, ch } | Member::Depthwise { node, ch } => {
+                Member::Norm { node, ch }
+                | Member::Depthwise { node, ch }
+                | Member::Sliced { node, ch } => {
                     drop_rows.entry(*node).or_default().insert(*ch);
                 }
                 Member::Consumer { node, cols, .. } => {
@@ -651,7 +653,16 @@ pub fn remove_channels(
                     keep_entries(&mut out.tensors[id as usize], &keep);
                 }
             }
-            _ => unreachable!("members are weights and norms"),
+            Op::Slice(Slice { start, end, .. }) => {
+                // `rows` are removed input channels.
+                let before = |p: u32| rows.iter().filter(|&&r| r < p as usize).count() as u32;
+                let (s, e) = (*start - before(*start), *end - before(*end));
+                if s == e {
+                    bail!("removing every channel of slice {name:?}");
+                }
+                (*start, *end) = (s, e);
+            }
+            _ => unreachable!("members are weights, norms and slices"),
         }
     }
     out.reinfer_shapes()?;
@@ -815,16 +826,28 @@ pub fn channel_step(
         if n >= want || cfg.max_macs.is_some_and(|t| saved.saved >= t) {
             break;
         }
-        let producers: Vec<usize> = groups.groups[gi].producers().map(|p| p.0).collect();
-        let fits = producers.iter().all(|&p| {
-            let rows = rows_of(p);
+        // Producers keep a row, and slices along channels a channel, each step.
+        let mut limited: Vec<(usize, usize)> = groups.groups[gi]
+            .producers()
+            .map(|(p, _)| (p, rows_of(p)))
+            .collect();
+        for mb in &groups.groups[gi].members {
+            if let Member::Sliced { node, ch } = *mb {
+                if let Op::Slice(Slice { start, end, .. }) = m.graph.nodes[node].op {
+                    if (start as usize..end as usize).contains(&ch) {
+                        limited.push((node, (end - start) as usize));
+                    }
+                }
+            }
+        }
+        let fits = limited.iter().all(|&(p, rows)| {
             let cap = ((rows as f64 * cfg.layer_cap).floor() as usize).min(rows - 1);
             taken.get(&p).copied().unwrap_or(0) < cap
         });
         if !fits {
             continue;
         }
-        for p in producers {
+        for (p, _) in limited {
             *taken.entry(p).or_default() += 1;
         }
         remove[gi] = true;

@@ -43,6 +43,9 @@ pub enum Member {
     Norm { node: usize, ch: usize },
     /// Channel `ch` of a depthwise Conv2d: its weight row (input and output channel) and bias.
     Depthwise { node: usize, ch: usize },
+    /// Input channel `ch` of a Slice along channels (an ONNX Split): removing it moves the
+    /// slice's range.
+    Sliced { node: usize, ch: usize },
 }
 
 impl Member {
@@ -51,7 +54,8 @@ impl Member {
             Member::Producer { node, .. }
             | Member::Consumer { node, .. }
             | Member::Norm { node, .. }
-            | Member::Depthwise { node, .. } => node,
+            | Member::Depthwise { node, .. }
+            | Member::Sliced { node, .. } => node,
         }
     }
 }

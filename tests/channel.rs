@@ -704,3 +704,125 @@ fn issue13_squeeze_excite_gate_is_pruned_with_its_channel() {
         }
     }
 }
+
+/// A ShuffleNet v2 unit's Split (two Slices along channels): each half's channels belong to
+/// the producer before the split and to the consumers after it; removing some moves the
+/// ranges, and matches the masked model. Emptying a slice is an error naming it.
+#[test]
+fn issue13_split_couples_channels_across_its_slices() {
+    use nap_runtime::format::Slice;
+    let relu = Activation::Relu;
+    let mut n = Tiny {
+        b: GraphBuilder::new(),
+        r: rand::rngs::StdRng::seed_from_u64(17),
+    };
+    let x = n.b.input("input", &[3, 8, 8]);
+    let c1 = n.conv("c1", x, 8, 1, 1, true, relu);
+    let half = |n: &mut Tiny, name: &str, start: u32| {
+        let op = Op::Slice(Slice {
+            axis: 0,
+            start,
+            end: start + 4,
+        });
+        n.op(name, op, &[c1])
+    };
+    let (a, b) = (half(&mut n, "a", 0), half(&mut n, "b", 4));
+    let b2 = n.conv("c2", b, 4, 1, 1, true, relu);
+    let cat = n.op("cat", Op::Concat, &[a, b2]);
+    let c3 = n.conv("c3", cat, 6, 1, 1, true, relu);
+    let f = n.op("flatten", Op::Flatten, &[c3]);
+    let fc = n.linear("fc", f, 3, Activation::None);
+    let m = n.b.finish(&[fc], Metadata::default()).unwrap();
+
+    let gs = analyze(&m).unwrap();
+    let (c1n, c2n) = (node(&m, "c1"), node(&m, "c2"));
+    let c1_out = m.graph.nodes[c1n].output as usize;
+    for c in 0..8 {
+        let g = gs.slot_group[c1_out][c].expect("c1 channel pinned");
+        let producers: Vec<(usize, usize)> = gs.groups[g].producers().collect();
+        assert_eq!(producers, vec![(c1n, c)], "channel {c}");
+        let slice = if c < 4 { "a" } else { "b" };
+        assert!(
+            gs.groups[g]
+                .members
+                .iter()
+                .any(|mb| matches!(mb, Member::Sliced { node: s, ch } if *s == node(&m, slice) && *ch == c)),
+            "channel {c} is not a member of slice {slice}"
+        );
+    }
+    // c2's channels join the second half of the concatenation.
+    let cat_out = m.graph.nodes[node(&m, "cat")].output as usize;
+    for c in 0..4 {
+        let g = gs.slot_group[cat_out][4 + c].unwrap();
+        assert_eq!(gs.groups[g].producers().collect::<Vec<_>>(), vec![(c2n, c)]);
+    }
+    let group_of = |c: usize| gs.slot_group[c1_out][c].unwrap();
+    let x = data(4, 5);
+    let mut checked = 0;
+    for seed in 0..12u64 {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        // Only c1's and c2's channels, at random.
+        let remove: Vec<bool> = gs
+            .groups
+            .iter()
+            .map(|g| g.producers().any(|(p, _)| p == c1n || p == c2n) && r.gen_bool(0.45))
+            .collect();
+        let empties = |lo: usize| (lo..lo + 4).all(|c| remove[group_of(c)]);
+        let c2_gone = (0..4).all(|c| remove[gs.slot_group[cat_out][4 + c].unwrap()]);
+        match remove_channels(&m, &gs, &remove, true) {
+            Err(e) => {
+                let e = format!("{e:#}");
+                if empties(0) || empties(4) {
+                    let c1_gone = empties(0) && empties(4) && e.contains("every output of \"c1\"");
+                    assert!(
+                        c1_gone || e.contains("every channel of slice"),
+                        "seed {seed}: {e}"
+                    );
+                } else {
+                    assert!(
+                        c2_gone && e.contains("every output of \"c2\""),
+                        "seed {seed}: {e}"
+                    );
+                }
+            }
+            Ok(pruned) => {
+                assert!(!empties(0) && !empties(4), "seed {seed}: emptied a slice");
+                let want = reference::logits(&masked(&m, &gs, &remove), &x.images).unwrap();
+                let got = reference::logits(&pruned, &x.images).unwrap();
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "seed {seed}: {a} vs masked {b}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 6, "only {checked} selections kept both halves");
+
+    // A step that takes as much as it may leaves each slice a channel.
+    let cfg = ChannelStepConfig {
+        criterion: nap::prune::Criterion::Magnitude,
+        cost: ChannelCost::Producer,
+        fraction: 0.95,
+        layer_cap: 1.0,
+        flops_weight: 0.0,
+        damping: 0.1,
+        compensate: false,
+        max_macs: None,
+        channel_multiple: 1,
+    };
+    let (pruned, rep) = channel_step(&m, &gs, &[], &cfg).unwrap();
+    assert!(rep.removed > 0);
+    for name in ["a", "b"] {
+        let Op::Slice(Slice { start, end, .. }) = pruned.graph.nodes[node(&pruned, name)].op else {
+            unreachable!()
+        };
+        assert_eq!(
+            end - start,
+            1,
+            "slice {name} keeps one channel of 4 ({start}..{end})"
+        );
+    }
+}

@@ -12,6 +12,25 @@ fn pair(p: [u32; 2]) -> (usize, usize) {
     (p[0] as usize, p[1] as usize)
 }
 
+/// Average pooling of `x` padded by `pads` (`[top, left, bottom, right]`) with zeros, which
+/// count in the mean only with `count_include_pad`.
+fn avg_pool(
+    x: &Tensor,
+    kernel: [u32; 2],
+    stride: [u32; 2],
+    pads: [u32; 4],
+    count_include_pad: bool,
+) -> Result<Tensor> {
+    let (k, s) = (pair(kernel), pair(stride));
+    let sum = pad_sides(x, pads, 0.0)?.avg_pool2d_with_stride(k, s)?;
+    if count_include_pad || pads == [0; 4] {
+        return Ok(sum);
+    }
+    let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
+    let frac = pad_sides(&ones, pads, 0.0)?.avg_pool2d_with_stride(k, s)?;
+    Ok(sum.broadcast_div(&frac)?)
+}
+
 impl HostOp for MaxPool2d {
     fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
         let xp = pad2d(ins[0], self.padding, f32::NEG_INFINITY)?;
@@ -34,15 +53,15 @@ impl HostOp for MaxPool2d {
 
 impl HostOp for AvgPool2d {
     fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
-        let x = ins[0];
-        let (k, s) = (pair(self.kernel), pair(self.stride));
-        let sum = pad2d(x, self.padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
-        if self.count_include_pad || self.padding == [0, 0] {
-            return Ok(sum);
-        }
-        let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
-        let frac = pad2d(&ones, self.padding, 0.0)?.avg_pool2d_with_stride(k, s)?;
-        Ok(sum.broadcast_div(&frac)?)
+        let [p0, p1] = self.padding;
+        let pads = [p0, p1, p0, p1];
+        avg_pool(
+            ins[0],
+            self.kernel,
+            self.stride,
+            pads,
+            self.count_include_pad,
+        )
     }
 
     fn couple(&self, cx: &mut Coupling<'_>) {
@@ -65,12 +84,7 @@ impl HostOp for AvgPool2d {
 
 impl HostOp for AvgPool2dUneven {
     fn eval(&self, ins: &[&Tensor], _: &[Tensor], _: Option<&Tensor>) -> Result<Tensor> {
-        let x = ins[0];
-        let (k, s) = (pair(self.kernel), pair(self.stride));
-        let sum = pad_sides(x, self.pads, 0.0)?.avg_pool2d_with_stride(k, s)?;
-        let ones = Tensor::ones((1, 1, x.dim(2)?, x.dim(3)?), x.dtype(), x.device())?;
-        let frac = pad_sides(&ones, self.pads, 0.0)?.avg_pool2d_with_stride(k, s)?;
-        Ok(sum.broadcast_div(&frac)?)
+        avg_pool(ins[0], self.kernel, self.stride, self.pads, false)
     }
 
     fn couple(&self, cx: &mut Coupling<'_>) {
