@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use half::f16;
 use nap_runtime::format::{
     Activation, BlobRef, DType, FileBuilder, Graph, Header, IndexWidth, LayerStats, Layout, Op,
-    TensorEntry, ValueId,
+    TensorEntry, TensorId, ValueId,
 };
 
 use crate::ir::HostModel;
@@ -57,11 +57,14 @@ fn consumers(g: &Graph) -> Vec<usize> {
     c
 }
 
-/// Folds every BatchNorm that is the only consumer of a convolution into that convolution, and
-/// every activation that is the only consumer of a Linear, Conv2d or Add into that op. The result
-/// computes the same function (up to rounding) with fewer nodes.
+/// Folds every BatchNorm that is the only consumer of a convolution into that convolution,
+/// replaces hard-swish written out (`x · relu6(x + 3) / 6`, the affine maps as constant
+/// BatchNorms) by its activation, and fuses every activation that is the only consumer of a
+/// Linear, Conv2d or Add into that op. The result computes the same function (up to rounding)
+/// with fewer nodes.
 pub fn fuse(m: &HostModel) -> Result<HostModel> {
     let mut m = m.clone();
+    while fuse_hard_swish(&mut m) {}
     loop {
         let uses = consumers(&m.graph);
         let producer: Vec<Option<usize>> = {
@@ -105,6 +108,76 @@ pub fn fuse(m: &HostModel) -> Result<HostModel> {
     compact(&mut m);
     m.validate()?;
     Ok(m)
+}
+
+/// The per-channel `(scale, shift)` of a BatchNorm if it is the same for every channel.
+fn uniform_affine(m: &HostModel, op: &Op) -> Option<(f64, f64)> {
+    let Op::BatchNorm(bn) = op else {
+        return None;
+    };
+    let t = |id: TensorId| &m.tensors[id as usize].data;
+    let (g, b, mu, var) = (t(bn.gamma), t(bn.beta), t(bn.mean), t(bn.var));
+    let affine = |c: usize| {
+        let scale = g[c] as f64 / (var[c] as f64 + bn.eps as f64).sqrt();
+        (scale, b[c] as f64 - mu[c] as f64 * scale)
+    };
+    let first = affine(0);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+    (1..g.len())
+        .map(affine)
+        .all(|(s, h)| close(s, first.0) && close(h, first.1))
+        .then_some(first)
+}
+
+/// Replaces one `x · relu6(x + 3) / 6` (an affine `+3`, a ReLU6, a Mul by `x`, an affine `/6`,
+/// each intermediate used once) by `HardSwish(x)`; `false` if there is none.
+fn fuse_hard_swish(m: &mut HostModel) -> bool {
+    let uses = consumers(&m.graph);
+    let mut producer = vec![None; m.graph.values.len()];
+    for (i, n) in m.graph.nodes.iter().enumerate() {
+        producer[n.output as usize] = Some(i);
+    }
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+    let single = |v: ValueId| uses[v as usize] == 1;
+    let nodes = &m.graph.nodes;
+    for (d, dn) in nodes.iter().enumerate() {
+        if !uniform_affine(m, &dn.op).is_some_and(|(s, h)| close(s, 1.0 / 6.0) && close(h, 0.0)) {
+            continue;
+        }
+        let Some(c) = producer[dn.inputs[0] as usize].filter(|_| single(dn.inputs[0])) else {
+            continue;
+        };
+        if nodes[c].op != Op::Mul {
+            continue;
+        }
+        for (x, gate) in [(0, 1), (1, 0)] {
+            let (x, gate) = (nodes[c].inputs[x], nodes[c].inputs[gate]);
+            let Some(b) = producer[gate as usize].filter(|_| single(gate)) else {
+                continue;
+            };
+            if nodes[b].op != Op::Act(Activation::Relu6) {
+                continue;
+            }
+            let ain = nodes[b].inputs[0];
+            let Some(a) = producer[ain as usize].filter(|_| single(ain)) else {
+                continue;
+            };
+            let plus3 = uniform_affine(m, &nodes[a].op)
+                .is_some_and(|(s, h)| close(s, 1.0) && close(h, 3.0));
+            if !plus3 || nodes[a].inputs[0] != x {
+                continue;
+            }
+            m.graph.nodes[d].op = Op::Act(Activation::HardSwish);
+            m.graph.nodes[d].inputs = vec![x];
+            let mut dead = [a, b, c];
+            dead.sort_unstable();
+            for i in dead.into_iter().rev() {
+                m.graph.nodes.remove(i);
+            }
+            return true;
+        }
+    }
+    false
 }
 
 /// Drops values and tensors nothing refers to, renumbering the rest.

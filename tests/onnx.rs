@@ -15,6 +15,7 @@ use nap::eval::{agreement, reference_logits, runtime_logits};
 use nap::export::{to_nap_bytes, ExportOptions};
 use nap::import::npy::read_npy;
 use nap::import::onnx::{read_onnx, OnnxOptions, Unsupported};
+use nap_runtime::format::{Activation, Op};
 use nap_runtime::Model;
 
 /// The ONNX fixtures' folder (`NAP_FIXTURES/onnx`).
@@ -446,6 +447,46 @@ fn issue13_ppocr_detector_matches_onnx_runtime() {
     // optimised and unoptimised runs differ by 2.1e-5.
     let model = fixture(&root, "ppocr/det.onnx");
     check_outputs_against_ort(&model, &dir, "ppocr-det", 5e-5, &opts, Compare::Map);
+}
+
+/// Hard-swish written out as `x · clip(x + 3, 0, 6) / 6` (PaddlePaddle's export) becomes one
+/// HardSwish activation when fused: in PP-OCR's classifier only the squeeze-excite gates stay
+/// Muls, and the function is unchanged.
+#[test]
+fn issue13_hard_swish_written_out_is_fused() {
+    let Some(root) = common::fixtures("issue13_hard_swish_written_out_is_fused") else {
+        return;
+    };
+    let opts = OnnxOptions {
+        input_shape: Some(vec![3, 48, 192]),
+    };
+    let m = read_onnx(&fixture(&root, "ppocr/cls.onnx"), &opts).unwrap();
+    let f = nap::export::fuse(&m).unwrap();
+    let count = |m: &nap::ir::HostModel, want: &dyn Fn(&Op) -> bool| {
+        m.graph.nodes.iter().filter(|n| want(&n.op)).count()
+    };
+    let is_mul = |op: &Op| *op == Op::Mul;
+    let gates = count(
+        &f,
+        &|op: &Op| matches!(op, Op::Conv2d(c) if c.act == Activation::HardSigmoid { alpha: 0.2, beta: 0.5 }),
+    );
+    let hard_swish = count(&f, &|op: &Op| op.fused_act() == Some(Activation::HardSwish));
+    assert!(
+        count(&m, &is_mul) > gates + 10,
+        "the fixture writes hard-swish out"
+    );
+    assert_eq!(
+        count(&f, &is_mul),
+        gates,
+        "only the squeeze-excite gates stay Muls"
+    );
+    assert!(hard_swish >= 10, "{hard_swish} HardSwish activations");
+    let x = read_npy(&fixture(&root.join("onnx"), "ppocr-cls.input.npy")).unwrap();
+    let n = x.dims()[0];
+    let a = reference_logits(&m, &x.data, n, false).unwrap();
+    let b = reference_logits(&f, &x.data, n, false).unwrap();
+    let ag = agreement(&b, &a, a.len() / n);
+    assert!(ag.max_rel_err <= 1e-6, "{ag:?}");
 }
 
 /// PP-OCR's recogniser: a CNN, then two transformer blocks (LayerNorm written out in
