@@ -401,7 +401,8 @@ def build_attention_block():
 def build_pool_ceil():
     """Poolings with ceil_mode = 1 that add a last window (as torchvision's GoogLeNet and
     SqueezeNet export them): MaxPool 3x3/2 on 8x8 (3 -> 4 outputs), AveragePool 3x3/2 with pads 1
-    and count_include_pad 0 on 4x4 (2 -> 3), then a classifier."""
+    and count_include_pad 0 on 4x4 (2 -> 3), then a classifier of the flattened map and of its
+    mean over height and width (ReduceMean, torch's `x.mean((2, 3))`)."""
     g = GraphBuilder()
     rng = np.random.default_rng(REFERENCE_SEED)
     w = g.constant("conv.weight", rng.standard_normal((6, 3, 3, 3)).astype(np.float32))
@@ -410,8 +411,12 @@ def build_pool_ceil():
     x = g.node("MaxPool", [x], "maxpool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)
     x = g.node("AveragePool", [x], "avgpool", kernel_shape=[3, 3], strides=[2, 2],
                pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0)
+    # torch's x.mean((2, 3)); from opset 18 ReduceMean takes its axes as an input.
+    axes = g.constant("mean.axes", np.array([2, 3], dtype=np.int64))
+    pooled = g.node("ReduceMean", [x, axes], "mean", keepdims=0)
     x = g.node("Flatten", [x], "flatten", axis=1)
-    fc = g.constant("fc.weight", (rng.standard_normal((4, 54)) * 0.2).astype(np.float32))
+    x = g.node("Concat", [x, pooled], "features", axis=1)
+    fc = g.constant("fc.weight", (rng.standard_normal((4, 60)) * 0.2).astype(np.float32))
     x = g.node("Gemm", [x, fc], "fc", transB=1)
     # Opset 19: onnx-ir 0.22 refuses AveragePool ceil_mode below it (ONNX has it since 10).
     return g.model("pool_ceil", "input", ["N", 3, 8, 8], x, ["N", 4], 19)

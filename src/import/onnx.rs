@@ -1493,10 +1493,23 @@ impl Mapper<'_> {
                 (x, shape, LnStep::Mean, n.name().to_string())
             }
         };
+        if let (LnStep::Mean, ReduceAxes::Static(v), 3) = (&step, &c.axes, shape.len()) {
+            if v[..] == [2, 3] {
+                // The mean over height and width (torch's `x.mean((2, 3))`).
+                let y = self.emit(n, Op::GlobalAvgPool, &[x])?;
+                let out = if c.keepdims {
+                    vec![shape[0], 1, 1]
+                } else {
+                    vec![shape[0]]
+                };
+                self.set(n, y, out);
+                return Ok(());
+            }
+        }
         let last = matches!(&c.axes, ReduceAxes::Static(v) if v[..] == [shape.len()]);
         if !(last && c.keepdims) {
             return Err(shape_err(
-                "ReduceMean is supported only over the last axis, keeping it, in a layer normalisation",
+                "ReduceMean is supported only over height and width, or over the last axis (keeping it) in a layer normalisation",
             ));
         }
         self.set_ln(n, x, shape, step, name);
