@@ -768,6 +768,31 @@ fn round_to_multiple(remove: &mut [bool], key: &[f64], groups: &Groups, mult: us
     }
 }
 
+/// Where a selection removes every channel of a Slice along channels, keeps the one that costs
+/// most to remove (by `key`): the rounding to multiples works per set of producers and can empty
+/// a slice of them.
+fn keep_a_channel_per_slice(m: &HostModel, remove: &mut [bool], key: &[f64], groups: &Groups) {
+    let mut slices: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (gi, g) in groups.groups.iter().enumerate() {
+        for mb in &g.members {
+            if let Member::Sliced { node, ch } = *mb {
+                if let Op::Slice(Slice { start, end, .. }) = m.graph.nodes[node].op {
+                    if (start as usize..end as usize).contains(&ch) {
+                        slices.entry(node).or_default().push(gi);
+                    }
+                }
+            }
+        }
+    }
+    for members in slices.values() {
+        if members.iter().all(|&g| remove[g]) {
+            if let Some(&g) = members.iter().max_by(|&&a, &&b| key[a].total_cmp(&key[b])) {
+                remove[g] = false;
+            }
+        }
+    }
+}
+
 /// One step of structured pruning: scores every group of `groups` (`m`'s, from
 /// [`crate::groups::analyze`]), removes the cheapest share under the per-layer caps
 /// (compensating with OBS for NAP), and returns the smaller model. `factors` holds the K-FAC
@@ -856,6 +881,7 @@ pub fn channel_step(
     }
     if cfg.channel_multiple > 1 {
         round_to_multiple(&mut remove, &key, groups, cfg.channel_multiple);
+        keep_a_channel_per_slice(m, &mut remove, &key, groups);
         n = remove.iter().filter(|&&r| r).count();
     }
     let mut report = ChannelReport {

@@ -825,4 +825,33 @@ fn issue13_split_couples_channels_across_its_slices() {
             "slice {name} keeps one channel of 4 ({start}..{end})"
         );
     }
+    // Rounding c1's 8 channels to a multiple of 4 keeps the 4 that cost most, here all of
+    // slice b's (slice a's rows are scaled down): slice a keeps a channel anyway.
+    let mut m = m.clone();
+    let Op::Conv2d(Conv2d { weight, bias, .. }) = m.graph.nodes[c1n].op else {
+        unreachable!()
+    };
+    let per = m.tensors[weight as usize].numel() / 8;
+    m.tensors[weight as usize].data[..4 * per]
+        .iter_mut()
+        .for_each(|v| *v *= 0.01);
+    m.tensors[bias.unwrap() as usize].data[..4]
+        .iter_mut()
+        .for_each(|v| *v *= 0.01);
+    for fraction in [0.3, 0.5, 0.7, 0.95] {
+        let cfg = ChannelStepConfig {
+            fraction,
+            channel_multiple: 4,
+            ..cfg.clone()
+        };
+        let (pruned, _) = channel_step(&m, &gs, &[], &cfg)
+            .unwrap_or_else(|e| panic!("fraction {fraction}: {e:#}"));
+        for name in ["a", "b"] {
+            let Op::Slice(Slice { start, end, .. }) = pruned.graph.nodes[node(&pruned, name)].op
+            else {
+                unreachable!()
+            };
+            assert!(end > start, "fraction {fraction}: slice {name} emptied");
+        }
+    }
 }
