@@ -1471,6 +1471,96 @@ fn zero_sized_values_do_not_panic() {
     }
 }
 
+/// Issue 14: zero-element values that made `Session::run` panic (an index underflow where a
+/// zero-length value and the next output share an offset): a Linear with a `[0, 16]` weight, an
+/// input of shape `[0]`, a `[C, 0, 0]` map into a pooling, and 1×1 and depthwise convolutions
+/// whose padding exceeds a zero-size map. Each loads, plans and runs, or is a typed error.
+#[test]
+fn issue14_zero_element_values_do_not_panic() {
+    let mut rng = Rng::new(5);
+    let mut cases: Vec<(&str, Built)> = Vec::new();
+    {
+        let mut net = Net::new();
+        let x = net.input(&[16]);
+        let w = net.tensor("w", &[0, 16], &[], Store::F32);
+        let y = net.node(
+            "fc",
+            Op::Linear(Linear {
+                weight: w,
+                bias: None,
+                act: A::Relu,
+            }),
+            &[x],
+        );
+        let z = net.node("softmax", Op::Softmax, &[y]);
+        cases.push(("linear [0, 16]", net.finish(&[z])));
+    }
+    {
+        let mut net = Net::new();
+        let x = net.input(&[0]);
+        let y = net.node("relu", Op::Act(A::Relu), &[x]);
+        let z = net.node("flatten", Op::Flatten, &[y]);
+        cases.push(("input [0]", net.finish(&[z])));
+    }
+    // Without padding a window over an empty map is refused when the graph is built.
+    for pad in [1u32, 2] {
+        let mut net = Net::new();
+        let x = net.input(&[3, 0, 0]);
+        let w1 = net.tensor("c1.w", &[4, 3, 1, 1], &rng.vec(12), Store::F32);
+        let b1 = net.tensor("c1.b", &[4], &rng.vec(4), Store::F32);
+        let conv = |weight, bias, groups| {
+            Op::Conv2d(Conv2d {
+                weight,
+                bias: Some(bias),
+                stride: [1, 1],
+                padding: [pad, pad],
+                dilation: [1, 1],
+                groups,
+                act: A::Relu,
+            })
+        };
+        let y = net.node("c1", conv(w1, b1, 1), &[x]);
+        let w2 = net.tensor("dw.w", &[4, 1, 3, 3], &rng.vec(36), Store::F32);
+        let b2 = net.tensor("dw.b", &[4], &rng.vec(4), Store::F32);
+        let y = net.node("dw", conv(w2, b2, 4), &[y]);
+        let p = net.node(
+            "pool",
+            Op::MaxPool2d(MaxPool2d {
+                kernel: [1, 1],
+                stride: [1, 1],
+                padding: [0, 0],
+            }),
+            &[y],
+        );
+        let g = net.node("gap", Op::GlobalAvgPool, &[p]);
+        cases.push(("padded convolutions of a [3, 0, 0] map", net.finish(&[g])));
+    }
+    for (what, b) in &cases {
+        let m = match Model::from_vec(&b.bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{what}: refused at load: {e}");
+                continue;
+            }
+        };
+        for batch in [1, 3] {
+            let mut s = match Session::new(&m, batch) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{what}: refused when planning: {e}");
+                    continue;
+                }
+            };
+            let input = vec![0.5; s.input_len(0) * batch];
+            let y = s.run(&input).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                y.iter().all(|v| !v.is_nan()) || y.is_empty(),
+                "{what}: {y:?}"
+            );
+        }
+    }
+}
+
 /// The default policy expands a CSR Linear weight of density 0.4 (above the batch-1 limit 0.2)
 /// into a dense copy and keeps one of density 0.1 sparse; `KEEP_CSR` expands neither. Outputs
 /// agree either way.

@@ -369,6 +369,10 @@ impl<'a> Inputs<'a> {
     pub fn get(&self, i: usize) -> &'a [f32] {
         let (off, len) = self.bufs[i];
         let len = len * self.n;
+        if len == 0 {
+            // A zero-length value reserves nothing: its offset may be the output's.
+            return &[];
+        }
         if off < self.pre.len() {
             &self.pre[off..off + len]
         } else {
