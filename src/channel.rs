@@ -768,20 +768,27 @@ fn round_to_multiple(remove: &mut [bool], key: &[f64], groups: &Groups, mult: us
     }
 }
 
+/// The Slices along channels whose output group `g` is part of: `(node, channels it keeps)`.
+fn slices_of<'a>(m: &'a HostModel, g: &'a Group) -> impl Iterator<Item = (usize, usize)> + 'a {
+    g.members.iter().filter_map(|mb| match *mb {
+        Member::Sliced { node, ch } => match m.graph.nodes[node].op {
+            Op::Slice(Slice { start, end, .. }) if (start as usize..end as usize).contains(&ch) => {
+                Some((node, (end - start) as usize))
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// Where a selection removes every channel of a Slice along channels, keeps the one that costs
 /// most to remove (by `key`): the rounding to multiples works per set of producers and can empty
 /// a slice of them.
 fn keep_a_channel_per_slice(m: &HostModel, remove: &mut [bool], key: &[f64], groups: &Groups) {
     let mut slices: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (gi, g) in groups.groups.iter().enumerate() {
-        for mb in &g.members {
-            if let Member::Sliced { node, ch } = *mb {
-                if let Op::Slice(Slice { start, end, .. }) = m.graph.nodes[node].op {
-                    if (start as usize..end as usize).contains(&ch) {
-                        slices.entry(node).or_default().push(gi);
-                    }
-                }
-            }
+        for (node, _) in slices_of(m, g) {
+            slices.entry(node).or_default().push(gi);
         }
     }
     for members in slices.values() {
@@ -852,19 +859,12 @@ pub fn channel_step(
             break;
         }
         // Producers keep a row, and slices along channels a channel, each step.
-        let mut limited: Vec<(usize, usize)> = groups.groups[gi]
+        let g = &groups.groups[gi];
+        let limited: Vec<(usize, usize)> = g
             .producers()
             .map(|(p, _)| (p, rows_of(p)))
+            .chain(slices_of(m, g))
             .collect();
-        for mb in &groups.groups[gi].members {
-            if let Member::Sliced { node, ch } = *mb {
-                if let Op::Slice(Slice { start, end, .. }) = m.graph.nodes[node].op {
-                    if (start as usize..end as usize).contains(&ch) {
-                        limited.push((node, (end - start) as usize));
-                    }
-                }
-            }
-        }
         let fits = limited.iter().all(|&(p, rows)| {
             let cap = ((rows as f64 * cfg.layer_cap).floor() as usize).min(rows - 1);
             taken.get(&p).copied().unwrap_or(0) < cap

@@ -57,6 +57,20 @@ fn consumers(g: &Graph) -> Vec<usize> {
     c
 }
 
+/// The node that computes each value (`None` for graph inputs).
+fn producers(g: &Graph) -> Vec<Option<usize>> {
+    let mut p = vec![None; g.values.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        p[n.output as usize] = Some(i);
+    }
+    p
+}
+
+/// Whether `a` equals `b` up to 1e-6 relative.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * (1.0 + b.abs())
+}
+
 /// Folds every BatchNorm that is the only consumer of a convolution into that convolution,
 /// replaces hard-swish written out (`x · relu6(x + 3) / 6`, the affine maps as constant
 /// BatchNorms) by its activation, and fuses every activation that is the only consumer of a
@@ -67,13 +81,7 @@ pub fn fuse(m: &HostModel) -> Result<HostModel> {
     while fuse_hard_swish(&mut m) {}
     loop {
         let uses = consumers(&m.graph);
-        let producer: Vec<Option<usize>> = {
-            let mut p = vec![None; m.graph.values.len()];
-            for (i, n) in m.graph.nodes.iter().enumerate() {
-                p[n.output as usize] = Some(i);
-            }
-            p
-        };
+        let producer = producers(&m.graph);
         let mut changed = false;
         for j in 0..m.graph.nodes.len() {
             let node = &m.graph.nodes[j];
@@ -122,7 +130,6 @@ fn uniform_affine(m: &HostModel, op: &Op) -> Option<(f64, f64)> {
         (scale, b[c] as f64 - mu[c] as f64 * scale)
     };
     let first = affine(0);
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
     (1..g.len())
         .map(affine)
         .all(|(s, h)| close(s, first.0) && close(h, first.1))
@@ -133,11 +140,7 @@ fn uniform_affine(m: &HostModel, op: &Op) -> Option<(f64, f64)> {
 /// each intermediate used once) by `HardSwish(x)`; `false` if there is none.
 fn fuse_hard_swish(m: &mut HostModel) -> bool {
     let uses = consumers(&m.graph);
-    let mut producer = vec![None; m.graph.values.len()];
-    for (i, n) in m.graph.nodes.iter().enumerate() {
-        producer[n.output as usize] = Some(i);
-    }
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+    let producer = producers(&m.graph);
     let single = |v: ValueId| uses[v as usize] == 1;
     let nodes = &m.graph.nodes;
     for (d, dn) in nodes.iter().enumerate() {

@@ -938,10 +938,8 @@ impl Mapper<'_> {
                     let axis = axis.ok_or("Slice along a computed axis")?;
                     return self.slice(n, &sl.inputs[0], axis, start, end);
                 };
-                let len = k.data.len() as i64;
-                let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
-                let (a, b) = (clamp(start), clamp(end));
-                let data = k.data[a..b.max(a)].to_vec();
+                let (a, b) = clamp_range(start, end, k.data.len() as i64);
+                let data = k.data[a as usize..b as usize].to_vec();
                 let k = Const {
                     shape: vec![data.len()],
                     data,
@@ -1099,10 +1097,7 @@ impl Mapper<'_> {
                 let mut full: Vec<Option<u32>> = std::iter::once(None)
                     .chain(shape.iter().map(|&d| Some(d)))
                     .collect();
-                let mut axes: Vec<i64> = axes
-                    .iter()
-                    .map(|&a| if a < 0 { a + rank } else { a })
-                    .collect();
+                let mut axes: Vec<i64> = axes.iter().map(|&a| from_end(a, rank)).collect();
                 axes.sort();
                 for &a in &axes {
                     if a < 1 || a as usize > full.len() {
@@ -1189,11 +1184,7 @@ impl Mapper<'_> {
             Node::LayerNormalization(ln) => {
                 let (x, shape) = self.input(n, 0)?;
                 let rank = shape.len() as i64 + 1;
-                let axis = if ln.config.axis < 0 {
-                    ln.config.axis + rank
-                } else {
-                    ln.config.axis
-                };
+                let axis = from_end(ln.config.axis, rank);
                 if axis != rank - 1 {
                     return Err(shape_err(format!("LayerNormalization from axis {} of a rank-{rank} value (only the last axis)", ln.config.axis)));
                 }
@@ -1630,11 +1621,7 @@ impl Mapper<'_> {
             perm,
         }) = self.vals.get(&a.name).cloned()
         {
-            let axis = if axis < 0 {
-                axis + perm.len() as i64
-            } else {
-                axis
-            };
+            let axis = from_end(axis, perm.len() as i64);
             let src = usize::try_from(axis)
                 .ok()
                 .and_then(|a| perm.get(a))
@@ -1675,11 +1662,7 @@ impl Mapper<'_> {
         name: &str,
     ) -> std::result::Result<(ValueId, Vec<u32>), NodeError> {
         let (x, mut shape) = self.rt(a)?;
-        let axis = if axis < 0 {
-            axis + shape.len() as i64 + 1
-        } else {
-            axis
-        };
+        let axis = from_end(axis, shape.len() as i64 + 1);
         if axis < 1 || axis as usize > shape.len() {
             return Err(shape_err(format!(
                 "Slice along axis {axis} of a rank-{} value (not the batch)",
@@ -1709,10 +1692,7 @@ impl Mapper<'_> {
     /// becomes an ordinary one once the batch is first again.
     fn squeeze(&mut self, n: &Node, a: &Argument, axes: &[i64]) -> NodeResult {
         let norm = |rank: usize| -> Vec<i64> {
-            let mut v: Vec<i64> = axes
-                .iter()
-                .map(|&x| if x < 0 { x + rank as i64 } else { x })
-                .collect();
+            let mut v: Vec<i64> = axes.iter().map(|&x| from_end(x, rank as i64)).collect();
             v.sort();
             v.reverse();
             v
@@ -2027,15 +2007,9 @@ impl Mapper<'_> {
                 shape.len() + 1
             )));
         }
-        let (sym, rest) = split_padding(pad, auto_pad)?;
+        let mut pads = explicit_pads(pad, auto_pad)?;
         let kernel = kernel.map(|k| k as u32);
         let stride = stride.map(|s| s as u32);
-        // [top, left, bottom, right].
-        let mut pads = rest.unwrap_or([0; 4]);
-        for a in 0..2 {
-            pads[a] += sym[a];
-            pads[a + 2] += sym[a];
-        }
         if ceil_mode {
             // The windows that start inside the input or its leading padding, where the floor
             // rule drops a last partial one (ONNX Runtime's and PyTorch's rule): extra cells at
@@ -2059,14 +2033,7 @@ impl Mapper<'_> {
                 pads[a + 2] += extra;
             }
         }
-        let padding = [pads[0].min(pads[2]), pads[1].min(pads[3])];
-        let uneven = [
-            pads[0] - padding[0],
-            pads[1] - padding[1],
-            pads[2] - padding[0],
-            pads[3] - padding[1],
-        ];
-        let uneven = (uneven != [0; 4]).then_some(uneven);
+        let (padding, uneven) = split_pads(pads);
         if let (Some(_), Some(false)) = (uneven, avg_count_pad) {
             // A Pad would be counted in the mean: the op takes the uneven padding itself.
             let op = Op::AvgPool2dUneven(AvgPool2dUneven {
@@ -2209,9 +2176,18 @@ impl Mapper<'_> {
     }
 }
 
+/// ONNX axis or index `a` of `len` (of a rank or an axis): negative counts from the end.
+fn from_end(a: i64, len: i64) -> i64 {
+    if a < 0 {
+        a + len
+    } else {
+        a
+    }
+}
+
 /// `start..end` of an axis of `len` under ONNX's conventions (negative from the end, clamped).
 fn clamp_range(start: i64, end: i64, len: i64) -> (u32, u32) {
-    let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as u32;
+    let clamp = |v: i64| from_end(v, len).clamp(0, len) as u32;
     let (a, b) = (clamp(start), clamp(end));
     (a, b.max(a))
 }
@@ -2261,6 +2237,14 @@ fn split_padding(
     p: &onnx_ir::node::padding::PaddingConfig2d,
     auto: &onnx_ir::node::padding::AutoPad,
 ) -> std::result::Result<([u32; 2], Option<[u32; 4]>), String> {
+    Ok(split_pads(explicit_pads(p, auto)?))
+}
+
+/// The padding `[top, left, bottom, right]` of a window.
+fn explicit_pads(
+    p: &onnx_ir::node::padding::PaddingConfig2d,
+    auto: &onnx_ir::node::padding::AutoPad,
+) -> std::result::Result<[u32; 4], String> {
     use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
     match auto {
         AutoPad::NotSet | AutoPad::Valid => {}
@@ -2270,15 +2254,20 @@ fn split_padding(
             ))
         }
     }
-    match *p {
-        PaddingConfig2d::Valid => Ok(([0, 0], None)),
+    Ok(match *p {
+        PaddingConfig2d::Valid => [0; 4],
         PaddingConfig2d::Explicit(top, left, bottom, right) => {
-            let [t, l, b, r] = [top, left, bottom, right].map(|v| v as u32);
-            let sym = [t.min(b), l.min(r)];
-            let rest = [t - sym[0], l - sym[1], b - sym[0], r - sym[1]];
-            Ok((sym, (rest != [0; 4]).then_some(rest)))
+            [top, left, bottom, right].map(|v| v as u32)
         }
-    }
+    })
+}
+
+/// `[top, left, bottom, right]` split into its symmetric part and the rest, `None` where the
+/// padding is symmetric.
+fn split_pads([t, l, b, r]: [u32; 4]) -> ([u32; 2], Option<[u32; 4]>) {
+    let sym = [t.min(b), l.min(r)];
+    let rest = [t - sym[0], l - sym[1], b - sym[0], r - sym[1]];
+    (sym, (rest != [0; 4]).then_some(rest))
 }
 
 /// The per-example shape of `Reshape(x, target)`, `x` of per-example shape `shape` and

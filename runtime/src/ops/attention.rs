@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use super::softmax::softmax_in_place;
 use super::{InferCx, Inputs, Kernel, OpDef, PlanCx, RunCx};
 use crate::error::Result;
 use crate::model::Model;
@@ -99,21 +100,14 @@ impl Kernel for AttentionKernel {
             let yh = &mut y[h * t * dv..(h + 1) * t * dv];
             for (i, pr) in p.chunks_mut(s.max(1)).enumerate().take(t) {
                 let qi = &qh[i * d..(i + 1) * d];
-                let mut m = f32::NEG_INFINITY;
                 for (j, pj) in pr.iter_mut().enumerate() {
                     let kj = &kh[j * d..(j + 1) * d];
                     *pj = self.scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>();
-                    m = m.max(*pj);
                 }
-                let mut sum = 0.0;
-                for pj in pr.iter_mut() {
-                    *pj = libm::expf(*pj - m);
-                    sum += *pj;
-                }
+                softmax_in_place(pr);
                 let yi = &mut yh[i * dv..(i + 1) * dv];
                 yi.fill(0.0);
-                for (j, &pj) in pr.iter().enumerate() {
-                    let w = pj / sum;
+                for (j, &w) in pr.iter().enumerate() {
                     for (o, &vv) in yi.iter_mut().zip(&vh[j * dv..(j + 1) * dv]) {
                         *o += w * vv;
                     }

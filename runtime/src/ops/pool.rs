@@ -104,11 +104,8 @@ impl OpDef for AvgPool2dUneven {
             return Err(cx.bad("a pad as large as the pooling window"));
         }
         let out = |n: u32, before: u32, after: u32, a: usize| {
-            let padded = n as u64 + before as u64 + after as u64;
-            let (k, s) = (self.kernel[a] as u64, self.stride[a] as u64);
-            (s > 0 && padded >= k)
-                .then(|| u32::try_from((padded - k) / s + 1).ok())
-                .flatten()
+            let padded = n.checked_add(before)?.checked_add(after)?;
+            window_out(padded, self.kernel[a], self.stride[a], 0, 1)
         };
         match (out(hh, t, b, 0), out(w, l, r, 1)) {
             (Some(oh), Some(ow)) => Ok(vec![c, oh, ow]),

@@ -41,15 +41,21 @@ impl Kernel for SoftmaxKernel {
     fn run(&self, _: &mut RunCx<'_>, ins: &Inputs<'_>, y: &mut [f32]) {
         let n = self.last.max(1); // zero-sized rows: nothing to do
         for (yc, xc) in y.chunks_mut(n).zip(ins.get(0).chunks(n)) {
-            let m = xc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            // An f32 running sum of thousands of terms (a recogniser's classes) drifts by 1e-5.
-            let mut s = 0f64;
-            for (yv, xv) in yc.iter_mut().zip(xc) {
-                *yv = libm::expf(xv - m);
-                s += *yv as f64;
-            }
-            let inv = (1.0 / s) as f32;
-            yc.iter_mut().for_each(|v| *v *= inv);
+            yc.copy_from_slice(xc);
+            softmax_in_place(yc);
         }
     }
+}
+
+/// Replaces `v` by its softmax.
+pub(crate) fn softmax_in_place(v: &mut [f32]) {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // An f32 running sum of thousands of terms (a recogniser's classes) drifts by 1e-5.
+    let mut s = 0f64;
+    for x in v.iter_mut() {
+        *x = libm::expf(*x - m);
+        s += *x as f64;
+    }
+    let inv = (1.0 / s) as f32;
+    v.iter_mut().for_each(|x| *x *= inv);
 }
