@@ -241,6 +241,9 @@ enum Cmd {
         labels: Option<PathBuf>,
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Refuse a model with NaN or infinite weights (without it they are a warning).
+        #[arg(long)]
+        strict: bool,
         #[arg(long)]
         json: bool,
     },
@@ -660,6 +663,7 @@ pub fn main() -> Result<()> {
             data_dir,
             labels,
             top,
+            strict,
             json,
         } => run(
             &model,
@@ -668,6 +672,7 @@ pub fn main() -> Result<()> {
             &data_dir,
             labels.as_deref(),
             top,
+            strict,
             json,
         ),
         Cmd::Eval {
@@ -801,6 +806,9 @@ fn convert(
     json: bool,
 ) -> Result<()> {
     let m = source.load(checkpoint)?;
+    for t in &m.tensors {
+        t.check_finite("weight")?;
+    }
     let arch = &m.meta.arch;
     let opts = ExportOptions {
         dtype: match dtype {
@@ -901,9 +909,14 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         (a.0 + r.params, a.1 + r.nonzero, a.2 + r.flops)
     });
     let file_bytes = model.bytes().len();
+    let non_finite: Vec<serde_json::Value> = model
+        .non_finite()
+        .into_iter()
+        .map(|(id, count)| serde_json::json!({"tensor": model.tensor_entry(id).name, "count": count}))
+        .collect();
     if json {
         return print_json(&serde_json::json!({
-            "file": path, "bytes": file_bytes, "version": [model.preamble().major, model.preamble().minor],
+            "file": path, "bytes": file_bytes, "non_finite": non_finite, "version": [model.preamble().major, model.preamble().minor],
             "producer": model.header().producer, "arch": meta.arch, "source": meta.source, "method": meta.method,
             "params": params, "nonzero": nonzero, "flops": flops, "layers": rows,
             "input_shape": model.graph().values[model.graph().inputs[0] as usize].shape,
@@ -947,6 +960,12 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
         100.0 * nonzero as f64 / params.max(1) as f64,
         flops as f64 / 1e6
     );
+    for t in &non_finite {
+        println!(
+            "warning: tensor {} holds {} NaN or infinite values",
+            t["tensor"], t["count"]
+        );
+    }
     Ok(())
 }
 
@@ -1062,9 +1081,20 @@ fn run(
     data_dir: &Path,
     labels: Option<&Path>,
     top: usize,
+    strict: bool,
     json: bool,
 ) -> Result<()> {
-    let model = rt(Model::open(path))?;
+    let load = nap_runtime::LoadOptions {
+        finite_weights: strict,
+        ..Default::default()
+    };
+    let model = rt(Model::open_with(path, load))?;
+    for (id, count) in model.non_finite() {
+        eprintln!(
+            "warning: tensor {} holds {count} NaN or infinite values",
+            model.tensor_entry(id).name
+        );
+    }
     let (x, n) = parse_input(&model, input, data_dir)?;
     let names = class_names(&model.metadata().labels, labels)?;
     let mut s = rt(Session::new(&model, n))?;

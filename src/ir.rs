@@ -276,13 +276,24 @@ impl StateDict {
 
 /// `t`, refusing non-finite values.
 fn checked(t: HostTensor) -> Result<HostTensor> {
-    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "checkpoint tensor {:?} holds a non-finite value at index {i}",
-            t.name
-        );
-    }
+    t.check_finite("checkpoint tensor")?;
     Ok(t)
+}
+
+impl HostTensor {
+    /// An error naming the tensor (as `what`), the first NaN or infinite value and how many
+    /// there are.
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        if let Some(i) = self.data.iter().position(|v| !v.is_finite()) {
+            let n = self.data.iter().filter(|v| !v.is_finite()).count();
+            bail!(
+                "{what} {:?} holds {n} non-finite value(s), the first ({}) at index {i}",
+                self.name,
+                self.data[i]
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Key of the model card in the metadata of the safetensors checkpoints nap writes.

@@ -34,6 +34,8 @@ pub struct BenchOptions {
     pub seconds: f64,
     /// Which CSR weights run sparse.
     pub policy: SparsePolicy,
+    /// Most bytes each session's buffers may take ([`crate::SessionOptions::memory_limit`]).
+    pub memory_limit: u64,
 }
 
 impl Default for BenchOptions {
@@ -45,6 +47,7 @@ impl Default for BenchOptions {
             runs: 0,
             seconds: 2.0,
             policy: SparsePolicy::default(),
+            memory_limit: crate::DEFAULT_MEMORY_LIMIT,
         }
     }
 }
@@ -173,7 +176,15 @@ pub fn bench(
     let mut sessions = Vec::with_capacity(targets.len());
     let mut inputs = Vec::with_capacity(targets.len());
     for t in &targets {
-        let s = Session::with_policy(t.model, opts.batch, opts.threads, opts.policy)?;
+        let s = Session::with_options(
+            t.model,
+            opts.batch,
+            crate::SessionOptions {
+                threads: opts.threads,
+                policy: opts.policy,
+                memory_limit: opts.memory_limit,
+            },
+        )?;
         let one = s.input_len(0);
         let x = match input {
             Some(x) if x.len() != one => {
@@ -507,9 +518,16 @@ pub mod cli {
         /// Examples per run.
         #[arg(long, default_value_t = 1)]
         pub batch: usize,
-        /// Threads per large operation.
-        #[arg(long, default_value_t = 1)]
+        /// Threads per large operation: a number, or `auto` for this machine's physical cores.
+        #[arg(long, default_value = "1", value_parser = parse_threads)]
         pub threads: usize,
+        /// Most memory, in MiB, each model's session may plan (activations, scratch, expanded
+        /// weights); a model needing more is an error before anything is allocated.
+        #[arg(long, value_name = "MIB", default_value_t = crate::DEFAULT_MEMORY_LIMIT >> 20)]
+        pub memory_limit: u64,
+        /// Refuse models with NaN or infinite weights.
+        #[arg(long)]
+        pub strict: bool,
         /// Untimed runs per model first.
         #[arg(long, default_value_t = 10)]
         pub warmup: usize,
@@ -538,6 +556,17 @@ pub mod cli {
         /// Run every CSR weight with the sparse kernels, however dense.
         #[arg(long)]
         pub keep_csr: bool,
+    }
+
+    /// `--threads`: a positive number, or `auto` ([`crate::pool::physical_cores`]).
+    pub fn parse_threads(s: &str) -> Result<usize, String> {
+        if s == "auto" {
+            return Ok(crate::pool::physical_cores());
+        }
+        match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("expected a positive number or `auto`, got `{s}`")),
+        }
     }
 
     /// Reads a policy file written by `--calibrate -o` (or a bare policy object).
@@ -625,7 +654,12 @@ pub mod cli {
         if a.seconds.is_nan() || a.seconds <= 0.0 {
             return Err(format!("--seconds must be positive, got {}", a.seconds));
         }
-        let open = |p: &PathBuf| Model::open(p).map_err(|e| format!("{}: {e}", p.display()));
+        let load = crate::LoadOptions {
+            finite_weights: a.strict,
+            ..crate::LoadOptions::default()
+        };
+        let open =
+            |p: &PathBuf| Model::open_with(p, load).map_err(|e| format!("{}: {e}", p.display()));
         let model = open(path)?;
         let base = a.vs.as_ref().map(open).transpose()?;
         let input = match &a.input {
@@ -664,6 +698,7 @@ pub mod cli {
                 (None, true) => SparsePolicy::KEEP_CSR,
                 (None, false) => SparsePolicy::default(),
             },
+            memory_limit: a.memory_limit.saturating_mul(1 << 20),
         };
         let r = bench(&t, b.as_ref(), input.as_deref(), &opts).map_err(|e| match &b {
             Some(b) => format!("{} vs {}: {e}", t.path, b.path),

@@ -65,6 +65,11 @@ pub enum Error {
         size: u64,
         limit: u64,
     },
+    /// A stored weight is NaN or infinite (refused under [`crate::LoadOptions::finite_weights`]).
+    NonFinite {
+        tensor: String,
+        count: u64,
+    },
     /// Reading or mapping a file failed (std only).
     Io(String),
 }
@@ -107,6 +112,12 @@ impl fmt::Display for Error {
             }
             Error::TooLarge { what, size, limit } => {
                 write!(f, "{what}: {size} exceeds the limit of {limit}")
+            }
+            Error::NonFinite { tensor, count } => {
+                write!(
+                    f,
+                    "tensor {tensor}: {count} stored values are NaN or infinite"
+                )
             }
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }

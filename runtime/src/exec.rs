@@ -66,9 +66,32 @@ impl Default for SparsePolicy {
     }
 }
 
-/// Largest total of activation, scratch and parameter buffers a session plans (4 GiB of f32):
-/// a valid but hostile file must not make the runtime allocate without bound.
-pub const MAX_PLANNED_FLOATS: usize = 1 << 30;
+/// Default of [`SessionOptions::memory_limit`]: 4 GiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// How a [`Session`] is planned.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SessionOptions {
+    /// Threads per large operation (std only; without std the session is single-threaded).
+    pub threads: usize,
+    /// Which CSR weights run as CSR.
+    pub policy: SparsePolicy,
+    /// Most bytes the session's buffers may take: activations, scratch, GEMM workspaces and the
+    /// parameters it converts or expands. Planning checks every buffer against it before
+    /// allocating, so a valid but hostile file cannot make the runtime allocate without bound,
+    /// and an app can hold a model to its own budget. The model's file is not counted.
+    pub memory_limit: u64,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            threads: 1,
+            policy: SparsePolicy::default(),
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+        }
+    }
+}
 
 /// A model prepared for a fixed batch size.
 pub struct Session<'m> {
@@ -87,6 +110,21 @@ pub struct Session<'m> {
     pool: Pool,
     #[cfg(feature = "std")]
     times: Option<Vec<std::time::Duration>>,
+}
+
+/// Floats of the session's buffers: the arena, scratch, one GEMM workspace per thread and the
+/// converted parameters.
+fn planned_floats(
+    arena: usize,
+    scratch: usize,
+    ws: usize,
+    threads: usize,
+    params: usize,
+) -> Result<usize> {
+    [arena, scratch, ws.saturating_mul(threads), params]
+        .iter()
+        .try_fold(0usize, |a, &b| a.checked_add(b))
+        .ok_or(Error::Overflow("planned buffers"))
 }
 
 /// Buffer planner: first fit over freed blocks, else grow the arena.
@@ -148,11 +186,30 @@ impl<'m> Session<'m> {
         threads: usize,
         policy: SparsePolicy,
     ) -> Result<Self> {
+        Self::with_options(
+            model,
+            batch,
+            SessionOptions {
+                threads,
+                policy,
+                ..SessionOptions::default()
+            },
+        )
+    }
+
+    /// A session for `batch` examples per run, planned as `opts` says.
+    pub fn with_options(model: &'m Model<'m>, batch: usize, opts: SessionOptions) -> Result<Self> {
+        let SessionOptions {
+            threads,
+            policy,
+            memory_limit,
+        } = opts;
         let threads = if cfg!(feature = "std") {
             threads.max(1)
         } else {
             1
         };
+        let limit = usize::try_from(memory_limit / 4).unwrap_or(usize::MAX);
         let g = model.graph();
         if batch == 0 {
             return Err(Error::Shape {
@@ -209,10 +266,12 @@ impl<'m> Session<'m> {
                 })
                 .collect::<Result<_>>()?;
             let in_shapes: Vec<&[u32]> = node.inputs.iter().map(|&v| shape(v)).collect();
+            let others = planned_floats(planner.top, scratch_len, ws_len, threads, 0)?;
             let kernel = node.op.def().plan(&mut PlanCx {
                 model,
                 batch,
                 policy,
+                param_limit: limit.saturating_sub(others),
                 ins: &in_shapes,
                 out: shape(node.output),
                 params: &mut params,
@@ -251,20 +310,12 @@ impl<'m> Session<'m> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let planned = [
-            planner.top,
-            scratch_len,
-            ws_len.saturating_mul(threads),
-            params.len(),
-        ]
-        .iter()
-        .try_fold(0usize, |a, &b| a.checked_add(b))
-        .ok_or(Error::Overflow("planned buffers"))?;
-        if planned > MAX_PLANNED_FLOATS {
+        let planned = planned_floats(planner.top, scratch_len, ws_len, threads, params.len())?;
+        if planned > limit {
             return Err(Error::TooLarge {
-                what: "planned buffers (f32 elements)",
-                size: planned as u64,
-                limit: MAX_PLANNED_FLOATS as u64,
+                what: "planned buffers (bytes)",
+                size: (planned as u64).saturating_mul(4),
+                limit: memory_limit,
             });
         }
         Ok(Session {

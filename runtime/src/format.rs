@@ -64,7 +64,43 @@ pub const PREAMBLE_LEN: usize = 64;
 /// Alignment of `data_off` and of every blob offset.
 pub const BLOB_ALIGN: usize = 64;
 /// Largest header the loader accepts.
-pub const MAX_HEADER_LEN: u64 = 64 << 20;
+pub const MAX_HEADER_LEN: u64 = 16 << 20;
+/// Most entries the loader accepts in each of the header's lists of records (values, nodes,
+/// tensors, layer statistics, metadata pairs, extensions). A record decodes to up to about 30
+/// times its smallest encoding, so this and [`MAX_HEADER_LEN`] together bound what decoding a
+/// header allocates to a small multiple of its length.
+pub const MAX_LIST_LEN: usize = 1 << 16;
+
+/// Deserializes a list of at most [`MAX_LIST_LEN`] entries, failing as soon as the declared or
+/// the actual count passes it.
+fn bounded<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(core::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+            write!(f, "a list of at most {MAX_LIST_LEN} entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let declared = seq.size_hint().unwrap_or(0);
+            if declared > MAX_LIST_LEN {
+                return Err(serde::de::Error::invalid_length(declared, &self));
+            }
+            let mut v = Vec::with_capacity(declared.min(1024));
+            while let Some(x) = seq.next_element()? {
+                if v.len() == MAX_LIST_LEN {
+                    return Err(serde::de::Error::invalid_length(v.len() + 1, &self));
+                }
+                v.push(x);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Bounded(core::marker::PhantomData))
+}
 
 /// Element type of a stored tensor. Values are computed in f32 whatever the storage type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,10 +330,12 @@ pub struct ValueInfo {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
+    #[serde(deserialize_with = "bounded")]
     pub values: Vec<ValueInfo>,
     pub inputs: Vec<ValueId>,
     pub outputs: Vec<ValueId>,
     /// In execution order.
+    #[serde(deserialize_with = "bounded")]
     pub nodes: Vec<Node>,
 }
 
@@ -322,8 +360,10 @@ pub struct Metadata {
     pub preprocess: String,
     /// Class label set: `digits`, `imagenet` or empty.
     pub labels: String,
+    #[serde(deserialize_with = "bounded")]
     pub layers: Vec<LayerStats>,
     /// Free-form key/value pairs.
+    #[serde(deserialize_with = "bounded")]
     pub extra: Vec<(String, String)>,
 }
 
@@ -341,7 +381,9 @@ pub struct Header {
     pub producer: String,
     pub metadata: Metadata,
     pub graph: Graph,
+    #[serde(deserialize_with = "bounded")]
     pub tensors: Vec<TensorEntry>,
+    #[serde(deserialize_with = "bounded")]
     pub extensions: Vec<Extension>,
 }
 

@@ -25,8 +25,10 @@ pub mod model;
 pub mod ops;
 mod par;
 mod pool;
+#[cfg(feature = "std")]
+pub use pool::physical_cores;
 pub mod stats;
 
 pub use error::{Error, Result};
-pub use exec::{Session, SparsePolicy};
+pub use exec::{Session, SessionOptions, SparsePolicy, DEFAULT_MEMORY_LIMIT};
 pub use model::{AlignedBytes, LoadOptions, Model, TensorView};

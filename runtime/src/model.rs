@@ -14,11 +14,18 @@ use crate::graph;
 pub struct LoadOptions {
     /// Check the CRC-32C of every blob. Touches every page of the file.
     pub verify_blobs: bool,
+    /// Refuse a model with a NaN or infinite stored weight ([`Error::NonFinite`], naming the
+    /// first such tensor). Touches every page of the file. Off by default, since a checksum
+    /// only proves the weights are the ones written; [`Model::non_finite`] reports them.
+    pub finite_weights: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { verify_blobs: true }
+        LoadOptions {
+            verify_blobs: true,
+            finite_weights: false,
+        }
     }
 }
 
@@ -59,6 +66,14 @@ impl<'a> Elems<'a> {
 
     pub fn to_f32_vec(&self) -> Vec<f32> {
         (0..self.len()).map(|i| self.get_f32(i)).collect()
+    }
+
+    /// Elements that are NaN or infinite.
+    pub fn count_non_finite(&self) -> usize {
+        match self {
+            Elems::F32(v) => v.iter().filter(|x| !x.is_finite()).count(),
+            Elems::F16(v) => v.iter().filter(|x| !x.is_finite()).count(),
+        }
     }
 }
 
@@ -393,19 +408,7 @@ impl<'a> BlockCsrView<'a> {
 
     /// The matrix as dense row-major f32 (allocates; for tools and tests).
     pub fn to_dense_f32(&self) -> Vec<f32> {
-        let mut out = alloc::vec![0f32; self.rows * self.cols];
-        for b in 0..self.block_rows() {
-            for k in self.block_range(b) {
-                let c = self.col_idx.get(k);
-                for t in 0..self.block {
-                    let r = b * self.block + t;
-                    if r < self.rows {
-                        out[r * self.cols + c] = self.values.get_f32(k * self.block + t);
-                    }
-                }
-            }
-        }
-        out
+        TensorView::BlockCsr(*self).to_dense_f32()
     }
 }
 
@@ -495,21 +498,53 @@ impl<'a> TensorView<'a> {
         }
     }
 
-    /// The tensor as a dense row-major f32 vector (allocates; for tools and tests).
-    pub fn to_dense_f32(&self) -> Vec<f32> {
+    /// Elements of the dense tensor, `None` if that overflows `usize`.
+    pub fn numel(&self) -> Option<usize> {
         match self {
-            TensorView::Dense(e) => e.to_f32_vec(),
+            TensorView::Dense(e) => Some(e.len()),
+            TensorView::Csr(c) => c.rows.checked_mul(c.cols),
+            TensorView::BlockCsr(b) => b.rows.checked_mul(b.cols),
+        }
+    }
+
+    /// Writes the stored elements into `out`, a row-major dense buffer of at least
+    /// [`TensorView::numel`] elements; entries not stored are left as they are (zero them first
+    /// for a dense copy).
+    pub fn scatter_into(&self, out: &mut [f32]) {
+        match self {
+            TensorView::Dense(e) => {
+                for (i, o) in out[..e.len()].iter_mut().enumerate() {
+                    *o = e.get_f32(i);
+                }
+            }
             TensorView::Csr(c) => {
-                let mut out = alloc::vec![0f32; c.rows * c.cols];
                 for r in 0..c.rows {
                     for k in c.row_ptr[r] as usize..c.row_ptr[r + 1] as usize {
                         out[r * c.cols + c.col_idx.get(k)] = c.values.get_f32(k);
                     }
                 }
-                out
             }
-            TensorView::BlockCsr(b) => b.to_dense_f32(),
+            TensorView::BlockCsr(b) => {
+                for br in 0..b.block_rows() {
+                    for k in b.block_range(br) {
+                        let col = b.col_idx.get(k);
+                        for t in 0..b.block {
+                            let r = br * b.block + t;
+                            if r < b.rows {
+                                out[r * b.cols + col] = b.values.get_f32(k * b.block + t);
+                            }
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// The tensor as a dense row-major f32 vector (allocates; for tools and tests).
+    pub fn to_dense_f32(&self) -> Vec<f32> {
+        let mut out = alloc::vec![0f32; self.numel().expect("validated tensor shape")];
+        self.scatter_into(&mut out);
+        out
     }
 }
 
@@ -966,12 +1001,35 @@ impl<'a> Model<'a> {
         let header = decode_header(bytes, &preamble)?;
         let spans = validate_tensors(bytes, &preamble, &header, opts.verify_blobs)?;
         graph::validate(&header)?;
-        Ok(Model {
+        let m = Model {
             storage,
             header,
             preamble,
             spans,
-        })
+        };
+        if opts.finite_weights {
+            if let Some(&(id, count)) = m.non_finite().first() {
+                return Err(Error::NonFinite {
+                    tensor: m.tensor_entry(id).name.clone(),
+                    count: count as u64,
+                });
+            }
+        }
+        Ok(m)
+    }
+
+    /// Tensors with NaN or infinite stored values, with how many each has, in table order.
+    pub fn non_finite(&self) -> Vec<(TensorId, usize)> {
+        (0..self.header.tensors.len() as TensorId)
+            .filter_map(|id| {
+                let n = match self.tensor(id) {
+                    TensorView::Dense(e) => e.count_non_finite(),
+                    TensorView::Csr(c) => c.values.count_non_finite(),
+                    TensorView::BlockCsr(b) => b.values.count_non_finite(),
+                };
+                (n > 0).then_some((id, n))
+            })
+            .collect()
     }
 
     pub fn header(&self) -> &Header {

@@ -28,6 +28,44 @@ pub(crate) use imp::Pool;
 #[cfg(feature = "std")]
 pub(crate) use imp::Pool;
 
+/// Physical cores of this machine, for `--threads auto`: on Linux and Android the distinct
+/// (package, core) pairs of the online CPUs in sysfs, so hyperthread siblings count once;
+/// elsewhere, or when sysfs is unreadable, the logical CPUs std reports. On big.LITTLE chips
+/// every core counts, little ones included.
+#[cfg(feature = "std")]
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let read = |cpu: usize, f: &str| {
+            std::fs::read_to_string(std::format!(
+                "/sys/devices/system/cpu/cpu{cpu}/topology/{f}"
+            ))
+            .ok()
+            .map(|s| std::string::String::from(s.trim()))
+        };
+        let mut cores = std::collections::BTreeSet::new();
+        for cpu in 0..1024 {
+            match (read(cpu, "physical_package_id"), read(cpu, "core_id")) {
+                (Some(p), Some(c)) => {
+                    cores.insert((p, c));
+                }
+                _ if cpu > 0
+                    && !std::path::Path::new(&std::format!("/sys/devices/system/cpu/cpu{cpu}"))
+                        .exists() =>
+                {
+                    break
+                }
+                _ => {}
+            }
+        }
+        if !cores.is_empty() {
+            return cores.len().min(logical);
+        }
+    }
+    logical
+}
+
 #[cfg(feature = "std")]
 mod imp {
 

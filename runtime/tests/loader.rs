@@ -218,7 +218,13 @@ fn covered(b: &Built) -> Vec<(usize, usize)> {
 fn load_and_run_both(bytes: &[u8]) {
     let a = AlignedBytes::copy_from(bytes);
     for verify_blobs in [true, false] {
-        if let Ok(m) = Model::from_bytes_with(a.as_bytes(), LoadOptions { verify_blobs }) {
+        if let Ok(m) = Model::from_bytes_with(
+            a.as_bytes(),
+            LoadOptions {
+                verify_blobs,
+                ..LoadOptions::default()
+            },
+        ) {
             if cheap_to_run(&m) {
                 if let Ok(mut s) = Session::new(&m, 2) {
                     let zeros = vec![0f32; s.input_len(0) * 2];
@@ -540,7 +546,10 @@ proptest! {
         let b = build(&spec);
         let a = AlignedBytes::copy_from(&b.bytes);
         for verify_blobs in [true, false] {
-            let m = Model::from_bytes_with(a.as_bytes(), LoadOptions { verify_blobs }).unwrap();
+            let m = Model::from_bytes_with(a.as_bytes(), LoadOptions {
+        verify_blobs,
+        ..LoadOptions::default()
+    }).unwrap();
             check_round_trip(&m, &b);
         }
         let m = Model::from_vec(&b.bytes).unwrap();
@@ -1415,6 +1424,7 @@ fn blob_checksums_are_checked_only_when_asked() {
         a.as_bytes(),
         LoadOptions {
             verify_blobs: false,
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -1445,7 +1455,14 @@ fn misaligned_input_is_an_error_not_ub() {
         let slice = &a.as_bytes()[shift..];
         assert_eq!(slice.as_ptr() as usize % 64, shift);
         for verify_blobs in [true, false] {
-            let got = Model::from_bytes_with(slice, LoadOptions { verify_blobs }).err();
+            let got = Model::from_bytes_with(
+                slice,
+                LoadOptions {
+                    verify_blobs,
+                    ..LoadOptions::default()
+                },
+            )
+            .err();
             if shift % 4 == 0 {
                 // Aligned enough for f32, f16, u16 and u32: the loader accepts it.
                 assert_eq!(got, None, "shift {shift}");
@@ -1560,6 +1577,7 @@ fn open_maps_the_file_zero_copy() {
         &path,
         LoadOptions {
             verify_blobs: false,
+            ..LoadOptions::default()
         },
     );
     std::fs::remove_file(&path).unwrap();
@@ -1731,7 +1749,14 @@ fn golden_v1_0_loads_and_runs() {
     let bytes = std::fs::read(GOLDEN).expect("tests/data/golden-v1.0.nap is committed");
     let a = AlignedBytes::copy_from(&bytes);
     for verify_blobs in [true, false] {
-        let m = Model::from_bytes_with(a.as_bytes(), LoadOptions { verify_blobs }).unwrap();
+        let m = Model::from_bytes_with(
+            a.as_bytes(),
+            LoadOptions {
+                verify_blobs,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
         check_golden(&m);
         assert_zero_copy(&m);
     }
@@ -1741,4 +1766,84 @@ fn golden_v1_0_loads_and_runs() {
         check_golden(&m);
         assert_zero_copy(&m);
     }
+}
+
+/// A Linear model of 4 inputs and 2 outputs whose f32 weight and f16 bias hold `w` and `b`.
+fn linear_with(w: [f32; 8], b: [f32; 2]) -> Vec<u8> {
+    let mut fb = FileBuilder::new();
+    let wr = fb.add_f32(&w);
+    let br = fb.add_f16(&b.map(f16::from_f32));
+    let value = |name: &str, n| ValueInfo {
+        name: name.into(),
+        shape: vec![n],
+    };
+    let tensor = |name: &str, shape: Vec<u32>, dtype, values| TensorEntry {
+        name: name.into(),
+        shape,
+        dtype,
+        layout: Layout::Dense { values },
+    };
+    let header = Header {
+        producer: "non-finite test".into(),
+        metadata: Metadata::default(),
+        graph: Graph {
+            values: vec![value("x", 4), value("y", 2)],
+            inputs: vec![0],
+            outputs: vec![1],
+            nodes: vec![Node {
+                name: "fc".into(),
+                op: Op::Linear(Linear {
+                    weight: 0,
+                    bias: Some(1),
+                    act: Activation::Relu,
+                }),
+                inputs: vec![0],
+                output: 1,
+            }],
+        },
+        tensors: vec![
+            tensor("fc.weight", vec![2, 4], DType::F32, wr),
+            tensor("fc.bias", vec![2], DType::F16, br),
+        ],
+        extensions: vec![],
+    };
+    fb.finish(&header).unwrap()
+}
+
+#[test]
+fn issue14_non_finite_weights_are_reported_and_refused_when_strict() {
+    let strict = LoadOptions {
+        finite_weights: true,
+        ..LoadOptions::default()
+    };
+    let bad = linear_with(
+        [1.0, f32::NAN, 0.0, 0.0, 0.0, 0.0, f32::NEG_INFINITY, 1.0],
+        [0.0, f32::INFINITY],
+    );
+    let a = AlignedBytes::copy_from(&bad);
+    // Loads by default (the checksums hold), and says which tensors are bad.
+    let m = Model::from_bytes(a.as_bytes()).unwrap();
+    assert_eq!(m.non_finite(), [(0, 2), (1, 1)]);
+    // ReLU hides the NaN in the output: why a strict mode exists.
+    let mut s = Session::new(&m, 1).unwrap();
+    assert!(s.run(&[1.0; 4]).unwrap().iter().any(|y| y.is_finite()));
+    assert_eq!(
+        Model::from_bytes_with(a.as_bytes(), strict).err(),
+        Some(Error::NonFinite {
+            tensor: "fc.weight".into(),
+            count: 2
+        })
+    );
+    let only_bias = linear_with([0.5; 8], [f32::NAN, 0.0]);
+    let a = AlignedBytes::copy_from(&only_bias);
+    assert_eq!(
+        Model::from_bytes_with(a.as_bytes(), strict).err(),
+        Some(Error::NonFinite {
+            tensor: "fc.bias".into(),
+            count: 1
+        })
+    );
+    let good = AlignedBytes::copy_from(&linear_with([0.5; 8], [0.0, 65504.0]));
+    let m = Model::from_bytes_with(good.as_bytes(), strict).unwrap();
+    assert!(m.non_finite().is_empty());
 }

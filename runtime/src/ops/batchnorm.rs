@@ -51,6 +51,7 @@ impl OpDef for BatchNorm {
         let c = cx.ins[0][0] as usize;
         let [gm, bt, mn, vr] =
             [self.gamma, self.beta, self.mean, self.var].map(|t| cx.dense_f32(t));
+        let (gm, bt, mn, vr) = (gm?, bt?, mn?, vr?);
         let p = cx.params();
         let scale: Vec<f32> = (0..c)
             .map(|j| gm.of(p)[j] / libm::sqrtf(vr.of(p)[j] + self.eps))

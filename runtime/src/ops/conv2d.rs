@@ -94,7 +94,7 @@ impl OpDef for Conv2d {
         Ok(Box::new(ConvKernel {
             weight: self.weight,
             dense,
-            bias: self.bias.map(|b| cx.dense_f32(b)),
+            bias: self.bias.map(|b| cx.dense_f32(b)).transpose()?,
             act: self.act,
             geom: gm,
             groups,

@@ -81,8 +81,8 @@ impl OpDef for ConvTranspose2d {
         let ws = cx.model.tensor_entry(self.weight).shape.clone();
         let u = |v: u32| v as usize;
         Ok(Box::new(ConvTransposeKernel {
-            weight: cx.dense_f32(self.weight),
-            bias: self.bias.map(|b| cx.dense_f32(b)),
+            weight: cx.dense_f32(self.weight)?,
+            bias: self.bias.map(|b| cx.dense_f32(b)).transpose()?,
             cin: u(ws[0]),
             cout: u(ws[1]),
             k: [u(ws[2]), u(ws[3])],

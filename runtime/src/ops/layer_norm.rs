@@ -47,8 +47,8 @@ impl OpDef for LayerNorm {
     fn plan(&self, cx: &mut PlanCx<'_, '_>) -> Result<Box<dyn Kernel>> {
         Ok(Box::new(LayerNormKernel {
             d: *cx.ins[0].last().expect("checked by infer") as usize,
-            gamma: cx.dense_f32(self.gamma),
-            beta: cx.dense_f32(self.beta),
+            gamma: cx.dense_f32(self.gamma)?,
+            beta: cx.dense_f32(self.beta)?,
             eps: self.eps,
         }))
     }

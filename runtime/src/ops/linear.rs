@@ -135,7 +135,7 @@ fn plan_linear(
     Ok(Box::new(LinearKernel {
         weight,
         dense,
-        bias: bias.map(|b| cx.dense_f32(b)),
+        bias: bias.map(|b| cx.dense_f32(b)).transpose()?,
         act,
         inp,
         out,

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use core::fmt::Debug;
 
 use crate::error::{Error, Result};
-use crate::exec::{SparsePolicy, MAX_PLANNED_FLOATS};
+use crate::exec::SparsePolicy;
 use crate::format::{Op, TensorId};
 use crate::kernels::{self, ConvGeom};
 use crate::model::{Model, TensorView};
@@ -211,6 +211,9 @@ pub struct PlanCx<'a, 'm> {
     pub model: &'a Model<'m>,
     pub batch: usize,
     pub policy: SparsePolicy,
+    /// Most floats the session's converted parameters may reach: its memory limit less the
+    /// other buffers planned so far.
+    pub param_limit: usize,
     /// Input shapes and output shape of the node being planned.
     pub ins: &'a [&'a [u32]],
     pub out: &'a [u32],
@@ -220,18 +223,27 @@ pub struct PlanCx<'a, 'm> {
 }
 
 impl PlanCx<'_, '_> {
-    /// Tensor `id` converted to f32 (densified if sparse) and appended to the parameters.
-    pub fn dense_f32(&mut self, id: TensorId) -> Range {
+    /// Tensor `id` converted to f32 (densified if sparse) and appended to the parameters; an
+    /// error, before allocating, if that would pass [`PlanCx::param_limit`].
+    pub fn dense_f32(&mut self, id: TensorId) -> Result<Range> {
         let off = self.params.len();
         let v = self.model.tensor(id);
+        let n = v.numel().ok_or(Error::Overflow("tensor shape"))?;
+        if n > self.param_limit.saturating_sub(off) {
+            return Err(Error::TooLarge {
+                what: "session buffers with a weight converted to f32 (bytes)",
+                size: (off as u64 + n as u64).saturating_mul(4),
+                limit: (self.param_limit as u64).saturating_mul(4),
+            });
+        }
         match v {
             TensorView::Dense(e) => self.params.extend((0..e.len()).map(|i| e.get_f32(i))),
-            TensorView::Csr(_) | TensorView::BlockCsr(_) => self.params.extend(v.to_dense_f32()),
+            v => {
+                self.params.resize(off + n, 0.0);
+                v.scatter_into(&mut self.params[off..]);
+            }
         }
-        Range {
-            off,
-            len: self.params.len() - off,
-        }
+        Ok(Range { off, len: n })
     }
 
     /// Appends computed parameters.
@@ -250,29 +262,24 @@ impl PlanCx<'_, '_> {
 
     /// Weight `id` expanded to a dense f32 copy when the session should run it dense: a CSR
     /// weight denser than `limit` (kept sparse if the copy would not fit in
-    /// [`MAX_PLANNED_FLOATS`]), or a blocked-CSR weight that no blocked kernel runs here
+    /// [`PlanCx::param_limit`]), or a blocked-CSR weight that no blocked kernel runs here
     /// (`blocks_ok`, the blocked limit where a blocked kernel applies, is `None`; blocks other
-    /// than 4×1; or denser than that limit).
+    /// than 4×1; or denser than that limit), an error if it does not fit.
     pub fn densify(
         &mut self,
         id: TensorId,
         limit: f32,
         blocks_ok: Option<f32>,
     ) -> Result<Option<Range>> {
+        let room = self.param_limit.saturating_sub(self.params.len());
         match self.model.tensor(id) {
-            TensorView::Csr(c) => {
-                let fits = c
-                    .rows()
-                    .checked_mul(c.cols())
-                    .and_then(|n| Some((n, self.params.len().checked_add(n)?)))
-                    .filter(|&(_, total)| total <= MAX_PLANNED_FLOATS);
-                Ok(match fits {
-                    Some((n, _)) if c.nnz() as f64 > limit as f64 * n as f64 => {
-                        Some(self.dense_f32(id))
-                    }
-                    _ => None,
-                })
-            }
+            // Kept sparse when the copy does not fit.
+            TensorView::Csr(c) => Ok(match c.rows().checked_mul(c.cols()) {
+                Some(n) if n <= room && c.nnz() as f64 > limit as f64 * n as f64 => {
+                    Some(self.dense_f32(id)?)
+                }
+                _ => None,
+            }),
             TensorView::BlockCsr(b) => {
                 let n = b
                     .rows()
@@ -284,15 +291,7 @@ impl PlanCx<'_, '_> {
                 }) {
                     return Ok(None);
                 }
-                let total = self.params.len().saturating_add(n);
-                if total > MAX_PLANNED_FLOATS {
-                    return Err(Error::TooLarge {
-                        what: "expanded blocked-CSR weight (f32 elements)",
-                        size: total as u64,
-                        limit: MAX_PLANNED_FLOATS as u64,
-                    });
-                }
-                Ok(Some(self.dense_f32(id)))
+                Ok(Some(self.dense_f32(id)?))
             }
             TensorView::Dense(_) => Ok(None),
         }

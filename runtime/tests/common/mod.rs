@@ -364,7 +364,14 @@ pub fn reencode(header: &Header, data: &[u8]) -> Vec<u8> {
 /// Loads `bytes` from an aligned copy; returns the error, if any.
 pub fn load_err(bytes: &[u8], verify_blobs: bool) -> Option<Error> {
     let a = AlignedBytes::copy_from(bytes);
-    Model::from_bytes_with(a.as_bytes(), LoadOptions { verify_blobs }).err()
+    Model::from_bytes_with(
+        a.as_bytes(),
+        LoadOptions {
+            verify_blobs,
+            ..LoadOptions::default()
+        },
+    )
+    .err()
 }
 
 /// Whether a model that loaded is small enough to plan and run in a test (a structurally valid
