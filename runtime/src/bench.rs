@@ -120,11 +120,17 @@ impl Machine {
             arch: std::env::consts::ARCH,
             os: std::env::consts::OS,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            isa: [Isa::Avx2Fma, Isa::Avx2FmaF16c, Isa::Neon, Isa::NeonFp16]
-                .into_iter()
-                .filter(|i| i.is_available())
-                .map(|i| format!("{i:?}"))
-                .collect(),
+            isa: [
+                Isa::Avx2Fma,
+                Isa::Avx2FmaF16c,
+                Isa::Avx512F,
+                Isa::Neon,
+                Isa::NeonFp16,
+            ]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .map(|i| format!("{i:?}"))
+            .collect(),
         }
     }
 }

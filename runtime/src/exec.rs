@@ -270,6 +270,7 @@ impl<'m> Session<'m> {
             let kernel = node.op.def().plan(&mut PlanCx {
                 model,
                 batch,
+                threads,
                 policy,
                 param_limit: limit.saturating_sub(others),
                 ins: &in_shapes,

@@ -2,7 +2,7 @@
 //! output rows (or channels), sized so small operations stay on one thread.
 
 use crate::format::Activation;
-use crate::kernels::{self, Bias, ConvGeom, Elems, MatRef};
+use crate::kernels::{self, BOperand, Bias, ConvGeom, Elems, MatRef};
 use crate::model::CsrView;
 use crate::pool::Pool;
 
@@ -45,7 +45,7 @@ pub(crate) fn slice_elems(e: Elems<'_>, from: usize) -> Elems<'_> {
 pub(crate) fn par_gemm(
     pool: &Pool,
     a: MatRef<'_>,
-    b: MatRef<'_>,
+    b: BOperand<'_>,
     c: &mut [f32],
     ldc: usize,
     bias: Bias<'_>,
@@ -54,8 +54,12 @@ pub(crate) fn par_gemm(
     ws_len: usize,
 ) {
     let parts = pool.threads();
-    if parts == 1 || a.rows < 16 || a.rows * a.cols * b.cols < PAR_MIN_MACS {
-        kernels::gemm(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
+    let n = match b {
+        BOperand::Mat(m) => m.cols,
+        BOperand::Rows { cols, .. } => cols,
+    };
+    if parts == 1 || a.rows < 16 || a.rows * a.cols * n < PAR_MIN_MACS {
+        kernels::gemm_b(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
         return;
     }
     let (c_len, cp, wp) = (c.len(), Parts(c.as_mut_ptr()), Parts(ws.as_mut_ptr()));
@@ -83,7 +87,7 @@ pub(crate) fn par_gemm(
             Bias::Row(v) => Bias::Row(&v[r0..r1]),
             other => other,
         };
-        kernels::gemm(sub, b, cc, ldc, bias, act, w);
+        kernels::gemm_b(sub, b, cc, ldc, bias, act, w);
     });
 }
 
@@ -244,4 +248,55 @@ pub(crate) fn par_depthwise(
             yy,
         );
     });
+}
+
+/// Runs `f(pool, e, y_e, scratch, ws)` for every example `e < n` with the examples split across
+/// the pool's threads, when there are at least as many examples as threads and the batch's
+/// work (`macs` per example) is worth it: each part gets its examples' outputs `y_e` (`out_len`
+/// elements of `y` each), its own `scratch_len` block of `scratch` and `ws_len` block of `ws`,
+/// and a serial pool for the kernels inside. Returns `false`, having done nothing, when it does
+/// not split; the caller then runs the examples one by one with the whole pool.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_examples(
+    pool: &Pool,
+    n: usize,
+    macs: usize,
+    y: &mut [f32],
+    out_len: usize,
+    scratch: &mut [f32],
+    scratch_len: usize,
+    ws: &mut [f32],
+    ws_len: usize,
+    f: &(dyn Fn(&Pool, usize, &mut [f32], &mut [f32], &mut [f32]) + Sync),
+) -> bool {
+    let parts = pool.threads();
+    if parts == 1 || n < parts || n.saturating_mul(macs) < PAR_MIN_MACS {
+        return false;
+    }
+    assert!(y.len() >= n * out_len && scratch.len() >= parts * scratch_len);
+    assert!(ws.len() >= parts * ws_len);
+    let (yp, sp, wp) = (
+        Parts(y.as_mut_ptr()),
+        Parts(scratch.as_mut_ptr()),
+        Parts(ws.as_mut_ptr()),
+    );
+    pool.run(&|part| {
+        let serial = Pool::serial();
+        let (e0, e1) = part_range(n, parts, 1, part);
+        // SAFETY: each part has its own block of the scratch and the workspace, which hold
+        // `parts` blocks (asserted above).
+        let (s, w) = unsafe {
+            (
+                sp.slice(part * scratch_len, scratch_len),
+                wp.slice(part * ws_len, ws_len),
+            )
+        };
+        for e in e0..e1 {
+            // SAFETY: parts own disjoint example ranges, so the outputs are disjoint ranges of
+            // `y`, which holds `n * out_len` elements (asserted above).
+            let ye = unsafe { yp.slice(e * out_len, out_len) };
+            f(&serial, e, ye, s, w);
+        }
+    });
+    true
 }

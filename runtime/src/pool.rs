@@ -1,6 +1,7 @@
-//! A fixed set of worker threads that a session keeps for its lifetime (std only). Dispatching a
-//! job wakes the workers instead of spawning threads, so a run with several threads costs a
-//! condition-variable round trip per parallel operation and allocates nothing.
+//! A fixed set of worker threads that a session keeps for its lifetime (std only). Idle workers
+//! spin on a generation counter for a short while, then park on a condition variable; a job
+//! is published by bumping the counter (and waking parked workers only), so a parallel
+//! operation inside a run costs a few cache-line transfers, not a wake-up, and allocates nothing.
 
 #[cfg(not(feature = "std"))]
 mod imp {
@@ -9,6 +10,10 @@ mod imp {
 
     impl Pool {
         pub(crate) fn new(_threads: usize) -> Pool {
+            Pool
+        }
+
+        pub(crate) const fn serial() -> Pool {
             Pool
         }
 
@@ -69,37 +74,51 @@ pub fn physical_cores() -> usize {
 #[cfg(feature = "std")]
 mod imp {
 
+    use core::cell::UnsafeCell;
+    use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
     use std::sync::{Condvar, Mutex};
     use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
     use std::vec::Vec;
+
+    /// How long an idle worker spins for the next job before it parks: longer than the gap
+    /// between two parallel operations of a run (the single-threaded operations between them),
+    /// short enough that an idle session stops burning its cores quickly.
+    const SPIN: Duration = Duration::from_micros(200);
 
     /// The job being run: a type-erased `&(dyn Fn(usize) + Sync)`.
     #[derive(Clone, Copy)]
     struct JobPtr(*const (dyn Fn(usize) + Sync));
 
-    // SAFETY: the pointee is `Sync`, and `Pool::run` keeps it alive until every worker has finished
-    // calling it (see the SAFETY comment there).
-    unsafe impl Send for JobPtr {}
-
-    struct State {
-        job: Option<JobPtr>,
-        /// Incremented for every job, so a worker runs each job once.
-        generation: u64,
-        /// Workers still running the current job.
-        busy: usize,
-        /// A worker's call of the current job panicked.
-        panicked: bool,
-        shutdown: bool,
-    }
-
     struct Shared {
-        state: Mutex<State>,
-        start: Condvar,
-        done: Condvar,
+        /// Written by `Pool::run` only while no worker runs or reads it (`pending == 0`), read
+        /// by workers after they see a new `generation`.
+        job: UnsafeCell<Option<JobPtr>>,
+        /// Incremented (Release) after `job` and `pending` are set, once per job.
+        generation: AtomicU64,
+        /// Workers still running the current job.
+        pending: AtomicUsize,
+        /// A worker's call of the current job panicked.
+        panicked: AtomicBool,
+        shutdown: AtomicBool,
+        /// Parked workers. Incremented under `lock` before a worker re-checks `generation`
+        /// and waits on `wake`; `Pool::run` notifies under `lock` when it is non-zero.
+        sleepers: AtomicUsize,
+        lock: Mutex<()>,
+        wake: Condvar,
     }
+
+    // SAFETY: `job` is the only non-Sync field; it is written by the pool's owner only while
+    // `pending == 0` (no worker reads it) and read by workers only between their Acquire load
+    // of a new `generation` and their Release decrement of `pending` (see `Pool::run`). The
+    // pointee is `Sync`.
+    unsafe impl Sync for Shared {}
+    // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
+    unsafe impl Send for Shared {}
 
     pub(crate) struct Pool {
-        shared: std::sync::Arc<Shared>,
+        /// `None` for a pool without workers.
+        shared: Option<std::sync::Arc<Shared>>,
         workers: Vec<JoinHandle<()>>,
     }
 
@@ -107,15 +126,14 @@ mod imp {
         /// A pool running jobs on `threads` threads: the caller's and `threads - 1` workers.
         pub(crate) fn new(threads: usize) -> Pool {
             let shared = std::sync::Arc::new(Shared {
-                state: Mutex::new(State {
-                    job: None,
-                    generation: 0,
-                    busy: 0,
-                    panicked: false,
-                    shutdown: false,
-                }),
-                start: Condvar::new(),
-                done: Condvar::new(),
+                job: UnsafeCell::new(None),
+                generation: AtomicU64::new(0),
+                pending: AtomicUsize::new(0),
+                panicked: AtomicBool::new(false),
+                shutdown: AtomicBool::new(false),
+                sleepers: AtomicUsize::new(0),
+                lock: Mutex::new(()),
+                wake: Condvar::new(),
             });
             let workers = (1..threads.max(1))
                 .map(|part| {
@@ -123,7 +141,18 @@ mod imp {
                     std::thread::spawn(move || worker(&shared, part))
                 })
                 .collect();
-            Pool { shared, workers }
+            Pool {
+                shared: Some(shared),
+                workers,
+            }
+        }
+
+        /// A pool that runs every job on the caller (allocates nothing).
+        pub(crate) const fn serial() -> Pool {
+            Pool {
+                shared: None,
+                workers: Vec::new(),
+            }
         }
 
         pub(crate) fn threads(&self) -> usize {
@@ -131,80 +160,108 @@ mod imp {
         }
 
         /// Calls `job(part)` for every `part < self.threads()`, part 0 on the calling thread, and
-        /// returns when all calls have returned.
+        /// returns when all calls have returned. Workers pick the job up from a spin on
+        /// `generation` (or are woken if they parked); the caller spins until they finish.
         pub(crate) fn run(&self, job: &(dyn Fn(usize) + Sync)) {
-            if self.workers.is_empty() {
+            let Some(sh) = self.shared.as_deref().filter(|_| !self.workers.is_empty()) else {
                 job(0);
                 return;
-            }
-            // SAFETY: the lifetime is erased only for the duration of this call: we wait below until
-            // `busy == 0`, i.e. until no worker holds or calls the pointer any more, and clear it
-            // before returning.
+            };
+            // SAFETY: the lifetime is erased only for the duration of this call: we wait below
+            // until `pending == 0`, i.e. until no worker holds or calls the pointer any more,
+            // and clear it before returning.
             let ptr: JobPtr = JobPtr(unsafe {
                 core::mem::transmute::<
                     *const (dyn Fn(usize) + Sync + '_),
                     *const (dyn Fn(usize) + Sync + 'static),
                 >(job as *const _)
             });
-            {
-                let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                st.job = Some(ptr);
-                st.generation += 1;
-                st.busy = self.workers.len();
+            // SAFETY: `pending == 0` (the previous call waited for it), so no worker reads `job`.
+            unsafe { *sh.job.get() = Some(ptr) };
+            sh.pending.store(self.workers.len(), Relaxed);
+            sh.generation.fetch_add(1, SeqCst);
+            if sh.sleepers.load(SeqCst) > 0 {
+                let _g = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
+                sh.wake.notify_all();
             }
-            self.shared.start.notify_all();
             job(0);
-            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            while st.busy > 0 {
-                st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+            let mut spins = 0u32;
+            while sh.pending.load(Acquire) != 0 {
+                spins += 1;
+                if spins < 1 << 16 {
+                    core::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
-            st.job = None;
-            if core::mem::take(&mut st.panicked) {
-                drop(st);
+            // SAFETY: every worker is done with the job (`pending == 0`, Acquire).
+            unsafe { *sh.job.get() = None };
+            if sh.panicked.swap(false, Relaxed) {
                 panic!("a worker thread panicked while running a kernel");
             }
         }
     }
 
-    fn worker(shared: &Shared, part: usize) {
+    /// Waits for a generation other than `seen` (or shutdown): spins for [`SPIN`], then parks.
+    fn wait_for_job(sh: &Shared, seen: u64) -> u64 {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let g = sh.generation.load(Acquire);
+            if g != seen || sh.shutdown.load(Acquire) {
+                return g;
+            }
+            spins = spins.wrapping_add(1);
+            if spins % 64 != 0 || start.elapsed() < SPIN {
+                core::hint::spin_loop();
+                continue;
+            }
+            let mut guard = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
+            sh.sleepers.fetch_add(1, SeqCst);
+            while sh.generation.load(SeqCst) == seen && !sh.shutdown.load(SeqCst) {
+                guard = sh.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            sh.sleepers.fetch_sub(1, SeqCst);
+            drop(guard);
+            spins = 0;
+        }
+    }
+
+    fn worker(sh: &Shared, part: usize) {
         let mut seen = 0u64;
         loop {
-            let job = {
-                let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                while !st.shutdown && st.generation == seen {
-                    st = shared.start.wait(st).unwrap_or_else(|e| e.into_inner());
-                }
-                if st.shutdown {
-                    return;
-                }
-                seen = st.generation;
-                st.job
-            };
+            seen = wait_for_job(sh, seen);
+            if sh.shutdown.load(Acquire) {
+                return;
+            }
+            // SAFETY: `Pool::run` set the job before publishing this generation (Acquire above)
+            // and keeps it alive and unchanged until this worker decrements `pending`.
+            let job = unsafe { *sh.job.get() };
             let mut ok = true;
             if let Some(JobPtr(f)) = job {
-                // SAFETY: `Pool::run` keeps the job alive until this worker decrements `busy`.
+                // SAFETY: as above.
                 let f = unsafe { &*f };
-                // A panicking job must still release the caller (which re-raises it), or `run` would
-                // wait forever.
+                // A panicking job must still release the caller (which re-raises it), or `run`
+                // would wait forever.
                 ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(part))).is_ok();
             }
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.panicked |= !ok;
-            st.busy -= 1;
-            if st.busy == 0 {
-                shared.done.notify_one();
+            if !ok {
+                sh.panicked.store(true, Relaxed);
             }
+            sh.pending.fetch_sub(1, Release);
         }
     }
 
     impl Drop for Pool {
         fn drop(&mut self) {
-            self.shared
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .shutdown = true;
-            self.shared.start.notify_all();
+            let Some(sh) = self.shared.as_deref() else {
+                return;
+            };
+            sh.shutdown.store(true, SeqCst);
+            {
+                let _g = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
+                sh.wake.notify_all();
+            }
             for w in self.workers.drain(..) {
                 let _ = w.join();
             }

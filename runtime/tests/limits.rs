@@ -194,10 +194,16 @@ fn issue14_sessions_keep_to_their_memory_limit() {
         Err(Error::TooLarge { size, limit, .. }) => assert_eq!((size, limit), (need, need - 4)),
         other => panic!("{other:?}"),
     }
-    assert!(peak < (need / 4) as usize, "refusing allocated {peak} bytes of {need}");
+    assert!(
+        peak < (need / 4) as usize,
+        "refusing allocated {peak} bytes of {need}"
+    );
     let (s, peak) = peak_during(|| Session::with_options(&m, batch, opts(need)));
     assert_eq!(s.unwrap().planned_floats() as u64 * 4, need);
-    assert!(peak as u64 <= need + MIB as u64, "{peak} bytes for a plan of {need}");
+    assert!(
+        peak as u64 <= need + MIB as u64,
+        "{peak} bytes for a plan of {need}"
+    );
 }
 
 fn header_with_nodes(nodes: Vec<Node>) -> Vec<u8> {

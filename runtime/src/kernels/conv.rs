@@ -1,3 +1,5 @@
+use alloc::vec::Vec;
+
 use super::dw3x3;
 use super::{act_scalar, Activation, Elems, Isa};
 
@@ -46,51 +48,169 @@ fn valid_range(
     (lo, hi, lo * stride + off - pad)
 }
 
-/// Length of the patch matrix [`im2col`] writes for `channels` input channels.
+/// Floats [`im2col`] copies at a time along a row; it may write up to this many past the patch
+/// matrix.
+const CHUNK: usize = 8;
+
+/// Length of the buffer [`im2col`] needs for `channels` input channels: the patch matrix and
+/// [`CHUNK`] floats after it that it may overwrite.
 pub fn im2col_len(g: &ConvGeom, channels: usize) -> usize {
-    channels * g.kh * g.kw * g.oh * g.ow
+    channels * g.kh * g.kw * g.oh * g.ow + CHUNK
 }
 
 /// Writes the patch matrix of input channels `c0..c0 + channels` of `x` (`[c, h, w]`) into
 /// `cols`, row-major `[(channels * kh * kw), (oh * ow)]`, rows ordered (channel, ki, kj) like a
-/// PyTorch weight `[out, in, kh, kw]` flattened; padding reads as 0. Never allocates.
+/// PyTorch weight `[out, in, kh, kw]` flattened; padding reads as 0. `cols` holds at least
+/// [`im2col_len`] floats; the ones past the matrix are clobbered. Never allocates.
+///
+/// With a horizontal stride of 1, each output row's run of input pixels is copied in fixed
+/// chunks of [`CHUNK`] floats (plain moves, no `memcpy` call per run of a few pixels): a chunk
+/// may run past the run, into pixels written later or into the slack, and the row's padding is
+/// zeroed after its copy.
 pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f32]) {
     let p = g.oh * g.ow;
+    let len = channels * g.kh * g.kw * p;
+    assert!(
+        cols.len() >= len + CHUNK,
+        "im2col: buffer shorter than im2col_len"
+    );
     let mut row = 0;
     for c in c0..c0 + channels {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let plane = c * g.h * g.w;
         for ki in 0..g.kh {
             let (ylo, yhi, iy0) = valid_range(g.oh, g.h, g.stride[0], ki * g.dilation[0], g.pad[0]);
             for kj in 0..g.kw {
-                let dst = &mut cols[row * p..(row + 1) * p];
+                let base = row * p;
                 row += 1;
-                dst[..ylo * g.ow].fill(0.0);
-                dst[yhi * g.ow..].fill(0.0);
+                cols[base..base + ylo * g.ow].fill(0.0);
                 let (xlo, xhi, ix0) =
                     valid_range(g.ow, g.w, g.stride[1], kj * g.dilation[1], g.pad[1]);
+                let n = xhi - xlo;
                 for oy in ylo..yhi {
-                    let iy = iy0 + (oy - ylo) * g.stride[0];
-                    let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-                    d[..xlo].fill(0.0);
-                    d[xhi..].fill(0.0);
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let n = xhi - xlo;
-                    if n == 0 {
-                        continue;
-                    }
-                    if g.stride[1] == 1 {
-                        d[xlo..xhi].copy_from_slice(&src[ix0..ix0 + n]);
-                    } else {
-                        for (o, s) in d[xlo..xhi]
-                            .iter_mut()
-                            .zip(src[ix0..].iter().step_by(g.stride[1]))
-                        {
+                    let src = plane + (iy0 + (oy - ylo) * g.stride[0]) * g.w + ix0;
+                    let dst = base + oy * g.ow;
+                    if n > 0 && g.stride[1] == 1 {
+                        copy_run(x, src, cols, dst + xlo, n);
+                    } else if n > 0 {
+                        let d = &mut cols[dst + xlo..dst + xhi];
+                        for (o, s) in d.iter_mut().zip(x[src..].iter().step_by(g.stride[1])) {
                             *o = *s;
                         }
                     }
+                    cols[dst..dst + xlo].fill(0.0);
+                    cols[dst + xhi..dst + g.ow].fill(0.0);
+                }
+                // After the copies, whose last chunk may run into these rows.
+                cols[base + yhi.max(ylo) * g.ow..base + p].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Implicit GEMM for convolutions of stride 1: the patch matrix is never built. On the image
+/// zero-padded to `hp × wp` ([`ConvGeom::padded`]), patch-matrix row `(c, ki, kj)` is the run
+/// of the padded image starting at `offs[(c, ki, kj)] = c·hp·wp + ki·d·wp + kj·d`
+/// ([`ConvGeom::implicit_offsets`]), when output pixels are numbered on the padded grid
+/// (`oy·wp + ox`); the GEMM ([`super::BOperand::Rows`]) packs its panels straight from those
+/// runs. The `wp - ow` columns past each output row are computed and dropped by
+/// [`crop_rows`].
+impl ConvGeom {
+    /// Whether [`ConvGeom::implicit_offsets`] applies (stride 1).
+    pub fn implicit(&self) -> bool {
+        self.stride == [1, 1]
+    }
+
+    /// Height and width of the zero-padded image.
+    pub fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad[0], self.w + 2 * self.pad[1])
+    }
+
+    /// Columns of the implicit patch matrix: output pixels on the padded grid, up to the last.
+    pub fn implicit_cols(&self) -> usize {
+        let (_, wp) = self.padded();
+        if self.oh == 0 || self.ow == 0 {
+            return 0;
+        }
+        (self.oh - 1) * wp + self.ow
+    }
+
+    /// Row offsets of the implicit patch matrix of `channels` channels, in the order of
+    /// [`im2col`]'s rows.
+    pub fn implicit_offsets(&self, channels: usize) -> Vec<usize> {
+        let (hp, wp) = self.padded();
+        let [dy, dx] = self.dilation;
+        let mut offs = Vec::with_capacity(channels * self.kh * self.kw);
+        for c in 0..channels {
+            for ki in 0..self.kh {
+                for kj in 0..self.kw {
+                    offs.push(c * hp * wp + ki * dy * wp + kj * dx);
                 }
             }
         }
+        offs
+    }
+
+    /// Floats of the buffer [`pad_image`] writes: the padded image and [`CHUNK`] of slack.
+    pub fn padded_len(&self) -> usize {
+        let (hp, wp) = self.padded();
+        self.c * hp * wp + CHUNK
+    }
+
+    /// Floats of scratch an implicit-GEMM convolution of `out_c` outputs needs: the padded
+    /// image ([`ConvGeom::padded_len`]), then the output on the padded grid and [`CHUNK`] of
+    /// slack.
+    pub fn implicit_len(&self, out_c: usize) -> usize {
+        self.padded_len() + out_c * self.implicit_cols() + CHUNK
+    }
+}
+
+/// Writes `x` (`[c, h, w]`) zero-padded to `[c, hp, wp]` into `xpad`, which holds at least
+/// `c·hp·wp + CHUNK` floats (the ones past the image are clobbered).
+pub fn pad_image(g: &ConvGeom, x: &[f32], xpad: &mut [f32]) {
+    let (hp, wp) = g.padded();
+    let (pt, pl) = (g.pad[0], g.pad[1]);
+    let plane = hp * wp;
+    assert!(xpad.len() >= g.c * plane + CHUNK && x.len() >= g.c * g.h * g.w);
+    for c in 0..g.c {
+        let base = c * plane;
+        xpad[base..base + pt * wp + pl].fill(0.0);
+        for iy in 0..g.h {
+            let src = (c * g.h + iy) * g.w;
+            let dst = base + (iy + pt) * wp + pl;
+            copy_run(x, src, xpad, dst, g.w);
+            // This row's right padding and the next row's left padding, after the copy,
+            // whose last chunk may run into them.
+            xpad[dst + g.w..dst + g.w + 2 * pl].fill(0.0);
+        }
+        xpad[base + (pt + g.h) * wp..base + plane].fill(0.0);
+    }
+}
+
+/// Copies the implicit GEMM's output (`out_c` rows of [`ConvGeom::implicit_cols`] pixels on the
+/// padded grid, with [`CHUNK`] floats of slack) to `y`, `[out_c, oh, ow]`.
+pub fn crop_rows(g: &ConvGeom, out_c: usize, src: &[f32], y: &mut [f32]) {
+    let (_, wp) = g.padded();
+    let cols = g.implicit_cols();
+    for i in 0..out_c {
+        for oy in 0..g.oh {
+            copy_run(src, i * cols + oy * wp, y, (i * g.oh + oy) * g.ow, g.ow);
+        }
+    }
+}
+
+/// `dst[d..d + n] = src[s..s + n]` in fixed chunks of [`CHUNK`] floats (plain moves instead of a
+/// `memcpy` call for a run of a few floats), which may overwrite up to `CHUNK - 1` floats after
+/// `d + n`; exact where a chunk would pass the end of either slice.
+#[inline(always)]
+fn copy_run(src: &[f32], s: usize, dst: &mut [f32], d: usize, n: usize) {
+    let r = n.next_multiple_of(CHUNK);
+    if s + r <= src.len() && d + r <= dst.len() {
+        for k in (0..n).step_by(CHUNK) {
+            let v: &[f32; CHUNK] = src[s + k..s + k + CHUNK].try_into().expect("chunk");
+            dst[d + k..d + k + CHUNK].copy_from_slice(v);
+        }
+    } else {
+        dst[d..d + n].copy_from_slice(&src[s..s + n]);
     }
 }
 

@@ -22,9 +22,10 @@ mod spmv;
 pub use act::{act_scalar, apply_act};
 pub use bspmv::{bspmv, bspmv_kernel, BspmvKernel, BLOCK as BSPMV_BLOCK, BSPMV_KERNELS};
 pub use conv::{
-    depthwise_conv2d, im2col, im2col_len, ConvGeom, DepthwiseKernel, DEPTHWISE_KERNELS,
+    crop_rows, depthwise_conv2d, im2col, im2col_len, pad_image, ConvGeom, DepthwiseKernel,
+    DEPTHWISE_KERNELS,
 };
-pub use gemm::{gemm, gemm_workspace, GemmKernel, GEMM_KERNELS};
+pub use gemm::{gemm, gemm_b, gemm_workspace, BOperand, GemmKernel, GEMM_KERNELS};
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
 pub use spmm::{spmm, spmm_kernel, SpmmKernel, SPMM_KERNELS};
@@ -122,6 +123,8 @@ pub enum Isa {
     Avx2Fma,
     /// x86-64 AVX2 + FMA + F16C (f16 <-> f32 conversion).
     Avx2FmaF16c,
+    /// x86-64 AVX-512 Foundation (with AVX2 and FMA, which every AVX-512 CPU has).
+    Avx512F,
     /// aarch64 Advanced SIMD (baseline on aarch64).
     Neon,
     /// aarch64 Advanced SIMD with half-precision arithmetic (FEAT_FP16, ARMv8.2+); detected at
@@ -137,6 +140,7 @@ impl Isa {
             Isa::Scalar => true,
             Isa::Avx2Fma => x86_has_avx2_fma(),
             Isa::Avx2FmaF16c => x86_has_avx2_fma() && x86_has_f16c(),
+            Isa::Avx512F => x86_has_avx512f(),
             Isa::Neon => cfg!(target_arch = "aarch64"),
             Isa::NeonFp16 => aarch64_has_fp16(),
         }
@@ -146,6 +150,25 @@ impl Isa {
 #[cfg(all(target_arch = "x86_64", feature = "std"))]
 fn x86_has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "std"))]
+fn x86_has_avx512f() -> bool {
+    std::is_x86_feature_detected!("avx512f") && x86_has_avx2_fma()
+}
+
+#[cfg(all(target_arch = "x86_64", not(feature = "std")))]
+fn x86_has_avx512f() -> bool {
+    cfg!(all(
+        target_feature = "avx512f",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_has_avx512f() -> bool {
+    false
 }
 
 #[cfg(all(target_arch = "x86_64", feature = "std"))]

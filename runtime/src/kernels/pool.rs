@@ -38,6 +38,12 @@ pub struct PoolKernel {
 pub static POOL_KERNELS: &[PoolKernel] = &[
     #[cfg(target_arch = "x86_64")]
     PoolKernel {
+        name: "pool_f32_rows_avx512",
+        isa: Isa::Avx512F,
+        run: pool_avx512,
+    },
+    #[cfg(target_arch = "x86_64")]
+    PoolKernel {
         name: "pool_f32_rows_avx2fma",
         isa: Isa::Avx2Fma,
         run: pool_avx2fma,
@@ -87,6 +93,14 @@ impl PoolKernel {
 }
 
 /// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn pool_avx512(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+    pool_planes(g, op, x, y, planes)
+}
+
+/// # Safety
 /// The CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -102,6 +116,13 @@ unsafe fn pool_baseline(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], plan
 
 #[inline(always)]
 fn pool_planes(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+    if op == PoolOp::Max
+        && (g.kh, g.kw, g.stride, g.pad) == (2, 2, [2, 2], [0, 0])
+        && g.h >= 2 * g.oh
+        && g.w >= 2 * g.ow
+    {
+        return max2x2(g, x, y, planes);
+    }
     // Literal arguments fold into the inlined copies, specialising their inner loops.
     match (op, g.kw, g.stride[1]) {
         (PoolOp::Max, 2, 2) => planes_with(g, Max, 2, 2, x, y, planes),
@@ -116,6 +137,29 @@ fn pool_planes(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize
         }
         (PoolOp::Avg { count_include_pad }, kw, s) => {
             planes_with(g, Sum(count_include_pad), kw, s, x, y, planes)
+        }
+    }
+}
+
+/// Max pooling over 2×2 windows with stride 2 and no padding, every window inside the image:
+/// the maximum of two rows, then of adjacent pairs, in loops the compiler vectorises.
+#[inline(always)]
+fn max2x2(g: &ConvGeom, x: &[f32], y: &mut [f32], planes: usize) {
+    let (ih, iw, oh, ow) = (g.h, g.w, g.oh, g.ow);
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    for (xp, yp) in x
+        .chunks_exact(ih * iw)
+        .zip(y.chunks_exact_mut(oh * ow))
+        .take(planes)
+    {
+        for (oy, yrow) in yp.chunks_exact_mut(ow).enumerate() {
+            let r0 = &xp[2 * oy * iw..2 * oy * iw + 2 * ow];
+            let r1 = &xp[(2 * oy + 1) * iw..(2 * oy + 1) * iw + 2 * ow];
+            for ((o, a), b) in yrow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+                *o = a[0].max(a[1]).max(b[0].max(b[1]));
+            }
         }
     }
 }

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::{weight_flops, window_out, InferCx, Inputs, Kernel, OpDef, PlanCx, Range, RunCx};
 use crate::error::Result;
 use crate::format::{Activation, TensorId};
-use crate::kernels::{self, Bias, ConvGeom, Elems, MatRef};
+use crate::kernels::{self, BOperand, Bias, ConvGeom, Elems, MatRef};
 use crate::model::{Model, TensorView};
-use crate::par::{par_depthwise, par_gemm, par_spmm, slice_elems};
+use crate::par::{par_depthwise, par_examples, par_gemm, par_spmm, slice_elems};
+use crate::pool::Pool;
 
 /// PyTorch `Conv2d` followed by `act`; weight `[out, in/groups, kh, kw]`. Attributes are
 /// `[height, width]` pairs; padding is symmetric.
@@ -79,15 +80,33 @@ impl OpDef for Conv2d {
             && out_c == c
             && groups > 1
             && (dense.is_some() || matches!(cx.model.tensor(self.weight), TensorView::Dense(_)));
+
         let direct = gm.kh == 1 && gm.kw == 1 && gm.stride == [1, 1] && gm.pad == [0, 0];
+        let dense_weight =
+            dense.is_some() || matches!(cx.model.tensor(self.weight), TensorView::Dense(_));
+        let implicit = !depthwise && !direct && dense_weight && gm.implicit();
+        let mut scratch_len = 0;
         if !depthwise {
             let cpg = c / groups;
             if !direct {
-                cx.need_scratch(kernels::im2col_len(&gm, cpg));
+                // One patch matrix (or padded image and output) per thread when examples run
+                // in parallel.
+                scratch_len = if implicit {
+                    gm.implicit_len(out_c)
+                } else {
+                    kernels::im2col_len(&gm, cpg)
+                };
+                let copies = if cx.batch > 1 { cx.threads } else { 1 };
+                cx.need_scratch(scratch_len.saturating_mul(copies));
             }
+            let n = if implicit {
+                gm.implicit_cols()
+            } else {
+                gm.oh * gm.ow
+            };
             cx.need_gemm_ws(kernels::gemm_workspace(
                 out_c / groups,
-                gm.oh * gm.ow,
+                n,
                 cpg * gm.kh * gm.kw,
             ));
         }
@@ -101,6 +120,8 @@ impl OpDef for Conv2d {
             out_c,
             depthwise,
             direct,
+            offs: implicit.then(|| gm.implicit_offsets(c / groups)),
+            scratch_len,
         }))
     }
 }
@@ -118,6 +139,11 @@ struct ConvKernel {
     depthwise: bool,
     /// 1×1, stride 1, no padding: the input is its own patch matrix.
     direct: bool,
+    /// Row offsets of the implicit patch matrix of a group, for dense weights and stride 1
+    /// (see [`ConvGeom::implicit_offsets`]); otherwise an im2col patch matrix is built.
+    offs: Option<Vec<usize>>,
+    /// Floats of scratch per example (0 where none is used).
+    scratch_len: usize,
 }
 
 impl Kernel for ConvKernel {
@@ -126,7 +152,7 @@ impl Kernel for ConvKernel {
     }
 
     fn run(&self, cx: &mut RunCx<'_>, ins: &Inputs<'_>, y: &mut [f32]) {
-        let (gm, groups, act) = (&self.geom, self.groups, self.act);
+        let gm = &self.geom;
         let x = ins.get(0);
         let bias = self.bias.map(|b| b.of(cx.params));
         let wv = match self.dense {
@@ -134,59 +160,102 @@ impl Kernel for ConvKernel {
             None => cx.model.tensor(self.weight),
         };
         let in_len = ins.elems(0);
-        let out_len = self.out_c * gm.oh * gm.ow;
+        let p = gm.oh * gm.ow;
+        let out_len = self.out_c * p;
+        let ws_len = cx.ws_len;
+        let one = |pool: &Pool, e: usize, ye: &mut [f32], s: &mut [f32], ws: &mut [f32]| {
+            let xe = &x[e * in_len..(e + 1) * in_len];
+            self.example(pool, wv, bias, xe, ye, s, ws, ws_len);
+        };
+        let macs = out_len * (gm.c / self.groups) * gm.kh * gm.kw;
+        let split = par_examples(
+            cx.pool,
+            cx.n,
+            macs,
+            y,
+            out_len,
+            cx.scratch,
+            self.scratch_len,
+            cx.gemm_ws,
+            ws_len,
+            &one,
+        );
+        if !split {
+            for (e, ye) in y.chunks_exact_mut(out_len).take(cx.n).enumerate() {
+                one(cx.pool, e, ye, cx.scratch, cx.gemm_ws);
+            }
+        }
+    }
+}
+
+impl ConvKernel {
+    /// One example: `xe` `[c, h, w]` to `ye` `[out_c, oh, ow]`, with `pool`'s threads inside
+    /// the kernels, `scratch` for the patch matrix and `ws` (`ws_len` floats per thread).
+    #[allow(clippy::too_many_arguments)]
+    fn example(
+        &self,
+        pool: &Pool,
+        wv: TensorView<'_>,
+        bias: Option<&[f32]>,
+        xe: &[f32],
+        ye: &mut [f32],
+        scratch: &mut [f32],
+        ws: &mut [f32],
+        ws_len: usize,
+    ) {
+        let (gm, groups, act) = (&self.geom, self.groups, self.act);
         let p = gm.oh * gm.ow;
         let cpg = gm.c / groups;
         let opg = self.out_c / groups;
         let k = cpg * gm.kh * gm.kw;
-        for e in 0..cx.n {
-            let xe = &x[e * in_len..(e + 1) * in_len];
-            let ye = &mut y[e * out_len..(e + 1) * out_len];
-            match wv {
-                TensorView::Dense(w) if self.depthwise => {
-                    par_depthwise(cx.pool, gm, xe, w, bias, act, ye);
+        match wv {
+            TensorView::Dense(w) if self.depthwise => {
+                par_depthwise(pool, gm, xe, w, bias, act, ye);
+            }
+            TensorView::Dense(w) if self.offs.is_some() => {
+                let offs = self.offs.as_deref().unwrap_or_default();
+                let (hp, wp) = gm.padded();
+                let cols = gm.implicit_cols();
+                let (xpad, out) = scratch.split_at_mut(gm.padded_len());
+                kernels::pad_image(gm, xe, xpad);
+                for gi in 0..groups {
+                    let a = MatRef::row_major(slice_elems(w, gi * opg * k), opg, k);
+                    let b = BOperand::Rows {
+                        data: &xpad[gi * cpg * hp * wp..],
+                        offs,
+                        cols,
+                    };
+                    let og = &mut out[gi * opg * cols..(gi + 1) * opg * cols];
+                    let bg = bias.map(|b| &b[gi * opg..(gi + 1) * opg]);
+                    let bias = bg.map_or(Bias::None, Bias::Row);
+                    par_gemm(pool, a, b, og, cols, bias, act, ws, ws_len);
                 }
-                _ => {
-                    for gi in 0..groups {
-                        let cols: &[f32] = if self.direct {
-                            &xe[gi * cpg * p..(gi + 1) * cpg * p]
-                        } else {
-                            let s = &mut cx.scratch[..k * p];
-                            kernels::im2col(gm, xe, gi * cpg, cpg, s);
-                            s
-                        };
-                        let yg = &mut ye[gi * opg * p..(gi + 1) * opg * p];
-                        let bg = bias.map(|b| &b[gi * opg..(gi + 1) * opg]);
-                        match wv {
-                            TensorView::Dense(w) => {
-                                let wg = slice_elems(w, gi * opg * k);
-                                let a = MatRef::row_major(wg, opg, k);
-                                let bm = MatRef::row_major(Elems::F32(cols), k, p);
-                                par_gemm(
-                                    cx.pool,
-                                    a,
-                                    bm,
-                                    yg,
-                                    p,
-                                    bg.map_or(Bias::None, Bias::Row),
-                                    act,
-                                    cx.gemm_ws,
-                                    cx.ws_len,
-                                );
-                            }
-                            TensorView::BlockCsr(_) => {
-                                unreachable!("planning expands blocked convolution weights")
-                            }
-                            TensorView::Csr(w) => par_spmm(
-                                cx.pool,
-                                &w,
-                                gi * opg..(gi + 1) * opg,
-                                cols,
-                                p,
-                                bias,
-                                act,
-                                yg,
-                            ),
+                kernels::crop_rows(gm, self.out_c, out, ye);
+            }
+            _ => {
+                for gi in 0..groups {
+                    let cols: &[f32] = if self.direct {
+                        &xe[gi * cpg * p..(gi + 1) * cpg * p]
+                    } else {
+                        kernels::im2col(gm, xe, gi * cpg, cpg, scratch);
+                        &scratch[..k * p]
+                    };
+                    let yg = &mut ye[gi * opg * p..(gi + 1) * opg * p];
+                    let bg = bias.map(|b| &b[gi * opg..(gi + 1) * opg]);
+                    match wv {
+                        TensorView::Dense(w) => {
+                            let wg = slice_elems(w, gi * opg * k);
+                            let a = MatRef::row_major(wg, opg, k);
+                            let bm = BOperand::Mat(MatRef::row_major(Elems::F32(cols), k, p));
+                            let bias = bg.map_or(Bias::None, Bias::Row);
+                            par_gemm(pool, a, bm, yg, p, bias, act, ws, ws_len);
+                        }
+                        TensorView::BlockCsr(_) => {
+                            unreachable!("planning expands blocked convolution weights")
+                        }
+                        TensorView::Csr(w) => {
+                            let rows = gi * opg..(gi + 1) * opg;
+                            par_spmm(pool, &w, rows, cols, p, bias, act, yg)
                         }
                     }
                 }

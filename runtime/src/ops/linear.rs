@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{weight_flops, InferCx, Inputs, Kernel, OpDef, PlanCx, Range, RunCx};
 use crate::error::Result;
 use crate::format::{Activation, TensorId};
-use crate::kernels::{self, Bias, Elems, MatRef};
+use crate::kernels::{self, BOperand, Bias, Elems, MatRef};
 use crate::model::{Model, TensorView};
 use crate::par::{par_gemm, par_gemv, par_spmm, par_spmv};
 
@@ -177,6 +177,7 @@ impl Kernel for LinearKernel {
                     let a = MatRef::row_major(Elems::F32(x), n, inp);
                     let bm = MatRef::row_major(w, outf, inp).t();
                     let bias = bias.map_or(Bias::None, Bias::Col);
+                    let bm = BOperand::Mat(bm);
                     par_gemm(cx.pool, a, bm, y, outf, bias, act, cx.gemm_ws, cx.ws_len);
                 }
             }

@@ -210,6 +210,8 @@ impl Range {
 pub struct PlanCx<'a, 'm> {
     pub model: &'a Model<'m>,
     pub batch: usize,
+    /// Threads of the session.
+    pub threads: usize,
     pub policy: SparsePolicy,
     /// Most floats the session's converted parameters may reach: its memory limit less the
     /// other buffers planned so far.

@@ -24,9 +24,51 @@ mod x86;
 
 /// Largest `MR` / `NR` of any registered kernel (edge tiles go through a stack buffer this big).
 const MAX_MR: usize = 8;
-const MAX_NR: usize = 16;
+const MAX_NR: usize = 32;
 const _: () = assert!(MAX_NR >= MAX_MR);
 static ZEROS: [f32; MAX_NR] = [0.0; MAX_NR];
+
+/// The `B` operand of [`GemmKernel::run_b`].
+#[derive(Clone, Copy, Debug)]
+pub enum BOperand<'a> {
+    /// A strided matrix.
+    Mat(MatRef<'a>),
+    /// A `offs.len() × cols` f32 matrix whose row `p` is `data[offs[p]..offs[p] + cols]`: a
+    /// convolution's patch matrix read straight from its padded image (implicit GEMM).
+    Rows {
+        data: &'a [f32],
+        offs: &'a [usize],
+        cols: usize,
+    },
+}
+
+impl BOperand<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            BOperand::Mat(m) => m.rows,
+            BOperand::Rows { offs, .. } => offs.len(),
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            BOperand::Mat(m) => m.cols,
+            BOperand::Rows { cols, .. } => *cols,
+        }
+    }
+
+    fn check_bounds(&self) {
+        match self {
+            BOperand::Mat(m) => m.check_bounds("gemm: B"),
+            BOperand::Rows { data, offs, cols } => assert!(
+                offs.iter()
+                    .all(|&o| o.checked_add(*cols).is_some_and(|e| e <= data.len())),
+                "gemm: a row of B exceeds its {} elements",
+                data.len()
+            ),
+        }
+    }
+}
 
 /// Epilogue of one micro-tile, shared by every micro-kernel.
 pub(crate) struct Tile {
@@ -86,6 +128,18 @@ pub struct GemmKernel {
 pub static GEMM_KERNELS: &[GemmKernel] = &[
     #[cfg(target_arch = "x86_64")]
     GemmKernel {
+        name: "gemm_f32_8x32_avx512",
+        isa: Isa::Avx512F,
+        mr: 8,
+        nr: 32,
+        mc: 128,
+        kc: 256,
+        nc: 2048,
+        strided: true,
+        ukernel: x86::gemm_f32_8x32_avx512,
+    },
+    #[cfg(target_arch = "x86_64")]
+    GemmKernel {
         name: "gemm_f32_6x16_avx2fma",
         isa: Isa::Avx2Fma,
         mr: 6,
@@ -143,6 +197,20 @@ pub fn gemm_kernel() -> &'static GemmKernel {
         .unwrap_or(&GEMM_KERNELS[GEMM_KERNELS.len() - 1])
 }
 
+/// GEMM with the best kernel for this CPU and any [`BOperand`]; see [`GemmKernel::run`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_b(
+    a: MatRef<'_>,
+    b: BOperand<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    bias: Bias<'_>,
+    act: Activation,
+    ws: &mut [f32],
+) {
+    gemm_kernel().run_b(a, b, c, ldc, bias, act, ws)
+}
+
 /// GEMM with the best kernel for this CPU; see [`GemmKernel::run`].
 pub fn gemm(
     a: MatRef<'_>,
@@ -188,13 +256,28 @@ impl GemmKernel {
         act: Activation,
         ws: &mut [f32],
     ) {
-        assert_eq!(a.cols, b.rows, "gemm: inner dimensions differ");
+        self.run_b(a, BOperand::Mat(b), c, ldc, bias, act, ws)
+    }
+
+    /// [`GemmKernel::run`] with any [`BOperand`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_b(
+        &self,
+        a: MatRef<'_>,
+        b: BOperand<'_>,
+        c: &mut [f32],
+        ldc: usize,
+        bias: Bias<'_>,
+        act: Activation,
+        ws: &mut [f32],
+    ) {
+        assert_eq!(a.cols, b.rows(), "gemm: inner dimensions differ");
         assert!(
             self.isa.is_available(),
             "gemm: kernel {} not supported on this CPU",
             self.name
         );
-        let (m, n, k) = (a.rows, b.cols, a.cols);
+        let (m, n, k) = (a.rows, b.cols(), a.cols);
         if m == 0 || n == 0 {
             return;
         }
@@ -214,7 +297,7 @@ impl GemmKernel {
             return;
         }
         a.check_bounds("gemm: A");
-        b.check_bounds("gemm: B");
+        b.check_bounds();
         let need = self.workspace(m, n, k);
         assert!(ws.len() >= need, "gemm: workspace {} < {need}", ws.len());
         // SAFETY: the checks above establish every invariant `run_blocked` documents.
@@ -229,14 +312,14 @@ impl GemmKernel {
     unsafe fn run_blocked(
         &self,
         a: MatRef<'_>,
-        b: MatRef<'_>,
+        b: BOperand<'_>,
         c: *mut f32,
         ldc: usize,
         bias: Bias<'_>,
         act: Activation,
         ws: &mut [f32],
     ) {
-        let (m, n, k) = (a.rows, b.cols, a.cols);
+        let (m, n, k) = (a.rows, b.cols(), a.cols);
         let (mr, nr) = (self.mr, self.nr);
         let kc_max = self.kc_for(k);
         let mc_max = self.mc.min(round_up(m, mr));
@@ -255,12 +338,19 @@ impl GemmKernel {
         // Full panels of row-major f32 `B` are read in place too when a panel (`kc` rows of 64
         // bytes, two cache lines each if rows are not 64-byte aligned) fits in half of a 32 KiB L1
         // and the row stride does not map its rows onto a few L1 sets.
-        let b_lines = if b.rs % 16 == 0 { kc_max } else { 2 * kc_max };
-        let direct_b = match b.data {
-            Elems::F32(v) if self.strided && b.cs == 1 && b.rs % 64 != 0 && b_lines <= 256 => {
-                Some(v.as_ptr())
+        let direct_b = match b {
+            BOperand::Mat(b) => {
+                let b_lines = if b.rs % 16 == 0 { kc_max } else { 2 * kc_max };
+                match b.data {
+                    Elems::F32(v)
+                        if self.strided && b.cs == 1 && b.rs % 64 != 0 && b_lines <= 256 =>
+                    {
+                        Some((v.as_ptr(), b.rs))
+                    }
+                    _ => None,
+                }
             }
-            _ => None,
+            BOperand::Rows { .. } => None,
         };
         let mut brow = [0f32; MAX_MR];
         let mut bcol = [0f32; MAX_NR];
@@ -284,8 +374,8 @@ impl GemmKernel {
                         let (bpanel, b_rs) = match direct_b {
                             // SAFETY: rows `pc..pc + kc` and columns `j0..j0 + nr` of `B` are
                             // inside its data (`check_bounds`).
-                            Some(base) if jr < b_unpacked => {
-                                (unsafe { base.add(pc * b.rs + j0) }, b.rs)
+                            Some((base, rs)) if jr < b_unpacked => {
+                                (unsafe { base.add(pc * rs + j0) }, rs)
                             }
                             _ => (bpack[(jr - b_unpacked) * kc..].as_ptr(), nr),
                         };
@@ -402,11 +492,48 @@ fn pack_a(a: &MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize,
 
 /// Packs rows `p0..p0 + kc`, columns `j0..j0 + nc` of `b` into `NR`-column panels (see the
 /// module docs), zero-padding the last panel.
-fn pack_b(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, dst: &mut [f32]) {
+fn pack_b(
+    b: &BOperand<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    nr: usize,
+    dst: &mut [f32],
+) {
     // B(p, j) is A'(j, p) with A' = B^T, and a B panel has the layout of an A panel of B^T.
-    match b.data {
-        Elems::F32(v) => pack_a_t(v, b.cs, b.rs, j0, nc, p0, kc, nr, dst),
-        Elems::F16(v) => pack_a_t(v, b.cs, b.rs, j0, nc, p0, kc, nr, dst),
+    match *b {
+        BOperand::Mat(b) => match b.data {
+            Elems::F32(v) => pack_a_t(v, b.cs, b.rs, j0, nc, p0, kc, nr, dst),
+            Elems::F16(v) => pack_a_t(v, b.cs, b.rs, j0, nc, p0, kc, nr, dst),
+        },
+        BOperand::Rows { data, offs, .. } => {
+            let offs = &offs[p0..p0 + kc];
+            for (panel, jp) in (0..nc).step_by(nr).enumerate() {
+                let d = &mut dst[panel * nr * kc..(panel + 1) * nr * kc];
+                let start = j0 + jp;
+                match (nr, nr.min(nc - jp)) {
+                    (32, 32) => copy_rows::<32>(data, offs, start, d),
+                    (16, 16) => copy_rows::<16>(data, offs, start, d),
+                    (8, 8) => copy_rows::<8>(data, offs, start, d),
+                    (_, cols) => {
+                        for (dp, &o) in d.chunks_exact_mut(nr).zip(offs) {
+                            dp[..cols].copy_from_slice(&data[o + start..o + start + cols]);
+                            dp[cols..].fill(0.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `d[p * N..(p + 1) * N] = data[offs[p] + start..][..N]` for every `p`, in fixed-size copies.
+#[inline(always)]
+fn copy_rows<const N: usize>(data: &[f32], offs: &[usize], start: usize, d: &mut [f32]) {
+    for (dp, &o) in d.chunks_exact_mut(N).zip(offs) {
+        let src: &[f32; N] = data[o + start..o + start + N].try_into().expect("row");
+        dp.copy_from_slice(src);
     }
 }
 
@@ -451,6 +578,7 @@ fn pack_a_t<T: Elem>(
             6 => pack_panel::<T, 6>(src, rs, cs, i0 + ip, rows, p0, d),
             8 => pack_panel::<T, 8>(src, rs, cs, i0 + ip, rows, p0, d),
             16 => pack_panel::<T, 16>(src, rs, cs, i0 + ip, rows, p0, d),
+            32 => pack_panel::<T, 32>(src, rs, cs, i0 + ip, rows, p0, d),
             _ => unreachable!("gemm: no kernel has a {r}-wide panel"),
         }
     }

@@ -84,3 +84,86 @@ pub(crate) unsafe fn gemm_f32_6x16_avx2fma(
         }
     }
 }
+
+/// AVX-512F 8×32 micro-kernel: 16 accumulators of 16 lanes, two `B` loads and eight broadcasts
+/// of `A` per step of `k`. See [`super::MicroKernel`] for the contract.
+///
+/// # Safety
+/// As [`super::MicroKernel`] with `MR = 8`, `NR = 32`; the CPU supports AVX-512F.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gemm_f32_8x32_avx512(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    const MR: usize = 8;
+    const NR: usize = 32;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    // SAFETY: row pointers of the `A` panel, dereferenced only at offsets the caller allows.
+    let ar: [*const f32; MR] = core::array::from_fn(|i| unsafe { a.add(i * a_rs) });
+    for i in 0..MR {
+        // SAFETY: prefetching never faults; the addresses are the tile rows the epilogue touches.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
+        }
+    }
+    let (mut off, mut b) = (0, b);
+    // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and
+    // `b[p * b_rs + j]` for `j < NR`; `kc` steps stay inside what the caller provides.
+    macro_rules! step {
+        () => {
+            unsafe {
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (acc, ai) in acc.iter_mut().zip(&ar) {
+                    let ai = _mm512_set1_ps(*ai.add(off));
+                    acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+                }
+                off += a_cs;
+                b = b.add(b_rs);
+            }
+        };
+    }
+    for _ in 0..kc / 4 {
+        step!();
+        step!();
+        step!();
+        step!();
+    }
+    for _ in 0..kc % 4 {
+        step!();
+    }
+    let (lo, hi) = (_mm512_set1_ps(t.lo), _mm512_set1_ps(t.hi));
+    // SAFETY: rows `0..MR` of the tile, 32 values each, are writable; the bias pointers address
+    // `MR` / `NR` values.
+    unsafe {
+        let (bc0, bc1) = (_mm512_loadu_ps(t.bias_c), _mm512_loadu_ps(t.bias_c.add(16)));
+        for (i, acc) in acc.iter().enumerate() {
+            let cr = c.add(i * ldc);
+            let (mut x0, mut x1) = (acc[0], acc[1]);
+            if t.accumulate {
+                x0 = _mm512_add_ps(x0, _mm512_loadu_ps(cr));
+                x1 = _mm512_add_ps(x1, _mm512_loadu_ps(cr.add(16)));
+            } else {
+                let br = _mm512_set1_ps(*t.bias_r.add(i));
+                x0 = _mm512_add_ps(x0, _mm512_add_ps(br, bc0));
+                x1 = _mm512_add_ps(x1, _mm512_add_ps(br, bc1));
+            }
+            if t.clamp {
+                x0 = _mm512_min_ps(_mm512_max_ps(x0, lo), hi);
+                x1 = _mm512_min_ps(_mm512_max_ps(x1, lo), hi);
+            }
+            _mm512_storeu_ps(cr, x0);
+            _mm512_storeu_ps(cr.add(16), x1);
+        }
+    }
+}

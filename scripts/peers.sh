@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# nap-runtime against ONNX Runtime on this machine, in one run: M1 (MNIST CNN) at batch 1 and 64
+# and M2 (MobileNetV2) at batch 1, each at 1 and 2 threads, plus any pruned models given. Both
+# engines time the same weights: `nap convert` writes the .nap and the .onnx from one checkpoint.
+# nap: `nap bench --json` median over --seconds; ORT (from PyPI, graph optimisations on, as a
+# user runs it): median of RUNS `run()` calls after warm-up, intra-op threads set. Cases run one
+# after the other, nap then ORT, on the same input. Prints a table with ratios (ORT ms / nap ms:
+# above 1, nap is faster) and each engine's two-thread speedup, and a check that the two agree.
+#
+#   scripts/peers.sh [NAME:PRUNED.nap:DENSE.onnx ...]
+#
+# A pruned model is timed in nap against ORT running its dense original (the .onnx).
+# Env: NAP_FIXTURES (default fixtures; m1.pth, m2.pth from scripts/fetch-fixtures.sh),
+# PEERS_VENV (default target/peers-venv; made here with onnxruntime and numpy from PyPI),
+# SECONDS_PER_CASE (default 3), RUNS (ORT, default 200), THREADS (default "1 2"),
+# TASKSET (e.g. "taskset -c 0,1").
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+FIX="${NAP_FIXTURES:-fixtures}"
+VENV="${PEERS_VENV:-${CARGO_TARGET_DIR:-target}/peers-venv}"
+SECS="${SECONDS_PER_CASE:-3}"
+RUNS="${RUNS:-200}"
+THREADS="${THREADS:-1 2}"
+for f in m1.pth m2.pth; do
+    [[ -f "$FIX/$f" ]] || { echo "$FIX/$f missing: run scripts/fetch-fixtures.sh $FIX" >&2; exit 1; }
+done
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import onnxruntime, numpy' 2>/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check onnxruntime numpy
+fi
+PY="$VENV/bin/python"
+cargo build --release --quiet
+NAP="${CARGO_TARGET_DIR:-target}/release/nap"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+# name nap-file onnx-file batch
+cases=()
+for spec in "m1:$FIX/m1.pth:mnist-cnn" "m2:$FIX/m2.pth:mobilenet-v2"; do
+    IFS=: read -r name ckpt arch <<<"$spec"
+    "$NAP" convert "$ckpt" --arch "$arch" --dense -o "$TMP/$name.nap" >/dev/null
+    "$NAP" convert "$ckpt" --arch "$arch" -o "$TMP/$name.onnx" >/dev/null
+done
+cases+=("M1 dense|$TMP/m1.nap|$TMP/m1.onnx|1" "M1 dense|$TMP/m1.nap|$TMP/m1.onnx|64")
+cases+=("M2 dense|$TMP/m2.nap|$TMP/m2.onnx|1")
+for spec in "$@"; do
+    IFS=: read -r name pruned onnx <<<"$spec"
+    cases+=("$name|$pruned|$onnx|1" "$name|$pruned|$onnx|64")
+done
+
+# ORT timing: median ms of RUNS run() calls on a batch, and the output for the agreement check.
+cat >"$TMP/ort.py" <<'PY'
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+model, x_path, out_path, threads, runs = sys.argv[1:6]
+so = ort.SessionOptions()
+so.intra_op_num_threads = int(threads)
+so.inter_op_num_threads = 1
+s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+name = s.get_inputs()[0].name
+x = np.load(x_path)
+feed = {name: x}
+for _ in range(10):
+    y = s.run(None, feed)[0]
+np.save(out_path, y)
+ts = []
+for _ in range(int(runs)):
+    t0 = time.perf_counter()
+    s.run(None, feed)
+    ts.append((time.perf_counter() - t0) * 1e3)
+print(json.dumps({"median_ms": float(np.median(ts)), "version": ort.__version__}))
+PY
+
+rows="$TMP/rows.txt"
+: >"$rows"
+for c in "${cases[@]}"; do
+    IFS='|' read -r name nap onnx batch <<<"$c"
+    stem="$TMP/$(basename "$nap" .nap)-b$batch"
+    "$NAP" inspect "$nap" --json >"$stem.json"
+    # One seeded example, repeated to the batch: nap bench repeats its one-example input.
+    "$PY" - "$stem.json" "$stem" "$batch" <<'PY'
+import json, sys
+import numpy as np
+info, stem, batch = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+x = np.random.default_rng(7).random([1] + info["input_shape"], dtype=np.float32)
+x.tofile(stem + ".x.f32")
+np.save(stem + ".x.npy", np.repeat(x, batch, axis=0))
+PY
+    "$NAP" run "$nap" --input "$stem.x.npy" --save "$stem.nap.npy" --json >/dev/null
+    for t in $THREADS; do
+        nap_ms="$(${TASKSET:-} "$NAP" bench "$nap" --batch "$batch" --threads "$t" --seconds "$SECS" \
+            --input "$stem.x.f32" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["model"]["latency"]["median_ms"])')"
+        ort="$(${TASKSET:-} "$PY" "$TMP/ort.py" "$onnx" "$stem.x.npy" "$stem.ort.npy" "$t" "$RUNS")"
+        err="$("$PY" -c '
+import sys, numpy as np
+a, b = np.load(sys.argv[1]).ravel(), np.load(sys.argv[2]).ravel()
+print(f"{np.abs(a - b).max() / np.abs(b).max():.1e}")' "$stem.nap.npy" "$stem.ort.npy")"
+        echo "$name|$batch|$t|$nap_ms|$ort|$err" >>"$rows"
+    done
+done
+
+"$PY" - "$rows" "$(uname -m)" "$(nproc)" "$SECS" "$RUNS" <<'PY'
+import json, sys
+rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
+arch, cpus, secs, runs = sys.argv[2:6]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), arch)
+flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else arch)
+t = {}
+ver = ""
+for name, batch, th, nap, ort, err in rows:
+    o = json.loads(ort)
+    ver = o["version"]
+    t[(name, batch, th)] = (float(nap), o["median_ms"], err)
+print(f"{cpu} ({isa}), {cpus} CPUs; ONNX Runtime {ver}; nap: median over {secs} s, ORT: median of {runs} runs")
+print()
+print("| model | batch | threads | nap ms | ORT ms | ORT / nap | nap 2-thread speedup | ORT 2-thread speedup | max rel. diff |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for (name, batch, th), (nap, ort, err) in t.items():
+    one = t.get((name, batch, "1"))
+    sp = lambda i: f"{one[i] / (nap, ort)[i]:.2f}×" if one and th != "1" else ""
+    print(f"| {name} | {batch} | {th} | {nap:.3f} | {ort:.3f} | {ort / nap:.2f} | {sp(0)} | {sp(1)} | {err} |")
+PY
