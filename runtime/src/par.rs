@@ -25,6 +25,13 @@ unsafe impl Sync for Parts {}
 
 impl Parts {
     /// # Safety
+    /// `at` lies inside the allocation.
+    unsafe fn at(&self, at: usize) -> *mut f32 {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.0.add(at) }
+    }
+
+    /// # Safety
     /// `start..start + len` lies inside the allocation and no other part uses it concurrently.
     #[allow(clippy::mut_from_ref)]
     unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
@@ -58,8 +65,45 @@ pub(crate) fn par_gemm(
         BOperand::Mat(m) => m.cols,
         BOperand::Rows { cols, .. } => cols,
     };
-    if parts == 1 || a.rows < 16 || a.rows * a.cols * n < PAR_MIN_MACS {
+    let columns = n >= a.rows && n >= 64 * parts;
+    if parts == 1 || (a.rows < 16 && !columns) || a.rows * a.cols * n < PAR_MIN_MACS {
         kernels::gemm_b(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
+        return;
+    }
+    let (c_len, cp, wp) = (c.len(), Parts(c.as_mut_ptr()), Parts(ws.as_mut_ptr()));
+    // Split the longer side: the rows of `A` (and `C`), or the columns of `B` (and `C`) when
+    // `A` has too few rows to give every part several row panels.
+    if columns {
+        pool.run(&|part| {
+            let (j0, j1) = part_range(n, parts, 32, part);
+            if j0 == j1 {
+                return;
+            }
+            // SAFETY: each part has its own `ws_len` block of the workspace, which holds
+            // `threads * ws_len` floats.
+            let w = unsafe { wp.slice(part * ws_len, ws_len) };
+            let sub = match b {
+                BOperand::Mat(m) => BOperand::Mat(MatRef {
+                    data: slice_elems(m.data, j0 * m.cs),
+                    cols: j1 - j0,
+                    ..m
+                }),
+                BOperand::Rows { data, offs, .. } => BOperand::Rows {
+                    data: &data[j0..],
+                    offs,
+                    cols: j1 - j0,
+                },
+            };
+            let bias = match bias {
+                Bias::Col(v) => Bias::Col(&v[j0..j1]),
+                other => other,
+            };
+            // SAFETY: `C` from column `j0` on lies in `c` (`c_len - j0` floats); this part
+            // reads and writes only columns `j0..j1` of its rows, which no other part touches.
+            unsafe {
+                kernels::gemm_kernel().run_b_raw(a, sub, cp.at(j0), c_len - j0, ldc, bias, act, w)
+            };
+        });
         return;
     }
     let (c_len, cp, wp) = (c.len(), Parts(c.as_mut_ptr()), Parts(ws.as_mut_ptr()));
@@ -299,4 +343,37 @@ pub(crate) fn par_examples(
         }
     });
     true
+}
+
+/// Below this many input elements a plane-wise operation runs on one thread.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// `f(x_part, y_part, planes_in_part)` over `planes` planes of `in_plane` input and `out_plane`
+/// output elements each, the planes split across the pool when the input is big enough.
+pub(crate) fn par_planes(
+    pool: &Pool,
+    planes: usize,
+    in_plane: usize,
+    out_plane: usize,
+    x: &[f32],
+    y: &mut [f32],
+    f: &(dyn Fn(&[f32], &mut [f32], usize) + Sync),
+) {
+    let parts = pool.threads();
+    if parts == 1 || planes < 2 || planes * in_plane < PAR_MIN_ELEMS {
+        f(x, y, planes);
+        return;
+    }
+    assert!(x.len() >= planes * in_plane && y.len() >= planes * out_plane);
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (p0, p1) = part_range(planes, parts, 1, part);
+        if p0 == p1 {
+            return;
+        }
+        // SAFETY: parts own disjoint plane ranges, so disjoint ranges of `y`, which holds
+        // `planes * out_plane` elements (asserted above).
+        let yy = unsafe { yp.slice(p0 * out_plane, (p1 - p0) * out_plane) };
+        f(&x[p0 * in_plane..p1 * in_plane], yy, p1 - p0);
+    });
 }

@@ -1760,3 +1760,128 @@ fn blocked_weights_follow_the_blocked_limit() {
         }
     }
 }
+
+/// Every way a dense operation splits across threads (a batch by example, a GEMM by rows or by
+/// columns, a pool by planes, a depthwise convolution by channels) computes exactly what one
+/// thread computes, and both match the f64 reference.
+#[test]
+fn issue14_threads_split_dense_work_like_one_thread() {
+    let mut rng = Rng::new(14);
+    let mut net = Net::new();
+    let x = net.input(&[8, 40, 40]);
+    let s = Store::F32;
+    // Implicit GEMM (3×3, stride 1): a tall GEMM, split by rows at batch 1.
+    let h = conv(
+        &mut net,
+        &mut rng,
+        x,
+        &cc(
+            "c3",
+            8,
+            48,
+            [40, 40],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            true,
+            Activation::Relu,
+        ),
+        s,
+    );
+    // 1×1 to few channels over many pixels: split by columns.
+    let h = conv(
+        &mut net,
+        &mut rng,
+        h,
+        &cc(
+            "pw",
+            48,
+            8,
+            [40, 40],
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            true,
+            Activation::None,
+        ),
+        s,
+    );
+    // Stride 2 through im2col, and a depthwise convolution.
+    let h = conv(
+        &mut net,
+        &mut rng,
+        h,
+        &cc(
+            "s2",
+            8,
+            24,
+            [40, 40],
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+            true,
+            Activation::Relu6,
+        ),
+        s,
+    );
+    let h = conv(
+        &mut net,
+        &mut rng,
+        h,
+        &cc(
+            "dw",
+            24,
+            24,
+            [20, 20],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            24,
+            false,
+            Activation::Relu,
+        ),
+        s,
+    );
+    let h = net.node(
+        "pool",
+        Op::MaxPool2d(MaxPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        }),
+        &[h],
+    );
+    let f = net.node("flatten", Op::Flatten, &[h]);
+    let y = linear(
+        &mut net,
+        &mut rng,
+        f,
+        10,
+        Store::F32,
+        true,
+        Activation::None,
+    );
+    let b = net.finish(&[y]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    for batch in [1, 2, 5] {
+        let mut one = Session::new(&m, batch).unwrap();
+        let input = rng.vec(one.input_len(0) * batch);
+        let want = one.run(&input).unwrap().to_vec();
+        for threads in [2, 3] {
+            let mut s = Session::with_threads(&m, batch, threads).unwrap();
+            assert_eq!(
+                s.run(&input).unwrap(),
+                &want[..],
+                "batch {batch}, {threads} threads"
+            );
+        }
+        check(&b, batch, &format!("threads test, batch {batch}"));
+    }
+}

@@ -91,6 +91,11 @@ pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f
                     let dst = base + oy * g.ow;
                     if n > 0 && g.stride[1] == 1 {
                         copy_run(x, src, cols, dst + xlo, n);
+                    } else if n > 0 && g.stride[1] == 2 && src + 2 * n <= x.len() {
+                        let d = &mut cols[dst + xlo..dst + xhi];
+                        for (o, pair) in d.iter_mut().zip(x[src..src + 2 * n].chunks_exact(2)) {
+                            *o = pair[0];
+                        }
                     } else if n > 0 {
                         let d = &mut cols[dst + xlo..dst + xhi];
                         for (o, s) in d.iter_mut().zip(x[src..].iter().step_by(g.stride[1])) {

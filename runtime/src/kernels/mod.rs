@@ -25,7 +25,7 @@ pub use conv::{
     crop_rows, depthwise_conv2d, im2col, im2col_len, pad_image, ConvGeom, DepthwiseKernel,
     DEPTHWISE_KERNELS,
 };
-pub use gemm::{gemm, gemm_b, gemm_workspace, BOperand, GemmKernel, GEMM_KERNELS};
+pub use gemm::{gemm, gemm_b, gemm_kernel, gemm_workspace, BOperand, GemmKernel, GEMM_KERNELS};
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
 pub use spmm::{spmm, spmm_kernel, SpmmKernel, SPMM_KERNELS};

@@ -157,7 +157,11 @@ fn max2x2(g: &ConvGeom, x: &[f32], y: &mut [f32], planes: usize) {
         for (oy, yrow) in yp.chunks_exact_mut(ow).enumerate() {
             let r0 = &xp[2 * oy * iw..2 * oy * iw + 2 * ow];
             let r1 = &xp[(2 * oy + 1) * iw..(2 * oy + 1) * iw + 2 * ow];
-            for ((o, a), b) in yrow.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            for ((o, a), b) in yrow
+                .iter_mut()
+                .zip(r0.chunks_exact(2))
+                .zip(r1.chunks_exact(2))
+            {
                 *o = a[0].max(a[1]).max(b[0].max(b[1]));
             }
         }

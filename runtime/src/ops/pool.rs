@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{window_out, InferCx, Inputs, Kernel, OpDef, PlanCx, RunCx};
 use crate::error::Result;
 use crate::kernels::{self, ConvGeom};
+use crate::par::par_planes;
 
 /// Max pooling; padding cells never win (they count as minus infinity). Attributes are
 /// `[height, width]` pairs; padding is symmetric.
@@ -136,10 +137,11 @@ struct PoolKernel {
 
 impl Kernel for PoolKernel {
     fn run(&self, cx: &mut RunCx<'_>, ins: &Inputs<'_>, y: &mut [f32]) {
-        let (x, planes) = (ins.get(0), cx.n * self.g.c);
-        match self.avg {
-            None => kernels::maxpool2d(&self.g, x, y, planes),
-            Some(count_include_pad) => kernels::avgpool2d(&self.g, x, y, planes, count_include_pad),
-        }
+        let (x, planes, g) = (ins.get(0), cx.n * self.g.c, &self.g);
+        let f = |x: &[f32], y: &mut [f32], planes: usize| match self.avg {
+            None => kernels::maxpool2d(g, x, y, planes),
+            Some(count_include_pad) => kernels::avgpool2d(g, x, y, planes, count_include_pad),
+        };
+        par_planes(cx.pool, planes, g.h * g.w, g.oh * g.ow, x, y, &f);
     }
 }

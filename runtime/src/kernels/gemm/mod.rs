@@ -271,6 +271,28 @@ impl GemmKernel {
         act: Activation,
         ws: &mut [f32],
     ) {
+        // SAFETY: `c` is an exclusive slice of `c.len()` floats.
+        unsafe { self.run_b_raw(a, b, c.as_mut_ptr(), c.len(), ldc, bias, act, ws) }
+    }
+
+    /// [`GemmKernel::run_b`] on an output given as a pointer, for parts of a parallel GEMM that
+    /// own disjoint columns of one `C`. Checks everything `run_b` checks, against `c_len`.
+    ///
+    /// # Safety
+    /// `c` addresses `c_len` floats of one allocation; the call reads and writes only elements
+    /// `c[i * ldc + j]` (`i < m`, `j < n`), and nothing else accesses those during the call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn run_b_raw(
+        &self,
+        a: MatRef<'_>,
+        b: BOperand<'_>,
+        c: *mut f32,
+        c_len: usize,
+        ldc: usize,
+        bias: Bias<'_>,
+        act: Activation,
+        ws: &mut [f32],
+    ) {
         assert_eq!(a.cols, b.rows(), "gemm: inner dimensions differ");
         assert!(
             self.isa.is_available(),
@@ -282,7 +304,7 @@ impl GemmKernel {
             return;
         }
         assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
-        assert!(c.len() >= (m - 1) * ldc + n, "gemm: output slice too short");
+        assert!(c_len >= (m - 1) * ldc + n, "gemm: output slice too short");
         match bias {
             Bias::None => {}
             Bias::Row(v) => assert!(v.len() >= m, "gemm: row bias shorter than m"),
@@ -290,8 +312,9 @@ impl GemmKernel {
         }
         if k == 0 {
             for i in 0..m {
-                for (j, cv) in c[i * ldc..i * ldc + n].iter_mut().enumerate() {
-                    *cv = act_scalar(act, bias.at(i, j));
+                for j in 0..n {
+                    // SAFETY: `i * ldc + j < c_len` (checked above); element of this call.
+                    unsafe { *c.add(i * ldc + j) = act_scalar(act, bias.at(i, j)) };
                 }
             }
             return;
@@ -301,7 +324,7 @@ impl GemmKernel {
         let need = self.workspace(m, n, k);
         assert!(ws.len() >= need, "gemm: workspace {} < {need}", ws.len());
         // SAFETY: the checks above establish every invariant `run_blocked` documents.
-        unsafe { self.run_blocked(a, b, c.as_mut_ptr(), ldc, bias, act, ws) }
+        unsafe { self.run_blocked(a, b, c, ldc, bias, act, ws) }
     }
 
     /// # Safety
