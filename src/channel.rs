@@ -618,7 +618,7 @@ pub fn remove_channels(
                 shape[0] = keep_r.len() as u32;
                 if shape.len() == 4 {
                     let kk = (shape[2] * shape[3]) as usize;
-                    if keep_c.len() % kk != 0 {
+                    if !keep_c.len().is_multiple_of(kk) {
                         bail!("{name:?}: removed columns are not whole input channels");
                     }
                     shape[1] = (keep_c.len() / kk) as u32;

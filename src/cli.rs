@@ -1074,6 +1074,7 @@ fn parse_input(model: &Model<'_>, input: &str, data_dir: &Path) -> Result<(Vec<f
     Ok((x, n))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     path: &Path,
     input: &str,

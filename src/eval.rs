@@ -32,7 +32,7 @@ pub fn runtime_logits(
     let mut s = Session::new(model, batch).map_err(|e| anyhow!("{e}"))?;
     let per = s.input_len(0);
     let classes = s.output_len(0);
-    if per == 0 || inputs.len() % per != 0 {
+    if per == 0 || !inputs.len().is_multiple_of(per) {
         bail!(
             "input of {} values is not a whole number of examples of {per}",
             inputs.len()

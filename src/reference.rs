@@ -23,7 +23,7 @@ pub fn params(m: &HostModel, dev: &Device) -> Result<Vec<Tensor>> {
 /// A batch of inputs `[n, ...input shape]` as a tensor.
 pub fn input(m: &HostModel, data: &[f32], dev: &Device) -> Result<Tensor> {
     let per: usize = m.input_shape().iter().map(|&d| d as usize).product();
-    if per == 0 || data.len() % per != 0 {
+    if per == 0 || !data.len().is_multiple_of(per) {
         bail!(
             "input of {} values is not a whole number of examples of {:?}",
             data.len(),

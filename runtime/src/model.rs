@@ -713,7 +713,7 @@ pub fn parse_preamble(bytes: &[u8]) -> Result<Preamble> {
     if p.data_off < header_end {
         return Err(Error::BadPreamble("data section overlaps the header"));
     }
-    if p.data_off % BLOB_ALIGN as u64 != 0 {
+    if !p.data_off.is_multiple_of(BLOB_ALIGN as u64) {
         return Err(Error::BadPreamble("data offset is not 64-byte aligned"));
     }
     let end = p
@@ -767,7 +767,7 @@ impl BlobChecker<'_> {
                 reason: format!("blob holds {} bytes, shape needs {}", b.len, want),
             });
         }
-        if b.offset % BLOB_ALIGN as u64 != 0 {
+        if !b.offset.is_multiple_of(BLOB_ALIGN as u64) {
             return Err(bad("offset is not 64-byte aligned"));
         }
         let end = b
@@ -780,7 +780,7 @@ impl BlobChecker<'_> {
         let start = self.data_off + b.offset as usize;
         let len = b.len as usize;
         let slice = &self.bytes[start..start + len];
-        if (slice.as_ptr() as usize) % elem != 0 {
+        if !(slice.as_ptr() as usize).is_multiple_of(elem) {
             return Err(Error::Misaligned {
                 tensor: name.to_string(),
             });

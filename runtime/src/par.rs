@@ -294,6 +294,13 @@ pub(crate) fn par_depthwise(
     });
 }
 
+/// One example of [`par_examples`]: `(pool, example, its output, scratch, workspace)`.
+pub(crate) type ExampleFn<'a> =
+    dyn Fn(&Pool, usize, &mut [f32], &mut [f32], &mut [f32]) + Sync + 'a;
+
+/// A block of planes of [`par_planes`]: `(input, output, planes)`.
+pub(crate) type PlanesFn<'a> = dyn Fn(&[f32], &mut [f32], usize) + Sync + 'a;
+
 /// Runs `f(pool, e, y_e, scratch, ws)` for every example `e < n` with the examples split across
 /// the pool's threads, when there are at least as many examples as threads and the batch's
 /// work (`macs` per example) is worth it: each part gets its examples' outputs `y_e` (`out_len`
@@ -311,7 +318,7 @@ pub(crate) fn par_examples(
     scratch_len: usize,
     ws: &mut [f32],
     ws_len: usize,
-    f: &(dyn Fn(&Pool, usize, &mut [f32], &mut [f32], &mut [f32]) + Sync),
+    f: &ExampleFn<'_>,
 ) -> bool {
     let parts = pool.threads();
     if parts == 1 || n < parts || n.saturating_mul(macs) < PAR_MIN_MACS {
@@ -357,7 +364,7 @@ pub(crate) fn par_planes(
     out_plane: usize,
     x: &[f32],
     y: &mut [f32],
-    f: &(dyn Fn(&[f32], &mut [f32], usize) + Sync),
+    f: &PlanesFn<'_>,
 ) {
     let parts = pool.threads();
     if parts == 1 || planes < 2 || planes * in_plane < PAR_MIN_ELEMS {

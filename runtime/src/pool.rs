@@ -212,7 +212,7 @@ mod imp {
                 return g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
                 core::hint::spin_loop();
                 continue;
             }

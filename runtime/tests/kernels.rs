@@ -819,7 +819,7 @@ fn depthwise_every_kernel_sweeps_3x3_geometries() {
                             Store::F32(wv)
                         };
                         let w = store.elems();
-                        let b = (idx % 7 != 0).then_some(&bias[..]);
+                        let b = (!idx.is_multiple_of(7)).then_some(&bias[..]);
                         let (want, scale) = naive_conv(&cc, &x, &w, b);
                         let mut y = vec![f32::NAN; cc.c * g.oh * g.ow + 1];
                         ker.run(&g, &x, w, b, act, &mut y);
@@ -1153,7 +1153,7 @@ fn check_spmv(
         Dtype::F16 => f16::from_f32(v).to_f32() as f64,
     };
     let bias = Rng(seed).vec(rows);
-    let bias_o = (seed % 2 == 0).then_some(&bias[..]);
+    let bias_o = seed.is_multiple_of(2).then_some(&bias[..]);
     let sentinel = -777.0;
     let mut y = vec![sentinel; hi - lo + 1];
     ker.run(&w, lo..hi, x, bias_o, act, &mut y);
@@ -1323,7 +1323,7 @@ fn check_spmm(
         Dtype::F16 => f16::from_f32(v).to_f32() as f64,
     };
     let bias = Rng(seed).vec(rows);
-    let bias_o = (seed % 2 == 0).then_some(&bias[..]);
+    let bias_o = seed.is_multiple_of(2).then_some(&bias[..]);
     let sentinel = -777.0;
     let mut y = vec![sentinel; (hi - lo) * p + 1];
     ker.run(&buf.view(), lo..hi, b, p, bias_o, act, &mut y);

@@ -363,7 +363,7 @@ fn attr_mut(op: &mut Op, k: usize, j: usize) -> Option<&mut u32> {
         },
         Op::Linear(Linear { weight, .. }) => weight,
         Op::BatchNorm(BatchNorm { gamma, var, .. }) => {
-            if k % 2 == 0 {
+            if k.is_multiple_of(2) {
                 gamma
             } else {
                 var
