@@ -7,9 +7,10 @@
 # after the other, nap then ORT, on the same input. Prints a table with ratios (ORT ms / nap ms:
 # above 1, nap is faster) and each engine's two-thread speedup, and a check that the two agree.
 #
-#   scripts/peers.sh [NAME:PRUNED.nap:DENSE.onnx ...]
+#   scripts/peers.sh [NAME:PRUNED.nap:DENSE ...]
 #
-# A pruned model is timed in nap against ORT running its dense original (the .onnx).
+# A pruned model is timed in nap against ORT running its dense original: DENSE is an .onnx
+# file, or m1 / m2 for the dense ONNX this script writes from the fixtures.
 # Env: NAP_FIXTURES (default fixtures; m1.pth, m2.pth from scripts/fetch-fixtures.sh),
 # PEERS_VENV (default target/peers-venv; made here with onnxruntime and numpy from PyPI),
 # SECONDS_PER_CASE (default 3), RUNS (ORT, default 200), THREADS (default "1 2"),
@@ -46,6 +47,7 @@ cases+=("M1 dense|$TMP/m1.nap|$TMP/m1.onnx|1" "M1 dense|$TMP/m1.nap|$TMP/m1.onnx
 cases+=("M2 dense|$TMP/m2.nap|$TMP/m2.onnx|1")
 for spec in "$@"; do
     IFS=: read -r name pruned onnx <<<"$spec"
+    [[ "$onnx" == m1 || "$onnx" == m2 ]] && onnx="$TMP/$onnx.onnx"
     cases+=("$name|$pruned|$onnx|1" "$name|$pruned|$onnx|64")
 done
 

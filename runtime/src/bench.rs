@@ -718,3 +718,20 @@ pub mod cli {
         print(&text).map(|_| Some(r))
     }
 }
+
+#[cfg(all(test, feature = "cli"))]
+mod tests {
+    use super::cli::parse_threads;
+
+    #[test]
+    fn issue14_threads_auto_is_the_physical_cores() {
+        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = parse_threads("auto").unwrap();
+        assert_eq!(auto, crate::physical_cores());
+        assert!((1..=logical).contains(&auto), "{auto} of {logical}");
+        assert_eq!(parse_threads("3"), Ok(3));
+        for bad in ["0", "-1", "two", ""] {
+            assert!(parse_threads(bad).is_err(), "{bad:?}");
+        }
+    }
+}

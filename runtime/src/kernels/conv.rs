@@ -210,9 +210,13 @@ pub fn crop_rows(g: &ConvGeom, out_c: usize, src: &[f32], y: &mut [f32]) {
 fn copy_run(src: &[f32], s: usize, dst: &mut [f32], d: usize, n: usize) {
     let r = n.next_multiple_of(CHUNK);
     if s + r <= src.len() && d + r <= dst.len() {
-        for k in (0..n).step_by(CHUNK) {
-            let v: &[f32; CHUNK] = src[s + k..s + k + CHUNK].try_into().expect("chunk");
-            dst[d + k..d + k + CHUNK].copy_from_slice(v);
+        let (sp, dp) = (src[s..].as_ptr(), dst[d..].as_mut_ptr());
+        let mut k = 0;
+        while k < n {
+            // SAFETY: `k + CHUNK <= r`, and `s + r` / `d + r` are within the slices (checked
+            // above), which cannot overlap (one is borrowed shared, the other exclusive).
+            unsafe { core::ptr::copy_nonoverlapping(sp.add(k), dp.add(k), CHUNK) };
+            k += CHUNK;
         }
     } else {
         dst[d..d + n].copy_from_slice(&src[s..s + n]);
