@@ -163,6 +163,26 @@ impl<'a> CsrView<'a> {
         })
     }
 
+    /// Wraps the slices without checking.
+    ///
+    /// # Safety
+    /// The invariants [`CsrView::new`] checks hold (e.g. it accepted the same parts before).
+    pub(crate) unsafe fn new_unchecked(
+        rows: usize,
+        cols: usize,
+        row_ptr: &'a [u32],
+        col_idx: Indices<'a>,
+        values: Elems<'a>,
+    ) -> Self {
+        CsrView {
+            rows,
+            cols,
+            row_ptr,
+            col_idx,
+            values,
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }

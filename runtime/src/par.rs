@@ -232,6 +232,7 @@ pub(crate) fn par_spmm(
     w: &CsrView<'_>,
     rows: core::ops::Range<usize>,
     b: &[f32],
+    b_rs: usize,
     p: usize,
     bias: Option<&[f32]>,
     act: Activation,
@@ -240,7 +241,7 @@ pub(crate) fn par_spmm(
     let parts = pool.threads();
     let nnz = (w.row_ptr()[rows.end] - w.row_ptr()[rows.start]) as usize;
     if parts == 1 || rows.len() < 16 || nnz * p < PAR_MIN_MACS {
-        kernels::spmm(w, rows, b, p, bias, act, y);
+        kernels::spmm_strided(w, rows, b, b_rs, p, bias, act, y);
         return;
     }
     let ker = kernels::spmm_kernel(w.values().dtype(), w.col_idx().width());
@@ -253,7 +254,7 @@ pub(crate) fn par_spmm(
         // SAFETY: parts own disjoint row ranges, so `(r0 - g0) * p..(r1 - g0) * p` are disjoint
         // ranges of `y`, which holds `rows.len() * p` elements.
         let yy = unsafe { yp.slice((r0 - g0) * p, (r1 - r0) * p) };
-        ker.run(w, r0..r1, b, p, bias, act, yy);
+        ker.run_strided(w, r0..r1, b, b_rs, p, bias, act, yy);
     });
 }
 

@@ -28,7 +28,7 @@ pub use conv::{
 pub use gemm::{gemm, gemm_b, gemm_kernel, gemm_workspace, BOperand, GemmKernel, GEMM_KERNELS};
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
-pub use spmm::{spmm, spmm_kernel, SpmmKernel, SPMM_KERNELS};
+pub use spmm::{spmm, spmm_kernel, spmm_strided, SpmmKernel, SPMM_KERNELS};
 pub use spmv::{spmv, spmv_kernel, SpmvKernel, SPMV_KERNELS};
 
 pub use crate::format::Activation;

@@ -12,7 +12,7 @@ use super::{weight_flops, window_out, InferCx, Inputs, Kernel, OpDef, PlanCx, Ra
 use crate::error::Result;
 use crate::format::{Activation, TensorId};
 use crate::kernels::{self, BOperand, Bias, ConvGeom, Elems, MatRef};
-use crate::model::{Model, TensorView};
+use crate::model::{CsrView, Indices, Model, TensorView};
 use crate::par::{par_depthwise, par_examples, par_gemm, par_spmm, slice_elems};
 use crate::pool::Pool;
 
@@ -84,7 +84,26 @@ impl OpDef for Conv2d {
         let direct = gm.kh == 1 && gm.kw == 1 && gm.stride == [1, 1] && gm.pad == [0, 0];
         let dense_weight =
             dense.is_some() || matches!(cx.model.tensor(self.weight), TensorView::Dense(_));
-        let implicit = !depthwise && !direct && dense_weight && gm.implicit();
+        let implicit_ok = !depthwise && !direct && gm.implicit();
+        // A CSR weight reads the implicit patch matrix through its column indices turned into
+        // the offsets of their rows (checked once here, as a CSR matrix over offsets).
+        let sparse_idx = match cx.model.tensor(self.weight) {
+            TensorView::Csr(w) if implicit_ok && dense.is_none() => {
+                let offs = gm.implicit_offsets(c / groups);
+                let top = offs.last().map_or(0, |&o| o + 1);
+                let idx: Option<Vec<u32>> = (0..w.nnz())
+                    .map(|k| u32::try_from(offs[w.col_idx().get(k)]).ok())
+                    .collect();
+                idx.filter(|idx| {
+                    let view =
+                        CsrView::new(w.rows(), top, w.row_ptr(), Indices::U32(idx), w.values());
+                    view.is_ok()
+                })
+                .map(|idx| (idx, top))
+            }
+            _ => None,
+        };
+        let implicit = implicit_ok && (dense_weight || sparse_idx.is_some());
         let mut scratch_len = 0;
         if !depthwise {
             let cpg = c / groups;
@@ -121,6 +140,7 @@ impl OpDef for Conv2d {
             depthwise,
             direct,
             offs: implicit.then(|| gm.implicit_offsets(c / groups)),
+            sparse_idx,
             scratch_len,
         }))
     }
@@ -142,6 +162,9 @@ struct ConvKernel {
     /// Row offsets of the implicit patch matrix of a group, for dense weights and stride 1
     /// (see [`ConvGeom::implicit_offsets`]); otherwise an im2col patch matrix is built.
     offs: Option<Vec<usize>>,
+    /// With `offs` and a CSR weight: its column indices as offsets of the padded image's rows,
+    /// and one past the largest offset (the view's column count).
+    sparse_idx: Option<(Vec<u32>, usize)>,
     /// Floats of scratch per example (0 where none is used).
     scratch_len: usize,
 }
@@ -212,6 +235,43 @@ impl ConvKernel {
             TensorView::Dense(w) if self.depthwise => {
                 par_depthwise(pool, gm, xe, w, bias, act, ye);
             }
+            TensorView::Csr(w) if self.sparse_idx.is_some() => {
+                let (idx, top) = self
+                    .sparse_idx
+                    .as_ref()
+                    .map(|(i, t)| (&i[..], *t))
+                    .unwrap_or_default();
+                // SAFETY: `plan` checked these parts with `CsrView::new`.
+                let w = unsafe {
+                    CsrView::new_unchecked(
+                        w.rows(),
+                        top,
+                        w.row_ptr(),
+                        Indices::U32(idx),
+                        w.values(),
+                    )
+                };
+                let (hp, wp) = gm.padded();
+                let cols = gm.implicit_cols();
+                let (xpad, out) = scratch.split_at_mut(gm.padded_len());
+                kernels::pad_image(gm, xe, xpad);
+                for gi in 0..groups {
+                    let xg = &xpad[gi * cpg * hp * wp..];
+                    let og = &mut out[gi * opg * cols..(gi + 1) * opg * cols];
+                    par_spmm(
+                        pool,
+                        &w,
+                        gi * opg..(gi + 1) * opg,
+                        xg,
+                        1,
+                        cols,
+                        bias,
+                        act,
+                        og,
+                    );
+                }
+                kernels::crop_rows(gm, self.out_c, out, ye);
+            }
             TensorView::Dense(w) if self.offs.is_some() => {
                 let offs = self.offs.as_deref().unwrap_or_default();
                 let (hp, wp) = gm.padded();
@@ -255,7 +315,7 @@ impl ConvKernel {
                         }
                         TensorView::Csr(w) => {
                             let rows = gi * opg..(gi + 1) * opg;
-                            par_spmm(pool, &w, rows, cols, p, bias, act, yg)
+                            par_spmm(pool, &w, rows, cols, p, p, bias, act, yg)
                         }
                     }
                 }

@@ -20,16 +20,17 @@ mod scalar;
 mod x86;
 
 /// Kernel contract: `y[(i - rows.start) * p + j] = sum_{k in W.row_range(i)} values[k] *
-/// b[col_idx[k] * p + j] + bias[i]` for `i` in `rows`, `j < p` (no activation).
+/// b[col_idx[k] * b_rs + j] + bias[i]` for `i` in `rows`, `j < p` (no activation).
 ///
 /// # Safety
 /// `w`'s values and indices have the kernel's types; `rows.end <= w.rows()`,
-/// `b.len() >= w.cols() * p`, `y.len() >= rows.len() * p`, `bias` (if any) has at least
-/// `rows.end` values; the CPU supports the kernel's [`Isa`].
+/// `b.len() >= (w.cols() - 1) * b_rs + p`, `y.len() >= rows.len() * p`, `bias` (if any) has at
+/// least `rows.end` values; the CPU supports the kernel's [`Isa`].
 pub(crate) type SpmmFn = unsafe fn(
     w: &CsrView<'_>,
     rows: Range<usize>,
     b: &[f32],
+    b_rs: usize,
     p: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
@@ -189,6 +190,22 @@ pub fn spmm(
     spmm_kernel(w.values().dtype(), w.col_idx().width()).run(w, rows, b, p, bias, act, y)
 }
 
+/// [`spmm`] with `B`'s rows `b_rs` floats apart; see [`SpmmKernel::run_strided`].
+#[allow(clippy::too_many_arguments)]
+pub fn spmm_strided(
+    w: &CsrView<'_>,
+    rows: Range<usize>,
+    b: &[f32],
+    b_rs: usize,
+    p: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) {
+    spmm_kernel(w.values().dtype(), w.col_idx().width())
+        .run_strided(w, rows, b, b_rs, p, bias, act, y)
+}
+
 impl SpmmKernel {
     /// `y[(i - rows.start) * p + j] = act(sum_k W[i, k] b[k * p + j] + bias[i])` for `i` in
     /// `rows`, `j < p`.
@@ -201,6 +218,24 @@ impl SpmmKernel {
         w: &CsrView<'_>,
         rows: Range<usize>,
         b: &[f32],
+        p: usize,
+        bias: Option<&[f32]>,
+        act: Activation,
+        y: &mut [f32],
+    ) {
+        self.run_strided(w, rows, b, p, p, bias, act, y)
+    }
+
+    /// [`SpmmKernel::run`] with row `k` of `B` at `b[k * b_rs..][..p]`: `b_rs = p` is a
+    /// row-major `[K, p]` matrix; `b_rs = 1` with column indices that are offsets reads rows
+    /// anywhere in `b` (the implicit patch matrix of a convolution).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_strided(
+        &self,
+        w: &CsrView<'_>,
+        rows: Range<usize>,
+        b: &[f32],
+        b_rs: usize,
         p: usize,
         bias: Option<&[f32]>,
         act: Activation,
@@ -222,8 +257,16 @@ impl SpmmKernel {
             return;
         }
         assert!(rows.end <= w.rows(), "spmm: rows beyond the matrix");
-        let need_b = w.cols().checked_mul(p).expect("spmm: cols * p overflows");
-        assert!(b.len() >= need_b, "spmm: B shorter than cols * p");
+        let need_b = w
+            .cols()
+            .saturating_sub(1)
+            .checked_mul(b_rs)
+            .and_then(|n| n.checked_add(p))
+            .expect("spmm: B's extent overflows");
+        assert!(
+            w.cols() == 0 || b.len() >= need_b,
+            "spmm: B shorter than (cols - 1) * b_rs + p"
+        );
         let n = rows.len() * p;
         assert!(y.len() >= n, "spmm: output shorter than rows * p");
         if let Some(bb) = bias {
@@ -231,7 +274,7 @@ impl SpmmKernel {
         }
         // SAFETY: storage types, lengths and ISA were checked above; the CSR invariants hold for
         // every `CsrView`.
-        unsafe { (self.run)(w, rows, b, p, bias, y) };
+        unsafe { (self.run)(w, rows, b, b_rs, p, bias, y) };
         apply_act(act, &mut y[..n]);
     }
 }

@@ -17,6 +17,7 @@ macro_rules! spmm_neon {
             w: &CsrView<'_>,
             rows: Range<usize>,
             b: &[f32],
+            b_rs: usize,
             p: usize,
             bias: Option<&[f32]>,
             y: &mut [f32],
@@ -37,20 +38,21 @@ macro_rules! spmm_neon {
                     let k = w.row_range(r);
                     let b0 = bias.map_or(0.0, |bb| bb[r]);
                     // SAFETY: row `r`'s non-zeros lie inside `v`/`c`, each index is
-                    // `< w.cols()`, so `b` holds `p` values from `index * p`; pixels
+                    // `< w.cols()`, so `b` holds `p` values from `index * b_rs`; pixels
                     // `j..j + width` are inside every row of `b` and of `y`.
                     unsafe {
                         let (vp, cp) = (v.as_ptr().add(k.start), c.as_ptr().add(k.start));
                         let bj = b.as_ptr().add(j);
                         let yp = y.as_mut_ptr().add((r - r0) * p + j);
                         match width {
-                            16 => $tile::<4>(vp, cp, k.len(), bj, p, b0, yp),
-                            4 => $tile::<1>(vp, cp, k.len(), bj, p, b0, yp),
+                            16 => $tile::<4>(vp, cp, k.len(), bj, b_rs, b0, yp),
+                            4 => $tile::<1>(vp, cp, k.len(), bj, b_rs, b0, yp),
                             n => {
                                 for q in 0..n {
                                     let mut s = b0;
                                     for t in 0..k.len() {
-                                        s += cvt(*vp.add(t)) * *bj.add(*cp.add(t) as usize * p + q);
+                                        s += cvt(*vp.add(t))
+                                            * *bj.add(*cp.add(t) as usize * b_rs + q);
                                     }
                                     *yp.add(q) = s;
                                 }
@@ -65,7 +67,7 @@ macro_rules! spmm_neon {
         /// One row's `4 * N` pixels: `N` accumulators over all of the row's `n` non-zeros.
         ///
         /// # Safety
-        /// `v`, `c` address `n` elements; `b + c[t] * p` addresses `4 * N` floats for each `t`;
+        /// `v`, `c` address `n` elements; `b + c[t] * b_rs` addresses `4 * N` floats for each `t`;
         /// `y` addresses `4 * N` floats.
         #[target_feature(enable = "neon")]
         #[inline]
@@ -74,7 +76,7 @@ macro_rules! spmm_neon {
             c: *const $it,
             n: usize,
             b: *const f32,
-            p: usize,
+            b_rs: usize,
             b0: f32,
             y: *mut f32,
         ) {
@@ -84,7 +86,7 @@ macro_rules! spmm_neon {
             unsafe {
                 for t in 0..n {
                     let wv = cvt(*v.add(t));
-                    let src = b.add(*c.add(t) as usize * p);
+                    let src = b.add(*c.add(t) as usize * b_rs);
                     for (i, a) in acc.iter_mut().enumerate() {
                         *a = vfmaq_n_f32(*a, vld1q_f32(src.add(4 * i)), wv);
                     }

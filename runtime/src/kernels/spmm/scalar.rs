@@ -7,20 +7,21 @@ use crate::model::{CsrView, Elems, Indices};
 /// Portable SpMM: tiles of 8 pixels in 8 accumulators per row. See [`super::SpmmFn`].
 ///
 /// # Safety
-/// As [`super::SpmmFn`]: every column index is `< w.cols()` and `b` holds `w.cols() * p`.
+/// As [`super::SpmmFn`].
 pub(crate) unsafe fn spmm_scalar(
     w: &CsrView<'_>,
     rows: Range<usize>,
     b: &[f32],
+    b_rs: usize,
     p: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
     match (w.values(), w.col_idx()) {
-        (Elems::F32(v), Indices::U16(c)) => run(w, rows, v, c, b, p, bias, y, |v| v),
-        (Elems::F32(v), Indices::U32(c)) => run(w, rows, v, c, b, p, bias, y, |v| v),
-        (Elems::F16(v), Indices::U16(c)) => run(w, rows, v, c, b, p, bias, y, f16::to_f32),
-        (Elems::F16(v), Indices::U32(c)) => run(w, rows, v, c, b, p, bias, y, f16::to_f32),
+        (Elems::F32(v), Indices::U16(c)) => run(w, rows, v, c, b, b_rs, p, bias, y, |v| v),
+        (Elems::F32(v), Indices::U32(c)) => run(w, rows, v, c, b, b_rs, p, bias, y, |v| v),
+        (Elems::F16(v), Indices::U16(c)) => run(w, rows, v, c, b, b_rs, p, bias, y, f16::to_f32),
+        (Elems::F16(v), Indices::U32(c)) => run(w, rows, v, c, b, b_rs, p, bias, y, f16::to_f32),
     }
 }
 
@@ -32,6 +33,7 @@ fn run<V: Copy, I: Copy + Into<u64>>(
     v: &[V],
     c: &[I],
     b: &[f32],
+    b_rs: usize,
     p: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
@@ -50,7 +52,7 @@ fn run<V: Copy, I: Copy + Into<u64>>(
             let mut acc = [b0; T];
             for (&vv, &ci) in v.iter().zip(c) {
                 let wv = cvt(vv);
-                let row = &b[ci.into() as usize * p + j..][..t];
+                let row = &b[ci.into() as usize * b_rs + j..][..t];
                 for (a, &bv) in acc.iter_mut().zip(row) {
                     *a += wv * bv;
                 }

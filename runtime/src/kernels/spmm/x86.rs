@@ -19,6 +19,7 @@ macro_rules! spmm_avx2 {
             w: &CsrView<'_>,
             rows: Range<usize>,
             b: &[f32],
+            b_rs: usize,
             p: usize,
             bias: Option<&[f32]>,
             y: &mut [f32],
@@ -43,7 +44,7 @@ macro_rules! spmm_avx2 {
                     let k = w.row_range(r);
                     let b0 = bias.map_or(0.0, |bb| bb[r]);
                     // SAFETY: row `r`'s non-zeros lie inside `v`/`c`, each index is
-                    // `< w.cols()`, so `b` holds `p` values from `index * p`; pixels
+                    // `< w.cols()`, so `b` holds `p` values from `index * b_rs`; pixels
                     // `j..j + width` are inside every row of `b` and of `y`, and the masked
                     // last vector touches only those.
                     unsafe {
@@ -52,14 +53,14 @@ macro_rules! spmm_avx2 {
                         let yp = y.as_mut_ptr().add((r - r0) * p + j);
                         let n = k.len();
                         match vecs {
-                            1 => $tile::<1>(vp, cp, n, bj, p, b0, mask, yp),
-                            2 => $tile::<2>(vp, cp, n, bj, p, b0, mask, yp),
-                            3 => $tile::<3>(vp, cp, n, bj, p, b0, mask, yp),
-                            4 => $tile::<4>(vp, cp, n, bj, p, b0, mask, yp),
-                            5 => $tile::<5>(vp, cp, n, bj, p, b0, mask, yp),
-                            6 => $tile::<6>(vp, cp, n, bj, p, b0, mask, yp),
-                            7 => $tile::<7>(vp, cp, n, bj, p, b0, mask, yp),
-                            _ => $tile::<8>(vp, cp, n, bj, p, b0, mask, yp),
+                            1 => $tile::<1>(vp, cp, n, bj, b_rs, b0, mask, yp),
+                            2 => $tile::<2>(vp, cp, n, bj, b_rs, b0, mask, yp),
+                            3 => $tile::<3>(vp, cp, n, bj, b_rs, b0, mask, yp),
+                            4 => $tile::<4>(vp, cp, n, bj, b_rs, b0, mask, yp),
+                            5 => $tile::<5>(vp, cp, n, bj, b_rs, b0, mask, yp),
+                            6 => $tile::<6>(vp, cp, n, bj, b_rs, b0, mask, yp),
+                            7 => $tile::<7>(vp, cp, n, bj, b_rs, b0, mask, yp),
+                            _ => $tile::<8>(vp, cp, n, bj, b_rs, b0, mask, yp),
                         }
                     }
                 }
@@ -71,7 +72,7 @@ macro_rules! spmm_avx2 {
         /// all of the row's `n` non-zeros.
         ///
         /// # Safety
-        /// `v`, `c` address `n` elements; `b + c[t] * p` addresses `8 * (N - 1)` floats plus the
+        /// `v`, `c` address `n` elements; `b + c[t] * b_rs` addresses `8 * (N - 1)` floats plus the
         /// lanes of `mask` for each `t`; so does `y`; the CPU supports the enabled target
         /// features.
         #[allow(clippy::too_many_arguments)]
@@ -82,7 +83,7 @@ macro_rules! spmm_avx2 {
             c: *const $it,
             n: usize,
             b: *const f32,
-            p: usize,
+            b_rs: usize,
             b0: f32,
             mask: __m256i,
             y: *mut f32,
@@ -93,7 +94,7 @@ macro_rules! spmm_avx2 {
             unsafe {
                 for t in 0..n {
                     let wv = bcast(v.add(t));
-                    let src = b.add(*c.add(t) as usize * p);
+                    let src = b.add(*c.add(t) as usize * b_rs);
                     for (i, a) in acc.iter_mut().enumerate().take(N - 1) {
                         *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src.add(8 * i)), *a);
                     }
