@@ -13,14 +13,16 @@
 # file, or m1 / m2 for the dense ONNX this script writes from the fixtures.
 # Env: NAP_FIXTURES (default fixtures; m1.pth, m2.pth from scripts/fetch-fixtures.sh),
 # PEERS_VENV (default target/peers-venv; made here with onnxruntime and numpy from PyPI),
-# SECONDS_PER_CASE (default 3), RUNS (ORT, default 200), THREADS (default "1 2"),
-# TASKSET (e.g. "taskset -c 0,1").
+# SECONDS_PER_CASE (default 1), RUNS (ORT, default 200), ROUNDS (default 3: each case is timed
+# in this many alternating nap / ORT rounds and the median round is reported, since a shared
+# VM's speed drifts), THREADS (default "1 2"), TASKSET (e.g. "taskset -c 0,1").
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 FIX="${NAP_FIXTURES:-fixtures}"
 VENV="${PEERS_VENV:-${CARGO_TARGET_DIR:-target}/peers-venv}"
-SECS="${SECONDS_PER_CASE:-3}"
+SECS="${SECONDS_PER_CASE:-1}"
+ROUNDS="${ROUNDS:-3}"
 RUNS="${RUNS:-200}"
 THREADS="${THREADS:-1 2}"
 for f in m1.pth m2.pth; do
@@ -43,12 +45,12 @@ for spec in "m1:$FIX/m1.pth:mnist-cnn" "m2:$FIX/m2.pth:mobilenet-v2"; do
     "$NAP" convert "$ckpt" --arch "$arch" --dense -o "$TMP/$name.nap" >/dev/null
     "$NAP" convert "$ckpt" --arch "$arch" -o "$TMP/$name.onnx" >/dev/null
 done
-cases+=("M1 dense|$TMP/m1.nap|$TMP/m1.onnx|1" "M1 dense|$TMP/m1.nap|$TMP/m1.onnx|64")
-cases+=("M2 dense|$TMP/m2.nap|$TMP/m2.onnx|1")
+cases+=("M1 dense|$TMP/m1.nap|$TMP/m1.onnx|1|same" "M1 dense|$TMP/m1.nap|$TMP/m1.onnx|64|same")
+cases+=("M2 dense|$TMP/m2.nap|$TMP/m2.onnx|1|same")
 for spec in "$@"; do
     IFS=: read -r name pruned onnx <<<"$spec"
     [[ "$onnx" == m1 || "$onnx" == m2 ]] && onnx="$TMP/$onnx.onnx"
-    cases+=("$name|$pruned|$onnx|1" "$name|$pruned|$onnx|64")
+    cases+=("$name|$pruned|$onnx|1|pruned" "$name|$pruned|$onnx|64|pruned")
 done
 
 # ORT timing: median ms of RUNS run() calls on a batch, and the output for the agreement check.
@@ -78,7 +80,7 @@ PY
 rows="$TMP/rows.txt"
 : >"$rows"
 for c in "${cases[@]}"; do
-    IFS='|' read -r name nap onnx batch <<<"$c"
+    IFS='|' read -r name nap onnx batch kind <<<"$c"
     stem="$TMP/$(basename "$nap" .nap)-b$batch"
     "$NAP" inspect "$nap" --json >"$stem.json"
     # One seeded example, repeated to the batch: nap bench repeats its one-example input.
@@ -92,31 +94,39 @@ np.save(stem + ".x.npy", np.repeat(x, batch, axis=0))
 PY
     "$NAP" run "$nap" --input "$stem.x.npy" --save "$stem.nap.npy" --json >/dev/null
     for t in $THREADS; do
-        nap_ms="$(${TASKSET:-} "$NAP" bench "$nap" --batch "$batch" --threads "$t" --seconds "$SECS" \
-            --input "$stem.x.f32" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["model"]["latency"]["median_ms"])')"
-        ort="$(${TASKSET:-} "$PY" "$TMP/ort.py" "$onnx" "$stem.x.npy" "$stem.ort.npy" "$t" "$RUNS")"
-        err="$("$PY" -c '
+        nap_ms="" ort=""
+        for _ in $(seq "$ROUNDS"); do
+            nap_ms+="$(${TASKSET:-} "$NAP" bench "$nap" --batch "$batch" --threads "$t" --seconds "$SECS" \
+                --input "$stem.x.f32" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["model"]["latency"]["median_ms"])'),"
+            ort+="$(${TASKSET:-} "$PY" "$TMP/ort.py" "$onnx" "$stem.x.npy" "$stem.ort.npy" "$t" "$RUNS")|"
+        done
+        err="(pruned vs dense)"
+        [[ "$kind" == same ]] && err="$("$PY" -c '
 import sys, numpy as np
 a, b = np.load(sys.argv[1]).ravel(), np.load(sys.argv[2]).ravel()
 print(f"{np.abs(a - b).max() / np.abs(b).max():.1e}")' "$stem.nap.npy" "$stem.ort.npy")"
-        echo "$name|$batch|$t|$nap_ms|$ort|$err" >>"$rows"
+        echo "$name#$batch#$t#$nap_ms#$ort#$err" >>"$rows"
     done
 done
 
 "$PY" - "$rows" "$(uname -m)" "$(nproc)" "$SECS" "$RUNS" <<'PY'
 import json, sys
-rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
+rows = [l.rstrip("\n").split("#") for l in open(sys.argv[1])]
 arch, cpus, secs, runs = sys.argv[2:6]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), arch)
 flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
 isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else arch)
 t = {}
 ver = ""
+med = lambda v: sorted(v)[len(v) // 2]
 for name, batch, th, nap, ort, err in rows:
-    o = json.loads(ort)
-    ver = o["version"]
-    t[(name, batch, th)] = (float(nap), o["median_ms"], err)
-print(f"{cpu} ({isa}), {cpus} CPUs; ONNX Runtime {ver}; nap: median over {secs} s, ORT: median of {runs} runs")
+    o = [json.loads(x) for x in ort.rstrip("|").split("|")]
+    ver = o[0]["version"]
+    naps = [float(x) for x in nap.rstrip(",").split(",")]
+    t[(name, batch, th)] = (med(naps), med([x["median_ms"] for x in o]), err)
+rounds = len(rows[0][3].rstrip(",").split(",")) if rows else 0
+print(f"{cpu} ({isa}), {cpus} CPUs; ONNX Runtime {ver}; each case {rounds} alternating rounds, the median round shown; "
+      f"a round: nap bench median over {secs} s, ORT median of {runs} run() calls")
 print()
 print("| model | batch | threads | nap ms | ORT ms | ORT / nap | nap 2-thread speedup | ORT 2-thread speedup | max rel. diff |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -13,7 +13,8 @@ use common::{data, gemm_crate};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use nap_runtime::kernels::{
-    gemm_workspace, Activation, Bias, Dtype, Elems, MatRef, GEMM_KERNELS, GEMV_KERNELS,
+    crop_rows, gemm, gemm_b, gemm_workspace, im2col, im2col_len, pad_image, Activation, BOperand,
+    Bias, ConvGeom, Dtype, Elems, MatRef, GEMM_KERNELS, GEMV_KERNELS,
 };
 
 /// `(name, m, n, k)`: `C[m × n] = A[m × k] · B[k × n]`, all row-major.
@@ -172,6 +173,98 @@ fn bench_gemm(c: &mut Criterion) {
     }
 }
 
+/// `(name, in channels, out channels, height = width)`: 3×3, stride 1, padding 1.
+const CONV_SHAPES: &[(&str, usize, usize, usize)] =
+    &[("m1_conv2", 32, 64, 14), ("m1_conv3", 64, 128, 7)];
+
+/// The dense 3×3 convolutions of M1 as the runtime runs them (implicit GEMM: padding, the GEMM
+/// reading the padded image, cropping) and through im2col, against the GEMM alone on the same
+/// `(out, pixels, in·9)` shape; throughput in FLOP of the convolution.
+fn bench_conv(c: &mut Criterion) {
+    for &(name, ci, co, hw) in CONV_SHAPES {
+        let g = ConvGeom {
+            c: ci,
+            h: hw,
+            w: hw,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1, 1],
+            dilation: [1, 1],
+            oh: hw,
+            ow: hw,
+        };
+        let (m, n, k) = (co, hw * hw, ci * 9);
+        let mut grp = c.benchmark_group(format!("conv3x3/{name}"));
+        grp.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        grp.sample_size(20);
+        let x = data(ci * hw * hw, 5);
+        let w = data(m * k, 6);
+        let bias = data(m, 7);
+        let a = || MatRef::row_major(Elems::F32(&w), m, k);
+        let mut y = vec![0f32; m * n];
+        let cols = g.implicit_cols();
+        let mut ws = vec![0f32; gemm_workspace(m, cols.max(n), k)];
+        let offs = g.implicit_offsets(ci);
+        let mut scratch = vec![0f32; g.implicit_len(m).max(im2col_len(&g, ci))];
+        grp.bench_function(BenchmarkId::from_parameter("implicit_gemm"), |bch| {
+            bch.iter(|| {
+                let (xpad, out) = scratch.split_at_mut(g.padded_len());
+                pad_image(&g, &x, xpad);
+                let b = BOperand::Rows {
+                    data: xpad,
+                    offs: &offs,
+                    cols,
+                };
+                gemm_b(
+                    a(),
+                    b,
+                    out,
+                    cols,
+                    Bias::Row(&bias),
+                    Activation::Relu,
+                    &mut ws,
+                );
+                crop_rows(&g, m, out, &mut y);
+                black_box(&y);
+            })
+        });
+        grp.bench_function(BenchmarkId::from_parameter("im2col_gemm"), |bch| {
+            bch.iter(|| {
+                im2col(&g, &x, 0, ci, &mut scratch);
+                let b = MatRef::row_major(Elems::F32(&scratch), k, n);
+                gemm(
+                    a(),
+                    b,
+                    &mut y,
+                    n,
+                    Bias::Row(&bias),
+                    Activation::Relu,
+                    &mut ws,
+                );
+                black_box(&y);
+            })
+        });
+        let patches = data(k * n, 8);
+        grp.bench_function(BenchmarkId::from_parameter("gemm_alone"), |bch| {
+            bch.iter(|| {
+                let b = MatRef::row_major(Elems::F32(&patches), k, n);
+                gemm(
+                    a(),
+                    b,
+                    &mut y,
+                    n,
+                    Bias::Row(&bias),
+                    Activation::Relu,
+                    &mut ws,
+                );
+                black_box(&y);
+            })
+        });
+        grp.finish();
+    }
+}
+
 fn bench_gemv(c: &mut Criterion) {
     for &(name, m, k) in GEMV_SHAPES {
         let w = data(m * k, 3);
@@ -238,6 +331,6 @@ fn bench_memory(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_memory, bench_gemv, bench_gemm
+    targets = bench_memory, bench_gemv, bench_gemm, bench_conv
 }
 criterion_main!(benches);
