@@ -46,6 +46,15 @@ pub struct GemvKernel {
 pub static GEMV_KERNELS: &[GemvKernel] = &[
     #[cfg(target_arch = "x86_64")]
     GemvKernel {
+        name: "gemv_f32_4x32_avx512",
+        isa: Isa::Avx512F,
+        dtype: Dtype::F32,
+        rows: 4,
+        reduced_precision: false,
+        run: x86::gemv_f32_4x32_avx512,
+    },
+    #[cfg(target_arch = "x86_64")]
+    GemvKernel {
         name: "gemv_f32_4x16_avx2fma",
         isa: Isa::Avx2Fma,
         dtype: Dtype::F32,
