@@ -1024,3 +1024,98 @@ fn issue13_prune_refuses_a_model_that_is_not_a_classifier() {
     fails_with(&o, "[1, 96, 128]");
     assert!(!run.exists(), "the run folder was written");
 }
+
+/// A `.nap` of one Linear layer (4 inputs, 2 outputs) whose weight holds a NaN and an inf.
+fn non_finite_model(path: &Path) {
+    use nap_runtime::format::*;
+    let mut fb = FileBuilder::new();
+    let w = fb.add_f32(&[1.0, f32::NAN, 0.0, 0.5, f32::INFINITY, 0.0, 1.0, 2.0]);
+    let value = |name: &str, n| ValueInfo {
+        name: name.into(),
+        shape: vec![n],
+    };
+    let header = Header {
+        producer: "cli test".into(),
+        metadata: Metadata::default(),
+        graph: Graph {
+            values: vec![value("x", 4), value("y", 2)],
+            inputs: vec![0],
+            outputs: vec![1],
+            nodes: vec![Node {
+                name: "fc".into(),
+                op: Op::Linear(Linear {
+                    weight: 0,
+                    bias: None,
+                    act: Activation::Relu,
+                }),
+                inputs: vec![0],
+                output: 1,
+            }],
+        },
+        tensors: vec![TensorEntry {
+            name: "fc.weight".into(),
+            shape: vec![2, 4],
+            dtype: DType::F32,
+            layout: Layout::Dense { values: w },
+        }],
+        extensions: vec![],
+    };
+    std::fs::write(path, fb.finish(&header).unwrap()).unwrap();
+}
+
+#[test]
+fn issue14_non_finite_weights_are_reported_and_refused_when_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("nan.nap");
+    non_finite_model(&m);
+    let x = dir.path().join("x.f32");
+    std::fs::write(&x, [1f32; 4].map(f32::to_le_bytes).concat()).unwrap();
+    let (m, x) = (m.to_str().unwrap(), x.to_str().unwrap());
+
+    let o = nap(&["inspect", m, "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["non_finite"],
+        serde_json::json!([{"tensor": "fc.weight", "count": 2}])
+    );
+    let o = nap(&["inspect", m]);
+    assert!(text(&o).contains("fc.weight") && text(&o).contains("NaN or infinite"));
+
+    let o = nap(&["run", m, "--input", x]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning: tensor fc.weight holds 2 NaN"));
+    fails_with(
+        &nap(&["run", m, "--input", x, "--strict"]),
+        "tensor fc.weight: 2 stored values are NaN or infinite",
+    );
+    fails_with(
+        &nap(&["bench", m, "--strict", "--seconds", "0.1"]),
+        "NaN or infinite",
+    );
+}
+
+#[test]
+fn issue14_bench_keeps_to_its_memory_limit_and_threads_auto_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, m) = converted(dir.path(), "lenet-300-100");
+    let m = m.to_str().unwrap();
+    fails_with(
+        &nap(&["bench", m, "--memory-limit", "0", "--seconds", "0.1"]),
+        "exceeds the limit of 0",
+    );
+    let o = nap(&[
+        "bench",
+        m,
+        "--threads",
+        "auto",
+        "--seconds",
+        "0.1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    fails_with(
+        &nap(&["bench", m, "--threads", "0"]),
+        "positive number or `auto`",
+    );
+}
