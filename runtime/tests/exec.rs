@@ -1535,6 +1535,35 @@ fn issue14_zero_element_values_do_not_panic() {
         let g = net.node("gap", Op::GlobalAvgPool, &[p]);
         cases.push(("padded convolutions of a [3, 0, 0] map", net.finish(&[g])));
     }
+    // Convolutions to no channels, dense (implicit GEMM) and CSR, and a pool of the empty map.
+    for store in [Store::F32, Store::Csr(DType::F32, IndexWidth::U16)] {
+        let mut net = Net::new();
+        let x = net.input(&[3, 6, 6]);
+        let w = net.tensor("c.w", &[0, 3, 3, 3], &[], store);
+        let y = net.node(
+            "c",
+            Op::Conv2d(Conv2d {
+                weight: w,
+                bias: None,
+                stride: [1, 1],
+                padding: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+                act: A::Relu,
+            }),
+            &[x],
+        );
+        let p = net.node(
+            "pool",
+            Op::MaxPool2d(MaxPool2d {
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0, 0],
+            }),
+            &[y],
+        );
+        cases.push(("convolution to no channels", net.finish(&[p])));
+    }
     for (what, b) in &cases {
         let m = match Model::from_vec(&b.bytes) {
             Ok(m) => m,
@@ -1543,8 +1572,8 @@ fn issue14_zero_element_values_do_not_panic() {
                 continue;
             }
         };
-        for batch in [1, 3] {
-            let mut s = match Session::new(&m, batch) {
+        for (batch, threads) in [(1, 1), (3, 1), (3, 2)] {
+            let mut s = match Session::with_threads(&m, batch, threads) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{what}: refused when planning: {e}");

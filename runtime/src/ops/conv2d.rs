@@ -204,7 +204,8 @@ impl Kernel for ConvKernel {
             &one,
         );
         if !split {
-            for (e, ye) in y.chunks_exact_mut(out_len).take(cx.n).enumerate() {
+            for e in 0..cx.n {
+                let ye = &mut y[e * out_len..(e + 1) * out_len];
                 one(cx.pool, e, ye, cx.scratch, cx.gemm_ws);
             }
         }
