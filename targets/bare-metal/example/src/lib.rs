@@ -95,6 +95,7 @@ pub unsafe extern "C" fn nap_run_once(
         bytes,
         LoadOptions {
             verify_blobs: false,
+            ..LoadOptions::default()
         },
     ) else {
         return -1;
