@@ -87,9 +87,9 @@ impl OpDef for Conv2d {
         let implicit_ok = !depthwise && !direct && gm.implicit();
         // A CSR weight reads the implicit patch matrix through its column indices turned into
         // the offsets of their rows (checked once here, as a CSR matrix over offsets).
-        let sparse_idx = match cx.model.tensor(self.weight) {
-            TensorView::Csr(w) if implicit_ok && dense.is_none() => {
-                let offs = gm.implicit_offsets(c / groups);
+        let offs = implicit_ok.then(|| gm.implicit_offsets(c / groups));
+        let sparse_idx = match (cx.model.tensor(self.weight), &offs) {
+            (TensorView::Csr(w), Some(offs)) if dense.is_none() => {
                 let top = offs.last().map_or(0, |&o| o + 1);
                 let idx: Option<Vec<u32>> = (0..w.nnz())
                     .map(|k| u32::try_from(offs[w.col_idx().get(k)]).ok())
@@ -139,7 +139,7 @@ impl OpDef for Conv2d {
             out_c,
             depthwise,
             direct,
-            offs: implicit.then(|| gm.implicit_offsets(c / groups)),
+            offs: offs.filter(|_| implicit),
             sparse_idx,
             scratch_len,
         }))
