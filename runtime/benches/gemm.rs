@@ -13,8 +13,9 @@ use common::{data, gemm_crate};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use nap_runtime::kernels::{
-    crop_rows, gemm, gemm_b, gemm_workspace, im2col, im2col_len, pad_image, Activation, BOperand,
-    Bias, ConvGeom, Dtype, Elems, MatRef, GEMM_KERNELS, GEMV_KERNELS,
+    crop_rows, gemm_b, gemm_kernel, gemm_workspace, im2col, im2col_len, pack_a_panels, pad_image,
+    AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, MatRef, PackedA,
+    GEMM_KERNELS, GEMV_KERNELS,
 };
 
 /// `(name, m, n, k)`: `C[m × n] = A[m × k] · B[k × n]`, all row-major.
@@ -201,7 +202,16 @@ fn bench_conv(c: &mut Criterion) {
         let x = data(ci * hw * hw, 5);
         let w = data(m * k, 6);
         let bias = data(m, 7);
-        let a = || MatRef::row_major(Elems::F32(&w), m, k);
+        // The weights packed once, as a session does.
+        let ker = gemm_kernel();
+        let mut packed = vec![0f32; PackedA::len(m, k, ker.mr)];
+        let pa = pack_a_panels(
+            &MatRef::row_major(Elems::F32(&w), m, k),
+            ker.mr,
+            &mut packed,
+        );
+        let a = || AOperand::Packed(pa);
+        let crops = ker.crops(k);
         let mut y = vec![0f32; m * n];
         let cols = g.implicit_cols();
         let mut ws = vec![0f32; gemm_workspace(m, cols.max(n), k)];
@@ -211,21 +221,27 @@ fn bench_conv(c: &mut Criterion) {
             bch.iter(|| {
                 let (xpad, out) = scratch.split_at_mut(g.padded_len());
                 pad_image(&g, &x, xpad);
+                // As the runtime runs it: cropped while stored where the kernel can.
+                let crop = crops.then_some(Crop {
+                    wp: hw + 2,
+                    ow: hw,
+                    first: 0,
+                });
                 let b = BOperand::Rows {
                     data: xpad,
                     offs: &offs,
                     cols,
+                    crop,
                 };
-                gemm_b(
-                    a(),
-                    b,
-                    out,
-                    cols,
-                    Bias::Row(&bias),
-                    Activation::Relu,
-                    &mut ws,
-                );
-                crop_rows(&g, m, out, &mut y);
+                let (c, ldc) = if crops {
+                    (&mut y[..], n)
+                } else {
+                    (&mut out[..], cols)
+                };
+                gemm_b(a(), b, c, ldc, Bias::Row(&bias), Activation::Relu, &mut ws);
+                if !crops {
+                    crop_rows(&g, m, out, &mut y);
+                }
                 black_box(&y);
             })
         });
@@ -233,9 +249,9 @@ fn bench_conv(c: &mut Criterion) {
             bch.iter(|| {
                 im2col(&g, &x, 0, ci, &mut scratch);
                 let b = MatRef::row_major(Elems::F32(&scratch), k, n);
-                gemm(
+                gemm_b(
                     a(),
-                    b,
+                    BOperand::Mat(b),
                     &mut y,
                     n,
                     Bias::Row(&bias),
@@ -249,9 +265,9 @@ fn bench_conv(c: &mut Criterion) {
         grp.bench_function(BenchmarkId::from_parameter("gemm_alone"), |bch| {
             bch.iter(|| {
                 let b = MatRef::row_major(Elems::F32(&patches), k, n);
-                gemm(
+                gemm_b(
                     a(),
-                    b,
+                    BOperand::Mat(b),
                     &mut y,
                     n,
                     Bias::Row(&bias),

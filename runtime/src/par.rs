@@ -2,7 +2,7 @@
 //! output rows (or channels), sized so small operations stay on one thread.
 
 use crate::format::Activation;
-use crate::kernels::{self, BOperand, Bias, ConvGeom, Elems, MatRef};
+use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Elems, MatRef};
 use crate::model::CsrView;
 use crate::pool::Pool;
 
@@ -49,9 +49,9 @@ pub(crate) fn slice_elems(e: Elems<'_>, from: usize) -> Elems<'_> {
 
 /// [`kernels::gemm`], with the rows of `a` (and `c`) split across the pool when it pays.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn par_gemm(
+pub(crate) fn par_gemm<'a>(
     pool: &Pool,
-    a: MatRef<'_>,
+    a: impl Into<AOperand<'a>>,
     b: BOperand<'_>,
     c: &mut [f32],
     ldc: usize,
@@ -60,13 +60,15 @@ pub(crate) fn par_gemm(
     ws: &mut [f32],
     ws_len: usize,
 ) {
+    let a: AOperand<'a> = a.into();
     let parts = pool.threads();
     let n = match b {
         BOperand::Mat(m) => m.cols,
         BOperand::Rows { cols, .. } => cols,
     };
-    let columns = n >= a.rows && n >= 64 * parts;
-    if parts == 1 || (a.rows < 16 && !columns) || a.rows * a.cols * n < PAR_MIN_MACS {
+    let (rows, depth) = (a.rows(), a.cols());
+    let columns = n >= rows && n >= 64 * parts;
+    if parts == 1 || (rows < 16 && !columns) || rows * depth * n < PAR_MIN_MACS {
         kernels::gemm_b(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
         return;
     }
@@ -88,31 +90,45 @@ pub(crate) fn par_gemm(
                     cols: j1 - j0,
                     ..m
                 }),
-                BOperand::Rows { data, offs, .. } => BOperand::Rows {
+                BOperand::Rows {
+                    data, offs, crop, ..
+                } => BOperand::Rows {
                     data: &data[j0..],
                     offs,
                     cols: j1 - j0,
+                    crop: crop.map(|c| c.shifted(j0)),
                 },
+            };
+            // Where column `j0` lands in `C`.
+            let c0 = match b {
+                BOperand::Rows { crop: Some(c), .. } => c.packed_cols(j0),
+                _ => j0,
             };
             let bias = match bias {
                 Bias::Col(v) => Bias::Col(&v[j0..j1]),
                 other => other,
             };
-            // SAFETY: `C` from column `j0` on lies in `c` (`c_len - j0` floats); this part
-            // reads and writes only columns `j0..j1` of its rows, which no other part touches.
+            // SAFETY: `C` from column `c0` on lies in `c` (`c_len - c0` floats); this part
+            // reads and writes only the output columns of `j0..j1` in its rows, which no other
+            // part touches.
             unsafe {
-                kernels::gemm_kernel().run_b_raw(a, sub, cp.at(j0), c_len - j0, ldc, bias, act, w)
+                kernels::gemm_kernel().run_b_raw(a, sub, cp.at(c0), c_len - c0, ldc, bias, act, w)
             };
         });
         return;
     }
     let (c_len, cp, wp) = (c.len(), Parts(c.as_mut_ptr()), Parts(ws.as_mut_ptr()));
+    // Packed panels split at panel boundaries.
+    let align = match a {
+        AOperand::Packed(p) => p.mr,
+        AOperand::Mat(_) => 8,
+    };
     pool.run(&|part| {
-        let (r0, r1) = part_range(a.rows, parts, 8, part);
+        let (r0, r1) = part_range(rows, parts, align, part);
         if r0 == r1 {
             return;
         }
-        let end = if r1 == a.rows { c_len } else { r1 * ldc };
+        let end = if r1 == rows { c_len } else { r1 * ldc };
         // SAFETY: parts own disjoint row ranges, so `r0 * ldc..end` are disjoint ranges of `c`
         // (inside it: `end <= c_len`), and each part has its own `ws_len` block of the
         // workspace, which holds `threads * ws_len` floats.
@@ -122,10 +138,13 @@ pub(crate) fn par_gemm(
                 wp.slice(part * ws_len, ws_len),
             )
         };
-        let sub = MatRef {
-            data: slice_elems(a.data, r0 * a.rs),
-            rows: r1 - r0,
-            ..a
+        let sub = match a {
+            AOperand::Mat(a) => AOperand::Mat(MatRef {
+                data: slice_elems(a.data, r0 * a.rs),
+                rows: r1 - r0,
+                ..a
+            }),
+            AOperand::Packed(p) => AOperand::Packed(p.rows(r0, r1)),
         };
         let bias = match bias {
             Bias::Row(v) => Bias::Row(&v[r0..r1]),

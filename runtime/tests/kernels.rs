@@ -6,10 +6,11 @@ use std::cell::Cell;
 use half::f16;
 use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
-    act_scalar, avgpool2d, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col, im2col_len,
-    maxpool2d, spmm_kernel, spmv, spmv_kernel, Activation, Bias, ConvGeom, Dtype, Elems,
-    GemmKernel, Isa, MatRef, PoolOp, SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS,
-    GEMM_KERNELS, GEMV_KERNELS, POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
+    act_scalar, avgpool2d, crop_rows, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col,
+    im2col_len, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv, spmv_kernel, AOperand,
+    Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, GemmKernel, Isa, MatRef, PoolOp,
+    SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS,
+    POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
 };
 use nap_runtime::model::{BlockCsrBuf, BlockCsrView, CsrBuf, CsrView, Indices};
 
@@ -711,6 +712,148 @@ fn im2col_gemm_conv_matches_direct_conv() {
             }
         }
     }
+}
+
+/// Every GEMM kernel on implicit-GEMM convolutions (stride 1, `B` read from the padded image
+/// through row offsets), with `A` strided or packed ahead of time, `C` on the padded grid and
+/// cropped after or cropped while stored ([`Crop`]), in one call or split by columns as the
+/// pool splits it, with and without slack after the image (the last panel read in place or
+/// packed), and deep enough for `k` blocks.
+#[test]
+fn issue14_implicit_gemm_packed_a_and_cropped_c_match_direct_conv() {
+    let base = ConvCase {
+        c: 3,
+        h: 9,
+        w: 8,
+        cout: 4,
+        k: [3, 3],
+        s: [1, 1],
+        p: [1, 1],
+        d: [1, 1],
+        groups: 1,
+    };
+    let cases = [
+        base,
+        ConvCase {
+            c: 5,
+            h: 14,
+            w: 14,
+            cout: 19,
+            ..base
+        },
+        ConvCase {
+            c: 2,
+            h: 7,
+            w: 23,
+            cout: 9,
+            k: [3, 5],
+            p: [0, 2],
+            d: [2, 1],
+            ..base
+        },
+        ConvCase {
+            c: 1,
+            h: 28,
+            w: 28,
+            cout: 8,
+            ..base
+        },
+        // k = 4689: more than one block of `k` for every kernel.
+        ConvCase {
+            c: 521,
+            h: 4,
+            w: 5,
+            cout: 3,
+            ..base
+        },
+    ];
+    let sentinel = -12345.0f32;
+    let mut ran = 0;
+    for ker in available(GEMM_KERNELS, |k| k.isa) {
+        for (ci, cc) in cases.iter().enumerate() {
+            let mut rng = Rng(700 + ci as u64);
+            let g = cc.geom();
+            let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+            let kk = cc.c * g.kh * g.kw;
+            let p = g.oh * g.ow;
+            let cols = (g.oh - 1) * wp + g.ow;
+            let x = rng.vec(cc.c * cc.h * cc.w);
+            let wv = rng.vec(cc.cout * kk);
+            let bias = rng.vec(cc.cout);
+            let act = ACTS[ci % ACTS.len()];
+            let (want, scale) = naive_conv(cc, &x, &Elems::F32(&wv), Some(&bias));
+            let offs = g.implicit_offsets(cc.c);
+            let a = MatRef::row_major(Elems::F32(&wv), cc.cout, kk);
+            let mut packed =
+                vec![f32::NAN; nap_runtime::kernels::PackedA::len(cc.cout, kk, ker.mr)];
+            let pa = pack_a_panels(&a, ker.mr, &mut packed);
+            let mut ws = vec![f32::NAN; gemm_workspace(cc.cout, cols, kk)];
+            for slack in [0, 64] {
+                let mut xpad = vec![f32::NAN; g.padded_len() + slack];
+                pad_image(&g, &x, &mut xpad);
+                assert_eq!(xpad.len(), cc.c * hp * wp + 8 + slack);
+                for (a_op, a_name) in [
+                    (AOperand::Mat(a), "strided A"),
+                    (AOperand::Packed(pa), "packed A"),
+                ] {
+                    for (split, cropped) in [
+                        (None, false),
+                        (None, true),
+                        (Some(37), true),
+                        (Some(64), false),
+                    ] {
+                        let what = format!(
+                            "{} {cc:?} {a_name} slack {slack} split {split:?} cropped {cropped}",
+                            ker.name
+                        );
+                        let parts: Vec<(usize, usize)> = match split {
+                            Some(s) if s < cols => vec![(0, s), (s, cols)],
+                            _ => vec![(0, cols)],
+                        };
+                        let mut y = vec![sentinel; cc.cout * p];
+                        let mut wide = vec![sentinel; cc.cout * cols + 8];
+                        for (j0, j1) in parts {
+                            let crop = cropped.then_some(Crop {
+                                wp,
+                                ow: g.ow,
+                                first: j0,
+                            });
+                            let b = BOperand::Rows {
+                                data: &xpad[j0..],
+                                offs: &offs,
+                                cols: j1 - j0,
+                                crop,
+                            };
+                            let bias = Bias::Row(&bias);
+                            if cropped {
+                                let c0 = Crop {
+                                    wp,
+                                    ow: g.ow,
+                                    first: 0,
+                                }
+                                .packed_cols(j0);
+                                ker.run_b(a_op, b, &mut y[c0..], p, bias, act, &mut ws);
+                            } else {
+                                ker.run_b(a_op, b, &mut wide[j0..], cols, bias, act, &mut ws);
+                            }
+                        }
+                        if !cropped {
+                            crop_rows(&g, cc.cout, &wide, &mut y);
+                        }
+                        for (i, &got) in y.iter().enumerate() {
+                            assert!(
+                                close(got, want[i], scale[i], kk, act, 6e-8),
+                                "{what}: y[{i}] = {got}, want act({})",
+                                want[i]
+                            );
+                        }
+                        ran += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(ran > 0);
 }
 
 #[test]

@@ -25,7 +25,10 @@ pub use conv::{
     crop_rows, depthwise_conv2d, im2col, im2col_len, pad_image, ConvGeom, DepthwiseKernel,
     DEPTHWISE_KERNELS,
 };
-pub use gemm::{gemm, gemm_b, gemm_kernel, gemm_workspace, BOperand, GemmKernel, GEMM_KERNELS};
+pub use gemm::{
+    gemm, gemm_b, gemm_kernel, gemm_workspace, pack_a_panels, AOperand, BOperand, Crop, GemmKernel,
+    PackedA, GEMM_KERNELS,
+};
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
 pub use spmm::{spmm, spmm_kernel, spmm_strided, SpmmKernel, SPMM_KERNELS};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{weight_flops, window_out, InferCx, Inputs, Kernel, OpDef, PlanCx, Range, RunCx};
 use crate::error::Result;
 use crate::format::{Activation, TensorId};
-use crate::kernels::{self, BOperand, Bias, ConvGeom, Elems, MatRef};
+use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Crop, Elems, MatRef};
 use crate::model::{CsrView, Indices, Model, TensorView};
 use crate::par::{par_depthwise, par_examples, par_gemm, par_spmm, slice_elems};
 use crate::pool::Pool;
@@ -104,6 +104,31 @@ impl OpDef for Conv2d {
             _ => None,
         };
         let implicit = implicit_ok && (dense_weight || sparse_idx.is_some());
+        // Dense f32 weights of a GEMM convolution are packed once into the kernel's panels
+        // (when the copy fits the memory limit).
+        let cpg = c / groups;
+        let (opg, k) = (out_c / groups, cpg * gm.kh * gm.kw);
+        let model = cx.model;
+        let f32_weight: Option<alloc::borrow::Cow<'_, [f32]>> =
+            match (dense, model.tensor(self.weight)) {
+                (Some(r), _) => Some(r.of(cx.params()).to_vec().into()),
+                (None, TensorView::Dense(Elems::F32(w))) => Some(w.into()),
+                _ => None,
+            };
+        let packed = match f32_weight {
+            Some(w) if !depthwise && opg > 0 && k > 0 => {
+                let mr = kernels::gemm_kernel().mr;
+                let per_group = kernels::PackedA::len(opg, k, mr);
+                cx.try_alloc_params(per_group * groups).map(|(range, dst)| {
+                    for (gi, d) in dst.chunks_exact_mut(per_group).enumerate() {
+                        let a = MatRef::row_major(Elems::F32(&w[gi * opg * k..]), opg, k);
+                        kernels::pack_a_panels(&a, mr, d);
+                    }
+                    range
+                })
+            }
+            _ => None,
+        };
         let mut scratch_len = 0;
         if !depthwise {
             let cpg = c / groups;
@@ -140,6 +165,7 @@ impl OpDef for Conv2d {
             depthwise,
             direct,
             offs: offs.filter(|_| implicit),
+            packed,
             sparse_idx,
             scratch_len,
         }))
@@ -167,6 +193,9 @@ struct ConvKernel {
     sparse_idx: Option<(Vec<u32>, usize)>,
     /// Floats of scratch per example (0 where none is used).
     scratch_len: usize,
+    /// Dense f32 weights packed for [`kernels::gemm_kernel`], one [`kernels::PackedA`] of
+    /// `out_c / groups` rows per group, back to back.
+    packed: Option<Range>,
 }
 
 impl Kernel for ConvKernel {
@@ -186,9 +215,10 @@ impl Kernel for ConvKernel {
         let p = gm.oh * gm.ow;
         let out_len = self.out_c * p;
         let ws_len = cx.ws_len;
+        let packed = self.packed.map(|r| r.of(cx.params));
         let one = |pool: &Pool, e: usize, ye: &mut [f32], s: &mut [f32], ws: &mut [f32]| {
             let xe = &x[e * in_len..(e + 1) * in_len];
-            self.example(pool, wv, bias, xe, ye, s, ws, ws_len);
+            self.example(pool, wv, packed, bias, xe, ye, s, ws, ws_len);
         };
         let macs = out_len * (gm.c / self.groups) * gm.kh * gm.kw;
         let split = par_examples(
@@ -214,12 +244,14 @@ impl Kernel for ConvKernel {
 
 impl ConvKernel {
     /// One example: `xe` `[c, h, w]` to `ye` `[out_c, oh, ow]`, with `pool`'s threads inside
-    /// the kernels, `scratch` for the patch matrix and `ws` (`ws_len` floats per thread).
+    /// the kernels, `scratch` for the patch matrix and `ws` (`ws_len` floats per thread);
+    /// `packed` is [`ConvKernel::packed`]'s data.
     #[allow(clippy::too_many_arguments)]
     fn example(
         &self,
         pool: &Pool,
         wv: TensorView<'_>,
+        packed: Option<&[f32]>,
         bias: Option<&[f32]>,
         xe: &[f32],
         ye: &mut [f32],
@@ -232,6 +264,7 @@ impl ConvKernel {
         let cpg = gm.c / groups;
         let opg = self.out_c / groups;
         let k = cpg * gm.kh * gm.kw;
+        let a_of = |w, gi| group_weights(w, packed, gi, opg, k);
         match wv {
             TensorView::Dense(w) if self.depthwise => {
                 par_depthwise(pool, gm, xe, w, bias, act, ye);
@@ -279,19 +312,33 @@ impl ConvKernel {
                 let cols = gm.implicit_cols();
                 let (xpad, out) = scratch.split_at_mut(gm.padded_len());
                 kernels::pad_image(gm, xe, xpad);
+                // Kernels that store kept columns themselves write the output directly;
+                // the others write the padded grid, cropped after.
+                let crops = kernels::gemm_kernel().crops(k);
                 for gi in 0..groups {
-                    let a = MatRef::row_major(slice_elems(w, gi * opg * k), opg, k);
+                    let a = a_of(w, gi);
                     let b = BOperand::Rows {
                         data: &xpad[gi * cpg * hp * wp..],
                         offs,
                         cols,
+                        crop: crops.then_some(Crop {
+                            wp,
+                            ow: gm.ow,
+                            first: 0,
+                        }),
                     };
-                    let og = &mut out[gi * opg * cols..(gi + 1) * opg * cols];
+                    let (og, ldc) = if crops {
+                        (&mut ye[gi * opg * p..(gi + 1) * opg * p], p)
+                    } else {
+                        (&mut out[gi * opg * cols..(gi + 1) * opg * cols], cols)
+                    };
                     let bg = bias.map(|b| &b[gi * opg..(gi + 1) * opg]);
                     let bias = bg.map_or(Bias::None, Bias::Row);
-                    par_gemm(pool, a, b, og, cols, bias, act, ws, ws_len);
+                    par_gemm(pool, a, b, og, ldc, bias, act, ws, ws_len);
                 }
-                kernels::crop_rows(gm, self.out_c, out, ye);
+                if !crops {
+                    kernels::crop_rows(gm, self.out_c, out, ye);
+                }
             }
             _ => {
                 for gi in 0..groups {
@@ -305,8 +352,7 @@ impl ConvKernel {
                     let bg = bias.map(|b| &b[gi * opg..(gi + 1) * opg]);
                     match wv {
                         TensorView::Dense(w) => {
-                            let wg = slice_elems(w, gi * opg * k);
-                            let a = MatRef::row_major(wg, opg, k);
+                            let a = a_of(w, gi);
                             let bm = BOperand::Mat(MatRef::row_major(Elems::F32(cols), k, p));
                             let bias = bg.map_or(Bias::None, Bias::Row);
                             par_gemm(pool, a, bm, yg, p, bias, act, ws, ws_len);
@@ -322,5 +368,29 @@ impl ConvKernel {
                 }
             }
         }
+    }
+}
+
+/// Group `gi`'s `opg × k` weights as a GEMM's `A`: from `packed` (see [`ConvKernel::packed`])
+/// when the session packed them, otherwise in place in `w`.
+fn group_weights<'a>(
+    w: Elems<'a>,
+    packed: Option<&'a [f32]>,
+    gi: usize,
+    opg: usize,
+    k: usize,
+) -> AOperand<'a> {
+    match packed {
+        Some(p) => {
+            let mr = kernels::gemm_kernel().mr;
+            let len = kernels::PackedA::len(opg, k, mr);
+            AOperand::Packed(kernels::PackedA {
+                data: &p[gi * len..(gi + 1) * len],
+                rows: opg,
+                cols: k,
+                mr,
+            })
+        }
+        None => MatRef::row_major(slice_elems(w, gi * opg * k), opg, k).into(),
     }
 }

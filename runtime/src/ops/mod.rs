@@ -262,6 +262,17 @@ impl PlanCx<'_, '_> {
         self.params
     }
 
+    /// `len` zeroed floats appended to the parameters for a kernel to fill, or `None` where
+    /// they would pass [`PlanCx::param_limit`] (for copies a kernel can do without).
+    pub fn try_alloc_params(&mut self, len: usize) -> Option<(Range, &mut [f32])> {
+        let off = self.params.len();
+        if len > self.param_limit.saturating_sub(off) {
+            return None;
+        }
+        self.params.resize(off + len, 0.0);
+        Some((Range { off, len }, &mut self.params[off..]))
+    }
+
     /// Weight `id` expanded to a dense f32 copy when the session should run it dense: a CSR
     /// weight denser than `limit` (kept sparse if the copy would not fit in
     /// [`PlanCx::param_limit`]), or a blocked-CSR weight that no blocked kernel runs here

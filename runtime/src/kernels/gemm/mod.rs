@@ -34,12 +34,67 @@ pub enum BOperand<'a> {
     /// A strided matrix.
     Mat(MatRef<'a>),
     /// A `offs.len() × cols` f32 matrix whose row `p` is `data[offs[p]..offs[p] + cols]`: a
-    /// convolution's patch matrix read straight from its padded image (implicit GEMM).
+    /// convolution's patch matrix read straight from its padded image (implicit GEMM). With a
+    /// `crop`, `C` keeps only the columns that are output pixels (see [`Crop`]).
     Rows {
         data: &'a [f32],
         offs: &'a [usize],
         cols: usize,
+        crop: Option<Crop>,
     },
+}
+
+/// The output pixels among an implicit convolution's columns: column `j` is pixel `first + j`
+/// of a grid `wp` wide, an output pixel when `(first + j) % wp < ow`. Output pixels are stored
+/// in order, packed: column `j` goes to `C`'s column `packed(first + j) - packed(first)` with
+/// `packed(q) = (q / wp) * ow + min(q % wp, ow)`; the other columns are computed and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crop {
+    pub wp: usize,
+    pub ow: usize,
+    pub first: usize,
+}
+
+impl Crop {
+    fn packed(&self, q: usize) -> usize {
+        (q / self.wp) * self.ow + (q % self.wp).min(self.ow)
+    }
+
+    /// Output columns of `C` for columns `j0..j1` of `B`, and the first one's position.
+    fn span(&self, j0: usize, j1: usize) -> (usize, usize) {
+        let base = self.packed(self.first);
+        let (a, b) = (self.packed(self.first + j0), self.packed(self.first + j1));
+        (a - base, b - a)
+    }
+
+    /// Bit `l` set when column `j0 + l` (`l < len`) is an output pixel.
+    fn keep(&self, j0: usize, len: usize) -> u32 {
+        let mut keep = 0u32;
+        let mut x = (self.first + j0) % self.wp;
+        for l in 0..len.min(32) {
+            if x < self.ow {
+                keep |= 1 << l;
+            }
+            x += 1;
+            if x == self.wp {
+                x = 0;
+            }
+        }
+        keep
+    }
+
+    /// `C`'s columns that columns `0..j` of the operand fill.
+    pub fn packed_cols(&self, j: usize) -> usize {
+        self.span(0, j).1
+    }
+
+    /// The same crop for columns `j0..` of the operand.
+    pub fn shifted(self, j0: usize) -> Self {
+        Crop {
+            first: self.first + j0,
+            ..self
+        }
+    }
 }
 
 impl BOperand<'_> {
@@ -57,15 +112,122 @@ impl BOperand<'_> {
         }
     }
 
+    fn crop(&self) -> Option<Crop> {
+        match self {
+            BOperand::Rows { crop, .. } => *crop,
+            BOperand::Mat(_) => None,
+        }
+    }
+
+    /// Columns of `C`: all of `B`'s, or those its crop keeps.
+    fn out_cols(&self) -> usize {
+        match self.crop() {
+            Some(cr) => cr.span(0, self.cols()).1,
+            None => self.cols(),
+        }
+    }
+
     fn check_bounds(&self) {
         match self {
             BOperand::Mat(m) => m.check_bounds("gemm: B"),
-            BOperand::Rows { data, offs, cols } => assert!(
-                offs.iter()
-                    .all(|&o| o.checked_add(*cols).is_some_and(|e| e <= data.len())),
-                "gemm: a row of B exceeds its {} elements",
-                data.len()
-            ),
+            BOperand::Rows {
+                data,
+                offs,
+                cols,
+                crop,
+            } => {
+                assert!(
+                    offs.iter()
+                        .all(|&o| o.checked_add(*cols).is_some_and(|e| e <= data.len())),
+                    "gemm: a row of B exceeds its {} elements",
+                    data.len()
+                );
+                if let Some(cr) = crop {
+                    assert!(cr.wp > 0 && cr.ow <= cr.wp, "gemm: bad crop {cr:?}");
+                }
+            }
+        }
+    }
+}
+
+/// `A` packed ahead of time by [`pack_a_panels`] for kernels with `mr`-row tiles: a
+/// `rows × cols` f32 matrix stored as `ceil(rows / mr)` panels of `mr × cols`, panel `q`'s
+/// element `(i, p)` (row `q * mr + i`) at `q * mr * cols + p * mr + i`, rows past `rows` zero.
+/// Constant weights packed once when a session is planned save the per-call packing and let
+/// the micro-kernel read `A` at constant offsets.
+#[derive(Clone, Copy, Debug)]
+pub struct PackedA<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub mr: usize,
+}
+
+impl<'a> PackedA<'a> {
+    /// Floats [`pack_a_panels`] writes for a `rows × cols` matrix and `mr`-row panels.
+    pub fn len(rows: usize, cols: usize, mr: usize) -> usize {
+        rows.div_ceil(mr) * mr * cols
+    }
+
+    /// Rows `r0..r1` (`r0` a multiple of `mr`).
+    pub fn rows(self, r0: usize, r1: usize) -> Self {
+        assert!(r0.is_multiple_of(self.mr) && r0 <= r1 && r1 <= self.rows);
+        PackedA {
+            data: &self.data[r0 * self.cols..],
+            rows: r1 - r0,
+            ..self
+        }
+    }
+}
+
+/// Writes `a` into `dst` (at least [`PackedA::len`] floats) in the layout of [`PackedA`].
+pub fn pack_a_panels<'d>(a: &MatRef<'_>, mr: usize, dst: &'d mut [f32]) -> PackedA<'d> {
+    let len = PackedA::len(a.rows, a.cols, mr);
+    let dst = &mut dst[..len];
+    if len > 0 {
+        a.check_bounds("pack_a_panels");
+        pack_a(a, 0, a.rows, 0, a.cols, mr, dst);
+    }
+    PackedA {
+        data: dst,
+        rows: a.rows,
+        cols: a.cols,
+        mr,
+    }
+}
+
+/// The `A` operand of [`GemmKernel::run_b`]: a strided matrix, or one packed by
+/// [`pack_a_panels`] for the kernel that runs it.
+#[derive(Clone, Copy, Debug)]
+pub enum AOperand<'a> {
+    Mat(MatRef<'a>),
+    Packed(PackedA<'a>),
+}
+
+impl<'a> From<MatRef<'a>> for AOperand<'a> {
+    fn from(m: MatRef<'a>) -> Self {
+        AOperand::Mat(m)
+    }
+}
+
+impl<'a> From<PackedA<'a>> for AOperand<'a> {
+    fn from(p: PackedA<'a>) -> Self {
+        AOperand::Packed(p)
+    }
+}
+
+impl AOperand<'_> {
+    pub fn rows(&self) -> usize {
+        match self {
+            AOperand::Mat(m) => m.rows,
+            AOperand::Packed(p) => p.rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            AOperand::Mat(m) => m.cols,
+            AOperand::Packed(p) => p.cols,
         }
     }
 }
@@ -82,6 +244,10 @@ pub(crate) struct Tile {
     pub bias_r: *const f32,
     /// `NR` column-bias values.
     pub bias_c: *const f32,
+    /// Store only the tile's columns whose bit is set, each row's kept columns packed to the
+    /// left (`c + i * ldc` onwards). Set only for [`RowsKernel`]s of kernels with
+    /// [`GemmKernel::crops`]; the others always get `None`.
+    pub crop: Option<u32>,
 }
 
 /// Micro-kernel: `C[0..MR, 0..NR] = epilogue(sum_p a[i * a_rs + p * a_cs] * b[p * b_rs + j])`
@@ -105,6 +271,25 @@ pub(crate) type MicroKernel = unsafe fn(
     t: &Tile,
 );
 
+/// [`MicroKernel`] reading row `p` of `B` at `b + b_offs[p]` (a [`BOperand::Rows`] operand in
+/// place, without packing).
+///
+/// # Safety
+/// As [`MicroKernel`], with `b[b_offs[p] + j]` (`j < NR`, `p < kc`) readable f32 instead of
+/// `b[p * b_rs + j]`, and `b_offs[p]` readable for `p < kc`; with `t.crop` of `keep`, only
+/// `c[i * ldc .. i * ldc + keep.count_ones()]` need be writable, and `t.accumulate` is false.
+pub(crate) type RowsKernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+);
+
 /// One GEMM implementation: a micro-kernel with its tile and cache-block sizes. [`GEMM_KERNELS`]
 /// lists them from most to least preferred.
 pub struct GemmKernel {
@@ -122,6 +307,8 @@ pub struct GemmKernel {
     /// row-major f32 operands are used in place instead of being packed.
     pub strided: bool,
     ukernel: MicroKernel,
+    /// The micro-kernel's variant for [`BOperand::Rows`] read in place, if it has one.
+    ukernel_rows: Option<RowsKernel>,
 }
 
 /// Every GEMM micro-kernel, most preferred first; the last entry runs everywhere.
@@ -137,6 +324,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         nc: 2048,
         strided: true,
         ukernel: x86::gemm_f32_8x32_avx512,
+        ukernel_rows: Some(x86::gemm_f32_8x32_avx512_rows),
     },
     #[cfg(target_arch = "x86_64")]
     GemmKernel {
@@ -149,6 +337,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         nc: 2048,
         strided: true,
         ukernel: x86::gemm_f32_6x16_avx2fma,
+        ukernel_rows: None,
     },
     #[cfg(target_arch = "aarch64")]
     GemmKernel {
@@ -161,6 +350,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         nc: 1024,
         strided: false,
         ukernel: neon::gemm_f32_8x8_neon,
+        ukernel_rows: None,
     },
     GemmKernel {
         name: "gemm_f32_4x4_scalar",
@@ -172,6 +362,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         nc: 512,
         strided: false,
         ukernel: scalar::gemm_f32_4x4_scalar,
+        ukernel_rows: None,
     },
 ];
 
@@ -199,8 +390,8 @@ pub fn gemm_kernel() -> &'static GemmKernel {
 
 /// GEMM with the best kernel for this CPU and any [`BOperand`]; see [`GemmKernel::run`].
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_b(
-    a: MatRef<'_>,
+pub fn gemm_b<'a>(
+    a: impl Into<AOperand<'a>>,
     b: BOperand<'_>,
     c: &mut [f32],
     ldc: usize,
@@ -208,7 +399,7 @@ pub fn gemm_b(
     act: Activation,
     ws: &mut [f32],
 ) {
-    gemm_kernel().run_b(a, b, c, ldc, bias, act, ws)
+    gemm_kernel().run_b(a.into(), b, c, ldc, bias, act, ws)
 }
 
 /// GEMM with the best kernel for this CPU; see [`GemmKernel::run`].
@@ -224,10 +415,29 @@ pub fn gemm(
     gemm_kernel().run(a, b, c, ldc, bias, act, ws)
 }
 
+/// Deepest `k` a [`RowsKernel`] runs in one block, storing each tile once (which a [`Crop`]
+/// needs to store it packed).
+const ROWS_MAX_K: usize = 4608;
+
 impl GemmKernel {
     /// Depth of the `k` blocks: at most `self.kc`, balanced so the last block is not a sliver.
     fn kc_for(&self, k: usize) -> usize {
         k.div_ceil(k.div_ceil(self.kc).max(1))
+    }
+
+    /// Whether a [`BOperand::Rows`] with a [`Crop`] of depth `k` runs at the micro-kernel's
+    /// speed here: the kernel reads it in place and stores kept columns itself. Otherwise a
+    /// cropped product goes through a scalar copy per tile, and a caller had better crop after.
+    pub fn crops(&self, k: usize) -> bool {
+        self.ukernel_rows.is_some() && k <= ROWS_MAX_K
+    }
+
+    /// Depth of the `k` blocks for `b`: one block for a rows kernel's `Rows` operand.
+    fn kc_for_b(&self, b: &BOperand<'_>, k: usize) -> usize {
+        match b {
+            BOperand::Rows { .. } if self.crops(k) => k,
+            _ => self.kc_for(k),
+        }
     }
 
     /// f32 elements of workspace this kernel needs for an `m × n × k` product.
@@ -235,12 +445,19 @@ impl GemmKernel {
         if m == 0 || n == 0 || k == 0 {
             return 0;
         }
-        let kc = self.kc_for(k);
-        kc * (self.mc.min(round_up(m, self.mr)) + self.nc.min(round_up(n, self.nr)))
+        let (mc, nc) = (
+            self.mc.min(round_up(m, self.mr)),
+            self.nc.min(round_up(n, self.nr)),
+        );
+        // One packed `A` block and one packed `B` block; in one block of depth `k` (a rows
+        // kernel's `Rows` operand) only the last panel of `B` may need packing.
+        let rows = if self.crops(k) { k * (mc + self.nr) } else { 0 };
+        (self.kc_for(k) * (mc + nc)).max(rows)
     }
 
     /// `c[i * ldc + j] = act(sum_k a(i, k) * b(k, j) + bias(i, j))` for `i < a.rows`,
-    /// `j < b.cols`; `k == 0` gives `act(bias)`. Other elements of `c` are untouched.
+    /// `j < b.cols` (with a [`Crop`], only the columns it keeps, at their packed positions);
+    /// `k == 0` gives `act(bias)`. Other elements of `c` are untouched.
     ///
     /// Requires `a.cols == b.rows`, `ldc >= b.cols`, `c.len() >= (a.rows - 1) * ldc + b.cols`,
     /// a bias of at least `a.rows` (row) or `b.cols` (column) values, and
@@ -256,14 +473,14 @@ impl GemmKernel {
         act: Activation,
         ws: &mut [f32],
     ) {
-        self.run_b(a, BOperand::Mat(b), c, ldc, bias, act, ws)
+        self.run_b(AOperand::Mat(a), BOperand::Mat(b), c, ldc, bias, act, ws)
     }
 
     /// [`GemmKernel::run`] with any [`BOperand`].
     #[allow(clippy::too_many_arguments)]
     pub fn run_b(
         &self,
-        a: MatRef<'_>,
+        a: AOperand<'_>,
         b: BOperand<'_>,
         c: &mut [f32],
         ldc: usize,
@@ -280,11 +497,12 @@ impl GemmKernel {
     ///
     /// # Safety
     /// `c` addresses `c_len` floats of one allocation; the call reads and writes only elements
-    /// `c[i * ldc + j]` (`i < m`, `j < n`), and nothing else accesses those during the call.
+    /// `c[i * ldc + j]` (`i < m`, `j <` the output columns: `n`, or those a crop keeps), and
+    /// nothing else accesses those during the call.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn run_b_raw(
         &self,
-        a: MatRef<'_>,
+        a: AOperand<'_>,
         b: BOperand<'_>,
         c: *mut f32,
         c_len: usize,
@@ -293,33 +511,52 @@ impl GemmKernel {
         act: Activation,
         ws: &mut [f32],
     ) {
-        assert_eq!(a.cols, b.rows(), "gemm: inner dimensions differ");
+        assert_eq!(a.cols(), b.rows(), "gemm: inner dimensions differ");
         assert!(
             self.isa.is_available(),
             "gemm: kernel {} not supported on this CPU",
             self.name
         );
-        let (m, n, k) = (a.rows, b.cols(), a.cols);
+        let (m, n, k) = (a.rows(), b.cols(), a.cols());
         if m == 0 || n == 0 {
             return;
         }
-        assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
-        assert!(c_len >= (m - 1) * ldc + n, "gemm: output slice too short");
+        let n_out = b.out_cols();
+        assert!(ldc >= n_out, "gemm: ldc {ldc} < n {n_out}");
+        assert!(
+            c_len >= (m - 1) * ldc + n_out,
+            "gemm: output slice too short"
+        );
         match bias {
             Bias::None => {}
             Bias::Row(v) => assert!(v.len() >= m, "gemm: row bias shorter than m"),
             Bias::Col(v) => assert!(v.len() >= n, "gemm: column bias shorter than n"),
         }
         if k == 0 {
+            let crop = b.crop();
             for i in 0..m {
                 for j in 0..n {
-                    // SAFETY: `i * ldc + j < c_len` (checked above); element of this call.
-                    unsafe { *c.add(i * ldc + j) = act_scalar(act, bias.at(i, j)) };
+                    let jo = match crop {
+                        Some(cr) if cr.keep(j, 1) == 0 => continue,
+                        Some(cr) => cr.span(0, j).1,
+                        None => j,
+                    };
+                    // SAFETY: `i * ldc + jo < c_len` (checked above); element of this call.
+                    unsafe { *c.add(i * ldc + jo) = act_scalar(act, bias.at(i, j)) };
                 }
             }
             return;
         }
-        a.check_bounds("gemm: A");
+        match a {
+            AOperand::Mat(a) => a.check_bounds("gemm: A"),
+            AOperand::Packed(p) => {
+                assert_eq!(p.mr, self.mr, "gemm: A packed for another kernel");
+                assert!(
+                    p.data.len() >= PackedA::len(m, k, p.mr),
+                    "gemm: packed A too short"
+                );
+            }
+        }
         b.check_bounds();
         let need = self.workspace(m, n, k);
         assert!(ws.len() >= need, "gemm: workspace {} < {need}", ws.len());
@@ -334,7 +571,7 @@ impl GemmKernel {
     #[allow(clippy::too_many_arguments)]
     unsafe fn run_blocked(
         &self,
-        a: MatRef<'_>,
+        a: AOperand<'_>,
         b: BOperand<'_>,
         c: *mut f32,
         ldc: usize,
@@ -342,21 +579,34 @@ impl GemmKernel {
         act: Activation,
         ws: &mut [f32],
     ) {
-        let (m, n, k) = (a.rows, b.cols(), a.cols);
+        let (m, n, k) = (a.rows(), b.cols(), a.cols());
         let (mr, nr) = (self.mr, self.nr);
-        let kc_max = self.kc_for(k);
+        let kc_max = self.kc_for_b(&b, k);
         let mc_max = self.mc.min(round_up(m, mr));
         let (apack, rest) = ws.split_at_mut(mc_max * kc_max);
-        let bpack = &mut rest[..kc_max * self.nc.min(round_up(n, nr))];
+        // A rows kernel packs at most the last panel of `B`.
+        let b_packed = match (b, self.ukernel_rows) {
+            (BOperand::Rows { .. }, Some(_)) => nr,
+            _ => self.nc.min(round_up(n, nr)),
+        };
+        let bpack = &mut rest[..kc_max * b_packed];
+        let crop = b.crop();
         let (clamp, lo, hi, post) = match act {
             Activation::None => (false, f32::NEG_INFINITY, f32::INFINITY, false),
             Activation::Relu => (true, 0.0, f32::INFINITY, false),
             Activation::Relu6 => (true, 0.0, 6.0, false),
             _ => (false, f32::NEG_INFINITY, f32::INFINITY, true),
         };
-        let direct = match a.data {
-            Elems::F32(v) if self.strided && a.cs == 1 => Some(v.as_ptr()),
-            _ => None,
+        // `A` is read in place when packed ahead of time, or when its full panels are
+        // row-major f32 and the kernel takes strides.
+        let (direct, prepacked) = match a {
+            AOperand::Packed(p) => (None, Some(p.data.as_ptr())),
+            AOperand::Mat(MatRef {
+                data: Elems::F32(v),
+                cs: 1,
+                ..
+            }) if self.strided => (Some(v.as_ptr()), None),
+            AOperand::Mat(_) => (None, None),
         };
         // Full panels of row-major f32 `B` are read in place too when a panel (`kc` rows of 64
         // bytes, two cache lines each if rows are not 64-byte aligned) fits in half of a 32 KiB L1
@@ -375,6 +625,21 @@ impl GemmKernel {
             }
             BOperand::Rows { .. } => None,
         };
+        // A `Rows` operand is read in place by kernels with a rows variant; the last panel too
+        // when its full `nr` columns lie inside the data (the extra columns are dropped).
+        let rows_b = match (b, self.ukernel_rows) {
+            (
+                BOperand::Rows {
+                    data, offs, cols, ..
+                },
+                Some(uk),
+            ) => {
+                let top = offs.iter().max().copied().unwrap_or(0);
+                let edge_ok = top + round_up(cols, nr) <= data.len();
+                Some((data.as_ptr(), offs.as_ptr(), uk, edge_ok))
+            }
+            _ => None,
+        };
         let mut brow = [0f32; MAX_MR];
         let mut bcol = [0f32; MAX_NR];
         let mut tmp = [0f32; MAX_MR * MAX_NR];
@@ -384,13 +649,20 @@ impl GemmKernel {
                 let kc = kc_max.min(k - pc);
                 let (first, last) = (pc == 0, pc + kc == k);
                 // Direct mode reads the full panels of `B` in place and packs the rest.
-                let b_unpacked = if direct_b.is_some() { nc / nr * nr } else { 0 };
+                let b_unpacked = match rows_b {
+                    Some((.., true)) => nc,
+                    Some(_) => nc / nr * nr,
+                    None if direct_b.is_some() => nc / nr * nr,
+                    None => 0,
+                };
                 pack_b(&b, pc, kc, jc + b_unpacked, nc - b_unpacked, nr, bpack);
                 for ic in (0..m).step_by(self.mc) {
                     let mc = self.mc.min(m - ic);
                     // Direct mode reads the full panels of `A` in place and packs the rest.
                     let unpacked = if direct.is_some() { mc / mr * mr } else { 0 };
-                    pack_a(&a, ic + unpacked, mc - unpacked, pc, kc, mr, apack);
+                    if let AOperand::Mat(a) = &a {
+                        pack_a(a, ic + unpacked, mc - unpacked, pc, kc, mr, apack);
+                    }
                     for jr in (0..nc).step_by(nr) {
                         let nr_eff = nr.min(nc - jr);
                         let j0 = jc + jr;
@@ -400,6 +672,8 @@ impl GemmKernel {
                             Some((base, rs)) if jr < b_unpacked => {
                                 (unsafe { base.add(pc * rs + j0) }, rs)
                             }
+                            // Unused: a rows kernel reads this panel in place.
+                            _ if jr < b_unpacked => (core::ptr::null(), nr),
                             _ => (bpack[(jr - b_unpacked) * kc..].as_ptr(), nr),
                         };
                         let bias_c = match bias {
@@ -411,14 +685,29 @@ impl GemmKernel {
                             }
                             _ => ZEROS.as_ptr(),
                         };
+                        let in_place = rows_b.is_some() && jr < b_unpacked;
+                        // Columns of `C` this panel writes: the first and how many, and
+                        // which of the panel's columns they are (with a crop).
+                        let (col, cnt, keep) = match crop {
+                            Some(cr) => {
+                                let (col, cnt) = cr.span(j0, j0 + nr_eff);
+                                (col, cnt, cr.keep(j0, nr_eff))
+                            }
+                            None => (j0, nr_eff, 0),
+                        };
                         for ir in (0..mc).step_by(mr) {
                             let mr_eff = mr.min(mc - ir);
                             let i0 = ic + ir;
-                            let (apanel, a_rs, a_cs) = match direct {
+                            let (apanel, a_rs, a_cs) = match (direct, prepacked, &a) {
                                 // SAFETY: rows `i0..i0 + mr` and columns `pc..pc + kc` of `A`
                                 // are inside its data (`check_bounds`).
-                                Some(base) if ir < unpacked => {
+                                (Some(base), _, AOperand::Mat(a)) if ir < unpacked => {
                                     (unsafe { base.add(i0 * a.rs + pc) }, a.rs, 1)
+                                }
+                                // SAFETY: `i0` is a multiple of `mr` (`mc` blocks are), and
+                                // panel `i0 / mr` holds `mr * k` floats (checked length).
+                                (_, Some(base), _) => {
+                                    (unsafe { base.add(i0 * k + pc * mr) }, 1, mr)
                                 }
                                 _ => (apack[(ir - unpacked) * kc..].as_ptr(), 1, mr),
                             };
@@ -431,6 +720,10 @@ impl GemmKernel {
                                 }
                                 _ => ZEROS.as_ptr(),
                             };
+                            // A cropped tile is stored by the kernel when it reads `B` in
+                            // place, the tile is full height and `k` is one block.
+                            let native =
+                                crop.is_some() && in_place && mr_eff == mr && first && last;
                             let tile = Tile {
                                 accumulate: !first,
                                 clamp: clamp && last,
@@ -438,20 +731,58 @@ impl GemmKernel {
                                 hi,
                                 bias_r,
                                 bias_c,
+                                crop: native.then_some(keep),
                             };
-                            // SAFETY: `i0 + mr_eff <= m` and `j0 + nr_eff <= n`, so the tile's
-                            // elements lie inside `c` (caller contract).
-                            let ct = unsafe { c.add(i0 * ldc + j0) };
-                            if mr_eff == mr && nr_eff == nr {
-                                // SAFETY: the packed panels hold `kc * mr` / `kc * nr` values
-                                // (pack_a / pack_b zero-pad to full panels), the tile is full,
-                                // bias pointers address `mr` / `nr` values and the caller
-                                // guarantees the ISA.
-                                unsafe {
-                                    (self.ukernel)(
+                            // SAFETY: `i0 + mr_eff <= m` and `col + cnt` is at most the output
+                            // columns, so the tile's elements lie inside `c` (caller contract).
+                            let ct = unsafe { c.add(i0 * ldc + col) };
+                            // SAFETY (both calls below): the packed panels hold `kc * mr` /
+                            // `kc * nr` values (pack_a / pack_b zero-pad to full panels); a rows
+                            // kernel reads row `p` of this panel at `offs[pc + p] + j0`, `nr`
+                            // floats inside the data (`check_bounds` for full panels, `edge_ok`
+                            // for the last); bias pointers address `mr` / `nr` values and the
+                            // caller guarantees the ISA. `ct` addresses the tile's output.
+                            let run = |ct: *mut f32, ldc: usize| unsafe {
+                                match rows_b {
+                                    Some((data, offs, uk, _)) if in_place => uk(
+                                        kc,
+                                        apanel,
+                                        a_rs,
+                                        a_cs,
+                                        data.add(j0),
+                                        offs.add(pc),
+                                        ct,
+                                        ldc,
+                                        &tile,
+                                    ),
+                                    _ => (self.ukernel)(
                                         kc, apanel, a_rs, a_cs, bpanel, b_rs, ct, ldc, &tile,
-                                    )
-                                };
+                                    ),
+                                }
+                            };
+                            if native || (crop.is_none() && mr_eff == mr && nr_eff == nr) {
+                                // The kernel stores the tile (or its kept columns) itself.
+                                run(ct, ldc);
+                            } else if crop.is_some() {
+                                // SAFETY: the kernel writes the full tile into `tmp` (row
+                                // stride `nr`); the `cnt` kept columns of its first `mr_eff`
+                                // rows are read from and written to `c` in order.
+                                unsafe {
+                                    let kept = || (0..nr).filter(|l| keep >> l & 1 == 1);
+                                    if !first {
+                                        for i in 0..mr_eff {
+                                            for (d, l) in kept().enumerate() {
+                                                tmp[i * nr + l] = *ct.add(i * ldc + d);
+                                            }
+                                        }
+                                    }
+                                    run(tmp.as_mut_ptr(), nr);
+                                    for i in 0..mr_eff {
+                                        for (d, l) in kept().enumerate() {
+                                            *ct.add(i * ldc + d) = tmp[i * nr + l];
+                                        }
+                                    }
+                                }
                             } else {
                                 // SAFETY: as above, but the kernel writes the full tile into
                                 // `tmp` (`MAX_MR * MAX_NR >= mr * nr`, row stride `nr`) and only
@@ -466,17 +797,7 @@ impl GemmKernel {
                                             );
                                         }
                                     }
-                                    (self.ukernel)(
-                                        kc,
-                                        apanel,
-                                        a_rs,
-                                        a_cs,
-                                        bpanel,
-                                        b_rs,
-                                        tmp.as_mut_ptr(),
-                                        nr,
-                                        &tile,
-                                    );
+                                    run(tmp.as_mut_ptr(), nr);
                                     for i in 0..mr_eff {
                                         core::ptr::copy_nonoverlapping(
                                             tmp.as_ptr().add(i * nr),
@@ -491,7 +812,7 @@ impl GemmKernel {
                                     // SAFETY: row `i0 + i` of the tile lies inside `c` and no
                                     // other reference to it is live.
                                     let row = unsafe {
-                                        core::slice::from_raw_parts_mut(ct.add(i * ldc), nr_eff)
+                                        core::slice::from_raw_parts_mut(ct.add(i * ldc), cnt)
                                     };
                                     row.iter_mut().for_each(|v| *v = act_scalar(act, *v));
                                 }

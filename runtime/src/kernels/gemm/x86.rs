@@ -103,6 +103,69 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
     ldc: usize,
     t: &Tile,
 ) {
+    // A packed panel gets a loop with constant offsets; general strides cost an address
+    // computation per row and step.
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe {
+        let no_offs = core::ptr::null();
+        if a_rs == 1 && a_cs == 8 {
+            avx512_8x32::<true, false>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
+        } else {
+            avx512_8x32::<false, false>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
+        }
+    }
+}
+
+/// [`gemm_f32_8x32_avx512`] reading row `p` of `B` at `b + b_offs[p]` (an implicit-GEMM patch
+/// matrix in its padded image) instead of packing it. See [`super::RowsKernel`].
+///
+/// # Safety
+/// As [`super::RowsKernel`] with `MR = 8`, `NR = 32`; the CPU supports AVX-512F.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gemm_f32_8x32_avx512_rows(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe {
+        if a_rs == 1 && a_cs == 8 {
+            avx512_8x32::<true, true>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t)
+        } else {
+            avx512_8x32::<false, true>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
+        }
+    }
+}
+
+/// Body of [`gemm_f32_8x32_avx512`] and [`gemm_f32_8x32_avx512_rows`]; with `PACKED` the
+/// caller has checked `a_rs == 1` and `a_cs == 8`; with `ROWS` row `p` of `B` starts at
+/// `b + b_offs[p]`, otherwise at `b + p * b_rs`.
+///
+/// # Safety
+/// As [`gemm_f32_8x32_avx512`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn avx512_8x32<const PACKED: bool, const ROWS: bool>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    let (a_rs, a_cs) = if PACKED { (1, 8) } else { (a_rs, a_cs) };
     const MR: usize = 8;
     const NR: usize = 32;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
@@ -115,12 +178,22 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
             _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
         }
     }
-    let (mut off, mut b) = (0, b);
-    // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and
-    // `b[p * b_rs + j]` for `j < NR`; `kc` steps stay inside what the caller provides.
+    let (mut off, mut bnext, mut offs) = (0, b, b_offs);
+    // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and `NR`
+    // floats of row `p` of `B` (and `b_offs[p]` with `ROWS`); `kc` steps stay inside what the
+    // caller provides.
     macro_rules! step {
         () => {
             unsafe {
+                let b = if ROWS {
+                    let row = b.add(*offs);
+                    offs = offs.add(1);
+                    row
+                } else {
+                    let row = bnext;
+                    bnext = bnext.add(b_rs);
+                    row
+                };
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));
                 for (acc, ai) in acc.iter_mut().zip(&ar) {
@@ -129,7 +202,6 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
                     acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
                 }
                 off += a_cs;
-                b = b.add(b_rs);
             }
         };
     }
@@ -162,8 +234,23 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
                 x0 = _mm512_min_ps(_mm512_max_ps(x0, lo), hi);
                 x1 = _mm512_min_ps(_mm512_max_ps(x1, lo), hi);
             }
-            _mm512_storeu_ps(cr, x0);
-            _mm512_storeu_ps(cr.add(16), x1);
+            match t.crop {
+                // Kept columns packed to the left, stored under a mask of as many lanes (no
+                // lane past them is read or written).
+                Some(keep) if ROWS => {
+                    let (k0, k1) = (keep as u16, (keep >> 16) as u16);
+                    let n0 = k0.count_ones();
+                    let low = |n: u32| ((1u32 << n) - 1) as u16;
+                    _mm512_mask_storeu_ps(cr, low(n0), _mm512_maskz_compress_ps(k0, x0));
+                    let n1 = k1.count_ones();
+                    let c1 = cr.add(n0 as usize);
+                    _mm512_mask_storeu_ps(c1, low(n1), _mm512_maskz_compress_ps(k1, x1));
+                }
+                _ => {
+                    _mm512_storeu_ps(cr, x0);
+                    _mm512_storeu_ps(cr.add(16), x1);
+                }
+            }
         }
     }
 }
