@@ -247,6 +247,7 @@ pub(crate) struct Tile {
     /// Store only the tile's columns whose bit is set, each row's kept columns packed to the
     /// left (`c + i * ldc` onwards). Set only for [`RowsKernel`]s of kernels with
     /// [`GemmKernel::crops`]; the others always get `None`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub crop: Option<u32>,
 }
 
@@ -309,6 +310,8 @@ pub struct GemmKernel {
     ukernel: MicroKernel,
     /// The micro-kernel's variant for [`BOperand::Rows`] read in place, if it has one.
     ukernel_rows: Option<RowsKernel>,
+    /// The rows variant stores the columns a [`Crop`] keeps itself ([`Tile::crop`]).
+    crop_store: bool,
 }
 
 /// Every GEMM micro-kernel, most preferred first; the last entry runs everywhere.
@@ -325,6 +328,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         strided: true,
         ukernel: x86::gemm_f32_8x32_avx512,
         ukernel_rows: Some(x86::gemm_f32_8x32_avx512_rows),
+        crop_store: true,
     },
     #[cfg(target_arch = "x86_64")]
     GemmKernel {
@@ -337,7 +341,8 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         nc: 2048,
         strided: true,
         ukernel: x86::gemm_f32_6x16_avx2fma,
-        ukernel_rows: None,
+        ukernel_rows: Some(x86::gemm_f32_6x16_avx2fma_rows),
+        crop_store: false,
     },
     #[cfg(target_arch = "aarch64")]
     GemmKernel {
@@ -350,7 +355,8 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         nc: 1024,
         strided: false,
         ukernel: neon::gemm_f32_8x8_neon,
-        ukernel_rows: None,
+        ukernel_rows: Some(neon::gemm_f32_8x8_neon_rows),
+        crop_store: false,
     },
     GemmKernel {
         name: "gemm_f32_4x4_scalar",
@@ -363,6 +369,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         strided: false,
         ukernel: scalar::gemm_f32_4x4_scalar,
         ukernel_rows: None,
+        crop_store: false,
     },
 ];
 
@@ -429,7 +436,7 @@ impl GemmKernel {
     /// speed here: the kernel reads it in place and stores kept columns itself. Otherwise a
     /// cropped product goes through a scalar copy per tile, and a caller had better crop after.
     pub fn crops(&self, k: usize) -> bool {
-        self.ukernel_rows.is_some() && k <= ROWS_MAX_K
+        self.crop_store && self.ukernel_rows.is_some() && k <= ROWS_MAX_K
     }
 
     /// Depth of the `k` blocks for `b`: one block for a rows kernel's `Rows` operand.
@@ -722,8 +729,12 @@ impl GemmKernel {
                             };
                             // A cropped tile is stored by the kernel when it reads `B` in
                             // place, the tile is full height and `k` is one block.
-                            let native =
-                                crop.is_some() && in_place && mr_eff == mr && first && last;
+                            let native = crop.is_some()
+                                && self.crop_store
+                                && in_place
+                                && mr_eff == mr
+                                && first
+                                && last;
                             let tile = Tile {
                                 accumulate: !first,
                                 clamp: clamp && last,

@@ -20,12 +20,58 @@ pub(crate) unsafe fn gemm_f32_8x8_neon(
     ldc: usize,
     t: &Tile,
 ) {
+    debug_assert!(b_rs == 8, "packed panels only");
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe { neon_8x8::<false>(kc, a, a_rs, a_cs, b, core::ptr::null(), c, ldc, t) }
+}
+
+/// [`gemm_f32_8x8_neon`] reading row `p` of `B` at `b + b_offs[p]` (an implicit-GEMM patch
+/// matrix in its padded image) instead of a packed panel. See [`super::RowsKernel`].
+///
+/// # Safety
+/// As [`super::RowsKernel`] with `MR = NR = 8`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn gemm_f32_8x8_neon_rows(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe { neon_8x8::<true>(kc, a, a_rs, a_cs, b, b_offs, c, ldc, t) }
+}
+
+/// Body of both: `A` is a packed panel; with `ROWS` row `p` of `B` starts at `b + b_offs[p]`,
+/// otherwise at `b + 8 * p`.
+///
+/// # Safety
+/// As [`gemm_f32_8x8_neon`] / [`gemm_f32_8x8_neon_rows`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "neon")]
+#[inline]
+unsafe fn neon_8x8<const ROWS: bool>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
     const MR: usize = 8;
     const NR: usize = 8;
-    debug_assert!(a_rs == 1 && a_cs == MR && b_rs == NR, "packed panels only");
+    debug_assert!(a_rs == 1 && a_cs == MR, "packed panels only");
     let z = vdupq_n_f32(0.0);
     let mut acc = [[z; 2]; MR];
-    let (mut a, mut b) = (a, b);
+    let (mut a, mut bnext, mut offs) = (a, b, b_offs);
     macro_rules! row {
         ($i:expr, $av:expr, $lane:literal, $b0:expr, $b1:expr) => {
             acc[$i][0] = vfmaq_laneq_f32::<$lane>(acc[$i][0], $b0, $av);
@@ -33,9 +79,18 @@ pub(crate) unsafe fn gemm_f32_8x8_neon(
         };
     }
     for _ in 0..kc {
-        // SAFETY: each step reads `MR` values of `a` and `NR` of `b`; `kc` steps stay inside
-        // the packed panels the caller provides.
+        // SAFETY: each step reads `MR` values of `a` and `NR` of row `p` of `B` (and `b_offs[p]`
+        // with `ROWS`); `kc` steps stay inside what the caller provides.
         unsafe {
+            let b = if ROWS {
+                let row = b.add(*offs);
+                offs = offs.add(1);
+                row
+            } else {
+                let row = bnext;
+                bnext = bnext.add(NR);
+                row
+            };
             let (b0, b1) = (vld1q_f32(b), vld1q_f32(b.add(4)));
             let (a0, a1) = (vld1q_f32(a), vld1q_f32(a.add(4)));
             row!(0, a0, 0, b0, b1);
@@ -47,7 +102,6 @@ pub(crate) unsafe fn gemm_f32_8x8_neon(
             row!(6, a1, 2, b0, b1);
             row!(7, a1, 3, b0, b1);
             a = a.add(MR);
-            b = b.add(NR);
         }
     }
     let (lo, hi) = (vdupq_n_f32(t.lo), vdupq_n_f32(t.hi));

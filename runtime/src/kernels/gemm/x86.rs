@@ -20,6 +20,67 @@ pub(crate) unsafe fn gemm_f32_6x16_avx2fma(
     ldc: usize,
     t: &Tile,
 ) {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe {
+        let no_offs = core::ptr::null();
+        if a_rs == 1 && a_cs == 6 {
+            avx2_6x16::<true, false>(kc, a, 1, 6, b, b_rs, no_offs, c, ldc, t)
+        } else {
+            avx2_6x16::<false, false>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
+        }
+    }
+}
+
+/// [`gemm_f32_6x16_avx2fma`] reading row `p` of `B` at `b + b_offs[p]` (an implicit-GEMM patch
+/// matrix in its padded image) instead of packing it. See [`super::RowsKernel`].
+///
+/// # Safety
+/// As [`super::RowsKernel`] with `MR = 6`, `NR = 16`; the CPU supports AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemm_f32_6x16_avx2fma_rows(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe {
+        if a_rs == 1 && a_cs == 6 {
+            avx2_6x16::<true, true>(kc, a, 1, 6, b, 0, b_offs, c, ldc, t)
+        } else {
+            avx2_6x16::<false, true>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
+        }
+    }
+}
+
+/// Body of [`gemm_f32_6x16_avx2fma`] and [`gemm_f32_6x16_avx2fma_rows`]; with `PACKED` the
+/// caller has checked `a_rs == 1` and `a_cs == 6`; with `ROWS` row `p` of `B` starts at
+/// `b + b_offs[p]`, otherwise at `b + p * b_rs`.
+///
+/// # Safety
+/// As [`gemm_f32_6x16_avx2fma`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn avx2_6x16<const PACKED: bool, const ROWS: bool>(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    let (a_rs, a_cs) = if PACKED { (1, 6) } else { (a_rs, a_cs) };
     const MR: usize = 6;
     const NR: usize = 16;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
@@ -32,12 +93,22 @@ pub(crate) unsafe fn gemm_f32_6x16_avx2fma(
             _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
         }
     }
-    let (mut off, mut b) = (0, b);
-    // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and
-    // `b[p * b_rs + j]` for `j < NR`; `kc` steps stay inside what the caller provides.
+    let (mut off, mut bnext, mut offs) = (0, b, b_offs);
+    // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and `NR`
+    // floats of row `p` of `B` (and `b_offs[p]` with `ROWS`); `kc` steps stay inside what the
+    // caller provides.
     macro_rules! step {
         () => {
             unsafe {
+                let b = if ROWS {
+                    let row = b.add(*offs);
+                    offs = offs.add(1);
+                    row
+                } else {
+                    let row = bnext;
+                    bnext = bnext.add(b_rs);
+                    row
+                };
                 let b0 = _mm256_loadu_ps(b);
                 let b1 = _mm256_loadu_ps(b.add(8));
                 for (acc, ai) in acc.iter_mut().zip(&ar) {
@@ -46,7 +117,6 @@ pub(crate) unsafe fn gemm_f32_6x16_avx2fma(
                     acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
                 }
                 off += a_cs;
-                b = b.add(b_rs);
             }
         };
     }
