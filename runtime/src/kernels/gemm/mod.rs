@@ -373,6 +373,14 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
     },
 ];
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
@@ -615,16 +623,16 @@ impl GemmKernel {
             }) if self.strided => (Some(v.as_ptr()), None),
             AOperand::Mat(_) => (None, None),
         };
-        // Full panels of row-major f32 `B` are read in place too when a panel (`kc` rows of 64
-        // bytes, two cache lines each if rows are not 64-byte aligned) fits in half of a 32 KiB L1
-        // and the row stride does not map its rows onto a few L1 sets.
+        // Full panels of row-major f32 `B` are read in place too when the panel is short
+        // (`kc` rows, counted twice when rows are not 64-byte aligned, at most 256) and its
+        // rows spread over at least 8 groups of L1 sets: a row stride of `s` cache lines maps
+        // rows onto `64 / gcd(s, 64)` groups, so strides of 16, 32 or 64 lines would thrash.
         let direct_b = match b {
             BOperand::Mat(b) => {
                 let b_lines = if b.rs % 16 == 0 { kc_max } else { 2 * kc_max };
+                let spread = b.rs % 16 != 0 || gcd((b.rs / 16) % 64, 64) <= 8;
                 match b.data {
-                    Elems::F32(v)
-                        if self.strided && b.cs == 1 && b.rs % 64 != 0 && b_lines <= 256 =>
-                    {
+                    Elems::F32(v) if self.strided && b.cs == 1 && spread && b_lines <= 256 => {
                         Some((v.as_ptr(), b.rs))
                     }
                     _ => None,
