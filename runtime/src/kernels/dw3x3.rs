@@ -257,6 +257,24 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
         0
     }
     .max(xl);
+    // Small same-size stride-1 maps run flat (see `channel_flat`) on a copy with a zero row
+    // above and below, zeroed once: each channel overwrites only its plane.
+    let total = oh * ow;
+    let flat = S == 1
+        && sy == 1
+        && pt == 1
+        && pl == 1
+        && (oh, ow) == (ih, iw)
+        && total >= V::N
+        && total + 2 * iw + 2 <= FLAT_MAX;
+    let mut padded = [0f32; FLAT_MAX + MAX_N];
+    let (mut left, mut right) = ([0f32; FLAT_MAX], [0f32; FLAT_MAX]);
+    if flat {
+        for q in 0..total {
+            left[q] = if q % ow != 0 { 1.0 } else { 0.0 };
+            right[q] = if q % ow != ow - 1 { 1.0 } else { 0.0 };
+        }
+    }
     for c in 0..g.c {
         let taps: [f32; 9] = core::array::from_fn(|i| w.get_f32(c * 9 + i));
         let b = bias.map_or(0.0, |b| b[c]);
@@ -269,6 +287,17 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
                 Vecs::<H>::new(&taps, b, clamp),
             )
         };
+        if flat {
+            padded[iw + 1..iw + 1 + total].copy_from_slice(plane);
+            // SAFETY: `padded` holds the plane after `iw + 1` zeros and `iw + 1 + MAX_N` zeros
+            // after it, `left` / `right` `total` masks, `out` `total` values; CPU support is the
+            // caller's.
+            unsafe { channel_flat::<V>(&v, clamp.is_some(), &padded, &left, &right, iw, out) };
+            if post {
+                apply_act(act, out);
+            }
+            continue;
+        }
         let ctx = RowCtx {
             w: iw,
             pad: pl,
@@ -302,6 +331,60 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
             if post {
                 apply_act(act, orow);
             }
+        }
+    }
+}
+
+/// Largest zero-padded plane (floats) that [`channel_flat`] handles, on the stack.
+const FLAT_MAX: usize = 1024;
+
+/// A 3×3 stride-1, padding-1 channel of a small map as one run of `L::N`-wide blocks instead
+/// of rows too short to vectorise. Output pixel `q = oy * w + ox` takes its taps from
+/// `padded[q + ki * w + kj]`, where `padded` is the plane after `w + 1` zeros (so rows above and
+/// below read as 0); taps with `kj = 0` at `ox = 0` and `kj = 2` at `ox = w - 1` would read the
+/// neighbouring row's edge, and `left[q]` / `right[q]` (0 there, 1 elsewhere) cancel them. The
+/// last block overlaps the one before instead of passing the end (blocks only store).
+///
+/// # Safety
+/// `out.len() >= L::N`; `padded` holds `out.len() + 2 * w + 2 + L::N` readable values and
+/// `left` / `right` `out.len()`; the CPU supports `L`.
+#[inline(always)]
+unsafe fn channel_flat<L: Lanes>(
+    v: &Vecs<L>,
+    clamp: bool,
+    padded: &[f32],
+    left: &[f32],
+    right: &[f32],
+    w: usize,
+    out: &mut [f32],
+) {
+    let total = out.len();
+    assert!(
+        total >= L::N
+            && padded.len() >= total + 2 * w + 2 + L::N
+            && left.len() >= total
+            && right.len() >= total
+    );
+    let (src, dst) = (padded.as_ptr(), out.as_mut_ptr());
+    let t = &v.taps;
+    for start in (0..total).step_by(L::N) {
+        let q = start.min(total - L::N);
+        // SAFETY: `q + N <= total`: the block reads `padded[q + ki * w + kj..][..N]` (inside
+        // `total + 2w + 2 + N`) and `left` / `right[q..q + N]`, and writes `out[q..q + N]`.
+        unsafe {
+            let (mut l, mut m, mut r) = (L::splat(0.0), v.bias, L::splat(0.0));
+            for k in 0..3 {
+                let p = src.add(q + k * w);
+                l = L::fma(l, L::load(p), t[3 * k]);
+                m = L::fma(m, L::load(p.add(1)), t[3 * k + 1]);
+                r = L::fma(r, L::load(p.add(2)), t[3 * k + 2]);
+            }
+            m = L::fma(m, l, L::load(left.as_ptr().add(q)));
+            m = L::fma(m, r, L::load(right.as_ptr().add(q)));
+            if clamp {
+                m = L::clamp(m, v.lo, v.hi);
+            }
+            L::store(dst.add(q), m);
         }
     }
 }
