@@ -625,12 +625,13 @@ impl GemmKernel {
         };
         // Full panels of row-major f32 `B` are read in place too when the panel is short
         // (`kc` rows, counted twice when rows are not 64-byte aligned, at most 256) and its
-        // rows spread over at least 8 groups of L1 sets: a row stride of `s` cache lines maps
-        // rows onto `64 / gcd(s, 64)` groups, so strides of 16, 32 or 64 lines would thrash.
+        // rows do not crowd a few L1 sets: a row stride of `s` cache lines (rows 64-byte
+        // aligned) maps rows onto `64 / gcd(s, 64)` groups of sets, and at most 12 rows may
+        // share a group (a 12-way L1; strides of 32 or 64 lines take a short panel only).
         let direct_b = match b {
             BOperand::Mat(b) => {
                 let b_lines = if b.rs % 16 == 0 { kc_max } else { 2 * kc_max };
-                let spread = b.rs % 16 != 0 || gcd((b.rs / 16) % 64, 64) <= 8;
+                let spread = b.rs % 16 != 0 || kc_max <= 12 * (64 / gcd((b.rs / 16) % 64, 64));
                 match b.data {
                     Elems::F32(v) if self.strided && b.cs == 1 && spread && b_lines <= 256 => {
                         Some((v.as_ptr(), b.rs))
