@@ -117,6 +117,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
 isa = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else arch)
 t = {}
+per_round = []
 ver = ""
 med = lambda v: sorted(v)[len(v) // 2]
 for name, batch, th, nap, ort, err in rows:
@@ -124,6 +125,7 @@ for name, batch, th, nap, ort, err in rows:
     ver = o[0]["version"]
     naps = [float(x) for x in nap.rstrip(",").split(",")]
     t[(name, batch, th)] = (med(naps), med([x["median_ms"] for x in o]), err)
+    per_round.append((name, batch, th, naps, [x["median_ms"] for x in o]))
 rounds = len(rows[0][3].rstrip(",").split(",")) if rows else 0
 print(f"{cpu} ({isa}), {cpus} CPUs; ONNX Runtime {ver}; each case {rounds} alternating rounds, the median round shown; "
       f"a round: nap bench median over {secs} s, ORT median of {runs} run() calls")
@@ -134,4 +136,10 @@ for (name, batch, th), (nap, ort, err) in t.items():
     one = t.get((name, batch, "1"))
     sp = lambda i: f"{one[i] / (nap, ort)[i]:.2f}×" if one and th != "1" else ""
     print(f"| {name} | {batch} | {th} | {nap:.3f} | {ort:.3f} | {ort / nap:.2f} | {sp(0)} | {sp(1)} | {err} |")
+print()
+print("Every round (ms, in the order run; nap then ORT each round):")
+print()
+for name, batch, th, naps, orts in per_round:
+    fmt = lambda v: " ".join(f"{x:.3f}" for x in v)
+    print(f"- {name}, batch {batch}, {th} thread(s): nap {fmt(naps)}; ORT {fmt(orts)}")
 PY
