@@ -3,7 +3,8 @@
 # and M2 (MobileNetV2) at batch 1, each at 1 and 2 threads, plus any pruned models given. Both
 # engines time the same weights: `nap convert` writes the .nap and the .onnx from one checkpoint.
 # nap: `nap bench --json` median over --seconds; ORT (from PyPI, graph optimisations on, as a
-# user runs it): median of RUNS `run()` calls after warm-up, intra-op threads set. Cases run one
+# user runs it): median of the `run()` calls in as long a window (at least RUNS calls) after
+# warm-up, intra-op threads set. Cases run one
 # after the other, nap then ORT, on the same input. Prints a table with ratios (ORT ms / nap ms:
 # above 1, nap is faster) and each engine's two-thread speedup, and a check that the two agree.
 #
@@ -13,7 +14,7 @@
 # file, or m1 / m2 for the dense ONNX this script writes from the fixtures.
 # Env: NAP_FIXTURES (default fixtures; m1.pth, m2.pth from scripts/fetch-fixtures.sh),
 # PEERS_VENV (default target/peers-venv; made here with onnxruntime and numpy from PyPI),
-# SECONDS_PER_CASE (default 1), RUNS (ORT, default 200), ROUNDS (default 3: each case is timed
+# SECONDS_PER_CASE (default 1), RUNS (ORT's fewest calls, default 200), ROUNDS (default 3: each case is timed
 # in this many alternating nap / ORT rounds and the median round is reported, since a shared
 # VM's speed drifts), THREADS (default "1 2"), TASKSET (e.g. "taskset -c 0,1").
 set -euo pipefail
@@ -53,12 +54,13 @@ for spec in "$@"; do
     cases+=("$name|$pruned|$onnx|1|pruned" "$name|$pruned|$onnx|64|pruned")
 done
 
-# ORT timing: median ms of RUNS run() calls on a batch, and the output for the agreement check.
+# ORT timing: median ms of the run() calls on a batch over SECS seconds (at least RUNS calls),
+# the window nap bench times, and the output for the agreement check.
 cat >"$TMP/ort.py" <<'PY'
 import json, sys, time
 import numpy as np
 import onnxruntime as ort
-model, x_path, out_path, threads, runs = sys.argv[1:6]
+model, x_path, out_path, threads, runs, secs = sys.argv[1:7]
 so = ort.SessionOptions()
 so.intra_op_num_threads = int(threads)
 so.inter_op_num_threads = 1
@@ -70,7 +72,8 @@ for _ in range(10):
     y = s.run(None, feed)[0]
 np.save(out_path, y)
 ts = []
-for _ in range(int(runs)):
+start = time.perf_counter()
+while len(ts) < int(runs) or time.perf_counter() - start < float(secs):
     t0 = time.perf_counter()
     s.run(None, feed)
     ts.append((time.perf_counter() - t0) * 1e3)
@@ -98,7 +101,7 @@ PY
         for _ in $(seq "$ROUNDS"); do
             nap_ms+="$(${TASKSET:-} "$NAP" bench "$nap" --batch "$batch" --threads "$t" --seconds "$SECS" \
                 --input "$stem.x.f32" --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["model"]["latency"]["median_ms"])'),"
-            ort+="$(${TASKSET:-} "$PY" "$TMP/ort.py" "$onnx" "$stem.x.npy" "$stem.ort.npy" "$t" "$RUNS")|"
+            ort+="$(${TASKSET:-} "$PY" "$TMP/ort.py" "$onnx" "$stem.x.npy" "$stem.ort.npy" "$t" "$RUNS" "$SECS")|"
         done
         err="(pruned vs dense)"
         [[ "$kind" == same ]] && err="$("$PY" -c '
@@ -128,7 +131,7 @@ for name, batch, th, nap, ort, err in rows:
     per_round.append((name, batch, th, naps, [x["median_ms"] for x in o]))
 rounds = len(rows[0][3].rstrip(",").split(",")) if rows else 0
 print(f"{cpu} ({isa}), {cpus} CPUs; ONNX Runtime {ver}; each case {rounds} alternating rounds, the median round shown; "
-      f"a round: nap bench median over {secs} s, ORT median of {runs} run() calls")
+      f"a round: each engine's median over {secs} s of runs (ORT at least {runs} run() calls)")
 print()
 print("| model | batch | threads | nap ms | ORT ms | ORT / nap | nap 2-thread speedup | ORT 2-thread speedup | max rel. diff |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -189,6 +189,7 @@ pub fn bench(
                 threads: opts.threads,
                 policy: opts.policy,
                 memory_limit: opts.memory_limit,
+                ..crate::SessionOptions::default()
             },
         )?;
         let one = s.input_len(0);

@@ -81,6 +81,11 @@ pub struct SessionOptions {
     /// allocating, so a valid but hostile file cannot make the runtime allocate without bound,
     /// and an app can hold a model to its own budget. The model's file is not counted.
     pub memory_limit: u64,
+    /// Copy dense f32 weights of GEMM convolutions into the GEMM kernel's panel layout once,
+    /// when planning (where the copy fits `memory_limit`), instead of reading them in place
+    /// from the model: faster convolutions for as much memory again as those weights. Off,
+    /// they stay zero-copy in the file. Results are the same either way.
+    pub pack_weights: bool,
 }
 
 impl Default for SessionOptions {
@@ -89,6 +94,7 @@ impl Default for SessionOptions {
             threads: 1,
             policy: SparsePolicy::default(),
             memory_limit: DEFAULT_MEMORY_LIMIT,
+            pack_weights: true,
         }
     }
 }
@@ -203,6 +209,7 @@ impl<'m> Session<'m> {
             threads,
             policy,
             memory_limit,
+            pack_weights,
         } = opts;
         let threads = if cfg!(feature = "std") {
             threads.max(1)
@@ -272,6 +279,7 @@ impl<'m> Session<'m> {
                 batch,
                 threads,
                 policy,
+                pack_weights,
                 param_limit: limit.saturating_sub(others),
                 ins: &in_shapes,
                 out: shape(node.output),

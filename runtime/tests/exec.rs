@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use common::{assert_close, reference, Built, Net, Rng, Store};
 use nap_runtime::format::*;
-use nap_runtime::{AlignedBytes, Error, Model, Session, SparsePolicy};
+use nap_runtime::{AlignedBytes, Error, Model, Session, SessionOptions, SparsePolicy};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation counting: only allocations made by the current thread while it is armed count, so
@@ -1790,19 +1790,16 @@ fn blocked_weights_follow_the_blocked_limit() {
     }
 }
 
-/// Every way a dense operation splits across threads (a batch by example, a GEMM by rows or by
-/// columns, a pool by planes, a depthwise convolution by channels) computes exactly what one
-/// thread computes, and both match the f64 reference.
-#[test]
-fn issue14_threads_split_dense_work_like_one_thread() {
-    let mut rng = Rng::new(14);
+/// Convolutions down every GEMM path (implicit 3×3, 1×1 split by columns, stride 2 through
+/// im2col), a depthwise one, a pool and a linear layer, f32 weights.
+fn every_gemm_path_net(rng: &mut Rng) -> Built {
     let mut net = Net::new();
     let x = net.input(&[8, 40, 40]);
     let s = Store::F32;
     // Implicit GEMM (3×3, stride 1): a tall GEMM, split by rows at batch 1.
     let h = conv(
         &mut net,
-        &mut rng,
+        rng,
         x,
         &cc(
             "c3",
@@ -1822,7 +1819,7 @@ fn issue14_threads_split_dense_work_like_one_thread() {
     // 1×1 to few channels over many pixels: split by columns.
     let h = conv(
         &mut net,
-        &mut rng,
+        rng,
         h,
         &cc(
             "pw",
@@ -1842,7 +1839,7 @@ fn issue14_threads_split_dense_work_like_one_thread() {
     // Stride 2 through im2col, and a depthwise convolution.
     let h = conv(
         &mut net,
-        &mut rng,
+        rng,
         h,
         &cc(
             "s2",
@@ -1861,7 +1858,7 @@ fn issue14_threads_split_dense_work_like_one_thread() {
     );
     let h = conv(
         &mut net,
-        &mut rng,
+        rng,
         h,
         &cc(
             "dw",
@@ -1888,16 +1885,17 @@ fn issue14_threads_split_dense_work_like_one_thread() {
         &[h],
     );
     let f = net.node("flatten", Op::Flatten, &[h]);
-    let y = linear(
-        &mut net,
-        &mut rng,
-        f,
-        10,
-        Store::F32,
-        true,
-        Activation::None,
-    );
-    let b = net.finish(&[y]);
+    let y = linear(&mut net, rng, f, 10, Store::F32, true, Activation::None);
+    net.finish(&[y])
+}
+
+/// Every way a dense operation splits across threads (a batch by example, a GEMM by rows or by
+/// columns, a pool by planes, a depthwise convolution by channels) computes exactly what one
+/// thread computes, and both match the f64 reference.
+#[test]
+fn issue14_threads_split_dense_work_like_one_thread() {
+    let mut rng = Rng::new(14);
+    let b = every_gemm_path_net(&mut rng);
     let m = Model::from_vec(&b.bytes).unwrap();
     for batch in [1, 2, 5] {
         let mut one = Session::new(&m, batch).unwrap();
@@ -1912,5 +1910,33 @@ fn issue14_threads_split_dense_work_like_one_thread() {
             );
         }
         check(&b, batch, &format!("threads test, batch {batch}"));
+    }
+}
+
+/// Packing convolution weights at planning (the default) takes memory and changes no result.
+#[test]
+fn issue14_packing_weights_changes_memory_not_results() {
+    let mut rng = Rng::new(15);
+    let b = every_gemm_path_net(&mut rng);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    for (batch, threads) in [(1, 1), (3, 2)] {
+        let opts = |pack_weights| SessionOptions {
+            threads,
+            pack_weights,
+            ..SessionOptions::default()
+        };
+        let mut plain = Session::with_options(&m, batch, opts(false)).unwrap();
+        let mut packed = Session::with_options(&m, batch, opts(true)).unwrap();
+        let input = rng.vec(plain.input_len(0) * batch);
+        let want = plain.run(&input).unwrap().to_vec();
+        assert_eq!(packed.run(&input).unwrap(), &want[..], "batch {batch}");
+        // The three GEMM convolutions' weights, each at least once more.
+        let weights = 48 * 8 * 9 + 8 * 48 + 24 * 8 * 9;
+        assert!(
+            packed.planned_floats() >= plain.planned_floats() + weights,
+            "{} floats packed against {} plain",
+            packed.planned_floats(),
+            plain.planned_floats()
+        );
     }
 }

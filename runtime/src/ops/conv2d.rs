@@ -116,7 +116,7 @@ impl OpDef for Conv2d {
                 _ => None,
             };
         let packed = match f32_weight {
-            Some(w) if !depthwise && opg > 0 && k > 0 => {
+            Some(w) if cx.pack_weights && !depthwise && opg > 0 && k > 0 => {
                 let mr = kernels::gemm_kernel().mr;
                 let per_group = kernels::PackedA::len(opg, k, mr);
                 cx.try_alloc_params(per_group * groups).map(|(range, dst)| {

@@ -213,6 +213,8 @@ pub struct PlanCx<'a, 'm> {
     /// Threads of the session.
     pub threads: usize,
     pub policy: SparsePolicy,
+    /// [`crate::SessionOptions::pack_weights`].
+    pub pack_weights: bool,
     /// Most floats the session's converted parameters may reach: its memory limit less the
     /// other buffers planned so far.
     pub param_limit: usize,
