@@ -372,6 +372,9 @@ pub(crate) fn par_examples(
     true
 }
 
+/// What [`par_elems`] runs on each part.
+pub(crate) type ElemsFn<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
 /// Below this many input elements a plane-wise operation runs on one thread.
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
@@ -403,4 +406,92 @@ pub(crate) fn par_planes(
         let yy = unsafe { yp.slice(p0 * out_plane, (p1 - p0) * out_plane) };
         f(&x[p0 * in_plane..p1 * in_plane], yy, p1 - p0);
     });
+}
+
+/// `f(start, y_part)` over `y` cut into one contiguous part per thread (`y_part` is
+/// `y[start..start + y_part.len()]`), on one thread below [`PAR_MIN_ELEMS`] elements.
+pub(crate) fn par_elems(pool: &Pool, y: &mut [f32], f: &ElemsFn<'_>) {
+    let (parts, len) = (pool.threads(), y.len());
+    if parts == 1 || len < PAR_MIN_ELEMS {
+        f(0, y);
+        return;
+    }
+    let yp = Parts(y.as_mut_ptr());
+    pool.run(&|part| {
+        let (e0, e1) = part_range(len, parts, 16, part);
+        if e0 == e1 {
+            return;
+        }
+        // SAFETY: parts own disjoint element ranges inside `y`'s `len` elements.
+        let yy = unsafe { yp.slice(e0, e1 - e0) };
+        f(e0, yy);
+    });
+}
+
+/// A convolution through im2col with its output rows split across the pool: each part builds
+/// the patch matrix of its rows in its own `scratch_len` block of `scratch` and multiplies it
+/// into its columns of `y` (`[a.rows, oh * ow]`), so neither the patches nor the product cross
+/// cores. Returns false (and does nothing) where one thread should run it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_im2col_gemm(
+    pool: &Pool,
+    g: &ConvGeom,
+    x: &[f32],
+    a: AOperand<'_>,
+    bias: Bias<'_>,
+    act: Activation,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    scratch_len: usize,
+    ws: &mut [f32],
+    ws_len: usize,
+) -> bool {
+    let (parts, p, k, m) = (pool.threads(), g.oh * g.ow, a.cols(), a.rows());
+    if parts == 1
+        || g.oh < 2 * parts
+        || m * k * p < PAR_MIN_MACS
+        || scratch.len() < parts * scratch_len
+        || ws.len() < parts * ws_len
+        || y.len() < m * p
+    {
+        return false;
+    }
+    let (sp, wp, cp) = (
+        Parts(scratch.as_mut_ptr()),
+        Parts(ws.as_mut_ptr()),
+        Parts(y.as_mut_ptr()),
+    );
+    let c_len = y.len();
+    pool.run(&|part| {
+        let (r0, r1) = part_range(g.oh, parts, 1, part);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: each part has its own `scratch_len` and `ws_len` blocks (asserted above).
+        let (cols, w) = unsafe {
+            (
+                sp.slice(part * scratch_len, scratch_len),
+                wp.slice(part * ws_len, ws_len),
+            )
+        };
+        kernels::im2col_rows(g, x, 0, g.c, r0..r1, cols);
+        let n = (r1 - r0) * g.ow;
+        let b = MatRef::row_major(Elems::F32(cols), k, n);
+        let j0 = r0 * g.ow;
+        // SAFETY: `C` from column `j0` on lies in `y` (`c_len - j0` floats); this part writes
+        // only columns `j0..j0 + n` of its rows, which no other part touches.
+        unsafe {
+            kernels::gemm_kernel().run_b_raw(
+                a,
+                BOperand::Mat(b),
+                cp.at(j0),
+                c_len - j0,
+                p,
+                bias,
+                act,
+                w,
+            )
+        };
+    });
+    true
 }

@@ -68,7 +68,26 @@ pub fn im2col_len(g: &ConvGeom, channels: usize) -> usize {
 /// may run past the run, into pixels written later or into the slack, and the row's padding is
 /// zeroed after its copy.
 pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f32]) {
-    let p = g.oh * g.ow;
+    im2col_rows(g, x, c0, channels, 0..g.oh, cols)
+}
+
+/// [`im2col`] for output rows `oy` only: the `(channels * kh * kw) × (oy.len() * ow)` patch
+/// matrix of those output pixels, in `cols`, which holds at least that many floats and
+/// [`CHUNK`] more (clobbered).
+pub fn im2col_rows(
+    g: &ConvGeom,
+    x: &[f32],
+    c0: usize,
+    channels: usize,
+    oy: core::ops::Range<usize>,
+    cols: &mut [f32],
+) {
+    assert!(
+        oy.start <= oy.end && oy.end <= g.oh,
+        "im2col: rows {oy:?} of {}",
+        g.oh
+    );
+    let p = oy.len() * g.ow;
     let len = channels * g.kh * g.kw * p;
     assert!(
         cols.len() >= len + CHUNK,
@@ -79,16 +98,19 @@ pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f
         let plane = c * g.h * g.w;
         for ki in 0..g.kh {
             let (ylo, yhi, iy0) = valid_range(g.oh, g.h, g.stride[0], ki * g.dilation[0], g.pad[0]);
+            // Rows of this tap inside the requested range, relative to its start.
+            let (lo, hi) = (ylo.clamp(oy.start, oy.end), yhi.clamp(oy.start, oy.end));
+            let (rlo, rhi) = (lo - oy.start, hi.max(lo) - oy.start);
             for kj in 0..g.kw {
                 let base = row * p;
                 row += 1;
-                cols[base..base + ylo * g.ow].fill(0.0);
+                cols[base..base + rlo * g.ow].fill(0.0);
                 let (xlo, xhi, ix0) =
                     valid_range(g.ow, g.w, g.stride[1], kj * g.dilation[1], g.pad[1]);
                 let n = xhi - xlo;
-                for oy in ylo..yhi {
-                    let src = plane + (iy0 + (oy - ylo) * g.stride[0]) * g.w + ix0;
-                    let dst = base + oy * g.ow;
+                for oyy in lo..hi {
+                    let src = plane + (iy0 + (oyy - ylo) * g.stride[0]) * g.w + ix0;
+                    let dst = base + (oyy - oy.start) * g.ow;
                     if n > 0 && g.stride[1] == 1 {
                         copy_run(x, src, cols, dst + xlo, n);
                     } else if n > 0 && g.stride[1] == 2 && src + 2 * n <= x.len() {
@@ -106,7 +128,7 @@ pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f
                     cols[dst + xhi..dst + g.ow].fill(0.0);
                 }
                 // After the copies, whose last chunk may run into these rows.
-                cols[base + yhi.max(ylo) * g.ow..base + p].fill(0.0);
+                cols[base + rhi * g.ow..base + p].fill(0.0);
             }
         }
     }

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::{elementwise_flops, InferCx, Inputs, Kernel, OpDef, PlanCx, RunCx};
 use crate::error::Result;
 use crate::format::Activation;
-use crate::kernels::act_scalar;
+use crate::kernels::apply_act;
 use crate::model::Model;
+use crate::par::par_elems;
 
 /// Element-wise sum of two values of one shape, then `act`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,9 +43,18 @@ impl OpDef for Add {
 }
 
 impl Kernel for Add {
-    fn run(&self, _: &mut RunCx<'_>, ins: &Inputs<'_>, y: &mut [f32]) {
-        for ((yv, a0), a1) in y.iter_mut().zip(ins.get(0)).zip(ins.get(1)) {
-            *yv = act_scalar(self.act, a0 + a1);
-        }
+    fn run(&self, cx: &mut RunCx<'_>, ins: &Inputs<'_>, y: &mut [f32]) {
+        let (a, b) = (ins.get(0), ins.get(1));
+        par_elems(cx.pool, y, &|start, part| {
+            let n = part.len();
+            for ((yv, a0), a1) in part
+                .iter_mut()
+                .zip(&a[start..start + n])
+                .zip(&b[start..start + n])
+            {
+                *yv = a0 + a1;
+            }
+            apply_act(self.act, part);
+        });
     }
 }

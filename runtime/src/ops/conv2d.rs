@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::format::{Activation, TensorId};
 use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Crop, Elems, MatRef};
 use crate::model::{CsrView, Indices, Model, TensorView};
-use crate::par::{par_depthwise, par_examples, par_gemm, par_spmm, slice_elems};
+use crate::par::{par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_spmm, slice_elems};
 use crate::pool::Pool;
 
 /// PyTorch `Conv2d` followed by `act`; weight `[out, in/groups, kh, kw]`. Attributes are
@@ -140,7 +140,12 @@ impl OpDef for Conv2d {
                 } else {
                     kernels::im2col_len(&gm, cpg)
                 };
-                let copies = if cx.batch > 1 { cx.threads } else { 1 };
+                // Examples split across threads, or (im2col) output rows: a block per thread.
+                let copies = if cx.batch > 1 || !implicit {
+                    cx.threads
+                } else {
+                    1
+                };
                 cx.need_scratch(scratch_len.saturating_mul(copies));
             }
             let n = if implicit {
@@ -340,6 +345,22 @@ impl ConvKernel {
                     kernels::crop_rows(gm, self.out_c, out, ye);
                 }
             }
+            TensorView::Dense(w)
+                if !self.direct
+                    && groups == 1
+                    && par_im2col_gemm(
+                        pool,
+                        gm,
+                        xe,
+                        a_of(w, 0),
+                        bias.map_or(Bias::None, Bias::Row),
+                        act,
+                        ye,
+                        scratch,
+                        self.scratch_len,
+                        ws,
+                        ws_len,
+                    ) => {}
             _ => {
                 for gi in 0..groups {
                     let cols: &[f32] = if self.direct {
