@@ -7,9 +7,9 @@ use half::f16;
 use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
     act_scalar, avgpool2d, crop_rows, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col,
-    im2col_len, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv, spmv_kernel, AOperand,
-    Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, GemmKernel, Isa, MatRef, PoolOp,
-    SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS,
+    im2col_len, im2col_rows, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv, spmv_kernel,
+    AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, GemmKernel, Isa, MatRef,
+    PoolOp, SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS,
     POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
 };
 use nap_runtime::model::{BlockCsrBuf, BlockCsrView, CsrBuf, CsrView, Indices};
@@ -854,6 +854,35 @@ fn issue14_implicit_gemm_packed_a_and_cropped_c_match_direct_conv() {
         }
     }
     assert!(ran > 0);
+}
+
+/// The patch matrix of a range of output rows (what a thread builds when a convolution's rows
+/// are split) is those rows' columns of the whole patch matrix, for every range.
+#[test]
+fn issue14_im2col_rows_are_columns_of_im2col() {
+    for (ci, cc) in CONV_CASES.iter().enumerate() {
+        let mut rng = Rng(400 + ci as u64);
+        let g = cc.geom();
+        let cpg = cc.c / cc.groups;
+        let (kk, p) = (cpg * g.kh * g.kw, g.oh * g.ow);
+        let x = rng.vec(cc.c * cc.h * cc.w);
+        let mut whole = vec![f32::NAN; im2col_len(&g, cpg)];
+        im2col(&g, &x, 0, cpg, &mut whole);
+        for r0 in 0..g.oh {
+            for r1 in r0..=g.oh {
+                let n = (r1 - r0) * g.ow;
+                let mut part = vec![f32::NAN; kk * n + 8];
+                im2col_rows(&g, &x, 0, cpg, r0..r1, &mut part);
+                for row in 0..kk {
+                    assert_eq!(
+                        part[row * n..(row + 1) * n],
+                        whole[row * p + r0 * g.ow..row * p + r1 * g.ow],
+                        "{cc:?} rows {r0}..{r1}, patch row {row}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]
