@@ -267,14 +267,15 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
         && (oh, ow) == (ih, iw)
         && total >= V::N
         && total + 2 * iw + 2 <= FLAT_MAX;
-    let mut padded = [0f32; FLAT_MAX + MAX_N];
-    let (mut left, mut right) = ([0f32; FLAT_MAX], [0f32; FLAT_MAX]);
-    if flat {
+    // The padded copy and the column masks, set up only for flat maps.
+    let mut flat_bufs = flat.then(|| {
+        let (mut left, mut right) = ([0f32; FLAT_MAX], [0f32; FLAT_MAX]);
         for q in 0..total {
             left[q] = if q % ow != 0 { 1.0 } else { 0.0 };
             right[q] = if q % ow != ow - 1 { 1.0 } else { 0.0 };
         }
-    }
+        ([0f32; FLAT_MAX + MAX_N], left, right)
+    });
     for c in 0..g.c {
         let taps: [f32; 9] = core::array::from_fn(|i| w.get_f32(c * 9 + i));
         let b = bias.map_or(0.0, |b| b[c]);
@@ -287,12 +288,12 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
                 Vecs::<H>::new(&taps, b, clamp),
             )
         };
-        if flat {
+        if let Some((padded, left, right)) = &mut flat_bufs {
             padded[iw + 1..iw + 1 + total].copy_from_slice(plane);
             // SAFETY: `padded` holds the plane after `iw + 1` zeros and `iw + 1 + MAX_N` zeros
             // after it, `left` / `right` `total` masks, `out` `total` values; CPU support is the
             // caller's.
-            unsafe { channel_flat::<V>(&v, clamp.is_some(), &padded, &left, &right, iw, out) };
+            unsafe { channel_flat::<V>(&v, clamp.is_some(), padded, left, right, iw, out) };
             if post {
                 apply_act(act, out);
             }

@@ -131,7 +131,6 @@ impl OpDef for Conv2d {
         };
         let mut scratch_len = 0;
         if !depthwise {
-            let cpg = c / groups;
             if !direct {
                 // One patch matrix (or padded image and output) per thread when examples run
                 // in parallel.
@@ -153,11 +152,7 @@ impl OpDef for Conv2d {
             } else {
                 gm.oh * gm.ow
             };
-            cx.need_gemm_ws(kernels::gemm_workspace(
-                out_c / groups,
-                n,
-                cpg * gm.kh * gm.kw,
-            ));
+            cx.need_gemm_ws(kernels::gemm_workspace(opg, n, k));
         }
         Ok(Box::new(ConvKernel {
             weight: self.weight,
@@ -345,23 +340,16 @@ impl ConvKernel {
                     kernels::crop_rows(gm, self.out_c, out, ye);
                 }
             }
-            TensorView::Dense(w)
-                if !self.direct
-                    && groups == 1
-                    && par_im2col_gemm(
-                        pool,
-                        gm,
-                        xe,
-                        a_of(w, 0),
-                        bias.map_or(Bias::None, Bias::Row),
-                        act,
-                        ye,
-                        scratch,
-                        self.scratch_len,
-                        ws,
-                        ws_len,
-                    ) => {}
             _ => {
+                // One group through im2col: its output rows split across the pool where that
+                // pays, each thread with its own patch rows.
+                if let (TensorView::Dense(w), false, 1) = (wv, self.direct, groups) {
+                    let bias = bias.map_or(Bias::None, Bias::Row);
+                    let (s_len, a) = (self.scratch_len, a_of(w, 0));
+                    if par_im2col_gemm(pool, gm, xe, a, bias, act, ye, scratch, s_len, ws, ws_len) {
+                        return;
+                    }
+                }
                 for gi in 0..groups {
                     let cols: &[f32] = if self.direct {
                         &xe[gi * cpg * p..(gi + 1) * cpg * p]

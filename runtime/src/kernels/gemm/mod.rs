@@ -122,7 +122,7 @@ impl BOperand<'_> {
     /// Columns of `C`: all of `B`'s, or those its crop keeps.
     fn out_cols(&self) -> usize {
         match self.crop() {
-            Some(cr) => cr.span(0, self.cols()).1,
+            Some(cr) => cr.packed_cols(self.cols()),
             None => self.cols(),
         }
     }
@@ -290,6 +290,48 @@ pub(crate) type RowsKernel = unsafe fn(
     ldc: usize,
     t: &Tile,
 );
+
+/// Where a micro-kernel's steps find the rows of `B`: row `p` at `b + p * b_rs` (a
+/// [`MicroKernel`]), or at `b + b_offs[p]` with `ROWS` (a [`RowsKernel`]).
+pub(crate) struct BRows<const ROWS: bool> {
+    base: *const f32,
+    next: *const f32,
+    stride: usize,
+    offs: *const usize,
+}
+
+impl<const ROWS: bool> BRows<ROWS> {
+    #[inline(always)]
+    pub(crate) fn new(b: *const f32, b_rs: usize, b_offs: *const usize) -> Self {
+        BRows {
+            base: b,
+            next: b,
+            stride: b_rs,
+            offs: b_offs,
+        }
+    }
+
+    /// The next row.
+    ///
+    /// # Safety
+    /// Called at most `kc` times, within what the kernel's caller provides (with `ROWS`,
+    /// `b_offs[p]` is readable and `b + b_offs[p]` lies in `B`'s allocation).
+    #[inline(always)]
+    pub(crate) unsafe fn next(&mut self) -> *const f32 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if ROWS {
+                let row = self.base.add(*self.offs);
+                self.offs = self.offs.add(1);
+                row
+            } else {
+                let row = self.next;
+                self.next = self.next.add(self.stride);
+                row
+            }
+        }
+    }
+}
 
 /// One GEMM implementation: a micro-kernel with its tile and cache-block sizes. [`GEMM_KERNELS`]
 /// lists them from most to least preferred.
@@ -553,7 +595,7 @@ impl GemmKernel {
                 for j in 0..n {
                     let jo = match crop {
                         Some(cr) if cr.keep(j, 1) == 0 => continue,
-                        Some(cr) => cr.span(0, j).1,
+                        Some(cr) => cr.packed_cols(j),
                         None => j,
                     };
                     // SAFETY: `i * ldc + jo < c_len` (checked above); element of this call.

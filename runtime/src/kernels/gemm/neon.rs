@@ -1,6 +1,6 @@
 use core::arch::aarch64::*;
 
-use super::Tile;
+use super::{BRows, Tile};
 
 /// NEON 8×8 micro-kernel: 16 accumulators of 4 lanes fed by `vfmaq_laneq_f32` (one `A` lane per
 /// output row), two `A` and two `B` loads per step of `k`. See [`super::MicroKernel`].
@@ -71,7 +71,7 @@ unsafe fn neon_8x8<const ROWS: bool>(
     debug_assert!(a_rs == 1 && a_cs == MR, "packed panels only");
     let z = vdupq_n_f32(0.0);
     let mut acc = [[z; 2]; MR];
-    let (mut a, mut bnext, mut offs) = (a, b, b_offs);
+    let (mut a, mut rows) = (a, BRows::<ROWS>::new(b, NR, b_offs));
     macro_rules! row {
         ($i:expr, $av:expr, $lane:literal, $b0:expr, $b1:expr) => {
             acc[$i][0] = vfmaq_laneq_f32::<$lane>(acc[$i][0], $b0, $av);
@@ -82,15 +82,7 @@ unsafe fn neon_8x8<const ROWS: bool>(
         // SAFETY: each step reads `MR` values of `a` and `NR` of row `p` of `B` (and `b_offs[p]`
         // with `ROWS`); `kc` steps stay inside what the caller provides.
         unsafe {
-            let b = if ROWS {
-                let row = b.add(*offs);
-                offs = offs.add(1);
-                row
-            } else {
-                let row = bnext;
-                bnext = bnext.add(NR);
-                row
-            };
+            let b = rows.next();
             let (b0, b1) = (vld1q_f32(b), vld1q_f32(b.add(4)));
             let (a0, a1) = (vld1q_f32(a), vld1q_f32(a.add(4)));
             row!(0, a0, 0, b0, b1);

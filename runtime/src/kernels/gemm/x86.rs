@@ -1,6 +1,6 @@
 use core::arch::x86_64::*;
 
-use super::Tile;
+use super::{BRows, Tile};
 
 /// AVX2 + FMA 6×16 micro-kernel: 12 accumulators of 8 lanes, two `B` loads and six broadcasts of
 /// `A` per step of `k`. See [`super::MicroKernel`] for the contract.
@@ -93,22 +93,14 @@ unsafe fn avx2_6x16<const PACKED: bool, const ROWS: bool>(
             _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
         }
     }
-    let (mut off, mut bnext, mut offs) = (0, b, b_offs);
+    let (mut off, mut rows) = (0, BRows::<ROWS>::new(b, b_rs, b_offs));
     // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and `NR`
     // floats of row `p` of `B` (and `b_offs[p]` with `ROWS`); `kc` steps stay inside what the
     // caller provides.
     macro_rules! step {
         () => {
             unsafe {
-                let b = if ROWS {
-                    let row = b.add(*offs);
-                    offs = offs.add(1);
-                    row
-                } else {
-                    let row = bnext;
-                    bnext = bnext.add(b_rs);
-                    row
-                };
+                let b = rows.next();
                 let b0 = _mm256_loadu_ps(b);
                 let b1 = _mm256_loadu_ps(b.add(8));
                 for (acc, ai) in acc.iter_mut().zip(&ar) {
@@ -248,22 +240,14 @@ unsafe fn avx512_8x32<const PACKED: bool, const ROWS: bool>(
             _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
         }
     }
-    let (mut off, mut bnext, mut offs) = (0, b, b_offs);
+    let (mut off, mut rows) = (0, BRows::<ROWS>::new(b, b_rs, b_offs));
     // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and `NR`
     // floats of row `p` of `B` (and `b_offs[p]` with `ROWS`); `kc` steps stay inside what the
     // caller provides.
     macro_rules! step {
         () => {
             unsafe {
-                let b = if ROWS {
-                    let row = b.add(*offs);
-                    offs = offs.add(1);
-                    row
-                } else {
-                    let row = bnext;
-                    bnext = bnext.add(b_rs);
-                    row
-                };
+                let b = rows.next();
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));
                 for (acc, ai) in acc.iter_mut().zip(&ar) {
