@@ -13,9 +13,9 @@ use common::{data, gemm_crate};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use nap_runtime::kernels::{
-    crop_rows, gemm_b, gemm_kernel, gemm_workspace, im2col, im2col_len, pack_a_panels, pad_image,
-    AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, MatRef, PackedA,
-    GEMM_KERNELS, GEMV_KERNELS,
+    channel_offsets, crop_rows, gemm_b, gemm_kernel, gemm_workspace, im2col, im2col_len,
+    pack_a_panels, pad_image, AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems,
+    MatRef, PackedA, Pixels, GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS,
 };
 
 /// `(name, m, n, k)`: `C[m × n] = A[m × k] · B[k × n]`, all row-major.
@@ -261,6 +261,28 @@ fn bench_conv(c: &mut Criterion) {
                 black_box(&y);
             })
         });
+        for oc in OCGEMM_KERNELS.iter().filter(|k| k.isa.is_available()) {
+            let mut opacked = vec![0f32; oc.packed_len(m, k)];
+            let opa = pack_a_panels(
+                &MatRef::row_major(Elems::F32(&w), m, k),
+                oc.nr,
+                &mut opacked,
+            );
+            let px = Pixels {
+                oh: hw,
+                ow: hw,
+                wp: hw + 2,
+            };
+            grp.bench_function(BenchmarkId::new("channels_in_lanes", oc.name), |bch| {
+                bch.iter(|| {
+                    let xpad = &mut scratch[..g.padded_len()];
+                    pad_image(&g, &x, xpad);
+                    let b = Some(&bias[..]);
+                    oc.run(opa, xpad, &offs, px, &mut y, n, b, Activation::Relu);
+                    black_box(&y);
+                })
+            });
+        }
         let patches = data(k * n, 8);
         grp.bench_function(BenchmarkId::from_parameter("gemm_alone"), |bch| {
             bch.iter(|| {
@@ -277,6 +299,77 @@ fn bench_conv(c: &mut Criterion) {
                 black_box(&y);
             })
         });
+        grp.finish();
+    }
+}
+
+/// `(name, out, in, pixels)`: MobileNetV2's 1×1 convolutions.
+const PW_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("m2_pw_16x32x12544", 16, 32, 12544),
+    ("m2_pw_96x16x12544", 96, 16, 12544),
+    ("m2_pw_24x96x3136", 24, 96, 3136),
+    ("m2_pw_144x24x3136", 144, 24, 3136),
+    ("m2_pw_24x144x3136", 24, 144, 3136),
+    ("m2_pw_32x144x784", 32, 144, 784),
+    ("m2_pw_192x32x784", 192, 32, 784),
+    ("m2_pw_32x192x784", 32, 192, 784),
+    ("m2_pw_384x64x196", 384, 64, 196),
+    ("m2_pw_64x384x196", 64, 384, 196),
+    ("m2_pw_96x576x196", 96, 576, 196),
+    ("m2_pw_960x160x49", 960, 160, 49),
+    ("m2_pw_160x960x49", 160, 960, 49),
+    ("m2_pw_1280x320x49", 1280, 320, 49),
+];
+
+/// 1×1 convolutions as the runtime runs them with packed weights: the pixel-major GEMM reading
+/// the input in place against the channels-in-lanes kernels.
+fn bench_pointwise(c: &mut Criterion) {
+    for &(name, m, k, n) in PW_SHAPES {
+        let mut grp = c.benchmark_group(format!("conv1x1/{name}"));
+        grp.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        grp.sample_size(20);
+        let x = data(k * n, 5);
+        let w = data(m * k, 6);
+        let bias = data(m, 7);
+        let a = MatRef::row_major(Elems::F32(&w), m, k);
+        let ker = gemm_kernel();
+        let mut packed = vec![0f32; PackedA::len(m, k, ker.mr)];
+        let pa = pack_a_panels(&a, ker.mr, &mut packed);
+        let mut y = vec![0f32; m * n];
+        let mut ws = vec![0f32; gemm_workspace(m, n, k)];
+        grp.bench_function(BenchmarkId::from_parameter("gemm"), |bch| {
+            bch.iter(|| {
+                let b = BOperand::Mat(MatRef::row_major(Elems::F32(&x), k, n));
+                let bias = Bias::Row(&bias);
+                gemm_b(pa, b, &mut y, n, bias, Activation::Relu6, &mut ws);
+                black_box(&y);
+            })
+        });
+        let offs = channel_offsets(k, n);
+        let px = Pixels {
+            oh: 1,
+            ow: n,
+            wp: n,
+        };
+        for oc in OCGEMM_KERNELS.iter().filter(|k| k.isa.is_available()) {
+            let mut opacked = vec![0f32; oc.packed_len(m, k)];
+            let opa = pack_a_panels(&a, oc.nr, &mut opacked);
+            grp.bench_function(BenchmarkId::new("channels_in_lanes", oc.name), |bch| {
+                bch.iter(|| {
+                    oc.run(
+                        opa,
+                        &x,
+                        &offs,
+                        px,
+                        &mut y,
+                        n,
+                        Some(&bias),
+                        Activation::Relu6,
+                    );
+                    black_box(&y);
+                })
+            });
+        }
         grp.finish();
     }
 }
@@ -347,6 +440,6 @@ fn bench_memory(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_memory, bench_gemv, bench_gemm, bench_conv
+    targets = bench_memory, bench_gemv, bench_gemm, bench_conv, bench_pointwise
 }
 criterion_main!(benches);

@@ -83,8 +83,10 @@ pub struct SessionOptions {
     pub memory_limit: u64,
     /// Copy dense f32 weights of GEMM convolutions into the GEMM kernel's panel layout once,
     /// when planning (where the copy fits `memory_limit`), instead of reading them in place
-    /// from the model: faster convolutions for as much memory again as those weights. Off,
-    /// they stay zero-copy in the file. Results are the same either way.
+    /// from the model: faster convolutions for as much memory again as those weights, and the
+    /// channels-in-lanes kernel for layers whose padded grid would waste the pixel-major GEMM
+    /// (it needs packed weights). Off, they stay zero-copy in the file. Results agree to float
+    /// rounding (bit for bit where the sums are at most 256 deep).
     pub pack_weights: bool,
 }
 

@@ -2,7 +2,7 @@
 //! output rows (or channels), sized so small operations stay on one thread.
 
 use crate::format::Activation;
-use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Elems, MatRef};
+use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Elems, MatRef, PackedA, Pixels};
 use crate::model::CsrView;
 use crate::pool::Pool;
 
@@ -151,6 +151,50 @@ pub(crate) fn par_gemm<'a>(
             other => other,
         };
         kernels::gemm_b(sub, b, cc, ldc, bias, act, w);
+    });
+}
+
+/// [`kernels::OcGemmKernel::run`], split across the pool by channel panels (when there are
+/// enough to share evenly) or by pixel tiles.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_ocgemm(
+    pool: &Pool,
+    ker: &kernels::OcGemmKernel,
+    w: PackedA<'_>,
+    x: &[f32],
+    offs: &[usize],
+    px: Pixels,
+    c: &mut [f32],
+    ldc: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+) {
+    let parts = pool.threads();
+    let tiles = ker.pixel_tiles(px);
+    let panels = w.rows.div_ceil(ker.nr);
+    if parts == 1 || w.rows * w.cols * px.oh * px.ow < PAR_MIN_MACS {
+        ker.run(w, x, offs, px, c, ldc, bias, act);
+        return;
+    }
+    let by_channels = panels >= 4 * parts || (panels >= parts && panels.is_multiple_of(parts));
+    let (c_len, cp) = (c.len(), Parts(c.as_mut_ptr()));
+    pool.run(&|part| {
+        let (w, bias, c0, t) = if by_channels {
+            let (r0, r1) = part_range(w.rows, parts, ker.nr, part);
+            if r0 == r1 {
+                return;
+            }
+            (w.rows(r0, r1), bias.map(|b| &b[r0..r1]), r0 * ldc, 0..tiles)
+        } else {
+            let (t0, t1) = part_range(tiles, parts, 1, part);
+            if t0 == t1 {
+                return;
+            }
+            (w, bias, 0, t0..t1)
+        };
+        // SAFETY: parts own disjoint channel rows (from row `r0`, inside `c`) or disjoint
+        // pixel tiles of every row, so no two write the same element of `c`.
+        unsafe { ker.run_raw(w, x, offs, px, cp.at(c0), c_len - c0, ldc, bias, act, t) };
     });
 }
 

@@ -1889,54 +1889,120 @@ fn every_gemm_path_net(rng: &mut Rng) -> Built {
     net.finish(&[y])
 }
 
+/// A 3×3 and a 1×1 convolution on a 10×10 map, where the padded grid would waste a fifth of the
+/// pixel-major GEMM: both run with the output channels in the vector lanes.
+fn channels_in_lanes_net(rng: &mut Rng) -> Built {
+    let mut net = Net::new();
+    let h = net.input(&[24, 10, 10]);
+    let s = Store::F32;
+    let h = conv(
+        &mut net,
+        rng,
+        h,
+        &cc(
+            "oc3",
+            24,
+            64,
+            [10, 10],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            true,
+            Activation::Relu6,
+        ),
+        s,
+    );
+    let h = conv(
+        &mut net,
+        rng,
+        h,
+        &cc(
+            "oc1",
+            64,
+            32,
+            [10, 10],
+            [1, 1],
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+            true,
+            Activation::Relu,
+        ),
+        s,
+    );
+    let f = net.node("flatten", Op::Flatten, &[h]);
+    let y = linear(&mut net, rng, f, 10, Store::F32, true, Activation::None);
+    net.finish(&[y])
+}
+
 /// Every way a dense operation splits across threads (a batch by example, a GEMM by rows or by
-/// columns, a pool by planes, a depthwise convolution by channels) computes exactly what one
+/// columns, a channels-in-lanes convolution by channels or by pixels, a pool by planes, a
+/// depthwise convolution by channels) computes exactly what one
 /// thread computes, and both match the f64 reference.
 #[test]
 fn issue14_threads_split_dense_work_like_one_thread() {
     let mut rng = Rng::new(14);
-    let b = every_gemm_path_net(&mut rng);
-    let m = Model::from_vec(&b.bytes).unwrap();
-    for batch in [1, 2, 5] {
-        let mut one = Session::new(&m, batch).unwrap();
-        let input = rng.vec(one.input_len(0) * batch);
-        let want = one.run(&input).unwrap().to_vec();
-        for threads in [2, 3] {
-            let mut s = Session::with_threads(&m, batch, threads).unwrap();
-            assert_eq!(
-                s.run(&input).unwrap(),
-                &want[..],
-                "batch {batch}, {threads} threads"
-            );
+    for b in [
+        every_gemm_path_net(&mut rng),
+        channels_in_lanes_net(&mut rng),
+    ] {
+        let m = Model::from_vec(&b.bytes).unwrap();
+        for batch in [1, 2, 5] {
+            let mut one = Session::new(&m, batch).unwrap();
+            let input = rng.vec(one.input_len(0) * batch);
+            let want = one.run(&input).unwrap().to_vec();
+            for threads in [2, 3] {
+                let mut s = Session::with_threads(&m, batch, threads).unwrap();
+                assert_eq!(
+                    s.run(&input).unwrap(),
+                    &want[..],
+                    "batch {batch}, {threads} threads"
+                );
+            }
+            check(&b, batch, &format!("threads test, batch {batch}"));
         }
-        check(&b, batch, &format!("threads test, batch {batch}"));
     }
 }
 
-/// Packing convolution weights at planning (the default) takes memory and changes no result.
+/// Packing convolution weights at planning (the default) takes memory for the pixel-major GEMM's
+/// convolutions and changes no result, also where it moves layers to the channels-in-lanes kernel.
 #[test]
 fn issue14_packing_weights_changes_memory_not_results() {
     let mut rng = Rng::new(15);
-    let b = every_gemm_path_net(&mut rng);
-    let m = Model::from_vec(&b.bytes).unwrap();
-    for (batch, threads) in [(1, 1), (3, 2)] {
-        let opts = |pack_weights| SessionOptions {
-            threads,
-            pack_weights,
-            ..SessionOptions::default()
-        };
-        let mut plain = Session::with_options(&m, batch, opts(false)).unwrap();
-        let mut packed = Session::with_options(&m, batch, opts(true)).unwrap();
-        let input = rng.vec(plain.input_len(0) * batch);
-        let want = plain.run(&input).unwrap().to_vec();
-        assert_eq!(packed.run(&input).unwrap(), &want[..], "batch {batch}");
-        // The three GEMM convolutions' weights, each at least once more.
-        let weights = 48 * 8 * 9 + 8 * 48 + 24 * 8 * 9;
-        assert!(
-            packed.planned_floats() >= plain.planned_floats() + weights,
-            "{} floats packed against {} plain",
-            packed.planned_floats(),
-            plain.planned_floats()
-        );
+    for (nets, b) in [
+        every_gemm_path_net(&mut rng),
+        channels_in_lanes_net(&mut rng),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let m = Model::from_vec(&b.bytes).unwrap();
+        for (batch, threads) in [(1, 1), (3, 2)] {
+            let opts = |pack_weights| SessionOptions {
+                threads,
+                pack_weights,
+                ..SessionOptions::default()
+            };
+            let mut plain = Session::with_options(&m, batch, opts(false)).unwrap();
+            let mut packed = Session::with_options(&m, batch, opts(true)).unwrap();
+            let input = rng.vec(plain.input_len(0) * batch);
+            let want = plain.run(&input).unwrap().to_vec();
+            assert_eq!(packed.run(&input).unwrap(), &want[..], "batch {batch}");
+            // The GEMM convolutions' weights, each at least once more. (The channels-in-lanes
+            // convolutions need no GEMM workspace or output grid instead, which may pay for
+            // more than their packed weights: only their results are compared.)
+            if nets == 0 {
+                let weights = 48 * 8 * 9 + 8 * 48 + 24 * 8 * 9;
+                assert!(
+                    packed.planned_floats() >= plain.planned_floats() + weights,
+                    "{} floats packed against {} plain",
+                    packed.planned_floats(),
+                    plain.planned_floats()
+                );
+            }
+        }
     }
 }

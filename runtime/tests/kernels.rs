@@ -6,11 +6,11 @@ use std::cell::Cell;
 use half::f16;
 use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
-    act_scalar, avgpool2d, crop_rows, depthwise_conv2d, gemm, gemm_workspace, gemv, im2col,
-    im2col_len, im2col_rows, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv, spmv_kernel,
-    AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, GemmKernel, Isa, MatRef,
-    PoolOp, SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS,
-    POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
+    act_scalar, avgpool2d, channel_offsets, crop_rows, depthwise_conv2d, gemm, gemm_workspace,
+    gemv, im2col, im2col_len, im2col_rows, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv,
+    spmv_kernel, AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, GemmKernel,
+    Isa, MatRef, Pixels, PoolOp, SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS,
+    GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS, POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
 };
 use nap_runtime::model::{BlockCsrBuf, BlockCsrView, CsrBuf, CsrView, Indices};
 
@@ -849,6 +849,170 @@ fn issue14_implicit_gemm_packed_a_and_cropped_c_match_direct_conv() {
                         }
                         ran += 1;
                     }
+                }
+            }
+        }
+    }
+    assert!(ran > 0);
+}
+
+/// The channels-in-lanes kernels compute implicit (stride 1, padded image) and 1×1 convolutions
+/// like the direct convolution: every tile width (maps narrower and wider than a tile, runs
+/// across rows for 1×1), channel counts that leave a partial panel, every activation, no bias,
+/// `k` = 0, and any split of the tiles (as the pool splits them) writes each output once.
+#[test]
+fn issue14_channels_in_lanes_kernels_match_direct_conv() {
+    let base = ConvCase {
+        c: 3,
+        h: 9,
+        w: 8,
+        cout: 4,
+        k: [3, 3],
+        s: [1, 1],
+        p: [1, 1],
+        d: [1, 1],
+        groups: 1,
+    };
+    let cases = [
+        base,
+        ConvCase {
+            c: 5,
+            h: 14,
+            w: 14,
+            cout: 37,
+            ..base
+        },
+        ConvCase {
+            c: 2,
+            h: 7,
+            w: 23,
+            cout: 9,
+            k: [3, 5],
+            p: [0, 2],
+            d: [2, 1],
+            ..base
+        },
+        ConvCase {
+            c: 6,
+            h: 7,
+            w: 7,
+            cout: 64,
+            ..base
+        },
+        ConvCase {
+            c: 40,
+            h: 7,
+            w: 7,
+            cout: 33,
+            k: [1, 1],
+            p: [0, 0],
+            ..base
+        },
+        ConvCase {
+            c: 3,
+            h: 1,
+            w: 29,
+            cout: 16,
+            k: [1, 1],
+            p: [0, 0],
+            ..base
+        },
+        ConvCase {
+            c: 0,
+            h: 4,
+            w: 5,
+            cout: 5,
+            k: [1, 1],
+            p: [0, 0],
+            ..base
+        },
+    ];
+    let sentinel = -12345.0f32;
+    let mut ran = 0;
+    for ker in available(OCGEMM_KERNELS, |k| k.isa) {
+        for (ci, cc) in cases.iter().enumerate() {
+            let mut rng = Rng(900 + ci as u64);
+            let g = cc.geom();
+            let (_, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+            let kk = cc.c * g.kh * g.kw;
+            let p = g.oh * g.ow;
+            let x = rng.vec(cc.c * cc.h * cc.w);
+            let wv = rng.vec(cc.cout * kk);
+            let bias = rng.vec(cc.cout);
+            let one_by_one = g.kh == 1 && g.kw == 1;
+            let (xin, offs, px) = if one_by_one {
+                let px = Pixels {
+                    oh: g.oh,
+                    ow: g.ow,
+                    wp: g.ow,
+                };
+                (x.clone(), channel_offsets(cc.c, cc.h * cc.w), px)
+            } else {
+                let mut xpad = vec![f32::NAN; g.padded_len()];
+                pad_image(&g, &x, &mut xpad);
+                let px = Pixels {
+                    oh: g.oh,
+                    ow: g.ow,
+                    wp,
+                };
+                (xpad, g.implicit_offsets(cc.c), px)
+            };
+            let a = MatRef::row_major(Elems::F32(&wv), cc.cout, kk);
+            let mut packed = vec![f32::NAN; ker.packed_len(cc.cout, kk)];
+            let pa = pack_a_panels(&a, ker.nr, &mut packed);
+            let tiles = ker.pixel_tiles(px);
+            for (with_bias, act) in [(true, ACTS[ci % ACTS.len()]), (false, Activation::Relu)] {
+                let (want, scale) =
+                    naive_conv(cc, &x, &Elems::F32(&wv), with_bias.then_some(&bias[..]));
+                for split in [None, Some(1), Some(tiles / 2)] {
+                    let what = format!(
+                        "{} {cc:?} bias {with_bias} {act:?} split {split:?}",
+                        ker.name
+                    );
+                    let ldc = p + 3;
+                    let mut y = vec![sentinel; cc.cout * ldc];
+                    let b = with_bias.then_some(&bias[..]);
+                    match split {
+                        Some(s) if s > 0 && s < tiles => {
+                            let half = cc.cout.div_ceil(2 * ker.nr) * ker.nr;
+                            // Tiles split at `s`, channels at a panel boundary.
+                            let parts = [(0, half.min(cc.cout)), (half.min(cc.cout), cc.cout)];
+                            for (r0, r1) in parts.into_iter().filter(|(r0, r1)| r0 < r1) {
+                                for t in [0..s, s..tiles] {
+                                    let sub = pa.rows(r0, r1);
+                                    let bs = b.map(|b| &b[r0..r1]);
+                                    ker.run_tiles(
+                                        sub,
+                                        &xin,
+                                        &offs,
+                                        px,
+                                        &mut y[r0 * ldc..],
+                                        ldc,
+                                        bs,
+                                        act,
+                                        t,
+                                    );
+                                }
+                            }
+                        }
+                        _ => ker.run(pa, &xin, &offs, px, &mut y, ldc, b, act),
+                    }
+                    for o in 0..cc.cout {
+                        for q in 0..ldc {
+                            let got = y[o * ldc + q];
+                            if q >= p {
+                                assert_eq!(got, sentinel, "{what}: wrote past the map at {o}, {q}");
+                                continue;
+                            }
+                            let i = o * p + q;
+                            assert!(
+                                close(got, want[i], scale[i], kk, act, 6e-8),
+                                "{what}: y[{o}, {q}] = {got}, want act({})",
+                                want[i]
+                            );
+                        }
+                    }
+                    ran += 1;
                 }
             }
         }

@@ -3,7 +3,7 @@
 //!
 //! Each family has one static registry ([`GEMM_KERNELS`], [`GEMV_KERNELS`],
 //! [`DEPTHWISE_KERNELS`], [`POOL_KERNELS`], [`SPMV_KERNELS`], [`SPMM_KERNELS`],
-//! [`BSPMV_KERNELS`]) listed from most to least preferred. Dispatch takes
+//! [`BSPMV_KERNELS`], [`OCGEMM_KERNELS`]) listed from most to least preferred. Dispatch takes
 //! the first entry whose [`Isa`] is available on the running CPU; tests and benches iterate every
 //! available entry, so a kernel added to a registry is dispatched, tested and benchmarked without
 //! further edits.
@@ -15,6 +15,7 @@ mod conv;
 mod dw3x3;
 mod gemm;
 mod gemv;
+mod ocgemm;
 mod pool;
 mod spmm;
 mod spmv;
@@ -30,6 +31,7 @@ pub use gemm::{
     PackedA, GEMM_KERNELS,
 };
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
+pub use ocgemm::{channel_offsets, ocgemm_kernel, OcGemmKernel, Pixels, OCGEMM_KERNELS};
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
 pub use spmm::{spmm, spmm_kernel, spmm_strided, SpmmKernel, SPMM_KERNELS};
 pub use spmv::{spmv, spmv_kernel, SpmvKernel, SPMV_KERNELS};

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::{weight_flops, window_out, InferCx, Inputs, Kernel, OpDef, PlanCx, Range, RunCx};
 use crate::error::Result;
 use crate::format::{Activation, TensorId};
-use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Crop, Elems, MatRef};
+use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Crop, Elems, MatRef, Pixels};
 use crate::model::{CsrView, Indices, Model, TensorView};
-use crate::par::{par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_spmm, slice_elems};
+use crate::par::{
+    par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_ocgemm, par_spmm, slice_elems,
+};
 use crate::pool::Pool;
 
 /// PyTorch `Conv2d` followed by `act`; weight `[out, in/groups, kh, kw]`. Attributes are
@@ -115,9 +117,21 @@ impl OpDef for Conv2d {
                 (None, TensorView::Dense(Elems::F32(w))) => Some(w.into()),
                 _ => None,
             };
+        // One group of dense f32 weights, stride 1, runs with the output channels in the
+        // vector lanes where the pixel-major GEMM would compute many padded columns.
+        let oc_ker = kernels::ocgemm_kernel();
+        let oc_pays = groups == 1
+            && !depthwise
+            && (direct || implicit_ok)
+            && f32_weight.is_some()
+            && oc_pays(oc_ker, &gm, out_c, k, direct);
         let packed = match f32_weight {
             Some(w) if cx.pack_weights && !depthwise && opg > 0 && k > 0 => {
-                let mr = kernels::gemm_kernel().mr;
+                let mr = if oc_pays {
+                    oc_ker.nr
+                } else {
+                    kernels::gemm_kernel().mr
+                };
                 let per_group = kernels::PackedA::len(opg, k, mr);
                 cx.try_alloc_params(per_group * groups).map(|(range, dst)| {
                     for (gi, d) in dst.chunks_exact_mut(per_group).enumerate() {
@@ -129,8 +143,22 @@ impl OpDef for Conv2d {
             }
             _ => None,
         };
+        let oc = (oc_pays && packed.is_some()).then(|| {
+            if direct {
+                kernels::channel_offsets(c, gm.h * gm.w)
+            } else {
+                gm.implicit_offsets(c)
+            }
+        });
         let mut scratch_len = 0;
-        if !depthwise {
+        if oc.is_some() {
+            // The padded image, one per thread when examples run in parallel.
+            if !direct {
+                scratch_len = gm.padded_len();
+                let copies = if cx.batch > 1 { cx.threads } else { 1 };
+                cx.need_scratch(scratch_len.saturating_mul(copies));
+            }
+        } else if !depthwise {
             if !direct {
                 // One patch matrix (or padded image and output) per thread when examples run
                 // in parallel.
@@ -166,6 +194,7 @@ impl OpDef for Conv2d {
             direct,
             offs: offs.filter(|_| implicit),
             packed,
+            oc,
             sparse_idx,
             scratch_len,
         }))
@@ -194,9 +223,43 @@ struct ConvKernel {
     /// Floats of scratch per example (0 where none is used).
     scratch_len: usize,
     /// Dense f32 weights packed for [`kernels::gemm_kernel`], one [`kernels::PackedA`] of
-    /// `out_c / groups` rows per group, back to back.
+    /// `out_c / groups` rows per group, back to back; with `oc`, packed for
+    /// [`kernels::ocgemm_kernel`] instead.
     packed: Option<Range>,
+    /// The input rows' offsets for the channels-in-lanes kernel, when it runs this layer: of
+    /// the padded image (stride 1), or of the input's channels (1×1).
+    oc: Option<Vec<usize>>,
 }
+
+/// Whether the channels-in-lanes kernel beats the pixel-major GEMM on this layer: it computes
+/// no padded column (the GEMM computes its tiles' full width over the padded grid), but rounds
+/// the channels up to its panels and transposes every tile as it stores it, which pays back
+/// only over a deep enough sum.
+fn oc_pays(
+    oc: &kernels::OcGemmKernel,
+    gm: &ConvGeom,
+    out_c: usize,
+    k: usize,
+    direct: bool,
+) -> bool {
+    let gemm = kernels::gemm_kernel();
+    if k < OC_MIN_K || out_c == 0 || gm.oh * gm.ow == 0 {
+        return false;
+    }
+    let p = gm.oh * gm.ow;
+    let grid = if direct { p } else { gm.implicit_cols() };
+    let gemm_work = out_c.next_multiple_of(gemm.mr) * grid.next_multiple_of(gemm.nr);
+    let oc_work = out_c.next_multiple_of(oc.nr) * p;
+    // The channels-in-lanes tile pays its transposing store and narrower tiles; ask for a
+    // clear margin.
+    oc_work * OC_MARGIN_DEN < gemm_work * OC_MARGIN_NUM
+}
+
+/// Shallowest sum the channels-in-lanes kernel takes.
+const OC_MIN_K: usize = 64;
+/// It runs when its work is below `NUM / DEN` of the GEMM's.
+const OC_MARGIN_NUM: usize = 9;
+const OC_MARGIN_DEN: usize = 10;
 
 impl Kernel for ConvKernel {
     fn expanded(&self) -> bool {
@@ -265,6 +328,35 @@ impl ConvKernel {
         let opg = self.out_c / groups;
         let k = cpg * gm.kh * gm.kw;
         let a_of = |w, gi| group_weights(w, packed, gi, opg, k);
+        if let (Some(offs), Some(packed)) = (&self.oc, packed) {
+            let ker = kernels::ocgemm_kernel();
+            let w = kernels::PackedA {
+                data: packed,
+                rows: self.out_c,
+                cols: k,
+                mr: ker.nr,
+            };
+            let (x, px) = if self.direct {
+                let px = Pixels {
+                    oh: gm.oh,
+                    ow: gm.ow,
+                    wp: gm.ow,
+                };
+                (xe, px)
+            } else {
+                let (_, wp) = gm.padded();
+                let xpad = &mut scratch[..gm.padded_len()];
+                kernels::pad_image(gm, xe, xpad);
+                let px = Pixels {
+                    oh: gm.oh,
+                    ow: gm.ow,
+                    wp,
+                };
+                (&*xpad, px)
+            };
+            par_ocgemm(pool, ker, w, x, offs, px, ye, p, bias, act);
+            return;
+        }
         match wv {
             TensorView::Dense(w) if self.depthwise => {
                 par_depthwise(pool, gm, xe, w, bias, act, ye);
