@@ -321,8 +321,8 @@ const PW_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("m2_pw_1280x320x49", 1280, 320, 49),
 ];
 
-/// 1×1 convolutions as the runtime runs them with packed weights: the pixel-major GEMM reading
-/// the input in place against the channels-in-lanes kernels.
+/// 1×1 convolutions as the runtime runs them with packed weights: the pixel-major GEMM kernels
+/// reading the input in place against the channels-in-lanes kernels (each of this CPU's).
 fn bench_pointwise(c: &mut Criterion) {
     for &(name, m, k, n) in PW_SHAPES {
         let mut grp = c.benchmark_group(format!("conv1x1/{name}"));
@@ -332,19 +332,20 @@ fn bench_pointwise(c: &mut Criterion) {
         let w = data(m * k, 6);
         let bias = data(m, 7);
         let a = MatRef::row_major(Elems::F32(&w), m, k);
-        let ker = gemm_kernel();
-        let mut packed = vec![0f32; PackedA::len(m, k, ker.mr)];
-        let pa = pack_a_panels(&a, ker.mr, &mut packed);
         let mut y = vec![0f32; m * n];
         let mut ws = vec![0f32; gemm_workspace(m, n, k)];
-        grp.bench_function(BenchmarkId::from_parameter("gemm"), |bch| {
-            bch.iter(|| {
-                let b = BOperand::Mat(MatRef::row_major(Elems::F32(&x), k, n));
-                let bias = Bias::Row(&bias);
-                gemm_b(pa, b, &mut y, n, bias, Activation::Relu6, &mut ws);
-                black_box(&y);
-            })
-        });
+        for ker in GEMM_KERNELS.iter().filter(|k| k.isa.is_available()) {
+            let mut packed = vec![0f32; PackedA::len(m, k, ker.mr)];
+            let pa = pack_a_panels(&a, ker.mr, &mut packed);
+            grp.bench_function(BenchmarkId::new("gemm", ker.name), |bch| {
+                bch.iter(|| {
+                    let b = BOperand::Mat(MatRef::row_major(Elems::F32(&x), k, n));
+                    let (bias, act) = (Bias::Row(&bias), Activation::Relu6);
+                    ker.run_b(AOperand::Packed(pa), b, &mut y, n, bias, act, &mut ws);
+                    black_box(&y);
+                })
+            });
+        }
         let offs = channel_offsets(k, n);
         let px = Pixels {
             oh: 1,

@@ -261,7 +261,8 @@ impl Pixels {
 }
 
 impl OcGemmKernel {
-    /// Tiles of `px` along its pixels: `runs × ceil(len / pmax)`.
+    /// Tiles of `px` along its pixels: each run of pixels contiguous in both the input and the
+    /// output (a row, or the whole map when `wp == ow`) cut into `ceil(len / pmax)` tiles.
     pub fn pixel_tiles(&self, px: Pixels) -> usize {
         let (runs, len) = px.runs();
         runs * len.div_ceil(self.pmax)
@@ -296,7 +297,7 @@ impl OcGemmKernel {
     }
 
     /// [`OcGemmKernel::run`] for the pixel tiles `tiles` only (of
-    /// [`OcGemmKernel::pixel_tiles`], in row order, each run of pixels cut every `pmax`).
+    /// [`OcGemmKernel::pixel_tiles`], in pixel order).
     #[allow(clippy::too_many_arguments)]
     pub fn run_tiles(
         &self,
@@ -411,8 +412,11 @@ impl OcGemmKernel {
             };
             let panel = &w.data[q * nr * k..];
             for tix in tiles.clone() {
-                let (run, j0) = (tix / per_run, (tix % per_run) * self.pmax);
-                let cnt = self.pmax.min(len - j0);
+                // Runs are cut into `per_run` tiles of nearly equal width (a 7-pixel row into
+                // 4 + 3 rather than 6 + 1 for a 6-pixel kernel).
+                let (run, i) = (tix / per_run, tix % per_run);
+                let j0 = i * len / per_run;
+                let cnt = (i + 1) * len / per_run - j0;
                 let (src, dst) = if px.wp == px.ow {
                     (j0, j0)
                 } else {

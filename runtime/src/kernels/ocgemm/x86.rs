@@ -155,6 +155,70 @@ impl Lanes for Avx2 {
     unsafe fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
         unsafe { _mm256_min_ps(_mm256_max_ps(v, lo), hi) }
     }
+    /// Each block of 8 channels is transposed in registers and stored as `P`-wide masked rows.
+    #[inline(always)]
+    unsafe fn store_tile<const P: usize, const V: usize>(
+        acc: &[[__m256; V]; P],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+    ) {
+        if P > 8 {
+            // SAFETY: the caller's contract.
+            return unsafe { super::store_tile_buf::<Self, P, V>(acc, c, ldc, rows) };
+        }
+        // SAFETY (this block and the loop's): register operations of AVX2; channel
+        // `8·v + i < rows` has `P` writable outputs at `c + (8·v + i)·ldc`, which the mask
+        // keeps the store to.
+        let mask = unsafe {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(P as i32), lanes)
+        };
+        #[allow(clippy::needless_range_loop)]
+        for v in 0..V {
+            unsafe {
+                let r = core::array::from_fn(|j| {
+                    if j < P {
+                        acc[j][v]
+                    } else {
+                        _mm256_setzero_ps()
+                    }
+                });
+                let t = transpose8(r);
+                for (i, &ti) in t.iter().enumerate().take(rows.saturating_sub(8 * v).min(8)) {
+                    _mm256_maskstore_ps(c.add((8 * v + i) * ldc), mask, ti);
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of the 8×8 matrix whose rows are `r`: lane `j` of result `i` is lane `i` of
+/// `r[j]`.
+#[inline(always)]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register operations of AVX, which the callers are compiled for.
+    unsafe {
+        let mut t = [_mm256_setzero_ps(); 8];
+        for i in 0..4 {
+            t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm256_setzero_ps(); 8];
+        for h in 0..2 {
+            let b = 4 * h;
+            u[b] = _mm256_shuffle_ps::<0x44>(t[b], t[b + 2]);
+            u[b + 1] = _mm256_shuffle_ps::<0xee>(t[b], t[b + 2]);
+            u[b + 2] = _mm256_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+            u[b + 3] = _mm256_shuffle_ps::<0xee>(t[b + 1], t[b + 3]);
+        }
+        let mut out = [_mm256_setzero_ps(); 8];
+        for i in 0..4 {
+            out[i] = _mm256_permute2f128_ps::<0x20>(u[i], u[4 + i]);
+            out[4 + i] = _mm256_permute2f128_ps::<0x31>(u[i], u[4 + i]);
+        }
+        out
+    }
 }
 
 /// `P` pixels × `16·V` channels with AVX-512F. See [`super::OcFn`].
