@@ -175,8 +175,11 @@ fn bench_gemm(c: &mut Criterion) {
 }
 
 /// `(name, in channels, out channels, height = width)`: 3×3, stride 1, padding 1.
-const CONV_SHAPES: &[(&str, usize, usize, usize)] =
-    &[("m1_conv2", 32, 64, 14), ("m1_conv3", 64, 128, 7)];
+const CONV_SHAPES: &[(&str, usize, usize, usize)] = &[
+    ("m1_conv1", 1, 32, 28),
+    ("m1_conv2", 32, 64, 14),
+    ("m1_conv3", 64, 128, 7),
+];
 
 /// The dense 3×3 convolutions of M1 as the runtime runs them (implicit GEMM: padding, the GEMM
 /// reading the padded image, cropping) and through im2col, against the GEMM alone on the same

@@ -143,17 +143,25 @@ pub(crate) unsafe fn tile<L: Lanes, const P: usize, const V: usize>(
     // weights and `P` inputs at `x + offs[p]`, then rows `< rows` of the output tile.
     unsafe {
         let mut acc = [[L::zero(); V]; P];
-        let mut wp = w;
-        for p in 0..k {
-            let xp = x.add(*offs.add(p));
-            let wv: [L::V; V] = core::array::from_fn(|v| L::load(wp.add(v * L::N)));
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let b = L::splat(xp.add(j));
-                for (a, &wv) in acc.iter_mut().zip(&wv) {
-                    *a = L::fma(*a, wv, b);
+        macro_rules! step {
+            ($p:expr) => {
+                let xp = x.add(*offs.add($p));
+                let wp = w.add($p * nr);
+                let wv: [L::V; V] = core::array::from_fn(|v| L::load(wp.add(v * L::N)));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let b = L::splat(xp.add(j));
+                    for (a, &wv) in acc.iter_mut().zip(&wv) {
+                        *a = L::fma(*a, wv, b);
+                    }
                 }
-            }
-            wp = wp.add(nr);
+            };
+        }
+        for p in (0..k / 2).map(|i| 2 * i) {
+            step!(p);
+            step!(p + 1);
+        }
+        if k % 2 == 1 {
+            step!(k - 1);
         }
         let bias: [L::V; V] = core::array::from_fn(|v| L::load(t.bias.add(v * L::N)));
         let (lo, hi) = (L::splat(&t.lo), L::splat(&t.hi));
