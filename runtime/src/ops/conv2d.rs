@@ -243,7 +243,7 @@ fn oc_pays(
     direct: bool,
 ) -> bool {
     let gemm = kernels::gemm_kernel();
-    if k < OC_MIN_K || out_c == 0 || gm.oh * gm.ow == 0 {
+    if k < oc.min_k || out_c == 0 || gm.oh * gm.ow == 0 {
         return false;
     }
     let p = gm.oh * gm.ow;
@@ -255,8 +255,6 @@ fn oc_pays(
     oc_work * OC_MARGIN_DEN < gemm_work * OC_MARGIN_NUM
 }
 
-/// Shallowest sum the channels-in-lanes kernel takes.
-const OC_MIN_K: usize = 64;
 /// It runs when its work is below `NUM / DEN` of the GEMM's.
 const OC_MARGIN_NUM: usize = 9;
 const OC_MARGIN_DEN: usize = 10;

@@ -193,6 +193,11 @@ pub struct OcGemmKernel {
     pub nr: usize,
     /// Widest tile in pixels; `fns[P - 1]` runs `P` pixels.
     pub pmax: usize,
+    /// Shallowest sum for which the kernel is worth choosing over the pixel-major GEMM of the
+    /// same instruction set: below it the transposing store outweighs the padded columns it
+    /// saves (measured for AVX-512 and AVX2 on the `conv1x1/` bench group; NEON's is a guess
+    /// on the safe side until measured on a device).
+    pub min_k: usize,
     fns: &'static [OcFn],
 }
 
@@ -204,6 +209,7 @@ pub static OCGEMM_KERNELS: &[OcGemmKernel] = &[
         isa: Isa::Avx512F,
         nr: 32,
         pmax: 14,
+        min_k: 64,
         fns: oc_table!(x86::oc_avx512, 2; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
     },
     #[cfg(target_arch = "x86_64")]
@@ -212,6 +218,7 @@ pub static OCGEMM_KERNELS: &[OcGemmKernel] = &[
         isa: Isa::Avx2Fma,
         nr: 16,
         pmax: 6,
+        min_k: 384,
         fns: oc_table!(x86::oc_avx2, 2; 1 2 3 4 5 6),
     },
     #[cfg(target_arch = "aarch64")]
@@ -220,6 +227,7 @@ pub static OCGEMM_KERNELS: &[OcGemmKernel] = &[
         isa: Isa::Neon,
         nr: 16,
         pmax: 6,
+        min_k: 256,
         fns: oc_table!(neon::oc_neon, 4; 1 2 3 4 5 6),
     },
     OcGemmKernel {
@@ -227,6 +235,7 @@ pub static OCGEMM_KERNELS: &[OcGemmKernel] = &[
         isa: Isa::Scalar,
         nr: 4,
         pmax: 4,
+        min_k: 64,
         fns: oc_table!(scalar::oc_scalar, 4; 1 2 3 4),
     },
 ];
