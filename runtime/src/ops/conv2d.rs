@@ -120,14 +120,14 @@ impl OpDef for Conv2d {
         // One group of dense f32 weights, stride 1, runs with the output channels in the
         // vector lanes where the pixel-major GEMM would compute many padded columns.
         let oc_ker = kernels::ocgemm_kernel();
-        let oc_pays = groups == 1
+        let use_oc = groups == 1
             && !depthwise
             && (direct || implicit_ok)
             && f32_weight.is_some()
             && oc_pays(oc_ker, &gm, out_c, k, direct);
         let packed = match f32_weight {
             Some(w) if cx.pack_weights && !depthwise && opg > 0 && k > 0 => {
-                let mr = if oc_pays {
+                let mr = if use_oc {
                     oc_ker.nr
                 } else {
                     kernels::gemm_kernel().mr
@@ -143,7 +143,7 @@ impl OpDef for Conv2d {
             }
             _ => None,
         };
-        let oc = (oc_pays && packed.is_some()).then(|| {
+        let oc = (use_oc && packed.is_some()).then(|| {
             if direct {
                 kernels::channel_offsets(c, gm.h * gm.w)
             } else {

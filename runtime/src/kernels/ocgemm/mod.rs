@@ -412,6 +412,7 @@ impl OcGemmKernel {
         };
         let nr = self.nr;
         let mut bbuf = [0.0f32; 32];
+        debug_assert!(nr <= bbuf.len() && self.pmax * nr <= MAX_TILE);
         for (q, i0) in (0..m).step_by(nr).enumerate() {
             let rows = nr.min(m - i0);
             match bias {
