@@ -1889,32 +1889,13 @@ fn every_gemm_path_net(rng: &mut Rng) -> Built {
     net.finish(&[y])
 }
 
-/// A 3×3 and a 1×1 convolution on a 7×7 map, where the pixel-major GEMM would compute 64
-/// columns for 49 pixels, with sums deep enough (432, 400) for every instruction set's
+/// A 1×1 and a 3×3 convolution on a 7×7 map, where the pixel-major GEMM would compute 56–64
+/// columns for 49 pixels, with sums deep enough (400, 576) for every instruction set's
 /// channels-in-lanes kernel: both run with the output channels in the vector lanes.
 fn channels_in_lanes_net(rng: &mut Rng) -> Built {
     let mut net = Net::new();
-    let h = net.input(&[48, 7, 7]);
+    let h = net.input(&[400, 7, 7]);
     let s = Store::F32;
-    let h = conv(
-        &mut net,
-        rng,
-        h,
-        &cc(
-            "oc3",
-            48,
-            400,
-            [7, 7],
-            [3, 3],
-            [1, 1],
-            [1, 1],
-            [1, 1],
-            1,
-            true,
-            Activation::Relu6,
-        ),
-        s,
-    );
     let h = conv(
         &mut net,
         rng,
@@ -1922,7 +1903,7 @@ fn channels_in_lanes_net(rng: &mut Rng) -> Built {
         &cc(
             "oc1",
             400,
-            32,
+            64,
             [7, 7],
             [1, 1],
             [1, 1],
@@ -1931,6 +1912,25 @@ fn channels_in_lanes_net(rng: &mut Rng) -> Built {
             1,
             true,
             Activation::Relu,
+        ),
+        s,
+    );
+    let h = conv(
+        &mut net,
+        rng,
+        h,
+        &cc(
+            "oc3",
+            64,
+            32,
+            [7, 7],
+            [3, 3],
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            true,
+            Activation::Relu6,
         ),
         s,
     );
@@ -1946,12 +1946,13 @@ fn channels_in_lanes_net(rng: &mut Rng) -> Built {
 #[test]
 fn issue14_threads_split_dense_work_like_one_thread() {
     let mut rng = Rng::new(14);
-    for b in [
-        every_gemm_path_net(&mut rng),
-        channels_in_lanes_net(&mut rng),
-    ] {
+    let nets = [
+        (every_gemm_path_net(&mut rng), &[1, 2, 5][..]),
+        (channels_in_lanes_net(&mut rng), &[1, 3][..]),
+    ];
+    for (b, batches) in nets {
         let m = Model::from_vec(&b.bytes).unwrap();
-        for batch in [1, 2, 5] {
+        for &batch in batches {
             let mut one = Session::new(&m, batch).unwrap();
             let input = rng.vec(one.input_len(0) * batch);
             let want = one.run(&input).unwrap().to_vec();
@@ -1963,7 +1964,12 @@ fn issue14_threads_split_dense_work_like_one_thread() {
                     "batch {batch}, {threads} threads"
                 );
             }
-            check(&b, batch, &format!("threads test, batch {batch}"));
+            // The nets are dense, so one sparse policy covers them; the reference (slow in
+            // debug builds under qemu) is checked at the smallest and the largest batch.
+            if batch == batches[0] || batch == batches[batches.len() - 1] {
+                let what = format!("threads test, batch {batch}");
+                check_policy(&b, &m, batch, 1.0, &what, SparsePolicy::default());
+            }
         }
     }
 }
