@@ -23,6 +23,18 @@ pub fn act_scalar(act: Activation, x: f32) -> f32 {
     }
 }
 
+/// How a micro-kernel epilogue applies `act`: `(clamp, lo, hi, post)`, clamping to `[lo, hi]`
+/// in registers for the activations that are a clamp (none, ReLU, ReLU6), or `post`: apply
+/// [`act_scalar`] to the stored tile.
+pub(crate) fn act_clamp(act: Activation) -> (bool, f32, f32, bool) {
+    match act {
+        Activation::None => (false, f32::NEG_INFINITY, f32::INFINITY, false),
+        Activation::Relu => (true, 0.0, f32::INFINITY, false),
+        Activation::Relu6 => (true, 0.0, 6.0, false),
+        _ => (false, f32::NEG_INFINITY, f32::INFINITY, true),
+    }
+}
+
 /// Applies `act` in place.
 pub fn apply_act(act: Activation, xs: &mut [f32]) {
     match act {

@@ -20,6 +20,7 @@ mod pool;
 mod spmm;
 mod spmv;
 
+pub(crate) use act::act_clamp;
 pub use act::{act_scalar, apply_act};
 pub use bspmv::{bspmv, bspmv_kernel, BspmvKernel, BLOCK as BSPMV_BLOCK, BSPMV_KERNELS};
 pub use conv::{

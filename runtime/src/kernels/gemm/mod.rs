@@ -14,7 +14,7 @@
 
 use half::f16;
 
-use super::{act_scalar, Activation, Bias, Elems, Isa, MatRef};
+use super::{act_clamp, act_scalar, Activation, Bias, Elems, Isa, MatRef};
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -648,12 +648,7 @@ impl GemmKernel {
         };
         let bpack = &mut rest[..kc_max * b_packed];
         let crop = b.crop();
-        let (clamp, lo, hi, post) = match act {
-            Activation::None => (false, f32::NEG_INFINITY, f32::INFINITY, false),
-            Activation::Relu => (true, 0.0, f32::INFINITY, false),
-            Activation::Relu6 => (true, 0.0, 6.0, false),
-            _ => (false, f32::NEG_INFINITY, f32::INFINITY, true),
-        };
+        let (clamp, lo, hi, post) = act_clamp(act);
         // `A` is read in place when packed ahead of time, or when its full panels are
         // row-major f32 and the kernel takes strides.
         let (direct, prepacked) = match a {

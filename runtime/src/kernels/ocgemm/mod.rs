@@ -18,7 +18,7 @@
 
 use alloc::vec::Vec;
 
-use super::{act_scalar, Activation, Isa, PackedA};
+use super::{act_clamp, act_scalar, Activation, Isa, PackedA};
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -404,12 +404,7 @@ impl OcGemmKernel {
         let (runs, len) = px.runs();
         let per_run = len.div_ceil(self.pmax);
         assert!(tiles.end <= runs * per_run, "ocgemm: tiles past the map");
-        let (clamp, lo, hi, post) = match act {
-            Activation::None => (false, f32::NEG_INFINITY, f32::INFINITY, false),
-            Activation::Relu => (true, 0.0, f32::INFINITY, false),
-            Activation::Relu6 => (true, 0.0, 6.0, false),
-            _ => (false, f32::NEG_INFINITY, f32::INFINITY, true),
-        };
+        let (clamp, lo, hi, post) = act_clamp(act);
         let nr = self.nr;
         let mut bbuf = [0.0f32; 32];
         debug_assert!(nr <= bbuf.len() && self.pmax * nr <= MAX_TILE);
