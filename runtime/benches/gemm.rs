@@ -14,8 +14,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use half::f16;
 use nap_runtime::kernels::{
     channel_offsets, crop_rows, gemm_b, gemm_kernel, gemm_workspace, im2col, im2col_len,
-    pack_a_panels, pad_image, AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems,
-    MatRef, PackedA, Pixels, GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS,
+    pack_a_panels, pad_image, winograd_weights, AOperand, Activation, BOperand, Bias, ConvGeom,
+    Crop, Dtype, Elems, MatRef, PackedA, Pixels, WinoGeom, GEMM_KERNELS, GEMV_KERNELS,
+    OCGEMM_KERNELS, WINOGRAD_KERNELS,
 };
 
 /// `(name, m, n, k)`: `C[m × n] = A[m × k] · B[k × n]`, all row-major.
@@ -282,6 +283,29 @@ fn bench_conv(c: &mut Criterion) {
                     pad_image(&g, &x, xpad);
                     let b = Some(&bias[..]);
                     oc.run(opa, xpad, &offs, px, &mut y, n, b, Activation::Relu);
+                    black_box(&y);
+                })
+            });
+        }
+        let wg = WinoGeom::new(&g, m).expect("a 3x3 stride-1 window");
+        let mut u = vec![0f32; wg.weights_len()];
+        winograd_weights(&wg, &w, &mut u);
+        let mut wscratch = vec![0f32; wg.scratch_len()];
+        let mut wws = vec![0f32; wg.ws_len()];
+        for wk in WINOGRAD_KERNELS.iter().filter(|k| k.isa.is_available()) {
+            grp.bench_function(BenchmarkId::new("winograd", wk.name), |bch| {
+                bch.iter(|| {
+                    let b = Some(&bias[..]);
+                    wk.run(
+                        &wg,
+                        &x,
+                        &u,
+                        b,
+                        Activation::Relu,
+                        &mut y,
+                        &mut wscratch,
+                        &mut wws,
+                    );
                     black_box(&y);
                 })
             });

@@ -88,6 +88,9 @@ pub struct NodeTime {
     /// Which kernels ran: `dense`, `sparse` (the stored CSR or blocked weight) or `expanded`
     /// (a sparse weight the policy expanded to dense at load); empty for nodes without weights.
     pub ran: &'static str,
+    /// The algorithm that ran the node, where its op has several (a convolution: `winograd`,
+    /// `channels_in_lanes`, `implicit_gemm`, ...); empty otherwise.
+    pub kernel: &'static str,
 }
 
 /// One model's figures.
@@ -240,14 +243,17 @@ pub fn bench(
         let node_times = s.node_times().unwrap_or(&[]).to_vec();
         s.set_profiling(false);
         let expanded = s.expanded();
+        let methods = s.methods();
         let stats = layer_stats(t.model);
         let graph = t.model.graph();
         let nodes: Vec<NodeTime> = stats
             .into_iter()
             .zip(node_times)
             .zip(expanded)
+            .zip(methods)
             .zip(&graph.nodes)
-            .map(|(((stats, d), exp), node)| NodeTime {
+            .map(|((((stats, d), exp), kernel), node)| NodeTime {
+                kernel,
                 ran: match (node.op.weight_bias(), exp) {
                     (_, true) => "expanded",
                     (Some((weight, _)), false) => match t.model.tensor(weight) {
@@ -341,8 +347,8 @@ pub fn render(r: &BenchReport) -> String {
         o += &format!("speedup {s:.2}x over the baseline (FLOP reduction {f:.2}x)\n");
     }
     o += &format!(
-        "\n{:<24} {:<20} {:<12} {:<8} {:>8} {:>10} {:>10}",
-        "node", "op", "storage", "ran", "density", "MFLOPs", "mean µs"
+        "\n{:<24} {:<20} {:<12} {:<8} {:<17} {:>8} {:>10} {:>10}",
+        "node", "op", "storage", "ran", "kernel", "density", "MFLOPs", "mean µs"
     );
     if r.baseline.is_some() {
         o += &format!(" {:>11} {:>8}", "baseline µs", "speedup");
@@ -351,11 +357,12 @@ pub fn render(r: &BenchReport) -> String {
     for n in &r.model.nodes {
         let s = &n.stats;
         o += &format!(
-            "{:<24} {:<20} {:<12} {:<8} {:>7.1}% {:>10.4} {:>10.2}",
+            "{:<24} {:<20} {:<12} {:<8} {:<17} {:>7.1}% {:>10.4} {:>10.2}",
             s.name,
             s.op,
             s.storage,
             n.ran,
+            n.kernel,
             100.0 * s.density,
             s.flops as f64 / 1e6,
             n.mean_us

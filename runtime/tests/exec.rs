@@ -1974,6 +1974,42 @@ fn issue14_threads_split_dense_work_like_one_thread() {
     }
 }
 
+/// The default session runs the deep 3×3 convolution of `channels_in_lanes_net` as Winograd
+/// F(2×2, 3×3) (and none of the shallow ones of `every_gemm_path_net`), and agrees with the
+/// session that computes every sum directly, at every batch and thread count; the f64 reference
+/// of the default session is checked by `issue14_threads_split_dense_work_like_one_thread`.
+#[test]
+fn issue14_winograd_sessions_match_direct_sessions() {
+    let mut rng = Rng::new(16);
+    for (wanted, b) in [
+        (0, every_gemm_path_net(&mut rng)),
+        (1, channels_in_lanes_net(&mut rng)),
+    ] {
+        let m = Model::from_vec(&b.bytes).unwrap();
+        for (batch, threads) in [(1, 1), (3, 2)] {
+            let opts = |winograd| SessionOptions {
+                threads,
+                winograd,
+                ..SessionOptions::default()
+            };
+            let mut direct = Session::with_options(&m, batch, opts(false)).unwrap();
+            let mut wino = Session::with_options(&m, batch, opts(true)).unwrap();
+            let count = |s: &Session<'_>| s.methods().iter().filter(|&&k| k == "winograd").count();
+            assert_eq!(count(&wino), wanted, "{:?}", wino.methods());
+            assert_eq!(count(&direct), 0);
+            let input = rng.vec(direct.input_len(0) * batch);
+            let want: Vec<f64> = direct
+                .run(&input)
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let got = wino.run(&input).unwrap();
+            assert_close(got, &want, 1e-4, &format!("winograd, batch {batch}"));
+        }
+    }
+}
+
 /// Packing convolution weights at planning (the default) takes memory for the pixel-major GEMM's
 /// convolutions and changes no result (bit for bit, or to rounding where it moves layers with
 /// sums deeper than 256 to the channels-in-lanes kernel).
@@ -1992,6 +2028,7 @@ fn issue14_packing_weights_changes_memory_not_results() {
             let opts = |pack_weights| SessionOptions {
                 threads,
                 pack_weights,
+                winograd: false,
                 ..SessionOptions::default()
             };
             let mut plain = Session::with_options(&m, batch, opts(false)).unwrap();

@@ -8,9 +8,10 @@ use nap_runtime::format::IndexWidth;
 use nap_runtime::kernels::{
     act_scalar, avgpool2d, channel_offsets, crop_rows, depthwise_conv2d, gemm, gemm_workspace,
     gemv, im2col, im2col_len, im2col_rows, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv,
-    spmv_kernel, AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype, Elems, GemmKernel,
-    Isa, MatRef, Pixels, PoolOp, SpmmKernel, SpmvKernel, BSPMV_KERNELS, DEPTHWISE_KERNELS,
-    GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS, POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS,
+    spmv_kernel, winograd_weights, AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype,
+    Elems, GemmKernel, Isa, MatRef, Pixels, PoolOp, SpmmKernel, SpmvKernel, WinoGeom,
+    BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS, POOL_KERNELS,
+    SPMM_KERNELS, SPMV_KERNELS, WINOGRAD_KERNELS,
 };
 use nap_runtime::model::{BlockCsrBuf, BlockCsrView, CsrBuf, CsrView, Indices};
 
@@ -1014,6 +1015,116 @@ fn issue14_channels_in_lanes_kernels_match_direct_conv() {
                     }
                     ran += 1;
                 }
+            }
+        }
+    }
+    assert!(ran > 0);
+}
+
+/// The Winograd F(2×2, 3×3) builds compute 3×3 stride-1 convolutions like the direct
+/// convolution: odd and even maps (tiles past the edge), paddings 0 to 2, channel counts that
+/// leave partial vector steps, one map smaller than a tile, no input channel (`act(bias)`),
+/// more tiles than one block, every activation, with and without bias; nothing is written past
+/// the output, and the scratch needs no initialisation.
+#[test]
+fn issue14_winograd_kernels_match_direct_conv() {
+    let base = ConvCase {
+        c: 3,
+        h: 9,
+        w: 8,
+        cout: 4,
+        k: [3, 3],
+        s: [1, 1],
+        p: [1, 1],
+        d: [1, 1],
+        groups: 1,
+    };
+    let cases = [
+        base,
+        ConvCase {
+            c: 17,
+            h: 7,
+            w: 7,
+            cout: 33,
+            ..base
+        },
+        ConvCase {
+            c: 8,
+            h: 6,
+            w: 11,
+            cout: 16,
+            p: [0, 0],
+            ..base
+        },
+        ConvCase {
+            c: 5,
+            h: 4,
+            w: 5,
+            cout: 9,
+            p: [2, 1],
+            ..base
+        },
+        ConvCase {
+            c: 2,
+            h: 1,
+            w: 1,
+            cout: 3,
+            ..base
+        },
+        ConvCase {
+            c: 0,
+            h: 4,
+            w: 4,
+            cout: 5,
+            ..base
+        },
+        ConvCase {
+            c: 48,
+            h: 20,
+            w: 19,
+            cout: 40,
+            ..base
+        },
+    ];
+    let sentinel = -12345.0f32;
+    let mut ran = 0;
+    for ker in available(WINOGRAD_KERNELS, |k| k.isa) {
+        for (ci, cc) in cases.iter().enumerate() {
+            let mut rng = Rng(1400 + ci as u64);
+            let g = cc.geom();
+            let wg = WinoGeom::new(&g, cc.cout).expect("3x3 stride 1");
+            if ci == cases.len() - 1 {
+                let (th, tw) = wg.tiles();
+                assert!(wg.block_tiles() < th * tw, "the last case spans blocks");
+            }
+            let kk = cc.c * 9;
+            let p = g.oh * g.ow;
+            let x = rng.vec(cc.c * cc.h * cc.w);
+            let wv = rng.vec(cc.cout * kk);
+            let bias = rng.vec(cc.cout);
+            let mut u = vec![f32::NAN; wg.weights_len()];
+            winograd_weights(&wg, &wv, &mut u);
+            for (with_bias, act) in [(true, ACTS[ci % ACTS.len()]), (false, Activation::Relu)] {
+                let (want, scale) =
+                    naive_conv(cc, &x, &Elems::F32(&wv), with_bias.then_some(&bias[..]));
+                let what = format!("{} {cc:?} bias {with_bias} {act:?}", ker.name);
+                let mut y = vec![sentinel; cc.cout * p + 5];
+                let mut scratch = vec![f32::NAN; wg.scratch_len()];
+                let mut ws = vec![f32::NAN; wg.ws_len()];
+                let b = with_bias.then_some(&bias[..]);
+                ker.run(&wg, &x, &u, b, act, &mut y, &mut scratch, &mut ws);
+                for (i, &got) in y.iter().enumerate() {
+                    if i >= cc.cout * p {
+                        assert_eq!(got, sentinel, "{what}: wrote past the output at {i}");
+                        continue;
+                    }
+                    assert!(
+                        close(got, want[i], scale[i], kk, act, 2e-7),
+                        "{what}: y[{i}] = {got}, want act({})",
+                        want[i]
+                    );
+                }
+                ran += 1;
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Each family has one static registry ([`GEMM_KERNELS`], [`GEMV_KERNELS`],
 //! [`DEPTHWISE_KERNELS`], [`POOL_KERNELS`], [`SPMV_KERNELS`], [`SPMM_KERNELS`],
-//! [`BSPMV_KERNELS`], [`OCGEMM_KERNELS`]) listed from most to least preferred. Dispatch takes
+//! [`BSPMV_KERNELS`], [`OCGEMM_KERNELS`], [`WINOGRAD_KERNELS`]) listed from most to least preferred. Dispatch takes
 //! the first entry whose [`Isa`] is available on the running CPU; tests and benches iterate every
 //! available entry, so a kernel added to a registry is dispatched, tested and benchmarked without
 //! further edits.
@@ -19,6 +19,7 @@ mod ocgemm;
 mod pool;
 mod spmm;
 mod spmv;
+mod winograd;
 
 pub(crate) use act::act_clamp;
 pub use act::{act_scalar, apply_act};
@@ -36,6 +37,10 @@ pub use ocgemm::{channel_offsets, ocgemm_kernel, OcGemmKernel, Pixels, OCGEMM_KE
 pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
 pub use spmm::{spmm, spmm_kernel, spmm_strided, SpmmKernel, SPMM_KERNELS};
 pub use spmv::{spmv, spmv_kernel, SpmvKernel, SPMV_KERNELS};
+pub use winograd::{
+    transform_weights as winograd_weights, winograd_kernel, WinoGeom, WinogradKernel,
+    WINOGRAD_KERNELS, WINO_POINTS,
+};
 
 pub use crate::format::Activation;
 pub use crate::model::Elems;

@@ -89,6 +89,12 @@ pub trait Kernel: Debug + Send + Sync {
     fn expanded(&self) -> bool {
         false
     }
+
+    /// Which of the op's algorithms runs it, where it has several (a convolution:
+    /// `winograd`, `channels_in_lanes`, `implicit_gemm`, ...); empty otherwise.
+    fn method(&self) -> &'static str {
+        ""
+    }
 }
 
 impl Op {
@@ -215,6 +221,8 @@ pub struct PlanCx<'a, 'm> {
     pub policy: SparsePolicy,
     /// [`crate::SessionOptions::pack_weights`].
     pub pack_weights: bool,
+    /// [`crate::SessionOptions::winograd`].
+    pub winograd: bool,
     /// Most floats the session's converted parameters may reach: its memory limit less the
     /// other buffers planned so far.
     pub param_limit: usize,
