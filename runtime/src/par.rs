@@ -198,6 +198,56 @@ pub(crate) fn par_ocgemm(
     });
 }
 
+/// [`kernels::WinogradKernel::run`] for one example, its tiles split across the pool when the
+/// layer is big enough: the padded input is built once, then each part transforms, multiplies
+/// and writes back its own range of tiles with its own block of `scratch` and of `ws`
+/// (`ws_len` floats per part). `scratch` holds the padded input and one
+/// [`kernels::WinogradKernel::run`] block per thread.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_winograd(
+    pool: &Pool,
+    ker: &kernels::WinogradKernel,
+    g: &kernels::WinoGeom,
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    ws: &mut [f32],
+    ws_len: usize,
+) {
+    let parts = pool.threads();
+    let (th, tw) = g.tiles();
+    let tiles = th * tw;
+    if parts == 1 || tiles < 2 * parts || g.macs() < PAR_MIN_MACS {
+        ker.run(g, x, u, bias, act, y, scratch, &mut ws[..ws_len]);
+        return;
+    }
+    let (xh, vm) = scratch.split_at_mut(g.padded_len());
+    ker.pad(g, x, xh);
+    let vm_len = ker.tiles_len(g);
+    assert!(vm.len() >= parts * vm_len && ws.len() >= parts * ws_len);
+    let (y_len, yp) = (y.len(), Parts(y.as_mut_ptr()));
+    let (vp, wp) = (Parts(vm.as_mut_ptr()), Parts(ws.as_mut_ptr()));
+    let xh = &*xh;
+    pool.run(&|part| {
+        let (t0, t1) = part_range(tiles, parts, 1, part);
+        if t0 == t1 {
+            return;
+        }
+        // SAFETY: each part has its own block of the scratch and of the workspace (asserted
+        // above to hold `parts` blocks), and its own tiles, whose pixels no other part writes.
+        unsafe {
+            let (v, w) = (
+                vp.slice(part * vm_len, vm_len),
+                wp.slice(part * ws_len, ws_len),
+            );
+            ker.run_tiles(g, xh, u, bias, act, t0..t1, yp.at(0), y_len, v, w);
+        }
+    });
+}
+
 /// [`kernels::gemv`] over a row-major `m × k` matrix, rows split across the pool when it pays.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_gemv(

@@ -68,7 +68,7 @@ impl WinoGeom {
         (2 * th + 2, 2 * tw + 2)
     }
 
-    fn padded_len(&self) -> usize {
+    pub(crate) fn padded_len(&self) -> usize {
         let (hp, wp) = self.padded();
         hp * wp * self.c
     }
@@ -261,7 +261,8 @@ fn output_chunk<const N: usize>(
     o0: usize,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
+    y_len: usize,
     ot: OutTile,
 ) {
     // Aᵀ M, column by column: rows m0 + m1 + m2 and m1 - m2 - m3.
@@ -295,9 +296,9 @@ fn output_chunk<const N: usize>(
         }
     }
     let last = (o0 + N - 1) * ot.plane + ot.off + (ot.rows - 1) * ot.ow + ot.cols - 1;
-    assert!(last < y.len());
-    let y = y.as_mut_ptr();
-    // SAFETY: every element written is at most `last`, inside `y` (asserted above).
+    assert!(last < y_len);
+    // SAFETY: every element written is at most `last`, inside `y` (asserted above); the caller
+    // owns this tile's pixels.
     unsafe {
         if ot.rows == 2 && ot.cols == 2 {
             // Each output row of the tile is a pair of adjacent floats.
@@ -322,7 +323,7 @@ fn output_chunk<const N: usize>(
 }
 
 /// The output transform of tiles `t0..t1` from `M` (`ms` floats per point) into `y`
-/// (`[oc, oh, ow]`).
+/// (`[oc, oh, ow]`, `y_len` floats); writes only those tiles' pixels.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn output_body<const L: usize>(
@@ -333,7 +334,8 @@ fn output_body<const L: usize>(
     ms: usize,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
+    y_len: usize,
 ) {
     let oc = g.oc;
     let (_, tw) = g.tiles();
@@ -349,11 +351,11 @@ fn output_body<const L: usize>(
         let mb = (t - t0) * oc;
         let mut o0 = 0;
         while o0 + L <= oc {
-            output_chunk::<L>(m, mb + o0, ms, o0, bias, act, y, ot);
+            output_chunk::<L>(m, mb + o0, ms, o0, bias, act, y, y_len, ot);
             o0 += L;
         }
         while o0 < oc {
-            output_chunk::<1>(m, mb + o0, ms, o0, bias, act, y, ot);
+            output_chunk::<1>(m, mb + o0, ms, o0, bias, act, y, y_len, ot);
             o0 += 1;
         }
     }
@@ -361,7 +363,7 @@ fn output_body<const L: usize>(
 
 type InputFn = unsafe fn(&WinoGeom, &[f32], usize, usize, usize, &mut [f32]);
 type OutputFn =
-    unsafe fn(&WinoGeom, &[f32], usize, usize, usize, Option<&[f32]>, Activation, &mut [f32]);
+    unsafe fn(&WinoGeom, &[f32], usize, usize, usize, Option<&[f32]>, Activation, *mut f32, usize);
 
 /// One build of the transforms; the 16 GEMMs run on [`gemm_kernel`]. [`WINOGRAD_KERNELS`]
 /// lists them from most to least preferred.
@@ -397,9 +399,10 @@ macro_rules! transforms {
             ms: usize,
             bias: Option<&[f32]>,
             act: Activation,
-            y: &mut [f32],
+            y: *mut f32,
+            y_len: usize,
         ) {
-            output_body::<$l>(g, m, t0, t1, ms, bias, act, y)
+            output_body::<$l>(g, m, t0, t1, ms, bias, act, y, y_len)
         }
     };
 }
@@ -468,30 +471,80 @@ impl WinogradKernel {
         scratch: &mut [f32],
         ws: &mut [f32],
     ) {
+        assert!(scratch.len() >= g.scratch_len());
+        let (xh, vm) = scratch.split_at_mut(g.padded_len());
+        self.pad(g, x, xh);
+        let (th, tw) = g.tiles();
+        // SAFETY: `y` is an exclusive slice.
+        unsafe {
+            self.run_tiles(
+                g,
+                xh,
+                u,
+                bias,
+                act,
+                0..th * tw,
+                y.as_mut_ptr(),
+                y.len(),
+                vm,
+                ws,
+            )
+        }
+    }
+
+    /// Writes `x` into the first [`WinoGeom::padded_len`] floats of `xh` as
+    /// [`WinogradKernel::run_tiles`] reads it.
+    pub(crate) fn pad(&self, g: &WinoGeom, x: &[f32], xh: &mut [f32]) {
+        assert!(x.len() >= g.c * g.h * g.w && xh.len() >= g.padded_len());
+        pad_channels_last(g, x, xh);
+    }
+
+    /// Floats of `vm` one [`WinogradKernel::run_tiles`] call needs.
+    pub(crate) fn tiles_len(&self, g: &WinoGeom) -> usize {
+        g.scratch_len() - g.padded_len()
+    }
+
+    /// [`WinogradKernel::run`] for tiles `tiles` of the padded input `xh` ([`Self::pad`]),
+    /// `vm` holding [`Self::tiles_len`] floats.
+    ///
+    /// # Safety
+    /// `y` addresses `y_len` floats of one allocation; the call writes only the pixels of
+    /// `tiles` (of every output channel), and nothing else accesses those during the call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn run_tiles(
+        &self,
+        g: &WinoGeom,
+        xh: &[f32],
+        u: &[f32],
+        bias: Option<&[f32]>,
+        act: Activation,
+        tiles: core::ops::Range<usize>,
+        y: *mut f32,
+        y_len: usize,
+        vm: &mut [f32],
+        ws: &mut [f32],
+    ) {
         assert!(
             self.isa.is_available(),
             "winograd: {} not supported on this CPU",
             self.name
         );
         let (c, oc) = (g.c, g.oc);
-        assert!(x.len() >= c * g.h * g.w && y.len() >= oc * g.oh * g.ow);
-        assert!(u.len() >= g.weights_len() && scratch.len() >= g.scratch_len());
-        assert!(bias.is_none_or(|b| b.len() >= oc));
-        assert!(g.oh + 2 == g.h + 2 * g.pad[0] && g.ow + 2 == g.w + 2 * g.pad[1]);
         let (th, tw) = g.tiles();
-        let tiles = th * tw;
-        if oc == 0 || tiles == 0 {
+        assert!(y_len >= oc * g.oh * g.ow && tiles.end <= th * tw);
+        assert!(u.len() >= g.weights_len() && vm.len() >= self.tiles_len(g));
+        assert!(xh.len() >= g.padded_len() && bias.is_none_or(|b| b.len() >= oc));
+        assert!(g.oh + 2 == g.h + 2 * g.pad[0] && g.ow + 2 == g.w + 2 * g.pad[1]);
+        if oc == 0 {
             return;
         }
-        let (xh, rest) = scratch.split_at_mut(g.padded_len());
-        pad_channels_last(g, x, xh);
         let tb = g.block_tiles();
         let (vs, ms) = (g.point_stride(c), g.point_stride(oc));
-        let (v, rest) = rest.split_at_mut(WINO_POINTS * vs);
+        let (v, rest) = vm.split_at_mut(WINO_POINTS * vs);
         let m = &mut rest[..WINO_POINTS * ms];
         let gemm = gemm_kernel();
-        for t0 in (0..tiles).step_by(tb) {
-            let t1 = (t0 + tb).min(tiles);
+        for t0 in tiles.clone().step_by(tb) {
+            let t1 = (t0 + tb).min(tiles.end);
             let nb = t1 - t0;
             // SAFETY: the instruction set is available (asserted above); the bodies index
             // their slices with bounds checks.
@@ -502,8 +555,9 @@ impl WinogradKernel {
                 let mx = &mut m[xi * ms..][..nb * oc];
                 gemm.run(a, b, mx, oc, Bias::None, Activation::None, ws);
             }
-            // SAFETY: as for the input transform.
-            unsafe { (self.output)(g, m, t0, t1, ms, bias, act, y) };
+            // SAFETY: as for the input transform; the body writes inside `y_len` floats (it
+            // asserts so), only the pixels of tiles `t0..t1`, which the caller owns.
+            unsafe { (self.output)(g, m, t0, t1, ms, bias, act, y, y_len) };
         }
     }
 }

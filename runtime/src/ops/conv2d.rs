@@ -14,7 +14,8 @@ use crate::format::{Activation, TensorId};
 use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Crop, Elems, MatRef, Pixels};
 use crate::model::{CsrView, Indices, Model, TensorView};
 use crate::par::{
-    par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_ocgemm, par_spmm, slice_elems,
+    par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_ocgemm, par_spmm, par_winograd,
+    slice_elems,
 };
 use crate::pool::Pool;
 
@@ -171,8 +172,16 @@ impl OpDef for Conv2d {
             // The padded input and one block's transforms, one per thread when examples run
             // in parallel.
             scratch_len = wg.scratch_len();
-            let copies = if cx.batch > 1 { cx.threads } else { 1 };
-            cx.need_scratch(scratch_len.saturating_mul(copies));
+            let tiles_len = kernels::winograd_kernel().tiles_len(wg);
+            // Examples split across threads, or one example's tiles, each part with a block.
+            let total = if cx.batch > 1 {
+                scratch_len.saturating_mul(cx.threads)
+            } else {
+                tiles_len
+                    .saturating_mul(cx.threads)
+                    .saturating_add(wg.padded_len())
+            };
+            cx.need_scratch(total);
             cx.need_gemm_ws(wg.ws_len());
         } else if oc.is_some() {
             // The padded image, one per thread when examples run in parallel.
@@ -383,8 +392,8 @@ impl ConvKernel {
         let k = cpg * gm.kh * gm.kw;
         let a_of = |w, gi| group_weights(w, packed, gi, opg, k);
         if let (Some(wg), Some(u)) = (&self.wino, packed) {
-            let ws = &mut ws[..ws_len];
-            kernels::winograd_kernel().run(wg, xe, u, bias, act, ye, scratch, ws);
+            let ker = kernels::winograd_kernel();
+            par_winograd(pool, ker, wg, xe, u, bias, act, ye, scratch, ws, ws_len);
             return;
         }
         if let (Some(offs), Some(packed)) = (&self.oc, packed) {
