@@ -175,11 +175,14 @@ fn bench_gemm(c: &mut Criterion) {
     }
 }
 
-/// `(name, in channels, out channels, height = width)`: 3×3, stride 1, padding 1.
+/// `(name, in channels, out channels, height = width)`: 3×3, stride 1, padding 1: M1's three
+/// convolutions, ResNet-18's first stage and a middle-sized one.
 const CONV_SHAPES: &[(&str, usize, usize, usize)] = &[
     ("m1_conv1", 1, 32, 28),
     ("m1_conv2", 32, 64, 14),
     ("m1_conv3", 64, 128, 7),
+    ("resnet18_layer1", 64, 64, 56),
+    ("c32_28x28", 32, 32, 28),
 ];
 
 /// The dense 3×3 convolutions of M1 as the runtime runs them (implicit GEMM: padding, the GEMM
@@ -287,28 +290,23 @@ fn bench_conv(c: &mut Criterion) {
                 })
             });
         }
-        let wg = WinoGeom::new(&g, m).expect("a 3x3 stride-1 window");
-        let mut u = vec![0f32; wg.weights_len()];
-        winograd_weights(&wg, &w, &mut u);
-        let mut wscratch = vec![0f32; wg.scratch_len()];
-        let mut wws = vec![0f32; wg.ws_len()];
-        for wk in WINOGRAD_KERNELS.iter().filter(|k| k.isa.is_available()) {
-            grp.bench_function(BenchmarkId::new("winograd", wk.name), |bch| {
-                bch.iter(|| {
-                    let b = Some(&bias[..]);
-                    wk.run(
-                        &wg,
-                        &x,
-                        &u,
-                        b,
-                        Activation::Relu,
-                        &mut y,
-                        &mut wscratch,
-                        &mut wws,
-                    );
-                    black_box(&y);
-                })
-            });
+        for tile in [2, 4] {
+            let wg = WinoGeom::new(&g, m, tile).expect("a 3x3 stride-1 window");
+            let mut u = vec![0f32; wg.weights_len()];
+            winograd_weights(&wg, &w, &mut u);
+            let mut wscratch = vec![0f32; wg.scratch_len(1, 1)];
+            let mut wws = vec![0f32; wg.ws_len(1)];
+            for wk in WINOGRAD_KERNELS.iter().filter(|k| k.isa.is_available()) {
+                let id = BenchmarkId::new(format!("winograd_f{tile}"), wk.name);
+                grp.bench_function(id, |bch| {
+                    bch.iter(|| {
+                        let b = Some(&bias[..]);
+                        let (sc, ws) = (&mut wscratch, &mut wws);
+                        wk.run(&wg, 1, &x, &u, b, Activation::Relu, &mut y, sc, ws);
+                        black_box(&y);
+                    })
+                });
+            }
         }
         let patches = data(k * n, 8);
         grp.bench_function(BenchmarkId::from_parameter("gemm_alone"), |bch| {

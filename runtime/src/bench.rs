@@ -88,8 +88,8 @@ pub struct NodeTime {
     /// Which kernels ran: `dense`, `sparse` (the stored CSR or blocked weight) or `expanded`
     /// (a sparse weight the policy expanded to dense at load); empty for nodes without weights.
     pub ran: &'static str,
-    /// The algorithm that ran the node, where its op has several (a convolution: `winograd`,
-    /// `channels_in_lanes`, `implicit_gemm`, ...); empty otherwise.
+    /// The algorithm that ran the node, where its op has several (a convolution:
+    /// `winograd_f4`, `channels_in_lanes`, `implicit_gemm`, ...); empty otherwise.
     pub kernel: &'static str,
 }
 

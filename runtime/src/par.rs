@@ -198,16 +198,17 @@ pub(crate) fn par_ocgemm(
     });
 }
 
-/// [`kernels::WinogradKernel::run`] for one example, its tiles split across the pool when the
-/// layer is big enough: the padded input is built once, then each part transforms, multiplies
-/// and writes back its own range of tiles with its own block of `scratch` and of `ws`
-/// (`ws_len` floats per part). `scratch` holds the padded input and one
-/// [`kernels::WinogradKernel::run`] block per thread.
+/// [`kernels::WinogradKernel::run`] for `n` examples, split across the pool when the layer is
+/// big enough: the examples are padded (split by examples), then each part transforms,
+/// multiplies and writes back its own range of tiles with its own block of `scratch` and of
+/// `ws` (`ws_len` floats per part). `scratch` holds [`kernels::WinoGeom::scratch_len`] for the
+/// pool's threads.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_winograd(
     pool: &Pool,
     ker: &kernels::WinogradKernel,
     g: &kernels::WinoGeom,
+    n: usize,
     x: &[f32],
     u: &[f32],
     bias: Option<&[f32]>,
@@ -218,15 +219,25 @@ pub(crate) fn par_winograd(
     ws_len: usize,
 ) {
     let parts = pool.threads();
-    let (th, tw) = g.tiles();
-    let tiles = th * tw;
-    if parts == 1 || tiles < 2 * parts || g.macs() < PAR_MIN_MACS {
-        ker.run(g, x, u, bias, act, y, scratch, &mut ws[..ws_len]);
+    let tiles = n * g.tiles_per_example();
+    if parts == 1 || tiles < 2 * parts || n * g.macs() < PAR_MIN_MACS {
+        ker.run(g, n, x, u, bias, act, y, scratch, &mut ws[..ws_len]);
         return;
     }
-    let (xh, vm) = scratch.split_at_mut(g.padded_len());
-    ker.pad(g, x, xh);
-    let vm_len = ker.tiles_len(g);
+    let len = g.padded_len();
+    let (xh, vm) = scratch.split_at_mut(n * len);
+    if n >= parts {
+        let xp = Parts(xh.as_mut_ptr());
+        pool.run(&|part| {
+            let (e0, e1) = part_range(n, parts, 1, part);
+            // SAFETY: parts pad disjoint example ranges of `xh`, which holds `n` examples.
+            let xs = unsafe { xp.slice(e0 * len, (e1 - e0) * len) };
+            ker.pad(g, e0..e1, x, xs);
+        });
+    } else {
+        ker.pad(g, 0..n, x, xh);
+    }
+    let vm_len = g.tiles_len(n);
     assert!(vm.len() >= parts * vm_len && ws.len() >= parts * ws_len);
     let (y_len, yp) = (y.len(), Parts(y.as_mut_ptr()));
     let (vp, wp) = (Parts(vm.as_mut_ptr()), Parts(ws.as_mut_ptr()));
@@ -243,7 +254,7 @@ pub(crate) fn par_winograd(
                 vp.slice(part * vm_len, vm_len),
                 wp.slice(part * ws_len, ws_len),
             );
-            ker.run_tiles(g, xh, u, bias, act, t0..t1, yp.at(0), y_len, v, w);
+            ker.run_tiles(g, n, xh, u, bias, act, t0..t1, yp.at(0), y_len, v, w);
         }
     });
 }

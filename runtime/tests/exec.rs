@@ -1948,7 +1948,7 @@ fn issue14_threads_split_dense_work_like_one_thread() {
     let mut rng = Rng::new(14);
     let nets = [
         (every_gemm_path_net(&mut rng), &[1, 2, 5][..]),
-        (channels_in_lanes_net(&mut rng), &[1, 3][..]),
+        (channels_in_lanes_net(&mut rng), &[1, 4][..]),
     ];
     for (b, batches) in nets {
         let m = Model::from_vec(&b.bytes).unwrap();
@@ -1975,7 +1975,7 @@ fn issue14_threads_split_dense_work_like_one_thread() {
 }
 
 /// The default session runs the deep 3×3 convolution of `channels_in_lanes_net` as Winograd
-/// F(2×2, 3×3) (and none of the shallow ones of `every_gemm_path_net`), and agrees with the
+/// (and none of the shallow ones of `every_gemm_path_net`), and agrees with the
 /// session that computes every sum directly, at every batch and thread count; the f64 reference
 /// of the default session is checked by `issue14_threads_split_dense_work_like_one_thread`.
 #[test]
@@ -1986,7 +1986,8 @@ fn issue14_winograd_sessions_match_direct_sessions() {
         (1, channels_in_lanes_net(&mut rng)),
     ] {
         let m = Model::from_vec(&b.bytes).unwrap();
-        for (batch, threads) in [(1, 1), (3, 2)] {
+        // Batch 1 runs F(2×2, 3×3) on the 7×7 map, batch 4 F(4×4, 3×3) (16 tiles).
+        for (batch, threads) in [(1, 1), (4, 2)] {
             let opts = |winograd| SessionOptions {
                 threads,
                 winograd,
@@ -1994,9 +1995,15 @@ fn issue14_winograd_sessions_match_direct_sessions() {
             };
             let mut direct = Session::with_options(&m, batch, opts(false)).unwrap();
             let mut wino = Session::with_options(&m, batch, opts(true)).unwrap();
-            let count = |s: &Session<'_>| s.methods().iter().filter(|&&k| k == "winograd").count();
-            assert_eq!(count(&wino), wanted, "{:?}", wino.methods());
-            assert_eq!(count(&direct), 0);
+            let tile = if batch == 1 {
+                "winograd_f2"
+            } else {
+                "winograd_f4"
+            };
+            let count = |s: &Session<'_>, k: &str| s.methods().iter().filter(|&&m| m == k).count();
+            assert_eq!(count(&wino, tile), wanted, "{:?}", wino.methods());
+            let direct_methods = direct.methods();
+            assert!(!direct_methods.iter().any(|m| m.starts_with("winograd")));
             let input = rng.vec(direct.input_len(0) * batch);
             let want: Vec<f64> = direct
                 .run(&input)

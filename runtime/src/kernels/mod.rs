@@ -39,7 +39,7 @@ pub use spmm::{spmm, spmm_kernel, spmm_strided, SpmmKernel, SPMM_KERNELS};
 pub use spmv::{spmv, spmv_kernel, SpmvKernel, SPMV_KERNELS};
 pub use winograd::{
     transform_weights as winograd_weights, winograd_kernel, WinoGeom, WinogradKernel,
-    WINOGRAD_KERNELS, WINO_POINTS,
+    WINOGRAD_KERNELS,
 };
 
 pub use crate::format::Activation;

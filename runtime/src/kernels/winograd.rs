@@ -1,35 +1,37 @@
-//! Winograd F(2×2, 3×3) convolution (Lavin and Gray, "Fast Algorithms for Convolutional Neural
-//! Networks", CVPR 2016) for 3×3, stride-1, undilated, one-group layers with dense f32 weights.
+//! Winograd convolution F(m×m, 3×3), `m` = 2 or 4 (Lavin and Gray, "Fast Algorithms for
+//! Convolutional Neural Networks", CVPR 2016), for 3×3, stride-1, undilated, one-group layers
+//! with dense f32 weights.
 //!
-//! Every 2×2 block of output pixels (a *tile*) of one output channel is
-//! `Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`, where `d_c` is the 4×4 window of input channel `c`
-//! above the tile and `g_c` the 3×3 kernel. A layer then costs 16 multiplies per tile and
-//! channel pair instead of 36: one GEMM per point `ξ` of the 4×4 transformed domain, over all
-//! tiles, plus the input and output transforms (additions only).
+//! Every `m × m` block of output pixels (a *tile*) of one output channel is
+//! `Aᵀ [Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)] A`, where `d_c` is the `α × α` window (`α = m + 2`) of
+//! input channel `c` under the tile and `g_c` the 3×3 kernel. A layer then costs `α²`
+//! multiplies per tile and channel pair instead of `9·m²` (16 against 36 for F(2×2, 3×3), 36
+//! against 144 for F(4×4, 3×3)): one GEMM per point `ξ` of the `α × α` transformed domain, over
+//! the tiles of every example, plus the input and output transforms (a few additions and
+//! multiplications by small constants per value).
 //!
 //! Layouts (f32):
-//! - transformed weights `U` ([`transform_weights`], planned once): `[16][c][oc]`, each `ξ` a
+//! - transformed weights `U` ([`transform_weights`], planned once): `[α²][c][oc]`, each `ξ` a
 //!   row-major `c × oc` matrix (the GEMM's `B`).
-//! - scratch ([`WinoGeom::scratch_len`]): the zero-padded input in channels-last order
-//!   `[hp][wp][c]` with `hp = 2·th + 2`, `wp = 2·tw + 2` over a `th × tw` tile grid, then for one
-//!   block of at most [`WinoGeom::block_tiles`] tiles `V` `[16][tb][c]` (the GEMM's `A`, tiles as
-//!   rows) and `M` `[16][tb][oc]` (its `C`), each point padded by a cache line.
+//! - scratch ([`WinoGeom::scratch_len`]): each example's zero-padded input in channels-last
+//!   order `[hp][wp][c]` ([`WinoGeom::padded`]: `m·th + 2` rows by `m·tw + 2` columns over a
+//!   `th × tw` tile grid), then per thread, for one block of at most [`WinoGeom::block_tiles`]
+//!   tiles, `V` `[α²][tb][c]` (the GEMM's `A`, tiles as rows) and `M` `[α²][tb][oc]` (its `C`),
+//!   each point padded by a cache line.
 //!
-//! Tiles are numbered row-major over the tile grid. Windows past an odd output edge read the
-//! zeros of the padded input, and the pixels they would give are not stored. The transforms run
-//! with the channels in the vector lanes, `L` channels at a time (compiled per instruction set).
+//! Tiles are numbered example by example, row-major over each example's tile grid. Windows past
+//! an output edge read the zeros of the padded input, and the pixels they would give are not
+//! stored. The transforms run with the channels in the vector lanes, `L` channels at a time
+//! (compiled per instruction set from one generic body).
 
 use super::{act_clamp, act_scalar, gemm_kernel, gemm_workspace, Activation, Bias, ConvGeom, Isa};
 use super::{Elems, MatRef};
 
-/// Points of the transformed domain (4 × 4).
-pub const WINO_POINTS: usize = 16;
-
 /// Floats one block's `V` and `M` may take together (512 KB), so they stay in L2 between the
-/// transforms and the 16 GEMMs.
+/// transforms and the GEMMs.
 const BLOCK_FLOATS: usize = 1 << 17;
 
-/// Geometry of a layer [`WinogradKernel::run`] computes, for one example.
+/// Geometry of a layer [`WinogradKernel::run`] computes (per example) and its tile size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WinoGeom {
     pub c: usize,
@@ -40,12 +42,19 @@ pub struct WinoGeom {
     pub pad: [usize; 2],
     pub oh: usize,
     pub ow: usize,
+    /// Output tile size `m`: 2 for F(2×2, 3×3), 4 for F(4×4, 3×3).
+    pub tile: usize,
 }
 
 impl WinoGeom {
-    /// The geometry of `g` with `oc` outputs, if it is a 3×3, stride-1, undilated window.
-    pub fn new(g: &ConvGeom, oc: usize) -> Option<Self> {
-        let ok = g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.dilation == [1, 1];
+    /// The geometry of `g` with `oc` outputs and `tile` (2 or 4), if `g` is a 3×3, stride-1,
+    /// undilated window.
+    pub fn new(g: &ConvGeom, oc: usize, tile: usize) -> Option<Self> {
+        let ok = g.kh == 3
+            && g.kw == 3
+            && g.stride == [1, 1]
+            && g.dilation == [1, 1]
+            && matches!(tile, 2 | 4);
         ok.then_some(WinoGeom {
             c: g.c,
             h: g.h,
@@ -54,67 +63,93 @@ impl WinoGeom {
             pad: g.pad,
             oh: g.oh,
             ow: g.ow,
+            tile,
         })
     }
 
-    /// Tile rows and columns.
-    pub fn tiles(&self) -> (usize, usize) {
-        (self.oh.div_ceil(2), self.ow.div_ceil(2))
+    /// Points of the transformed domain, `α²`.
+    pub fn points(&self) -> usize {
+        (self.tile + 2) * (self.tile + 2)
     }
 
-    /// Rows and columns of the padded channels-last input.
+    /// Tile rows and columns of one example.
+    pub fn tiles(&self) -> (usize, usize) {
+        (self.oh.div_ceil(self.tile), self.ow.div_ceil(self.tile))
+    }
+
+    /// Tiles of one example.
+    pub fn tiles_per_example(&self) -> usize {
+        let (th, tw) = self.tiles();
+        th * tw
+    }
+
+    /// Rows and columns of one example's padded channels-last input.
     pub fn padded(&self) -> (usize, usize) {
         let (th, tw) = self.tiles();
-        (2 * th + 2, 2 * tw + 2)
+        (self.tile * th + 2, self.tile * tw + 2)
     }
 
-    pub(crate) fn padded_len(&self) -> usize {
+    /// Floats of one example's padded input.
+    pub fn padded_len(&self) -> usize {
         let (hp, wp) = self.padded();
         hp * wp * self.c
     }
 
-    /// Tiles per block: as many as fit [`BLOCK_FLOATS`], a multiple of 8, at least 8.
-    pub fn block_tiles(&self) -> usize {
-        let (th, tw) = self.tiles();
-        let per_tile = WINO_POINTS * (self.c + self.oc).max(1);
+    /// Tiles per block for `n` examples: as many as fit [`BLOCK_FLOATS`] (a multiple of 8, at
+    /// least 8), at most all of them.
+    pub fn block_tiles(&self, n: usize) -> usize {
+        let per_tile = self.points() * (self.c + self.oc).max(1);
         let tb = (BLOCK_FLOATS / per_tile).max(8) / 8 * 8;
-        tb.min(th * tw).max(1)
+        tb.min(n * self.tiles_per_example()).max(1)
     }
 
-    /// Floats between consecutive points of `V` (`M` with `oc` for `c`): one block's values
-    /// and one cache line, so the 16 points a transform reads or writes at once never share
-    /// an L1 set when a block's values are a multiple of 4 KB.
-    fn point_stride(&self, channels: usize) -> usize {
-        (self.block_tiles() * channels).next_multiple_of(16) + 16
+    /// Floats between consecutive points of `V` (of `M` with `oc` for `c`): one block's values
+    /// and one cache line, so the points a transform reads or writes at once never share an L1
+    /// set when a block's values are a multiple of 4 KB.
+    fn point_stride(&self, n: usize, channels: usize) -> usize {
+        (self.block_tiles(n) * channels).next_multiple_of(16) + 16
     }
 
-    /// Floats of scratch [`WinogradKernel::run`] needs.
-    pub fn scratch_len(&self) -> usize {
-        self.padded_len() + WINO_POINTS * (self.point_stride(self.c) + self.point_stride(self.oc))
+    /// Floats of one thread's `V` and `M` for `n` examples.
+    pub fn tiles_len(&self, n: usize) -> usize {
+        self.points() * (self.point_stride(n, self.c) + self.point_stride(n, self.oc))
     }
 
-    /// Floats of GEMM workspace [`WinogradKernel::run`] needs.
-    pub fn ws_len(&self) -> usize {
-        gemm_workspace(self.block_tiles(), self.oc, self.c)
+    /// Floats of scratch [`WinogradKernel::run`] needs for `n` examples on `threads` threads.
+    pub fn scratch_len(&self, n: usize, threads: usize) -> usize {
+        n.saturating_mul(self.padded_len())
+            .saturating_add(threads.saturating_mul(self.tiles_len(n)))
+    }
+
+    /// Floats of GEMM workspace one thread of [`WinogradKernel::run`] needs for `n` examples.
+    pub fn ws_len(&self, n: usize) -> usize {
+        gemm_workspace(self.block_tiles(n), self.oc, self.c)
     }
 
     /// Floats of the transformed weights.
     pub fn weights_len(&self) -> usize {
-        WINO_POINTS * self.c * self.oc
+        self.points() * self.c * self.oc
     }
 
-    /// Multiply-adds of the 16 GEMMs for one example.
+    /// Multiply-adds of the GEMMs for one example.
     pub fn macs(&self) -> usize {
-        let (th, tw) = self.tiles();
-        WINO_POINTS * th * tw * self.c * self.oc
+        self.points() * self.tiles_per_example() * self.c * self.oc
     }
 }
 
-/// `G`: the weight transform's 4 × 3 matrix.
-const G: [[f64; 3]; 4] = [
+/// `G` of F(2×2, 3×3) (4 × 3) and of F(4×4, 3×3) (6 × 3).
+const G2: [[f64; 3]; 4] = [
     [1.0, 0.0, 0.0],
     [0.5, 0.5, 0.5],
     [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+const G4: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
     [0.0, 0.0, 1.0],
 ];
 
@@ -123,38 +158,38 @@ const G: [[f64; 3]; 4] = [
 pub fn transform_weights(g: &WinoGeom, w: &[f32], u: &mut [f32]) {
     let (c, oc) = (g.c, g.oc);
     assert!(w.len() >= oc * c * 9 && u.len() >= g.weights_len());
+    let gm: &[[f64; 3]] = if g.tile == 2 { &G2 } else { &G4 };
+    let a = gm.len();
     for o in 0..oc {
         for ch in 0..c {
             let k = &w[(o * c + ch) * 9..][..9];
-            // t = G g (4 × 3), then t Gᵀ (4 × 4).
-            let mut t = [[0f64; 3]; 4];
-            for (i, row) in t.iter_mut().enumerate() {
-                for (v, tv) in row.iter_mut().enumerate() {
-                    *tv = (0..3).map(|r| G[i][r] * k[r * 3 + v] as f64).sum();
-                }
-            }
-            for i in 0..4 {
-                for j in 0..4 {
-                    let val: f64 = (0..3).map(|v| t[i][v] * G[j][v]).sum();
-                    u[(i * 4 + j) * c * oc + ch * oc + o] = val as f32;
+            for i in 0..a {
+                // Row i of G g.
+                let t: [f64; 3] =
+                    core::array::from_fn(|v| (0..3).map(|r| gm[i][r] * k[r * 3 + v] as f64).sum());
+                for j in 0..a {
+                    let val: f64 = (0..3).map(|v| t[v] * gm[j][v]).sum();
+                    u[(i * a + j) * c * oc + ch * oc + o] = val as f32;
                 }
             }
         }
     }
 }
 
-/// Writes `x` (`[c, h, w]`) zero-padded, channels last, into `xh` (`[hp][wp][c]`).
-fn pad_channels_last(g: &WinoGeom, x: &[f32], xh: &mut [f32]) {
-    let (hp, wp) = g.padded();
-    let c = g.c;
-    let xh = &mut xh[..hp * wp * c];
-    xh.fill(0.0);
-    for ch in 0..c {
-        for iy in 0..g.h {
-            let src = &x[(ch * g.h + iy) * g.w..][..g.w];
-            let dst = &mut xh[((iy + g.pad[0]) * wp + g.pad[1]) * c + ch..];
-            for (ix, &v) in src.iter().enumerate() {
-                dst[ix * c] = v;
+/// Writes `n` examples of `x` (`[c, h, w]` each) zero-padded, channels last, into `xh`.
+fn pad_channels_last(g: &WinoGeom, n: usize, x: &[f32], xh: &mut [f32]) {
+    let (_, wp) = g.padded();
+    let (c, len) = (g.c, g.padded_len());
+    for e in 0..n {
+        let xh = &mut xh[e * len..][..len];
+        xh.fill(0.0);
+        for ch in 0..c {
+            for iy in 0..g.h {
+                let src = &x[((e * c + ch) * g.h + iy) * g.w..][..g.w];
+                let dst = &mut xh[((iy + g.pad[0]) * wp + g.pad[1]) * c + ch..];
+                for (ix, &v) in src.iter().enumerate() {
+                    dst[ix * c] = v;
+                }
             }
         }
     }
@@ -172,6 +207,12 @@ fn sub<const N: usize>(a: Lane<N>, b: Lane<N>) -> Lane<N> {
     core::array::from_fn(|l| a[l] - b[l])
 }
 
+/// `a + k·b`.
+#[inline(always)]
+fn add_k<const N: usize>(a: Lane<N>, k: f32, b: Lane<N>) -> Lane<N> {
+    core::array::from_fn(|l| a[l] + k * b[l])
+}
+
 #[inline(always)]
 fn load<const N: usize>(s: &[f32], at: usize) -> Lane<N> {
     let mut v = [0f32; N];
@@ -179,11 +220,48 @@ fn load<const N: usize>(s: &[f32], at: usize) -> Lane<N> {
     v
 }
 
-/// `V = Bᵀ d B` for `N` channels of one tile: `d[r][s]` at `xh[b + r·rs + s·cs..]`, `V_ξ` at
-/// `v[vb + ξ·vs..]`.
+/// `o = Bᵀ d` along one dimension: F(2×2, 3×3) for 4 values, F(4×4, 3×3) for 6.
+#[inline(always)]
+fn bt<const N: usize>(d: &[Lane<N>], o: &mut [Lane<N>]) {
+    if d.len() == 4 {
+        o[0] = sub(d[0], d[2]);
+        o[1] = add(d[1], d[2]);
+        o[2] = sub(d[2], d[1]);
+        o[3] = sub(d[1], d[3]);
+    } else {
+        let (s12, d12) = (add(d[1], d[2]), sub(d[1], d[2]));
+        let (s34, d43) = (add(d[3], d[4]), sub(d[4], d[3]));
+        let (d42, d31) = (sub(d[4], d[2]), sub(d[3], d[1]));
+        o[0] = add_k(add_k(d[4], 4.0, d[0]), -5.0, d[2]);
+        o[1] = add_k(s34, -4.0, s12);
+        o[2] = add_k(d43, 4.0, d12);
+        o[3] = add_k(d42, 2.0, d31);
+        o[4] = add_k(d42, -2.0, d31);
+        o[5] = add_k(add_k(d[5], 4.0, d[1]), -5.0, d[3]);
+    }
+}
+
+/// `o = Aᵀ m` along one dimension: F(2×2, 3×3) for 4 values, F(4×4, 3×3) for 6.
+#[inline(always)]
+fn at<const N: usize>(m: &[Lane<N>], o: &mut [Lane<N>]) {
+    if m.len() == 4 {
+        o[0] = add(add(m[0], m[1]), m[2]);
+        o[1] = sub(sub(m[1], m[2]), m[3]);
+    } else {
+        let (s12, d12) = (add(m[1], m[2]), sub(m[1], m[2]));
+        let (s34, d34) = (add(m[3], m[4]), sub(m[3], m[4]));
+        o[0] = add(add(m[0], s12), s34);
+        o[1] = add_k(d12, 2.0, d34);
+        o[2] = add_k(s12, 4.0, s34);
+        o[3] = add(add_k(d12, 8.0, d34), m[5]);
+    }
+}
+
+/// `V = Bᵀ d B` for `N` channels of one tile (`α` = `A`): `d[r][s]` at `xh[b + r·rs + s·cs..]`,
+/// `V_ξ` at `v[vb + ξ·vs..]`.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-fn input_chunk<const N: usize>(
+fn input_chunk<const N: usize, const A: usize>(
     xh: &[f32],
     b: usize,
     rs: usize,
@@ -192,25 +270,28 @@ fn input_chunk<const N: usize>(
     vb: usize,
     vs: usize,
 ) {
-    // Bᵀ d, column by column: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-    let mut t = [[[0f32; N]; 4]; 4];
-    for s in 0..4 {
-        let d: [Lane<N>; 4] = core::array::from_fn(|r| load(xh, b + r * rs + s * cs));
-        t[0][s] = sub(d[0], d[2]);
-        t[1][s] = add(d[1], d[2]);
-        t[2][s] = sub(d[2], d[1]);
-        t[3][s] = sub(d[1], d[3]);
+    // Bᵀ d, column by column (`t[s]` is column `s`).
+    let mut t = [[[0f32; N]; A]; A];
+    for s in 0..A {
+        let col: [Lane<N>; A] = core::array::from_fn(|r| load(xh, b + r * rs + s * cs));
+        bt(&col, &mut t[s]);
     }
     // (Bᵀ d) B, row by row.
-    for (i, [a, bb, c, e]) in t.into_iter().enumerate() {
-        let out = [sub(a, c), add(bb, c), sub(c, bb), sub(bb, e)];
-        for (j, o) in out.iter().enumerate() {
-            v[vb + (i * 4 + j) * vs..][..N].copy_from_slice(o);
+    let mut row = [[0f32; N]; A];
+    let mut o = [[0f32; N]; A];
+    for i in 0..A {
+        for s in 0..A {
+            row[s] = t[s][i];
+        }
+        bt(&row, &mut o);
+        for j in 0..A {
+            v[vb + (i * A + j) * vs..][..N].copy_from_slice(&o[j]);
         }
     }
 }
 
-/// The input transform of tiles `t0..t1` into `V` (`vs` floats per point).
+/// The input transform of tiles `t0..t1` (of examples padded in `xh`) into `V` (`vs` floats
+/// per point).
 #[inline(always)]
 fn input_body<const L: usize>(
     g: &WinoGeom,
@@ -220,21 +301,34 @@ fn input_body<const L: usize>(
     vs: usize,
     v: &mut [f32],
 ) {
-    let c = g.c;
-    let (_, tw) = g.tiles();
+    let (c, m) = (g.c, g.tile);
+    let (th, tw) = g.tiles();
     let (_, wp) = g.padded();
-    let (rs, cs) = (wp * c, c);
+    let (rs, cs, len) = (wp * c, c, g.padded_len());
     for t in t0..t1 {
-        let (ty, tx) = (t / tw, t % tw);
-        let base = (2 * ty * wp + 2 * tx) * c;
+        let (e, r) = (t / (th * tw), t % (th * tw));
+        let base = e * len + (m * (r / tw) * wp + m * (r % tw)) * c;
         let vb = (t - t0) * c;
         let mut c0 = 0;
+        macro_rules! run {
+            ($n:tt, $a:literal) => {
+                input_chunk::<$n, $a>(xh, base + c0, rs, cs, v, vb + c0, vs)
+            };
+        }
         while c0 + L <= c {
-            input_chunk::<L>(xh, base + c0, rs, cs, v, vb + c0, vs);
+            if m == 2 {
+                run!(L, 4);
+            } else {
+                run!(L, 6);
+            }
             c0 += L;
         }
         while c0 < c {
-            input_chunk::<1>(xh, base + c0, rs, cs, v, vb + c0, vs);
+            if m == 2 {
+                run!(1, 4);
+            } else {
+                run!(1, 6);
+            }
             c0 += 1;
         }
     }
@@ -250,11 +344,11 @@ struct OutTile {
     cols: usize,
 }
 
-/// `Y = Aᵀ M A` for `N` output channels `o0..` of one tile (`M_ξ` at `m[mb + ξ·ms..]`), plus
-/// bias, activated and stored.
+/// `Y = Aᵀ M A` for `N` output channels `o0..` of one tile (`α` = `A`, tile `T`; `M_ξ` at
+/// `m[mb + ξ·ms..]`), plus bias, activated and stored.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-fn output_chunk<const N: usize>(
+fn output_chunk<const N: usize, const A: usize, const T: usize>(
     m: &[f32],
     mb: usize,
     ms: usize,
@@ -265,34 +359,32 @@ fn output_chunk<const N: usize>(
     y_len: usize,
     ot: OutTile,
 ) {
-    // Aᵀ M, column by column: rows m0 + m1 + m2 and m1 - m2 - m3.
-    let mut s = [[[0f32; N]; 4]; 2];
-    for j in 0..4 {
-        let r: [Lane<N>; 4] = core::array::from_fn(|i| load(m, mb + (i * 4 + j) * ms));
-        s[0][j] = add(add(r[0], r[1]), r[2]);
-        s[1][j] = sub(sub(r[1], r[2]), r[3]);
+    // Aᵀ M, column by column (`s[j]` is column `j`).
+    let mut s = [[[0f32; N]; T]; A];
+    for j in 0..A {
+        let col: [Lane<N>; A] = core::array::from_fn(|i| load(m, mb + (i * A + j) * ms));
+        at(&col, &mut s[j]);
     }
     // (Aᵀ M) A, row by row.
-    let mut out = [[0f32; N]; 4];
-    for (i, [a, b, c, e]) in s.into_iter().enumerate() {
-        out[2 * i] = add(add(a, b), c);
-        out[2 * i + 1] = sub(sub(b, c), e);
-    }
-    if let Some(bias) = bias {
-        let bv: Lane<N> = load(bias, o0);
-        for o in out.iter_mut() {
-            *o = add(*o, bv);
+    let mut out = [[[0f32; N]; T]; T];
+    let mut row = [[0f32; N]; A];
+    for i in 0..T {
+        for j in 0..A {
+            row[j] = s[j][i];
         }
+        at(&row, &mut out[i]);
     }
     let (clamp, lo, hi, post) = act_clamp(act);
-    if clamp {
-        for o in out.iter_mut() {
-            *o = core::array::from_fn(|l| o[l].max(lo).min(hi));
-        }
-    }
-    if post {
-        for o in out.iter_mut() {
-            *o = core::array::from_fn(|l| act_scalar(act, o[l]));
+    let bv: Lane<N> = bias.map_or([0.0; N], |b| load(b, o0));
+    for row in out.iter_mut() {
+        for o in row.iter_mut() {
+            *o = add(*o, bv);
+            if clamp {
+                *o = core::array::from_fn(|l| o[l].max(lo).min(hi));
+            }
+            if post {
+                *o = core::array::from_fn(|l| act_scalar(act, o[l]));
+            }
         }
     }
     let last = (o0 + N - 1) * ot.plane + ot.off + (ot.rows - 1) * ot.ow + ot.cols - 1;
@@ -300,21 +392,16 @@ fn output_chunk<const N: usize>(
     // SAFETY: every element written is at most `last`, inside `y` (asserted above); the caller
     // owns this tile's pixels.
     unsafe {
-        if ot.rows == 2 && ot.cols == 2 {
-            // Each output row of the tile is a pair of adjacent floats.
-            let top: [[f32; 2]; N] = core::array::from_fn(|l| [out[0][l], out[1][l]]);
-            let bottom: [[f32; 2]; N] = core::array::from_fn(|l| [out[2][l], out[3][l]]);
+        for i in 0..ot.rows {
+            let o = &out[i];
             for l in 0..N {
-                let p = y.add((o0 + l) * ot.plane + ot.off);
-                p.cast::<[f32; 2]>().write_unaligned(top[l]);
-                p.add(ot.ow).cast::<[f32; 2]>().write_unaligned(bottom[l]);
-            }
-        } else {
-            for l in 0..N {
-                let p = y.add((o0 + l) * ot.plane + ot.off);
-                for i in 0..ot.rows {
+                let p = y.add((o0 + l) * ot.plane + ot.off + i * ot.ow);
+                if ot.cols == T {
+                    let r: [f32; T] = core::array::from_fn(|j| o[j][l]);
+                    p.cast::<[f32; T]>().write_unaligned(r);
+                } else {
                     for j in 0..ot.cols {
-                        *p.add(i * ot.ow + j) = out[2 * i + j][l];
+                        *p.add(j) = o[j][l];
                     }
                 }
             }
@@ -323,7 +410,7 @@ fn output_chunk<const N: usize>(
 }
 
 /// The output transform of tiles `t0..t1` from `M` (`ms` floats per point) into `y`
-/// (`[oc, oh, ow]`, `y_len` floats); writes only those tiles' pixels.
+/// (`[oc, oh, ow]` per example, `y_len` floats); writes only those tiles' pixels.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn output_body<const L: usize>(
@@ -337,25 +424,40 @@ fn output_body<const L: usize>(
     y: *mut f32,
     y_len: usize,
 ) {
-    let oc = g.oc;
-    let (_, tw) = g.tiles();
+    let (oc, tile) = (g.oc, g.tile);
+    let (th, tw) = g.tiles();
+    let plane = g.oh * g.ow;
     for t in t0..t1 {
-        let (oy, ox) = (2 * (t / tw), 2 * (t % tw));
+        let (e, r) = (t / (th * tw), t % (th * tw));
+        let (oy, ox) = (tile * (r / tw), tile * (r % tw));
         let ot = OutTile {
-            plane: g.oh * g.ow,
-            off: oy * g.ow + ox,
+            plane,
+            off: e * oc * plane + oy * g.ow + ox,
             ow: g.ow,
-            rows: (g.oh - oy).min(2),
-            cols: (g.ow - ox).min(2),
+            rows: (g.oh - oy).min(tile),
+            cols: (g.ow - ox).min(tile),
         };
         let mb = (t - t0) * oc;
         let mut o0 = 0;
+        macro_rules! run {
+            ($n:tt, $a:literal, $t:literal) => {
+                output_chunk::<$n, $a, $t>(m, mb + o0, ms, o0, bias, act, y, y_len, ot)
+            };
+        }
         while o0 + L <= oc {
-            output_chunk::<L>(m, mb + o0, ms, o0, bias, act, y, y_len, ot);
+            if tile == 2 {
+                run!(L, 4, 2);
+            } else {
+                run!(L, 6, 4);
+            }
             o0 += L;
         }
         while o0 < oc {
-            output_chunk::<1>(m, mb + o0, ms, o0, bias, act, y, y_len, ot);
+            if tile == 2 {
+                run!(1, 4, 2);
+            } else {
+                run!(1, 6, 4);
+            }
             o0 += 1;
         }
     }
@@ -365,8 +467,8 @@ type InputFn = unsafe fn(&WinoGeom, &[f32], usize, usize, usize, &mut [f32]);
 type OutputFn =
     unsafe fn(&WinoGeom, &[f32], usize, usize, usize, Option<&[f32]>, Activation, *mut f32, usize);
 
-/// One build of the transforms; the 16 GEMMs run on [`gemm_kernel`]. [`WINOGRAD_KERNELS`]
-/// lists them from most to least preferred.
+/// One build of the transforms; the GEMMs run on [`gemm_kernel`]. [`WINOGRAD_KERNELS`] lists
+/// them from most to least preferred.
 pub struct WinogradKernel {
     pub name: &'static str,
     pub isa: Isa,
@@ -419,27 +521,27 @@ transforms!(input_scalar, output_scalar, 4);
 pub static WINOGRAD_KERNELS: &[WinogradKernel] = &[
     #[cfg(target_arch = "x86_64")]
     WinogradKernel {
-        name: "winograd_f32_2x2_3x3_avx512",
+        name: "winograd_f32_3x3_avx512",
         isa: Isa::Avx512F,
         input: input_avx512,
         output: output_avx512,
     },
     #[cfg(target_arch = "x86_64")]
     WinogradKernel {
-        name: "winograd_f32_2x2_3x3_avx2fma",
+        name: "winograd_f32_3x3_avx2fma",
         isa: Isa::Avx2Fma,
         input: input_avx2,
         output: output_avx2,
     },
     #[cfg(target_arch = "aarch64")]
     WinogradKernel {
-        name: "winograd_f32_2x2_3x3_neon",
+        name: "winograd_f32_3x3_neon",
         isa: Isa::Neon,
         input: input_neon,
         output: output_neon,
     },
     WinogradKernel {
-        name: "winograd_f32_2x2_3x3_scalar",
+        name: "winograd_f32_3x3_scalar",
         isa: Isa::Scalar,
         input: input_scalar,
         output: output_scalar,
@@ -455,14 +557,16 @@ pub fn winograd_kernel() -> &'static WinogradKernel {
 }
 
 impl WinogradKernel {
-    /// `y = act(conv(x, w) + bias)` for one example: `x` `[c, h, w]`, `y` `[oc, oh, ow]`, `u`
-    /// the weights transformed by [`transform_weights`], `bias` `oc` values. Needs
-    /// [`WinoGeom::scratch_len`] floats of `scratch` and [`WinoGeom::ws_len`] of `ws`; panics
-    /// on shorter buffers or a CPU without this build's instruction set. Never allocates.
+    /// `y = act(conv(x, w) + bias)` for `n` examples back to back: `x` `[c, h, w]` each, `y`
+    /// `[oc, oh, ow]` each, `u` the weights transformed by [`transform_weights`] for `g`,
+    /// `bias` `oc` values. Needs [`WinoGeom::scratch_len`]`(n, 1)` floats of `scratch` and
+    /// [`WinoGeom::ws_len`]`(n)` of `ws`; panics on shorter buffers or a CPU without this
+    /// build's instruction set. Never allocates.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         g: &WinoGeom,
+        n: usize,
         x: &[f32],
         u: &[f32],
         bias: Option<&[f32]>,
@@ -471,19 +575,20 @@ impl WinogradKernel {
         scratch: &mut [f32],
         ws: &mut [f32],
     ) {
-        assert!(scratch.len() >= g.scratch_len());
-        let (xh, vm) = scratch.split_at_mut(g.padded_len());
-        self.pad(g, x, xh);
-        let (th, tw) = g.tiles();
+        assert!(scratch.len() >= g.scratch_len(n, 1));
+        let (xh, vm) = scratch.split_at_mut(n * g.padded_len());
+        self.pad(g, 0..n, x, xh);
+        let tiles = n * g.tiles_per_example();
         // SAFETY: `y` is an exclusive slice.
         unsafe {
             self.run_tiles(
                 g,
+                n,
                 xh,
                 u,
                 bias,
                 act,
-                0..th * tw,
+                0..tiles,
                 y.as_mut_ptr(),
                 y.len(),
                 vm,
@@ -492,20 +597,24 @@ impl WinogradKernel {
         }
     }
 
-    /// Writes `x` into the first [`WinoGeom::padded_len`] floats of `xh` as
-    /// [`WinogradKernel::run_tiles`] reads it.
-    pub(crate) fn pad(&self, g: &WinoGeom, x: &[f32], xh: &mut [f32]) {
-        assert!(x.len() >= g.c * g.h * g.w && xh.len() >= g.padded_len());
-        pad_channels_last(g, x, xh);
+    /// Writes examples `examples` of `x` (all examples, `[c, h, w]` each) into `xh` (their
+    /// padded inputs, [`WinoGeom::padded_len`] floats each) as [`Self::run_tiles`] reads them.
+    pub(crate) fn pad(
+        &self,
+        g: &WinoGeom,
+        examples: core::ops::Range<usize>,
+        x: &[f32],
+        xh: &mut [f32],
+    ) {
+        let n = examples.len();
+        let (x0, len) = (examples.start * g.c * g.h * g.w, g.padded_len());
+        assert!(x.len() >= x0 + n * g.c * g.h * g.w && xh.len() >= n * len);
+        pad_channels_last(g, n, &x[x0..], xh);
     }
 
-    /// Floats of `vm` one [`WinogradKernel::run_tiles`] call needs.
-    pub(crate) fn tiles_len(&self, g: &WinoGeom) -> usize {
-        g.scratch_len() - g.padded_len()
-    }
-
-    /// [`WinogradKernel::run`] for tiles `tiles` of the padded input `xh` ([`Self::pad`]),
-    /// `vm` holding [`Self::tiles_len`] floats.
+    /// [`WinogradKernel::run`] for tiles `tiles` of `n` examples padded in `xh`
+    /// ([`Self::pad`]), `vm` holding [`WinoGeom::tiles_len`]`(n)` floats and `ws`
+    /// [`WinoGeom::ws_len`]`(n)`.
     ///
     /// # Safety
     /// `y` addresses `y_len` floats of one allocation; the call writes only the pixels of
@@ -514,6 +623,7 @@ impl WinogradKernel {
     pub(crate) unsafe fn run_tiles(
         &self,
         g: &WinoGeom,
+        n: usize,
         xh: &[f32],
         u: &[f32],
         bias: Option<&[f32]>,
@@ -529,19 +639,19 @@ impl WinogradKernel {
             "winograd: {} not supported on this CPU",
             self.name
         );
-        let (c, oc) = (g.c, g.oc);
-        let (th, tw) = g.tiles();
-        assert!(y_len >= oc * g.oh * g.ow && tiles.end <= th * tw);
-        assert!(u.len() >= g.weights_len() && vm.len() >= self.tiles_len(g));
-        assert!(xh.len() >= g.padded_len() && bias.is_none_or(|b| b.len() >= oc));
+        let (c, oc, points) = (g.c, g.oc, g.points());
+        assert!(matches!(g.tile, 2 | 4));
+        assert!(y_len >= n * oc * g.oh * g.ow && tiles.end <= n * g.tiles_per_example());
+        assert!(u.len() >= g.weights_len() && vm.len() >= g.tiles_len(n));
+        assert!(xh.len() >= n * g.padded_len() && bias.is_none_or(|b| b.len() >= oc));
         assert!(g.oh + 2 == g.h + 2 * g.pad[0] && g.ow + 2 == g.w + 2 * g.pad[1]);
         if oc == 0 {
             return;
         }
-        let tb = g.block_tiles();
-        let (vs, ms) = (g.point_stride(c), g.point_stride(oc));
-        let (v, rest) = vm.split_at_mut(WINO_POINTS * vs);
-        let m = &mut rest[..WINO_POINTS * ms];
+        let tb = g.block_tiles(n);
+        let (vs, ms) = (g.point_stride(n, c), g.point_stride(n, oc));
+        let (v, rest) = vm.split_at_mut(points * vs);
+        let m = &mut rest[..points * ms];
         let gemm = gemm_kernel();
         for t0 in tiles.clone().step_by(tb) {
             let t1 = (t0 + tb).min(tiles.end);
@@ -549,7 +659,7 @@ impl WinogradKernel {
             // SAFETY: the instruction set is available (asserted above); the bodies index
             // their slices with bounds checks.
             unsafe { (self.input)(g, xh, t0, t1, vs, v) };
-            for xi in 0..WINO_POINTS {
+            for xi in 0..points {
                 let a = MatRef::row_major(Elems::F32(&v[xi * vs..][..nb * c]), nb, c);
                 let b = MatRef::row_major(Elems::F32(&u[xi * c * oc..][..c * oc]), c, oc);
                 let mx = &mut m[xi * ms..][..nb * oc];

@@ -91,7 +91,7 @@ pub trait Kernel: Debug + Send + Sync {
     }
 
     /// Which of the op's algorithms runs it, where it has several (a convolution:
-    /// `winograd`, `channels_in_lanes`, `implicit_gemm`, ...); empty otherwise.
+    /// `winograd_f4`, `channels_in_lanes`, `implicit_gemm`, ...); empty otherwise.
     fn method(&self) -> &'static str {
         ""
     }
