@@ -89,9 +89,10 @@ pub struct SessionOptions {
     /// rounding (bit for bit where the sums are at most 256 deep).
     pub pack_weights: bool,
     /// Run 3×3, stride-1 convolutions of one group and dense f32 weights as Winograd
-    /// F(2×2, 3×3) where that pays (it needs `pack_weights`, and `16/9` of those weights' memory
-    /// for their transformed copy): 16 multiplies per 2×2 output tile and channel pair instead
-    /// of 36. Results agree with the direct sum to float rounding of a few more additions.
+    /// F(4×4, 3×3) or F(2×2, 3×3) where that pays (it needs `pack_weights`, and 4 or 16/9 times
+    /// those weights' memory for their transformed copy): 36 multiplies per 4×4 output tile and
+    /// channel pair instead of 144 (16 per 2×2 instead of 36). Results agree with the direct
+    /// sum to float rounding of a few more operations.
     pub winograd: bool,
 }
 

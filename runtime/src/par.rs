@@ -220,7 +220,7 @@ pub(crate) fn par_winograd(
 ) {
     let parts = pool.threads();
     let tiles = n * g.tiles_per_example();
-    if parts == 1 || tiles < 2 * parts || n * g.macs() < PAR_MIN_MACS {
+    if parts == 1 || tiles < 2 * parts || n.saturating_mul(g.macs()) < PAR_MIN_MACS {
         ker.run(g, n, x, u, bias, act, y, scratch, &mut ws[..ws_len]);
         return;
     }

@@ -100,7 +100,7 @@ impl WinoGeom {
     pub fn block_tiles(&self, n: usize) -> usize {
         let per_tile = self.points() * (self.c + self.oc).max(1);
         let tb = (BLOCK_FLOATS / per_tile).max(8) / 8 * 8;
-        tb.min(n * self.tiles_per_example()).max(1)
+        tb.min(n.saturating_mul(self.tiles_per_example())).max(1)
     }
 
     /// Floats between consecutive points of `V` (of `M` with `oc` for `c`): one block's values
@@ -133,7 +133,9 @@ impl WinoGeom {
 
     /// Multiply-adds of the GEMMs for one example.
     pub fn macs(&self) -> usize {
-        self.points() * self.tiles_per_example() * self.c * self.oc
+        [self.tiles_per_example(), self.c, self.oc]
+            .iter()
+            .fold(self.points(), |a, &b| a.saturating_mul(b))
     }
 }
 
