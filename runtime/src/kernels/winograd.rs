@@ -21,8 +21,8 @@
 //!
 //! Tiles are numbered example by example, row-major over each example's tile grid. Windows past
 //! an output edge read the zeros of the padded input, and the pixels they would give are not
-//! stored. The transforms run with the channels in the vector lanes, `L` channels at a time
-//! (compiled per instruction set from one generic body).
+//! stored. The transforms run with the channels in the vector lanes, `L` channels at a time, then
+//! `L/2`, then one (compiled per instruction set from one generic body).
 
 use super::{act_clamp, act_scalar, gemm_kernel, gemm_workspace, Activation, Bias, ConvGeom, Isa};
 use super::{Elems, MatRef};
@@ -295,7 +295,7 @@ fn input_chunk<const N: usize, const A: usize>(
 /// The input transform of tiles `t0..t1` (of examples padded in `xh`) into `V` (`vs` floats
 /// per point).
 #[inline(always)]
-fn input_body<const L: usize>(
+fn input_body<const L: usize, const H: usize>(
     g: &WinoGeom,
     xh: &[f32],
     t0: usize,
@@ -324,6 +324,14 @@ fn input_body<const L: usize>(
                 run!(L, 6);
             }
             c0 += L;
+        }
+        while c0 + H <= c {
+            if m == 2 {
+                run!(H, 4);
+            } else {
+                run!(H, 6);
+            }
+            c0 += H;
         }
         while c0 < c {
             if m == 2 {
@@ -415,7 +423,7 @@ fn output_chunk<const N: usize, const A: usize, const T: usize>(
 /// (`[oc, oh, ow]` per example, `y_len` floats); writes only those tiles' pixels.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn output_body<const L: usize>(
+fn output_body<const L: usize, const H: usize>(
     g: &WinoGeom,
     m: &[f32],
     t0: usize,
@@ -454,6 +462,14 @@ fn output_body<const L: usize>(
             }
             o0 += L;
         }
+        while o0 + H <= oc {
+            if tile == 2 {
+                run!(H, 4, 2);
+            } else {
+                run!(H, 6, 4);
+            }
+            o0 += H;
+        }
         while o0 < oc {
             if tile == 2 {
                 run!(1, 4, 2);
@@ -478,9 +494,10 @@ pub struct WinogradKernel {
     output: OutputFn,
 }
 
-/// The transforms compiled for one instruction set with `$l` channels per step.
+/// The transforms compiled for one instruction set with `$l` channels per step (then `$h`,
+/// then one, for the channels left).
 macro_rules! transforms {
-    ($input:ident, $output:ident, $l:literal $(, $feat:literal)?) => {
+    ($input:ident, $output:ident, $l:literal, $h:literal $(, $feat:literal)?) => {
         $(#[target_feature(enable = $feat)])?
         unsafe fn $input(
             g: &WinoGeom,
@@ -490,7 +507,7 @@ macro_rules! transforms {
             vs: usize,
             v: &mut [f32],
         ) {
-            input_body::<$l>(g, xh, t0, t1, vs, v)
+            input_body::<$l, $h>(g, xh, t0, t1, vs, v)
         }
 
         $(#[target_feature(enable = $feat)])?
@@ -506,18 +523,18 @@ macro_rules! transforms {
             y: *mut f32,
             y_len: usize,
         ) {
-            output_body::<$l>(g, m, t0, t1, ms, bias, act, y, y_len)
+            output_body::<$l, $h>(g, m, t0, t1, ms, bias, act, y, y_len)
         }
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-transforms!(input_avx512, output_avx512, 16, "avx512f,avx2,fma");
+transforms!(input_avx512, output_avx512, 16, 8, "avx512f,avx2,fma");
 #[cfg(target_arch = "x86_64")]
-transforms!(input_avx2, output_avx2, 8, "avx2,fma");
+transforms!(input_avx2, output_avx2, 8, 4, "avx2,fma");
 #[cfg(target_arch = "aarch64")]
-transforms!(input_neon, output_neon, 8);
-transforms!(input_scalar, output_scalar, 4);
+transforms!(input_neon, output_neon, 8, 4);
+transforms!(input_scalar, output_scalar, 4, 2);
 
 /// Every Winograd transform build, most preferred first; the last entry runs everywhere.
 pub static WINOGRAD_KERNELS: &[WinogradKernel] = &[

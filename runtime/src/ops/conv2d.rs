@@ -118,8 +118,8 @@ impl OpDef for Conv2d {
                 (None, TensorView::Dense(Elems::F32(w))) => Some(w.into()),
                 _ => None,
             };
-        // A 3×3 stride-1 window of one group runs as Winograd F(2×2, 3×3) where that pays,
-        // with its weights transformed once (when the copy fits the memory limit).
+        // A 3×3 stride-1 window of one group runs as Winograd where that pays, with its weights
+        // transformed once (when the copy fits the memory limit).
         let wino = (groups == 1 && !depthwise && cx.pack_weights && cx.winograd)
             .then(|| kernels::WinoGeom::new(&gm, out_c, wino_tile(&gm, cx.batch)))
             .flatten()
@@ -169,8 +169,6 @@ impl OpDef for Conv2d {
         });
         let mut scratch_len = 0;
         if let Some(wg) = &wino {
-            // The padded input and one block's transforms, one per thread when examples run
-            // in parallel.
             // Every example's padded input, and one block of tiles per thread.
             cx.need_scratch(wg.scratch_len(cx.batch, cx.threads));
             cx.need_gemm_ws(wg.ws_len(cx.batch));
@@ -254,14 +252,14 @@ struct ConvKernel {
     /// The input rows' offsets for the channels-in-lanes kernel, when it runs this layer: of
     /// the padded image (stride 1), or of the input's channels (1×1).
     oc: Option<Vec<usize>>,
-    /// The layer's geometry when it runs as Winograd F(2×2, 3×3); `packed` then holds its
+    /// The layer's geometry and tile when it runs as Winograd; `packed` then holds its
     /// transformed weights.
     wino: Option<kernels::WinoGeom>,
     /// The stored weight is dense, or planning expanded it (`dense`).
     dense_weight: bool,
 }
 
-/// Whether Winograd F(2×2, 3×3) beats the GEMM kernels on this layer: its transforms cost per
+/// Whether Winograd beats the GEMM kernels on this layer: its transforms cost per
 /// input and per output channel what its GEMMs save per channel pair, so both counts must be
 /// large enough. Measured (`conv3x3/` bench, AVX-512): 1.2–1.45× faster from 32 channels in and
 /// out (32→64 on 14×14, 64→128 on 7×7, 64→64 on 56×56), 2× slower at 8 or 16.
