@@ -1790,8 +1790,8 @@ fn blocked_weights_follow_the_blocked_limit() {
     }
 }
 
-/// Convolutions down every GEMM path (implicit 3×3, 1×1 split by columns, stride 2 through
-/// im2col), a depthwise one, a pool and a linear layer, f32 weights.
+/// Convolutions down every GEMM path (implicit 3×3, 1×1 split by columns, stride 2 through the
+/// image's phases), a depthwise one, a pool and a linear layer, f32 weights.
 fn every_gemm_path_net(rng: &mut Rng) -> Built {
     let mut net = Net::new();
     let x = net.input(&[8, 40, 40]);
@@ -1836,7 +1836,7 @@ fn every_gemm_path_net(rng: &mut Rng) -> Built {
         ),
         s,
     );
-    // Stride 2 through im2col, and a depthwise convolution.
+    // Stride 2 through the image's phases, and a depthwise convolution.
     let h = conv(
         &mut net,
         rng,
@@ -2014,6 +2014,94 @@ fn issue14_winograd_sessions_match_direct_sessions() {
             let got = wino.run(&input).unwrap();
             assert_close(got, &want, 1e-4, &format!("winograd, batch {batch}"));
         }
+    }
+}
+
+/// Dense stride-2 convolutions read their patch rows from the padded image's four phases: odd
+/// and even sizes, paddings 0 to 2, 3×3, 5×5, 1×1 and 2×2 windows match the f64 reference at
+/// batches 1 and 2, and two threads compute what one does.
+#[test]
+fn issue14_stride2_convolutions_read_the_image_phases() {
+    let mut rng = Rng::new(17);
+    let layers = [
+        cc(
+            "a",
+            3,
+            8,
+            [23, 21],
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+            true,
+            Activation::Relu6,
+        ),
+        cc(
+            "b",
+            8,
+            6,
+            [12, 11],
+            [5, 5],
+            [2, 2],
+            [2, 2],
+            [1, 1],
+            1,
+            false,
+            Activation::None,
+        ),
+        cc(
+            "c",
+            6,
+            5,
+            [6, 6],
+            [1, 1],
+            [2, 2],
+            [0, 0],
+            [1, 1],
+            1,
+            true,
+            Activation::Relu,
+        ),
+        cc(
+            "d",
+            5,
+            4,
+            [3, 3],
+            [2, 2],
+            [2, 2],
+            [0, 1],
+            [1, 1],
+            1,
+            true,
+            Activation::None,
+        ),
+    ];
+    let mut net = Net::new();
+    let mut h = net.input(&[3, 23, 21]);
+    for l in &layers {
+        h = conv(&mut net, &mut rng, h, l, Store::F32);
+    }
+    let f = net.node("flatten", Op::Flatten, &[h]);
+    let b = net.finish(&[f]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    for batch in [1, 2] {
+        let mut one = Session::new(&m, batch).unwrap();
+        assert_eq!(
+            one.methods()[..4],
+            ["phased_gemm"; 4],
+            "{:?}",
+            one.methods()
+        );
+        check_policy(&b, &m, batch, 1.0, "stride 2", SparsePolicy::default());
+        let input = rng.vec(one.input_len(0) * batch);
+        let want = one.run(&input).unwrap().to_vec();
+        let mut two = Session::with_threads(&m, batch, 2).unwrap();
+        assert_eq!(
+            two.run(&input).unwrap(),
+            &want[..],
+            "batch {batch}, 2 threads"
+        );
     }
 }
 

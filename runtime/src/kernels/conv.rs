@@ -191,6 +191,90 @@ impl ConvGeom {
     }
 }
 
+/// Stride-2 windows as a stride-1 implicit GEMM: the zero-padded image split into its four
+/// phases (even and odd rows × even and odd columns), each `[hq, wq]` ([`ConvGeom::phase_hw`]),
+/// stored `[c][row phase][column phase][hq][wq]` by [`phase_image`]. Output pixel `(oy, ox)`
+/// reads kernel tap `(ki, kj)` of channel `c` at `(oy + ki/2, ox + kj/2)` of phase
+/// `(ki % 2, kj % 2)`, so with output pixels numbered on a grid `wq` wide, the patch matrix's
+/// row for that tap is one run of the phase buffer from [`ConvGeom::phase_offsets`]. Nothing is
+/// copied per tap, and the `wq - ow` columns past each output row are computed and dropped.
+impl ConvGeom {
+    /// Whether [`ConvGeom::phase_offsets`] applies: stride 2 both ways, no dilation.
+    pub fn phased(&self) -> bool {
+        self.stride == [2, 2] && self.dilation == [1, 1]
+    }
+
+    /// Height and width of each phase of the padded image.
+    pub fn phase_hw(&self) -> (usize, usize) {
+        let (hp, wp) = self.padded();
+        (hp.div_ceil(2), wp.div_ceil(2))
+    }
+
+    /// Columns of the phased patch matrix: output pixels on the phase grid, up to the last.
+    pub fn phase_cols(&self) -> usize {
+        let (_, wq) = self.phase_hw();
+        if self.oh == 0 || self.ow == 0 {
+            return 0;
+        }
+        (self.oh - 1) * wq + self.ow
+    }
+
+    /// Row offsets of the phased patch matrix, in the order of [`im2col`]'s rows.
+    pub fn phase_offsets(&self) -> Vec<usize> {
+        let (hq, wq) = self.phase_hw();
+        let mut offs = Vec::with_capacity(self.c * self.kh * self.kw);
+        for c in 0..self.c {
+            for ki in 0..self.kh {
+                for kj in 0..self.kw {
+                    let plane = c * 4 + (ki % 2) * 2 + kj % 2;
+                    offs.push((plane * hq + ki / 2) * wq + kj / 2);
+                }
+            }
+        }
+        offs
+    }
+
+    /// Floats of the buffer [`phase_image`] writes: the four phases and [`CHUNK`] of slack.
+    pub fn phase_len(&self) -> usize {
+        let (hq, wq) = self.phase_hw();
+        self.c * 4 * hq * wq + CHUNK
+    }
+}
+
+/// Writes the four phases of `x` (`[c, h, w]`) zero-padded into `xq` (at least
+/// [`ConvGeom::phase_len`] floats), as [`ConvGeom::phase_offsets`] reads them.
+pub fn phase_image(g: &ConvGeom, x: &[f32], xq: &mut [f32]) {
+    let (hq, wq) = g.phase_hw();
+    let (pt, pl) = (g.pad[0], g.pad[1]);
+    assert!(xq.len() >= g.phase_len() && x.len() >= g.c * g.h * g.w);
+    for c in 0..g.c {
+        for r in 0..2 {
+            for s in 0..2 {
+                let plane = &mut xq[(c * 4 + r * 2 + s) * hq * wq..][..hq * wq];
+                for i in 0..hq {
+                    let row = &mut plane[i * wq..][..wq];
+                    // Padded row `2i + r` is input row `2i + r - pt`.
+                    let iy = (2 * i + r).checked_sub(pt).filter(|&iy| iy < g.h);
+                    let Some(iy) = iy else {
+                        row.fill(0.0);
+                        continue;
+                    };
+                    let src = &x[(c * g.h + iy) * g.w..][..g.w];
+                    // Columns `j0..j1` (`0 <= 2j + s - pl < w`) come from the input.
+                    let j1 = (g.w + pl).saturating_sub(s).div_ceil(2).min(wq);
+                    let j0 = pl.saturating_sub(s).div_ceil(2).min(j1);
+                    row[..j0].fill(0.0);
+                    row[j1..].fill(0.0);
+                    let first = 2 * j0 + s - pl;
+                    for (v, &x) in row[j0..j1].iter_mut().zip(src[first..].iter().step_by(2)) {
+                        *v = x;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Writes `x` (`[c, h, w]`) zero-padded to `[c, hp, wp]` into `xpad`, which holds at least
 /// `c·hp·wp + CHUNK` floats (the ones past the image are clobbered).
 pub fn pad_image(g: &ConvGeom, x: &[f32], xpad: &mut [f32]) {

@@ -88,6 +88,8 @@ impl OpDef for Conv2d {
         let dense_weight =
             dense.is_some() || matches!(cx.model.tensor(self.weight), TensorView::Dense(_));
         let implicit_ok = !depthwise && !direct && gm.implicit();
+        // Dense stride-2 windows of one group read their patch rows from the image's phases.
+        let phased = !depthwise && groups == 1 && !gm.implicit() && gm.phased() && dense_weight;
         // A CSR weight reads the implicit patch matrix through its column indices turned into
         // the offsets of their rows (checked once here, as a CSR matrix over offsets).
         let offs = implicit_ok.then(|| gm.implicit_offsets(c / groups));
@@ -185,11 +187,14 @@ impl OpDef for Conv2d {
                 // in parallel.
                 scratch_len = if implicit {
                     gm.implicit_len(out_c)
+                } else if phased {
+                    // The phases, then the output on the phase grid (with slack).
+                    gm.phase_len() + out_c * gm.phase_cols() + 8
                 } else {
                     kernels::im2col_len(&gm, cpg)
                 };
                 // Examples split across threads, or (im2col) output rows: a block per thread.
-                let copies = if cx.batch > 1 || !implicit {
+                let copies = if cx.batch > 1 || !(implicit || phased) {
                     cx.threads
                 } else {
                     1
@@ -198,6 +203,8 @@ impl OpDef for Conv2d {
             }
             let n = if implicit {
                 gm.implicit_cols()
+            } else if phased {
+                gm.phase_cols()
             } else {
                 gm.oh * gm.ow
             };
@@ -213,7 +220,12 @@ impl OpDef for Conv2d {
             out_c,
             depthwise,
             direct,
-            offs: offs.filter(|_| implicit),
+            offs: if phased {
+                Some(gm.phase_offsets())
+            } else {
+                offs.filter(|_| implicit)
+            },
+            phased,
             packed,
             oc,
             wino,
@@ -257,6 +269,8 @@ struct ConvKernel {
     wino: Option<kernels::WinoGeom>,
     /// The stored weight is dense, or planning expanded it (`dense`).
     dense_weight: bool,
+    /// A dense stride-2 window: `offs` are [`ConvGeom::phase_offsets`] into the image's phases.
+    phased: bool,
 }
 
 /// Whether Winograd beats the GEMM kernels on this layer: its transforms cost per
@@ -328,6 +342,7 @@ impl Kernel for ConvKernel {
             _ if self.oc.is_some() && self.packed.is_some() => "channels_in_lanes",
             _ if self.depthwise => "depthwise",
             _ if self.sparse_idx.is_some() => "implicit_spmm",
+            _ if self.phased => "phased_gemm",
             _ if self.offs.is_some() => "implicit_gemm",
             _ if self.direct && sparse => "spmm",
             _ if self.direct => "gemm",
@@ -475,6 +490,36 @@ impl ConvKernel {
                     );
                 }
                 kernels::crop_rows(gm, self.out_c, out, ye);
+            }
+            TensorView::Dense(w) if self.phased => {
+                let offs = self.offs.as_deref().unwrap_or_default();
+                let (_, wq) = gm.phase_hw();
+                let cols = gm.phase_cols();
+                let (xq, out) = scratch.split_at_mut(gm.phase_len());
+                kernels::phase_image(gm, xe, xq);
+                let crops = kernels::gemm_kernel().crops(k);
+                let b = BOperand::Rows {
+                    data: xq,
+                    offs,
+                    cols,
+                    crop: crops.then_some(Crop {
+                        wp: wq,
+                        ow: gm.ow,
+                        first: 0,
+                    }),
+                };
+                let bias = bias.map_or(Bias::None, Bias::Row);
+                if crops {
+                    par_gemm(pool, a_of(w, 0), b, ye, p, bias, act, ws, ws_len);
+                } else {
+                    let out = &mut out[..self.out_c * cols];
+                    par_gemm(pool, a_of(w, 0), b, out, cols, bias, act, ws, ws_len);
+                    for (o, yo) in ye.chunks_exact_mut(p).enumerate() {
+                        for (oy, yr) in yo.chunks_exact_mut(gm.ow).enumerate() {
+                            yr.copy_from_slice(&out[o * cols + oy * wq..][..gm.ow]);
+                        }
+                    }
+                }
             }
             TensorView::Dense(w) if self.offs.is_some() => {
                 let offs = self.offs.as_deref().unwrap_or_default();
