@@ -92,7 +92,8 @@ pub struct SessionOptions {
     /// F(4×4, 3×3) or F(2×2, 3×3) where that pays (it needs `pack_weights`, and 4 or 16/9 times
     /// those weights' memory for their transformed copy): 36 multiplies per 4×4 output tile and
     /// channel pair instead of 144 (16 per 2×2 instead of 36). Results agree with the direct
-    /// sum to float rounding of a few more operations.
+    /// sum to float rounding of a few more operations. A session that would not fit
+    /// `memory_limit` with them is planned without them.
     pub winograd: bool,
 }
 
@@ -212,8 +213,23 @@ impl<'m> Session<'m> {
         )
     }
 
-    /// A session for `batch` examples per run, planned as `opts` says.
+    /// A session for `batch` examples per run, planned as `opts` says. Where the Winograd
+    /// weights and scratch push it over `memory_limit`, it is planned again without them (see
+    /// [`SessionOptions::winograd`]).
     pub fn with_options(model: &'m Model<'m>, batch: usize, opts: SessionOptions) -> Result<Self> {
+        match Self::plan(model, batch, opts) {
+            Err(Error::TooLarge { .. }) if opts.winograd => {
+                let opts = SessionOptions {
+                    winograd: false,
+                    ..opts
+                };
+                Self::plan(model, batch, opts)
+            }
+            r => r,
+        }
+    }
+
+    fn plan(model: &'m Model<'m>, batch: usize, opts: SessionOptions) -> Result<Self> {
         let SessionOptions {
             threads,
             policy,

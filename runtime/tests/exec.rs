@@ -1975,9 +1975,10 @@ fn issue14_threads_split_dense_work_like_one_thread() {
 }
 
 /// The default session runs the deep 3×3 convolution of `channels_in_lanes_net` as Winograd
-/// (and none of the shallow ones of `every_gemm_path_net`), and agrees with the
-/// session that computes every sum directly, at every batch and thread count; the f64 reference
-/// of the default session is checked by `issue14_threads_split_dense_work_like_one_thread`.
+/// (none of the shallow ones of `every_gemm_path_net`, and none under a memory limit only the
+/// other kernels fit) and agrees with the session that computes every sum directly, at every
+/// batch and thread count; the f64 reference of the default session is checked by
+/// `issue14_threads_split_dense_work_like_one_thread`.
 #[test]
 fn issue14_winograd_sessions_match_direct_sessions() {
     let mut rng = Rng::new(16);
@@ -2013,6 +2014,16 @@ fn issue14_winograd_sessions_match_direct_sessions() {
                 .collect();
             let got = wino.run(&input).unwrap();
             assert_close(got, &want, 1e-4, &format!("winograd, batch {batch}"));
+            // Under a memory limit the direct session fits and Winograd's transformed weights
+            // and scratch do not, planning takes the other kernels instead of failing.
+            if wanted > 0 {
+                let tight = SessionOptions {
+                    memory_limit: 4 * direct.planned_floats() as u64,
+                    ..opts(true)
+                };
+                let s = Session::with_options(&m, batch, tight).unwrap();
+                assert!(!s.methods().iter().any(|m| m.starts_with("winograd")));
+            }
         }
     }
 }

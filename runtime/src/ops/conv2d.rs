@@ -121,11 +121,17 @@ impl OpDef for Conv2d {
                 _ => None,
             };
         // A 3×3 stride-1 window of one group runs as Winograd where that pays, with its weights
-        // transformed once (when the copy fits the memory limit).
+        // transformed once, when they and its scratch (every example's padded input) fit what
+        // is left of the memory limit; otherwise it takes the kernels below.
+        let room = cx.param_limit.saturating_sub(cx.params.len());
         let wino = (groups == 1 && !depthwise && cx.pack_weights && cx.winograd)
             .then(|| kernels::WinoGeom::new(&gm, out_c, wino_tile(&gm, cx.batch)))
             .flatten()
-            .filter(wino_pays);
+            .filter(wino_pays)
+            .filter(|wg| {
+                let need = wg.scratch_len(cx.batch, cx.threads);
+                need.saturating_add(wg.weights_len()) <= room
+            });
         let wino_u = match (&wino, &f32_weight) {
             (Some(wg), Some(w)) => cx.try_alloc_params(wg.weights_len()).map(|(range, dst)| {
                 kernels::winograd_weights(wg, w, dst);
