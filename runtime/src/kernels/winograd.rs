@@ -295,6 +295,7 @@ fn input_chunk<const N: usize, const A: usize>(
 /// The input transform of tiles `t0..t1` (of examples padded in `xh`) into `V` (`vs` floats
 /// per point).
 #[inline(always)]
+#[allow(clippy::int_plus_one)]
 fn input_body<const L: usize, const H: usize>(
     g: &WinoGeom,
     xh: &[f32],
@@ -312,35 +313,22 @@ fn input_body<const L: usize, const H: usize>(
         let base = e * len + (m * (r / tw) * wp + m * (r % tw)) * c;
         let vb = (t - t0) * c;
         let mut c0 = 0;
-        macro_rules! run {
-            ($n:tt, $a:literal) => {
-                input_chunk::<$n, $a>(xh, base + c0, rs, cs, v, vb + c0, vs)
+        // `n` channels per step while `n` are left, for `n` = `L`, `H`, 1.
+        macro_rules! steps {
+            ($n:tt) => {
+                while c0 + $n <= c {
+                    if m == 2 {
+                        input_chunk::<$n, 4>(xh, base + c0, rs, cs, v, vb + c0, vs);
+                    } else {
+                        input_chunk::<$n, 6>(xh, base + c0, rs, cs, v, vb + c0, vs);
+                    }
+                    c0 += $n;
+                }
             };
         }
-        while c0 + L <= c {
-            if m == 2 {
-                run!(L, 4);
-            } else {
-                run!(L, 6);
-            }
-            c0 += L;
-        }
-        while c0 + H <= c {
-            if m == 2 {
-                run!(H, 4);
-            } else {
-                run!(H, 6);
-            }
-            c0 += H;
-        }
-        while c0 < c {
-            if m == 2 {
-                run!(1, 4);
-            } else {
-                run!(1, 6);
-            }
-            c0 += 1;
-        }
+        steps!(L);
+        steps!(H);
+        steps!(1);
     }
 }
 
@@ -422,7 +410,7 @@ fn output_chunk<const N: usize, const A: usize, const T: usize>(
 /// The output transform of tiles `t0..t1` from `M` (`ms` floats per point) into `y`
 /// (`[oc, oh, ow]` per example, `y_len` floats); writes only those tiles' pixels.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::int_plus_one)]
 fn output_body<const L: usize, const H: usize>(
     g: &WinoGeom,
     m: &[f32],
@@ -449,35 +437,22 @@ fn output_body<const L: usize, const H: usize>(
         };
         let mb = (t - t0) * oc;
         let mut o0 = 0;
-        macro_rules! run {
-            ($n:tt, $a:literal, $t:literal) => {
-                output_chunk::<$n, $a, $t>(m, mb + o0, ms, o0, bias, act, y, y_len, ot)
+        // `n` channels per step while `n` are left, for `n` = `L`, `H`, 1.
+        macro_rules! steps {
+            ($n:tt) => {
+                while o0 + $n <= oc {
+                    if tile == 2 {
+                        output_chunk::<$n, 4, 2>(m, mb + o0, ms, o0, bias, act, y, y_len, ot);
+                    } else {
+                        output_chunk::<$n, 6, 4>(m, mb + o0, ms, o0, bias, act, y, y_len, ot);
+                    }
+                    o0 += $n;
+                }
             };
         }
-        while o0 + L <= oc {
-            if tile == 2 {
-                run!(L, 4, 2);
-            } else {
-                run!(L, 6, 4);
-            }
-            o0 += L;
-        }
-        while o0 + H <= oc {
-            if tile == 2 {
-                run!(H, 4, 2);
-            } else {
-                run!(H, 6, 4);
-            }
-            o0 += H;
-        }
-        while o0 < oc {
-            if tile == 2 {
-                run!(1, 4, 2);
-            } else {
-                run!(1, 6, 4);
-            }
-            o0 += 1;
-        }
+        steps!(L);
+        steps!(H);
+        steps!(1);
     }
 }
 
