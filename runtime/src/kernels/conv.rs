@@ -239,6 +239,12 @@ impl ConvGeom {
         let (hq, wq) = self.phase_hw();
         self.c * 4 * hq * wq + CHUNK
     }
+
+    /// Floats of scratch a phased convolution of `out_c` outputs needs: the phases
+    /// ([`ConvGeom::phase_len`]), then the output on the phase grid and [`CHUNK`] of slack.
+    pub fn phased_len(&self, out_c: usize) -> usize {
+        self.phase_len() + out_c * self.phase_cols() + CHUNK
+    }
 }
 
 /// Writes the four phases of `x` (`[c, h, w]`) zero-padded into `xq` (at least
@@ -301,7 +307,19 @@ pub fn pad_image(g: &ConvGeom, x: &[f32], xpad: &mut [f32]) {
 /// padded grid, with [`CHUNK`] floats of slack) to `y`, `[out_c, oh, ow]`.
 pub fn crop_rows(g: &ConvGeom, out_c: usize, src: &[f32], y: &mut [f32]) {
     let (_, wp) = g.padded();
-    let cols = g.implicit_cols();
+    crop_grid(g, out_c, src, g.implicit_cols(), wp, y);
+}
+
+/// Copies `out_c` rows of `cols` output pixels numbered on a grid `wp` wide (row `oy` from
+/// column `oy·wp`; [`CHUNK`] floats of slack after them) to `y`, `[out_c, oh, ow]`.
+pub(crate) fn crop_grid(
+    g: &ConvGeom,
+    out_c: usize,
+    src: &[f32],
+    cols: usize,
+    wp: usize,
+    y: &mut [f32],
+) {
     for i in 0..out_c {
         for oy in 0..g.oh {
             copy_run(src, i * cols + oy * wp, y, (i * g.oh + oy) * g.ow, g.ow);

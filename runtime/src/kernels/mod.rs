@@ -24,6 +24,7 @@ mod winograd;
 pub(crate) use act::act_clamp;
 pub use act::{act_scalar, apply_act};
 pub use bspmv::{bspmv, bspmv_kernel, BspmvKernel, BLOCK as BSPMV_BLOCK, BSPMV_KERNELS};
+pub(crate) use conv::crop_grid;
 pub use conv::{
     crop_rows, depthwise_conv2d, im2col, im2col_len, im2col_rows, pad_image, phase_image, ConvGeom,
     DepthwiseKernel, DEPTHWISE_KERNELS,

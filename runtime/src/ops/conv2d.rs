@@ -194,8 +194,7 @@ impl OpDef for Conv2d {
                 scratch_len = if implicit {
                     gm.implicit_len(out_c)
                 } else if phased {
-                    // The phases, then the output on the phase grid (with slack).
-                    gm.phase_len() + out_c * gm.phase_cols() + 8
+                    gm.phased_len(out_c)
                 } else {
                     kernels::im2col_len(&gm, cpg)
                 };
@@ -497,49 +496,31 @@ impl ConvKernel {
                 }
                 kernels::crop_rows(gm, self.out_c, out, ye);
             }
-            TensorView::Dense(w) if self.phased => {
-                let offs = self.offs.as_deref().unwrap_or_default();
-                let (_, wq) = gm.phase_hw();
-                let cols = gm.phase_cols();
-                let (xq, out) = scratch.split_at_mut(gm.phase_len());
-                kernels::phase_image(gm, xe, xq);
-                let crops = kernels::gemm_kernel().crops(k);
-                let b = BOperand::Rows {
-                    data: xq,
-                    offs,
-                    cols,
-                    crop: crops.then_some(Crop {
-                        wp: wq,
-                        ow: gm.ow,
-                        first: 0,
-                    }),
-                };
-                let bias = bias.map_or(Bias::None, Bias::Row);
-                if crops {
-                    par_gemm(pool, a_of(w, 0), b, ye, p, bias, act, ws, ws_len);
-                } else {
-                    let out = &mut out[..self.out_c * cols];
-                    par_gemm(pool, a_of(w, 0), b, out, cols, bias, act, ws, ws_len);
-                    for (o, yo) in ye.chunks_exact_mut(p).enumerate() {
-                        for (oy, yr) in yo.chunks_exact_mut(gm.ow).enumerate() {
-                            yr.copy_from_slice(&out[o * cols + oy * wq..][..gm.ow]);
-                        }
-                    }
-                }
-            }
             TensorView::Dense(w) if self.offs.is_some() => {
                 let offs = self.offs.as_deref().unwrap_or_default();
-                let (hp, wp) = gm.padded();
-                let cols = gm.implicit_cols();
-                let (xpad, out) = scratch.split_at_mut(gm.padded_len());
-                kernels::pad_image(gm, xe, xpad);
+                // The patch rows are runs of the padded image (stride 1) or of its phases
+                // (stride 2): output pixels on a grid `wp` wide, a group's channels `gstride`
+                // floats after the previous group's.
+                let (len, wp, cols, gstride) = if self.phased {
+                    let (hq, wq) = gm.phase_hw();
+                    (gm.phase_len(), wq, gm.phase_cols(), cpg * 4 * hq * wq)
+                } else {
+                    let (hp, wp) = gm.padded();
+                    (gm.padded_len(), wp, gm.implicit_cols(), cpg * hp * wp)
+                };
+                let (xpad, out) = scratch.split_at_mut(len);
+                if self.phased {
+                    kernels::phase_image(gm, xe, xpad);
+                } else {
+                    kernels::pad_image(gm, xe, xpad);
+                }
                 // Kernels that store kept columns themselves write the output directly;
-                // the others write the padded grid, cropped after.
+                // the others write the grid, cropped after.
                 let crops = kernels::gemm_kernel().crops(k);
                 for gi in 0..groups {
                     let a = a_of(w, gi);
                     let b = BOperand::Rows {
-                        data: &xpad[gi * cpg * hp * wp..],
+                        data: &xpad[gi * gstride..],
                         offs,
                         cols,
                         crop: crops.then_some(Crop {
@@ -558,7 +539,7 @@ impl ConvKernel {
                     par_gemm(pool, a, b, og, ldc, bias, act, ws, ws_len);
                 }
                 if !crops {
-                    kernels::crop_rows(gm, self.out_c, out, ye);
+                    kernels::crop_grid(gm, self.out_c, out, cols, wp, ye);
                 }
             }
             _ => {
