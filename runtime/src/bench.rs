@@ -36,6 +36,10 @@ pub struct BenchOptions {
     pub policy: SparsePolicy,
     /// Most bytes each session's buffers may take ([`crate::SessionOptions::memory_limit`]).
     pub memory_limit: u64,
+    /// [`crate::SessionOptions::winograd`].
+    pub winograd: bool,
+    /// [`crate::SessionOptions::fuse`].
+    pub fuse: bool,
 }
 
 impl Default for BenchOptions {
@@ -48,6 +52,8 @@ impl Default for BenchOptions {
             seconds: 2.0,
             policy: SparsePolicy::default(),
             memory_limit: crate::DEFAULT_MEMORY_LIMIT,
+            winograd: true,
+            fuse: true,
         }
     }
 }
@@ -192,6 +198,8 @@ pub fn bench(
                 threads: opts.threads,
                 policy: opts.policy,
                 memory_limit: opts.memory_limit,
+                winograd: opts.winograd,
+                fuse: opts.fuse,
                 ..crate::SessionOptions::default()
             },
         )?;
@@ -570,6 +578,12 @@ pub mod cli {
         /// Run every CSR weight with the sparse kernels, however dense.
         #[arg(long)]
         pub keep_csr: bool,
+        /// Run 3×3 convolutions without Winograd (the direct sums).
+        #[arg(long)]
+        pub no_winograd: bool,
+        /// Run every layer by itself: no expansion + depthwise pairs in one kernel.
+        #[arg(long)]
+        pub no_fuse: bool,
     }
 
     /// `--threads`: a positive number, or `auto` ([`crate::pool::physical_cores`]).
@@ -713,6 +727,8 @@ pub mod cli {
                 (None, false) => SparsePolicy::default(),
             },
             memory_limit: a.memory_limit.saturating_mul(1 << 20),
+            winograd: !a.no_winograd,
+            fuse: !a.no_fuse,
         };
         let r = bench(&t, b.as_ref(), input.as_deref(), &opts).map_err(|e| match &b {
             Some(b) => format!("{} vs {}: {e}", t.path, b.path),

@@ -6,8 +6,9 @@ use alloc::vec::Vec;
 use crate::error::{Error, Result};
 use alloc::boxed::Box;
 
+use crate::format::Op;
 use crate::model::{numel, Model};
-use crate::ops::{Inputs, Kernel, PlanCx, RunCx};
+use crate::ops::{expand_dw, Inputs, Kernel, PlanCx, RunCx};
 use crate::pool::Pool;
 
 #[derive(Clone, Copy, Debug)]
@@ -95,6 +96,12 @@ pub struct SessionOptions {
     /// sum to float rounding of a few more operations. A session that would not fit
     /// `memory_limit` with them is planned without them.
     pub winograd: bool,
+    /// Run a 1×1 convolution whose large output only a depthwise 3×3 convolution reads (an
+    /// inverted residual block's expansion) together with it, a band of rows at a time, so
+    /// the expanded map never goes to memory (see `ops::expand_dw`). The first layer's output
+    /// then has no buffer ([`Session::value`] returns `None` for it) and its time counts in
+    /// the second's. Results agree with the separate layers to float rounding.
+    pub fuse: bool,
 }
 
 impl Default for SessionOptions {
@@ -105,6 +112,7 @@ impl Default for SessionOptions {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             pack_weights: true,
             winograd: true,
+            fuse: true,
         }
     }
 }
@@ -236,6 +244,7 @@ impl<'m> Session<'m> {
             memory_limit,
             pack_weights,
             winograd,
+            fuse,
         } = opts;
         let threads = if cfg!(feature = "std") {
             threads.max(1)
@@ -254,15 +263,47 @@ impl<'m> Session<'m> {
         let shape = |v: u32| g.values[v as usize].shape.as_slice();
         let elems = |v: u32| numel(shape(v)).ok_or(Error::Overflow("value shape"));
 
-        let mut last_use = vec![usize::MAX; g.values.len()];
-        for (i, n) in g.nodes.iter().enumerate() {
-            for &v in &n.inputs {
-                last_use[v as usize] = i;
-            }
-        }
         let mut keep = vec![false; g.values.len()];
         for &v in g.inputs.iter().chain(&g.outputs) {
             keep[v as usize] = true;
+        }
+        let mut uses = vec![0usize; g.values.len()];
+        for n in &g.nodes {
+            for &v in &n.inputs {
+                uses[v as usize] += 1;
+            }
+        }
+        // `fused[i]`: node `i`'s output is computed by node `i + 1`'s kernel, from node `i`'s
+        // inputs.
+        let fused: Vec<bool> = (0..g.nodes.len())
+            .map(|i| {
+                let (a, Some(b)) = (&g.nodes[i], g.nodes.get(i + 1)) else {
+                    return false;
+                };
+                let v = a.output as usize;
+                match (&a.op, &b.op) {
+                    (Op::Conv2d(first), Op::Conv2d(second)) => {
+                        fuse && !keep[v]
+                            && uses[v] == 1
+                            && b.inputs == [a.output]
+                            && a.inputs.len() == 1
+                            && expand_dw::fusable(model, first, second, shape(a.output))
+                    }
+                    _ => false,
+                }
+            })
+            .collect();
+        // The inputs a node's kernel reads.
+        let node_inputs = |i: usize| match i.checked_sub(1) {
+            Some(p) if fused[p] => &g.nodes[p].inputs,
+            _ if fused[i] => &[][..],
+            _ => &g.nodes[i].inputs,
+        };
+        let mut last_use = vec![usize::MAX; g.values.len()];
+        for i in 0..g.nodes.len() {
+            for &v in node_inputs(i) {
+                last_use[v as usize] = i;
+            }
         }
 
         let mut planner = Planner {
@@ -286,8 +327,15 @@ impl<'m> Session<'m> {
         let mut scratch_len = 0usize;
         let mut ws_len = 0usize;
         for (i, node) in g.nodes.iter().enumerate() {
-            let ins: Vec<(usize, usize)> = node
-                .inputs
+            if fused[i] {
+                steps.push(Step {
+                    kernel: Box::new(expand_dw::FusedIntoNext),
+                    inputs: Vec::new(),
+                    output: Buf { off: 0, len: 0 },
+                });
+                continue;
+            }
+            let ins: Vec<(usize, usize)> = node_inputs(i)
                 .iter()
                 .map(|&v| {
                     values[v as usize]
@@ -298,9 +346,9 @@ impl<'m> Session<'m> {
                         })
                 })
                 .collect::<Result<_>>()?;
-            let in_shapes: Vec<&[u32]> = node.inputs.iter().map(|&v| shape(v)).collect();
+            let in_shapes: Vec<&[u32]> = node_inputs(i).iter().map(|&v| shape(v)).collect();
             let others = planned_floats(planner.top, scratch_len, ws_len, threads, 0)?;
-            let kernel = node.op.def().plan(&mut PlanCx {
+            let mut cx = PlanCx {
                 model,
                 batch,
                 threads,
@@ -313,7 +361,13 @@ impl<'m> Session<'m> {
                 params: &mut params,
                 scratch_len: &mut scratch_len,
                 ws_len: &mut ws_len,
-            })?;
+            };
+            let kernel = match (i.checked_sub(1).map(|p| &g.nodes[p].op), &node.op) {
+                (Some(Op::Conv2d(first)), Op::Conv2d(second)) if fused[i - 1] => {
+                    expand_dw::plan(first, second, &mut cx)?
+                }
+                _ => node.op.def().plan(&mut cx)?,
+            };
             let len = elems(node.output)?;
             let total = len.checked_mul(batch).ok_or(Error::Overflow("batch"))?;
             let output = Buf {
@@ -321,7 +375,7 @@ impl<'m> Session<'m> {
                 len,
             };
             values[node.output as usize] = Some(output);
-            for &v in &node.inputs {
+            for &v in node_inputs(i) {
                 let v = v as usize;
                 if last_use[v] == i && !keep[v] {
                     if let Some(b) = values[v] {

@@ -600,3 +600,72 @@ pub(crate) fn par_im2col_gemm(
     });
     true
 }
+
+/// Channels per part when [`par_channels`] splits `channels` across `parts` in multiples of
+/// `align`: the largest part's share.
+pub(crate) fn channels_per_part(channels: usize, parts: usize, align: usize) -> usize {
+    let (r0, r1) = part_range(channels, parts.max(1), align.max(1), 0);
+    r1 - r0
+}
+
+/// One block of [`par_channels`]: `(example, channels, their output planes, scratch, workspace)`.
+pub(crate) type ChannelsFn<'a> =
+    dyn Fn(usize, core::ops::Range<usize>, &mut [f32], &mut [f32], &mut [f32]) + Sync + 'a;
+
+/// Runs `f(e, c0..c1, y_e[c0 * plane..c1 * plane], scratch, ws)` for every example `e < n`
+/// (`y_e` the `out_len` elements of example `e` in `y`) with the channels split across the
+/// pool in multiples of `align` when the work (`macs` per example) is worth it, each part
+/// with its own `scratch_len` block of `scratch` and `ws_len` block of `ws`; otherwise one
+/// call per example with every channel, all of `scratch` and the first workspace.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_channels(
+    pool: &Pool,
+    n: usize,
+    channels: usize,
+    align: usize,
+    plane: usize,
+    out_len: usize,
+    macs: usize,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    scratch_len: usize,
+    ws: &mut [f32],
+    ws_len: usize,
+    f: &ChannelsFn<'_>,
+) {
+    let parts = pool.threads();
+    assert!(channels * plane <= out_len && y.len() >= n * out_len);
+    if parts == 1 || channels <= align || n.saturating_mul(macs) < PAR_MIN_MACS {
+        for e in 0..n {
+            let ye = &mut y[e * out_len..e * out_len + channels * plane];
+            f(e, 0..channels, ye, scratch, &mut ws[..ws_len]);
+        }
+        return;
+    }
+    assert!(scratch.len() >= parts * scratch_len && ws.len() >= parts * ws_len);
+    let (yp, sp, wp) = (
+        Parts(y.as_mut_ptr()),
+        Parts(scratch.as_mut_ptr()),
+        Parts(ws.as_mut_ptr()),
+    );
+    pool.run(&|part| {
+        let (c0, c1) = part_range(channels, parts, align, part);
+        if c0 == c1 {
+            return;
+        }
+        // SAFETY: each part has its own block of the scratch and the workspace, which hold
+        // `parts` blocks (asserted above).
+        let (s, w) = unsafe {
+            (
+                sp.slice(part * scratch_len, scratch_len),
+                wp.slice(part * ws_len, ws_len),
+            )
+        };
+        for e in 0..n {
+            // SAFETY: parts own disjoint channel ranges, so disjoint plane ranges of each
+            // example's output, inside `y` (`n * out_len` elements, asserted above).
+            let ye = unsafe { yp.slice(e * out_len + c0 * plane, (c1 - c0) * plane) };
+            f(e, c0..c1, ye, s, w);
+        }
+    });
+}

@@ -2164,3 +2164,95 @@ fn issue14_packing_weights_changes_memory_not_results() {
         }
     }
 }
+
+/// A 1×1 convolution whose large output only a depthwise 3×3 convolution reads runs with it as
+/// one kernel, a band of rows at a time: column strides 1 and 2, a row stride of 3, paddings 0
+/// to 2, f16 weights, with and without biases, several activations, batches 1 and 3, one and two
+/// threads. It matches the f64 reference and the separate layers, two threads compute what one
+/// does, and the expanded map takes no buffer. An expanded map that something else also reads
+/// keeps its layers apart.
+#[test]
+fn issue14_expansion_and_depthwise_run_fused_in_bands() {
+    let mut rng = Rng::new(18);
+    let dw = |name, c, hw, s, p, bias, act| cc(name, c, c, hw, [3, 3], s, p, [1, 1], c, bias, act);
+    let pw = |name, c, o, hw, bias, act| {
+        cc(name, c, o, hw, [1, 1], [1, 1], [0, 0], [1, 1], 1, bias, act)
+    };
+    let mut net = Net::new();
+    let x = net.input(&[4, 72, 70]);
+    let e1 = pw("e1", 4, 56, [72, 70], true, A::Relu6);
+    let e1 = conv(&mut net, &mut rng, x, &e1, Store::F32);
+    let mut h = e1;
+    for (l, store) in [
+        (
+            dw("d1", 56, [72, 70], [2, 2], [1, 1], true, A::Relu6),
+            Store::F32,
+        ),
+        (pw("e2", 56, 216, [36, 35], false, A::None), Store::F16),
+        (
+            dw("d2", 216, [36, 35], [1, 1], [1, 1], true, A::HardSwish),
+            Store::F16,
+        ),
+        (pw("p2", 216, 8, [36, 35], true, A::None), Store::F32),
+    ] {
+        h = conv(&mut net, &mut rng, h, &l, store);
+    }
+    // Read by the depthwise layer and by the sum: not fused.
+    let e3 = conv(
+        &mut net,
+        &mut rng,
+        h,
+        &pw("e3", 8, 216, [36, 35], true, A::Relu6),
+        Store::F32,
+    );
+    let d3 = dw("d3", 216, [36, 35], [1, 1], [1, 1], false, A::Relu);
+    let d3 = conv(&mut net, &mut rng, e3, &d3, Store::F32);
+    h = net.node("sum", Op::Add(Add { act: A::None }), &[e3, d3]);
+    let e4 = pw("e4", 216, 210, [36, 35], true, A::Relu);
+    h = conv(&mut net, &mut rng, h, &e4, Store::F32);
+    let d4 = dw("d4", 210, [36, 35], [3, 1], [2, 0], true, A::None);
+    h = conv(&mut net, &mut rng, h, &d4, Store::F32);
+    let f = net.node("flatten", Op::Flatten, &[h]);
+    let b = net.finish(&[f]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let (fused, apart) = (
+        ["fused_into_next", "expand_depthwise"],
+        ["gemm", "depthwise"],
+    );
+    for batch in [1, 3] {
+        check_policy(&b, &m, batch, 1.0, "fused", SparsePolicy::default());
+        let opts = |threads, fuse| SessionOptions {
+            threads,
+            fuse,
+            ..SessionOptions::default()
+        };
+        let mut one = Session::with_options(&m, batch, opts(1, true)).unwrap();
+        let methods = one.methods();
+        for (pair, want) in [(0, fused), (2, fused), (5, apart), (8, fused)] {
+            assert_eq!(methods[pair..pair + 2], want, "{methods:?}");
+        }
+        let mut sep = Session::with_options(&m, batch, opts(1, false)).unwrap();
+        assert!(!sep.methods().contains(&"expand_depthwise"));
+        // The fused expansions' outputs have no buffer; the others do.
+        for (v, held) in [(e1, false), (e3, true)] {
+            assert_eq!(one.value(v).is_some(), held, "value {v}");
+            assert!(sep.value(v).is_some(), "value {v}");
+        }
+        let input = rng.vec(one.input_len(0) * batch);
+        let want: Vec<f64> = sep.run(&input).unwrap().iter().map(|&v| v as f64).collect();
+        let got = one.run(&input).unwrap().to_vec();
+        assert_close(
+            &got,
+            &want,
+            1e-5,
+            &format!("fused against separate, batch {batch}"),
+        );
+        let mut two = Session::with_options(&m, batch, opts(2, true)).unwrap();
+        assert_eq!(two.methods(), methods);
+        assert_eq!(
+            two.run(&input).unwrap(),
+            &got[..],
+            "batch {batch}, 2 threads"
+        );
+    }
+}

@@ -350,7 +350,7 @@ fn copy_run(src: &[f32], s: usize, dst: &mut [f32], d: usize, n: usize) {
 /// Depthwise kernel contract: see [`depthwise_conv2d`].
 ///
 /// # Safety
-/// Slices satisfy the length checks of [`DepthwiseKernel::run`]; the CPU supports the kernel's
+/// Slices satisfy the length checks of [`DepthwiseKernel::run_planes`]; the CPU supports the kernel's
 /// [`Isa`].
 type DepthwiseFn = unsafe fn(
     g: &ConvGeom,
@@ -359,6 +359,7 @@ type DepthwiseFn = unsafe fn(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 );
 
 /// One depthwise convolution implementation. [`DEPTHWISE_KERNELS`] lists them from most to
@@ -401,6 +402,26 @@ pub static DEPTHWISE_KERNELS: &[DepthwiseKernel] = &[
     },
 ];
 
+/// Where a depthwise convolution's channel planes lie: channel `c`'s input plane (`h × w`,
+/// row-major) starts at `x[c * x]`, its output plane (`oh × ow`) at `y[c * y]`. Contiguous
+/// planes are [`Planes::packed`]; wider strides let a caller run a band of rows of every
+/// channel, in and out of larger maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planes {
+    pub x: usize,
+    pub y: usize,
+}
+
+impl Planes {
+    /// Planes back to back.
+    pub fn packed(g: &ConvGeom) -> Self {
+        Planes {
+            x: g.h * g.w,
+            y: g.oh * g.ow,
+        }
+    }
+}
+
 /// Depthwise convolution (groups == channels, one filter per channel): `w` is `[c, 1, kh, kw]`,
 /// `x` is `[c, h, w]`, `y` is `[c, oh, ow]`; `y = act(conv + bias)`. Any kernel size, stride,
 /// dilation and padding; never allocates. Uses the best kernel of [`DEPTHWISE_KERNELS`].
@@ -412,11 +433,28 @@ pub fn depthwise_conv2d(
     act: Activation,
     y: &mut [f32],
 ) {
+    depthwise_conv2d_planes(g, x, w, bias, act, y, Planes::packed(g))
+}
+
+/// [`depthwise_conv2d`] with the channel planes `planes` apart.
+pub fn depthwise_conv2d_planes(
+    g: &ConvGeom,
+    x: &[f32],
+    w: Elems<'_>,
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+    planes: Planes,
+) {
+    depthwise_kernel().run_planes(g, x, w, bias, act, y, planes)
+}
+
+/// The kernel [`depthwise_conv2d`] uses on this CPU.
+pub fn depthwise_kernel() -> &'static DepthwiseKernel {
     DEPTHWISE_KERNELS
         .iter()
         .find(|k| k.isa.is_available())
         .unwrap_or(&DEPTHWISE_KERNELS[DEPTHWISE_KERNELS.len() - 1])
-        .run(g, x, w, bias, act, y)
 }
 
 impl DepthwiseKernel {
@@ -430,20 +468,51 @@ impl DepthwiseKernel {
         act: Activation,
         y: &mut [f32],
     ) {
+        self.run_planes(g, x, w, bias, act, y, Planes::packed(g))
+    }
+
+    /// See [`depthwise_conv2d_planes`]. Panics if a slice is too short, planes overlap or the
+    /// CPU lacks the ISA.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_planes(
+        &self,
+        g: &ConvGeom,
+        x: &[f32],
+        w: Elems<'_>,
+        bias: Option<&[f32]>,
+        act: Activation,
+        y: &mut [f32],
+        planes: Planes,
+    ) {
         assert!(
             self.isa.is_available(),
             "depthwise: kernel {} not supported on this CPU",
             self.name
         );
-        assert!(x.len() >= g.c * g.h * g.w, "depthwise: input too short");
+        let (pin, pout) = (g.h * g.w, g.oh * g.ow);
+        assert!(
+            planes.x >= pin && planes.y >= pout,
+            "depthwise: planes overlap"
+        );
+        let span = |c: usize, stride: usize, plane: usize| match c {
+            0 => 0,
+            c => (c - 1) * stride + plane,
+        };
+        assert!(
+            x.len() >= span(g.c, planes.x, pin),
+            "depthwise: input too short"
+        );
         assert!(w.len() >= g.c * g.kh * g.kw, "depthwise: weights too short");
-        assert!(y.len() >= g.c * g.oh * g.ow, "depthwise: output too short");
+        assert!(
+            y.len() >= span(g.c, planes.y, pout),
+            "depthwise: output too short"
+        );
         assert!(g.stride[0] > 0 && g.stride[1] > 0, "depthwise: zero stride");
         if let Some(b) = bias {
             assert!(b.len() >= g.c, "depthwise: bias too short");
         }
         // SAFETY: lengths and ISA checked above.
-        unsafe { (self.run)(g, x, w, bias, act, y) }
+        unsafe { (self.run)(g, x, w, bias, act, y, planes) }
     }
 }
 
@@ -458,12 +527,13 @@ unsafe fn depthwise_3x3_avx2fma(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 ) {
     if dw3x3::supported(g) {
         // SAFETY: geometry checked; lengths are the caller's; AVX2 + FMA cover both lane types.
-        unsafe { dw3x3::depthwise3x3::<dw3x3::Avx2, dw3x3::Sse>(g, x, w, bias, act, y) }
+        unsafe { dw3x3::depthwise3x3::<dw3x3::Avx2, dw3x3::Sse>(g, x, w, bias, act, y, planes) }
     } else {
-        depthwise_rows(g, x, w, bias, act, y)
+        depthwise_rows(g, x, w, bias, act, y, planes)
     }
 }
 
@@ -478,12 +548,13 @@ unsafe fn depthwise_3x3_neon(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 ) {
     if dw3x3::supported(g) {
         // SAFETY: geometry checked; lengths are the caller's; NEON is baseline on aarch64.
-        unsafe { dw3x3::depthwise3x3::<dw3x3::Neon8, dw3x3::Neon4>(g, x, w, bias, act, y) }
+        unsafe { dw3x3::depthwise3x3::<dw3x3::Neon8, dw3x3::Neon4>(g, x, w, bias, act, y, planes) }
     } else {
-        depthwise_rows(g, x, w, bias, act, y)
+        depthwise_rows(g, x, w, bias, act, y, planes)
     }
 }
 
@@ -498,8 +569,9 @@ unsafe fn depthwise_avx2fma(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 ) {
-    depthwise_rows(g, x, w, bias, act, y)
+    depthwise_rows(g, x, w, bias, act, y, planes)
 }
 
 /// # Safety
@@ -511,8 +583,9 @@ unsafe fn depthwise_baseline(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 ) {
-    depthwise_rows(g, x, w, bias, act, y)
+    depthwise_rows(g, x, w, bias, act, y, planes)
 }
 
 #[inline(always)]
@@ -523,6 +596,7 @@ fn depthwise_rows(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 ) {
     let (kh, kw) = (g.kh, g.kw);
     let taps = kh * kw;
@@ -531,9 +605,9 @@ fn depthwise_rows(
         return;
     }
     for c in 0..g.c {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let plane = &x[c * planes.x..c * planes.x + g.h * g.w];
         let b = bias.map_or(0.0, |b| b[c]);
-        let out = &mut y[c * g.oh * g.ow..(c + 1) * g.oh * g.ow];
+        let out = &mut y[c * planes.y..c * planes.y + g.oh * g.ow];
         for (oy, orow) in out.chunks_exact_mut(g.ow).enumerate() {
             orow.fill(b);
             for ki in 0..kh {

@@ -12,7 +12,7 @@
 //! zero-filled stack window on NEON). Input rows in the vertical padding are skipped through a
 //! per-row mask. Other activations run over the stored row.
 
-use super::{apply_act, Activation, ConvGeom, Elems};
+use super::{apply_act, Activation, ConvGeom, Elems, Planes};
 
 /// The vector operations the 3×3 kernel needs, over `N` f32 lanes.
 ///
@@ -207,7 +207,7 @@ impl<L: Lanes> Vecs<L> {
 ///
 /// # Safety
 /// `supported(g)`; `x`, `w`, `bias` and `y` pass the length checks of
-/// `DepthwiseKernel::run`; the CPU supports `V` and `H`.
+/// `DepthwiseKernel::run_planes`; the CPU supports `V` and `H`.
 #[inline(always)]
 pub(super) unsafe fn depthwise3x3<V: Lanes, H: Lanes>(
     g: &ConvGeom,
@@ -216,13 +216,14 @@ pub(super) unsafe fn depthwise3x3<V: Lanes, H: Lanes>(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 ) {
     // SAFETY: forwarded contract; the column stride is 1 or 2 by `supported`.
     unsafe {
         if g.stride[1] == 1 {
-            channels::<V, H, 1>(g, x, w, bias, act, y)
+            channels::<V, H, 1>(g, x, w, bias, act, y, planes)
         } else {
-            channels::<V, H, 2>(g, x, w, bias, act, y)
+            channels::<V, H, 2>(g, x, w, bias, act, y, planes)
         }
     }
 }
@@ -237,6 +238,7 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    planes: Planes,
 ) {
     let (ih, iw, oh, ow) = (g.h, g.w, g.oh, g.ow);
     if oh == 0 || ow == 0 {
@@ -279,8 +281,8 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
     for c in 0..g.c {
         let taps: [f32; 9] = core::array::from_fn(|i| w.get_f32(c * 9 + i));
         let b = bias.map_or(0.0, |b| b[c]);
-        let plane = &x[c * ih * iw..(c + 1) * ih * iw];
-        let out = &mut y[c * oh * ow..(c + 1) * oh * ow];
+        let plane = &x[c * planes.x..c * planes.x + ih * iw];
+        let out = &mut y[c * planes.y..c * planes.y + oh * ow];
         // SAFETY: the caller guarantees CPU support for `V` and `H`.
         let (v, hv) = unsafe {
             (
