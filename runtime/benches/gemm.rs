@@ -15,8 +15,8 @@ use half::f16;
 use nap_runtime::kernels::{
     channel_offsets, crop_rows, gemm_b, gemm_kernel, gemm_workspace, im2col, im2col_len,
     pack_a_panels, pad_image, winograd_weights, AOperand, Activation, BOperand, Bias, ConvGeom,
-    Crop, Dtype, Elems, MatRef, PackedA, Pixels, WinoGeom, GEMM_KERNELS, GEMV_KERNELS,
-    OCGEMM_KERNELS, WINOGRAD_KERNELS,
+    Crop, Dtype, Elems, MatRef, PackedA, Pixels, WinoGeom, DEPTHWISE_KERNELS, GEMM_KERNELS,
+    GEMV_KERNELS, OCGEMM_KERNELS, WINOGRAD_KERNELS,
 };
 
 /// `(name, m, n, k)`: `C[m × n] = A[m × k] · B[k × n]`, all row-major.
@@ -463,9 +463,52 @@ fn bench_memory(c: &mut Criterion) {
     g.finish();
 }
 
+/// `(name, channels, h, w, stride)` of MobileNetV2's depthwise 3×3 layers (padding 1).
+const DW_SHAPES: &[(&str, usize, usize, usize, usize)] = &[
+    ("m2_f2_96x112_s2", 96, 112, 112, 2),
+    ("m2_f3_144x56", 144, 56, 56, 1),
+    ("m2_f8_384x14", 384, 14, 14, 1),
+    ("m2_f14_576x14_s2", 576, 14, 14, 2),
+    ("m2_f15_960x7", 960, 7, 7, 1),
+];
+
+fn bench_depthwise(c: &mut Criterion) {
+    for &(name, ch, h, w, s) in DW_SHAPES {
+        let g = ConvGeom {
+            c: ch,
+            h,
+            w,
+            kh: 3,
+            kw: 3,
+            stride: [s, s],
+            pad: [1, 1],
+            dilation: [1, 1],
+            oh: (h - 1) / s + 1,
+            ow: (w - 1) / s + 1,
+        };
+        let mut grp = c.benchmark_group(format!("depthwise/{name}"));
+        grp.throughput(Throughput::Elements((2 * 9 * ch * g.oh * g.ow) as u64));
+        grp.sample_size(20);
+        let x = data(ch * h * w, 8);
+        let wt = data(ch * 9, 9);
+        let bias = data(ch, 10);
+        let mut y = vec![0f32; ch * g.oh * g.ow];
+        for ker in DEPTHWISE_KERNELS.iter().filter(|k| k.isa.is_available()) {
+            grp.bench_function(BenchmarkId::from_parameter(ker.name), |bch| {
+                bch.iter(|| {
+                    let (wt, act) = (Elems::F32(&wt), Activation::Relu6);
+                    ker.run(&g, &x, wt, Some(&bias), act, &mut y);
+                    black_box(&y);
+                })
+            });
+        }
+        grp.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_memory, bench_gemv, bench_gemm, bench_conv, bench_pointwise
+    targets = bench_memory, bench_gemv, bench_gemm, bench_conv, bench_pointwise, bench_depthwise
 }
 criterion_main!(benches);

@@ -6,9 +6,9 @@ use alloc::vec::Vec;
 use crate::error::{Error, Result};
 use alloc::boxed::Box;
 
-use crate::format::Op;
+use crate::format::{Op, ValueId};
 use crate::model::{numel, Model};
-use crate::ops::{expand_dw, Inputs, Kernel, PlanCx, RunCx};
+use crate::ops::{fused, Inputs, Kernel, PlanCx, RunCx};
 use crate::pool::Pool;
 
 #[derive(Clone, Copy, Debug)]
@@ -273,31 +273,31 @@ impl<'m> Session<'m> {
                 uses[v as usize] += 1;
             }
         }
-        // `fused[i]`: node `i`'s output is computed by node `i + 1`'s kernel, from node `i`'s
-        // inputs.
-        let fused: Vec<bool> = (0..g.nodes.len())
-            .map(|i| {
-                let (a, Some(b)) = (&g.nodes[i], g.nodes.get(i + 1)) else {
-                    return false;
-                };
-                let v = a.output as usize;
-                match (&a.op, &b.op) {
-                    (Op::Conv2d(first), Op::Conv2d(second)) => {
-                        fuse && !keep[v]
-                            && uses[v] == 1
-                            && b.inputs == [a.output]
-                            && a.inputs.len() == 1
-                            && expand_dw::fusable(model, first, second, shape(a.output))
-                    }
-                    _ => false,
+        // `fused[i]`: node `i`'s output is computed by node `i + 1`'s kernel (see
+        // `ops::fused`), which reads the chain's first node's inputs; `links[j]`: the chain
+        // ending at node `j`.
+        let mut fused = vec![false; g.nodes.len()];
+        let mut links = vec![None; g.nodes.len()];
+        let single_use = |v: ValueId| !keep[v as usize] && uses[v as usize] == 1;
+        let mut i = 0;
+        while i < g.nodes.len() {
+            match fuse
+                .then(|| fused::chain(model, g, i, &single_use))
+                .flatten()
+            {
+                Some(l) => {
+                    fused[i..i + l.len() - 1].fill(true);
+                    links[i + l.len() - 1] = Some(l);
+                    i += l.len();
                 }
-            })
-            .collect();
+                None => i += 1,
+            }
+        }
         // The inputs a node's kernel reads.
-        let node_inputs = |i: usize| match i.checked_sub(1) {
-            Some(p) if fused[p] => &g.nodes[p].inputs,
-            _ if fused[i] => &[][..],
-            _ => &g.nodes[i].inputs,
+        let node_inputs = |i: usize| match links[i] {
+            Some(l) => &g.nodes[i + 1 - l.len()].inputs,
+            None if fused[i] => &[][..],
+            None => &g.nodes[i].inputs,
         };
         let mut last_use = vec![usize::MAX; g.values.len()];
         for i in 0..g.nodes.len() {
@@ -329,7 +329,7 @@ impl<'m> Session<'m> {
         for (i, node) in g.nodes.iter().enumerate() {
             if fused[i] {
                 steps.push(Step {
-                    kernel: Box::new(expand_dw::FusedIntoNext),
+                    kernel: Box::new(fused::FusedIntoNext),
                     inputs: Vec::new(),
                     output: Buf { off: 0, len: 0 },
                 });
@@ -362,11 +362,19 @@ impl<'m> Session<'m> {
                 scratch_len: &mut scratch_len,
                 ws_len: &mut ws_len,
             };
-            let kernel = match (i.checked_sub(1).map(|p| &g.nodes[p].op), &node.op) {
-                (Some(Op::Conv2d(first)), Op::Conv2d(second)) if fused[i - 1] => {
-                    expand_dw::plan(first, second, &mut cx)?
+            let kernel = match links[i] {
+                Some(l) => {
+                    let conv = |j: usize| match &g.nodes[j].op {
+                        Op::Conv2d(c) => c,
+                        _ => unreachable!("fused::chain takes convolutions only"),
+                    };
+                    let first = i + 1 - l.len();
+                    let exp = l.exp.then(|| conv(first));
+                    let dw = conv(first + usize::from(l.exp));
+                    let proj = l.proj.then(|| conv(i));
+                    fused::plan(exp, dw, proj, &mut cx)?
                 }
-                _ => node.op.def().plan(&mut cx)?,
+                None => node.op.def().plan(&mut cx)?,
             };
             let len = elems(node.output)?;
             let total = len.checked_mul(batch).ok_or(Error::Overflow("batch"))?;

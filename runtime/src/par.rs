@@ -18,15 +18,19 @@ fn part_range(len: usize, parts: usize, align: usize, part: usize) -> (usize, us
 
 /// A mutable base pointer handed to the pool's parts, each of which touches a disjoint range.
 #[derive(Clone, Copy)]
-struct Parts(*mut f32);
+pub(crate) struct Parts(*mut f32);
 
 // SAFETY: every user derives disjoint ranges per part from `part_range` (see the call sites).
 unsafe impl Sync for Parts {}
 
 impl Parts {
+    pub(crate) fn new(v: &mut [f32]) -> Self {
+        Parts(v.as_mut_ptr())
+    }
+
     /// # Safety
     /// `at` lies inside the allocation.
-    unsafe fn at(&self, at: usize) -> *mut f32 {
+    pub(crate) unsafe fn at(&self, at: usize) -> *mut f32 {
         // SAFETY: guaranteed by the caller.
         unsafe { self.0.add(at) }
     }
@@ -667,5 +671,47 @@ pub(crate) fn par_channels(
             let ye = unsafe { yp.slice(e * out_len + c0 * plane, (c1 - c0) * plane) };
             f(e, c0..c1, ye, s, w);
         }
+    });
+}
+
+/// One part of [`par_items`]: `(its items, scratch, workspace)`.
+pub(crate) type ItemsFn<'a> = dyn Fn(core::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync + 'a;
+
+/// Runs `f(i0..i1, scratch, ws)` over `0..items` cut into one contiguous range per thread when
+/// the work (`macs` in all) is worth it, each part with its own `scratch_len` block of `scratch`
+/// and `ws_len` block of `ws`; otherwise once over every item with all of `scratch` and the
+/// first workspace. `f` writes its outputs itself, disjoint per item.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn par_items(
+    pool: &Pool,
+    items: usize,
+    macs: usize,
+    scratch: &mut [f32],
+    scratch_len: usize,
+    ws: &mut [f32],
+    ws_len: usize,
+    f: &ItemsFn<'_>,
+) {
+    let parts = pool.threads();
+    if parts == 1 || items < 2 || macs < PAR_MIN_MACS {
+        f(0..items, scratch, &mut ws[..ws_len]);
+        return;
+    }
+    assert!(scratch.len() >= parts * scratch_len && ws.len() >= parts * ws_len);
+    let (sp, wp) = (Parts(scratch.as_mut_ptr()), Parts(ws.as_mut_ptr()));
+    pool.run(&|part| {
+        let (i0, i1) = part_range(items, parts, 1, part);
+        if i0 == i1 {
+            return;
+        }
+        // SAFETY: each part has its own block of the scratch and the workspace, which hold
+        // `parts` blocks (asserted above).
+        let (s, w) = unsafe {
+            (
+                sp.slice(part * scratch_len, scratch_len),
+                wp.slice(part * ws_len, ws_len),
+            )
+        };
+        f(i0..i1, s, w);
     });
 }

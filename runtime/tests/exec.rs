@@ -2165,14 +2165,14 @@ fn issue14_packing_weights_changes_memory_not_results() {
     }
 }
 
-/// A 1×1 convolution whose large output only a depthwise 3×3 convolution reads runs with it as
-/// one kernel, a band of rows at a time: column strides 1 and 2, a row stride of 3, paddings 0
-/// to 2, f16 weights, with and without biases, several activations, batches 1 and 3, one and two
-/// threads. It matches the f64 reference and the separate layers, two threads compute what one
-/// does, and the expanded map takes no buffer. An expanded map that something else also reads
-/// keeps its layers apart.
+/// Convolution pairs whose large map between them only the second reads run as one kernel: a
+/// 1×1 expansion and a depthwise 3×3 layer (column strides 1 and 2, a row stride of 3, paddings 0
+/// to 2), a depthwise layer and a 1×1 projection; with f16 weights, with and without biases,
+/// several activations, batches 1 and 3, one and two threads. They match the f64 reference and
+/// the separate layers, two threads compute what one does, and the maps between take no buffer.
+/// A map something else also reads keeps its layers apart.
 #[test]
-fn issue14_expansion_and_depthwise_run_fused_in_bands() {
+fn issue14_convolution_pairs_run_fused_in_bands() {
     let mut rng = Rng::new(18);
     let dw = |name, c, hw, s, p, bias, act| cc(name, c, c, hw, [3, 3], s, p, [1, 1], c, bias, act);
     let pw = |name, c, o, hw, bias, act| {
@@ -2208,17 +2208,24 @@ fn issue14_expansion_and_depthwise_run_fused_in_bands() {
     let d3 = dw("d3", 216, [36, 35], [1, 1], [1, 1], false, A::Relu);
     let d3 = conv(&mut net, &mut rng, e3, &d3, Store::F32);
     h = net.node("sum", Op::Add(Add { act: A::None }), &[e3, d3]);
-    let e4 = pw("e4", 216, 210, [36, 35], true, A::Relu);
+    let d5 = dw("d5", 216, [36, 35], [1, 1], [1, 1], true, A::Relu6);
+    let d5 = conv(&mut net, &mut rng, h, &d5, Store::F32);
+    h = conv(
+        &mut net,
+        &mut rng,
+        d5,
+        &pw("p5", 216, 24, [36, 35], true, A::None),
+        Store::F32,
+    );
+    let e4 = pw("e4", 24, 210, [36, 35], true, A::Relu);
     h = conv(&mut net, &mut rng, h, &e4, Store::F32);
     let d4 = dw("d4", 210, [36, 35], [3, 1], [2, 0], true, A::None);
     h = conv(&mut net, &mut rng, h, &d4, Store::F32);
     let f = net.node("flatten", Op::Flatten, &[h]);
     let b = net.finish(&[f]);
     let m = Model::from_vec(&b.bytes).unwrap();
-    let (fused, apart) = (
-        ["fused_into_next", "expand_depthwise"],
-        ["gemm", "depthwise"],
-    );
+    let exp = ["fused_into_next", "expand_depthwise"];
+    let proj = ["fused_into_next", "depthwise_project"];
     for batch in [1, 3] {
         check_policy(&b, &m, batch, 1.0, "fused", SparsePolicy::default());
         let opts = |threads, fuse| SessionOptions {
@@ -2228,13 +2235,19 @@ fn issue14_expansion_and_depthwise_run_fused_in_bands() {
         };
         let mut one = Session::with_options(&m, batch, opts(1, true)).unwrap();
         let methods = one.methods();
-        for (pair, want) in [(0, fused), (2, fused), (5, apart), (8, fused)] {
+        for (pair, want) in [
+            (0, exp),
+            (2, exp),
+            (5, ["gemm", "depthwise"]),
+            (8, proj),
+            (10, exp),
+        ] {
             assert_eq!(methods[pair..pair + 2], want, "{methods:?}");
         }
         let mut sep = Session::with_options(&m, batch, opts(1, false)).unwrap();
-        assert!(!sep.methods().contains(&"expand_depthwise"));
-        // The fused expansions' outputs have no buffer; the others do.
-        for (v, held) in [(e1, false), (e3, true)] {
+        assert!(!sep.methods().contains(&"fused_into_next"));
+        // The maps inside fused pairs have no buffer; the others do.
+        for (v, held) in [(e1, false), (e3, true), (d5, false)] {
             assert_eq!(one.value(v).is_some(), held, "value {v}");
             assert!(sep.value(v).is_some(), "value {v}");
         }

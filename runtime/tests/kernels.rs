@@ -9,7 +9,7 @@ use nap_runtime::kernels::{
     act_scalar, avgpool2d, channel_offsets, crop_rows, depthwise_conv2d, gemm, gemm_workspace,
     gemv, im2col, im2col_len, im2col_rows, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv,
     spmv_kernel, winograd_weights, AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype,
-    Elems, GemmKernel, Isa, MatRef, Pixels, PoolOp, SpmmKernel, SpmvKernel, WinoGeom,
+    Elems, GemmKernel, Isa, MatRef, Pixels, Planes, PoolOp, SpmmKernel, SpmvKernel, WinoGeom,
     BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS, POOL_KERNELS,
     SPMM_KERNELS, SPMV_KERNELS, WINOGRAD_KERNELS,
 };
@@ -1253,7 +1253,7 @@ fn depthwise_every_kernel_sweeps_3x3_geometries() {
         for s in [[1, 1], [2, 2], [2, 1], [1, 2]] {
             for p in [[0, 0], [1, 1], [2, 2], [0, 1], [2, 1]] {
                 for h in heights {
-                    for w in 1..=17 {
+                    for w in (1..=17).chain([23, 31, 32, 33, 40]) {
                         if h + 2 * p[0] < 3 || w + 2 * p[1] < 3 {
                             continue;
                         }
@@ -1284,18 +1284,43 @@ fn depthwise_every_kernel_sweeps_3x3_geometries() {
                         let w = store.elems();
                         let b = (!idx.is_multiple_of(7)).then_some(&bias[..]);
                         let (want, scale) = naive_conv(&cc, &x, &w, b);
-                        let mut y = vec![f32::NAN; cc.c * g.oh * g.ow + 1];
-                        ker.run(&g, &x, w, b, act, &mut y);
-                        for (i, &got) in y[..want.len()].iter().enumerate() {
+                        // Every other case with the planes apart: NaN between the input planes
+                        // must not be read, nor the gaps between output planes written.
+                        let (pin, pout) = (h * g.w, g.oh * g.ow);
+                        let planes = match idx % 2 {
+                            0 => Planes { x: pin, y: pout },
+                            _ => Planes {
+                                x: pin + 3,
+                                y: pout + 5,
+                            },
+                        };
+                        let mut xs = vec![f32::NAN; cc.c * planes.x];
+                        let mut y = vec![f32::NAN; cc.c * planes.y + 1];
+                        for c in 0..cc.c {
+                            xs[c * planes.x..c * planes.x + pin]
+                                .copy_from_slice(&x[c * pin..(c + 1) * pin]);
+                        }
+                        ker.run_planes(&g, &xs, w, b, act, &mut y, planes);
+                        for (i, &got) in y.iter().enumerate() {
+                            let (c, q) = (i / planes.y, i % planes.y);
+                            if c >= cc.c || q >= pout {
+                                assert!(
+                                    got.is_nan(),
+                                    "{}: wrote y[{i}] outside the planes",
+                                    ker.name
+                                );
+                                continue;
+                            }
+                            let j = c * pout + q;
                             assert!(
-                                close(got, want[i], scale[i], 9, act, 6e-8),
-                                "{} {cc:?} {act:?} f16={half}: y[{i}] = {got}, want act({})",
+                                close(got, want[j], scale[j], 9, act, 6e-8),
+                                "{} {cc:?} {act:?} f16={half} {planes:?}: y[{i}] = {got}, want act({})",
                                 ker.name,
-                                want[i]
+                                want[j]
                             );
                         }
                         assert!(
-                            y[want.len()].is_nan(),
+                            y[cc.c * planes.y].is_nan(),
                             "{}: wrote past the output",
                             ker.name
                         );

@@ -26,7 +26,7 @@ mod batchnorm;
 mod concat;
 mod conv2d;
 mod conv_transpose2d;
-pub(crate) mod expand_dw;
+pub(crate) mod fused;
 mod global_avg_pool;
 mod layer_norm;
 mod linear;
