@@ -397,7 +397,8 @@ pub(crate) fn par_depthwise(
     y: &mut [f32],
 ) {
     let parts = pool.threads();
-    if parts == 1 || g.c < 2 || g.c * g.oh * g.ow * g.kh * g.kw < PAR_MIN_MACS {
+    // A depthwise multiply-add costs several of a GEMM's (it reuses no input across channels).
+    if parts == 1 || g.c < 2 || g.c * g.oh * g.ow * g.kh * g.kw < PAR_MIN_MACS / 8 {
         kernels::depthwise_conv2d(g, x, w, bias, act, y);
         return;
     }

@@ -251,30 +251,54 @@ impl ConvGeom {
 /// [`ConvGeom::phase_len`] floats), as [`ConvGeom::phase_offsets`] reads them.
 pub fn phase_image(g: &ConvGeom, x: &[f32], xq: &mut [f32]) {
     let (hq, wq) = g.phase_hw();
-    let (pt, pl) = (g.pad[0], g.pad[1]);
-    assert!(xq.len() >= g.phase_len() && x.len() >= g.c * g.h * g.w);
+    let (pt, pl, w) = (g.pad[0], g.pad[1], g.w);
+    assert!(xq.len() >= g.phase_len() && x.len() >= g.c * g.h * w);
+    let plane = hq * wq;
+    // Padded column `x + pl` of input column `x` is column `(x + pl) / 2` of phase
+    // `(x + pl) % 2`. Each input row is split into both column phases in one pass over pairs
+    // of columns, from the first column of phase 0 on.
+    let x0 = pl % 2;
+    let pairs = w.saturating_sub(x0) / 2;
+    let jb = (x0 + pl) / 2;
+    // Columns `j0..j1` of phase `s` (`0 <= 2j + s - pl < w`) come from the input.
+    let cols = |s: usize| {
+        let j1 = (w + pl).saturating_sub(s).div_ceil(2).min(wq);
+        (pl.saturating_sub(s).div_ceil(2).min(j1), j1)
+    };
+    let spans = [cols(0), cols(1)];
     for c in 0..g.c {
         for r in 0..2 {
-            for s in 0..2 {
-                let plane = &mut xq[(c * 4 + r * 2 + s) * hq * wq..][..hq * wq];
-                for i in 0..hq {
-                    let row = &mut plane[i * wq..][..wq];
-                    // Padded row `2i + r` is input row `2i + r - pt`.
-                    let iy = (2 * i + r).checked_sub(pt).filter(|&iy| iy < g.h);
-                    let Some(iy) = iy else {
+            let (p0, p1) = xq[(c * 4 + r * 2) * plane..][..2 * plane].split_at_mut(plane);
+            for i in 0..hq {
+                let rows = [&mut p0[i * wq..][..wq], &mut p1[i * wq..][..wq]];
+                // Padded row `2i + r` is input row `2i + r - pt`.
+                let iy = (2 * i + r).checked_sub(pt).filter(|&iy| iy < g.h);
+                let Some(iy) = iy else {
+                    for row in rows {
                         row.fill(0.0);
-                        continue;
-                    };
-                    let src = &x[(c * g.h + iy) * g.w..][..g.w];
-                    // Columns `j0..j1` (`0 <= 2j + s - pl < w`) come from the input.
-                    let j1 = (g.w + pl).saturating_sub(s).div_ceil(2).min(wq);
-                    let j0 = pl.saturating_sub(s).div_ceil(2).min(j1);
+                    }
+                    continue;
+                };
+                let src = &x[(c * g.h + iy) * w..][..w];
+                let [e, o] = rows;
+                for (row, &(j0, j1)) in [&mut *e, &mut *o].into_iter().zip(&spans) {
                     row[..j0].fill(0.0);
                     row[j1..].fill(0.0);
-                    let first = 2 * j0 + s - pl;
-                    for (v, &x) in row[j0..j1].iter_mut().zip(src[first..].iter().step_by(2)) {
-                        *v = x;
-                    }
+                }
+                if x0 == 1 && w > 0 {
+                    o[pl / 2] = src[0];
+                }
+                let pairs_src = src[x0..x0 + 2 * pairs].chunks_exact(2);
+                for ((a, b), p) in e[jb..jb + pairs]
+                    .iter_mut()
+                    .zip(&mut o[jb..jb + pairs])
+                    .zip(pairs_src)
+                {
+                    *a = p[0];
+                    *b = p[1];
+                }
+                if x0 + 2 * pairs < w {
+                    e[jb + pairs] = src[w - 1];
                 }
             }
         }

@@ -234,7 +234,12 @@ pub(crate) fn plan(
     if proj.is_some() {
         band = band.min(BAND_FLOATS / (mid * ow).max(1));
     }
-    let band = band.clamp(1, oh.max(1));
+    let mut band = band.clamp(1, oh.max(1));
+    if proj.is_some() {
+        // The threads split the bands: as many as fill every thread equally.
+        let bands = oh.div_ceil(band).next_multiple_of(cx.threads);
+        band = oh.div_ceil(bands).max(1);
+    }
     let cap = ((band - 1) * geom.stride[0] + 3).min(h);
     let exp_len = if exp.is_some() {
         block.saturating_mul(cap).saturating_mul(w)
