@@ -2167,7 +2167,8 @@ fn issue14_packing_weights_changes_memory_not_results() {
 
 /// Convolution pairs whose large map between them only the second reads run as one kernel: a
 /// 1×1 expansion and a depthwise 3×3 layer (column strides 1 and 2, a row stride of 3, paddings 0
-/// to 2), a depthwise layer and a 1×1 projection; with f16 weights, with and without biases,
+/// to 2), a depthwise layer and a 1×1 projection (also after an expansion whose map is no
+/// larger); with f16 weights, with and without biases,
 /// several activations, batches 1 and 3, one and two threads. They match the f64 reference and
 /// the separate layers, two threads compute what one does, and the maps between take no buffer.
 /// A map something else also reads keeps its layers apart.
@@ -2237,7 +2238,9 @@ fn issue14_convolution_pairs_run_fused_in_bands() {
         let methods = one.methods();
         for (pair, want) in [
             (0, exp),
-            (2, exp),
+            // An expansion, a depthwise layer and a projection with maps of equal size: the
+            // depthwise layer pairs with the projection.
+            (3, proj),
             (5, ["gemm", "depthwise"]),
             (8, proj),
             (10, exp),
