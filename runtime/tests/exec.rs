@@ -2219,7 +2219,7 @@ fn issue14_convolution_pairs_run_fused_in_bands() {
         Store::F32,
     );
     let e4 = pw("e4", 24, 210, [36, 35], true, A::Relu);
-    h = conv(&mut net, &mut rng, h, &e4, Store::F32);
+    h = conv(&mut net, &mut rng, h, &e4, Store::F16);
     let d4 = dw("d4", 210, [36, 35], [3, 1], [2, 0], true, A::None);
     h = conv(&mut net, &mut rng, h, &d4, Store::F32);
     let f = net.node("flatten", Op::Flatten, &[h]);
@@ -2270,5 +2270,14 @@ fn issue14_convolution_pairs_run_fused_in_bands() {
             &got[..],
             "batch {batch}, 2 threads"
         );
+        // The 1×1 weights read in place instead of packed.
+        let in_place = SessionOptions {
+            pack_weights: false,
+            ..opts(2, true)
+        };
+        let mut in_place = Session::with_options(&m, batch, in_place).unwrap();
+        assert_eq!(in_place.methods(), methods);
+        let got = in_place.run(&input).unwrap();
+        assert_close(got, &want, 1e-5, &format!("unpacked, batch {batch}"));
     }
 }

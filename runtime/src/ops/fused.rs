@@ -246,7 +246,7 @@ pub(crate) fn plan(
     let mut band = band.clamp(1, oh.max(1));
     if proj.is_some() {
         // The threads split the bands: as many as fill every thread equally.
-        let bands = oh.div_ceil(band).next_multiple_of(cx.threads);
+        let bands = oh.div_ceil(band).next_multiple_of(cx.threads).max(1);
         band = oh.div_ceil(bands).max(1);
     }
     let cap = ((band - 1) * geom.stride[0] + 3).min(h);
