@@ -39,7 +39,7 @@ pub struct BenchOptions {
     /// [`crate::SessionOptions::winograd`].
     pub winograd: bool,
     /// [`crate::SessionOptions::fuse`].
-    pub fuse: bool,
+    pub fuse: crate::Fusion,
 }
 
 impl Default for BenchOptions {
@@ -53,7 +53,7 @@ impl Default for BenchOptions {
             policy: SparsePolicy::default(),
             memory_limit: crate::DEFAULT_MEMORY_LIMIT,
             winograd: true,
-            fuse: true,
+            fuse: crate::Fusion::Large,
         }
     }
 }
@@ -581,9 +581,10 @@ pub mod cli {
         /// Run 3×3 convolutions without Winograd (the direct sums).
         #[arg(long)]
         pub no_winograd: bool,
-        /// Run every layer by itself: no expansion + depthwise pairs in one kernel.
-        #[arg(long)]
-        pub no_fuse: bool,
+        /// Which convolution pairs run as one kernel: `off`, `large` (maps between them of at
+        /// least 4 MB per example) or `all`.
+        #[arg(long, default_value = "large", value_parser = parse_fusion)]
+        pub fuse: crate::Fusion,
     }
 
     /// `--threads`: a positive number, or `auto` ([`crate::pool::physical_cores`]).
@@ -594,6 +595,16 @@ pub mod cli {
         match s.parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!("expected a positive number or `auto`, got `{s}`")),
+        }
+    }
+
+    /// `--fuse`: `off`, `large` or `all`.
+    pub fn parse_fusion(s: &str) -> Result<crate::Fusion, String> {
+        match s {
+            "off" => Ok(crate::Fusion::Off),
+            "large" => Ok(crate::Fusion::Large),
+            "all" => Ok(crate::Fusion::All),
+            _ => Err(format!("expected off, large or all, got `{s}`")),
         }
     }
 
@@ -728,7 +739,7 @@ pub mod cli {
             },
             memory_limit: a.memory_limit.saturating_mul(1 << 20),
             winograd: !a.no_winograd,
-            fuse: !a.no_fuse,
+            fuse: a.fuse,
         };
         let r = bench(&t, b.as_ref(), input.as_deref(), &opts).map_err(|e| match &b {
             Some(b) => format!("{} vs {}: {e}", t.path, b.path),

@@ -30,5 +30,7 @@ pub use pool::physical_cores;
 pub mod stats;
 
 pub use error::{Error, Result};
-pub use exec::{Session, SessionOptions, SparsePolicy, DEFAULT_MEMORY_LIMIT};
+pub use exec::{
+    Fusion, Session, SessionOptions, SparsePolicy, DEFAULT_MEMORY_LIMIT, FUSE_MIN_FLOATS,
+};
 pub use model::{AlignedBytes, LoadOptions, Model, TensorView};

@@ -26,10 +26,6 @@ use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Elems, MatRef, Pa
 use crate::model::{Model, TensorView};
 use crate::par::{channels_per_part, par_channels, par_items, slice_elems, Parts};
 
-/// Fewest floats per example of a map between two layers for the pair to run fused: smaller
-/// maps stay in cache between the two layers anyway.
-pub(crate) const FUSE_MIN_FLOATS: usize = 1 << 18;
-
 /// Floats of expanded map a block of channels holds per band, and of depthwise output a band
 /// holds for the projection: each within a core's L2.
 const BAND_FLOATS: usize = 1 << 16;
@@ -64,12 +60,14 @@ fn depthwise(model: &Model<'_>, c: &Conv2d, channels: u32) -> bool {
 
 /// Which layers from node `i` on run as one fused kernel: an expansion and a depthwise layer,
 /// or a depthwise layer and a projection. A pair fuses where the map between them is
-/// at least [`FUSE_MIN_FLOATS`] and only the second reads it (`single_use`: no other node, not a
-/// graph output).
+/// at least `min_floats` per example and only the second reads it (`single_use`: no other node,
+/// not a graph output); an expansion takes its depthwise layer before the depthwise layer takes
+/// its projection.
 pub(crate) fn chain(
     model: &Model<'_>,
     g: &Graph,
     i: usize,
+    min_floats: usize,
     single_use: &dyn Fn(ValueId) -> bool,
 ) -> Option<Links> {
     let conv = |j: usize| match g.nodes.get(j).map(|n| &n.op) {
@@ -88,7 +86,7 @@ pub(crate) fn chain(
         let v = g.nodes[j].output;
         single_use(v)
             && g.nodes.get(j + 1).is_some_and(|n| n.inputs == [v])
-            && floats(j) >= FUSE_MIN_FLOATS
+            && floats(j) >= min_floats
     };
     let channels = |j: usize| match g.nodes.get(j).map(|n| &n.inputs[..]) {
         Some(&[v]) if shape(v).len() == 3 => Some(shape(v)[0]),
@@ -101,12 +99,6 @@ pub(crate) fn chain(
     };
     let pw_at = |j: usize| conv(j).is_some_and(|c| pointwise(model, c)) && channels(j).is_some();
     if pw_at(i) && dw_at(i + 1) && feeds(i) {
-        // Where the depthwise layer could pair with its projection instead, the pair with the
-        // larger map between its layers runs fused (a tie goes to the projection: MobileNetV2's
-        // third block, AVX-512, 690 µs against 850).
-        if pw_at(i + 2) && feeds(i + 1) && floats(i) <= floats(i + 1) {
-            return None;
-        }
         return Some(Links {
             exp: true,
             proj: false,
