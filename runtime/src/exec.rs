@@ -298,13 +298,13 @@ impl<'m> Session<'m> {
         let mut fused = vec![false; g.nodes.len()];
         let mut links = vec![None; g.nodes.len()];
         let single_use = |v: ValueId| !keep[v as usize] && uses[v as usize] == 1;
+        let min_floats = match fuse {
+            Fusion::Off => None,
+            Fusion::Large => Some(FUSE_MIN_FLOATS),
+            Fusion::All => Some(0),
+        };
         let mut i = 0;
         while i < g.nodes.len() {
-            let min_floats = match fuse {
-                Fusion::Off => None,
-                Fusion::Large => Some(FUSE_MIN_FLOATS),
-                Fusion::All => Some(0),
-            };
             match min_floats.and_then(|min| fused::chain(model, g, i, min, &single_use)) {
                 Some(l) => {
                     fused[i..i + l.len() - 1].fill(true);

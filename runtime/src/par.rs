@@ -454,31 +454,28 @@ pub(crate) fn par_examples(
     if parts == 1 || n < parts || n.saturating_mul(macs) < PAR_MIN_MACS {
         return false;
     }
-    assert!(y.len() >= n * out_len && scratch.len() >= parts * scratch_len);
-    assert!(ws.len() >= parts * ws_len);
-    let (yp, sp, wp) = (
-        Parts(y.as_mut_ptr()),
-        Parts(scratch.as_mut_ptr()),
-        Parts(ws.as_mut_ptr()),
+    assert!(y.len() >= n * out_len);
+    let yp = Parts(y.as_mut_ptr());
+    let work = n.saturating_mul(macs);
+    par_items(
+        pool,
+        n,
+        1,
+        work,
+        scratch,
+        scratch_len,
+        ws,
+        ws_len,
+        &|es, s, w| {
+            let serial = Pool::serial();
+            for e in es {
+                // SAFETY: parts own disjoint example ranges, so the outputs are disjoint ranges of
+                // `y`, which holds `n * out_len` elements (asserted above).
+                let ye = unsafe { yp.slice(e * out_len, out_len) };
+                f(&serial, e, ye, s, w);
+            }
+        },
     );
-    pool.run(&|part| {
-        let serial = Pool::serial();
-        let (e0, e1) = part_range(n, parts, 1, part);
-        // SAFETY: each part has its own block of the scratch and the workspace, which hold
-        // `parts` blocks (asserted above).
-        let (s, w) = unsafe {
-            (
-                sp.slice(part * scratch_len, scratch_len),
-                wp.slice(part * ws_len, ws_len),
-            )
-        };
-        for e in e0..e1 {
-            // SAFETY: parts own disjoint example ranges, so the outputs are disjoint ranges of
-            // `y`, which holds `n * out_len` elements (asserted above).
-            let ye = unsafe { yp.slice(e * out_len, out_len) };
-            f(&serial, e, ye, s, w);
-        }
-    });
     true
 }
 
@@ -566,43 +563,37 @@ pub(crate) fn par_im2col_gemm(
     {
         return false;
     }
-    let (sp, wp, cp) = (
-        Parts(scratch.as_mut_ptr()),
-        Parts(ws.as_mut_ptr()),
-        Parts(y.as_mut_ptr()),
+    let (cp, c_len) = (Parts(y.as_mut_ptr()), y.len());
+    par_items(
+        pool,
+        g.oh,
+        1,
+        m * k * p,
+        scratch,
+        scratch_len,
+        ws,
+        ws_len,
+        &|rows, cols, w| {
+            kernels::im2col_rows(g, x, 0, g.c, rows.clone(), cols);
+            let n = rows.len() * g.ow;
+            let b = MatRef::row_major(Elems::F32(cols), k, n);
+            let j0 = rows.start * g.ow;
+            // SAFETY: `C` from column `j0` on lies in `y` (`c_len - j0` floats); this part writes
+            // only columns `j0..j0 + n` of its rows, which no other part touches.
+            unsafe {
+                kernels::gemm_kernel().run_b_raw(
+                    a,
+                    BOperand::Mat(b),
+                    cp.at(j0),
+                    c_len - j0,
+                    p,
+                    bias,
+                    act,
+                    w,
+                )
+            };
+        },
     );
-    let c_len = y.len();
-    pool.run(&|part| {
-        let (r0, r1) = part_range(g.oh, parts, 1, part);
-        if r0 == r1 {
-            return;
-        }
-        // SAFETY: each part has its own `scratch_len` and `ws_len` blocks (asserted above).
-        let (cols, w) = unsafe {
-            (
-                sp.slice(part * scratch_len, scratch_len),
-                wp.slice(part * ws_len, ws_len),
-            )
-        };
-        kernels::im2col_rows(g, x, 0, g.c, r0..r1, cols);
-        let n = (r1 - r0) * g.ow;
-        let b = MatRef::row_major(Elems::F32(cols), k, n);
-        let j0 = r0 * g.ow;
-        // SAFETY: `C` from column `j0` on lies in `y` (`c_len - j0` floats); this part writes
-        // only columns `j0..j0 + n` of its rows, which no other part touches.
-        unsafe {
-            kernels::gemm_kernel().run_b_raw(
-                a,
-                BOperand::Mat(b),
-                cp.at(j0),
-                c_len - j0,
-                p,
-                bias,
-                act,
-                w,
-            )
-        };
-    });
     true
 }
 
@@ -638,54 +629,42 @@ pub(crate) fn par_channels(
     ws_len: usize,
     f: &ChannelsFn<'_>,
 ) {
-    let parts = pool.threads();
     assert!(channels * plane <= out_len && y.len() >= n * out_len);
-    if parts == 1 || channels <= align || n.saturating_mul(macs) < PAR_MIN_MACS {
-        for e in 0..n {
-            let ye = &mut y[e * out_len..e * out_len + channels * plane];
-            f(e, 0..channels, ye, scratch, &mut ws[..ws_len]);
-        }
-        return;
-    }
-    assert!(scratch.len() >= parts * scratch_len && ws.len() >= parts * ws_len);
-    let (yp, sp, wp) = (
-        Parts(y.as_mut_ptr()),
-        Parts(scratch.as_mut_ptr()),
-        Parts(ws.as_mut_ptr()),
+    let yp = Parts(y.as_mut_ptr());
+    let work = n.saturating_mul(macs);
+    par_items(
+        pool,
+        channels,
+        align,
+        work,
+        scratch,
+        scratch_len,
+        ws,
+        ws_len,
+        &|ch, s, w| {
+            for e in 0..n {
+                // SAFETY: parts own disjoint channel ranges, so disjoint plane ranges of each
+                // example's output, inside `y` (`n * out_len` elements, asserted above).
+                let ye = unsafe { yp.slice(e * out_len + ch.start * plane, ch.len() * plane) };
+                f(e, ch.clone(), ye, s, w);
+            }
+        },
     );
-    pool.run(&|part| {
-        let (c0, c1) = part_range(channels, parts, align, part);
-        if c0 == c1 {
-            return;
-        }
-        // SAFETY: each part has its own block of the scratch and the workspace, which hold
-        // `parts` blocks (asserted above).
-        let (s, w) = unsafe {
-            (
-                sp.slice(part * scratch_len, scratch_len),
-                wp.slice(part * ws_len, ws_len),
-            )
-        };
-        for e in 0..n {
-            // SAFETY: parts own disjoint channel ranges, so disjoint plane ranges of each
-            // example's output, inside `y` (`n * out_len` elements, asserted above).
-            let ye = unsafe { yp.slice(e * out_len + c0 * plane, (c1 - c0) * plane) };
-            f(e, c0..c1, ye, s, w);
-        }
-    });
 }
 
 /// One part of [`par_items`]: `(its items, scratch, workspace)`.
 pub(crate) type ItemsFn<'a> = dyn Fn(core::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync + 'a;
 
-/// Runs `f(i0..i1, scratch, ws)` over `0..items` cut into one contiguous range per thread when
-/// the work (`macs` in all) is worth it, each part with its own `scratch_len` block of `scratch`
-/// and `ws_len` block of `ws`; otherwise once over every item with all of `scratch` and the
-/// first workspace. `f` writes its outputs itself, disjoint per item.
+/// Runs `f(i0..i1, scratch, ws)` over `0..items` cut into one contiguous range per thread (in
+/// multiples of `align`) when there are more than `align` items and the work (`macs` in all)
+/// is worth it, each part with its own `scratch_len` block of `scratch` and `ws_len` block of
+/// `ws`; otherwise once over every item with all of `scratch` and the first workspace. `f`
+/// writes its outputs itself, disjoint per item.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_items(
     pool: &Pool,
     items: usize,
+    align: usize,
     macs: usize,
     scratch: &mut [f32],
     scratch_len: usize,
@@ -694,14 +673,14 @@ pub(crate) fn par_items(
     f: &ItemsFn<'_>,
 ) {
     let parts = pool.threads();
-    if parts == 1 || items < 2 || macs < PAR_MIN_MACS {
+    if parts == 1 || items <= align || macs < PAR_MIN_MACS {
         f(0..items, scratch, &mut ws[..ws_len]);
         return;
     }
     assert!(scratch.len() >= parts * scratch_len && ws.len() >= parts * ws_len);
     let (sp, wp) = (Parts(scratch.as_mut_ptr()), Parts(ws.as_mut_ptr()));
     pool.run(&|part| {
-        let (i0, i1) = part_range(items, parts, 1, part);
+        let (i0, i1) = part_range(items, parts, align, part);
         if i0 == i1 {
             return;
         }

@@ -432,6 +432,7 @@ impl Kernel for Chain {
         par_items(
             cx.pool,
             cx.n * bands,
+            1,
             cx.n * macs,
             cx.scratch,
             self.scratch_len,
