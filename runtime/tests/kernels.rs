@@ -273,6 +273,8 @@ fn gemm_cases(ker: &GemmKernel) -> Vec<GemmCase> {
         (2 * mr + 1, 2 * nr - 1, ker.kc + 1),
         (ker.mc + mr + 1, nr + 3, 20),
         (3, ker.nc + nr + 1, 5),
+        // `B` large enough that kernels with `prefetch_b` prefetch its in-place panels.
+        (mr + 1, 1040, 160),
     ] {
         let mut c = GemmCase::new(m, n, k);
         c.bias = 2;
@@ -764,6 +766,14 @@ fn issue14_implicit_gemm_packed_a_and_cropped_c_match_direct_conv() {
             c: 521,
             h: 4,
             w: 5,
+            cout: 3,
+            ..base
+        },
+        // An image large enough that kernels with `prefetch_b` prefetch it.
+        ConvCase {
+            c: 3,
+            h: 214,
+            w: 214,
             cout: 3,
             ..base
         },

@@ -249,6 +249,10 @@ pub(crate) struct Tile {
     /// [`GemmKernel::crops`]; the others always get `None`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub crop: Option<u32>,
+    /// Prefetch `B`'s row `p` this many floats ahead of where the kernel reads it (0: none).
+    /// Set on a row block's first tile when `B` is read in place ([`GemmKernel::prefetch_b`]).
+    /// Kernels without the option ignore it.
+    pub prefetch: usize,
 }
 
 /// Micro-kernel: `C[0..MR, 0..NR] = epilogue(sum_p a[i * a_rs + p * a_cs] * b[p * b_rs + j])`
@@ -349,6 +353,10 @@ pub struct GemmKernel {
     /// The micro-kernel reads `A` and `B` through arbitrary strides, so full panels of
     /// row-major f32 operands are used in place instead of being packed.
     pub strided: bool,
+    /// Panels of `B` ahead that a row block's first tile prefetches when `B` is read in place
+    /// (0: none). Those rows are more strided streams than the hardware prefetchers follow,
+    /// so a map that has left the cache stalls every panel; measured per kernel.
+    pub prefetch_b: usize,
     ukernel: MicroKernel,
     /// The micro-kernel's variant for [`BOperand::Rows`] read in place, if it has one.
     ukernel_rows: Option<RowsKernel>,
@@ -368,6 +376,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 2048,
         strided: true,
+        prefetch_b: 2,
         ukernel: x86::gemm_f32_8x32_avx512,
         ukernel_rows: Some(x86::gemm_f32_8x32_avx512_rows),
         crop_store: true,
@@ -382,6 +391,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 2048,
         strided: true,
+        prefetch_b: 0,
         ukernel: x86::gemm_f32_6x16_avx2fma,
         ukernel_rows: Some(x86::gemm_f32_6x16_avx2fma_rows),
         crop_store: false,
@@ -396,6 +406,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 1024,
         strided: false,
+        prefetch_b: 0,
         ukernel: neon::gemm_f32_8x8_neon,
         ukernel_rows: Some(neon::gemm_f32_8x8_neon_rows),
         crop_store: false,
@@ -409,6 +420,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 512,
         strided: false,
+        prefetch_b: 0,
         ukernel: scalar::gemm_f32_4x4_scalar,
         ukernel_rows: None,
         crop_store: false,
@@ -471,6 +483,9 @@ pub fn gemm(
 ) {
     gemm_kernel().run(a, b, c, ldc, bias, act, ws)
 }
+
+/// Smallest `B` (floats spanned by its rows, 512 KB) whose in-place panels are prefetched.
+const PREFETCH_MIN_FLOATS: usize = 1 << 17;
 
 /// Deepest `k` a [`RowsKernel`] runs in one block, storing each tile once (which a [`Crop`]
 /// needs to store it packed).
@@ -693,6 +708,17 @@ impl GemmKernel {
             }
             _ => None,
         };
+        // Only a `B` larger than the caches ask to keep is worth prefetching; on cached
+        // operands the prefetches cost more than they save.
+        let b_span = match b {
+            BOperand::Mat(m) => k * m.rs,
+            BOperand::Rows { data, .. } => data.len(),
+        };
+        let prefetch = if b_span >= PREFETCH_MIN_FLOATS {
+            self.prefetch_b * nr
+        } else {
+            0
+        };
         let mut brow = [0f32; MAX_MR];
         let mut bcol = [0f32; MAX_NR];
         let mut tmp = [0f32; MAX_MR * MAX_NR];
@@ -789,6 +815,11 @@ impl GemmKernel {
                                 bias_r,
                                 bias_c,
                                 crop: native.then_some(keep),
+                                prefetch: if ir == 0 && jr < b_unpacked {
+                                    prefetch
+                                } else {
+                                    0
+                                },
                             };
                             // SAFETY: `i0 + mr_eff <= m` and `col + cnt` is at most the output
                             // columns, so the tile's elements lie inside `c` (caller contract).

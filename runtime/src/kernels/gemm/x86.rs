@@ -170,10 +170,19 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
     // SAFETY: the caller's contract, passed on unchanged.
     unsafe {
         let no_offs = core::ptr::null();
-        if a_rs == 1 && a_cs == 8 {
-            avx512_8x32::<true, false>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
-        } else {
-            avx512_8x32::<false, false>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
+        match (a_rs == 1 && a_cs == 8, t.prefetch != 0) {
+            (true, false) => {
+                avx512_8x32::<true, false, false>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
+            }
+            (true, true) => {
+                avx512_8x32::<true, false, true>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
+            }
+            (false, false) => {
+                avx512_8x32::<false, false, false>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
+            }
+            (false, true) => {
+                avx512_8x32::<false, false, true>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
+            }
         }
     }
 }
@@ -198,10 +207,15 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512_rows(
 ) {
     // SAFETY: the caller's contract, passed on unchanged.
     unsafe {
-        if a_rs == 1 && a_cs == 8 {
-            avx512_8x32::<true, true>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t)
-        } else {
-            avx512_8x32::<false, true>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
+        match (a_rs == 1 && a_cs == 8, t.prefetch != 0) {
+            (true, false) => avx512_8x32::<true, true, false>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t),
+            (true, true) => avx512_8x32::<true, true, true>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t),
+            (false, false) => {
+                avx512_8x32::<false, true, false>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
+            }
+            (false, true) => {
+                avx512_8x32::<false, true, true>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
+            }
         }
     }
 }
@@ -215,7 +229,7 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512_rows(
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn avx512_8x32<const PACKED: bool, const ROWS: bool>(
+unsafe fn avx512_8x32<const PACKED: bool, const ROWS: bool, const PF: bool>(
     kc: usize,
     a: *const f32,
     a_rs: usize,
@@ -241,13 +255,18 @@ unsafe fn avx512_8x32<const PACKED: bool, const ROWS: bool>(
         }
     }
     let (mut off, mut rows) = (0, BRows::<ROWS>::new(b, b_rs, b_offs));
+    let pf = t.prefetch;
     // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and `NR`
     // floats of row `p` of `B` (and `b_offs[p]` with `ROWS`); `kc` steps stay inside what the
-    // caller provides.
+    // caller provides; prefetching never faults.
     macro_rules! step {
         () => {
             unsafe {
                 let b = rows.next();
+                if PF {
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(pf) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(pf + NR / 2) as *const i8);
+                }
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));
                 for (acc, ai) in acc.iter_mut().zip(&ar) {
