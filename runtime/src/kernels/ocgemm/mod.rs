@@ -34,6 +34,8 @@ pub(crate) struct OcTile {
     pub clamp: bool,
     pub lo: f32,
     pub hi: f32,
+    /// Prefetch the weights this many floats after each step's (0: none).
+    pub prefetch: usize,
 }
 
 /// Micro-kernel of `P` pixels (fixed per function) × `NR` channels:
@@ -70,6 +72,9 @@ pub(crate) trait Lanes {
     unsafe fn fma(acc: Self::V, a: Self::V, b: Self::V) -> Self::V;
     /// `min(max(v, lo), hi)` per lane.
     unsafe fn clamp(v: Self::V, lo: Self::V, hi: Self::V) -> Self::V;
+    /// Asks for the cache line holding `p` (any address; never faults).
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
     /// Stores the tile transposed: lane `l` of `acc[j][v]` (channel `v·N + l`, pixel `j`) to
     /// `c[(v·N + l)·ldc + j]`, for channels below `rows`.
     #[inline(always)]
@@ -147,6 +152,10 @@ pub(crate) unsafe fn tile<L: Lanes, const P: usize, const V: usize>(
             ($p:expr) => {
                 let xp = x.add(*offs.add($p));
                 let wp = w.add($p * nr);
+                if t.prefetch != 0 {
+                    L::prefetch(wp.wrapping_add(t.prefetch));
+                    L::prefetch(wp.wrapping_add(t.prefetch + nr - 1));
+                }
                 let wv: [L::V; V] = core::array::from_fn(|v| L::load(wp.add(v * L::N)));
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let b = L::splat(xp.add(j));
@@ -417,14 +426,22 @@ impl OcGemmKernel {
                 }
                 None => bbuf[..nr].fill(0.0),
             }
-            let t = OcTile {
+            let mut t = OcTile {
                 bias: bbuf.as_ptr(),
                 clamp,
                 lo,
                 hi,
+                prefetch: 0,
             };
             let panel = &w.data[q * nr * k..];
             for tix in tiles.clone() {
+                // A panel's first tile streams its weights from memory; the second, running
+                // from the cache, brings in the next panel's meanwhile.
+                t.prefetch = if tix == tiles.start + 1 && i0 + nr < m {
+                    nr * k
+                } else {
+                    0
+                };
                 // Runs are cut into `per_run` tiles of nearly equal width (a 7-pixel row into
                 // 4 + 3 rather than 6 + 1 for a 6-pixel kernel).
                 let (run, i) = (tix / per_run, tix % per_run);

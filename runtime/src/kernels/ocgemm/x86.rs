@@ -41,6 +41,10 @@ impl Lanes for Avx512 {
     unsafe fn clamp(v: __m512, lo: __m512, hi: __m512) -> __m512 {
         unsafe { _mm512_min_ps(_mm512_max_ps(v, lo), hi) }
     }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+    }
     /// Each block of 16 channels is transposed in registers and stored as `P`-wide masked rows.
     #[inline(always)]
     unsafe fn store_tile<const P: usize, const V: usize>(
