@@ -686,12 +686,15 @@ fn avgpool_corner_divisors() {
 
 #[test]
 fn global_avg_pool() {
-    let mut net = Net::new();
-    let x = net.input(&[3, 4, 5]);
-    let y = net.node("gap", Op::GlobalAvgPool, &[x]);
-    let b = net.finish(&[y]);
-    for batch in [1, 4] {
-        check(&b, batch, "global avg pool");
+    // Planes shorter than, a multiple of and between multiples of the eight partial sums.
+    for shape in [[3, 4, 5], [2, 1, 3], [2, 4, 4], [2, 7, 7]] {
+        let mut net = Net::new();
+        let x = net.input(&shape);
+        let y = net.node("gap", Op::GlobalAvgPool, &[x]);
+        let b = net.finish(&[y]);
+        for batch in [1, 4] {
+            check(&b, batch, &format!("global avg pool {shape:?}"));
+        }
     }
 }
 
