@@ -194,7 +194,17 @@ impl<L: Lanes> Vecs<L> {
         // SAFETY: splatting needs only CPU support, which the caller guarantees.
         unsafe {
             Vecs {
-                taps: taps.map(|t| L::splat(t)),
+                taps: [
+                    L::splat(taps[0]),
+                    L::splat(taps[1]),
+                    L::splat(taps[2]),
+                    L::splat(taps[3]),
+                    L::splat(taps[4]),
+                    L::splat(taps[5]),
+                    L::splat(taps[6]),
+                    L::splat(taps[7]),
+                    L::splat(taps[8]),
+                ],
                 bias: L::splat(bias),
                 lo: L::splat(lo),
                 hi: L::splat(hi),
@@ -278,9 +288,34 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
         }
         ([0f32; FLAT_MAX + MAX_N], left, right)
     });
+    let taps_of = |c: usize| {
+        let mut taps = [0f32; 9];
+        for (i, t) in taps.iter_mut().enumerate() {
+            *t = w.get_f32(c * 9 + i);
+        }
+        (taps, bias.map_or(0.0, |b| b[c]))
+    };
+    if let Some((padded, left, right)) = &mut flat_bufs {
+        for c in 0..g.c {
+            let (taps, b) = taps_of(c);
+            let plane = &x[c * planes.x..c * planes.x + ih * iw];
+            let out = &mut y[c * planes.y..c * planes.y + oh * ow];
+            // SAFETY: CPU support is the caller's; `padded` holds the plane after `iw + 1`
+            // zeros and `iw + 1 + MAX_N` zeros after it, `left` / `right` `total` masks, `out`
+            // `total` values.
+            unsafe {
+                let v = Vecs::<V>::new(&taps, b, clamp);
+                copy_lanes::<V>(plane, &mut padded[iw + 1..iw + 1 + total]);
+                channel_flat::<V>(&v, clamp.is_some(), padded, left, right, iw, out);
+            }
+            if post {
+                apply_act(act, out);
+            }
+        }
+        return;
+    }
     for c in 0..g.c {
-        let taps: [f32; 9] = core::array::from_fn(|i| w.get_f32(c * 9 + i));
-        let b = bias.map_or(0.0, |b| b[c]);
+        let (taps, b) = taps_of(c);
         let plane = &x[c * planes.x..c * planes.x + ih * iw];
         let out = &mut y[c * planes.y..c * planes.y + oh * ow];
         // SAFETY: the caller guarantees CPU support for `V` and `H`.
@@ -290,17 +325,6 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
                 Vecs::<H>::new(&taps, b, clamp),
             )
         };
-        if let Some((padded, left, right)) = &mut flat_bufs {
-            padded[iw + 1..iw + 1 + total].copy_from_slice(plane);
-            // SAFETY: `padded` holds the plane after `iw + 1` zeros and `iw + 1 + MAX_N` zeros
-            // after it, `left` / `right` `total` masks, `out` `total` values; CPU support is the
-            // caller's.
-            unsafe { channel_flat::<V>(&v, clamp.is_some(), padded, left, right, iw, out) };
-            if post {
-                apply_act(act, out);
-            }
-            continue;
-        }
         let ctx = RowCtx {
             w: iw,
             pad: pl,
@@ -335,6 +359,28 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
                 apply_act(act, orow);
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` in vectors of `L`, except that `-0.0` becomes `0.0`: a plane of
+/// a small map is too short for a call to `memcpy` to pay, and adding `0.0` (which IEEE
+/// arithmetic may not drop) keeps the compiler from turning the loop back into one.
+///
+/// # Safety
+/// The CPU supports `L`.
+#[inline(always)]
+unsafe fn copy_lanes<L: Lanes>(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len());
+    let mut d = dst.chunks_exact_mut(L::N);
+    let mut s = src.chunks_exact(L::N);
+    // SAFETY: CPU support is the caller's.
+    let zero = unsafe { L::splat(0.0) };
+    for (d, s) in (&mut d).zip(&mut s) {
+        // SAFETY: both chunks hold `N` floats; CPU support is the caller's.
+        unsafe { L::store(d.as_mut_ptr(), L::add(L::load(s.as_ptr()), zero)) };
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
@@ -770,17 +816,26 @@ mod x86 {
             unsafe {
                 let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
                 let w = _mm256_set1_epi32(w as i32);
-                let inside = |c: isize| {
-                    let idx = _mm256_add_epi32(_mm256_set1_epi32(c as i32), lanes);
-                    _mm256_andnot_si256(
-                        _mm256_cmpgt_epi32(_mm256_setzero_si256(), idx),
-                        _mm256_cmpgt_epi32(w, idx),
-                    )
-                };
+                // A macro, not a closure: a closure would not be compiled with the caller's
+                // target features.
+                macro_rules! inside {
+                    ($c:expr) => {{
+                        let idx = _mm256_add_epi32(_mm256_set1_epi32(($c) as i32), lanes);
+                        _mm256_andnot_si256(
+                            _mm256_cmpgt_epi32(_mm256_setzero_si256(), idx),
+                            _mm256_cmpgt_epi32(w, idx),
+                        )
+                    }};
+                }
                 let offs = if S == 1 { [0, 1, 2, 0] } else { [0, 8, 1, 9] };
                 Masks {
                     col,
-                    load: offs.map(|o| inside(col + o)),
+                    load: [
+                        inside!(col + offs[0]),
+                        inside!(col + offs[1]),
+                        inside!(col + offs[2]),
+                        inside!(col + offs[3]),
+                    ],
                     cnt,
                 }
             }
@@ -887,17 +942,26 @@ mod x86 {
             unsafe {
                 let lanes = _mm_setr_epi32(0, 1, 2, 3);
                 let w = _mm_set1_epi32(w as i32);
-                let inside = |c: isize| {
-                    let idx = _mm_add_epi32(_mm_set1_epi32(c as i32), lanes);
-                    _mm_andnot_si128(
-                        _mm_cmpgt_epi32(_mm_setzero_si128(), idx),
-                        _mm_cmpgt_epi32(w, idx),
-                    )
-                };
+                // A macro, not a closure: a closure would not be compiled with the caller's
+                // target features.
+                macro_rules! inside {
+                    ($c:expr) => {{
+                        let idx = _mm_add_epi32(_mm_set1_epi32(($c) as i32), lanes);
+                        _mm_andnot_si128(
+                            _mm_cmpgt_epi32(_mm_setzero_si128(), idx),
+                            _mm_cmpgt_epi32(w, idx),
+                        )
+                    }};
+                }
                 let offs = if S == 1 { [0, 1, 2, 0] } else { [0, 4, 1, 5] };
                 Masks {
                     col,
-                    load: offs.map(|o| inside(col + o)),
+                    load: [
+                        inside!(col + offs[0]),
+                        inside!(col + offs[1]),
+                        inside!(col + offs[2]),
+                        inside!(col + offs[3]),
+                    ],
                     cnt,
                 }
             }
