@@ -353,10 +353,12 @@ pub struct GemmKernel {
     /// The micro-kernel reads `A` and `B` through arbitrary strides, so full panels of
     /// row-major f32 operands are used in place instead of being packed.
     pub strided: bool,
-    /// Panels of `B` ahead that a row block's first tile prefetches when `B` is read in place
-    /// (0: none). Those rows are more strided streams than the hardware prefetchers follow,
-    /// so a map that has left the cache stalls every panel; measured per kernel.
-    pub prefetch_b: usize,
+    /// Variants of the micro-kernel and its rows variant that prefetch `B` ahead
+    /// ([`Tile::prefetch`]), run on a row block's first tile when `B` is read in place and
+    /// larger than the caches: its rows are more strided streams than the hardware prefetchers
+    /// follow, so a map that has left the cache stalls every panel. Measured per kernel; kept
+    /// apart so the other tiles run the plain kernels.
+    ukernel_pf: Option<(MicroKernel, RowsKernel)>,
     ukernel: MicroKernel,
     /// The micro-kernel's variant for [`BOperand::Rows`] read in place, if it has one.
     ukernel_rows: Option<RowsKernel>,
@@ -376,7 +378,10 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 2048,
         strided: true,
-        prefetch_b: 2,
+        ukernel_pf: Some((
+            x86::gemm_f32_8x32_avx512_pf,
+            x86::gemm_f32_8x32_avx512_rows_pf,
+        )),
         ukernel: x86::gemm_f32_8x32_avx512,
         ukernel_rows: Some(x86::gemm_f32_8x32_avx512_rows),
         crop_store: true,
@@ -391,7 +396,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 2048,
         strided: true,
-        prefetch_b: 0,
+        ukernel_pf: None,
         ukernel: x86::gemm_f32_6x16_avx2fma,
         ukernel_rows: Some(x86::gemm_f32_6x16_avx2fma_rows),
         crop_store: false,
@@ -406,7 +411,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 1024,
         strided: false,
-        prefetch_b: 0,
+        ukernel_pf: None,
         ukernel: neon::gemm_f32_8x8_neon,
         ukernel_rows: Some(neon::gemm_f32_8x8_neon_rows),
         crop_store: false,
@@ -420,7 +425,7 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         kc: 256,
         nc: 512,
         strided: false,
-        prefetch_b: 0,
+        ukernel_pf: None,
         ukernel: scalar::gemm_f32_4x4_scalar,
         ukernel_rows: None,
         crop_store: false,
@@ -483,6 +488,9 @@ pub fn gemm(
 ) {
     gemm_kernel().run(a, b, c, ldc, bias, act, ws)
 }
+
+/// Panels of `B` ahead of the current one that a prefetching tile asks for.
+const PREFETCH_PANELS: usize = 2;
 
 /// Smallest `B` (floats spanned by its rows, 512 KB) whose in-place panels are prefetched.
 const PREFETCH_MIN_FLOATS: usize = 1 << 17;
@@ -714,10 +722,9 @@ impl GemmKernel {
             BOperand::Mat(m) => k * m.rs,
             BOperand::Rows { data, .. } => data.len(),
         };
-        let prefetch = if b_span >= PREFETCH_MIN_FLOATS {
-            self.prefetch_b * nr
-        } else {
-            0
+        let prefetch = match self.ukernel_pf {
+            Some(_) if b_span >= PREFETCH_MIN_FLOATS => PREFETCH_PANELS * nr,
+            _ => 0,
         };
         let mut brow = [0f32; MAX_MR];
         let mut bcol = [0f32; MAX_NR];
@@ -830,9 +837,13 @@ impl GemmKernel {
                             // floats inside the data (`check_bounds` for full panels, `edge_ok`
                             // for the last); bias pointers address `mr` / `nr` values and the
                             // caller guarantees the ISA. `ct` addresses the tile's output.
+                            let (uk_mat, uk_rows) = match (self.ukernel_pf, tile.prefetch) {
+                                (Some(pf), 1..) => (pf.0, Some(pf.1)),
+                                _ => (self.ukernel, self.ukernel_rows),
+                            };
                             let run = |ct: *mut f32, ldc: usize| unsafe {
-                                match rows_b {
-                                    Some((data, offs, uk, _)) if in_place => uk(
+                                match (rows_b, uk_rows) {
+                                    (Some((data, offs, _, _)), Some(uk)) if in_place => uk(
                                         kc,
                                         apanel,
                                         a_rs,
@@ -843,9 +854,9 @@ impl GemmKernel {
                                         ldc,
                                         &tile,
                                     ),
-                                    _ => (self.ukernel)(
-                                        kc, apanel, a_rs, a_cs, bpanel, b_rs, ct, ldc, &tile,
-                                    ),
+                                    _ => {
+                                        uk_mat(kc, apanel, a_rs, a_cs, bpanel, b_rs, ct, ldc, &tile)
+                                    }
                                 }
                             };
                             if native || (crop.is_none() && mr_eff == mr && nr_eff == nr) {

@@ -170,19 +170,10 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
     // SAFETY: the caller's contract, passed on unchanged.
     unsafe {
         let no_offs = core::ptr::null();
-        match (a_rs == 1 && a_cs == 8, t.prefetch != 0) {
-            (true, false) => {
-                avx512_8x32::<true, false, false>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
-            }
-            (true, true) => {
-                avx512_8x32::<true, false, true>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
-            }
-            (false, false) => {
-                avx512_8x32::<false, false, false>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
-            }
-            (false, true) => {
-                avx512_8x32::<false, false, true>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
-            }
+        if a_rs == 1 && a_cs == 8 {
+            avx512_8x32::<true, false, false>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
+        } else {
+            avx512_8x32::<false, false, false>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
         }
     }
 }
@@ -207,15 +198,66 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512_rows(
 ) {
     // SAFETY: the caller's contract, passed on unchanged.
     unsafe {
-        match (a_rs == 1 && a_cs == 8, t.prefetch != 0) {
-            (true, false) => avx512_8x32::<true, true, false>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t),
-            (true, true) => avx512_8x32::<true, true, true>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t),
-            (false, false) => {
-                avx512_8x32::<false, true, false>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
-            }
-            (false, true) => {
-                avx512_8x32::<false, true, true>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
-            }
+        if a_rs == 1 && a_cs == 8 {
+            avx512_8x32::<true, true, false>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t)
+        } else {
+            avx512_8x32::<false, true, false>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
+        }
+    }
+}
+
+/// [`gemm_f32_8x32_avx512`] that also prefetches row `p` of `B` `t.prefetch` floats ahead.
+///
+/// # Safety
+/// As [`gemm_f32_8x32_avx512`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gemm_f32_8x32_avx512_pf(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe {
+        let no_offs = core::ptr::null();
+        if a_rs == 1 && a_cs == 8 {
+            avx512_8x32::<true, false, true>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
+        } else {
+            avx512_8x32::<false, false, true>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
+        }
+    }
+}
+
+/// [`gemm_f32_8x32_avx512_rows`] that also prefetches row `p` of `B` `t.prefetch` floats
+/// ahead.
+///
+/// # Safety
+/// As [`gemm_f32_8x32_avx512_rows`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gemm_f32_8x32_avx512_rows_pf(
+    kc: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    t: &Tile,
+) {
+    // SAFETY: the caller's contract, passed on unchanged.
+    unsafe {
+        if a_rs == 1 && a_cs == 8 {
+            avx512_8x32::<true, true, true>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t)
+        } else {
+            avx512_8x32::<false, true, true>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
         }
     }
 }
