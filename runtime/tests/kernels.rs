@@ -273,7 +273,8 @@ fn gemm_cases(ker: &GemmKernel) -> Vec<GemmCase> {
         (2 * mr + 1, 2 * nr - 1, ker.kc + 1),
         (ker.mc + mr + 1, nr + 3, 20),
         (3, ker.nc + nr + 1, 5),
-        // `B` large enough that kernels with `prefetch_b` prefetch its in-place panels.
+        // `B` large enough that kernels with prefetching variants (`ukernel_pf`) prefetch its
+        // in-place panels.
         (mr + 1, 1040, 160),
     ] {
         let mut c = GemmCase::new(m, n, k);
@@ -769,12 +770,13 @@ fn issue14_implicit_gemm_packed_a_and_cropped_c_match_direct_conv() {
             cout: 3,
             ..base
         },
-        // An image large enough that kernels with `prefetch_b` prefetch it.
+        // An image large enough that kernels with prefetching variants prefetch it; more
+        // channels than a row tile, so full tiles store their cropped columns themselves.
         ConvCase {
             c: 3,
             h: 214,
             w: 214,
-            cout: 3,
+            cout: 9,
             ..base
         },
     ];

@@ -380,7 +380,7 @@ unsafe fn copy_lanes<L: Lanes>(src: &[f32], dst: &mut [f32]) {
         unsafe { L::store(d.as_mut_ptr(), L::add(L::load(s.as_ptr()), zero)) };
     }
     for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
+        *d = *s + 0.0;
     }
 }
 

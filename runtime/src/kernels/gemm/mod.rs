@@ -250,7 +250,7 @@ pub(crate) struct Tile {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub crop: Option<u32>,
     /// Prefetch `B`'s row `p` this many floats ahead of where the kernel reads it (0: none).
-    /// Set on a row block's first tile when `B` is read in place ([`GemmKernel::prefetch_b`]).
+    /// Set on a row block's first tile when `B` is read in place ([`GemmKernel::ukernel_pf`]).
     /// Kernels without the option ignore it.
     pub prefetch: usize,
 }
@@ -330,7 +330,7 @@ impl<const ROWS: bool> BRows<ROWS> {
                 row
             } else {
                 let row = self.next;
-                self.next = self.next.add(self.stride);
+                self.next = self.next.wrapping_add(self.stride);
                 row
             }
         }
@@ -708,18 +708,18 @@ impl GemmKernel {
                 BOperand::Rows {
                     data, offs, cols, ..
                 },
-                Some(uk),
+                Some(_),
             ) => {
                 let top = offs.iter().max().copied().unwrap_or(0);
                 let edge_ok = top + round_up(cols, nr) <= data.len();
-                Some((data.as_ptr(), offs.as_ptr(), uk, edge_ok))
+                Some((data.as_ptr(), offs.as_ptr(), edge_ok))
             }
             _ => None,
         };
         // Only a `B` larger than the caches ask to keep is worth prefetching; on cached
         // operands the prefetches cost more than they save.
         let b_span = match b {
-            BOperand::Mat(m) => k * m.rs,
+            BOperand::Mat(bm) => k * bm.rs,
             BOperand::Rows { data, .. } => data.len(),
         };
         let prefetch = match self.ukernel_pf {
@@ -843,7 +843,7 @@ impl GemmKernel {
                             };
                             let run = |ct: *mut f32, ldc: usize| unsafe {
                                 match (rows_b, uk_rows) {
-                                    (Some((data, offs, _, _)), Some(uk)) if in_place => uk(
+                                    (Some((data, offs, _)), Some(uk)) if in_place => uk(
                                         kc,
                                         apanel,
                                         a_rs,

@@ -87,11 +87,9 @@ unsafe fn avx2_6x16<const PACKED: bool, const ROWS: bool>(
     // SAFETY: row pointers of the `A` panel, dereferenced only at offsets the caller allows.
     let ar: [*const f32; MR] = core::array::from_fn(|i| unsafe { a.add(i * a_rs) });
     for i in 0..MR {
-        // SAFETY: prefetching never faults; the addresses are the tile rows the epilogue touches.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
-        }
+        // The tile rows the epilogue touches (a prefetch never faults).
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + NR - 1) as *const i8);
     }
     let (mut off, mut rows) = (0, BRows::<ROWS>::new(b, b_rs, b_offs));
     // SAFETY (every `step!`): step `p` reads `a[i * a_rs + p * a_cs]` for `i < MR` and `NR`
@@ -262,9 +260,10 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512_rows_pf(
     }
 }
 
-/// Body of [`gemm_f32_8x32_avx512`] and [`gemm_f32_8x32_avx512_rows`]; with `PACKED` the
-/// caller has checked `a_rs == 1` and `a_cs == 8`; with `ROWS` row `p` of `B` starts at
-/// `b + b_offs[p]`, otherwise at `b + p * b_rs`.
+/// Body of [`gemm_f32_8x32_avx512`], [`gemm_f32_8x32_avx512_rows`] and their `_pf` variants;
+/// with `PACKED` the caller has checked `a_rs == 1` and `a_cs == 8`; with `ROWS` row `p` of `B`
+/// starts at `b + b_offs[p]`, otherwise at `b + p * b_rs`; with `PF` each step also prefetches
+/// its row of `B` `t.prefetch` floats ahead (wrapping address arithmetic, never dereferenced).
 ///
 /// # Safety
 /// As [`gemm_f32_8x32_avx512`].
@@ -290,11 +289,9 @@ unsafe fn avx512_8x32<const PACKED: bool, const ROWS: bool, const PF: bool>(
     // SAFETY: row pointers of the `A` panel, dereferenced only at offsets the caller allows.
     let ar: [*const f32; MR] = core::array::from_fn(|i| unsafe { a.add(i * a_rs) });
     for i in 0..MR {
-        // SAFETY: prefetching never faults; the addresses are the tile rows the epilogue touches.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + NR - 1) as *const i8);
-        }
+        // The tile rows the epilogue touches (a prefetch never faults).
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + NR - 1) as *const i8);
     }
     let (mut off, mut rows) = (0, BRows::<ROWS>::new(b, b_rs, b_offs));
     let pf = t.prefetch;

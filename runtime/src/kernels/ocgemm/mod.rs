@@ -152,6 +152,7 @@ pub(crate) unsafe fn tile<L: Lanes, const P: usize, const V: usize>(
             ($p:expr) => {
                 let xp = x.add(*offs.add($p));
                 let wp = w.add($p * nr);
+                // Prefetch addresses use wrapping arithmetic and are never dereferenced.
                 if t.prefetch != 0 {
                     L::prefetch(wp.wrapping_add(t.prefetch));
                     L::prefetch(wp.wrapping_add(t.prefetch + nr - 1));
