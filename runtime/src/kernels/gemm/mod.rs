@@ -512,6 +512,12 @@ impl GemmKernel {
         self.crop_store && self.ukernel_rows.is_some() && k <= ROWS_MAX_K
     }
 
+    /// Whether this kernel has variants that prefetch `B` ([`GemmKernel::ukernel_pf`]), run
+    /// when `B` is read in place and spans at least 512 KB.
+    pub fn prefetches(&self) -> bool {
+        self.ukernel_pf.is_some()
+    }
+
     /// Depth of the `k` blocks for `b`: one block for a rows kernel's `Rows` operand.
     fn kc_for_b(&self, b: &BOperand<'_>, k: usize) -> usize {
         match b {
