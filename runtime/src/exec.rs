@@ -101,7 +101,10 @@ pub struct SessionOptions {
     /// alone reads its output, or a depthwise 3×3 layer and the 1×1 projection that alone
     /// reads its output. The first layer's output then has no buffer ([`Session::value`]
     /// returns `None` for it) and its time counts in the second's. Results agree with the
-    /// separate layers to float rounding.
+    /// separate layers to float rounding. Unless `Fusion::Off`, a sparse stride-1 convolution
+    /// also takes a 2×2, stride-2 max pooling that alone reads its output, and pools each
+    /// channel as it computes it (the convolution's map then has no buffer either), with the
+    /// same results (a monotone activation is applied after the max, which it commutes with).
     pub fuse: Fusion,
 }
 
@@ -347,7 +350,17 @@ impl<'m> Session<'m> {
         let mut steps = Vec::with_capacity(g.nodes.len());
         let mut scratch_len = 0usize;
         let mut ws_len = 0usize;
+        // `pooled[i]`: node `i` is a max pooling that node `i - 1`'s kernel computes.
+        let mut pooled = vec![false; g.nodes.len()];
         for (i, node) in g.nodes.iter().enumerate() {
+            if pooled[i] {
+                steps.push(Step {
+                    kernel: Box::new(fused::FusedIntoPrev),
+                    inputs: Vec::new(),
+                    output: Buf { off: 0, len: 0 },
+                });
+                continue;
+            }
             if fused[i] {
                 steps.push(Step {
                     kernel: Box::new(fused::FusedIntoNext),
@@ -397,13 +410,51 @@ impl<'m> Session<'m> {
                 }
                 None => node.op.def().plan(&mut cx)?,
             };
-            let len = elems(node.output)?;
+            // A 2×2, stride-2 max pooling that alone reads this output fuses into its kernel
+            // where the kernel can; the pooled map is then this step's output.
+            let pool_next = g.nodes.get(i + 1).and_then(|n| match &n.op {
+                Op::MaxPool2d(m)
+                    if fuse != Fusion::Off
+                        && links[i].is_none()
+                        && n.inputs == [node.output]
+                        && single_use(node.output)
+                        && m.kernel == [2, 2]
+                        && m.stride == [2, 2]
+                        && m.padding == [0, 0] =>
+                {
+                    Some(n.output)
+                }
+                _ => None,
+            });
+            let (mut kernel, mut out_value) = (kernel, node.output);
+            if let Some((v, &[c, h, w], &[_, oh, ow])) =
+                pool_next.map(|v| (v, shape(node.output), shape(v)))
+            {
+                let u = |x: u32| x as usize;
+                let pg = crate::kernels::ConvGeom {
+                    c: u(c),
+                    h: u(h),
+                    w: u(w),
+                    kh: 2,
+                    kw: 2,
+                    stride: [2, 2],
+                    pad: [0, 0],
+                    dilation: [1, 1],
+                    oh: u(oh),
+                    ow: u(ow),
+                };
+                if kernel.fuse_max_pool(pg) {
+                    pooled[i + 1] = true;
+                    out_value = v;
+                }
+            }
+            let len = elems(out_value)?;
             let total = len.checked_mul(batch).ok_or(Error::Overflow("batch"))?;
             let output = Buf {
                 off: planner.alloc(total)?,
                 len,
             };
-            values[node.output as usize] = Some(output);
+            values[out_value as usize] = Some(output);
             for &v in node_inputs(i) {
                 let v = v as usize;
                 if last_use[v] == i && !keep[v] {

@@ -38,7 +38,7 @@ impl Parts {
     /// # Safety
     /// `start..start + len` lies inside the allocation and no other part uses it concurrently.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
         // SAFETY: guaranteed by the caller.
         unsafe { core::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
@@ -352,8 +352,13 @@ pub(crate) fn par_spmv(
     });
 }
 
+/// What [`par_spmm`] runs on each part's rows once they are computed: `(rows, y_rows)`, the
+/// rows of `w` and their `rows.len() × p` outputs.
+pub(crate) type RowsFn<'a> = dyn Fn(core::ops::Range<usize>, &[f32]) + Sync + 'a;
+
 /// [`kernels::spmm`] over rows `rows` of `w` (output `y`: `rows.len() × p`) with the rows split
-/// across the pool by non-zeros when it pays.
+/// across the pool by non-zeros when it pays; each part then runs `then` on its rows, on the
+/// thread that computed them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_spmm(
     pool: &Pool,
@@ -365,11 +370,13 @@ pub(crate) fn par_spmm(
     bias: Option<&[f32]>,
     act: Activation,
     y: &mut [f32],
+    then: &RowsFn<'_>,
 ) {
     let parts = pool.threads();
     let nnz = (w.row_ptr()[rows.end] - w.row_ptr()[rows.start]) as usize;
     if parts == 1 || rows.len() < 16 || nnz * p < PAR_MIN_MACS {
-        kernels::spmm_strided(w, rows, b, b_rs, p, bias, act, y);
+        kernels::spmm_strided(w, rows.clone(), b, b_rs, p, bias, act, y);
+        then(rows.clone(), &y[..rows.len() * p]);
         return;
     }
     let ker = kernels::spmm_kernel(w.values().dtype(), w.col_idx().width());
@@ -383,6 +390,7 @@ pub(crate) fn par_spmm(
         // ranges of `y`, which holds `rows.len() * p` elements.
         let yy = unsafe { yp.slice((r0 - g0) * p, (r1 - r0) * p) };
         ker.run_strided(w, r0..r1, b, b_rs, p, bias, act, yy);
+        then(r0..r1, yy);
     });
 }
 

@@ -2293,3 +2293,125 @@ fn issue14_convolution_pairs_run_fused_in_bands() {
         assert_close(got, &separate, 1e-5, &format!("unpacked, batch {batch}"));
     }
 }
+
+/// A 2×2, stride-2 max pooling that alone reads a sparse convolution's output runs inside the
+/// convolution's kernel, pooled straight from its padded grid by the thread that computed each
+/// channel: with ReLU and a leaky ReLU (applied after the max) and SiLU (before it, since it is
+/// not monotone), one and two groups, even and odd maps, batches 1 and 3, one and two threads.
+/// It matches the f64 reference and the separate layers, and the unpooled map takes no buffer;
+/// a map that is also a graph output is pooled separately, and `Fusion::Off` fuses nothing.
+#[test]
+fn issue14_sparse_convolution_fuses_its_max_pooling() {
+    let mut rng = Rng::new(41);
+    let pool = || {
+        Op::MaxPool2d(MaxPool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        })
+    };
+    let csr = Store::Csr(DType::F32, IndexWidth::U16);
+    let mut net = Net::new();
+    let x = net.input(&[8, 41, 36]);
+    let p1 = [1, 1];
+    let c1 = cc(
+        "c1",
+        8,
+        32,
+        [41, 36],
+        [3, 3],
+        [1, 1],
+        p1,
+        [1, 1],
+        1,
+        true,
+        A::Relu,
+    );
+    let c1 = conv(&mut net, &mut rng, x, &c1, csr);
+    let h = net.node("pool1", pool(), &[c1]);
+    let leaky = A::LeakyRelu { alpha: 0.1 };
+    let c2 = cc(
+        "c2",
+        32,
+        24,
+        [20, 18],
+        [3, 3],
+        [1, 1],
+        p1,
+        [1, 1],
+        2,
+        false,
+        leaky,
+    );
+    let c2 = conv(&mut net, &mut rng, h, &c2, csr);
+    let h = net.node("pool2", pool(), &[c2]);
+    let c3 = cc(
+        "c3",
+        24,
+        8,
+        [10, 9],
+        [3, 3],
+        [1, 1],
+        p1,
+        [1, 1],
+        1,
+        true,
+        A::Silu,
+    );
+    let c3 = conv(&mut net, &mut rng, h, &c3, csr);
+    let h = net.node("pool3", pool(), &[c3]);
+    let c4 = cc(
+        "c4",
+        8,
+        16,
+        [5, 4],
+        [3, 3],
+        [1, 1],
+        p1,
+        [1, 1],
+        1,
+        true,
+        A::Relu,
+    );
+    let c4 = conv(&mut net, &mut rng, h, &c4, csr);
+    let h = net.node("pool4", pool(), &[c4]);
+    let f = net.node("flatten", Op::Flatten, &[h]);
+    // c4's map is also an output, so its pooling stays a node of its own.
+    let b = net.finish(&[f, c4]);
+    let m = Model::from_vec(&b.bytes).unwrap();
+    let opts = |threads, fuse| SessionOptions {
+        threads,
+        fuse,
+        policy: SparsePolicy::KEEP_CSR,
+        ..SessionOptions::default()
+    };
+    let fused = ["implicit_spmm_maxpool", "fused_into_prev"];
+    let input = rng.vec(8 * 41 * 36);
+    let want = reference(
+        &b.header,
+        &b.dense,
+        &input.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
+    for batch in [1, 3] {
+        let mut sep = Session::with_options(&m, batch, opts(1, Fusion::Off)).unwrap();
+        assert_eq!(sep.methods()[..2], ["implicit_spmm", ""]);
+        let input: Vec<f32> = (0..batch).flat_map(|_| input.iter().copied()).collect();
+        let separate: Vec<f64> = sep.run(&input).unwrap().iter().map(|&v| v as f64).collect();
+        for threads in [1, 2] {
+            let mut s = Session::with_options(&m, batch, opts(threads, Fusion::Large)).unwrap();
+            let methods = s.methods();
+            for at in [0, 2, 4] {
+                assert_eq!(methods[at..at + 2], fused, "{methods:?}");
+            }
+            assert_eq!(methods[6..8], ["implicit_spmm", ""], "{methods:?}");
+            let got = s.run(&input).unwrap().to_vec();
+            let what = format!("batch {batch}, {threads} threads");
+            let want: Vec<f64> = (0..batch).flat_map(|_| want.iter().copied()).collect();
+            assert_close(&got, &want, 1e-4, &what);
+            assert_close(&got, &separate, 1e-5, &what);
+            for (v, held) in [(c1, false), (c2, false), (c3, false), (c4, true)] {
+                assert_eq!(s.value(v).is_some(), held, "value {v}, {what}");
+            }
+        }
+    }
+}

@@ -9,9 +9,9 @@ use nap_runtime::kernels::{
     act_scalar, avgpool2d, channel_offsets, crop_rows, depthwise_conv2d, gemm, gemm_workspace,
     gemv, im2col, im2col_len, im2col_rows, maxpool2d, pack_a_panels, pad_image, spmm_kernel, spmv,
     spmv_kernel, winograd_weights, AOperand, Activation, BOperand, Bias, ConvGeom, Crop, Dtype,
-    Elems, GemmKernel, Isa, MatRef, Pixels, Planes, PoolOp, SpmmKernel, SpmvKernel, WinoGeom,
-    BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS, POOL_KERNELS,
-    SPMM_KERNELS, SPMV_KERNELS, WINOGRAD_KERNELS,
+    Elems, GemmKernel, Isa, MatRef, Pixels, PlaneLayout, Planes, PoolOp, SpmmKernel, SpmvKernel,
+    WinoGeom, BSPMV_KERNELS, DEPTHWISE_KERNELS, GEMM_KERNELS, GEMV_KERNELS, OCGEMM_KERNELS,
+    POOL_KERNELS, SPMM_KERNELS, SPMV_KERNELS, WINOGRAD_KERNELS,
 };
 use nap_runtime::model::{BlockCsrBuf, BlockCsrView, CsrBuf, CsrView, Indices};
 
@@ -1384,6 +1384,56 @@ fn naive_pool(g: &ConvGeom, op: PoolOp, x: &[f32], planes: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// Every pooling kernel's 2×2 max over planes on a wider grid (a convolution's output rows
+/// `row` floats apart, planes `plane` apart, as the fused sparse convolution leaves them) equals
+/// the naive pooling of the same planes copied out dense: even and odd sizes, rows just wide
+/// enough and wider, the last plane ending at its last read.
+#[test]
+fn issue14_max2x2_grid_every_kernel_matches_naive() {
+    let mut ran = Vec::new();
+    for ker in available(POOL_KERNELS, |k| k.isa) {
+        let mut idx = 0u64;
+        for h in [2, 3, 4, 7, 14, 28] {
+            for w in [2, 3, 5, 7, 14, 17, 28] {
+                for extra in [0, 1, 2, 9] {
+                    idx += 1;
+                    let planes = 1 + idx as usize % 4;
+                    let row = w + extra;
+                    let plane = (h - 1) * row + w;
+                    let g = ConvGeom {
+                        c: planes,
+                        h,
+                        w,
+                        kh: 2,
+                        kw: 2,
+                        stride: [2, 2],
+                        pad: [0, 0],
+                        dilation: [1, 1],
+                        oh: h / 2,
+                        ow: w / 2,
+                    };
+                    let grid = Rng(900 + idx).vec(planes * plane);
+                    let dense: Vec<f32> = (0..planes)
+                        .flat_map(|p| (0..h).map(move |r| (p, r)))
+                        .flat_map(|(p, r)| grid[p * plane + r * row..][..w].to_vec())
+                        .collect();
+                    let want = naive_pool(&g, PoolOp::Max, &dense, planes);
+                    let mut y = vec![f32::NAN; want.len() + 1];
+                    ker.max2x2_grid(&g, &grid, PlaneLayout { plane, row }, &mut y, planes);
+                    assert_eq!(&y[..want.len()], &want[..], "{} {g:?} row {row}", ker.name);
+                    assert!(
+                        y[want.len()].is_nan(),
+                        "{}: wrote past the output",
+                        ker.name
+                    );
+                }
+            }
+        }
+        ran.push(ker.name);
+    }
+    assert!(!ran.is_empty());
 }
 
 /// Every pooling kernel against [`naive_pool`]: windows 1×1 to 3×3 (square and not), strides 1

@@ -314,16 +314,18 @@ pub fn pad_image(g: &ConvGeom, x: &[f32], xpad: &mut [f32]) {
     assert!(xpad.len() >= g.c * plane + CHUNK && x.len() >= g.c * g.h * g.w);
     for c in 0..g.c {
         let base = c * plane;
-        xpad[base..base + pt * wp + pl].fill(0.0);
+        // Every run may overrun forward into what is written after it (the slack at the end).
+        zero_run(xpad, base, pt * wp + pl);
         for iy in 0..g.h {
             let src = (c * g.h + iy) * g.w;
             let dst = base + (iy + pt) * wp + pl;
             copy_run(x, src, xpad, dst, g.w);
             // This row's right padding and the next row's left padding, after the copy,
             // whose last chunk may run into them.
-            xpad[dst + g.w..dst + g.w + 2 * pl].fill(0.0);
+            zero_run(xpad, dst + g.w, 2 * pl);
         }
-        xpad[base + (pt + g.h) * wp..base + plane].fill(0.0);
+        let bottom = base + (pt + g.h) * wp;
+        zero_run(xpad, bottom, base + plane - bottom);
     }
 }
 
@@ -368,6 +370,21 @@ fn copy_run(src: &[f32], s: usize, dst: &mut [f32], d: usize, n: usize) {
         }
     } else {
         dst[d..d + n].copy_from_slice(&src[s..s + n]);
+    }
+}
+
+/// `dst[d..d + n] = 0` in fixed chunks of [`CHUNK`] floats (plain stores instead of a `memset`
+/// call for the few floats of an image's padding), which may overwrite up to `CHUNK - 1`
+/// floats after `d + n`; exact where a chunk would pass the end of `dst`.
+#[inline(always)]
+fn zero_run(dst: &mut [f32], d: usize, n: usize) {
+    let r = n.next_multiple_of(CHUNK);
+    if d + r <= dst.len() {
+        for k in (0..n).step_by(CHUNK) {
+            dst[d + k..d + k + CHUNK].copy_from_slice(&[0.0; CHUNK]);
+        }
+    } else {
+        dst[d..d + n].fill(0.0);
     }
 }
 

@@ -35,7 +35,10 @@ pub use gemm::{
 };
 pub use gemv::{gemv, gemv_kernel, gemv_kernel_with, GemvKernel, GEMV_KERNELS};
 pub use ocgemm::{channel_offsets, ocgemm_kernel, OcGemmKernel, Pixels, OCGEMM_KERNELS};
-pub use pool::{avgpool2d, maxpool2d, pool2d, PoolKernel, PoolOp, POOL_KERNELS};
+pub use pool::{
+    avgpool2d, max2x2_fits, maxpool2d, maxpool2x2_grid, pool2d, PlaneLayout, PoolKernel, PoolOp,
+    POOL_KERNELS,
+};
 pub use spmm::{spmm, spmm_kernel, spmm_strided, SpmmKernel, SPMM_KERNELS};
 pub use spmv::{spmv, spmv_kernel, SpmvKernel, SPMV_KERNELS};
 pub use winograd::{

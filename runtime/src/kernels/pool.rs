@@ -24,7 +24,27 @@ pub enum PoolOp {
 /// # Safety
 /// Slices satisfy the length checks of [`PoolKernel::run`]; the CPU supports the kernel's
 /// [`Isa`].
-type PoolFn = unsafe fn(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize);
+type PoolFn =
+    unsafe fn(g: &ConvGeom, op: PoolOp, x: &[f32], lay: PlaneLayout, y: &mut [f32], planes: usize);
+
+/// Where a pooling call's input rows lie: row `r` of plane `p` starts at `x[p * plane + r *
+/// row]`. [`pool2d`] reads `[planes, h, w]` (`plane = h * w`, `row = w`); [`maxpool2x2_grid`]
+/// reads a convolution's output rows on a wider grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaneLayout {
+    pub plane: usize,
+    pub row: usize,
+}
+
+impl PlaneLayout {
+    /// `[planes, g.h, g.w]` back to back.
+    pub fn dense(g: &ConvGeom) -> Self {
+        PlaneLayout {
+            plane: g.h * g.w,
+            row: g.w,
+        }
+    }
+}
 
 /// One pooling implementation. [`POOL_KERNELS`] lists them from most to least preferred.
 pub struct PoolKernel {
@@ -59,11 +79,21 @@ pub static POOL_KERNELS: &[PoolKernel] = &[
 /// (`[planes, oh, ow]`) with window `kh × kw`, `stride` and `pad` of `g` (`dilation` is
 /// ignored). Never allocates. Uses the best kernel of [`POOL_KERNELS`].
 pub fn pool2d(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
+    pool_kernel().run(g, op, x, y, planes)
+}
+
+/// [`maxpool2d`] of a 2×2, stride-2, unpadded window over planes laid out as `lay` says (a
+/// convolution's output on its padded grid, say): `y` is `[planes, g.oh, g.ow]`. Uses the best
+/// kernel of [`POOL_KERNELS`]; see [`PoolKernel::max2x2_grid`].
+pub fn maxpool2x2_grid(g: &ConvGeom, x: &[f32], lay: PlaneLayout, y: &mut [f32], planes: usize) {
+    pool_kernel().max2x2_grid(g, x, lay, y, planes)
+}
+
+fn pool_kernel() -> &'static PoolKernel {
     POOL_KERNELS
         .iter()
         .find(|k| k.isa.is_available())
         .unwrap_or(&POOL_KERNELS[POOL_KERNELS.len() - 1])
-        .run(g, op, x, y, planes)
 }
 
 /// [`pool2d`] with [`PoolOp::Max`].
@@ -88,41 +118,113 @@ impl PoolKernel {
         assert!(y.len() >= planes * g.oh * g.ow, "pool: output too short");
         assert!(g.stride[0] > 0 && g.stride[1] > 0, "pool: zero stride");
         // SAFETY: lengths and ISA checked above.
-        unsafe { (self.run)(g, op, x, y, planes) }
+        unsafe { (self.run)(g, op, x, PlaneLayout::dense(g), y, planes) }
     }
+
+    /// [`PoolKernel::run`] with [`PoolOp::Max`] over a 2×2, stride-2, unpadded window, reading
+    /// planes laid out as `lay` says: `y[(p * g.oh + oy) * g.ow + ox]` is the max of `x[p *
+    /// lay.plane + (2 * oy + i) * lay.row + 2 * ox + j]` over `i, j` in `0..2`.
+    ///
+    /// Panics if the window is another, if `g.h < 2 * g.oh` or `g.w < 2 * g.ow`, if
+    /// `lay.row < g.w`, if a slice is too short or if the CPU lacks the kernel's ISA.
+    pub fn max2x2_grid(
+        &self,
+        g: &ConvGeom,
+        x: &[f32],
+        lay: PlaneLayout,
+        y: &mut [f32],
+        planes: usize,
+    ) {
+        assert!(
+            self.isa.is_available(),
+            "pool: kernel {} not supported on this CPU",
+            self.name
+        );
+        assert!(
+            max2x2_fits(g) && lay.row >= g.w,
+            "pool: not a 2x2 stride-2 window over rows of the layout"
+        );
+        assert!(y.len() >= planes * g.oh * g.ow, "pool: output too short");
+        if planes == 0 || g.oh == 0 || g.ow == 0 {
+            return;
+        }
+        let need = (planes - 1)
+            .checked_mul(lay.plane)
+            .and_then(|n| n.checked_add((2 * g.oh - 1) * lay.row + 2 * g.ow));
+        assert!(
+            need.is_some_and(|n| x.len() >= n),
+            "pool: input too short for its layout"
+        );
+        // SAFETY: window, lengths and ISA checked above.
+        unsafe { (self.run)(g, PoolOp::Max, x, lay, y, planes) }
+    }
+}
+
+/// A 2×2, stride-2, unpadded window whose output rows and columns each cover two input ones.
+pub fn max2x2_fits(g: &ConvGeom) -> bool {
+    (g.kh, g.kw, g.stride, g.pad) == (2, 2, [2, 2], [0, 0]) && g.h >= 2 * g.oh && g.w >= 2 * g.ow
 }
 
 /// # Safety
 /// The CPU supports AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn pool_avx512(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
-    pool_planes(g, op, x, y, planes)
+unsafe fn pool_avx512(
+    g: &ConvGeom,
+    op: PoolOp,
+    x: &[f32],
+    lay: PlaneLayout,
+    y: &mut [f32],
+    planes: usize,
+) {
+    pool_planes(g, op, x, lay, y, planes)
 }
 
 /// # Safety
 /// The CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pool_avx2fma(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
-    pool_planes(g, op, x, y, planes)
+unsafe fn pool_avx2fma(
+    g: &ConvGeom,
+    op: PoolOp,
+    x: &[f32],
+    lay: PlaneLayout,
+    y: &mut [f32],
+    planes: usize,
+) {
+    pool_planes(g, op, x, lay, y, planes)
 }
 
 /// # Safety
 /// None; `unsafe` only to share the kernel signature.
-unsafe fn pool_baseline(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
-    pool_planes(g, op, x, y, planes)
+unsafe fn pool_baseline(
+    g: &ConvGeom,
+    op: PoolOp,
+    x: &[f32],
+    lay: PlaneLayout,
+    y: &mut [f32],
+    planes: usize,
+) {
+    pool_planes(g, op, x, lay, y, planes)
 }
 
 #[inline(always)]
-fn pool_planes(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize) {
-    if op == PoolOp::Max
-        && (g.kh, g.kw, g.stride, g.pad) == (2, 2, [2, 2], [0, 0])
-        && g.h >= 2 * g.oh
-        && g.w >= 2 * g.ow
-    {
-        return max2x2(g, x, y, planes);
+fn pool_planes(
+    g: &ConvGeom,
+    op: PoolOp,
+    x: &[f32],
+    lay: PlaneLayout,
+    y: &mut [f32],
+    planes: usize,
+) {
+    if op == PoolOp::Max && max2x2_fits(g) {
+        return max2x2(g, x, lay, y, planes);
     }
+    debug_assert_eq!(
+        lay,
+        PlaneLayout::dense(g),
+        "pool: only the 2x2 window reads other layouts"
+    );
     // Literal arguments fold into the inlined copies, specialising their inner loops.
     match (op, g.kw, g.stride[1]) {
         (PoolOp::Max, 2, 2) => planes_with(g, Max, 2, 2, x, y, planes),
@@ -144,19 +246,16 @@ fn pool_planes(g: &ConvGeom, op: PoolOp, x: &[f32], y: &mut [f32], planes: usize
 /// Max pooling over 2×2 windows with stride 2 and no padding, every window inside the image:
 /// the maximum of two rows, then of adjacent pairs, in loops the compiler vectorises.
 #[inline(always)]
-fn max2x2(g: &ConvGeom, x: &[f32], y: &mut [f32], planes: usize) {
-    let (ih, iw, oh, ow) = (g.h, g.w, g.oh, g.ow);
+fn max2x2(g: &ConvGeom, x: &[f32], lay: PlaneLayout, y: &mut [f32], planes: usize) {
+    let (oh, ow) = (g.oh, g.ow);
     if oh == 0 || ow == 0 {
         return;
     }
-    for (xp, yp) in x
-        .chunks_exact(ih * iw)
-        .zip(y.chunks_exact_mut(oh * ow))
-        .take(planes)
-    {
+    for (p, yp) in y.chunks_exact_mut(oh * ow).take(planes).enumerate() {
+        let xp = &x[p * lay.plane..];
         for (oy, yrow) in yp.chunks_exact_mut(ow).enumerate() {
-            let r0 = &xp[2 * oy * iw..2 * oy * iw + 2 * ow];
-            let r1 = &xp[(2 * oy + 1) * iw..(2 * oy + 1) * iw + 2 * ow];
+            let (s0, s1) = (2 * oy * lay.row, (2 * oy + 1) * lay.row);
+            let (r0, r1) = (&xp[s0..s0 + 2 * ow], &xp[s1..s1 + 2 * ow]);
             for ((o, a), b) in yrow
                 .iter_mut()
                 .zip(r0.chunks_exact(2))

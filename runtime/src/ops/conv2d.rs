@@ -15,7 +15,7 @@ use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Crop, Elems, MatR
 use crate::model::{CsrView, Indices, Model, TensorView};
 use crate::par::{
     par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_ocgemm, par_spmm, par_winograd,
-    slice_elems,
+    slice_elems, Parts,
 };
 use crate::pool::Pool;
 
@@ -237,6 +237,7 @@ impl OpDef for Conv2d {
             dense_weight,
             sparse_idx,
             scratch_len,
+            max_pool: None,
         }))
     }
 }
@@ -276,6 +277,9 @@ struct ConvKernel {
     dense_weight: bool,
     /// A dense stride-2 window: `offs` are [`ConvGeom::phase_offsets`] into the image's phases.
     phased: bool,
+    /// The 2×2, stride-2 max pooling fused after this layer ([`Kernel::fuse_max_pool`]): its
+    /// geometry over this layer's output, whose pooled map the kernel writes instead.
+    max_pool: Option<ConvGeom>,
 }
 
 /// Whether Winograd beats the GEMM kernels on this layer: its transforms cost per
@@ -339,6 +343,18 @@ impl Kernel for ConvKernel {
         self.dense.is_some()
     }
 
+    /// Only the sparse implicit path fuses: it computes its output on the padded grid and would
+    /// otherwise crop it, apply the activation and store it for the pooling to read back; fused,
+    /// each thread pools the rows it computed straight from the grid.
+    fn fuse_max_pool(&mut self, g: ConvGeom) -> bool {
+        let fits = (g.c, g.h, g.w) == (self.out_c, self.geom.oh, self.geom.ow);
+        let ok = self.sparse_idx.is_some() && fits && kernels::max2x2_fits(&g);
+        if ok {
+            self.max_pool = Some(g);
+        }
+        ok
+    }
+
     fn method(&self) -> &'static str {
         let sparse = !self.dense_weight;
         match () {
@@ -346,6 +362,7 @@ impl Kernel for ConvKernel {
             _ if self.packed.is_some() && self.wino.is_some() => "winograd_f4",
             _ if self.oc.is_some() && self.packed.is_some() => "channels_in_lanes",
             _ if self.depthwise => "depthwise",
+            _ if self.sparse_idx.is_some() && self.max_pool.is_some() => "implicit_spmm_maxpool",
             _ if self.sparse_idx.is_some() => "implicit_spmm",
             _ if self.phased => "phased_gemm",
             _ if self.offs.is_some() => "implicit_gemm",
@@ -373,7 +390,10 @@ impl Kernel for ConvKernel {
             return;
         }
         let in_len = ins.elems(0);
-        let p = gm.oh * gm.ow;
+        let p = self
+            .max_pool
+            .as_ref()
+            .map_or(gm.oh * gm.ow, |g| g.oh * g.ow);
         let out_len = self.out_c * p;
         let ws_len = cx.ws_len;
         let packed = self.packed.map(|r| r.of(cx.params));
@@ -479,6 +499,29 @@ impl ConvKernel {
                 let cols = gm.implicit_cols();
                 let (xpad, out) = scratch.split_at_mut(gm.padded_len());
                 kernels::pad_image(gm, xe, xpad);
+                // Fused pooling: each part pools its rows from the grid, then applies the
+                // activation to the pooled values where it commutes with the max.
+                let pre_act = match self.max_pool {
+                    Some(_) if !monotone(act) => act,
+                    Some(_) => Activation::None,
+                    None => act,
+                };
+                let (pooled, yp) = (self.max_pool.as_ref(), Parts::new(ye));
+                let lay = kernels::PlaneLayout {
+                    plane: cols,
+                    row: wp,
+                };
+                let pool_rows = |rows: core::ops::Range<usize>, grid: &[f32]| {
+                    let Some(pg) = pooled else { return };
+                    let pp = pg.oh * pg.ow;
+                    // SAFETY: parts pool disjoint row ranges into disjoint planes of `ye`, which
+                    // holds `out_c * pp` floats.
+                    let yr = unsafe { yp.slice(rows.start * pp, rows.len() * pp) };
+                    kernels::maxpool2x2_grid(pg, grid, lay, yr, rows.len());
+                    if pre_act != act {
+                        kernels::apply_act(act, yr);
+                    }
+                };
                 for gi in 0..groups {
                     let xg = &xpad[gi * cpg * hp * wp..];
                     let og = &mut out[gi * opg * cols..(gi + 1) * opg * cols];
@@ -490,11 +533,14 @@ impl ConvKernel {
                         1,
                         cols,
                         bias,
-                        act,
+                        pre_act,
                         og,
+                        &pool_rows,
                     );
                 }
-                kernels::crop_rows(gm, self.out_c, out, ye);
+                if pooled.is_none() {
+                    kernels::crop_rows(gm, self.out_c, out, ye);
+                }
             }
             TensorView::Dense(w) if self.offs.is_some() => {
                 let offs = self.offs.as_deref().unwrap_or_default();
@@ -573,12 +619,27 @@ impl ConvKernel {
                         }
                         TensorView::Csr(w) => {
                             let rows = gi * opg..(gi + 1) * opg;
-                            par_spmm(pool, &w, rows, cols, p, p, bias, act, yg)
+                            par_spmm(pool, &w, rows, cols, p, p, bias, act, yg, &|_, _| {})
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Whether `act` never decreases, so that it commutes with a max: `act(max(a, b)) =
+/// max(act(a), act(b))`.
+fn monotone(act: Activation) -> bool {
+    match act {
+        Activation::None
+        | Activation::Relu
+        | Activation::Relu6
+        | Activation::Sigmoid
+        | Activation::Tanh => true,
+        Activation::LeakyRelu { alpha } => alpha >= 0.0,
+        Activation::HardSigmoid { alpha, .. } => alpha >= 0.0,
+        Activation::Gelu | Activation::Silu | Activation::HardSwish => false,
     }
 }
 

@@ -524,3 +524,16 @@ impl Kernel for FusedIntoNext {
         "fused_into_next"
     }
 }
+
+/// A max pooling that the previous node's kernel computes ([`Kernel::fuse_max_pool`]): that
+/// kernel's step writes this node's output.
+#[derive(Debug)]
+pub(crate) struct FusedIntoPrev;
+
+impl Kernel for FusedIntoPrev {
+    fn run(&self, _: &mut RunCx<'_>, _: &Inputs<'_>, _: &mut [f32]) {}
+
+    fn method(&self) -> &'static str {
+        "fused_into_prev"
+    }
+}

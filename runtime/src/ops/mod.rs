@@ -96,6 +96,14 @@ pub trait Kernel: Debug + Send + Sync {
     fn method(&self) -> &'static str {
         ""
     }
+
+    /// Fuses the 2×2, stride-2, unpadded max pooling of geometry `g` (over this kernel's output)
+    /// after this kernel, so that it writes the pooled map, where it can; returns whether it
+    /// did (otherwise the kernel is unchanged).
+    fn fuse_max_pool(&mut self, g: ConvGeom) -> bool {
+        let _ = g;
+        false
+    }
 }
 
 impl Op {
