@@ -177,6 +177,10 @@ unsafe fn pool_avx512(
     y: &mut [f32],
     planes: usize,
 ) {
+    if op == PoolOp::Max && max2x2_fits(g) {
+        // SAFETY: `PoolKernel` checked the lengths for this layout; the CPU has AVX2.
+        return unsafe { max2x2_avx2(g, x, lay, y, planes) };
+    }
     pool_planes(g, op, x, lay, y, planes)
 }
 
@@ -192,7 +196,79 @@ unsafe fn pool_avx2fma(
     y: &mut [f32],
     planes: usize,
 ) {
+    if op == PoolOp::Max && max2x2_fits(g) {
+        // SAFETY: `PoolKernel` checked the lengths for this layout; the CPU has AVX2.
+        return unsafe { max2x2_avx2(g, x, lay, y, planes) };
+    }
     pool_planes(g, op, x, lay, y, planes)
+}
+
+/// The 2×2, stride-2 max of [`max2x2`] in vectors: eight outputs from two 16-float runs of
+/// each input row (vertical max, then the even and odd lanes' max); a row's last vector reads
+/// only its own floats (masked) and is stored whole where later rows of `y` overwrite the rest.
+///
+/// # Safety
+/// `x` holds `(planes - 1) * lay.plane + (2 * g.oh - 1) * lay.row + 2 * g.ow` floats (when
+/// `planes`, `g.oh` and `g.ow` are positive), `y` holds `planes * g.oh * g.ow`, and
+/// `lay.row >= 2 * g.ow`; the CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn max2x2_avx2(g: &ConvGeom, x: &[f32], lay: PlaneLayout, y: &mut [f32], planes: usize) {
+    use core::arch::x86_64::*;
+    /// `TAIL[8 - r..16 - r]` has its first `r` lanes set.
+    static TAIL: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+    let (oh, ow) = (g.oh, g.ow);
+    let n = planes * oh * ow;
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let mut o = 0;
+    for p in 0..planes {
+        for oy in 0..oh {
+            let mut ox = 0;
+            while ox < ow {
+                let r = (ow - ox).min(8);
+                // SAFETY: input row `2 * oy` (and the next) of plane `p` holds `2 * ow` floats
+                // from its start, of which this reads `2 * ox..2 * (ox + r)` (masked to them
+                // when `r < 8`); outputs `o + ox..o + ox + 8` lie in `y` when stored whole,
+                // else the mask keeps `r <= n - o - ox` of them.
+                unsafe {
+                    let r0 = xp.add(p * lay.plane + 2 * oy * lay.row + 2 * ox);
+                    let r1 = r0.add(lay.row);
+                    let (a, b) = if r == 8 {
+                        (
+                            _mm256_max_ps(_mm256_loadu_ps(r0), _mm256_loadu_ps(r1)),
+                            _mm256_max_ps(_mm256_loadu_ps(r0.add(8)), _mm256_loadu_ps(r1.add(8))),
+                        )
+                    } else {
+                        let mask = |k: usize| {
+                            _mm256_loadu_si256(TAIL.as_ptr().add(8 - k) as *const __m256i)
+                        };
+                        let (lo, hi) = (mask((2 * r).min(8)), mask((2 * r).saturating_sub(8)));
+                        (
+                            _mm256_max_ps(_mm256_maskload_ps(r0, lo), _mm256_maskload_ps(r1, lo)),
+                            _mm256_max_ps(
+                                _mm256_maskload_ps(r0.add(8), hi),
+                                _mm256_maskload_ps(r1.add(8), hi),
+                            ),
+                        )
+                    };
+                    // Pairs 0 1 4 5 | 2 3 6 7 in the lanes, then in order.
+                    let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                    let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+                    let m = _mm256_castps_pd(_mm256_max_ps(even, odd));
+                    let m = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(m));
+                    let at = yp.add(o + ox);
+                    if o + ox + 8 <= n {
+                        _mm256_storeu_ps(at, m);
+                    } else {
+                        let keep = _mm256_loadu_si256(TAIL.as_ptr().add(8 - r) as *const __m256i);
+                        _mm256_maskstore_ps(at, keep, m);
+                    }
+                }
+                ox += r;
+            }
+            o += ow;
+        }
+    }
 }
 
 /// # Safety
