@@ -334,7 +334,7 @@ pub(crate) fn par_spmv(
     y: &mut [f32],
 ) {
     let parts = pool.threads();
-    if parts == 1 || w.rows() < 32 || w.nnz() < PAR_MIN_MACS {
+    if parts == 1 || w.rows() < 32 || w.nnz() < PAR_MIN_MACS / 16 {
         kernels::spmv(w, x, bias, act, y);
         return;
     }

@@ -496,11 +496,17 @@ impl ConvKernel {
                     )
                 };
                 let (hp, wp) = gm.padded();
-                let cols = gm.implicit_cols();
+                // Fused pooling reads only the grid's pixels its windows cover (a floor-mode
+                // pooling drops an odd map's last row and column); each part pools its rows from
+                // the grid, then applies the activation to the pooled values where it commutes
+                // with the max.
+                let cols = match &self.max_pool {
+                    Some(pg) if pg.oh > 0 && pg.ow > 0 => (2 * pg.oh - 1) * wp + 2 * pg.ow,
+                    Some(_) => 0,
+                    None => gm.implicit_cols(),
+                };
                 let (xpad, out) = scratch.split_at_mut(gm.padded_len());
                 kernels::pad_image(gm, xe, xpad);
-                // Fused pooling: each part pools its rows from the grid, then applies the
-                // activation to the pooled values where it commutes with the max.
                 let pre_act = match self.max_pool {
                     Some(_) if !monotone(act) => act,
                     Some(_) => Activation::None,
