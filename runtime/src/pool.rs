@@ -96,8 +96,13 @@ mod imp {
         job: UnsafeCell<Option<JobPtr>>,
         /// Incremented (Release) after `job` and `pending` are set, once per job.
         generation: AtomicU64,
-        /// Workers still running the current job.
+        /// Workers inside a claim of a part ([`Shared::claimed`]): raised before the claim and
+        /// lowered after the part ran (or the claim failed), so `Pool::run` returns only
+        /// once no worker can still read `job`.
         pending: AtomicUsize,
+        /// Per part (index `part - 1`): the last generation whose part was claimed, by its
+        /// worker or by the caller. Exactly one thread runs each part of each job.
+        claimed: Vec<AtomicU64>,
         /// A worker's call of the current job panicked.
         panicked: AtomicBool,
         shutdown: AtomicBool,
@@ -129,6 +134,7 @@ mod imp {
                 job: UnsafeCell::new(None),
                 generation: AtomicU64::new(0),
                 pending: AtomicUsize::new(0),
+                claimed: (1..threads.max(1)).map(|_| AtomicU64::new(0)).collect(),
                 panicked: AtomicBool::new(false),
                 shutdown: AtomicBool::new(false),
                 sleepers: AtomicUsize::new(0),
@@ -159,9 +165,12 @@ mod imp {
             self.workers.len() + 1
         }
 
-        /// Calls `job(part)` for every `part < self.threads()`, part 0 on the calling thread, and
-        /// returns when all calls have returned. Workers pick the job up from a spin on
-        /// `generation` (or are woken if they parked); the caller spins until they finish.
+        /// Calls `job(part)` once for every `part < self.threads()` and returns when all calls
+        /// have returned: part 0 on the calling thread, each other part on its worker, which
+        /// picks the job up from a spin on `generation` (or is woken if it parked). A part whose
+        /// worker has not claimed it by the time the caller finishes its own runs on the caller
+        /// instead (a worker descheduled, parked, or on a slower core does not hold the job
+        /// up); the caller then spins until the parts its workers claimed are done.
         pub(crate) fn run(&self, job: &(dyn Fn(usize) + Sync)) {
             let Some(sh) = self.shared.as_deref().filter(|_| !self.workers.is_empty()) else {
                 job(0);
@@ -176,15 +185,31 @@ mod imp {
                     *const (dyn Fn(usize) + Sync + 'static),
                 >(job as *const _)
             });
-            // SAFETY: `pending == 0` (the previous call waited for it), so no worker reads `job`.
+            // SAFETY: every part of the previous job was claimed and `pending` was 0 after it,
+            // so no worker reads `job` (a late worker's claim of an old generation fails before
+            // it reads it).
             unsafe { *sh.job.get() = Some(ptr) };
-            sh.pending.store(self.workers.len(), Relaxed);
-            sh.generation.fetch_add(1, SeqCst);
+            let gen = sh.generation.fetch_add(1, SeqCst) + 1;
             if sh.sleepers.load(SeqCst) > 0 {
                 let _g = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
                 sh.wake.notify_all();
             }
-            job(0);
+            // The caller's parts must not unwind past the wait below while workers run theirs.
+            let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job(0);
+                for (i, c) in sh.claimed.iter().enumerate() {
+                    if claim(c, gen) {
+                        job(i + 1);
+                    }
+                }
+            }));
+            if own.is_err() {
+                // Parts left unclaimed by the unwinding stay unrun; claim them so the next job's
+                // claims start from this generation.
+                for c in &sh.claimed {
+                    claim(c, gen);
+                }
+            }
             let mut spins = 0u32;
             while sh.pending.load(Acquire) != 0 {
                 spins += 1;
@@ -196,10 +221,22 @@ mod imp {
             }
             // SAFETY: every worker is done with the job (`pending == 0`, Acquire).
             unsafe { *sh.job.get() = None };
+            if let Err(e) = own {
+                std::panic::resume_unwind(e);
+            }
             if sh.panicked.swap(false, Relaxed) {
                 panic!("a worker thread panicked while running a kernel");
             }
         }
+    }
+
+    /// Claims a part of job `gen`: true for the first thread to ask (its previous job's
+    /// generation is `gen - 1`, since every job's parts are all claimed before the next is
+    /// published), false for a later one or a worker that wakes up after its job is over.
+    fn claim(c: &AtomicU64, gen: u64) -> bool {
+        // A failed claim reads the winner's write (Acquire), so the caller's later load of
+        // `pending` sees the winning worker's increment before it.
+        c.compare_exchange(gen - 1, gen, SeqCst, SeqCst).is_ok()
     }
 
     /// Waits for a generation other than `seen` (or shutdown): spins for [`SPIN`], then parks.
@@ -234,8 +271,17 @@ mod imp {
             if sh.shutdown.load(Acquire) {
                 return;
             }
-            // SAFETY: `Pool::run` set the job before publishing this generation (Acquire above)
-            // and keeps it alive and unchanged until this worker decrements `pending`.
+            // Raised before the claim, so the caller, which claims every part before it waits
+            // for `pending == 0`, waits for this worker if the claim succeeds.
+            sh.pending.fetch_add(1, SeqCst);
+            if !claim(&sh.claimed[part - 1], seen) {
+                sh.pending.fetch_sub(1, Release);
+                continue;
+            }
+            // SAFETY: `Pool::run` set the job before publishing this generation (Acquire above),
+            // this worker claimed its part of that generation (so the caller is still inside
+            // `run`, and waits for `pending` to fall), and the job stays alive and unchanged
+            // until this worker decrements `pending`.
             let job = unsafe { *sh.job.get() };
             let mut ok = true;
             if let Some(JobPtr(f)) = job {
@@ -265,6 +311,67 @@ mod imp {
             for w in self.workers.drain(..) {
                 let _ = w.join();
             }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::Pool;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::time::Duration;
+    use std::vec::Vec;
+
+    /// Whichever thread claims a part, each part of each job runs exactly once, with workers
+    /// spinning, slow (a part that sleeps, so the next job starts while late workers are
+    /// still around) or parked (after idling past the spin).
+    #[test]
+    fn issue14_every_part_runs_once_per_job() {
+        for threads in [1, 2, 3, 5] {
+            let pool = Pool::new(threads);
+            for round in 0..3000 {
+                if round % 1000 == 999 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                let counts: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
+                pool.run(&|part| {
+                    if round % 7 == 0 && part == threads - 1 {
+                        std::thread::sleep(Duration::from_micros(30));
+                    }
+                    counts[part].fetch_add(1, Relaxed);
+                });
+                for (part, c) in counts.iter().enumerate() {
+                    assert_eq!(
+                        c.load(Relaxed),
+                        1,
+                        "{threads} threads, job {round}, part {part}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A part that panics, on the caller or on a worker, panics `run` once every other part is
+    /// done, and the pool runs every part of the jobs after it.
+    #[test]
+    fn issue14_a_panicking_part_leaves_the_pool_usable() {
+        let pool = Pool::new(3);
+        for bad in 0..3 {
+            let done = AtomicUsize::new(0);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(&|part| {
+                    assert!(part != bad, "part {part} fails");
+                    done.fetch_add(1, Relaxed);
+                })
+            }));
+            assert!(r.is_err(), "part {bad}'s panic reaches the caller");
+            let counts: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..100 {
+                pool.run(&|part| {
+                    counts[part].fetch_add(1, Relaxed);
+                });
+            }
+            assert!(counts.iter().all(|c| c.load(Relaxed) == 100));
         }
     }
 }
