@@ -51,6 +51,60 @@ pub(crate) fn slice_elems(e: Elems<'_>, from: usize) -> Elems<'_> {
     }
 }
 
+/// How [`par_gemm`] splits a `rows × depth` by `depth × n` product over `parts` threads: `None`
+/// (one thread), `Some(true)` (the columns of `B` and `C`: `A` has too few rows to give every
+/// part several row panels) or `Some(false)` (the rows of `A` and `C`).
+fn gemm_split(parts: usize, rows: usize, depth: usize, n: usize) -> Option<bool> {
+    let columns = n >= rows && n >= 64 * parts;
+    let serial = parts == 1 || (rows < 16 && !columns) || rows * depth * n < PAR_MIN_MACS;
+    (!serial).then_some(columns)
+}
+
+/// The first column of part `part` of `n` when [`par_gemm`] splits columns.
+fn gemm_column_start(n: usize, parts: usize, part: usize) -> usize {
+    part_range(n, parts, GEMM_COLUMN_ALIGN, part).0
+}
+
+/// Columns of a [`par_gemm`] part are a multiple of this.
+const GEMM_COLUMN_ALIGN: usize = 32;
+
+/// [`kernels::phase_image`] for the phased convolution whose GEMM ([`par_gemm`]) has `rows`
+/// rows of `A` and a sum `depth` deep, split across the pool by phase rows as that GEMM splits
+/// its columns (output pixels on the phase grid), so that each thread writes the rows its part
+/// of the GEMM reads, but for the row below its last.
+pub(crate) fn par_phase_image(
+    pool: &Pool,
+    g: &ConvGeom,
+    x: &[f32],
+    xq: &mut [f32],
+    rows: usize,
+    depth: usize,
+) {
+    let parts = pool.threads();
+    let n = g.phase_cols();
+    let (hq, wq) = g.phase_hw();
+    if gemm_split(parts, rows, depth, n) != Some(true) || wq == 0 {
+        kernels::phase_image(g, x, xq);
+        return;
+    }
+    assert!(xq.len() >= g.phase_len() && x.len() >= g.c * g.h * g.w);
+    let xp = Parts::new(xq);
+    // Part `p` writes rows `first(p)..first(p + 1)`: disjoint, and together `0..hq`.
+    let first = |p: usize| match p {
+        0 => 0,
+        p if p >= parts => hq,
+        p => (gemm_column_start(n, parts, p) / wq).min(hq),
+    };
+    pool.run(&|part| {
+        let (i0, i1) = (first(part), first(part + 1));
+        if i0 < i1 {
+            // SAFETY: `xq` holds the phase rows (asserted above), and parts write disjoint row
+            // ranges.
+            unsafe { kernels::phase_rows(g, x, xp.at(0), i0..i1) };
+        }
+    });
+}
+
 /// [`kernels::gemm`], with the rows of `a` (and `c`) split across the pool when it pays.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_gemm<'a>(
@@ -71,17 +125,16 @@ pub(crate) fn par_gemm<'a>(
         BOperand::Rows { cols, .. } => cols,
     };
     let (rows, depth) = (a.rows(), a.cols());
-    let columns = n >= rows && n >= 64 * parts;
-    if parts == 1 || (rows < 16 && !columns) || rows * depth * n < PAR_MIN_MACS {
+    let Some(columns) = gemm_split(parts, rows, depth, n) else {
         kernels::gemm_b(a, b, c, ldc, bias, act, &mut ws[..ws_len]);
         return;
-    }
+    };
     let (c_len, cp, wp) = (c.len(), Parts(c.as_mut_ptr()), Parts(ws.as_mut_ptr()));
     // Split the longer side: the rows of `A` (and `C`), or the columns of `B` (and `C`) when
     // `A` has too few rows to give every part several row panels.
     if columns {
         pool.run(&|part| {
-            let (j0, j1) = part_range(n, parts, 32, part);
+            let (j0, j1) = part_range(n, parts, GEMM_COLUMN_ALIGN, part);
             if j0 == j1 {
                 return;
             }

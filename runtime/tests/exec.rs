@@ -2415,3 +2415,35 @@ fn issue14_sparse_convolution_fuses_its_max_pooling() {
         }
     }
 }
+
+/// A stride-2 convolution large enough to split its GEMM's columns across threads also splits
+/// writing the image's phases across them, by phase rows: with two and three threads (row
+/// ranges meeting inside an output row's window), odd and even input sizes, padding 1 and 0,
+/// it matches the f64 reference and one thread's result bit for bit.
+#[test]
+fn issue14_phased_convolution_splits_its_phases_across_threads() {
+    let mut rng = Rng::new(44);
+    for (hw, p) in [([97, 90], [1, 1]), ([64, 71], [0, 0]), ([40, 200], [1, 0])] {
+        let mut net = Net::new();
+        let x = net.input(&[3, hw[0], hw[1]]);
+        let stem = cc("stem", 3, 32, hw, [3, 3], [2, 2], p, [1, 1], 1, true, A::Relu6);
+        let h = conv(&mut net, &mut rng, x, &stem, Store::F32);
+        let f = net.node("flatten", Op::Flatten, &[h]);
+        let b = net.finish(&[f]);
+        let m = Model::from_vec(&b.bytes).unwrap();
+        let mut one = Session::new(&m, 1).unwrap();
+        assert_eq!(one.methods()[0], "phased_gemm");
+        let input = rng.vec(one.input_len(0));
+        let want = reference(
+            &b.header,
+            &b.dense,
+            &input.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
+        let got = one.run(&input).unwrap().to_vec();
+        assert_close(&got, &want, 1e-5, &format!("{hw:?}, 1 thread"));
+        for threads in [2, 3] {
+            let mut s = Session::with_threads(&m, 1, threads).unwrap();
+            assert_eq!(s.run(&input).unwrap(), &got[..], "{hw:?}, {threads} threads");
+        }
+    }
+}

@@ -1,4 +1,5 @@
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use super::dw3x3;
 use super::{act_scalar, Activation, Elems, Isa};
@@ -250,9 +251,21 @@ impl ConvGeom {
 /// Writes the four phases of `x` (`[c, h, w]`) zero-padded into `xq` (at least
 /// [`ConvGeom::phase_len`] floats), as [`ConvGeom::phase_offsets`] reads them.
 pub fn phase_image(g: &ConvGeom, x: &[f32], xq: &mut [f32]) {
+    assert!(xq.len() >= g.phase_len() && x.len() >= g.c * g.h * g.w);
+    // SAFETY: `xq` is borrowed exclusively and holds every phase row (asserted above).
+    unsafe { phase_rows(g, x, xq.as_mut_ptr(), 0..g.phase_hw().0) }
+}
+
+/// [`phase_image`] for phase rows `rows` only (of every channel and phase), so that threads
+/// can write disjoint row ranges of one buffer.
+///
+/// # Safety
+/// `xq` addresses [`ConvGeom::phase_len`] writable floats, of which no other thread accesses
+/// the phase rows in `rows` meanwhile; `x` holds `g.c * g.h * g.w` floats; `rows.end <= hq`.
+pub(crate) unsafe fn phase_rows(g: &ConvGeom, x: &[f32], xq: *mut f32, rows: Range<usize>) {
     let (hq, wq) = g.phase_hw();
     let (pt, pl, w) = (g.pad[0], g.pad[1], g.w);
-    assert!(xq.len() >= g.phase_len() && x.len() >= g.c * g.h * w);
+    debug_assert!(rows.end <= hq && x.len() >= g.c * g.h * w);
     let plane = hq * wq;
     // Padded column `x + pl` of input column `x` is column `(x + pl) / 2` of phase
     // `(x + pl) % 2`. Each input row is split into both column phases in one pass over pairs
@@ -268,19 +281,24 @@ pub fn phase_image(g: &ConvGeom, x: &[f32], xq: &mut [f32]) {
     let spans = [cols(0), cols(1)];
     for c in 0..g.c {
         for r in 0..2 {
-            let (p0, p1) = xq[(c * 4 + r * 2) * plane..][..2 * plane].split_at_mut(plane);
-            for i in 0..hq {
-                let rows = [&mut p0[i * wq..][..wq], &mut p1[i * wq..][..wq]];
+            let base = (c * 4 + r * 2) * plane;
+            for i in rows.clone() {
+                // SAFETY: row `i < hq` of planes `c * 4 + r * 2` and the next lies inside the
+                // phase buffer, and only this call touches it (function contract).
+                let (e, o) = unsafe {
+                    (
+                        core::slice::from_raw_parts_mut(xq.add(base + i * wq), wq),
+                        core::slice::from_raw_parts_mut(xq.add(base + plane + i * wq), wq),
+                    )
+                };
                 // Padded row `2i + r` is input row `2i + r - pt`.
                 let iy = (2 * i + r).checked_sub(pt).filter(|&iy| iy < g.h);
                 let Some(iy) = iy else {
-                    for row in rows {
-                        row.fill(0.0);
-                    }
+                    e.fill(0.0);
+                    o.fill(0.0);
                     continue;
                 };
                 let src = &x[(c * g.h + iy) * w..][..w];
-                let [e, o] = rows;
                 for (row, &(j0, j1)) in [&mut *e, &mut *o].into_iter().zip(&spans) {
                     row[..j0].fill(0.0);
                     row[j1..].fill(0.0);

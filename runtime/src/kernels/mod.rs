@@ -25,6 +25,7 @@ pub(crate) use act::act_clamp;
 pub use act::{act_scalar, apply_act};
 pub use bspmv::{bspmv, bspmv_kernel, BspmvKernel, BLOCK as BSPMV_BLOCK, BSPMV_KERNELS};
 pub(crate) use conv::crop_grid;
+pub(crate) use conv::phase_rows;
 pub use conv::{
     crop_rows, depthwise_conv2d, depthwise_conv2d_planes, depthwise_kernel, im2col, im2col_len,
     im2col_rows, pad_image, phase_image, ConvGeom, DepthwiseKernel, Planes, DEPTHWISE_KERNELS,

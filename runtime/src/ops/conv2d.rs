@@ -14,8 +14,8 @@ use crate::format::{Activation, TensorId};
 use crate::kernels::{self, AOperand, BOperand, Bias, ConvGeom, Crop, Elems, MatRef, Pixels};
 use crate::model::{CsrView, Indices, Model, TensorView};
 use crate::par::{
-    par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_ocgemm, par_spmm, par_winograd,
-    slice_elems, Parts,
+    par_depthwise, par_examples, par_gemm, par_im2col_gemm, par_ocgemm, par_phase_image, par_spmm,
+    par_winograd, slice_elems, Parts,
 };
 use crate::pool::Pool;
 
@@ -562,7 +562,7 @@ impl ConvKernel {
                 };
                 let (xpad, out) = scratch.split_at_mut(len);
                 if self.phased {
-                    kernels::phase_image(gm, xe, xpad);
+                    par_phase_image(pool, gm, xe, xpad, opg, k);
                 } else {
                     kernels::pad_image(gm, xe, xpad);
                 }
