@@ -2426,7 +2426,19 @@ fn issue14_phased_convolution_splits_its_phases_across_threads() {
     for (hw, p) in [([97, 90], [1, 1]), ([64, 71], [0, 0]), ([40, 200], [1, 0])] {
         let mut net = Net::new();
         let x = net.input(&[3, hw[0], hw[1]]);
-        let stem = cc("stem", 3, 32, hw, [3, 3], [2, 2], p, [1, 1], 1, true, A::Relu6);
+        let stem = cc(
+            "stem",
+            3,
+            32,
+            hw,
+            [3, 3],
+            [2, 2],
+            p,
+            [1, 1],
+            1,
+            true,
+            A::Relu6,
+        );
         let h = conv(&mut net, &mut rng, x, &stem, Store::F32);
         let f = net.node("flatten", Op::Flatten, &[h]);
         let b = net.finish(&[f]);
@@ -2443,7 +2455,11 @@ fn issue14_phased_convolution_splits_its_phases_across_threads() {
         assert_close(&got, &want, 1e-5, &format!("{hw:?}, 1 thread"));
         for threads in [2, 3] {
             let mut s = Session::with_threads(&m, 1, threads).unwrap();
-            assert_eq!(s.run(&input).unwrap(), &got[..], "{hw:?}, {threads} threads");
+            assert_eq!(
+                s.run(&input).unwrap(),
+                &got[..],
+                "{hw:?}, {threads} threads"
+            );
         }
     }
 }

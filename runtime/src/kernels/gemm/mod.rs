@@ -379,11 +379,11 @@ pub static GEMM_KERNELS: &[GemmKernel] = &[
         nc: 2048,
         strided: true,
         ukernel_pf: Some((
-            x86::gemm_f32_8x32_avx512_pf,
-            x86::gemm_f32_8x32_avx512_rows_pf,
+            x86::gemm_f32_8x32_avx512::<true>,
+            x86::gemm_f32_8x32_avx512_rows::<true>,
         )),
-        ukernel: x86::gemm_f32_8x32_avx512,
-        ukernel_rows: Some(x86::gemm_f32_8x32_avx512_rows),
+        ukernel: x86::gemm_f32_8x32_avx512::<false>,
+        ukernel_rows: Some(x86::gemm_f32_8x32_avx512_rows::<false>),
         crop_store: true,
     },
     #[cfg(target_arch = "x86_64")]

@@ -146,13 +146,15 @@ unsafe fn avx2_6x16<const PACKED: bool, const ROWS: bool>(
 }
 
 /// AVX-512F 8×32 micro-kernel: 16 accumulators of 16 lanes, two `B` loads and eight broadcasts
-/// of `A` per step of `k`. See [`super::MicroKernel`] for the contract.
+/// of `A` per step of `k`; with `PF`, it also prefetches row `p` of `B` `t.prefetch` floats
+/// ahead (the variant [`super::GemmKernel::ukernel_pf`] lists). See [`super::MicroKernel`] for
+/// the contract.
 ///
 /// # Safety
 /// As [`super::MicroKernel`] with `MR = 8`, `NR = 32`; the CPU supports AVX-512F.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gemm_f32_8x32_avx512(
+pub(crate) unsafe fn gemm_f32_8x32_avx512<const PF: bool>(
     kc: usize,
     a: *const f32,
     a_rs: usize,
@@ -169,9 +171,9 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
     unsafe {
         let no_offs = core::ptr::null();
         if a_rs == 1 && a_cs == 8 {
-            avx512_8x32::<true, false, false>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
+            avx512_8x32::<true, false, PF>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
         } else {
-            avx512_8x32::<false, false, false>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
+            avx512_8x32::<false, false, PF>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
         }
     }
 }
@@ -183,7 +185,7 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512(
 /// As [`super::RowsKernel`] with `MR = 8`, `NR = 32`; the CPU supports AVX-512F.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gemm_f32_8x32_avx512_rows(
+pub(crate) unsafe fn gemm_f32_8x32_avx512_rows<const PF: bool>(
     kc: usize,
     a: *const f32,
     a_rs: usize,
@@ -197,70 +199,14 @@ pub(crate) unsafe fn gemm_f32_8x32_avx512_rows(
     // SAFETY: the caller's contract, passed on unchanged.
     unsafe {
         if a_rs == 1 && a_cs == 8 {
-            avx512_8x32::<true, true, false>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t)
+            avx512_8x32::<true, true, PF>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t)
         } else {
-            avx512_8x32::<false, true, false>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
+            avx512_8x32::<false, true, PF>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
         }
     }
 }
 
-/// [`gemm_f32_8x32_avx512`] that also prefetches row `p` of `B` `t.prefetch` floats ahead.
-///
-/// # Safety
-/// As [`gemm_f32_8x32_avx512`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gemm_f32_8x32_avx512_pf(
-    kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
-    b: *const f32,
-    b_rs: usize,
-    c: *mut f32,
-    ldc: usize,
-    t: &Tile,
-) {
-    // SAFETY: the caller's contract, passed on unchanged.
-    unsafe {
-        let no_offs = core::ptr::null();
-        if a_rs == 1 && a_cs == 8 {
-            avx512_8x32::<true, false, true>(kc, a, 1, 8, b, b_rs, no_offs, c, ldc, t)
-        } else {
-            avx512_8x32::<false, false, true>(kc, a, a_rs, a_cs, b, b_rs, no_offs, c, ldc, t)
-        }
-    }
-}
-
-/// [`gemm_f32_8x32_avx512_rows`] that also prefetches row `p` of `B` `t.prefetch` floats
-/// ahead.
-///
-/// # Safety
-/// As [`gemm_f32_8x32_avx512_rows`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gemm_f32_8x32_avx512_rows_pf(
-    kc: usize,
-    a: *const f32,
-    a_rs: usize,
-    a_cs: usize,
-    b: *const f32,
-    b_offs: *const usize,
-    c: *mut f32,
-    ldc: usize,
-    t: &Tile,
-) {
-    // SAFETY: the caller's contract, passed on unchanged.
-    unsafe {
-        if a_rs == 1 && a_cs == 8 {
-            avx512_8x32::<true, true, true>(kc, a, 1, 8, b, 0, b_offs, c, ldc, t)
-        } else {
-            avx512_8x32::<false, true, true>(kc, a, a_rs, a_cs, b, 0, b_offs, c, ldc, t)
-        }
-    }
-}
-
-/// Body of [`gemm_f32_8x32_avx512`], [`gemm_f32_8x32_avx512_rows`] and their `_pf` variants;
+/// Body of [`gemm_f32_8x32_avx512`] and [`gemm_f32_8x32_avx512_rows`];
 /// with `PACKED` the caller has checked `a_rs == 1` and `a_cs == 8`; with `ROWS` row `p` of `B`
 /// starts at `b + b_offs[p]`, otherwise at `b + p * b_rs`; with `PF` each step also prefetches
 /// its row of `B` `t.prefetch` floats ahead (wrapping address arithmetic, never dereferenced).
