@@ -103,8 +103,11 @@ pub struct SessionOptions {
     /// returns `None` for it) and its time counts in the second's. Results agree with the
     /// separate layers to float rounding. Unless `Fusion::Off`, a sparse stride-1 convolution
     /// also takes a 2×2, stride-2 max pooling that alone reads its output, and pools each
-    /// channel as it computes it (the convolution's map then has no buffer either), with the
-    /// same results (a monotone activation is applied after the max, which it commutes with).
+    /// channel as it computes it: the convolution's map then has no buffer either, the pooling
+    /// node's kernel shows `fused_into_prev` and its time counts in the convolution's. Results
+    /// are the same (a piecewise-linear activation is applied after the max, which it commutes
+    /// with exactly), except where a NaN meets a max: the vector max may return it where the
+    /// scalar one returns the other value.
     pub fuse: Fusion,
 }
 
@@ -427,9 +430,10 @@ impl<'m> Session<'m> {
                 _ => None,
             });
             let (mut kernel, mut out_value) = (kernel, node.output);
-            if let Some((v, &[c, h, w], &[_, oh, ow])) =
+            if let Some((v, &[c, h, w], &[pc, oh, ow])) =
                 pool_next.map(|v| (v, shape(node.output), shape(v)))
             {
+                debug_assert_eq!(c, pc, "a pooling keeps its channels");
                 let u = |x: u32| x as usize;
                 let pg = crate::kernels::ConvGeom {
                     c: u(c),

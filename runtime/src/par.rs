@@ -20,7 +20,8 @@ fn part_range(len: usize, parts: usize, align: usize, part: usize) -> (usize, us
 #[derive(Clone, Copy)]
 pub(crate) struct Parts(*mut f32);
 
-// SAFETY: every user derives disjoint ranges per part from `part_range` (see the call sites).
+// SAFETY: every user derives disjoint ranges per part (from `part_range`, `nnz_range` or the
+// row ranges of `par_phase_image`; see the call sites).
 unsafe impl Sync for Parts {}
 
 impl Parts {
@@ -70,8 +71,9 @@ const GEMM_COLUMN_ALIGN: usize = 32;
 
 /// [`kernels::phase_image`] for the phased convolution whose GEMM ([`par_gemm`]) has `rows`
 /// rows of `A` and a sum `depth` deep, split across the pool by phase rows as that GEMM splits
-/// its columns (output pixels on the phase grid), so that each thread writes the rows its part
-/// of the GEMM reads, but for the row below its last.
+/// its columns (output pixels on the phase grid), so that the thread that writes a part's rows
+/// is, unless the caller takes over a late worker's part ([`Pool::run`]), the one whose GEMM
+/// part reads them, all but the row below its last.
 pub(crate) fn par_phase_image(
     pool: &Pool,
     g: &ConvGeom,
@@ -433,6 +435,10 @@ pub(crate) fn par_spmm(
         return;
     }
     let ker = kernels::spmm_kernel(w.values().dtype(), w.col_idx().width());
+    assert!(
+        y.len() >= rows.len() * p,
+        "spmm: output shorter than rows * p"
+    );
     let (g0, yp) = (rows.start, Parts(y.as_mut_ptr()));
     pool.run(&|part| {
         let (r0, r1) = nnz_range(w, rows.clone(), parts, part);
@@ -440,7 +446,7 @@ pub(crate) fn par_spmm(
             return;
         }
         // SAFETY: parts own disjoint row ranges, so `(r0 - g0) * p..(r1 - g0) * p` are disjoint
-        // ranges of `y`, which holds `rows.len() * p` elements.
+        // ranges of `y`, which holds `rows.len() * p` elements (asserted above).
         let yy = unsafe { yp.slice((r0 - g0) * p, (r1 - r0) * p) };
         ker.run_strided(w, r0..r1, b, b_rs, p, bias, act, yy);
         then(r0..r1, yy);

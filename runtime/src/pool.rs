@@ -221,10 +221,12 @@ mod imp {
             }
             // SAFETY: every worker is done with the job (`pending == 0`, Acquire).
             unsafe { *sh.job.get() = None };
+            // Cleared whoever panicked, so that the next job starts clean.
+            let worker_panicked = sh.panicked.swap(false, Relaxed);
             if let Err(e) = own {
                 std::panic::resume_unwind(e);
             }
-            if sh.panicked.swap(false, Relaxed) {
+            if worker_panicked {
                 panic!("a worker thread panicked while running a kernel");
             }
         }
@@ -351,16 +353,23 @@ mod tests {
         }
     }
 
-    /// A part that panics, on the caller or on a worker, panics `run` once every other part is
-    /// done, and the pool runs every part of the jobs after it.
+    /// A part that panics, on the caller or on a worker, or every part, panics `run` once every
+    /// other part is done, and the pool runs every part of the jobs after it.
     #[test]
     fn issue14_a_panicking_part_leaves_the_pool_usable() {
         let pool = Pool::new(3);
-        for bad in 0..3 {
-            let done = AtomicUsize::new(0);
+        for bad in 0..4 {
+            let (done, started) = (AtomicUsize::new(0), AtomicUsize::new(0));
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 pool.run(&|part| {
-                    assert!(part != bad, "part {part} fails");
+                    // Every part failing: all three are running (the workers have claimed
+                    // theirs) before any fails.
+                    started.fetch_add(1, Relaxed);
+                    let t0 = std::time::Instant::now();
+                    while bad == 3 && started.load(Relaxed) < 3 && t0.elapsed().as_secs() < 10 {
+                        std::hint::spin_loop();
+                    }
+                    assert!(part != bad && bad != 3, "part {part} fails");
                     done.fetch_add(1, Relaxed);
                 })
             }));

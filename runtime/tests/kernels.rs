@@ -1386,6 +1386,43 @@ fn naive_pool(g: &ConvGeom, op: PoolOp, x: &[f32], planes: usize) -> Vec<f32> {
     out
 }
 
+/// The grid pooling's bounds check cannot wrap around: a row stride whose last row lies past
+/// the address space is refused, by every kernel, before anything is read.
+#[test]
+fn issue14_max2x2_grid_refuses_an_overflowing_layout() {
+    let g = ConvGeom {
+        c: 1,
+        h: 2,
+        w: 2,
+        kh: 2,
+        kw: 2,
+        stride: [2, 2],
+        pad: [0, 0],
+        dilation: [1, 1],
+        oh: 1,
+        ow: 1,
+    };
+    let x = [1.0f32; 4];
+    for ker in available(POOL_KERNELS, |k| k.isa) {
+        for lay in [
+            PlaneLayout {
+                plane: 4,
+                row: usize::MAX,
+            },
+            PlaneLayout {
+                plane: usize::MAX / 2 + 1,
+                row: 2,
+            },
+        ] {
+            let mut y = [0.0f32; 4];
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                ker.max2x2_grid(&g, &x, lay, &mut y, 2)
+            }));
+            assert!(r.is_err(), "{} read through {lay:?}", ker.name);
+        }
+    }
+}
+
 /// Every pooling kernel's 2×2 max over planes on a wider grid (a convolution's output rows
 /// `row` floats apart, planes `plane` apart, as the fused sparse convolution leaves them) equals
 /// the naive pooling of the same planes copied out dense: even and odd sizes, rows just wide

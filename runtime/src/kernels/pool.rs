@@ -114,8 +114,15 @@ impl PoolKernel {
             "pool: kernel {} not supported on this CPU",
             self.name
         );
-        assert!(x.len() >= planes * g.h * g.w, "pool: input too short");
-        assert!(y.len() >= planes * g.oh * g.ow, "pool: output too short");
+        let elems = |a: usize, b: usize| planes.checked_mul(a).and_then(|n| n.checked_mul(b));
+        assert!(
+            elems(g.h, g.w).is_some_and(|n| x.len() >= n),
+            "pool: input too short"
+        );
+        assert!(
+            elems(g.oh, g.ow).is_some_and(|n| y.len() >= n),
+            "pool: output too short"
+        );
         assert!(g.stride[0] > 0 && g.stride[1] > 0, "pool: zero stride");
         // SAFETY: lengths and ISA checked above.
         unsafe { (self.run)(g, op, x, PlaneLayout::dense(g), y, planes) }
@@ -144,13 +151,17 @@ impl PoolKernel {
             max2x2_fits(g) && lay.row >= g.w,
             "pool: not a 2x2 stride-2 window over rows of the layout"
         );
-        assert!(y.len() >= planes * g.oh * g.ow, "pool: output too short");
+        let out = planes.checked_mul(g.oh).and_then(|n| n.checked_mul(g.ow));
+        assert!(out.is_some_and(|n| y.len() >= n), "pool: output too short");
         if planes == 0 || g.oh == 0 || g.ow == 0 {
             return;
         }
+        // `g.h >= 2 * g.oh` and `g.w >= 2 * g.ow` (checked above) cannot overflow.
+        let last_row = (2 * g.oh - 1).checked_mul(lay.row);
         let need = (planes - 1)
             .checked_mul(lay.plane)
-            .and_then(|n| n.checked_add((2 * g.oh - 1) * lay.row + 2 * g.ow));
+            .zip(last_row)
+            .and_then(|(a, b)| a.checked_add(b)?.checked_add(2 * g.ow));
         assert!(
             need.is_some_and(|n| x.len() >= n),
             "pool: input too short for its layout"
@@ -162,7 +173,10 @@ impl PoolKernel {
 
 /// A 2×2, stride-2, unpadded window whose output rows and columns each cover two input ones.
 pub fn max2x2_fits(g: &ConvGeom) -> bool {
-    (g.kh, g.kw, g.stride, g.pad) == (2, 2, [2, 2], [0, 0]) && g.h >= 2 * g.oh && g.w >= 2 * g.ow
+    let covers = |n: usize, o: usize| o.checked_mul(2).is_some_and(|o2| n >= o2);
+    (g.kh, g.kw, g.stride, g.pad) == (2, 2, [2, 2], [0, 0])
+        && covers(g.h, g.oh)
+        && covers(g.w, g.ow)
 }
 
 /// # Safety
@@ -210,7 +224,7 @@ unsafe fn pool_avx2fma(
 /// # Safety
 /// `x` holds `(planes - 1) * lay.plane + (2 * g.oh - 1) * lay.row + 2 * g.ow` floats (when
 /// `planes`, `g.oh` and `g.ow` are positive), `y` holds `planes * g.oh * g.ow`, and
-/// `lay.row >= 2 * g.ow`; the CPU supports AVX2.
+/// `lay.row >= g.w >= 2 * g.ow`; the CPU supports AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn max2x2_avx2(g: &ConvGeom, x: &[f32], lay: PlaneLayout, y: &mut [f32], planes: usize) {
@@ -245,9 +259,10 @@ unsafe fn max2x2_avx2(g: &ConvGeom, x: &[f32], lay: PlaneLayout, y: &mut [f32], 
                         let (lo, hi) = (mask((2 * r).min(8)), mask((2 * r).saturating_sub(8)));
                         (
                             _mm256_max_ps(_mm256_maskload_ps(r0, lo), _mm256_maskload_ps(r1, lo)),
+                            // Past the row when `r <= 4` (and the mask empty): wrapping.
                             _mm256_max_ps(
-                                _mm256_maskload_ps(r0.add(8), hi),
-                                _mm256_maskload_ps(r1.add(8), hi),
+                                _mm256_maskload_ps(r0.wrapping_add(8), hi),
+                                _mm256_maskload_ps(r1.wrapping_add(8), hi),
                             ),
                         )
                     };

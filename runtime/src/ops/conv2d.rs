@@ -401,7 +401,7 @@ impl Kernel for ConvKernel {
             let xe = &x[e * in_len..(e + 1) * in_len];
             self.example(pool, wv, packed, bias, xe, ye, s, ws, ws_len);
         };
-        let macs = out_len * (gm.c / self.groups) * gm.kh * gm.kw;
+        let macs = self.out_c * gm.oh * gm.ow * (gm.c / self.groups) * gm.kh * gm.kw;
         let split = par_examples(
             cx.pool,
             cx.n,
@@ -507,11 +507,8 @@ impl ConvKernel {
                 };
                 let (xpad, out) = scratch.split_at_mut(gm.padded_len());
                 kernels::pad_image(gm, xe, xpad);
-                let pre_act = match self.max_pool {
-                    Some(_) if !monotone(act) => act,
-                    Some(_) => Activation::None,
-                    None => act,
-                };
+                let post_act = self.max_pool.is_some() && monotone(act);
+                let pre_act = if post_act { Activation::None } else { act };
                 let (pooled, yp) = (self.max_pool.as_ref(), Parts::new(ye));
                 let lay = kernels::PlaneLayout {
                     plane: cols,
@@ -524,7 +521,7 @@ impl ConvKernel {
                     // holds `out_c * pp` floats.
                     let yr = unsafe { yp.slice(rows.start * pp, rows.len() * pp) };
                     kernels::maxpool2x2_grid(pg, grid, lay, yr, rows.len());
-                    if pre_act != act {
+                    if post_act {
                         kernels::apply_act(act, yr);
                     }
                 };
@@ -634,18 +631,20 @@ impl ConvKernel {
     }
 }
 
-/// Whether `act` never decreases, so that it commutes with a max: `act(max(a, b)) =
-/// max(act(a), act(b))`.
+/// Whether `act`, as computed in floats, never decreases, so that it commutes with a max
+/// exactly: `act(max(a, b)) = max(act(a), act(b))`. Piecewise-linear activations do (a product
+/// by a non-negative constant, a sum and a clamp round monotonically); the others are computed
+/// with approximations not guaranteed monotone to the last bit, so they run before the max.
 fn monotone(act: Activation) -> bool {
     match act {
-        Activation::None
-        | Activation::Relu
-        | Activation::Relu6
-        | Activation::Sigmoid
-        | Activation::Tanh => true,
+        Activation::None | Activation::Relu | Activation::Relu6 => true,
         Activation::LeakyRelu { alpha } => alpha >= 0.0,
         Activation::HardSigmoid { alpha, .. } => alpha >= 0.0,
-        Activation::Gelu | Activation::Silu | Activation::HardSwish => false,
+        Activation::Sigmoid
+        | Activation::Tanh
+        | Activation::Gelu
+        | Activation::Silu
+        | Activation::HardSwish => false,
     }
 }
 
