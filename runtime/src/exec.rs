@@ -356,17 +356,14 @@ impl<'m> Session<'m> {
         // `pooled[i]`: node `i` is a max pooling that node `i - 1`'s kernel computes.
         let mut pooled = vec![false; g.nodes.len()];
         for (i, node) in g.nodes.iter().enumerate() {
-            if pooled[i] {
+            let away = match (pooled[i], fused[i]) {
+                (true, _) => Some("fused_into_prev"),
+                (_, true) => Some("fused_into_next"),
+                _ => None,
+            };
+            if let Some(method) = away {
                 steps.push(Step {
-                    kernel: Box::new(fused::FusedIntoPrev),
-                    inputs: Vec::new(),
-                    output: Buf { off: 0, len: 0 },
-                });
-                continue;
-            }
-            if fused[i] {
-                steps.push(Step {
-                    kernel: Box::new(fused::FusedIntoNext),
+                    kernel: Box::new(fused::FusedAway(method)),
                     inputs: Vec::new(),
                     output: Buf { off: 0, len: 0 },
                 });

@@ -191,11 +191,8 @@ unsafe fn pool_avx512(
     y: &mut [f32],
     planes: usize,
 ) {
-    if op == PoolOp::Max && max2x2_fits(g) {
-        // SAFETY: `PoolKernel` checked the lengths for this layout; the CPU has AVX2.
-        return unsafe { max2x2_avx2(g, x, lay, y, planes) };
-    }
-    pool_planes(g, op, x, lay, y, planes)
+    // SAFETY: the caller's contract, and the CPU has AVX2.
+    unsafe { pool_planes_x86(g, op, x, lay, y, planes) }
 }
 
 /// # Safety
@@ -203,6 +200,25 @@ unsafe fn pool_avx512(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pool_avx2fma(
+    g: &ConvGeom,
+    op: PoolOp,
+    x: &[f32],
+    lay: PlaneLayout,
+    y: &mut [f32],
+    planes: usize,
+) {
+    // SAFETY: the caller's contract, and the CPU has AVX2.
+    unsafe { pool_planes_x86(g, op, x, lay, y, planes) }
+}
+
+/// [`pool_planes`] with the 2×2 max in AVX2 vectors ([`max2x2_avx2`]), inlined into each x86
+/// kernel.
+///
+/// # Safety
+/// As [`PoolFn`]; the CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pool_planes_x86(
     g: &ConvGeom,
     op: PoolOp,
     x: &[f32],

@@ -513,27 +513,17 @@ impl Chain {
     }
 }
 
-/// A node whose output the next node's fused kernel ([`chain`]) computes, which no buffer holds.
+/// A node whose work another node's kernel does, so it runs nothing and no buffer holds its
+/// output; its method names which: `fused_into_next` (the next node's fused kernel, [`chain`],
+/// computes it) or `fused_into_prev` (a max pooling the previous node's kernel computes,
+/// [`Kernel::fuse_max_pool`], whose step writes this node's output).
 #[derive(Debug)]
-pub(crate) struct FusedIntoNext;
+pub(crate) struct FusedAway(pub &'static str);
 
-impl Kernel for FusedIntoNext {
+impl Kernel for FusedAway {
     fn run(&self, _: &mut RunCx<'_>, _: &Inputs<'_>, _: &mut [f32]) {}
 
     fn method(&self) -> &'static str {
-        "fused_into_next"
-    }
-}
-
-/// A max pooling that the previous node's kernel computes ([`Kernel::fuse_max_pool`]): that
-/// kernel's step writes this node's output.
-#[derive(Debug)]
-pub(crate) struct FusedIntoPrev;
-
-impl Kernel for FusedIntoPrev {
-    fn run(&self, _: &mut RunCx<'_>, _: &Inputs<'_>, _: &mut [f32]) {}
-
-    fn method(&self) -> &'static str {
-        "fused_into_prev"
+        self.0
     }
 }
