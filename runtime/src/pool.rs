@@ -2,6 +2,8 @@
 //! spin on a generation counter for a short while, then park on a condition variable; a job
 //! is published by bumping the counter (and waking parked workers only), so a parallel
 //! operation inside a run costs a few cache-line transfers, not a wake-up, and allocates nothing.
+//! A pool whose workers lately made its jobs slower than its caller alone would have been (their
+//! cores are busy with other work) runs jobs on the caller for a while (`Balance`, with std).
 
 #[cfg(not(feature = "std"))]
 mod imp {
@@ -125,6 +127,81 @@ mod imp {
         /// `None` for a pool without workers.
         shared: Option<std::sync::Arc<Shared>>,
         workers: Vec<JoinHandle<()>>,
+        /// Whether the workers pay off lately ([`Balance`]); only `run`'s caller touches it.
+        balance: std::sync::Mutex<Balance>,
+    }
+
+    /// Jobs per window over which [`Balance`] weighs the workers' help.
+    const WINDOW: u32 = 64;
+
+    /// Jobs the caller runs alone once a window showed the workers costing time, doubled for
+    /// each such window in a row (up to 16 times).
+    const SOLO_JOBS: u32 = 4 * WINDOW;
+
+    /// Whether handing parts to the workers pays, judged from the jobs themselves: per window
+    /// of [`WINDOW`] jobs that a worker took part in, the time they took against what the
+    /// caller alone would have taken (its own parts' time, scaled to every part). A worker
+    /// that shares its core with other work (another app, a busy neighbour VM) can be
+    /// descheduled inside its part, and the caller then waits for the scheduler's time slice
+    /// (milliseconds); a window whose jobs took a quarter longer than the caller alone would
+    /// have makes the caller run the next [`SOLO_JOBS`] jobs alone (more after several such
+    /// windows in a row), then try the workers again.
+    pub(crate) struct Balance {
+        solo_left: u32,
+        /// Windows in a row that sent the caller solo.
+        streak: u32,
+        jobs: u32,
+        parallel: Duration,
+        alone: Duration,
+    }
+
+    impl Balance {
+        pub(crate) const fn new() -> Balance {
+            Balance {
+                solo_left: 0,
+                streak: 0,
+                jobs: 0,
+                parallel: Duration::ZERO,
+                alone: Duration::ZERO,
+            }
+        }
+
+        /// Whether the next job runs on the caller alone (counting it down).
+        pub(crate) fn solo(&mut self) -> bool {
+            if self.solo_left == 0 {
+                return false;
+            }
+            self.solo_left -= 1;
+            true
+        }
+
+        /// Records a job whose workers ran `worker_parts` of `parts` parts: it took `took`,
+        /// the caller's own parts `own`. Jobs the caller ran alone do not count.
+        pub(crate) fn record(
+            &mut self,
+            parts: usize,
+            worker_parts: usize,
+            own: Duration,
+            took: Duration,
+        ) {
+            if worker_parts == 0 || worker_parts >= parts {
+                return;
+            }
+            self.jobs += 1;
+            self.parallel += took;
+            self.alone += own.mul_f64(parts as f64 / (parts - worker_parts) as f64);
+            if self.jobs == WINDOW {
+                if self.parallel > self.alone + self.alone / 4 {
+                    self.solo_left = SOLO_JOBS << self.streak.min(4);
+                    self.streak += 1;
+                } else if self.parallel <= self.alone {
+                    self.streak = 0;
+                }
+                self.jobs = 0;
+                self.parallel = Duration::ZERO;
+                self.alone = Duration::ZERO;
+            }
+        }
     }
 
     impl Pool {
@@ -150,6 +227,7 @@ mod imp {
             Pool {
                 shared: Some(shared),
                 workers,
+                balance: std::sync::Mutex::new(Balance::new()),
             }
         }
 
@@ -158,6 +236,7 @@ mod imp {
             Pool {
                 shared: None,
                 workers: Vec::new(),
+                balance: std::sync::Mutex::new(Balance::new()),
             }
         }
 
@@ -170,12 +249,21 @@ mod imp {
         /// picks the job up from a spin on `generation` (or is woken if it parked). A part whose
         /// worker has not claimed it by the time the caller finishes its own runs on the caller
         /// instead (a worker descheduled, parked, or on a slower core does not hold the job
-        /// up); the caller then spins until the parts its workers claimed are done.
+        /// up); the caller then spins until the parts its workers claimed are done. While
+        /// [`Balance`] finds the workers costing time, the caller runs every part itself.
         pub(crate) fn run(&self, job: &(dyn Fn(usize) + Sync)) {
             let Some(sh) = self.shared.as_deref().filter(|_| !self.workers.is_empty()) else {
                 job(0);
                 return;
             };
+            let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+            if balance.solo() {
+                for part in 0..self.threads() {
+                    job(part);
+                }
+                return;
+            }
+            let start = Instant::now();
             // SAFETY: the lifetime is erased only for the duration of this call: we wait below
             // until `pending == 0`, i.e. until no worker holds or calls the pointer any more,
             // and clear it before returning.
@@ -195,14 +283,18 @@ mod imp {
                 sh.wake.notify_all();
             }
             // The caller's parts must not unwind past the wait below while workers run theirs.
+            let mut own_parts = 0;
             let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 job(0);
+                own_parts += 1;
                 for (i, c) in sh.claimed.iter().enumerate() {
                     if claim(c, gen) {
                         job(i + 1);
+                        own_parts += 1;
                     }
                 }
             }));
+            let own_done = start.elapsed();
             if own.is_err() {
                 // Parts left unclaimed by the unwinding stay unrun; claim them so the next job's
                 // claims start from this generation.
@@ -221,6 +313,8 @@ mod imp {
             }
             // SAFETY: every worker is done with the job (`pending == 0`, Acquire).
             unsafe { *sh.job.get() = None };
+            let parts = self.threads();
+            balance.record(parts, parts - own_parts, own_done, start.elapsed());
             // Cleared whoever panicked, so that the next job starts clean.
             let worker_panicked = sh.panicked.swap(false, Relaxed);
             if let Err(e) = own {
@@ -382,5 +476,84 @@ mod tests {
             }
             assert!(counts.iter().all(|c| c.load(Relaxed) == 100));
         }
+    }
+
+    /// Windows of jobs that the workers sped up never send the caller solo; a window whose
+    /// jobs took more than a quarter longer than the caller alone would have does, for
+    /// `SOLO_JOBS` jobs, doubled while such windows follow each other and reset by a window
+    /// in which the workers paid; jobs the caller ran alone do not count.
+    #[test]
+    fn issue14_balance_goes_solo_only_when_the_workers_cost_time() {
+        use super::imp::Balance;
+        let us = Duration::from_micros;
+        let window = |b: &mut Balance, took: u64| {
+            for _ in 0..64 {
+                // Two parts, the worker ran one: alone would have taken 2 × 10 µs.
+                b.record(2, 1, us(10), us(took));
+            }
+        };
+        let solo_jobs = |b: &mut Balance| (0..100_000).take_while(|_| b.solo()).count();
+        let mut b = Balance::new();
+        window(&mut b, 11);
+        assert_eq!(solo_jobs(&mut b), 0, "a window the workers sped up");
+        window(&mut b, 24);
+        assert_eq!(solo_jobs(&mut b), 0, "within a quarter of the caller alone");
+        for _ in 0..64 {
+            b.record(2, 0, us(10), us(100));
+            b.record(2, 2, us(0), us(100));
+        }
+        assert_eq!(
+            solo_jobs(&mut b),
+            0,
+            "jobs without both kinds of part do not count"
+        );
+        window(&mut b, 26);
+        let first = solo_jobs(&mut b);
+        assert_eq!(first, 256, "one window that cost time");
+        window(&mut b, 40);
+        assert_eq!(solo_jobs(&mut b), 2 * first, "a second one in a row");
+        window(&mut b, 22);
+        window(&mut b, 40);
+        assert_eq!(
+            solo_jobs(&mut b),
+            4 * first,
+            "a middling window keeps the streak"
+        );
+        window(&mut b, 15);
+        window(&mut b, 40);
+        assert_eq!(solo_jobs(&mut b), first, "a window that paid resets it");
+    }
+
+    /// A worker that stalls inside its parts (as one descheduled by a busy core does) sends
+    /// the pool solo: later jobs run every part on the caller, each exactly once.
+    #[test]
+    fn issue14_a_stalled_worker_sends_the_pool_solo() {
+        let pool = Pool::new(2);
+        let caller = std::thread::current().id();
+        let mut solo_jobs = 0;
+        for _ in 0..400 {
+            let (runs, on_caller) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            pool.run(&|part| {
+                runs.fetch_add(1, Relaxed);
+                if std::thread::current().id() == caller {
+                    on_caller.fetch_add(1, Relaxed);
+                    let t0 = std::time::Instant::now();
+                    while part == 0 && t0.elapsed() < Duration::from_micros(50) {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            assert_eq!(runs.load(Relaxed), 2);
+            if on_caller.load(Relaxed) == 2 {
+                solo_jobs += 1;
+            }
+        }
+        // At most 64 jobs before the first window closes, and a few the caller claimed.
+        assert!(
+            solo_jobs >= 256,
+            "{solo_jobs} of 400 jobs ran on the caller"
+        );
     }
 }
