@@ -40,6 +40,8 @@ pub struct BenchOptions {
     pub winograd: bool,
     /// [`crate::SessionOptions::fuse`].
     pub fuse: crate::Fusion,
+    /// [`crate::SessionOptions::split`].
+    pub split: crate::Split,
 }
 
 impl Default for BenchOptions {
@@ -54,6 +56,7 @@ impl Default for BenchOptions {
             memory_limit: crate::DEFAULT_MEMORY_LIMIT,
             winograd: true,
             fuse: crate::Fusion::Large,
+            split: crate::Split::Adaptive,
         }
     }
 }
@@ -200,6 +203,7 @@ pub fn bench(
                 memory_limit: opts.memory_limit,
                 winograd: opts.winograd,
                 fuse: opts.fuse,
+                split: opts.split,
                 ..crate::SessionOptions::default()
             },
         )?;
@@ -585,6 +589,11 @@ pub mod cli {
         /// least 4 MB per example) or `all`.
         #[arg(long, default_value = "large", value_parser = parse_fusion)]
         pub fuse: crate::Fusion,
+        /// How parallel operations hand work to the threads: `adaptive` (in steps that an
+        /// early thread takes over where threads run unevenly, on the caller alone where
+        /// waiting for workers costs more), `static` (one share per thread) or `steps`.
+        #[arg(long, default_value = "adaptive", value_parser = parse_split)]
+        pub split: crate::Split,
     }
 
     /// `--threads`: a positive number, or `auto` ([`crate::pool::physical_cores`]).
@@ -605,6 +614,16 @@ pub mod cli {
             "large" => Ok(crate::Fusion::Large),
             "all" => Ok(crate::Fusion::All),
             _ => Err(format!("expected off, large or all, got `{s}`")),
+        }
+    }
+
+    /// `--split`: `adaptive`, `static` or `steps`.
+    pub fn parse_split(s: &str) -> Result<crate::Split, String> {
+        match s {
+            "adaptive" => Ok(crate::Split::Adaptive),
+            "static" => Ok(crate::Split::Static),
+            "steps" => Ok(crate::Split::Steps),
+            _ => Err(format!("expected adaptive, static or steps, got `{s}`")),
         }
     }
 
@@ -740,6 +759,7 @@ pub mod cli {
             memory_limit: a.memory_limit.saturating_mul(1 << 20),
             winograd: !a.no_winograd,
             fuse: a.fuse,
+            split: a.split,
         };
         let r = bench(&t, b.as_ref(), input.as_deref(), &opts).map_err(|e| match &b {
             Some(b) => format!("{} vs {}: {e}", t.path, b.path),

@@ -109,6 +109,26 @@ pub struct SessionOptions {
     /// with exactly), except where a NaN meets a max: the vector max may return it where the
     /// scalar one returns the other value.
     pub fuse: Fusion,
+    /// How a parallel operation's work is handed to the threads (std only).
+    pub split: Split,
+}
+
+/// How a session's parallel operations hand their work to the threads
+/// ([`SessionOptions::split`]). Either way every thread first takes its own share (a static
+/// split), and each output element is computed the same way, so results do not depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Watch the operations as they run: where the threads finish unevenly (a slower core,
+    /// or a core shared with other work), cut each thread's share into steps that a thread
+    /// done early takes over; where waiting for a worker costs more than the caller alone
+    /// would take (a worker descheduled mid-share), run operations on the caller for a while.
+    Adaptive,
+    /// One share per thread, always (the caller still runs a share whose worker has not
+    /// started by the time it is done with its own).
+    Static,
+    /// Every share in steps that a thread done early takes over, always; otherwise as
+    /// `Adaptive`.
+    Steps,
 }
 
 /// Which convolution pairs a session fuses ([`SessionOptions::fuse`]).
@@ -138,6 +158,7 @@ impl Default for SessionOptions {
             pack_weights: true,
             winograd: true,
             fuse: Fusion::Large,
+            split: Split::Adaptive,
         }
     }
 }
@@ -270,6 +291,7 @@ impl<'m> Session<'m> {
             pack_weights,
             winograd,
             fuse,
+            split,
         } = opts;
         let threads = if cfg!(feature = "std") {
             threads.max(1)
@@ -501,7 +523,7 @@ impl<'m> Session<'m> {
             gemm_ws: vec![0.0; ws_len * threads],
             ws_len,
             params,
-            pool: Pool::new(threads),
+            pool: Pool::new(threads, split),
             #[cfg(feature = "std")]
             times: None,
         })

@@ -31,6 +31,6 @@ pub mod stats;
 
 pub use error::{Error, Result};
 pub use exec::{
-    Fusion, Session, SessionOptions, SparsePolicy, DEFAULT_MEMORY_LIMIT, FUSE_MIN_FLOATS,
+    Fusion, Session, SessionOptions, SparsePolicy, Split, DEFAULT_MEMORY_LIMIT, FUSE_MIN_FLOATS,
 };
 pub use model::{AlignedBytes, LoadOptions, Model, TensorView};

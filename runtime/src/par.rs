@@ -16,6 +16,27 @@ fn part_range(len: usize, parts: usize, align: usize, part: usize) -> (usize, us
     (r0, (r0 + step).min(len))
 }
 
+/// Steps each thread's share of a [`split`] is cut into when the pool finds its threads
+/// running unevenly ([`Pool::run_steps`]).
+const STEPS: usize = 4;
+
+/// Runs `f(slot, r0, r1)` over `0..len` split across the pool's threads as [`part_range`]
+/// splits it (in multiples of `align`), each thread's share possibly cut into steps that a
+/// thread done with its own share may take over ([`Pool::run_steps`]); `slot` names the
+/// thread. Empty ranges are skipped.
+fn split(pool: &Pool, len: usize, align: usize, f: &(dyn Fn(usize, usize, usize) + Sync)) {
+    let parts = pool.threads();
+    pool.run_steps(STEPS, &|slot, part, step, steps| {
+        let (p0, p1) = part_range(len, parts, align, part);
+        let units = (p1 - p0).div_ceil(align);
+        let at = |s: usize| (p0 + units * s / steps * align).min(p1);
+        let (r0, r1) = (at(step), at(step + 1));
+        if r0 < r1 {
+            f(slot, r0, r1);
+        }
+    });
+}
+
 /// A mutable base pointer handed to the pool's parts, each of which touches a disjoint range.
 #[derive(Clone, Copy)]
 pub(crate) struct Parts(*mut f32);
@@ -135,14 +156,10 @@ pub(crate) fn par_gemm<'a>(
     // Split the longer side: the rows of `A` (and `C`), or the columns of `B` (and `C`) when
     // `A` has too few rows to give every part several row panels.
     if columns {
-        pool.run(&|part| {
-            let (j0, j1) = part_range(n, parts, GEMM_COLUMN_ALIGN, part);
-            if j0 == j1 {
-                return;
-            }
-            // SAFETY: each part has its own `ws_len` block of the workspace, which holds
+        split(pool, n, GEMM_COLUMN_ALIGN, &|slot, j0, j1| {
+            // SAFETY: each thread has its own `ws_len` block of the workspace, which holds
             // `threads * ws_len` floats.
-            let w = unsafe { wp.slice(part * ws_len, ws_len) };
+            let w = unsafe { wp.slice(slot * ws_len, ws_len) };
             let sub = match b {
                 BOperand::Mat(m) => BOperand::Mat(MatRef {
                     data: slice_elems(m.data, j0 * m.cs),
@@ -182,11 +199,7 @@ pub(crate) fn par_gemm<'a>(
         AOperand::Packed(p) => p.mr,
         AOperand::Mat(_) => 8,
     };
-    pool.run(&|part| {
-        let (r0, r1) = part_range(rows, parts, align, part);
-        if r0 == r1 {
-            return;
-        }
+    split(pool, rows, align, &|slot, r0, r1| {
         let end = if r1 == rows { c_len } else { r1 * ldc };
         // SAFETY: parts own disjoint row ranges, so `r0 * ldc..end` are disjoint ranges of `c`
         // (inside it: `end <= c_len`), and each part has its own `ws_len` block of the
@@ -194,7 +207,7 @@ pub(crate) fn par_gemm<'a>(
         let (cc, w) = unsafe {
             (
                 cp.slice(r0 * ldc, end - r0 * ldc),
-                wp.slice(part * ws_len, ws_len),
+                wp.slice(slot * ws_len, ws_len),
             )
         };
         let sub = match a {
@@ -237,21 +250,18 @@ pub(crate) fn par_ocgemm(
     }
     let by_channels = panels >= 4 * parts || (panels >= parts && panels.is_multiple_of(parts));
     let (c_len, cp) = (c.len(), Parts(c.as_mut_ptr()));
-    pool.run(&|part| {
+    let (len, align) = if by_channels {
+        (w.rows, ker.nr)
+    } else {
+        (tiles, 1)
+    };
+    split(pool, len, align, &|_, i0, i1| {
         let (w, bias, c0, t) = if by_channels {
-            let (r0, r1) = part_range(w.rows, parts, ker.nr, part);
-            if r0 == r1 {
-                return;
-            }
-            (w.rows(r0, r1), bias.map(|b| &b[r0..r1]), r0 * ldc, 0..tiles)
+            (w.rows(i0, i1), bias.map(|b| &b[i0..i1]), i0 * ldc, 0..tiles)
         } else {
-            let (t0, t1) = part_range(tiles, parts, 1, part);
-            if t0 == t1 {
-                return;
-            }
-            (w, bias, 0, t0..t1)
+            (w, bias, 0, i0..i1)
         };
-        // SAFETY: parts own disjoint channel rows (from row `r0`, inside `c`) or disjoint
+        // SAFETY: ranges are disjoint channel rows (from row `i0`, inside `c`) or disjoint
         // pixel tiles of every row, so no two write the same element of `c`.
         unsafe { ker.run_raw(w, x, offs, px, cp.at(c0), c_len - c0, ldc, bias, act, t) };
     });
@@ -471,12 +481,8 @@ pub(crate) fn par_depthwise(
     }
     let (plane_in, plane_out, taps) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
     let yp = Parts(y.as_mut_ptr());
-    pool.run(&|part| {
-        let (c0, c1) = part_range(g.c, parts, 1, part);
-        if c0 == c1 {
-            return;
-        }
-        // SAFETY: parts own disjoint channel ranges, i.e. disjoint planes of `y` (`c * oh * ow`
+    split(pool, g.c, 1, &|_, c0, c1| {
+        // SAFETY: ranges are disjoint channel ranges, i.e. disjoint planes of `y` (`c * oh * ow`
         // elements).
         let yy = unsafe { yp.slice(c0 * plane_out, (c1 - c0) * plane_out) };
         let gg = ConvGeom { c: c1 - c0, ..*g };
@@ -746,17 +752,13 @@ pub(crate) fn par_items(
     }
     assert!(scratch.len() >= parts * scratch_len && ws.len() >= parts * ws_len);
     let (sp, wp) = (Parts(scratch.as_mut_ptr()), Parts(ws.as_mut_ptr()));
-    pool.run(&|part| {
-        let (i0, i1) = part_range(items, parts, align, part);
-        if i0 == i1 {
-            return;
-        }
-        // SAFETY: each part has its own block of the scratch and the workspace, which hold
+    split(pool, items, align, &|slot, i0, i1| {
+        // SAFETY: each thread has its own block of the scratch and the workspace, which hold
         // `parts` blocks (asserted above).
         let (s, w) = unsafe {
             (
-                sp.slice(part * scratch_len, scratch_len),
-                wp.slice(part * ws_len, ws_len),
+                sp.slice(slot * scratch_len, scratch_len),
+                wp.slice(slot * ws_len, ws_len),
             )
         };
         f(i0..i1, s, w);

@@ -11,7 +11,7 @@ mod imp {
     pub(crate) struct Pool;
 
     impl Pool {
-        pub(crate) fn new(_threads: usize) -> Pool {
+        pub(crate) fn new(_threads: usize, _split: crate::Split) -> Pool {
             Pool
         }
 
@@ -25,6 +25,14 @@ mod imp {
 
         pub(crate) fn run(&self, job: &(dyn Fn(usize) + Sync)) {
             job(0)
+        }
+
+        pub(crate) fn run_steps(
+            &self,
+            _max_steps: usize,
+            job: &(dyn Fn(usize, usize, usize, usize) + Sync),
+        ) {
+            job(0, 0, 0, 1)
         }
     }
 }
@@ -129,10 +137,20 @@ mod imp {
         workers: Vec<JoinHandle<()>>,
         /// Whether the workers pay off lately ([`Balance`]); only `run`'s caller touches it.
         balance: std::sync::Mutex<Balance>,
+        /// Per part, the next step [`Pool::run_steps`] hands out.
+        steps: Vec<Counter>,
     }
+
+    /// A counter alone on its cache lines.
+    #[repr(align(128))]
+    struct Counter(AtomicUsize);
 
     /// Jobs per window over which [`Balance`] weighs the workers' help.
     const WINDOW: u32 = 64;
+
+    /// Jobs shorter than this do not count in [`Balance`]'s windows: their time is mostly the
+    /// hand-off itself, which neither steps nor running alone would shorten.
+    const MIN_JOB: Duration = Duration::from_micros(50);
 
     /// Jobs the caller runs alone once a window showed the workers costing time, doubled for
     /// each such window in a row (up to 16 times).
@@ -140,26 +158,36 @@ mod imp {
 
     /// Whether handing parts to the workers pays, judged from the jobs themselves: per window
     /// of [`WINDOW`] jobs that a worker took part in, the time they took against what the
-    /// caller alone would have taken (its own parts' time, scaled to every part). A worker
-    /// that shares its core with other work (another app, a busy neighbour VM) can be
-    /// descheduled inside its part, and the caller then waits for the scheduler's time slice
-    /// (milliseconds); a window whose jobs took a quarter longer than the caller alone would
-    /// have makes the caller run the next [`SOLO_JOBS`] jobs alone (more after several such
-    /// windows in a row), then try the workers again.
+    /// caller alone would have taken (its own share's time, scaled to the whole job).
+    /// - A window within 16 % of an even split (half the caller-alone time on two threads)
+    ///   runs [`Pool::run_steps`] jobs in one step per thread: a static split.
+    /// - A window 30 % or more above it (a worker on a slower core, or on one shared with other
+    ///   work) cuts each thread's share into steps that a thread done early takes over.
+    /// - A window a quarter above the caller-alone time (a worker descheduled inside its part,
+    ///   so that the caller waits out the scheduler's time slice) makes the caller run the next
+    ///   [`SOLO_JOBS`] jobs alone (more after several such windows in a row), then try the
+    ///   workers again, in steps.
     pub(crate) struct Balance {
+        split: crate::Split,
+        threads: u32,
         solo_left: u32,
         /// Windows in a row that sent the caller solo.
         streak: u32,
+        /// Cut shares into steps.
+        steps: bool,
         jobs: u32,
         parallel: Duration,
         alone: Duration,
     }
 
     impl Balance {
-        pub(crate) const fn new() -> Balance {
+        pub(crate) const fn new(threads: usize, split: crate::Split) -> Balance {
             Balance {
+                split,
+                threads: if threads > 1 { threads as u32 } else { 1 },
                 solo_left: 0,
                 streak: 0,
+                steps: false,
                 jobs: 0,
                 parallel: Duration::ZERO,
                 alone: Duration::ZERO,
@@ -175,27 +203,41 @@ mod imp {
             true
         }
 
-        /// Records a job whose workers ran `worker_parts` of `parts` parts: it took `took`,
-        /// the caller's own parts `own`. Jobs the caller ran alone do not count.
-        pub(crate) fn record(
-            &mut self,
-            parts: usize,
-            worker_parts: usize,
-            own: Duration,
-            took: Duration,
-        ) {
-            if worker_parts == 0 || worker_parts >= parts {
+        /// Whether [`Pool::run_steps`] cuts shares into steps.
+        pub(crate) fn steps(&self) -> bool {
+            match self.split {
+                crate::Split::Adaptive => self.steps,
+                crate::Split::Static => false,
+                crate::Split::Steps => true,
+            }
+        }
+
+        /// Records a job that took `took`, of which the caller ran the fraction `share` in
+        /// `own`. Jobs the caller ran alone (`share` 1) and jobs under [`MIN_JOB`] do not
+        /// count.
+        pub(crate) fn record(&mut self, share: f64, own: Duration, took: Duration) {
+            if !(share > 0.0 && share < 1.0) || took < MIN_JOB || self.split == crate::Split::Static
+            {
                 return;
             }
             self.jobs += 1;
             self.parallel += took;
-            self.alone += own.mul_f64(parts as f64 / (parts - worker_parts) as f64);
+            self.alone += own.div_f64(share);
             if self.jobs == WINDOW {
+                let even = self.alone / self.threads;
                 if self.parallel > self.alone + self.alone / 4 {
                     self.solo_left = SOLO_JOBS << self.streak.min(4);
                     self.streak += 1;
-                } else if self.parallel <= self.alone {
-                    self.streak = 0;
+                    self.steps = true;
+                } else {
+                    if self.parallel <= self.alone {
+                        self.streak = 0;
+                    }
+                    if self.parallel >= even + even * 3 / 10 {
+                        self.steps = true;
+                    } else if self.parallel <= even + even * 4 / 25 {
+                        self.steps = false;
+                    }
                 }
                 self.jobs = 0;
                 self.parallel = Duration::ZERO;
@@ -205,8 +247,9 @@ mod imp {
     }
 
     impl Pool {
-        /// A pool running jobs on `threads` threads: the caller's and `threads - 1` workers.
-        pub(crate) fn new(threads: usize) -> Pool {
+        /// A pool running jobs on `threads` threads: the caller's and `threads - 1` workers,
+        /// handing out work as `split` says.
+        pub(crate) fn new(threads: usize, split: crate::Split) -> Pool {
             let shared = std::sync::Arc::new(Shared {
                 job: UnsafeCell::new(None),
                 generation: AtomicU64::new(0),
@@ -227,7 +270,10 @@ mod imp {
             Pool {
                 shared: Some(shared),
                 workers,
-                balance: std::sync::Mutex::new(Balance::new()),
+                balance: std::sync::Mutex::new(Balance::new(threads, split)),
+                steps: (0..threads.max(1))
+                    .map(|_| Counter(AtomicUsize::new(0)))
+                    .collect(),
             }
         }
 
@@ -236,7 +282,8 @@ mod imp {
             Pool {
                 shared: None,
                 workers: Vec::new(),
-                balance: std::sync::Mutex::new(Balance::new()),
+                balance: std::sync::Mutex::new(Balance::new(1, crate::Split::Static)),
+                steps: Vec::new(),
             }
         }
 
@@ -252,6 +299,13 @@ mod imp {
         /// up); the caller then spins until the parts its workers claimed are done. While
         /// [`Balance`] finds the workers costing time, the caller runs every part itself.
         pub(crate) fn run(&self, job: &(dyn Fn(usize) + Sync)) {
+            let parts = self.threads();
+            self.run_shared(job, &|own_parts| own_parts as f64 / parts as f64)
+        }
+
+        /// [`Pool::run`], `share(own_parts)` telling [`Balance`] the fraction of the job the
+        /// caller ran when it ran `own_parts` parts.
+        fn run_shared(&self, job: &(dyn Fn(usize) + Sync), share: &dyn Fn(usize) -> f64) {
             let Some(sh) = self.shared.as_deref().filter(|_| !self.workers.is_empty()) else {
                 job(0);
                 return;
@@ -302,10 +356,12 @@ mod imp {
                     claim(c, gen);
                 }
             }
+            // A worker still in its part may share this core (more threads than free cores):
+            // after a short spin, yield to it.
             let mut spins = 0u32;
             while sh.pending.load(Acquire) != 0 {
                 spins += 1;
-                if spins < 1 << 16 {
+                if spins < 1 << 10 {
                     core::hint::spin_loop();
                 } else {
                     std::thread::yield_now();
@@ -313,8 +369,9 @@ mod imp {
             }
             // SAFETY: every worker is done with the job (`pending == 0`, Acquire).
             unsafe { *sh.job.get() = None };
-            let parts = self.threads();
-            balance.record(parts, parts - own_parts, own_done, start.elapsed());
+            if own.is_ok() {
+                balance.record(share(own_parts), own_done, start.elapsed());
+            }
             // Cleared whoever panicked, so that the next job starts clean.
             let worker_panicked = sh.panicked.swap(false, Relaxed);
             if let Err(e) = own {
@@ -323,6 +380,64 @@ mod imp {
             if worker_panicked {
                 panic!("a worker thread panicked while running a kernel");
             }
+        }
+    }
+
+    impl Pool {
+        /// Calls `job(slot, part, step, steps)` once for every `part < self.threads()` and
+        /// `step < steps`, with `steps` 1 or `max_steps` as [`Balance`] decides. Each thread
+        /// runs its own part's steps in order, then takes the steps left of the other parts:
+        /// equally fast threads each run their own part (a static split, whose data stays with
+        /// the thread from one operation to the next), while a thread that started late or runs
+        /// slower (a little core, a core shared with other work) leaves its remaining steps to
+        /// the others. `slot < self.threads()` names the thread: calls with the same slot never
+        /// overlap, so a slot can index per-thread scratch.
+        pub(crate) fn run_steps(
+            &self,
+            max_steps: usize,
+            job: &(dyn Fn(usize, usize, usize, usize) + Sync),
+        ) {
+            let threads = self.threads();
+            if self.steps.len() < threads {
+                for part in 0..threads {
+                    job(0, part, 0, 1);
+                }
+                return;
+            }
+            let fine = self
+                .balance
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .steps();
+            let steps = if fine { max_steps.max(1) } else { 1 };
+            // Published to the workers with the job (`run`'s release of the generation).
+            for c in &self.steps[..threads] {
+                c.0.store(0, Relaxed);
+            }
+            let caller_steps = AtomicUsize::new(0);
+            let job = |slot: usize| {
+                for k in 0..threads {
+                    let part = (slot + k) % threads;
+                    loop {
+                        let s = self.steps[part].0.fetch_add(1, Relaxed);
+                        if s >= steps {
+                            break;
+                        }
+                        job(slot, part, s, steps);
+                        if slot == 0 {
+                            caller_steps.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            };
+            let total = (threads * steps) as f64;
+            self.run_shared(&job, &|own_parts| {
+                if own_parts > 1 {
+                    1.0
+                } else {
+                    caller_steps.load(Relaxed) as f64 / total
+                }
+            });
         }
     }
 
@@ -345,8 +460,17 @@ mod imp {
                 return g;
             }
             spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(64) || start.elapsed() < SPIN {
+            if !spins.is_multiple_of(64) {
                 core::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited < SPIN {
+                // Past a short spin, let a thread that shares this core (the caller's, when
+                // there are more threads than free cores) run.
+                if waited > SPIN / 8 {
+                    std::thread::yield_now();
+                }
                 continue;
             }
             let mut guard = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -424,7 +548,7 @@ mod tests {
     #[test]
     fn issue14_every_part_runs_once_per_job() {
         for threads in [1, 2, 3, 5] {
-            let pool = Pool::new(threads);
+            let pool = Pool::new(threads, crate::Split::Adaptive);
             for round in 0..1000 {
                 if round % 300 == 299 {
                     std::thread::sleep(Duration::from_millis(2));
@@ -451,7 +575,7 @@ mod tests {
     /// other part is done, and the pool runs every part of the jobs after it.
     #[test]
     fn issue14_a_panicking_part_leaves_the_pool_usable() {
-        let pool = Pool::new(3);
+        let pool = Pool::new(3, crate::Split::Adaptive);
         for bad in 0..4 {
             let (done, started) = (AtomicUsize::new(0), AtomicUsize::new(0));
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -481,35 +605,42 @@ mod tests {
     /// Windows of jobs that the workers sped up never send the caller solo; a window whose
     /// jobs took more than a quarter longer than the caller alone would have does, for
     /// `SOLO_JOBS` jobs, doubled while such windows follow each other and reset by a window
-    /// in which the workers paid; jobs the caller ran alone do not count.
+    /// in which the workers paid; windows well above an even split cut shares into steps, and
+    /// windows near it go back to one step; jobs the caller ran alone do not count.
     #[test]
     fn issue14_balance_goes_solo_only_when_the_workers_cost_time() {
         use super::imp::Balance;
         let us = Duration::from_micros;
+        // Two threads; the caller ran half the work in 100 µs: alone would take 200 µs.
         let window = |b: &mut Balance, took: u64| {
             for _ in 0..64 {
-                // Two parts, the worker ran one: alone would have taken 2 × 10 µs.
-                b.record(2, 1, us(10), us(took));
+                b.record(0.5, us(100), us(10 * took));
             }
         };
         let solo_jobs = |b: &mut Balance| (0..100_000).take_while(|_| b.solo()).count();
-        let mut b = Balance::new();
+        let mut b = Balance::new(2, crate::Split::Adaptive);
         window(&mut b, 11);
-        assert_eq!(solo_jobs(&mut b), 0, "a window the workers sped up");
+        assert_eq!((solo_jobs(&mut b), b.steps()), (0, false), "an even split");
+        window(&mut b, 14);
+        assert_eq!((solo_jobs(&mut b), b.steps()), (0, true), "a slow worker");
+        window(&mut b, 12);
+        assert!(b.steps(), "between the two thresholds the steps stay");
+        window(&mut b, 11);
+        assert!(!b.steps(), "near an even split again");
         window(&mut b, 24);
         assert_eq!(solo_jobs(&mut b), 0, "within a quarter of the caller alone");
         for _ in 0..64 {
-            b.record(2, 0, us(10), us(100));
-            b.record(2, 2, us(0), us(100));
+            b.record(1.0, us(10), us(100));
+            b.record(0.0, us(0), us(100));
         }
         assert_eq!(
             solo_jobs(&mut b),
             0,
-            "jobs without both kinds of part do not count"
+            "jobs the caller or the workers ran alone"
         );
         window(&mut b, 26);
         let first = solo_jobs(&mut b);
-        assert_eq!(first, 256, "one window that cost time");
+        assert_eq!((first, b.steps()), (256, true), "one window that cost time");
         window(&mut b, 40);
         assert_eq!(solo_jobs(&mut b), 2 * first, "a second one in a row");
         window(&mut b, 22);
@@ -522,13 +653,66 @@ mod tests {
         window(&mut b, 15);
         window(&mut b, 40);
         assert_eq!(solo_jobs(&mut b), first, "a window that paid resets it");
+        // A caller that took over three quarters of the steps in 150 µs: alone 200 µs.
+        let mut b = Balance::new(2, crate::Split::Adaptive);
+        for _ in 0..64 {
+            b.record(0.75, us(150), us(150));
+        }
+        assert_eq!(
+            (solo_jobs(&mut b), b.steps()),
+            (0, true),
+            "scaled by the caller's share"
+        );
+    }
+
+    /// With a worker much slower than the caller, steps move to the caller: every step of
+    /// every part runs exactly once, and the caller runs most of them.
+    #[test]
+    fn issue14_steps_move_to_the_faster_thread() {
+        let pool = Pool::new(2, crate::Split::Adaptive);
+        let caller = std::thread::current().id();
+        let (mut on_caller, mut all) = (0, 0);
+        // The first window sends the pool solo (one step per part, the caller waiting for the
+        // worker's); the pool comes back in steps.
+        for _ in 0..1000 {
+            let runs: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+            let mine = AtomicUsize::new(0);
+            let seen = AtomicUsize::new(0);
+            pool.run_steps(4, &|_, part, step, steps| {
+                seen.store(steps, Relaxed);
+                runs[part * 4 + step].fetch_add(1, Relaxed);
+                if std::thread::current().id() == caller {
+                    mine.fetch_add(1, Relaxed);
+                    let t0 = std::time::Instant::now();
+                    while t0.elapsed() < Duration::from_micros(20) {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            });
+            let steps = seen.load(Relaxed);
+            for (i, r) in runs.iter().enumerate() {
+                let expected = usize::from(i % 4 < steps);
+                assert_eq!(r.load(Relaxed), expected, "{steps} steps, step {i}");
+            }
+            if steps == 4 {
+                all += 8;
+                on_caller += mine.load(Relaxed);
+            }
+        }
+        assert!(all > 0, "the pool never cut shares into steps");
+        assert!(
+            on_caller * 4 > all * 3,
+            "the caller ran {on_caller} of {all} steps"
+        );
     }
 
     /// A worker that stalls inside its parts (as one descheduled by a busy core does) sends
     /// the pool solo: later jobs run every part on the caller, each exactly once.
     #[test]
     fn issue14_a_stalled_worker_sends_the_pool_solo() {
-        let pool = Pool::new(2);
+        let pool = Pool::new(2, crate::Split::Adaptive);
         let caller = std::thread::current().id();
         let mut solo_jobs = 0;
         for _ in 0..400 {

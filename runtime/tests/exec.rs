@@ -9,7 +9,9 @@ use std::cell::Cell;
 
 use common::{assert_close, reference, Built, Net, Rng, Store};
 use nap_runtime::format::*;
-use nap_runtime::{AlignedBytes, Error, Fusion, Model, Session, SessionOptions, SparsePolicy};
+use nap_runtime::{
+    AlignedBytes, Error, Fusion, Model, Session, SessionOptions, SparsePolicy, Split,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation counting: only allocations made by the current thread while it is armed count, so
@@ -1944,8 +1946,8 @@ fn channels_in_lanes_net(rng: &mut Rng) -> Built {
 
 /// Every way a dense operation splits across threads (a batch by example, a GEMM by rows or by
 /// columns, a channels-in-lanes convolution by channels or by pixels, a pool by planes, a
-/// depthwise convolution by channels) computes exactly what one
-/// thread computes, and both match the f64 reference.
+/// depthwise convolution by channels), one share per thread or in steps that threads take over
+/// ([`Split`]), computes exactly what one thread computes, and both match the f64 reference.
 #[test]
 fn issue14_threads_split_dense_work_like_one_thread() {
     let mut rng = Rng::new(14);
@@ -1960,12 +1962,19 @@ fn issue14_threads_split_dense_work_like_one_thread() {
             let input = rng.vec(one.input_len(0) * batch);
             let want = one.run(&input).unwrap().to_vec();
             for threads in [2, 3] {
-                let mut s = Session::with_threads(&m, batch, threads).unwrap();
-                assert_eq!(
-                    s.run(&input).unwrap(),
-                    &want[..],
-                    "batch {batch}, {threads} threads"
-                );
+                for split in [Split::Adaptive, Split::Static, Split::Steps] {
+                    let opts = SessionOptions {
+                        threads,
+                        split,
+                        ..SessionOptions::default()
+                    };
+                    let mut s = Session::with_options(&m, batch, opts).unwrap();
+                    assert_eq!(
+                        s.run(&input).unwrap(),
+                        &want[..],
+                        "batch {batch}, {threads} threads, {split:?}"
+                    );
+                }
             }
             // The nets are dense, so one sparse policy covers them; the reference (slow in
             // debug builds under qemu) is checked at the smallest and the largest batch.
@@ -2275,13 +2284,19 @@ fn issue14_convolution_pairs_run_fused_in_bands() {
             1e-5,
             &format!("fused against separate, batch {batch}"),
         );
-        let mut two = Session::with_options(&m, batch, opts(2, Fusion::All)).unwrap();
-        assert_eq!(two.methods(), methods);
-        assert_eq!(
-            two.run(&input).unwrap(),
-            &got[..],
-            "batch {batch}, 2 threads"
-        );
+        for split in [Split::Adaptive, Split::Steps] {
+            let two = SessionOptions {
+                split,
+                ..opts(2, Fusion::All)
+            };
+            let mut two = Session::with_options(&m, batch, two).unwrap();
+            assert_eq!(two.methods(), methods);
+            assert_eq!(
+                two.run(&input).unwrap(),
+                &got[..],
+                "batch {batch}, 2 threads, {split:?}"
+            );
+        }
         // The 1×1 weights read in place instead of packed.
         let in_place = SessionOptions {
             pack_weights: false,
