@@ -116,15 +116,17 @@ pub struct SessionOptions {
 /// How a session's parallel operations hand their work to the threads
 /// ([`SessionOptions::split`]). Either way every thread first takes its own share (a static
 /// split), and each output element is computed the same way, so results do not depend on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Split {
     /// Watch the operations as they run: where the threads finish unevenly (a slower core,
     /// or a core shared with other work), cut each thread's share into steps that a thread
     /// done early takes over; where waiting for a worker costs more than the caller alone
     /// would take (a worker descheduled mid-share), run operations on the caller for a while.
+    #[default]
     Adaptive,
-    /// One share per thread, always (the caller still runs a share whose worker has not
-    /// started by the time it is done with its own).
+    /// One share per thread, always (a share that no thread has started by the time another
+    /// is done with its own goes to that one).
     Static,
     /// Every share in steps that a thread done early takes over, always; otherwise as
     /// `Adaptive`.
@@ -158,7 +160,7 @@ impl Default for SessionOptions {
             pack_weights: true,
             winograd: true,
             fuse: Fusion::Large,
-            split: Split::Adaptive,
+            split: Split::default(),
         }
     }
 }

@@ -21,19 +21,23 @@ fn part_range(len: usize, parts: usize, align: usize, part: usize) -> (usize, us
 const STEPS: usize = 4;
 
 /// Runs `f(slot, r0, r1)` over `0..len` split across the pool's threads as [`part_range`]
-/// splits it (in multiples of `align`), each thread's share possibly cut into steps that a
-/// thread done with its own share may take over ([`Pool::run_steps`]); `slot` names the
-/// thread. Empty ranges are skipped.
+/// splits it (in multiples of `align`), each thread's share possibly cut into steps (no more
+/// than the first share has multiples of `align`) that a thread done with its own share may
+/// take over ([`Pool::run_steps`]); `slot` names the thread, and one thread may run several
+/// ranges. Empty ranges are skipped.
 fn split(pool: &Pool, len: usize, align: usize, f: &(dyn Fn(usize, usize, usize) + Sync)) {
     let parts = pool.threads();
-    pool.run_steps(STEPS, &|slot, part, step, steps| {
+    let units = |(p0, p1): (usize, usize)| (p1 - p0).div_ceil(align);
+    let max_steps = STEPS.min(units(part_range(len, parts, align, 0))).max(1);
+    pool.run_steps(max_steps, &|slot, part, step, steps| {
         let (p0, p1) = part_range(len, parts, align, part);
-        let units = (p1 - p0).div_ceil(align);
-        let at = |s: usize| (p0 + units * s / steps * align).min(p1);
+        let n = units((p0, p1));
+        let at = |s: usize| (p0 + (n * s).div_ceil(steps) * align).min(p1);
         let (r0, r1) = (at(step), at(step + 1));
         if r0 < r1 {
             f(slot, r0, r1);
         }
+        r0 < r1
     });
 }
 
@@ -41,8 +45,8 @@ fn split(pool: &Pool, len: usize, align: usize, f: &(dyn Fn(usize, usize, usize)
 #[derive(Clone, Copy)]
 pub(crate) struct Parts(*mut f32);
 
-// SAFETY: every user derives disjoint ranges per part (from `part_range`, `nnz_range` or the
-// row ranges of `par_phase_image`; see the call sites).
+// SAFETY: every user derives disjoint ranges per part or step (from `part_range`, `split`,
+// `nnz_range` or the row ranges of `par_phase_image`; see the call sites).
 unsafe impl Sync for Parts {}
 
 impl Parts {
@@ -93,8 +97,8 @@ const GEMM_COLUMN_ALIGN: usize = 32;
 /// [`kernels::phase_image`] for the phased convolution whose GEMM ([`par_gemm`]) has `rows`
 /// rows of `A` and a sum `depth` deep, split across the pool by phase rows as that GEMM splits
 /// its columns (output pixels on the phase grid), so that the thread that writes a part's rows
-/// is, unless the caller takes over a late worker's part ([`Pool::run`]), the one whose GEMM
-/// part reads them, all but the row below its last.
+/// is, unless a thread takes over a late or slower thread's part or steps ([`Pool::run`],
+/// [`Pool::run_steps`]), the one whose GEMM part reads them, all but the row below its last.
 pub(crate) fn par_phase_image(
     pool: &Pool,
     g: &ConvGeom,
@@ -683,9 +687,10 @@ pub(crate) type ChannelsFn<'a> =
 
 /// Runs `f(e, c0..c1, y_e[c0 * plane..c1 * plane], scratch, ws)` for every example `e < n`
 /// (`y_e` the `out_len` elements of example `e` in `y`) with the channels split across the
-/// pool in multiples of `align` when the work (`macs` per example) is worth it, each part
-/// with its own `scratch_len` block of `scratch` and `ws_len` block of `ws`; otherwise one
-/// call per example with every channel, all of `scratch` and the first workspace.
+/// pool in multiples of `align` ([`par_items`]) when the work (`macs` per example) is worth
+/// it, each thread with its own `scratch_len` block of `scratch` and `ws_len` block of `ws`
+/// (reused by every channel range the thread runs); otherwise one call per example with
+/// every channel, all of `scratch` and the first workspace.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_channels(
     pool: &Pool,
@@ -728,11 +733,12 @@ pub(crate) fn par_channels(
 /// One part of [`par_items`]: `(its items, scratch, workspace)`.
 pub(crate) type ItemsFn<'a> = dyn Fn(core::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync + 'a;
 
-/// Runs `f(i0..i1, scratch, ws)` over `0..items` cut into one contiguous range per thread (in
-/// multiples of `align`) when there are more than `align` items and the work (`macs` in all)
-/// is worth it, each part with its own `scratch_len` block of `scratch` and `ws_len` block of
-/// `ws`; otherwise once over every item with all of `scratch` and the first workspace. `f`
-/// writes its outputs itself, disjoint per item.
+/// Runs `f(i0..i1, scratch, ws)` over `0..items` split across the threads ([`split`]: a
+/// contiguous share per thread, in multiples of `align`, possibly in several ranges that any
+/// thread may run) when there are more than `align` items and the work (`macs` in all) is
+/// worth it, each thread with its own `scratch_len` block of `scratch` and `ws_len` block of
+/// `ws`, reused by every range it runs; otherwise once over every item with all of `scratch`
+/// and the first workspace. `f` writes its outputs itself, disjoint per item.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn par_items(
     pool: &Pool,

@@ -30,9 +30,9 @@ mod imp {
         pub(crate) fn run_steps(
             &self,
             _max_steps: usize,
-            job: &(dyn Fn(usize, usize, usize, usize) + Sync),
+            job: &(dyn Fn(usize, usize, usize, usize) -> bool + Sync),
         ) {
-            job(0, 0, 0, 1)
+            job(0, 0, 0, 1);
         }
     }
 }
@@ -156,9 +156,10 @@ mod imp {
     /// each such window in a row (up to 16 times).
     const SOLO_JOBS: u32 = 4 * WINDOW;
 
-    /// Whether handing parts to the workers pays, judged from the jobs themselves: per window
-    /// of [`WINDOW`] jobs that a worker took part in, the time they took against what the
-    /// caller alone would have taken (its own share's time, scaled to the whole job).
+    /// Whether handing parts to the workers pays, judged from the jobs themselves
+    /// ([`crate::Split::Adaptive`]): per window of [`WINDOW`] jobs that the caller and a worker
+    /// both took part in and that lasted at least [`MIN_JOB`], the time they took against what
+    /// the caller alone would have taken (its own share's time, scaled to the whole job).
     /// - A window within 16 % of an even split (half the caller-alone time on two threads)
     ///   runs [`Pool::run_steps`] jobs in one step per thread: a static split.
     /// - A window 30 % or more above it (a worker on a slower core, or on one shared with other
@@ -300,17 +301,24 @@ mod imp {
         /// [`Balance`] finds the workers costing time, the caller runs every part itself.
         pub(crate) fn run(&self, job: &(dyn Fn(usize) + Sync)) {
             let parts = self.threads();
-            self.run_shared(job, &|own_parts| own_parts as f64 / parts as f64)
+            self.run_shared(job, &|own_parts| own_parts as f64 / parts as f64, &|_| {})
         }
 
-        /// [`Pool::run`], `share(own_parts)` telling [`Balance`] the fraction of the job the
-        /// caller ran when it ran `own_parts` parts.
-        fn run_shared(&self, job: &(dyn Fn(usize) + Sync), share: &dyn Fn(usize) -> f64) {
+        /// [`Pool::run`]: `prepare` sees [`Balance`] before the job is published (under its
+        /// lock, which the whole call holds), and `share(own_parts)` tells it the fraction of
+        /// the job the caller ran when it ran `own_parts` parts.
+        fn run_shared(
+            &self,
+            job: &(dyn Fn(usize) + Sync),
+            share: &dyn Fn(usize) -> f64,
+            prepare: &dyn Fn(&Balance),
+        ) {
+            let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+            prepare(&balance);
             let Some(sh) = self.shared.as_deref().filter(|_| !self.workers.is_empty()) else {
                 job(0);
                 return;
             };
-            let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
             if balance.solo() {
                 for part in 0..self.threads() {
                     job(part);
@@ -358,13 +366,14 @@ mod imp {
             }
             // A worker still in its part may share this core (more threads than free cores):
             // after a short spin, yield to it.
-            let mut spins = 0u32;
+            let (mut spins, mut yielding) = (0u32, false);
             while sh.pending.load(Acquire) != 0 {
-                spins += 1;
-                if spins < 1 << 10 {
-                    core::hint::spin_loop();
-                } else {
+                spins = spins.wrapping_add(1);
+                if yielding {
                     std::thread::yield_now();
+                } else {
+                    core::hint::spin_loop();
+                    yielding = spins.is_multiple_of(64) && start.elapsed() > own_done + SPIN / 8;
                 }
             }
             // SAFETY: every worker is done with the job (`pending == 0`, Acquire).
@@ -385,17 +394,19 @@ mod imp {
 
     impl Pool {
         /// Calls `job(slot, part, step, steps)` once for every `part < self.threads()` and
-        /// `step < steps`, with `steps` 1 or `max_steps` as [`Balance`] decides. Each thread
-        /// runs its own part's steps in order, then takes the steps left of the other parts:
-        /// equally fast threads each run their own part (a static split, whose data stays with
-        /// the thread from one operation to the next), while a thread that started late or runs
-        /// slower (a little core, a core shared with other work) leaves its remaining steps to
-        /// the others. `slot < self.threads()` names the thread: calls with the same slot never
-        /// overlap, so a slot can index per-thread scratch.
+        /// `step < steps`, with `steps` 1 or `max_steps` as [`Balance`] decides; `job` returns
+        /// whether the step had any work. Each thread runs its own part's steps in order, then
+        /// takes the steps left of the other parts: equally fast threads each run their own
+        /// part (a static split, whose data stays with the thread from one operation to the
+        /// next), while a thread that started late or runs slower (a little core, a core shared
+        /// with other work) leaves its remaining steps to the others. In one step per part, a
+        /// part nobody has started yet goes to whichever thread is done first. `slot <
+        /// self.threads()` names the thread: calls with the same slot never overlap, so a slot
+        /// can index per-thread scratch.
         pub(crate) fn run_steps(
             &self,
             max_steps: usize,
-            job: &(dyn Fn(usize, usize, usize, usize) + Sync),
+            job: &(dyn Fn(usize, usize, usize, usize) -> bool + Sync),
         ) {
             let threads = self.threads();
             if self.steps.len() < threads {
@@ -404,18 +415,19 @@ mod imp {
                 }
                 return;
             }
-            let fine = self
-                .balance
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .steps();
-            let steps = if fine { max_steps.max(1) } else { 1 };
-            // Published to the workers with the job (`run`'s release of the generation).
-            for c in &self.steps[..threads] {
-                c.0.store(0, Relaxed);
-            }
-            let caller_steps = AtomicUsize::new(0);
+            let steps = AtomicUsize::new(1);
+            // Counters and step count are published to the workers with the job (`run`'s
+            // release of the generation).
+            let prepare = |b: &Balance| {
+                steps.store(if b.steps() { max_steps.max(1) } else { 1 }, Relaxed);
+                for c in &self.steps[..threads] {
+                    c.0.store(0, Relaxed);
+                }
+            };
+            // Steps with work: the caller's, and everyone's.
+            let (mine, all) = (AtomicUsize::new(0), AtomicUsize::new(0));
             let job = |slot: usize| {
+                let steps = steps.load(Relaxed);
                 for k in 0..threads {
                     let part = (slot + k) % threads;
                     loop {
@@ -423,21 +435,20 @@ mod imp {
                         if s >= steps {
                             break;
                         }
-                        job(slot, part, s, steps);
-                        if slot == 0 {
-                            caller_steps.fetch_add(1, Relaxed);
+                        if job(slot, part, s, steps) {
+                            all.fetch_add(1, Relaxed);
+                            if slot == 0 {
+                                mine.fetch_add(1, Relaxed);
+                            }
                         }
                     }
                 }
             };
-            let total = (threads * steps) as f64;
-            self.run_shared(&job, &|own_parts| {
-                if own_parts > 1 {
-                    1.0
-                } else {
-                    caller_steps.load(Relaxed) as f64 / total
-                }
-            });
+            let share = |_| match all.load(Relaxed) {
+                0 => 1.0,
+                n => mine.load(Relaxed) as f64 / n as f64,
+            };
+            self.run_shared(&job, &share, &prepare);
         }
     }
 
@@ -673,8 +684,9 @@ mod tests {
         let caller = std::thread::current().id();
         let (mut on_caller, mut all) = (0, 0);
         // The first window sends the pool solo (one step per part, the caller waiting for the
-        // worker's); the pool comes back in steps.
-        for _ in 0..1000 {
+        // worker's); the pool comes back in steps. A caller's step is long enough for the
+        // worker to have fetched its own first (under qemu too).
+        for _ in 0..2000 {
             let runs: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
             let mine = AtomicUsize::new(0);
             let seen = AtomicUsize::new(0);
@@ -684,12 +696,13 @@ mod tests {
                 if std::thread::current().id() == caller {
                     mine.fetch_add(1, Relaxed);
                     let t0 = std::time::Instant::now();
-                    while t0.elapsed() < Duration::from_micros(20) {
+                    while t0.elapsed() < Duration::from_micros(300) {
                         std::hint::spin_loop();
                     }
                 } else {
-                    std::thread::sleep(Duration::from_micros(100));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
+                true
             });
             let steps = seen.load(Relaxed);
             for (i, r) in runs.iter().enumerate() {
@@ -699,6 +712,9 @@ mod tests {
             if steps == 4 {
                 all += 8;
                 on_caller += mine.load(Relaxed);
+                if all >= 8 * 20 {
+                    break;
+                }
             }
         }
         assert!(all > 0, "the pool never cut shares into steps");
@@ -722,7 +738,7 @@ mod tests {
                 if std::thread::current().id() == caller {
                     on_caller.fetch_add(1, Relaxed);
                     let t0 = std::time::Instant::now();
-                    while part == 0 && t0.elapsed() < Duration::from_micros(50) {
+                    while part == 0 && t0.elapsed() < Duration::from_micros(200) {
                         std::hint::spin_loop();
                     }
                 } else {
