@@ -159,11 +159,13 @@ mod imp {
     /// Whether handing parts to the workers pays, judged from the jobs themselves
     /// ([`crate::Split::Adaptive`]): per window of [`WINDOW`] jobs that the caller and a worker
     /// both took part in and that lasted at least [`MIN_JOB`], the time they took against what
-    /// the caller alone would have taken (its own share's time, scaled to the whole job).
-    /// - A window within 16 % of an even split (half the caller-alone time on two threads)
-    ///   runs [`Pool::run_steps`] jobs in one step per thread: a static split.
-    /// - A window 30 % or more above it (a worker on a slower core, or on one shared with other
-    ///   work) cuts each thread's share into steps that a thread done early takes over.
+    /// the caller alone would have taken (its own share's time, scaled to the whole job), and
+    /// how long the caller waited for the workers once done with its own share.
+    /// - A window in which the caller waited more than 15 % of the time, or (in steps) ran more
+    ///   than a quarter over its even share of the steps, cuts the next window's shares into
+    ///   steps ([`Pool::run_steps`]) that a thread done early takes over: a worker on a slower
+    ///   core, or on one shared with other work. Otherwise each thread takes one share: a
+    ///   static split.
     /// - A window a quarter above the caller-alone time (a worker descheduled inside its part,
     ///   so that the caller waits out the scheduler's time slice) makes the caller run the next
     ///   [`SOLO_JOBS`] jobs alone (more after several such windows in a row), then try the
@@ -179,6 +181,9 @@ mod imp {
         jobs: u32,
         parallel: Duration,
         alone: Duration,
+        /// The caller's waits for the workers, and the sum of its shares.
+        waited: Duration,
+        shares: f64,
     }
 
     impl Balance {
@@ -192,6 +197,8 @@ mod imp {
                 jobs: 0,
                 parallel: Duration::ZERO,
                 alone: Duration::ZERO,
+                waited: Duration::ZERO,
+                shares: 0.0,
             }
         }
 
@@ -224,25 +231,27 @@ mod imp {
             self.jobs += 1;
             self.parallel += took;
             self.alone += own.div_f64(share);
+            self.waited += took.saturating_sub(own);
+            self.shares += share;
             if self.jobs == WINDOW {
-                let even = self.alone / self.threads;
+                let waited = self.waited > self.parallel * 3 / 20;
+                let heavy =
+                    self.steps && self.shares * f64::from(self.threads) > 1.25 * f64::from(WINDOW);
                 if self.parallel > self.alone + self.alone / 4 {
                     self.solo_left = SOLO_JOBS << self.streak.min(4);
-                    self.streak += 1;
+                    self.streak = self.streak.saturating_add(1);
                     self.steps = true;
                 } else {
                     if self.parallel <= self.alone {
                         self.streak = 0;
                     }
-                    if self.parallel >= even + even * 3 / 10 {
-                        self.steps = true;
-                    } else if self.parallel <= even + even * 4 / 25 {
-                        self.steps = false;
-                    }
+                    self.steps = waited || heavy;
                 }
                 self.jobs = 0;
                 self.parallel = Duration::ZERO;
                 self.alone = Duration::ZERO;
+                self.waited = Duration::ZERO;
+                self.shares = 0.0;
             }
         }
     }
@@ -427,7 +436,7 @@ mod imp {
             // Steps with work: the caller's, and everyone's.
             let (mine, all) = (AtomicUsize::new(0), AtomicUsize::new(0));
             let job = |slot: usize| {
-                let steps = steps.load(Relaxed);
+                let (steps, mut done) = (steps.load(Relaxed), 0);
                 for k in 0..threads {
                     let part = (slot + k) % threads;
                     loop {
@@ -435,13 +444,12 @@ mod imp {
                         if s >= steps {
                             break;
                         }
-                        if job(slot, part, s, steps) {
-                            all.fetch_add(1, Relaxed);
-                            if slot == 0 {
-                                mine.fetch_add(1, Relaxed);
-                            }
-                        }
+                        done += usize::from(job(slot, part, s, steps));
                     }
+                }
+                all.fetch_add(done, Relaxed);
+                if slot == 0 {
+                    mine.fetch_add(done, Relaxed);
                 }
             };
             let share = |_| match all.load(Relaxed) {
@@ -616,8 +624,9 @@ mod tests {
     /// Windows of jobs that the workers sped up never send the caller solo; a window whose
     /// jobs took more than a quarter longer than the caller alone would have does, for
     /// `SOLO_JOBS` jobs, doubled while such windows follow each other and reset by a window
-    /// in which the workers paid; windows well above an even split cut shares into steps, and
-    /// windows near it go back to one step; jobs the caller ran alone do not count.
+    /// in which the workers paid; windows in which the caller waited for the workers, or ran
+    /// most steps, cut shares into steps, and the others go back to one share per thread; jobs
+    /// the caller ran alone, and short ones, do not count.
     #[test]
     fn issue14_balance_goes_solo_only_when_the_workers_cost_time() {
         use super::imp::Balance;
@@ -633,21 +642,24 @@ mod tests {
         window(&mut b, 11);
         assert_eq!((solo_jobs(&mut b), b.steps()), (0, false), "an even split");
         window(&mut b, 14);
-        assert_eq!((solo_jobs(&mut b), b.steps()), (0, true), "a slow worker");
-        window(&mut b, 12);
-        assert!(b.steps(), "between the two thresholds the steps stay");
+        assert_eq!(
+            (solo_jobs(&mut b), b.steps()),
+            (0, true),
+            "the caller waited 29 %"
+        );
         window(&mut b, 11);
-        assert!(!b.steps(), "near an even split again");
+        assert!(!b.steps(), "waits of 9 %");
         window(&mut b, 24);
         assert_eq!(solo_jobs(&mut b), 0, "within a quarter of the caller alone");
         for _ in 0..64 {
-            b.record(1.0, us(10), us(100));
-            b.record(0.0, us(0), us(100));
+            b.record(1.0, us(100), us(1000));
+            b.record(0.0, us(0), us(1000));
+            b.record(0.5, us(1), us(40));
         }
         assert_eq!(
             solo_jobs(&mut b),
             0,
-            "jobs the caller or the workers ran alone"
+            "jobs the caller or the workers ran alone, and short ones"
         );
         window(&mut b, 26);
         let first = solo_jobs(&mut b);
@@ -664,16 +676,26 @@ mod tests {
         window(&mut b, 15);
         window(&mut b, 40);
         assert_eq!(solo_jobs(&mut b), first, "a window that paid resets it");
-        // A caller that took over three quarters of the steps in 150 µs: alone 200 µs.
+        // In steps, a caller that ran three quarters of them without waiting keeps the steps;
+        // one that ran half goes back to one share per thread.
+        let mut b = Balance::new(2, crate::Split::Adaptive);
+        window(&mut b, 14);
+        for share in [0.75, 0.75, 0.5] {
+            for _ in 0..64 {
+                b.record(share, us(150), us(150));
+            }
+            assert_eq!(
+                (solo_jobs(&mut b), b.steps()),
+                (0, share > 0.5),
+                "caller share {share}"
+            );
+        }
+        // A job that scales poorly but evenly (both threads busy to the end) stays static.
         let mut b = Balance::new(2, crate::Split::Adaptive);
         for _ in 0..64 {
-            b.record(0.75, us(150), us(150));
+            b.record(0.5, us(180), us(185));
         }
-        assert_eq!(
-            (solo_jobs(&mut b), b.steps()),
-            (0, true),
-            "scaled by the caller's share"
-        );
+        assert!(!b.steps(), "poor scaling is not uneven threads");
     }
 
     /// With a worker much slower than the caller, steps move to the caller: every step of
