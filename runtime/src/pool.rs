@@ -313,8 +313,8 @@ mod imp {
             self.run_shared(job, &|own_parts| own_parts as f64 / parts as f64, &|_| {})
         }
 
-        /// [`Pool::run`]: `prepare` sees [`Balance`] before the job is published (under its
-        /// lock, which the whole call holds), and `share(own_parts)` tells it the fraction of
+        /// [`Pool::run`]: with workers, `prepare` sees [`Balance`] before the job is published
+        /// (under its lock, which the whole call holds), and `share(own_parts)` tells it the fraction of
         /// the job the caller ran when it ran `own_parts` parts.
         fn run_shared(
             &self,
@@ -322,12 +322,12 @@ mod imp {
             share: &dyn Fn(usize) -> f64,
             prepare: &dyn Fn(&Balance),
         ) {
-            let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
-            prepare(&balance);
             let Some(sh) = self.shared.as_deref().filter(|_| !self.workers.is_empty()) else {
                 job(0);
                 return;
             };
+            let mut balance = self.balance.lock().unwrap_or_else(|e| e.into_inner());
+            prepare(&balance);
             if balance.solo() {
                 for part in 0..self.threads() {
                     job(part);
@@ -418,7 +418,7 @@ mod imp {
             job: &(dyn Fn(usize, usize, usize, usize) -> bool + Sync),
         ) {
             let threads = self.threads();
-            if self.steps.len() < threads {
+            if threads == 1 || self.steps.len() < threads {
                 for part in 0..threads {
                     job(0, part, 0, 1);
                 }
