@@ -29,16 +29,49 @@ fn split(pool: &Pool, len: usize, align: usize, f: &(dyn Fn(usize, usize, usize)
     let parts = pool.threads();
     let units = |(p0, p1): (usize, usize)| (p1 - p0).div_ceil(align);
     let max_steps = STEPS.min(units(part_range(len, parts, align, 0))).max(1);
-    pool.run_steps(max_steps, &|slot, part, step, steps| {
+    let piece = |part, step, steps| {
         let (p0, p1) = part_range(len, parts, align, part);
         let n = units((p0, p1));
         let at = |s: usize| (p0 + (n * s).div_ceil(steps) * align).min(p1);
-        let (r0, r1) = (at(step), at(step + 1));
+        (at(step), at(step + 1))
+    };
+    run_pieces(pool, max_steps, &piece, f);
+}
+
+/// What [`run_pieces`] runs: `piece(part, step, steps)` is the range of step `step` of
+/// `steps` of part `part`.
+type PieceFn<'a> = dyn Fn(usize, usize, usize) -> (usize, usize) + Sync + 'a;
+
+/// Runs `f(slot, r0, r1)` for the range `piece(part, step, steps)` of every part and step
+/// [`Pool::run_steps`] hands out (at most `max_steps` steps per part); empty ranges are
+/// skipped. The pieces of all parts and steps are disjoint.
+fn run_pieces(
+    pool: &Pool,
+    max_steps: usize,
+    piece: &PieceFn<'_>,
+    f: &(dyn Fn(usize, usize, usize) + Sync),
+) {
+    pool.run_steps(max_steps, &|slot, part, step, steps| {
+        let (r0, r1) = piece(part, step, steps);
         if r0 < r1 {
             f(slot, r0, r1);
         }
         r0 < r1
     });
+}
+
+/// [`split`] for the rows `rows` of a sparse `w`, by non-zeros: part `part`'s share is
+/// [`nnz_range`]'s, each step of it an equal share of its non-zeros.
+fn split_nnz(
+    pool: &Pool,
+    w: &CsrView<'_>,
+    rows: core::ops::Range<usize>,
+    f: &(dyn Fn(usize, usize, usize) + Sync),
+) {
+    let parts = pool.threads();
+    let max_steps = STEPS.min(rows.len() / parts).max(1);
+    let piece = |part, step, steps| nnz_range(w, rows.clone(), parts * steps, part * steps + step);
+    run_pieces(pool, max_steps, &piece, f);
 }
 
 /// A mutable base pointer handed to the pool's parts, each of which touches a disjoint range.
@@ -315,17 +348,14 @@ pub(crate) fn par_winograd(
     let (y_len, yp) = (y.len(), Parts(y.as_mut_ptr()));
     let (vp, wp) = (Parts(vm.as_mut_ptr()), Parts(ws.as_mut_ptr()));
     let xh = &*xh;
-    pool.run(&|part| {
-        let (t0, t1) = part_range(tiles, parts, 1, part);
-        if t0 == t1 {
-            return;
-        }
-        // SAFETY: each part has its own block of the scratch and of the workspace (asserted
-        // above to hold `parts` blocks), and its own tiles, whose pixels no other part writes.
+    split(pool, tiles, 1, &|slot, t0, t1| {
+        // SAFETY: each thread has its own block of the scratch and of the workspace (asserted
+        // above to hold `parts` blocks), and each range its own tiles, whose pixels no other
+        // range writes.
         unsafe {
             let (v, w) = (
-                vp.slice(part * vm_len, vm_len),
-                wp.slice(part * ws_len, ws_len),
+                vp.slice(slot * vm_len, vm_len),
+                wp.slice(slot * ws_len, ws_len),
             );
             ker.run_tiles(g, n, xh, u, bias, act, t0..t1, yp.at(0), y_len, v, w);
         }
@@ -350,12 +380,8 @@ pub(crate) fn par_gemv(
         return;
     }
     let yp = Parts(y.as_mut_ptr());
-    pool.run(&|part| {
-        let (r0, r1) = part_range(m, parts, 8, part);
-        if r0 == r1 {
-            return;
-        }
-        // SAFETY: parts own disjoint row ranges `r0..r1` of `y`, which has `m >= r1` elements.
+    split(pool, m, 8, &|_, r0, r1| {
+        // SAFETY: ranges are disjoint row ranges `r0..r1` of `y`, which has `m >= r1` elements.
         let yy = unsafe { yp.slice(r0, r1 - r0) };
         kernels::gemv(
             slice_elems(w, r0 * k),
@@ -409,12 +435,8 @@ pub(crate) fn par_spmv(
     }
     let ker = kernels::spmv_kernel(w.values().dtype(), w.col_idx().width());
     let yp = Parts(y.as_mut_ptr());
-    pool.run(&|part| {
-        let (r0, r1) = nnz_range(w, 0..w.rows(), parts, part);
-        if r0 == r1 {
-            return;
-        }
-        // SAFETY: parts own disjoint row ranges `r0..r1` of `y`, which has `w.rows() >= r1`
+    split_nnz(pool, w, 0..w.rows(), &|_, r0, r1| {
+        // SAFETY: ranges are disjoint row ranges `r0..r1` of `y`, which has `w.rows() >= r1`
         // elements.
         let yy = unsafe { yp.slice(r0, r1 - r0) };
         ker.run(w, r0..r1, x, bias, act, yy);
@@ -454,12 +476,8 @@ pub(crate) fn par_spmm(
         "spmm: output shorter than rows * p"
     );
     let (g0, yp) = (rows.start, Parts(y.as_mut_ptr()));
-    pool.run(&|part| {
-        let (r0, r1) = nnz_range(w, rows.clone(), parts, part);
-        if r0 == r1 {
-            return;
-        }
-        // SAFETY: parts own disjoint row ranges, so `(r0 - g0) * p..(r1 - g0) * p` are disjoint
+    split_nnz(pool, w, rows.clone(), &|_, r0, r1| {
+        // SAFETY: ranges are disjoint row ranges, so `(r0 - g0) * p..(r1 - g0) * p` are disjoint
         // ranges of `y`, which holds `rows.len() * p` elements (asserted above).
         let yy = unsafe { yp.slice((r0 - g0) * p, (r1 - r0) * p) };
         ker.run_strided(w, r0..r1, b, b_rs, p, bias, act, yy);
@@ -580,12 +598,8 @@ pub(crate) fn par_planes(
     }
     assert!(x.len() >= planes * in_plane && y.len() >= planes * out_plane);
     let yp = Parts(y.as_mut_ptr());
-    pool.run(&|part| {
-        let (p0, p1) = part_range(planes, parts, 1, part);
-        if p0 == p1 {
-            return;
-        }
-        // SAFETY: parts own disjoint plane ranges, so disjoint ranges of `y`, which holds
+    split(pool, planes, 1, &|_, p0, p1| {
+        // SAFETY: ranges are disjoint plane ranges, so disjoint ranges of `y`, which holds
         // `planes * out_plane` elements (asserted above).
         let yy = unsafe { yp.slice(p0 * out_plane, (p1 - p0) * out_plane) };
         f(&x[p0 * in_plane..p1 * in_plane], yy, p1 - p0);
@@ -601,12 +615,8 @@ pub(crate) fn par_elems(pool: &Pool, y: &mut [f32], f: &ElemsFn<'_>) {
         return;
     }
     let yp = Parts(y.as_mut_ptr());
-    pool.run(&|part| {
-        let (e0, e1) = part_range(len, parts, 16, part);
-        if e0 == e1 {
-            return;
-        }
-        // SAFETY: parts own disjoint element ranges inside `y`'s `len` elements.
+    split(pool, len, 16, &|_, e0, e1| {
+        // SAFETY: ranges are disjoint element ranges inside `y`'s `len` elements.
         let yy = unsafe { yp.slice(e0, e1 - e0) };
         f(e0, yy);
     });

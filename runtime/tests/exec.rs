@@ -1655,8 +1655,9 @@ fn sparse_policy_densifies_only_above_the_limit() {
 }
 
 /// Sparse layers big enough to be split across threads (a 256×4096 CSR Linear at 60 % density,
-/// a CSR 3×3 convolution over 16×16 pixels) give the same output with 1 and 3 threads, at batch 1
-/// (row-split SpMV) and batch 3 (one SpMM over the batch), and match the reference.
+/// a CSR 3×3 convolution over 16×16 pixels), with a dense 1024×256 Linear among them, give the
+/// same output with 1, 2 and 3 threads under every [`Split`], at batch 1 (row-split SpMV and
+/// GEMV) and batch 3 (one SpMM over the batch), and match the reference.
 #[test]
 fn sparse_layers_split_across_threads_match() {
     let mut rng = Rng::new(11);
@@ -1692,10 +1693,20 @@ fn sparse_layers_split_across_threads_match() {
         true,
         Activation::Relu,
     );
-    let y = linear(
+    // Dense, big enough for a row-split GEMV at batch 1.
+    let f2 = linear(
         &mut net,
         &mut rng,
         f1,
+        1024,
+        Store::F32,
+        true,
+        Activation::Relu,
+    );
+    let y = linear(
+        &mut net,
+        &mut rng,
+        f2,
         64,
         Store::Csr(DType::F16, IndexWidth::U16),
         true,
@@ -1705,14 +1716,24 @@ fn sparse_layers_split_across_threads_match() {
     let m = Model::from_vec(&b.bytes).unwrap();
     for batch in [1, 3] {
         let mut one = Session::with_policy(&m, batch, 1, SparsePolicy::KEEP_CSR).unwrap();
-        let mut three = Session::with_policy(&m, batch, 3, SparsePolicy::KEEP_CSR).unwrap();
         let input = rng.vec(one.input_len(0) * batch);
         let a = one.run(&input).unwrap().to_vec();
-        assert_eq!(
-            three.run(&input).unwrap(),
-            &a[..],
-            "batch {batch}: threads change the output"
-        );
+        for threads in [2, 3] {
+            for split in [Split::Adaptive, Split::Static, Split::Steps] {
+                let opts = SessionOptions {
+                    threads,
+                    split,
+                    policy: SparsePolicy::KEEP_CSR,
+                    ..SessionOptions::default()
+                };
+                let mut s = Session::with_options(&m, batch, opts).unwrap();
+                assert_eq!(
+                    s.run(&input).unwrap(),
+                    &a[..],
+                    "batch {batch}, {threads} threads, {split:?}: threads change the output"
+                );
+            }
+        }
         let want: Vec<f64> = input
             .chunks(one.input_len(0))
             .flat_map(|x| {

@@ -1,10 +1,14 @@
 // What a write costs when another core holds the line: thread A (CPU 0) fills a 150 KB buffer,
 // then thread B (CPU 1) sums a buffer, in turns, 2000 times; prints the mean time of each.
-//   cc -O2 -mavx2 -pthread scripts/probes/cross_core_write.c -o /tmp/xcw && /tmp/xcw MODE
+//   cc -O2 -mavx2 -mprfchw -mclflushopt -pthread scripts/probes/cross_core_write.c -o /tmp/xcw
+//   /tmp/xcw MODE [LINES]
 // MODE 0: B sums its own buffer (A's lines stay private to A);
 // MODE 1: B sums A's buffer, so A's next fill writes lines B's cache holds;
 // MODE 3: as 1, then B streams 2 MB of other data (evicting A's lines from its L2);
-// MODE 5: as 1, A fills with non-temporal stores.
+// MODE 5: as 1, A fills with non-temporal stores;
+// MODE 7: as 1, A asks for each line with PREFETCHW LINES lines (default 16) before its store;
+// MODE 13: as 1, B reads with PREFETCHNTA LINES lines ahead;
+// MODE 17: as 1, then B flushes A's buffer from every cache (CLFLUSHOPT), timed with its sum.
 // The size is one half of MobileNetV2's 14x14x384 expanded map.
 #define _GNU_SOURCE
 #include <immintrin.h>
@@ -23,6 +27,7 @@
 static float *X, *Y, *Z;
 static _Atomic int turn;
 static int mode;
+static long lines = 16;
 static double tw, tr;
 static volatile float sink;
 
@@ -53,7 +58,20 @@ static void *reader(void *unused) {
     for (int i = 0; i < ITERS; i++) {
         while (atomic_load(&turn) != 2 * i + 1) {}
         double t0 = now();
-        sink += sum(mode & 1 ? X : Y, N);
+        if (mode == 13) {
+            __m256 acc = _mm256_setzero_ps();
+            for (long j = 0; j < N; j += 8) {
+                if ((j & 15) == 0) _mm_prefetch((const char *)(X + j + lines * 16), _MM_HINT_NTA);
+                acc = _mm256_add_ps(acc, _mm256_loadu_ps(X + j));
+            }
+            float f[8];
+            _mm256_storeu_ps(f, acc);
+            sink += f[0];
+        } else {
+            sink += sum(mode & 1 ? X : Y, N);
+        }
+        if (mode == 17)
+            for (long j = 0; j < N; j += 16) _mm_clflushopt(X + j);
         tr += now() - t0;
         if (mode == 3) sink += sum(Z, EVICT / 4);
         atomic_store(&turn, 2 * i + 2);
@@ -63,6 +81,7 @@ static void *reader(void *unused) {
 
 int main(int argc, char **argv) {
     mode = argc > 1 ? atoi(argv[1]) : 1;
+    if (argc > 2) lines = atol(argv[2]);
     X = aligned_alloc(64, N * 4);
     Y = aligned_alloc(64, N * 4);
     Z = aligned_alloc(64, EVICT);
@@ -79,6 +98,11 @@ int main(int argc, char **argv) {
         if (mode == 5) {
             for (long j = 0; j < N; j += 8) _mm256_stream_ps(X + j, v);
             _mm_sfence();
+        } else if (mode == 7) {
+            for (long j = 0; j < N; j += 8) {
+                if ((j & 15) == 0 && j + lines * 16 < N) _m_prefetchw(X + j + lines * 16);
+                _mm256_storeu_ps(X + j, v);
+            }
         } else {
             for (long j = 0; j < N; j += 8) _mm256_storeu_ps(X + j, v);
         }

@@ -54,7 +54,7 @@ fn valid_range(
 const CHUNK: usize = 8;
 
 /// Length of the buffer [`im2col`] needs for `channels` input channels: the patch matrix and
-/// [`CHUNK`] floats after it that it may overwrite.
+/// `CHUNK` floats after it that it may overwrite.
 pub fn im2col_len(g: &ConvGeom, channels: usize) -> usize {
     channels * g.kh * g.kw * g.oh * g.ow + CHUNK
 }
@@ -65,7 +65,7 @@ pub fn im2col_len(g: &ConvGeom, channels: usize) -> usize {
 /// [`im2col_len`] floats; the ones past the matrix are clobbered. Never allocates.
 ///
 /// With a horizontal stride of 1, each output row's run of input pixels is copied in fixed
-/// chunks of [`CHUNK`] floats (plain moves, no `memcpy` call per run of a few pixels): a chunk
+/// chunks of `CHUNK` floats (plain moves, no `memcpy` call per run of a few pixels): a chunk
 /// may run past the run, into pixels written later or into the slack, and the row's padding is
 /// zeroed after its copy.
 pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f32]) {
@@ -74,7 +74,7 @@ pub fn im2col(g: &ConvGeom, x: &[f32], c0: usize, channels: usize, cols: &mut [f
 
 /// [`im2col`] for output rows `oy` only: the `(channels * kh * kw) × (oy.len() * ow)` patch
 /// matrix of those output pixels, in `cols`, which holds at least that many floats and
-/// [`CHUNK`] more (clobbered).
+/// `CHUNK` more (clobbered).
 pub fn im2col_rows(
     g: &ConvGeom,
     x: &[f32],
@@ -178,14 +178,14 @@ impl ConvGeom {
         offs
     }
 
-    /// Floats of the buffer [`pad_image`] writes: the padded image and [`CHUNK`] of slack.
+    /// Floats of the buffer [`pad_image`] writes: the padded image and `CHUNK` of slack.
     pub fn padded_len(&self) -> usize {
         let (hp, wp) = self.padded();
         self.c * hp * wp + CHUNK
     }
 
     /// Floats of scratch an implicit-GEMM convolution of `out_c` outputs needs: the padded
-    /// image ([`ConvGeom::padded_len`]), then the output on the padded grid and [`CHUNK`] of
+    /// image ([`ConvGeom::padded_len`]), then the output on the padded grid and `CHUNK` of
     /// slack.
     pub fn implicit_len(&self, out_c: usize) -> usize {
         self.padded_len() + out_c * self.implicit_cols() + CHUNK
@@ -235,14 +235,14 @@ impl ConvGeom {
         offs
     }
 
-    /// Floats of the buffer [`phase_image`] writes: the four phases and [`CHUNK`] of slack.
+    /// Floats of the buffer [`phase_image`] writes: the four phases and `CHUNK` of slack.
     pub fn phase_len(&self) -> usize {
         let (hq, wq) = self.phase_hw();
         self.c * 4 * hq * wq + CHUNK
     }
 
     /// Floats of scratch a phased convolution of `out_c` outputs needs: the phases
-    /// ([`ConvGeom::phase_len`]), then the output on the phase grid and [`CHUNK`] of slack.
+    /// ([`ConvGeom::phase_len`]), then the output on the phase grid and `CHUNK` of slack.
     pub fn phased_len(&self, out_c: usize) -> usize {
         self.phase_len() + out_c * self.phase_cols() + CHUNK
     }
@@ -348,14 +348,14 @@ pub fn pad_image(g: &ConvGeom, x: &[f32], xpad: &mut [f32]) {
 }
 
 /// Copies the implicit GEMM's output (`out_c` rows of [`ConvGeom::implicit_cols`] pixels on the
-/// padded grid, with [`CHUNK`] floats of slack) to `y`, `[out_c, oh, ow]`.
+/// padded grid, with `CHUNK` floats of slack) to `y`, `[out_c, oh, ow]`.
 pub fn crop_rows(g: &ConvGeom, out_c: usize, src: &[f32], y: &mut [f32]) {
     let (_, wp) = g.padded();
     crop_grid(g, out_c, src, g.implicit_cols(), wp, y);
 }
 
 /// Copies `out_c` rows of `cols` output pixels numbered on a grid `wp` wide (row `oy` from
-/// column `oy·wp`; [`CHUNK`] floats of slack after them) to `y`, `[out_c, oh, ow]`.
+/// column `oy·wp`; `CHUNK` floats of slack after them) to `y`, `[out_c, oh, ow]`.
 pub(crate) fn crop_grid(
     g: &ConvGeom,
     out_c: usize,
@@ -371,7 +371,7 @@ pub(crate) fn crop_grid(
     }
 }
 
-/// `dst[d..d + n] = src[s..s + n]` in fixed chunks of [`CHUNK`] floats (plain moves instead of a
+/// `dst[d..d + n] = src[s..s + n]` in fixed chunks of `CHUNK` floats (plain moves instead of a
 /// `memcpy` call for a run of a few floats), which may overwrite up to `CHUNK - 1` floats after
 /// `d + n`; exact where a chunk would pass the end of either slice.
 #[inline(always)]
@@ -391,7 +391,7 @@ fn copy_run(src: &[f32], s: usize, dst: &mut [f32], d: usize, n: usize) {
     }
 }
 
-/// `dst[d..d + n] = 0` in fixed chunks of [`CHUNK`] floats (plain stores instead of a `memset`
+/// `dst[d..d + n] = 0` in fixed chunks of `CHUNK` floats (plain stores instead of a `memset`
 /// call for the few floats of an image's padding), which may overwrite up to `CHUNK - 1`
 /// floats after `d + n`; exact where a chunk would pass the end of `dst`.
 #[inline(always)]

@@ -95,7 +95,7 @@ impl WinoGeom {
         hp * wp * self.c
     }
 
-    /// Tiles per block for `n` examples: as many as fit [`BLOCK_FLOATS`] (a multiple of 8, at
+    /// Tiles per block for `n` examples: as many as fit `BLOCK_FLOATS` (a multiple of 8, at
     /// least 8), at most all of them.
     pub fn block_tiles(&self, n: usize) -> usize {
         let per_tile = self.points() * (self.c + self.oc).max(1);

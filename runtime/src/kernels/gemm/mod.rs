@@ -250,7 +250,7 @@ pub(crate) struct Tile {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub crop: Option<u32>,
     /// Prefetch `B`'s row `p` this many floats ahead of where the kernel reads it (0: none).
-    /// Set on a row block's first tile when `B` is read in place ([`GemmKernel::ukernel_pf`]).
+    /// Set on a row block's first tile when `B` is read in place (`GemmKernel::ukernel_pf`).
     /// Kernels without the option ignore it.
     pub prefetch: usize,
 }
@@ -512,7 +512,7 @@ impl GemmKernel {
         self.crop_store && self.ukernel_rows.is_some() && k <= ROWS_MAX_K
     }
 
-    /// Whether this kernel has variants that prefetch `B` ([`GemmKernel::ukernel_pf`]), run
+    /// Whether this kernel has variants that prefetch `B` (`GemmKernel::ukernel_pf`), run
     /// when `B` is read in place and spans at least 512 KB.
     pub fn prefetches(&self) -> bool {
         self.ukernel_pf.is_some()
