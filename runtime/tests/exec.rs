@@ -2202,8 +2202,9 @@ fn issue14_packing_weights_changes_memory_not_results() {
 /// 3×3 layer and a 1×1 projection, a 1×1 expansion and a depthwise layer (column strides 1 and 2,
 /// a row stride of 3, paddings 0 to 2; also before a projection); in several bands of rows and
 /// blocks of channels, with f16 weights, with and without biases, several activations, batches 1
-/// and 2, one and two threads, weights packed or in place. They match the f64 reference and the
-/// separate layers, two threads compute what one does, and the maps between take no buffer. A
+/// and 2, one and two threads (which split the bands of the tall stride-2 pair, the channels of
+/// the others), weights packed or in place. They match the f64 reference and the separate
+/// layers, two threads compute what one does, and the maps between take no buffer. A
 /// map something else also reads keeps its layers apart, and `Fusion::Large` leaves maps this
 /// small alone.
 #[test]

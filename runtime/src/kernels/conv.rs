@@ -406,18 +406,19 @@ fn zero_run(dst: &mut [f32], d: usize, n: usize) {
     }
 }
 
-/// Depthwise kernel contract: see [`depthwise_conv2d`].
+/// Depthwise kernel contract: see [`depthwise_conv2d`]; channel `c`'s output plane is
+/// `y[c * planes.y..][..oh * ow]`.
 ///
 /// # Safety
-/// Slices satisfy the length checks of [`DepthwiseKernel::run_planes`]; the CPU supports the kernel's
-/// [`Isa`].
+/// The inputs satisfy the checks of [`DepthwiseKernel::run_planes_raw`] and `y` its contract;
+/// the CPU supports the kernel's [`Isa`].
 type DepthwiseFn = unsafe fn(
     g: &ConvGeom,
     x: &[f32],
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 );
 
@@ -544,6 +545,34 @@ impl DepthwiseKernel {
         planes: Planes,
     ) {
         assert!(
+            y.len() >= span(g.c, planes.y, g.oh * g.ow),
+            "depthwise: output too short"
+        );
+        // SAFETY: `y` holds every output plane (checked above), and the caller's `&mut` keeps
+        // anyone else from it.
+        unsafe { self.run_planes_raw(g, x, w, bias, act, y.as_mut_ptr(), planes) }
+    }
+
+    /// [`Self::run_planes`] into output planes that need not be one slice: channel `c`'s is
+    /// `y[c * planes.y..][..oh * ow]`, and the elements between planes are not touched, so
+    /// threads may write different bands of rows of the same planes. Panics as `run_planes`
+    /// does, except on the output's length.
+    ///
+    /// # Safety
+    /// For every channel `c < g.c`, `y[c * planes.y..][..oh * ow]` is valid for writes and
+    /// nothing else reads or writes it during the call.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_planes_raw(
+        &self,
+        g: &ConvGeom,
+        x: &[f32],
+        w: Elems<'_>,
+        bias: Option<&[f32]>,
+        act: Activation,
+        y: *mut f32,
+        planes: Planes,
+    ) {
+        assert!(
             self.isa.is_available(),
             "depthwise: kernel {} not supported on this CPU",
             self.name
@@ -553,25 +582,26 @@ impl DepthwiseKernel {
             planes.x >= pin && planes.y >= pout,
             "depthwise: planes overlap"
         );
-        let span = |c: usize, stride: usize, plane: usize| match c {
-            0 => 0,
-            c => (c - 1) * stride + plane,
-        };
         assert!(
             x.len() >= span(g.c, planes.x, pin),
             "depthwise: input too short"
         );
         assert!(w.len() >= g.c * g.kh * g.kw, "depthwise: weights too short");
-        assert!(
-            y.len() >= span(g.c, planes.y, pout),
-            "depthwise: output too short"
-        );
         assert!(g.stride[0] > 0 && g.stride[1] > 0, "depthwise: zero stride");
         if let Some(b) = bias {
             assert!(b.len() >= g.c, "depthwise: bias too short");
         }
-        // SAFETY: lengths and ISA checked above.
+        // SAFETY: lengths and ISA checked above; the output planes are the caller's.
         unsafe { (self.run)(g, x, w, bias, act, y, planes) }
+    }
+}
+
+/// Elements from the first of `c` planes `stride` apart, each `plane` long, to the end of the
+/// last.
+fn span(c: usize, stride: usize, plane: usize) -> usize {
+    match c {
+        0 => 0,
+        c => (c - 1) * stride + plane,
     }
 }
 
@@ -585,14 +615,15 @@ unsafe fn depthwise_3x3_avx2fma(
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 ) {
     if dw3x3::supported(g) {
         // SAFETY: geometry checked; lengths are the caller's; AVX2 + FMA cover both lane types.
         unsafe { dw3x3::depthwise3x3::<dw3x3::Avx2, dw3x3::Sse>(g, x, w, bias, act, y, planes) }
     } else {
-        depthwise_rows(g, x, w, bias, act, y, planes)
+        // SAFETY: forwarded contract.
+        unsafe { depthwise_rows(g, x, w, bias, act, y, planes) }
     }
 }
 
@@ -606,14 +637,15 @@ unsafe fn depthwise_3x3_neon(
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 ) {
     if dw3x3::supported(g) {
         // SAFETY: geometry checked; lengths are the caller's; NEON is baseline on aarch64.
         unsafe { dw3x3::depthwise3x3::<dw3x3::Neon8, dw3x3::Neon4>(g, x, w, bias, act, y, planes) }
     } else {
-        depthwise_rows(g, x, w, bias, act, y, planes)
+        // SAFETY: forwarded contract.
+        unsafe { depthwise_rows(g, x, w, bias, act, y, planes) }
     }
 }
 
@@ -627,34 +659,40 @@ unsafe fn depthwise_avx2fma(
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 ) {
-    depthwise_rows(g, x, w, bias, act, y, planes)
+    // SAFETY: forwarded contract.
+    unsafe { depthwise_rows(g, x, w, bias, act, y, planes) }
 }
 
 /// # Safety
-/// None; `unsafe` only to share the kernel signature.
+/// As [`DepthwiseFn`].
 unsafe fn depthwise_baseline(
     g: &ConvGeom,
     x: &[f32],
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 ) {
-    depthwise_rows(g, x, w, bias, act, y, planes)
+    // SAFETY: forwarded contract.
+    unsafe { depthwise_rows(g, x, w, bias, act, y, planes) }
 }
 
+/// The row algorithm of every depthwise kernel.
+///
+/// # Safety
+/// As [`DepthwiseFn`] (without the instruction set).
 #[inline(always)]
-fn depthwise_rows(
+unsafe fn depthwise_rows(
     g: &ConvGeom,
     x: &[f32],
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 ) {
     let (kh, kw) = (g.kh, g.kw);
@@ -666,7 +704,8 @@ fn depthwise_rows(
     for c in 0..g.c {
         let plane = &x[c * planes.x..c * planes.x + g.h * g.w];
         let b = bias.map_or(0.0, |b| b[c]);
-        let out = &mut y[c * planes.y..c * planes.y + g.oh * g.ow];
+        // SAFETY: channel `c`'s output plane is the caller's, and no other channel's.
+        let out = unsafe { core::slice::from_raw_parts_mut(y.add(c * planes.y), g.oh * g.ow) };
         for (oy, orow) in out.chunks_exact_mut(g.ow).enumerate() {
             orow.fill(b);
             for ki in 0..kh {

@@ -216,8 +216,8 @@ impl<L: Lanes> Vecs<L> {
 /// [`super::depthwise_conv2d`] for a geometry with [`supported`].
 ///
 /// # Safety
-/// `supported(g)`; `x`, `w`, `bias` and `y` pass the length checks of
-/// `DepthwiseKernel::run_planes`; the CPU supports `V` and `H`.
+/// `supported(g)`; `x`, `w` and `bias` pass the checks of `DepthwiseKernel::run_planes_raw`
+/// and `y` meets its contract; the CPU supports `V` and `H`.
 #[inline(always)]
 pub(super) unsafe fn depthwise3x3<V: Lanes, H: Lanes>(
     g: &ConvGeom,
@@ -225,7 +225,7 @@ pub(super) unsafe fn depthwise3x3<V: Lanes, H: Lanes>(
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 ) {
     // SAFETY: forwarded contract; the column stride is 1 or 2 by `supported`.
@@ -247,7 +247,7 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
     w: Elems<'_>,
     bias: Option<&[f32]>,
     act: Activation,
-    y: &mut [f32],
+    y: *mut f32,
     planes: Planes,
 ) {
     let (ih, iw, oh, ow) = (g.h, g.w, g.oh, g.ow);
@@ -299,7 +299,8 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
         for c in 0..g.c {
             let (taps, b) = taps_of(c);
             let plane = &x[c * planes.x..c * planes.x + ih * iw];
-            let out = &mut y[c * planes.y..c * planes.y + oh * ow];
+            // SAFETY: channel `c`'s output plane is the caller's, and no other channel's.
+            let out = unsafe { core::slice::from_raw_parts_mut(y.add(c * planes.y), oh * ow) };
             // SAFETY: CPU support is the caller's; `padded` holds the plane after `iw + 1`
             // zeros and `iw + 1 + MAX_N` zeros after it, `left` / `right` `total` masks, `out`
             // `total` values.
@@ -317,7 +318,8 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
     for c in 0..g.c {
         let (taps, b) = taps_of(c);
         let plane = &x[c * planes.x..c * planes.x + ih * iw];
-        let out = &mut y[c * planes.y..c * planes.y + oh * ow];
+        // SAFETY: channel `c`'s output plane is the caller's, and no other channel's.
+        let out = unsafe { core::slice::from_raw_parts_mut(y.add(c * planes.y), oh * ow) };
         // SAFETY: the caller guarantees CPU support for `V` and `H`.
         let (v, hv) = unsafe {
             (

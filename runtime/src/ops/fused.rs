@@ -6,10 +6,11 @@
 //! The kernel walks bands of output rows. For a band, the expansion's GEMM computes the band's
 //! input rows of the expanded map, a block of channels at a time, into a buffer that stays in
 //! cache, and the depthwise kernel reads them from there; neighbouring bands both compute the
-//! expanded rows their windows share (one per band at stride 2, two at stride 1), and the
-//! threads split the channels. Before a projection, the depthwise kernel writes the band's
-//! rows of every channel into a buffer that the projection's GEMM reads as its `B`, and the
-//! threads split the bands.
+//! expanded rows their windows share (one per band at stride 2, two at stride 1). The threads
+//! split the bands where the map has a band per thread anyway (each thread then reads and
+//! writes only its rows, as the pixel-split layers around it do), else the channels. Before a
+//! projection, the depthwise kernel writes the band's rows of every channel into a buffer that
+//! the projection's GEMM reads as its `B`, and the threads split the bands.
 //!
 //! The three layers of a block are not chained: the projection needs every channel of a band,
 //! and a band of the expanded map's channels small enough for the cache is so few rows that
@@ -219,25 +220,35 @@ pub(crate) fn plan(
         .map(|q| Pointwise::plan(q, out_c, mid, cx))
         .transpose()?;
     let mr = kernels::gemm_kernel().mr;
-    // Channels per block of the expansion: all of a part's (the projection needs every
-    // channel of a band; without one, the threads split the channels) up to `BLOCK_PANELS`
-    // panels.
-    let per_part = if proj.is_some() {
-        mid
-    } else {
-        channels_per_part(mid, cx.threads, mr)
-    };
-    let block = (BLOCK_PANELS * mr).min(per_part).max(1);
+    // Channels per block of the expansion: up to `BLOCK_PANELS` panels of the channels one
+    // thread computes.
+    let block_of = |per_part: usize| (BLOCK_PANELS * mr).min(per_part).max(1);
     // Output rows per band: as many as keep a block's band of the expanded map, and the band's
     // depthwise output, near `BAND_FLOATS`.
-    let rows_fit = BAND_FLOATS / (block * w).max(1);
-    let mut band = rows_fit.saturating_sub(3) / geom.stride[0] + 1;
-    if proj.is_some() {
-        band = band.min(BAND_FLOATS / (mid * ow).max(1));
-    }
-    let mut band = band.clamp(1, oh.max(1));
-    if proj.is_some() {
-        // The threads split the bands: as many as fill every thread equally.
+    let band_rows = |block: usize| {
+        let rows_fit = BAND_FLOATS / (block * w).max(1);
+        let mut band = rows_fit.saturating_sub(3) / geom.stride[0] + 1;
+        if proj.is_some() {
+            band = band.min(BAND_FLOATS / (mid * ow).max(1));
+        }
+        band.clamp(1, oh.max(1))
+    };
+    // The threads split the bands where there is a projection (it needs every channel of a
+    // band), and where the map has at least a band per thread anyway: each thread then reads
+    // only its rows of the input and writes only its rows of the output, as the layers before
+    // and after, split by pixels, do. Otherwise (a short map, whose extra bands would each
+    // compute their shared expanded rows again) they split the channels.
+    let all = block_of(mid);
+    let split_bands =
+        proj.is_some() || (cx.threads > 1 && oh.div_ceil(band_rows(all)) >= cx.threads);
+    let block = if split_bands {
+        all
+    } else {
+        block_of(channels_per_part(mid, cx.threads, mr))
+    };
+    let mut band = band_rows(block);
+    if split_bands {
+        // As many bands as fill every thread equally.
         let bands = oh.div_ceil(band).next_multiple_of(cx.threads).max(1);
         band = oh.div_ceil(bands).max(1);
     }
@@ -271,6 +282,7 @@ pub(crate) fn plan(
         geom,
         band,
         block,
+        split_bands,
         exp_len,
         scratch_len,
     }))
@@ -293,6 +305,8 @@ struct Chain {
     /// `MR`, or all).
     band: usize,
     block: usize,
+    /// The threads split the bands (always with a projection), or else the channels.
+    split_bands: bool,
     /// Floats of scratch per part: the expansion's block buffer, then the depthwise output.
     exp_len: usize,
     scratch_len: usize,
@@ -335,27 +349,78 @@ impl Kernel for Chain {
                 None => Source::Map(xe),
             }
         };
+        let bands = g.oh.div_ceil(self.band);
+        let planes = Planes { x: 0, y: plane };
         let Some(proj) = &self.proj else {
+            if self.split_bands {
+                // The threads split the bands (of every example); each writes its rows of
+                // every output plane.
+                assert!(y.len() >= cx.n * out_len);
+                let yp = Parts::new(y);
+                let part = |items: Span<usize>, s: &mut [f32], ws: &mut [f32]| {
+                    let (buf, _) = s.split_at_mut(self.exp_len);
+                    for item in items {
+                        let (e, r0) = (item / bands, item % bands * self.band);
+                        let rows = r0..(r0 + self.band).min(g.oh);
+                        // SAFETY: the band's rows of every output plane of example `e` lie in
+                        // `y` (asserted above), and no other item (another band or example)
+                        // writes them.
+                        unsafe {
+                            let yb = yp.at(e * out_len + r0 * g.ow);
+                            let src = source(e);
+                            self.band_dw(
+                                model,
+                                params,
+                                w2,
+                                &src,
+                                0..g.c,
+                                rows,
+                                yb,
+                                planes,
+                                buf,
+                                ws,
+                            );
+                        }
+                    }
+                };
+                par_items(
+                    cx.pool,
+                    cx.n * bands,
+                    1,
+                    cx.n * macs,
+                    cx.scratch,
+                    self.scratch_len,
+                    cx.gemm_ws,
+                    cx.ws_len,
+                    &part,
+                );
+                return;
+            }
             // The threads split the channels.
             let part =
                 |e: usize, ch: Span<usize>, ye: &mut [f32], s: &mut [f32], ws: &mut [f32]| {
+                    assert!(ye.len() >= ch.len() * plane);
                     let (buf, _) = s.split_at_mut(self.exp_len);
                     for r0 in (0..g.oh).step_by(self.band) {
                         let rows = r0..(r0 + self.band).min(g.oh);
-                        let yb = &mut ye[r0 * g.ow..];
-                        let planes = Planes { x: 0, y: plane };
-                        self.band_dw(
-                            model,
-                            params,
-                            w2,
-                            &source(e),
-                            ch.clone(),
-                            rows,
-                            yb,
-                            planes,
-                            buf,
-                            ws,
-                        );
+                        // SAFETY: `ye` holds the planes of channels `ch` (asserted above), and
+                        // the `&mut` keeps anyone else from them.
+                        unsafe {
+                            let yb = ye.as_mut_ptr().add(r0 * g.ow);
+                            let src = source(e);
+                            self.band_dw(
+                                model,
+                                params,
+                                w2,
+                                &src,
+                                ch.clone(),
+                                rows,
+                                yb,
+                                planes,
+                                buf,
+                                ws,
+                            );
+                        }
                     }
                 };
             par_channels(
@@ -377,33 +442,37 @@ impl Kernel for Chain {
         };
         // The threads split the bands (of every example); each writes its rows of every
         // output plane.
-        let bands = g.oh.div_ceil(self.band);
         assert!(y.len() >= cx.n * out_len);
         let (yp, y_len) = (Parts::new(y), y.len());
         let part = |items: Span<usize>, s: &mut [f32], ws: &mut [f32]| {
             let (buf, rest) = s.split_at_mut(self.exp_len);
             let dwout = &mut rest[..g.c * self.band * g.ow];
+            let dw_planes = Planes {
+                x: 0,
+                y: self.band * g.ow,
+            };
             for item in items {
                 let (e, r0) = (item / bands, item % bands * self.band);
                 let rows = r0..(r0 + self.band).min(g.oh);
                 let n = rows.len() * g.ow;
-                let planes = Planes {
-                    x: 0,
-                    y: self.band * g.ow,
-                };
                 let src = source(e);
-                self.band_dw(
-                    model,
-                    params,
-                    w2,
-                    &src,
-                    0..g.c,
-                    rows,
-                    dwout,
-                    planes,
-                    buf,
-                    ws,
-                );
+                // SAFETY: `dwout` holds `band` rows of every channel, `dw_planes.y` apart, and
+                // the `&mut` keeps anyone else from them.
+                unsafe {
+                    let out = dwout.as_mut_ptr();
+                    self.band_dw(
+                        model,
+                        params,
+                        w2,
+                        &src,
+                        0..g.c,
+                        rows,
+                        out,
+                        dw_planes,
+                        buf,
+                        ws,
+                    );
+                }
                 let b = MatRef {
                     data: Elems::F32(dwout),
                     rows: g.c,
@@ -446,8 +515,12 @@ impl Kernel for Chain {
 impl Chain {
     /// The depthwise layer's output rows `rows` of channels `ch` into `out` (channel `c`'s rows
     /// from `out[(c - ch.start) * planes.y]`), from `src`; `buf` holds the expansion's block.
+    ///
+    /// # Safety
+    /// For every channel `c` of `ch`, `out[(c - ch.start) * planes.y..][..rows.len() * ow]` is
+    /// valid for writes and nothing else reads or writes it during the call.
     #[allow(clippy::too_many_arguments)]
-    fn band_dw(
+    unsafe fn band_dw(
         &self,
         model: &Model<'_>,
         params: &[f32],
@@ -455,7 +528,7 @@ impl Chain {
         src: &Source<'_>,
         ch: Span<usize>,
         rows: Span<usize>,
-        out: &mut [f32],
+        out: *mut f32,
         planes: Planes,
         buf: &mut [f32],
         ws: &mut [f32],
@@ -497,18 +570,21 @@ impl Chain {
                 }
                 Source::Map(xe) => (&xe[c0 * h * w + lo * w..], h * w),
             };
-            kernels::depthwise_conv2d_planes(
-                &ConvGeom { c: c1 - c0, ..band },
-                x,
-                slice_elems(w2, c0 * 9),
-                dw_bias.map(|v| &v[c0..c1]),
-                self.dw_act,
-                &mut out[(c0 - ch.start) * planes.y..],
-                Planes {
-                    x: x_plane,
-                    ..planes
-                },
-            );
+            // SAFETY: channels `c0..c1` of `ch`, whose output rows are the caller's.
+            unsafe {
+                kernels::depthwise_kernel().run_planes_raw(
+                    &ConvGeom { c: c1 - c0, ..band },
+                    x,
+                    slice_elems(w2, c0 * 9),
+                    dw_bias.map(|v| &v[c0..c1]),
+                    self.dw_act,
+                    out.add((c0 - ch.start) * planes.y),
+                    Planes {
+                        x: x_plane,
+                        ..planes
+                    },
+                )
+            };
         }
     }
 }
