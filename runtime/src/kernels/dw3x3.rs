@@ -295,6 +295,25 @@ unsafe fn channels<V: Lanes, H: Lanes, const S: usize>(
         }
         (taps, bias.map_or(0.0, |b| b[c]))
     };
+    // Stride-2 maps whose output rows fit one vector run a row per vector (see
+    // `channel_s2_narrow`), instead of the narrow type's blocks and a scalar left border.
+    if S == 2 && sy == 2 && pt == 1 && pl == 1 && ow <= V::N && iw == 2 * ow && ih == 2 * oh {
+        for c in 0..g.c {
+            let (taps, b) = taps_of(c);
+            // SAFETY: channel `c`'s output plane is the caller's, and no other channel's.
+            let out = unsafe { core::slice::from_raw_parts_mut(y.add(c * planes.y), oh * ow) };
+            // SAFETY: CPU support is the caller's; the plane's rows lie in `x` (the caller's
+            // length checks) and the geometry is the one `channel_s2_narrow` takes.
+            unsafe {
+                let v = Vecs::<V>::new(&taps, b, clamp);
+                channel_s2_narrow::<V>(&v, clamp.is_some(), x, c * planes.x, iw, out);
+            }
+            if post {
+                apply_act(act, out);
+            }
+        }
+        return;
+    }
     if let Some((padded, left, right)) = &mut flat_bufs {
         for c in 0..g.c {
             let (taps, b) = taps_of(c);
@@ -436,6 +455,91 @@ unsafe fn channel_flat<L: Lanes>(
                 m = L::clamp(m, v.lo, v.hi);
             }
             L::store(dst.add(q), m);
+        }
+    }
+}
+
+/// A 3×3 stride-2, padding-1 channel whose input is `2 * oh` rows of `w = 2 * ow` and whose
+/// output rows fit one vector (`ow <= L::N`): output row `oy` is one vector computed from input
+/// rows `2 * oy - 1` (0 above the first), `2 * oy` and `2 * oy + 1`, each read once as its even
+/// columns, its odd columns and the odd columns shifted one lane right (the left taps, 0 at the
+/// left edge) by one [`Lanes::load_s2`]; the last two rows' inputs carry into the next output
+/// row. Lanes at and past `ow` read past the row and are dropped: each row's store runs into
+/// the next row's place, which that row then overwrites, and a store that would pass the plane
+/// goes through a stack buffer.
+///
+/// # Safety
+/// `x[base..base + out.len() * 4]` is the plane (`out.len() = oh * ow`); `w == 2 * ow`,
+/// `ow <= L::N <= MAX_N`; the CPU supports `L`.
+#[inline(always)]
+unsafe fn channel_s2_narrow<L: Lanes>(
+    v: &Vecs<L>,
+    clamp: bool,
+    x: &[f32],
+    base: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    let ow = w / 2;
+    let total = out.len();
+    assert!(
+        ow > 0
+            && ow <= L::N
+            && L::N <= MAX_N
+            && total.is_multiple_of(ow)
+            && base + 4 * total <= x.len()
+    );
+    let oh = total / ow;
+    // A row's load reads `2N + 1` floats from its start; rows too close to the end of `x`
+    // are read from a copy.
+    let mut tmp = [0f32; 2 * MAX_N + 2];
+    let mut last = [0f32; MAX_N];
+    let t = &v.taps;
+    // Only used inside the `unsafe` block below: `p` addresses `2N + 1` readable floats
+    // (from `at` in `x`, or the copy).
+    macro_rules! row {
+        ($r:expr) => {{
+            let at = base + $r * w;
+            let p = if at + 2 * L::N < x.len() {
+                x.as_ptr().add(at)
+            } else {
+                tmp[..w].copy_from_slice(&x[at..at + w]);
+                tmp.as_ptr()
+            };
+            let (e, o, _) = L::load_s2(p);
+            let (e, o) = (L::unscramble(e), L::unscramble(o));
+            (L::shift_in_left(o), e, o)
+        }};
+    }
+    // SAFETY: CPU support is the caller's; every row load reads `2N + 1` floats inside `x` or
+    // the copy (`row!`); each store writes `N` floats at `oy * ow` only when they lie in
+    // `out`, else `ow` floats through `last`.
+    unsafe {
+        let z = L::splat(0.0);
+        let (mut l0, mut e0, mut o0) = (z, z, z);
+        for oy in 0..oh {
+            let (l1, e1, o1) = row!(2 * oy);
+            let (l2, e2, o2) = row!(2 * oy + 1);
+            let mut acc = v.bias;
+            acc = L::fma(acc, l0, t[0]);
+            acc = L::fma(acc, e0, t[1]);
+            acc = L::fma(acc, o0, t[2]);
+            acc = L::fma(acc, l1, t[3]);
+            acc = L::fma(acc, e1, t[4]);
+            acc = L::fma(acc, o1, t[5]);
+            acc = L::fma(acc, l2, t[6]);
+            acc = L::fma(acc, e2, t[7]);
+            acc = L::fma(acc, o2, t[8]);
+            (l0, e0, o0) = (l2, e2, o2);
+            if clamp {
+                acc = L::clamp(acc, v.lo, v.hi);
+            }
+            if oy * ow + L::N <= total {
+                L::store(out.as_mut_ptr().add(oy * ow), acc);
+            } else {
+                L::store(last.as_mut_ptr(), acc);
+                out[oy * ow..oy * ow + ow].copy_from_slice(&last[..ow]);
+            }
         }
     }
 }
