@@ -349,54 +349,9 @@ impl Kernel for Chain {
                 None => Source::Map(xe),
             }
         };
-        let bands = g.oh.div_ceil(self.band);
         let planes = Planes { x: 0, y: plane };
-        let Some(proj) = &self.proj else {
-            if self.split_bands {
-                // The threads split the bands (of every example); each writes its rows of
-                // every output plane.
-                assert!(y.len() >= cx.n * out_len);
-                let yp = Parts::new(y);
-                let part = |items: Span<usize>, s: &mut [f32], ws: &mut [f32]| {
-                    let (buf, _) = s.split_at_mut(self.exp_len);
-                    for item in items {
-                        let (e, r0) = (item / bands, item % bands * self.band);
-                        let rows = r0..(r0 + self.band).min(g.oh);
-                        // SAFETY: the band's rows of every output plane of example `e` lie in
-                        // `y` (asserted above), and no other item (another band or example)
-                        // writes them.
-                        unsafe {
-                            let yb = yp.at(e * out_len + r0 * g.ow);
-                            let src = source(e);
-                            self.band_dw(
-                                model,
-                                params,
-                                w2,
-                                &src,
-                                0..g.c,
-                                rows,
-                                yb,
-                                planes,
-                                buf,
-                                ws,
-                            );
-                        }
-                    }
-                };
-                par_items(
-                    cx.pool,
-                    cx.n * bands,
-                    1,
-                    cx.n * macs,
-                    cx.scratch,
-                    self.scratch_len,
-                    cx.gemm_ws,
-                    cx.ws_len,
-                    &part,
-                );
-                return;
-            }
-            // The threads split the channels.
+        if !self.split_bands {
+            // The threads split the channels (no projection: `plan` splits bands with one).
             let part =
                 |e: usize, ch: Span<usize>, ye: &mut [f32], s: &mut [f32], ws: &mut [f32]| {
                     assert!(ye.len() >= ch.len() * plane);
@@ -439,27 +394,35 @@ impl Kernel for Chain {
                 &part,
             );
             return;
-        };
+        }
         // The threads split the bands (of every example); each writes its rows of every
-        // output plane.
+        // output plane: the depthwise layer's directly, or the projection's from the band's
+        // depthwise output in the part's scratch.
+        let bands = g.oh.div_ceil(self.band);
         assert!(y.len() >= cx.n * out_len);
         let (yp, y_len) = (Parts::new(y), y.len());
         let part = |items: Span<usize>, s: &mut [f32], ws: &mut [f32]| {
             let (buf, rest) = s.split_at_mut(self.exp_len);
-            let dwout = &mut rest[..g.c * self.band * g.ow];
-            let dw_planes = Planes {
-                x: 0,
-                y: self.band * g.ow,
-            };
             for item in items {
                 let (e, r0) = (item / bands, item % bands * self.band);
                 let rows = r0..(r0 + self.band).min(g.oh);
-                let n = rows.len() * g.ow;
-                let src = source(e);
-                // SAFETY: `dwout` holds `band` rows of every channel, `dw_planes.y` apart, and
-                // the `&mut` keeps anyone else from them.
+                let (n, src) = (rows.len() * g.ow, source(e));
+                let at = e * out_len + r0 * g.ow;
+                // SAFETY: without a projection, the band's rows of every output plane of example
+                // `e`, which lie in `y` (asserted above) and which no other item (another band
+                // or example) writes; with one, `band` rows of every channel in `rest`, which
+                // the `&mut` keeps from anyone else.
                 unsafe {
-                    let out = dwout.as_mut_ptr();
+                    let (out, out_planes) = match self.proj {
+                        None => (yp.at(at), planes),
+                        Some(_) => {
+                            let band_planes = Planes {
+                                x: 0,
+                                y: self.band * g.ow,
+                            };
+                            (rest[..g.c * self.band * g.ow].as_mut_ptr(), band_planes)
+                        }
+                    };
                     self.band_dw(
                         model,
                         params,
@@ -468,11 +431,15 @@ impl Kernel for Chain {
                         0..g.c,
                         rows,
                         out,
-                        dw_planes,
+                        out_planes,
                         buf,
                         ws,
                     );
                 }
+                let Some(proj) = &self.proj else {
+                    continue;
+                };
+                let dwout = &rest[..g.c * self.band * g.ow];
                 let b = MatRef {
                     data: Elems::F32(dwout),
                     rows: g.c,
@@ -480,7 +447,6 @@ impl Kernel for Chain {
                     rs: self.band * g.ow,
                     cs: 1,
                 };
-                let at = e * out_len + r0 * g.ow;
                 // SAFETY: `at < y_len` (row `r0 < oh` of example `e < n` of `y`); the GEMM
                 // writes columns `r0 * ow..r0 * ow + n` of every output plane of example `e`,
                 // which no other item (another band or example) writes.
